@@ -1,0 +1,160 @@
+"""The console script as a user runs it: real subprocesses, real Ray, real SQLite MLflow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from unet_search.models import load_model_dir
+
+EXE = str(Path(sys.executable).with_name("unet-search"))
+
+
+def run(*args: str, home: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "UNET_SEARCH_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [EXE, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+
+
+def assert_user_error(proc: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ")
+    assert fragment in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["make-data", "check-data", "train", "models"])
+def test_every_subcommand_has_help_with_an_example(command: str, tmp_path: Path) -> None:
+    proc = run(command, "--help", home=tmp_path)
+    assert proc.returncode == 0
+    assert "example: unet-search " + command in proc.stdout
+
+
+def test_usage_error_exits_2(tmp_path: Path) -> None:
+    assert run("train", home=tmp_path).returncode == 2  # --data missing
+    assert run("frobnicate", home=tmp_path).returncode == 2
+
+
+def test_models_lists_presets_with_exact_counts(tmp_path: Path) -> None:
+    proc = run("models", home=tmp_path)
+    assert proc.returncode == 0
+    assert "seed_keras" in proc.stdout and "1,941,105" in proc.stdout
+    assert "original_unet" in proc.stdout and "31,030,658" in proc.stdout
+    assert "mobilenet_v2" in proc.stdout and "unetplusplus" in proc.stdout
+
+
+def test_make_data_refuses_a_non_empty_folder(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert_user_error(run("make-data", "synthetic", str(out), home=tmp_path), "not empty")
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_check_data_summary_and_errors(synth_dir: Path, tmp_path: Path) -> None:
+    proc = run("check-data", str(synth_dir), "--set", "image_size=32", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "images       12" in proc.stdout and "fingerprint" in proc.stdout
+    bad = tmp_path / "bad"
+    (bad / "images").mkdir(parents=True)
+    (bad / "masks").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(bad / "images" / "a.png")
+    assert_user_error(
+        run("check-data", str(bad), home=tmp_path / "h2"), "a.png: image has no mask"
+    )
+    assert not (tmp_path / "h2").exists()  # nothing written for bad data
+
+
+def test_train_rejects_bad_config_before_anything_starts(synth_dir: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert_user_error(
+        run("train", "--data", str(synth_dir), "--set", "depht=3", home=home),
+        "unknown key `depht`",
+    )
+    assert_user_error(
+        run("train", "--data", str(synth_dir), "--set", "arch=unetplusplus", home=home),
+        "needs an smp encoder",
+    )
+    assert not home.exists()
+
+
+@pytest.mark.slow
+def test_train_two_ddp_workers_end_to_end(synth_dir: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    proc = run(
+        "train",
+        "--data",
+        str(synth_dir),
+        "--workers",
+        "2",
+        "--experiment",
+        "e2e",
+        "--set",
+        "epochs=2",
+        "--set",
+        "image_size=32",
+        "--set",
+        "depth=2",
+        "--set",
+        "base_filters=8",
+        "--set",
+        "val_fraction=0.25",
+        "--set",
+        "num_sample_images=3",
+        home=home,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "run id" in proc.stdout and "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run_ = runs[0]
+    assert run_.info.status == "FINISHED"
+    assert run_.info.run_id in proc.stdout
+    assert run_.data.params["num_workers"] == "2" and run_.data.params["encoder"] == "none"
+    assert run_.data.tags["ray.world_size"] == "2"
+    check = run(
+        "check-data",
+        str(synth_dir),
+        "--set",
+        "image_size=32",
+        "--set",
+        "val_fraction=0.25",
+        home=home,
+    )
+    assert run_.data.tags["unet_search.data_fingerprint"] in check.stdout
+    for key in (
+        "train_loss",
+        "val_loss",
+        "val_dice",
+        "val_iou",
+        "val_dsb_score",
+        "images_per_s",
+        "epoch_s",
+        "lr",
+    ):
+        history = client.get_metric_history(run_.info.run_id, key)
+        assert sorted(m.step for m in history) == [1, 2], key
+    dice = [m.value for m in client.get_metric_history(run_.info.run_id, "val_dice")]
+    assert all(0.0 <= d <= 1.0 for d in dice)
+    assert run_.data.metrics["best_val_dice"] == pytest.approx(max(dice))
+
+    local = Path(client.download_artifacts(run_.info.run_id, "", str(tmp_path / "art")))
+    with Image.open(local / "samples" / "predictions.png") as png:
+        assert png.size[1] > 3 * 160  # three samples, one row each
+    model, meta = load_model_dir(local / "best_model")
+    assert meta["preprocessing"]["image_size"] == 32
+    assert model(torch.zeros(1, 3, 40, 52)).shape == (1, 1, 40, 52)

@@ -1,0 +1,211 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from unet_search.config import DataConfig
+from unet_search.data import (
+    DataError,
+    load_dataset,
+    read_image,
+    scan_dataset,
+    split_indices,
+)
+
+
+def _png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode).save(path) if mode else Image.fromarray(array).save(path)
+    return path
+
+
+def _generic(root: Path, n: int = 4, size: int = 20, mask_value: int = 255) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        _png(root / "images" / f"img {i}.png", rng.integers(0, 255, (size, size + 3, 3), np.uint8))
+        mask = np.zeros((size, size + 3), np.uint8)
+        mask[2:8, 3:9] = mask_value
+        _png(root / "masks" / f"img {i}.png", mask)
+    return root
+
+
+def _dsb(root: Path, n: int = 3) -> Path:
+    for i in range(n):
+        image_id = f"id{i}"
+        _png(
+            root / image_id / "images" / f"{image_id}.png",
+            np.full((16, 16, 4), 100 + i, np.uint8),
+            "RGBA",
+        )
+        a, b = np.zeros((16, 16), np.uint8), np.zeros((16, 16), np.uint8)
+        a[0:6, 0:6], b[4:10, 4:10] = 255, 255  # overlapping instances
+        _png(root / image_id / "masks" / "m1.png", a)
+        _png(root / image_id / "masks" / "m2.png", b)
+    return root
+
+
+def test_detects_both_layouts(tmp_path: Path) -> None:
+    generic = scan_dataset(_generic(tmp_path / "g"))
+    assert generic.layout == "images_masks"
+    assert [s.name for s in generic.samples] == ["img 0", "img 1", "img 2", "img 3"]
+    dsb = scan_dataset(_dsb(tmp_path / "d"))
+    assert dsb.layout == "dsb2018"
+    assert [len(s.masks) for s in dsb.samples] == [2, 2, 2]
+
+
+def test_dsb_masks_are_unioned_and_instances_kept(tmp_path: Path) -> None:
+    arrays = load_dataset(_dsb(tmp_path / "d"), DataConfig(image_size=16, val_fraction=0.34))
+    assert arrays.masks[0].sum() == 36 + 36 - 4  # union of two 6x6 squares overlapping 2x2
+    assert set(np.unique(arrays.instances[0]).tolist()) == {0, 1, 2}
+    assert arrays.images[0, 0, 0].tolist() == [100, 100, 100]  # RGBA -> RGB
+    assert arrays.original_sizes[0].tolist() == [16, 16]
+
+
+@pytest.mark.parametrize("value", [1, 255])
+def test_binary_mask_encodings(tmp_path: Path, value: int) -> None:
+    arrays = load_dataset(_generic(tmp_path / "g", mask_value=value), DataConfig(image_size=16))
+    assert set(np.unique(arrays.masks).tolist()) == {0, 1}
+    assert arrays.images.shape == (4, 16, 16, 3)
+
+
+def test_class_index_masks(tmp_path: Path) -> None:
+    root = _generic(tmp_path / "g")
+    mask = np.zeros((20, 23), np.uint8)
+    mask[0:5], mask[10:15] = 1, 2
+    for i in range(4):
+        _png(root / "masks" / f"img {i}.png", mask)
+    arrays = load_dataset(root, DataConfig(image_size=20, num_classes=3))
+    assert set(np.unique(arrays.masks).tolist()) == {0, 1, 2}
+    assert arrays.instances is None
+    with pytest.raises(DataError, match=r"binary \(0/1 or 0/255\) for num_classes=1"):
+        load_dataset(root, DataConfig(image_size=20, num_classes=1))
+
+
+def test_gray_16bit_tiff_and_jpeg_images(tmp_path: Path) -> None:
+    gray16 = np.array([[0, 257 * 100], [65535, 257]], np.uint16)
+    _png(tmp_path / "g16.png", gray16)
+    assert read_image(tmp_path / "g16.png")[..., 0].tolist() == [[0, 100], [255, 1]]
+    assert read_image(tmp_path / "g16.png").shape == (2, 2, 3)
+    tifffile.imwrite(tmp_path / "t.tif", gray16)
+    assert read_image(tmp_path / "t.tif")[..., 2].tolist() == [[0, 100], [255, 1]]
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "j.jpg")
+    assert abs(int(read_image(tmp_path / "j.jpg")[4, 4, 0]) - 200) <= 2
+    _png(tmp_path / "g8.png", np.full((3, 3), 7, np.uint8))
+    assert read_image(tmp_path / "g8.png").tolist()[0][0] == [7, 7, 7]
+
+
+def _problem(tmp_path: Path, kind: str) -> tuple[Path, str]:
+    root = _generic(tmp_path / "g")
+    if kind == "missing":
+        return tmp_path / "nope", "data directory does not exist"
+    if kind == "empty":
+        (tmp_path / "e").mkdir()
+        return tmp_path / "e", "is empty"
+    if kind == "no_mask":
+        os.remove(root / "masks" / "img 1.png")
+        return root, "img 1.png: image has no mask"
+    if kind == "no_image":
+        os.remove(root / "images" / "img 2.png")
+        return root, "img 2.png: mask has no image"
+    if kind == "corrupt":
+        data = (root / "images" / "img 0.png").read_bytes()
+        (root / "images" / "img 0.png").write_bytes(data[: len(data) // 2])
+        return root, "img 0.png: cannot be decoded as an image"
+    if kind == "zero_bytes":
+        (root / "masks" / "img 3.png").write_bytes(b"")
+        return root, "img 3.png: file is empty (0 bytes)"
+    if kind == "not_image":
+        (root / "images" / "notes.txt").write_text("hello")
+        return root, "notes.txt: not a supported file type"
+    if kind == "size":
+        _png(root / "masks" / "img 0.png", np.zeros((5, 5), np.uint8))
+        return root, "mask is 5x5 but its image img 0.png is 20x23"
+    if kind == "values":
+        _png(root / "masks" / "img 0.png", np.full((20, 23), 7, np.uint8))
+        return root, "mask values must be binary"
+    if kind == "symlink":
+        outside = _png(tmp_path / "outside.png", np.zeros((20, 23), np.uint8))
+        os.remove(root / "masks" / "img 0.png")
+        os.symlink(outside, root / "masks" / "img 0.png")
+        return root, "is a link to outside the data root"
+    if kind == "too_few":
+        for i in range(1, 4):
+            os.remove(root / "images" / f"img {i}.png")
+            os.remove(root / "masks" / f"img {i}.png")
+        return root, "1 image(s) are too few for val_fraction"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "missing",
+        "empty",
+        "no_mask",
+        "no_image",
+        "corrupt",
+        "zero_bytes",
+        "not_image",
+        "size",
+        "values",
+        "symlink",
+        "too_few",
+    ],
+)
+def test_every_violation_names_the_file_and_rule(tmp_path: Path, kind: str) -> None:
+    root, fragment = _problem(tmp_path, kind)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError) as err:
+        load_dataset(root, DataConfig(image_size=16, val_fraction=0.25), cache)
+    assert fragment in str(err.value)
+    assert not cache.exists()  # nothing written for bad data
+
+
+def test_all_problems_are_reported_together(tmp_path: Path) -> None:
+    root = _generic(tmp_path / "g")
+    os.remove(root / "masks" / "img 1.png")
+    (root / "images" / "notes.txt").write_text("x")
+    with pytest.raises(DataError) as err:
+        scan_dataset(root)
+    assert "2 problem(s)" in str(err.value)
+    assert "notes.txt" in str(err.value) and "img 1.png" in str(err.value)
+
+
+def test_cache_is_read_on_the_second_load(tmp_path: Path) -> None:
+    root, cache = _generic(tmp_path / "g"), tmp_path / "cache"
+    cfg = DataConfig(image_size=16)
+    first = load_dataset(root, cfg, cache)
+    (path,) = cache.glob("*.npz")
+    assert path.stem == first.fingerprint
+    # Plant a marker in the cached arrays: only a load that reads the cache returns it.
+    with np.load(path) as npz:
+        content = dict(npz)
+    content["images"] = np.full_like(content["images"], 42)
+    np.savez(path, **content)
+    second = load_dataset(root, cfg, cache)
+    assert second.fingerprint == first.fingerprint
+    assert int(second.images.min()) == int(second.images.max()) == 42
+
+
+def test_fingerprint_follows_bytes_and_size(tmp_path: Path) -> None:
+    root = _generic(tmp_path / "g")
+    base = load_dataset(root, DataConfig(image_size=16)).fingerprint
+    assert load_dataset(root, DataConfig(image_size=16)).fingerprint == base
+    assert load_dataset(root, DataConfig(image_size=32)).fingerprint != base
+    mask = np.zeros((20, 23), np.uint8)
+    _png(root / "masks" / "img 0.png", mask)
+    assert load_dataset(root, DataConfig(image_size=16)).fingerprint != base
+
+
+def test_split_is_deterministic_disjoint_and_complete() -> None:
+    train, val = split_indices(50, 0.2, seed=3)
+    again_train, again_val = split_indices(50, 0.2, seed=3)
+    assert train.tolist() == again_train.tolist() and val.tolist() == again_val.tolist()
+    assert len(val) == 10 and not set(train) & set(val)
+    assert sorted([*train, *val]) == list(range(50))
+    assert split_indices(50, 0.2, seed=4)[1].tolist() != val.tolist()

@@ -1,0 +1,66 @@
+"""Ray Train in-process with one Ray per session: fault tolerance and resource checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from unet_search.config import RunConfig
+from unet_search.data import load_dataset
+from unet_search.worker import FAULT_ENV, ResourceError, preprocessing_of, run_training
+
+
+def _cfg(**leaves: object) -> RunConfig:
+    base = {
+        "image_size": 32,
+        "depth": 2,
+        "base_filters": 4,
+        "val_fraction": 0.25,
+        "dsb_every": 0,
+        "num_sample_images": 0,
+    }
+    return RunConfig.from_dict({**base, **leaves})
+
+
+def test_preprocessing_records_what_inference_needs() -> None:
+    pre = preprocessing_of(_cfg(threshold=0.4))
+    assert pre["image_size"] == 32 and pre["threshold"] == 0.4
+    assert pre["normalization"] == "unit" and pre["mean"] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.slow
+def test_impossible_resources_fail_at_once(
+    ray_local: None, synth_dir: Path, workdir: Path
+) -> None:
+    cfg = _cfg(num_workers=8)
+    arrays = load_dataset(synth_dir, cfg.data)
+    with pytest.raises(ResourceError, match="8 CPUs, but the Ray cluster has 2"):
+        run_training(cfg, arrays, synth_dir, workdir, "res")
+    assert not (workdir / "mlartifacts").exists()
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_checkpoint_in_the_same_run(
+    ray_local: None, synth_dir: Path, workdir: Path, tmp_path: Path
+) -> None:
+    cfg = _cfg(epochs=3, num_workers=2, max_failures=1)
+    arrays = load_dataset(synth_dir, cfg.data)
+    marker = tmp_path / "killed"
+    outcome = run_training(
+        cfg,
+        arrays,
+        synth_dir,
+        workdir,
+        "fault",
+        worker_env={FAULT_ENV: f"epoch=1,marker={marker}"},
+    )
+    assert marker.exists()  # a worker really died after epoch 1
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([outcome.experiment_id])
+    assert [r.info.run_id for r in runs] == [outcome.run_id]  # no duplicate run
+    assert runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(outcome.run_id, "train_loss")]
+    assert sorted(steps) == [1, 2, 3]  # epoch 1 not re-run: resumed from its checkpoint
+    assert outcome.metrics["epoch"] == 3.0

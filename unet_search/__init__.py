@@ -1,0 +1,14 @@
+"""unet-search: Ray-distributed hyperparameter and variant search for UNet segmentation."""
+
+from __future__ import annotations
+
+import os
+
+# Never reach a hub or an update server at run time: set before smp/timm/albumentations load.
+# Processes started by Ray get the same variables through the runtime env (see worker.py).
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+for _key, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+__version__ = "0.1.0"
+__all__ = ["OFFLINE_ENV", "__version__"]

@@ -1,0 +1,495 @@
+"""Typed, frozen run configuration with validation, YAML loading and ``key=value`` overrides.
+
+A run configuration has six sections (data, augment, model, loss, optim, train). Every leaf
+name is unique across sections, so a flat ``--set epochs=2`` or an MLflow param ``encoder``
+maps one to one onto a field; ``--set train.epochs=2`` works too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import subprocess
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "AugmentConfig",
+    "ConfigError",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PRESETS",
+    "RunConfig",
+    "SECTIONS",
+    "TrainConfig",
+    "UserError",
+    "code_version",
+    "load_run_config",
+    "parse_override",
+    "read_yaml",
+    "work_dir",
+]
+
+
+class UserError(Exception):
+    """An error caused by the user's input; the CLI prints its message and exits with 1."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value or file breaks a rule; the message names the key and the rule."""
+
+
+def _check(ok: bool, key: str, rule: str, value: object) -> None:
+    if not ok:
+        raise ConfigError(f"`{key}` {rule}, but got {value!r}.")
+
+
+def _one_of(key: str, value: object, options: Iterable[object]) -> None:
+    options = list(options)
+    _check(value in options, key, f"must be one of {options}", value)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How the dataset is read: model input size, classes, validation split."""
+
+    image_size: int = 128
+    num_classes: int = 1  # 1: binary foreground (sigmoid); C >= 2: class indices 0..C-1
+    val_fraction: float = 0.1
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(
+            16 <= self.image_size <= 4096,
+            "data.image_size",
+            "must be in [16, 4096]",
+            self.image_size,
+        )
+        _check(
+            1 <= self.num_classes <= 255,
+            "data.num_classes",
+            "must be in [1, 255]",
+            self.num_classes,
+        )
+        _check(
+            0.0 < self.val_fraction < 1.0,
+            "data.val_fraction",
+            "must be in (0, 1)",
+            self.val_fraction,
+        )
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation; ``aug_strength`` 0 turns it off, 1 is the strongest."""
+
+    aug_strength: float = 0.5
+    elastic: bool = False
+
+    def __post_init__(self) -> None:
+        _check(
+            0.0 <= self.aug_strength <= 1.0,
+            "augment.aug_strength",
+            "must be in [0, 1]",
+            self.aug_strength,
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture; names are checked against the registries in ``models.py``."""
+
+    arch: str = "unet"
+    encoder: str = "none"  # "none": the from-scratch UNet; else an smp encoder name
+    encoder_weights: str | None = None
+    depth: int = 4  # number of poolings (plain UNet) / encoder_depth (smp)
+    base_filters: int = 16
+    dropout: float = 0.0
+    dropout_schedule: str = "constant"  # constant | ramp (the Keras seed's 1/3, 2/3, 1 ramp)
+    upsampling: str = "transpose"
+    batchnorm: bool = True
+    padding: str = "same"
+    in_channels: int = 3
+
+    def __post_init__(self) -> None:
+        _check(2 <= self.depth <= 5, "model.depth", "must be in [2, 5]", self.depth)
+        _check(
+            1 <= self.base_filters <= 1024,
+            "model.base_filters",
+            "must be in [1, 1024]",
+            self.base_filters,
+        )
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)", self.dropout)
+        _one_of("model.dropout_schedule", self.dropout_schedule, ["constant", "ramp"])
+        _one_of("model.padding", self.padding, ["same", "valid"])
+        _one_of("model.in_channels", self.in_channels, [1, 3])
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss; ``mix`` is ``dice_weight * dice + (1 - dice_weight) * bce`` (CE if multi-class)."""
+
+    loss: str = "mix"
+    dice_weight: float = 0.5
+    focal_gamma: float = 2.0
+    tversky_alpha: float = 0.3
+    tversky_beta: float = 0.7
+
+    def __post_init__(self) -> None:
+        _check(
+            0.0 <= self.dice_weight <= 1.0,
+            "loss.dice_weight",
+            "must be in [0, 1]",
+            self.dice_weight,
+        )
+        _check(self.focal_gamma >= 0.0, "loss.focal_gamma", "must be >= 0", self.focal_gamma)
+        _check(
+            self.tversky_alpha >= 0
+            and self.tversky_beta >= 0
+            and self.tversky_alpha + self.tversky_beta > 0,
+            "loss.tversky_alpha",
+            "and `tversky_beta` must be >= 0 with a positive sum",
+            (self.tversky_alpha, self.tversky_beta),
+        )
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and learning-rate schedule."""
+
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_schedule: str = "cosine"
+    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.lr <= 10.0, "optim.lr", "must be in (0, 10]", self.lr)
+        _check(self.weight_decay >= 0.0, "optim.weight_decay", "must be >= 0", self.weight_decay)
+        _check(self.grad_clip >= 0.0, "optim.grad_clip", "must be >= 0", self.grad_clip)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Epoch loop, early stopping, evaluation and resources of one training run."""
+
+    epochs: int = 20
+    batch_size: int = 8
+    seed: int = 0
+    threshold: float = 0.5
+    early_stop_patience: int = 0  # 0 turns early stopping off
+    early_stop_metric: str = "val_dice"
+    dsb_every: int = 1  # compute the DSB2018 instance score every N epochs (0: never)
+    num_sample_images: int = 4
+    num_workers: int = 1
+    cpus_per_worker: int = 1
+    gpus_per_worker: float = 0.0
+    amp: str = "bf16"  # on GPU only: bf16 | fp16 | off
+    channels_last: bool = True  # on GPU only
+    max_failures: int = 2
+    loader_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.epochs <= 100_000, "train.epochs", "must be in [1, 100000]", self.epochs)
+        _check(
+            1 <= self.batch_size <= 4096,
+            "train.batch_size",
+            "must be in [1, 4096]",
+            self.batch_size,
+        )
+        _check(0.0 < self.threshold < 1.0, "train.threshold", "must be in (0, 1)", self.threshold)
+        _check(
+            self.early_stop_patience >= 0,
+            "train.early_stop_patience",
+            "must be >= 0",
+            self.early_stop_patience,
+        )
+        _one_of(
+            "train.early_stop_metric", self.early_stop_metric, ["val_dice", "val_iou", "val_loss"]
+        )
+        _check(self.dsb_every >= 0, "train.dsb_every", "must be >= 0", self.dsb_every)
+        _check(
+            0 <= self.num_sample_images <= 64,
+            "train.num_sample_images",
+            "must be in [0, 64]",
+            self.num_sample_images,
+        )
+        _check(self.num_workers >= 1, "train.num_workers", "must be >= 1", self.num_workers)
+        _check(
+            self.cpus_per_worker >= 1,
+            "train.cpus_per_worker",
+            "must be >= 1",
+            self.cpus_per_worker,
+        )
+        _check(
+            self.gpus_per_worker >= 0,
+            "train.gpus_per_worker",
+            "must be >= 0",
+            self.gpus_per_worker,
+        )
+        _one_of("train.amp", self.amp, ["bf16", "fp16", "off"])
+        _check(self.max_failures >= 0, "train.max_failures", "must be >= 0", self.max_failures)
+        _check(
+            self.loader_workers >= 0, "train.loader_workers", "must be >= 0", self.loader_workers
+        )
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "augment": AugmentConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
+
+# Presets are flat leaf values applied before the file and the overrides.
+PRESETS: dict[str, dict[str, Any]] = {
+    # REFERENCE.md 1a: the Keras nuclei UNet on DSB2018 (1,941,105 parameters).
+    "seed_keras": {
+        "arch": "unet",
+        "encoder": "none",
+        "depth": 4,
+        "base_filters": 16,
+        "dropout": 0.3,
+        "dropout_schedule": "ramp",
+        "upsampling": "transpose",
+        "batchnorm": False,
+        "padding": "same",
+        "in_channels": 3,
+        "num_classes": 1,
+        "image_size": 128,
+        "loss": "bce",
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        "lr_schedule": "none",
+        "grad_clip": 0.0,
+        "batch_size": 16,
+        "epochs": 25,
+        "early_stop_patience": 2,
+        "early_stop_metric": "val_loss",
+        "val_fraction": 0.1,
+        "aug_strength": 0.0,
+    },
+    # REFERENCE.md 1b: a smaller 3-level variant, 8 -> 16 -> 32 filters, 2-channel output.
+    "seed_small": {
+        "arch": "unet",
+        "encoder": "none",
+        "depth": 2,
+        "base_filters": 8,
+        "dropout": 0.0,
+        "upsampling": "transpose",
+        "batchnorm": False,
+        "padding": "same",
+        "num_classes": 2,
+        "loss": "mix",
+    },
+    # REFERENCE.md 1c: Ronneberger et al. 2015 (31,030,658 parameters, 1 channel, 2 classes).
+    "original_unet": {
+        "arch": "unet",
+        "encoder": "none",
+        "depth": 4,
+        "base_filters": 64,
+        "dropout": 0.0,
+        "upsampling": "transpose",
+        "batchnorm": False,
+        "padding": "valid",
+        "in_channels": 1,
+        "num_classes": 2,
+    },
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole resolved configuration of one training run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain dict (YAML/JSON-ready)."""
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Leaf name -> value, e.g. ``{"encoder": "resnet34", "epochs": 20, ...}``."""
+        return {k: v for section in self.to_dict().values() for k, v in section.items()}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], *, source: str = "config") -> RunConfig:
+        """Build from nested sections and/or flat leaf keys (plus an optional ``preset``)."""
+        return _build(_normalize(raw, source), source)
+
+    def replace(self, **leaves: Any) -> RunConfig:
+        """A copy with some leaf values changed (validated)."""
+        merged = self.flat()
+        merged.update(_normalize(leaves, "replace"))
+        return _build(merged, "replace")
+
+
+LEAF_SECTION: dict[str, str] = {
+    f.name: section for section, klass in SECTIONS.items() for f in dataclasses.fields(klass)
+}
+
+
+def _normalize(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Nested or flat mapping -> flat ``{leaf: value}`` with presets expanded first."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of keys to values, "
+            f"but got {type(raw).__name__}."
+        )
+    flat: dict[str, Any] = {}
+    preset = raw.get("preset")
+    if preset is not None:
+        _one_of(f"{source}: preset", preset, PRESETS)
+        flat.update(PRESETS[preset])
+    for key, value in raw.items():
+        if key == "preset":
+            continue
+        # `loss` is both a section and a leaf: a mapping means the section.
+        if key in SECTIONS and (isinstance(value, Mapping) or key not in LEAF_SECTION):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: `{key}` must be a mapping, but got {value!r}.")
+            for leaf, leaf_value in value.items():
+                _check_leaf(leaf, source, section=key)
+                flat[leaf] = leaf_value
+        else:
+            _check_leaf(key, source)
+            flat[key] = value
+    return flat
+
+
+def _check_leaf(leaf: str, source: str, section: str | None = None) -> None:
+    valid = (
+        sorted(f.name for f in dataclasses.fields(SECTIONS[section]))
+        if section
+        else sorted([*SECTIONS, *LEAF_SECTION, "preset"])
+    )
+    if leaf not in valid:
+        where = f"`{section}.{leaf}`" if section else f"`{leaf}`"
+        raise ConfigError(f"{source}: unknown key {where}; valid keys are {valid}.")
+
+
+def _build(flat: Mapping[str, Any], source: str) -> RunConfig:
+    per_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for leaf, value in flat.items():
+        section = LEAF_SECTION[leaf]
+        per_section[section][leaf] = _coerce(SECTIONS[section], section, leaf, value, source)
+    try:
+        return RunConfig(**{name: SECTIONS[name](**vals) for name, vals in per_section.items()})
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def _coerce(klass: type, section: str, leaf: str, value: Any, source: str) -> Any:
+    """Check a raw value against the field's annotated type; ints widen to floats."""
+    hint = typing.get_type_hints(klass)[leaf]
+    allowed = typing.get_args(hint) or (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    key = f"{source}: `{section}.{leaf}`"
+    for kind in allowed:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                break
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
+    raise ConfigError(f"{key} must be {names}, but got {value!r}.")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"epochs=2"`` / ``"train.epochs=2"`` -> ``("epochs", 2)``; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set must look like key=value, but got {text!r}.")
+    if "." in key:
+        section, _, leaf = key.partition(".")
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"--set {key}: unknown section `{section}`; valid sections are {sorted(SECTIONS)}."
+            )
+        _check_leaf(leaf, "--set", section=section)
+        key = leaf
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def read_yaml(path: Path) -> Any:
+    """Read a YAML file; a missing file or a syntax error is a ConfigError with the line."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file does not exist.")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: must be UTF-8 text.") from None
+
+
+def load_run_config(
+    path: Path | None = None, overrides: Iterable[str] = (), **leaves: Any
+) -> RunConfig:
+    """Defaults <- preset <- YAML file <- ``--set`` overrides <- keyword leaves."""
+    flat: dict[str, Any] = {}
+    if path is not None:
+        raw = read_yaml(path)
+        flat.update(_normalize(raw if raw is not None else {}, str(path)))
+    for text in overrides:
+        key, value = parse_override(text)
+        if key == "preset":
+            flat.update(_normalize({"preset": value}, "--set"))
+        else:
+            _check_leaf(key, "--set")
+            flat[key] = value
+    flat.update({k: v for k, v in leaves.items() if v is not None})
+    return _build(flat, str(path) if path else "--set")
+
+
+def work_dir() -> Path:
+    """The work directory: ``$UNET_SEARCH_HOME`` or ``./unet-search-runs`` (absolute)."""
+    return Path(os.environ.get("UNET_SEARCH_HOME", "unet-search-runs")).expanduser().resolve()
+
+
+def code_version() -> str:
+    """Package version plus the git commit when run from a checkout (``0.1.0+g1a2b3c4``)."""
+    from unet_search import __version__
+
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{sha}" if sha else __version__

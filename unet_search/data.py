@@ -1,0 +1,514 @@
+"""Dataset scanning, validation, decoding, caching, fingerprinting and splitting.
+
+Two layouts are read (REFERENCE.md section 2):
+
+* ``dsb2018``: ``ROOT/<id>/images/<id>.png`` and ``ROOT/<id>/masks/*.png`` (one binary mask per
+  instance; the semantic mask is their union);
+* ``images_masks``: ``ROOT/images/<stem>.<ext>`` and ``ROOT/masks/<stem>.<ext>``.
+
+Everything is validated before any training starts; every broken file is reported in one
+:class:`DataError`. Decoded, resized arrays are cached under ``<cache_dir>/<fingerprint>.npz``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import tifffile
+from PIL import Image
+from scipy import ndimage
+
+from unet_search.config import DataConfig, UserError
+
+__all__ = [
+    "CACHE_VERSION",
+    "DataError",
+    "DatasetArrays",
+    "DatasetIndex",
+    "Sample",
+    "decode_image",
+    "load_dataset",
+    "read_image",
+    "scan_dataset",
+    "split_indices",
+]
+
+CACHE_VERSION = 1
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+MASK_SUFFIXES = (".png", ".tif", ".tiff")
+MAX_ERRORS_SHOWN = 20
+# Bounded memory: refuse to decode a single image larger than this many pixels.
+MAX_PIXELS = 16384 * 16384
+
+
+class DataError(UserError):
+    """The dataset breaks a rule; the message names the file(s) and the rule."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its mask files (several instance masks in the DSB2018 layout)."""
+
+    name: str
+    image: Path
+    masks: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    """The files of a dataset, in a fixed (sorted) order."""
+
+    root: Path
+    layout: str
+    samples: tuple[Sample, ...]
+
+    def files(self) -> list[Path]:
+        return [p for s in self.samples for p in (s.image, *s.masks)]
+
+
+@dataclass(frozen=True)
+class DatasetArrays:
+    """Decoded, resized arrays shared by every trial.
+
+    images: (N, S, S, 3) uint8; masks: (N, S, S) uint8 class indices (0/1 when binary);
+    instances: (N, S, S) uint16 instance labels (binary datasets only, else None);
+    original_sizes: (N, 2) int (height, width).
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    instances: np.ndarray | None
+    names: tuple[str, ...]
+    original_sizes: np.ndarray
+    fingerprint: str
+    layout: str
+    stats: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _under_root(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _listing(
+    folder: Path, suffixes: tuple[str, ...], root: Path, errors: list[str]
+) -> dict[str, Path]:
+    """stem -> file for the visible files of a folder; anything else is an error."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue  # .DS_Store, editor swap files: not data
+        if not _under_root(path, root):
+            errors.append(
+                f"{path}: is a link to outside the data root {root}; copy the file "
+                "into the dataset instead."
+            )
+        elif path.is_dir():
+            errors.append(
+                f"{path}: unexpected folder; expected image files ({', '.join(suffixes)})."
+            )
+        elif path.suffix.lower() not in suffixes:
+            errors.append(
+                f"{path}: not a supported file type; expected one of {', '.join(suffixes)}."
+            )
+        elif path.stem in found:
+            errors.append(
+                f"{path}: two files share the stem {path.stem!r} "
+                f"({found[path.stem].name} and {path.name})."
+            )
+        else:
+            found[path.stem] = path
+    return found
+
+
+def _scan_images_masks(root: Path, errors: list[str]) -> list[Sample]:
+    images = _listing(root / "images", IMAGE_SUFFIXES, root, errors)
+    masks = _listing(root / "masks", MASK_SUFFIXES, root, errors)
+    for stem in sorted(images.keys() - masks.keys()):
+        errors.append(f"{images[stem]}: image has no mask (expected masks/{stem}.png or .tif).")
+    for stem in sorted(masks.keys() - images.keys()):
+        errors.append(
+            f"{masks[stem]}: mask has no image (expected images/{stem}.png, .jpg or .tif)."
+        )
+    return [
+        Sample(stem, images[stem], (masks[stem],)) for stem in sorted(images.keys() & masks.keys())
+    ]
+
+
+def _scan_dsb(root: Path, folders: list[Path], errors: list[str]) -> list[Sample]:
+    samples = []
+    for folder in folders:
+        if not (folder / "images").is_dir():
+            errors.append(
+                f"{folder}: has no images/ folder (DSB2018 layout: "
+                f"{folder.name}/images/{folder.name}.png)."
+            )
+            continue
+        images = _listing(folder / "images", IMAGE_SUFFIXES, root, errors)
+        if len(images) != 1:
+            errors.append(
+                f"{folder / 'images'}: must hold exactly one image, but holds {len(images)}."
+            )
+            continue
+        if not (folder / "masks").is_dir():
+            errors.append(f"{folder}: image has no masks/ folder.")
+            continue
+        masks = _listing(folder / "masks", MASK_SUFFIXES, root, errors)
+        (image,) = images.values()
+        samples.append(Sample(folder.name, image, tuple(masks[k] for k in sorted(masks))))
+    return samples
+
+
+def _raise_if(errors: list[str], root: Path) -> None:
+    if not errors:
+        return
+    shown = errors[:MAX_ERRORS_SHOWN]
+    more = len(errors) - len(shown)
+    lines = [f"{root}: {len(errors)} problem(s) in the dataset:", *(f"  {e}" for e in shown)]
+    if more:
+        lines.append(f"  ... and {more} more")
+    raise DataError("\n".join(lines) if len(errors) > 1 else errors[0])
+
+
+def scan_dataset(root: Path) -> DatasetIndex:
+    """Detect the layout of ``root`` and list its samples; raises DataError on any problem."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: data directory does not exist.")
+    if not root.is_dir():
+        raise DataError(f"{root}: must be a directory of images and masks, but is a file.")
+    errors: list[str] = []
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        layout, samples = "images_masks", _scan_images_masks(root, errors)
+    else:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not any((p / "images").is_dir() for p in folders):
+            what = "is empty" if not any(root.iterdir()) else "has no known dataset layout"
+            raise DataError(
+                f"{root}: {what}; expected images/ and masks/ folders with matching file "
+                "names, or one folder per image holding images/<id>.png and masks/*.png "
+                "(the 2018 Data Science Bowl layout)."
+            )
+        layout, samples = "dsb2018", _scan_dsb(root, folders, errors)
+    _raise_if(errors, root)
+    if not samples:
+        raise DataError(f"{root}: contains no image/mask pairs.")
+    return DatasetIndex(root, layout, tuple(samples))
+
+
+def _read_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    if not data:
+        raise DataError(f"{path}: file is empty (0 bytes).")
+    return data
+
+
+def _decode_raw(path: Path, data: bytes) -> np.ndarray:
+    """Bytes -> array in the file's own dtype and channels."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                page = tif.pages[0]
+                if int(np.prod(page.shape[:2])) > MAX_PIXELS:
+                    raise DataError(
+                        f"{path}: image of {page.shape[0]}x{page.shape[1]} pixels "
+                        f"exceeds the limit of {MAX_PIXELS} pixels."
+                    )
+                return np.asarray(page.asarray())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img: Image.Image = Image.open(io.BytesIO(data))
+            if img.width * img.height > MAX_PIXELS:
+                raise DataError(
+                    f"{path}: image of {img.height}x{img.width} pixels exceeds "
+                    f"the limit of {MAX_PIXELS} pixels."
+                )
+            img.load()
+        if img.mode == "P":
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            img = img.convert("RGB")
+        elif img.mode == "LA":
+            img = img.convert("L")
+        return np.asarray(img)
+    except DataError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{path}: image exceeds the pixel limit ({MAX_PIXELS}).") from None
+    except Exception as err:  # any decoder failure is a bad file, reported by name
+        raise DataError(
+            f"{path}: cannot be decoded as an image ({type(err).__name__}: {err})."
+        ) from None
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale to 0..255 by the dtype's range (16-bit: /257), floats by [0, 1] or their max."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if arr.dtype == np.uint16 or (arr.dtype.kind in "iu" and arr.max(initial=0) > 255):
+        return np.round(np.clip(arr, 0, 65535).astype(np.float32) / 257.0).astype(np.uint8)
+    if arr.dtype.kind in "iu":
+        return np.clip(arr, 0, 255).astype(np.uint8)
+    arr = np.nan_to_num(arr.astype(np.float32))
+    peak = float(arr.max(initial=0.0))
+    scale = 255.0 if peak <= 1.0 else 255.0 / peak
+    return np.round(np.clip(arr, 0, None) * scale).astype(np.uint8)
+
+
+def decode_image(path: Path, data: bytes) -> np.ndarray:
+    """Image bytes -> (H, W, 3) uint8: RGBA drops alpha, gray becomes 3 channels."""
+    arr = _decode_raw(path, data)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # channel-first TIFF
+    if arr.ndim == 3 and arr.shape[2] in (1, 2):
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise DataError(f"{path}: image must be 2-D gray, RGB or RGBA, but has shape {arr.shape}.")
+    return np.ascontiguousarray(_to_uint8(arr[..., :3]))
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read one image file as (H, W, 3) uint8."""
+    return decode_image(Path(path), _read_bytes(Path(path)))
+
+
+def _decode_mask(path: Path, data: bytes) -> np.ndarray:
+    arr = _decode_raw(path, data)
+    if arr.ndim == 3:
+        if not all(
+            np.array_equal(arr[..., 0], arr[..., c]) for c in range(1, min(3, arr.shape[2]))
+        ):
+            raise DataError(
+                f"{path}: mask must have one channel (or equal channels), but its "
+                "color channels differ."
+            )
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise DataError(f"{path}: mask must be a 2-D image, but has shape {arr.shape}.")
+    if arr.dtype.kind == "f":
+        if not np.all(arr == np.round(arr)):
+            raise DataError(f"{path}: mask must hold integer values, but holds fractions.")
+        arr = arr.astype(np.int64)
+    return arr.astype(np.int64) if arr.dtype == bool else arr
+
+
+def _class_mask(path: Path, raw: np.ndarray, num_classes: int) -> np.ndarray:
+    """Raw mask values -> class indices (uint8); binary masks may be 0/1, 0/255 or 0/65535."""
+    values = np.unique(raw)
+    nonzero = values[values != 0]
+    binary_ok = len(nonzero) <= 1 and all(v in (1, 255, 65535) for v in nonzero.tolist())
+    if num_classes <= 2 and binary_ok:
+        return (raw > 0).astype(np.uint8)
+    if num_classes >= 2 and values.min() >= 0 and values.max() < num_classes:
+        return raw.astype(np.uint8)
+    shown = values[:10].tolist()
+    rule = "binary (0/1 or 0/255)" if num_classes == 1 else f"class indices 0..{num_classes - 1}"
+    raise DataError(
+        f"{path}: mask values must be {rule} for num_classes={num_classes}, but "
+        f"found {shown}{' ...' if len(values) > 10 else ''}."
+    )
+
+
+def _decode_sample(
+    sample: Sample, num_classes: int, dsb: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One sample -> (image (H,W,3) uint8, class mask (H,W) uint8, instance labels or None)."""
+    image = decode_image(sample.image, _read_bytes(sample.image))
+    shape = image.shape[:2]
+    semantic = np.zeros(shape, np.uint8)
+    labels = np.zeros(shape, np.uint16) if dsb else None
+    for k, path in enumerate(sample.masks, start=1):
+        raw = _decode_mask(path, _read_bytes(path))
+        if raw.shape != shape:
+            raise DataError(
+                f"{path}: mask is {raw.shape[0]}x{raw.shape[1]} but its image "
+                f"{sample.image.name} is {shape[0]}x{shape[1]}; they must match."
+            )
+        mask = _class_mask(path, raw, 1 if dsb else num_classes)
+        if dsb:
+            assert labels is not None
+            semantic |= mask
+            labels[mask > 0] = min(k, 65535)
+        else:
+            semantic = mask
+    return image, semantic, labels
+
+
+def content_hash(index: DatasetIndex) -> str:
+    """SHA-256 over the relative file list and every file's bytes."""
+    digest = hashlib.sha256(index.layout.encode())
+    for path in index.files():
+        digest.update(str(path.relative_to(index.root)).encode("utf-8", "surrogateescape"))
+        digest.update(b"\0")
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fingerprint(content: str, cfg: DataConfig) -> str:
+    """Dataset identity as trained on: the content hash plus size and classes (16 hex)."""
+    key = f"{content}|size={cfg.image_size}|classes={cfg.num_classes}|v{CACHE_VERSION}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (train, val) index arrays; both non-empty or DataError."""
+    n_val = max(1, round(n * val_fraction))
+    if n - n_val < 1:
+        raise DataError(
+            f"{n} image(s) are too few for val_fraction={val_fraction}: need at "
+            "least one training and one validation image."
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _resize(
+    image: np.ndarray, mask: np.ndarray, labels: np.ndarray | None, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    shrink = image.shape[0] > size or image.shape[1] > size
+    image = cv2.resize(
+        image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    )
+    mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    if labels is not None:
+        labels = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
+    else:
+        labels = ndimage.label(mask > 0)[0].astype(np.uint16)
+    return image, mask, labels
+
+
+def _decode_all(index: DatasetIndex, cfg: DataConfig, fp: str) -> DatasetArrays:
+    n, size, dsb = len(index.samples), cfg.image_size, index.layout == "dsb2018"
+    images = np.zeros((n, size, size, 3), np.uint8)
+    masks = np.zeros((n, size, size), np.uint8)
+    instances = np.zeros((n, size, size), np.uint16)
+    sizes = np.zeros((n, 2), np.int64)
+    errors: list[str] = []
+    fg_pixels = total_pixels = 0
+
+    def work(i: int) -> tuple[int, int]:
+        image, mask, labels = _decode_sample(index.samples[i], cfg.num_classes, dsb)
+        sizes[i] = image.shape[:2]
+        images[i], masks[i], instances[i] = _resize(image, mask, labels, size)
+        return int((mask > 0).sum()), mask.size
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(work, i) for i in range(n)]
+        for future in futures:
+            try:
+                fg, total = future.result()
+                fg_pixels, total_pixels = fg_pixels + fg, total_pixels + total
+            except DataError as err:
+                errors.append(str(err))
+    _raise_if(errors, index.root)
+    size_counts = Counter(f"{h}x{w}" for h, w in sizes.tolist())
+    stats = {
+        "count": n,
+        "layout": index.layout,
+        "sizes": dict(size_counts.most_common()),
+        "min_size": [int(sizes[:, 0].min()), int(sizes[:, 1].min())],
+        "max_size": [int(sizes[:, 0].max()), int(sizes[:, 1].max())],
+        "foreground_ratio": fg_pixels / max(total_pixels, 1),
+        "instances_per_image": float((instances.reshape(n, -1).max(axis=1)).mean())
+        if dsb
+        else None,
+        "class_pixels": np.bincount(masks.ravel(), minlength=max(2, cfg.num_classes)).tolist(),
+    }
+    return DatasetArrays(
+        images,
+        masks,
+        instances if cfg.num_classes <= 2 else None,
+        tuple(s.name for s in index.samples),
+        sizes,
+        fp,
+        index.layout,
+        stats,
+    )
+
+
+def _save_cache(path: Path, arrays: DatasetArrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    os.close(fd)
+    extra: dict[str, Any] = {} if arrays.instances is None else {"instances": arrays.instances}
+    np.savez(
+        tmp,
+        images=arrays.images,
+        masks=arrays.masks,
+        original_sizes=arrays.original_sizes,
+        names=np.array(arrays.names),
+        meta=np.array(
+            json.dumps(
+                {"fingerprint": arrays.fingerprint, "layout": arrays.layout, "stats": arrays.stats}
+            )
+        ),
+        **extra,
+    )
+    os.replace(tmp, path)  # atomic: a concurrent reader sees the old state or the whole file
+
+
+def _load_cache(path: Path) -> DatasetArrays | None:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(str(npz["meta"]))
+            return DatasetArrays(
+                npz["images"],
+                npz["masks"],
+                npz.get("instances", None),
+                tuple(str(s) for s in npz["names"]),
+                npz["original_sizes"],
+                meta["fingerprint"],
+                meta["layout"],
+                meta["stats"],
+            )
+    except (OSError, KeyError, ValueError):
+        return None  # unreadable cache: decode again and overwrite it
+
+
+def load_dataset(root: Path, cfg: DataConfig, cache_dir: Path | None = None) -> DatasetArrays:
+    """Scan, validate, decode and resize a dataset once; later calls read the cache.
+
+    Raises DataError (naming the files) before anything is written when the data is bad,
+    including too few images for ``cfg.val_fraction``.
+    """
+    index = scan_dataset(root)
+    if index.layout == "dsb2018" and cfg.num_classes > 2:
+        raise DataError(
+            f"{root}: the DSB2018 layout holds binary instance masks, so "
+            f"num_classes must be 1 or 2, but got {cfg.num_classes}."
+        )
+    split_indices(len(index.samples), cfg.val_fraction, cfg.split_seed)
+    fp = fingerprint(content_hash(index), cfg)
+    cache = cache_dir / f"{fp}.npz" if cache_dir is not None else None
+    if cache is not None and cache.exists():
+        cached = _load_cache(cache)
+        if cached is not None and cached.fingerprint == fp:
+            return cached
+    arrays = _decode_all(index, cfg, fp)
+    if cache is not None:
+        _save_cache(cache, arrays)
+    return arrays

@@ -1,0 +1,91 @@
+"""Segmentation metrics: Dice and IoU per image, and the 2018 Data Science Bowl score.
+
+Conventions: an image whose truth and prediction are both empty scores 1 (nothing to find,
+nothing found). Multi-class Dice/IoU average the foreground classes present in the truth or
+the prediction of that image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+__all__ = [
+    "DSB_THRESHOLDS",
+    "dice_iou_per_image",
+    "dsb_image_score",
+    "logits_to_labels",
+]
+
+DSB_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)  # 0.50, 0.55, ..., 0.95
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def logits_to_labels(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """(N, K, H, W) logits -> (N, H, W) int64 labels: sigmoid > threshold if K = 1, else argmax."""
+    if logits.shape[1] == 1:
+        return (torch.sigmoid(logits[:, 0].float()) > threshold).long()
+    return logits.argmax(dim=1)
+
+
+def dice_iou_per_image(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image Dice and IoU of label maps.
+
+    Args:
+        pred, target: (N, H, W) integer labels.
+        num_classes: 1 (binary: class 1 is foreground) or C (classes 1..C-1 are scored).
+    Returns:
+        dice, iou: (N,) float64.
+    """
+    classes = [1] if num_classes <= 2 else list(range(1, num_classes))
+    dices, ious = [], []
+    for c in classes:
+        p, t = (pred == c).flatten(1), (target == c).flatten(1)
+        inter = (p & t).sum(1).double()
+        total = p.sum(1).double() + t.sum(1).double()
+        union = total - inter
+        present = total > 0
+        dices.append(torch.where(present, 2 * inter / total.clamp(min=1), torch.nan))
+        ious.append(torch.where(present, inter / union.clamp(min=1), torch.nan))
+    dice, iou = torch.stack(dices, 1), torch.stack(ious, 1)
+    empty = torch.isnan(dice).all(dim=1)
+    dice = torch.where(
+        empty,
+        1.0,
+        torch.nan_to_num(dice, nan=0.0).sum(1) / (~torch.isnan(dice)).sum(1).clamp(min=1),
+    )
+    iou = torch.where(
+        empty, 1.0, torch.nan_to_num(iou, nan=0.0).sum(1) / (~torch.isnan(iou)).sum(1).clamp(min=1)
+    )
+    return dice, iou
+
+
+def dsb_image_score(pred_foreground: np.ndarray, true_instances: np.ndarray) -> float:
+    """DSB2018 score of one image: mean over IoU thresholds 0.50..0.95 of TP / (TP + FP + FN).
+
+    Args:
+        pred_foreground: (H, W) bool; its 8-connected components are the predicted instances.
+        true_instances: (H, W) int labels, 0 = background.
+    """
+    pred_labels, n_pred = ndimage.label(pred_foreground, structure=_EIGHT_CONNECTED)
+    ids, truth = np.unique(true_instances, return_inverse=True)
+    truth = truth.reshape(true_instances.shape)
+    if ids[0] != 0:  # no background pixel at all: shift so that 0 stays background
+        truth = truth + 1
+    n_true = int(truth.max())
+    if n_true == 0 and n_pred == 0:
+        return 1.0
+    if n_true == 0 or n_pred == 0:
+        return 0.0
+    joint = np.bincount(
+        (truth * (n_pred + 1) + pred_labels).ravel(), minlength=(n_true + 1) * (n_pred + 1)
+    ).reshape(n_true + 1, n_pred + 1)
+    inter = joint[1:, 1:].astype(np.float64)
+    union = joint.sum(1)[1:, None] + joint.sum(0)[None, 1:] - inter
+    iou = inter / union
+    # IoU > 0.5 makes every match unique, so counting pairs above t counts true positives.
+    tp = np.array([(iou > t).sum() for t in DSB_THRESHOLDS], dtype=np.float64)
+    return float(np.mean(tp / (n_true + n_pred - tp)))

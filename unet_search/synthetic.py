@@ -1,0 +1,150 @@
+"""A nuclei-like synthetic dataset in the 2018 Data Science Bowl layout (for demos and tests).
+
+Each image holds many blobs of varied size, shape, intensity and texture, some touching or
+overlapping, on an uneven background with bright debris that is not a nucleus, then blur and
+noise. A quarter of the images are "brightfield-like" (dark nuclei on a bright background).
+A global threshold therefore does not solve the task (see ``tests/test_synthetic.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+__all__ = ["make_synthetic", "render_sample"]
+
+
+def _blob(
+    rng: np.random.Generator, shape: tuple[int, int], center: tuple[float, float], radius: float
+) -> np.ndarray:
+    """A boolean mask of a wobbly ellipse."""
+    h, w = shape
+    cy, cx = center
+    reach = int(np.ceil(radius * 1.6)) + 2
+    y0, y1 = max(0, int(cy) - reach), min(h, int(cy) + reach + 1)
+    x0, x1 = max(0, int(cx) - reach), min(w, int(cx) + reach + 1)
+    mask = np.zeros(shape, bool)
+    if y0 >= y1 or x0 >= x1:
+        return mask
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    angle = rng.uniform(0, np.pi)
+    dy, dx = yy - cy, xx - cx
+    u = dx * np.cos(angle) + dy * np.sin(angle)
+    v = -dx * np.sin(angle) + dy * np.cos(angle)
+    a, b = radius * rng.uniform(0.8, 1.3), radius * rng.uniform(0.55, 1.0)
+    theta = np.arctan2(v, u)
+    k, phase, amp = rng.integers(2, 6), rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.15)
+    wobble = 1.0 + amp * np.sin(k * theta + phase)
+    mask[y0:y1, x0:x1] = (u / a) ** 2 + (v / b) ** 2 <= wobble**2
+    return mask
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    return field / (np.abs(field).max() + 1e-6)
+
+
+def render_sample(
+    rng: np.random.Generator, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic image and its instance labels.
+
+    Returns:
+        image: (H, W, 4) uint8 RGBA, like many DSB2018 images.
+        labels: (H, W) int32, 0 = background, k = the k-th nucleus (no overlaps: later
+        nuclei occlude earlier ones).
+    """
+    shape = (height, width)
+    scale = min(height, width) / 128.0
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    direction = rng.uniform(0, 2 * np.pi)
+    ramp = np.cos(direction) * xx / width + np.sin(direction) * yy / height
+    ramp = (ramp - ramp.min()) / (np.ptp(ramp) + 1e-6)
+    background = (
+        rng.uniform(0.03, 0.15)
+        + rng.uniform(0.1, 0.4) * ramp
+        + 0.08 * _smooth_noise(rng, shape, 12 * scale)
+    )
+
+    labels = np.zeros(shape, np.int32)
+    signal = np.zeros(shape, np.float32)
+    centers: list[tuple[float, float, float]] = []
+    # Typical radius follows the image size with a floor of 2.5 px; the count keeps the
+    # foreground coverage near 8-20% whatever the size.
+    r0 = max(2.5, 6.0 * scale)
+    count = int(height * width * rng.uniform(0.08, 0.2) / (np.pi * r0**2))
+    for k in range(1, max(count, 3) + 1):
+        radius = r0 * rng.uniform(0.55, 1.5)
+        if centers and rng.random() < 0.35:  # touch or overlap a previous nucleus
+            py, px, pr = centers[rng.integers(len(centers))]
+            ang, dist = rng.uniform(0, 2 * np.pi), (pr + radius) * rng.uniform(0.6, 1.0)
+            center = (py + dist * np.sin(ang), px + dist * np.cos(ang))
+        else:
+            center = (rng.uniform(0, height), rng.uniform(0, width))
+        blob = _blob(rng, shape, center, radius)
+        if blob.sum() < 6:
+            continue
+        centers.append((center[0], center[1], radius))
+        labels[blob] = k
+        texture = 1.0 - 0.35 * np.clip(_smooth_noise(rng, shape, 1.5 * scale), 0, None)
+        signal[blob] = rng.uniform(0.25, 0.85) * texture[blob]
+
+    debris = np.zeros(shape, np.float32)
+    for _ in range(int(rng.integers(2, 7))):  # bright fibres and specks, not nuclei
+        y, x = rng.uniform(0, height), rng.uniform(0, width)
+        ang, length = rng.uniform(0, np.pi), rng.uniform(10, 40) * scale
+        t = np.linspace(0, 1, 200)
+        ys = np.clip((y + t * length * np.sin(ang)).astype(int), 0, height - 1)
+        xs = np.clip((x + t * length * np.cos(ang)).astype(int), 0, width - 1)
+        debris[ys, xs] = rng.uniform(0.5, 1.0)
+    debris = ndimage.gaussian_filter(debris, 0.6)
+
+    # Relabel so that labels are 1..n after occlusion.
+    kept = [k for k in np.unique(labels) if k and (labels == k).sum() >= 6]
+    relabel = np.zeros(labels.max() + 1, np.int32)
+    relabel[kept] = np.arange(1, len(kept) + 1)
+    labels = relabel[labels]
+    signal[labels == 0] = 0.0
+
+    image = background + signal + debris
+    image = ndimage.gaussian_filter(image, rng.uniform(0.5, 1.4))
+    image = image + rng.normal(0, rng.uniform(0.02, 0.06), shape)
+    if rng.random() < 0.25:  # brightfield-like: dark nuclei on a bright, tinted background
+        image = 1.0 - image
+        tint = np.array([rng.uniform(0.75, 0.95), rng.uniform(0.55, 0.8), rng.uniform(0.8, 1.0)])
+    else:
+        tint = np.array([1.0, 1.0, 1.0])
+    rgb = np.clip(image[..., None] * tint, 0, 1)
+    rgba = np.concatenate([rgb, np.ones((*shape, 1))], axis=2)
+    return np.round(rgba * 255).astype(np.uint8), labels
+
+
+def make_synthetic(out: Path, n: int = 200, size: int = 128, seed: int = 0) -> list[str]:
+    """Write ``n`` synthetic samples to ``out`` in the DSB2018 layout.
+
+    Heights are ``size``; widths vary around it (+-25%) so that resizing to the model's input
+    and back to the original size is exercised. Returns the image ids.
+    """
+    if n < 1:
+        raise ValueError(f"`n >= 1` must hold, but got {n=}.")
+    if size < 16:
+        raise ValueError(f"`size >= 16` must hold, but got {size=}.")
+    out = Path(out)
+    ids = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        width = int(size * rng.choice([0.75, 1.0, 1.0, 1.25]))
+        image, labels = render_sample(rng, size, width)
+        image_id = f"synth{seed:03d}_{i:05d}"
+        folder = out / image_id
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        (folder / "masks").mkdir(exist_ok=True)
+        Image.fromarray(image, "RGBA").save(folder / "images" / f"{image_id}.png")
+        for k in range(1, int(labels.max()) + 1):
+            mask = ((labels == k) * 255).astype(np.uint8)
+            Image.fromarray(mask, "L").save(folder / "masks" / f"{image_id}_m{k:03d}.png")
+        ids.append(image_id)
+    return ids

@@ -1,0 +1,61 @@
+"""Pictures a person looks at: image | truth | prediction overlays (numpy + PIL only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["PALETTE", "overlay", "save_triptych", "triptych"]
+
+# Class colors (class 1 first); class 0 (background) is never tinted.
+PALETTE = np.array(
+    [[0, 255, 0], [255, 0, 255], [0, 200, 255], [255, 200, 0], [255, 64, 64], [128, 128, 255]],
+    dtype=np.float32,
+)
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Tint each labelled class of (H, W) ``labels`` over an (H, W, 3) uint8 image."""
+    out = image.astype(np.float32).copy()
+    for c in range(1, int(labels.max(initial=0)) + 1):
+        where = labels == c
+        out[where] = (1 - alpha) * out[where] + alpha * PALETTE[(c - 1) % len(PALETTE)]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def triptych(
+    images: np.ndarray, truth: np.ndarray, pred: np.ndarray, min_side: int = 160
+) -> np.ndarray:
+    """One row per sample: image | truth overlay | prediction overlay.
+
+    Args:
+        images: (N, H, W, 3) uint8; truth, pred: (N, H, W) integer labels.
+        min_side: small tiles are enlarged (nearest) to at least this many pixels.
+    Returns:
+        (rows, cols, 3) uint8 with 4-pixel white gutters.
+    """
+    scale = max(1, -(-min_side // images.shape[1]))
+    gutter = 4
+    rows = []
+    for img, t, p in zip(images, truth, pred, strict=True):
+        tiles = [img, overlay(img, t), overlay(img, p)]
+        tiles = [np.repeat(np.repeat(x, scale, 0), scale, 1) for x in tiles]
+        h = tiles[0].shape[0]
+        sep = np.full((h, gutter, 3), 255, np.uint8)
+        rows.append(np.concatenate([tiles[0], sep, tiles[1], sep, tiles[2]], axis=1))
+    width = rows[0].shape[1]
+    parts: list[np.ndarray] = []
+    for row in rows:
+        if parts:
+            parts.append(np.full((gutter, width, 3), 255, np.uint8))
+        parts.append(row)
+    return np.concatenate(parts, axis=0)
+
+
+def save_triptych(path: Path, images: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> Path:
+    """Write :func:`triptych` as a PNG; returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(triptych(images, truth, pred)).save(path)
+    return path

@@ -1,0 +1,355 @@
+"""Ray Train: the per-worker training function, the TorchTrainer that runs it, and Ray start-up.
+
+The per-worker function is a recipe: data from the object store -> loaders (distributed
+sampler) -> build_model -> prepare_model (DDP) -> resume from a checkpoint if any -> engine.fit,
+where each epoch rank 0 logs to MLflow, writes the checkpoint, and every rank calls
+``ray.train.report``. At the end rank 0 logs the best model and the sample predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from torch.utils.data import DataLoader
+
+from unet_search import OFFLINE_ENV, tracking
+from unet_search.config import RunConfig, UserError, code_version
+from unet_search.data import DatasetArrays, split_indices
+from unet_search.engine import (
+    TrainingState,
+    fit,
+    new_training_state,
+    predict_labels,
+    seed_everything,
+)
+from unet_search.losses import build_loss
+from unet_search.models import build_model, count_parameters, save_model_dir
+from unet_search.transforms import (
+    NORMALIZATIONS,
+    SegmentationDataset,
+    normalization_for,
+    to_tensor,
+    train_pipeline,
+)
+from unet_search.visualize import save_triptych
+
+__all__ = [
+    "ResourceError",
+    "TrainOutcome",
+    "build_trainer",
+    "check_resources",
+    "init_ray",
+    "preprocessing_of",
+    "run_training",
+    "train_loop_per_worker",
+]
+
+STATE_FILE = "state.pt"
+FAULT_ENV = "UNET_SEARCH_FAULT"
+
+
+class ResourceError(UserError):
+    """The cluster can never provide what a run asks for."""
+
+
+def preprocessing_of(cfg: RunConfig) -> dict[str, Any]:
+    """What a downstream predictor must do to an image, saved next to the weights."""
+    name = normalization_for(cfg.model)
+    mean, std = NORMALIZATIONS[name]
+    return {
+        "image_size": cfg.data.image_size,
+        "resize": "bilinear",
+        "normalization": name,
+        "mean": list(mean),
+        "std": list(std),
+        "in_channels": cfg.model.in_channels,
+        "num_classes": cfg.data.num_classes,
+        "threshold": cfg.train.threshold,
+    }
+
+
+def _loaders(
+    cfg: RunConfig, arrays: DatasetArrays, rank: int, world: int, seed: int
+) -> tuple[DataLoader[Any], DataLoader[Any]]:
+    train_idx, val_idx = split_indices(len(arrays), cfg.data.val_fraction, cfg.data.split_seed)
+    norm, channels = normalization_for(cfg.model), cfg.model.in_channels
+    train_set = SegmentationDataset(
+        arrays.images,
+        arrays.masks,
+        train_idx,
+        normalization=norm,
+        in_channels=channels,
+        pipeline=train_pipeline(cfg.augment),
+    )
+    # Validation is sharded by hand (no padding with repeats), so no image counts twice.
+    val_set = SegmentationDataset(
+        arrays.images,
+        arrays.masks,
+        val_idx[rank::world],
+        normalization=norm,
+        in_channels=channels,
+        instances=arrays.instances,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    train = DataLoader(
+        train_set,
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+        num_workers=cfg.train.loader_workers,
+        generator=generator,
+    )
+    val = DataLoader(
+        val_set, batch_size=max(cfg.train.batch_size, 8), num_workers=cfg.train.loader_workers
+    )
+    return ray.train.torch.prepare_data_loader(train, move_to_device=False), val
+
+
+def _save_checkpoint(state: TrainingState) -> ray.train.Checkpoint:
+    directory = tempfile.mkdtemp(prefix="unet-search-ckpt-")
+    torch.save(state.state_dict(), Path(directory) / STATE_FILE)
+    return ray.train.Checkpoint.from_directory(directory)
+
+
+def _resume(state: TrainingState) -> None:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as directory:
+        saved = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    state.load_state_dict(saved)
+
+
+def _log_final(
+    cfg: RunConfig,
+    arrays: DatasetArrays,
+    state: TrainingState,
+    uri: str,
+    run_id: str,
+    device: torch.device,
+) -> None:
+    """Rank 0: the best weights as a model directory and image | truth | prediction samples."""
+    module = state.module
+    if state.best_state is not None:
+        module.load_state_dict(state.best_state)
+    _, val_idx = split_indices(len(arrays), cfg.data.val_fraction, cfg.data.split_seed)
+    picks = val_idx[: cfg.train.num_sample_images]
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model_dir(
+            Path(tmp) / "best_model",
+            module,
+            cfg.model,
+            cfg.data.num_classes,
+            preprocessing_of(cfg),
+        )
+        if len(picks):
+            norm = normalization_for(cfg.model)
+            batch = torch.stack(
+                [to_tensor(arrays.images[i], norm, cfg.model.in_channels) for i in picks]
+            ).to(device)
+            pred = predict_labels(module, batch, cfg.train.threshold).cpu().numpy()
+            save_triptych(
+                Path(tmp) / "samples" / "predictions.png",
+                arrays.images[picks],
+                arrays.masks[picks],
+                pred,
+            )
+        tracking.log_artifacts(uri, run_id, Path(tmp))
+    best = {f"best_{k}": v for k, v in state.best_metrics.items() if k.startswith("val_")}
+    tracking.log_metrics(
+        uri, run_id, {**best, "best_epoch": float(state.early.best_epoch)}, step=state.epoch
+    )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train per-worker function; ``config`` holds ``run_config`` (dict), ``dataset``
+    (ObjectRef of DatasetArrays), ``tracking_uri`` and ``run_id``."""
+    cfg = RunConfig.from_dict(config["run_config"])
+    uri, run_id = config["tracking_uri"], config["run_id"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.train.cpus_per_worker)
+    seed_everything(cfg.train.seed + rank)
+    arrays: DatasetArrays = ray.get(config["dataset"])
+    device = ray.train.torch.get_device()
+    train_loader, val_loader = _loaders(cfg, arrays, rank, world, cfg.train.seed + rank)
+    model = build_model(cfg.model, cfg.data.num_classes).to(device)
+    if device.type == "cuda" and cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
+    state = new_training_state(ddp_model, cfg, len(train_loader), device)
+    _resume(state)
+    if rank == 0 and state.epoch == 0:
+        tracking.set_tags(
+            uri, run_id, {"ray.world_size": world, "ray.node_ip": ray.util.get_node_ip_address()}
+        )
+
+    def report(metrics: dict[str, float], st: TrainingState) -> None:
+        # Log before reporting: a failure between the two repeats an epoch's point in MLflow
+        # at the same step instead of losing it.
+        if rank == 0:
+            tracking.log_metrics(uri, run_id, metrics, step=int(metrics["epoch"]))
+        checkpoint = _save_checkpoint(st) if rank == 0 else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+        _maybe_fail(int(metrics["epoch"]), rank, world)
+
+    fit(state, cfg, train_loader, val_loader, build_loss(cfg.loss), device, report)
+    if rank == 0:
+        _log_final(cfg, arrays, state, uri, run_id, device)
+
+
+def _maybe_fail(epoch: int, rank: int, world: int) -> None:
+    """Fault injection for tests: ``UNET_SEARCH_FAULT="epoch=N,marker=PATH[,after_s=S]"``
+    kills the last rank once, S seconds (default 3) after epoch N's report, i.e. while the
+    other ranks are inside epoch N+1. The marker file records that it happened.
+
+    Ray Train V2 registers a reported checkpoint when its controller next polls the workers
+    (every 2 s), so a failure within 2 s of a report can lose that report: the epoch is then
+    re-run from the previous checkpoint (and logged again at the same MLflow step)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or rank != world - 1:
+        return
+    fields = dict(part.split("=", 1) for part in spec.split(","))
+    marker = Path(fields["marker"])
+    if int(fields["epoch"]) == epoch and not marker.exists():
+        time.sleep(float(fields.get("after_s", 3.0)))
+        marker.write_text(f"worker rank {rank} killed after epoch {epoch}\n", encoding="utf-8")
+        os._exit(1)
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to ``address`` / ``$RAY_ADDRESS``, else start a new local Ray (never attach to
+    a cluster by accident); tasks and actors run offline."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    env = {**OFFLINE_ENV, "RAY_TRAIN_V2_ENABLED": "1"}
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
+    ray.init(
+        address=address,
+        runtime_env={"env_vars": env},
+        log_to_driver=True,
+        logging_level=logging.WARNING,
+    )
+
+
+def check_resources(cfg: RunConfig) -> None:
+    """Fail at once, not after waiting forever, when the cluster cannot fit the workers."""
+    total = ray.cluster_resources()
+    tc = cfg.train
+    need = {"CPU": tc.num_workers * tc.cpus_per_worker, "GPU": tc.num_workers * tc.gpus_per_worker}
+    for resource, amount in need.items():
+        if amount > total.get(resource, 0):
+            raise ResourceError(
+                f"`train.num_workers` x `train.{resource.lower()}s_per_worker` = {amount:g} "
+                f"{resource}s, but the Ray cluster has {total.get(resource, 0):g}; lower them "
+                "or add nodes."
+            )
+
+
+def build_trainer(
+    cfg: RunConfig,
+    dataset_ref: ray.ObjectRef,
+    tracking_uri: str,
+    run_id: str,
+    storage: Path,
+    name: str,
+    worker_env: dict[str, str] | None = None,
+) -> ray.train.torch.TorchTrainer:
+    """A TorchTrainer for one run: DDP over ``num_workers`` (gloo on CPU, NCCL on GPU).
+
+    ``worker_env`` adds environment variables to the training workers only."""
+    tc = cfg.train
+    use_gpu = tc.gpus_per_worker > 0
+    resources: dict[str, float] = {"CPU": tc.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = tc.gpus_per_worker
+    return ray.train.torch.TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "run_config": cfg.to_dict(),
+            "dataset": dataset_ref,
+            "tracking_uri": tracking_uri,
+            "run_id": run_id,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=tc.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        # Train V2's RunConfig at run time; mypy sees the V1 class, which lacks worker_runtime_env.
+        run_config=ray.train.RunConfig(  # type: ignore[call-arg]
+            name=name,
+            storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            worker_runtime_env={"env_vars": worker_env} if worker_env else None,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    run_id: str
+    experiment_id: str
+    metrics: dict[str, float]
+    num_parameters: int
+
+
+def run_training(
+    cfg: RunConfig,
+    arrays: DatasetArrays,
+    data_dir: Path,
+    workdir: Path,
+    experiment: str,
+    run_name: str | None = None,
+    worker_env: dict[str, str] | None = None,
+) -> TrainOutcome:
+    """One training run on Ray Train, tracked as one MLflow run (FINISHED/FAILED/KILLED)."""
+    num_parameters = count_parameters(build_model(cfg.model, cfg.data.num_classes))
+    init_ray()
+    check_resources(cfg)
+    uri = tracking.resolve_tracking_uri(workdir)
+    experiment_id = tracking.ensure_experiment(uri, experiment, workdir)
+    name = run_name or (
+        f"{cfg.model.arch} {cfg.model.encoder} d{cfg.model.depth} f{cfg.model.base_filters}"
+    )
+    run_id = tracking.create_run(
+        uri,
+        experiment_id,
+        name,
+        params={**cfg.flat(), "num_parameters": num_parameters, "data_dir": str(data_dir)},
+        tags={
+            tracking.TAG_FINGERPRINT: arrays.fingerprint,
+            tracking.TAG_CODE_VERSION: code_version(),
+            "unet_search.data_layout": arrays.layout,
+            "ray.num_workers": str(cfg.train.num_workers),
+        },
+    )
+    trainer = build_trainer(
+        cfg, ray.put(arrays), uri, run_id, workdir / "ray_results", f"train-{run_id}", worker_env
+    )
+    status = "FAILED"
+    try:
+        result = trainer.fit()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracking.end_run(uri, run_id, status)
+    metrics = {
+        k: float(v)
+        for k, v in (result.metrics or {}).items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    return TrainOutcome(run_id, experiment_id, metrics, num_parameters)
