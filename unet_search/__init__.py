@@ -10,5 +10,8 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
 for _key, _value in OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)
 
+# Quiet by default: no per-file progress bars when models and artifacts are downloaded.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 __version__ = "0.1.0"
 __all__ = ["OFFLINE_ENV", "__version__"]

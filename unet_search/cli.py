@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from unet_search.config import UserError
 
@@ -24,6 +25,15 @@ EXAMPLES = {
         "--set epochs=5 --workers 2"
     ),
     "models": "example: unet-search models",
+    "search": (
+        "example: unet-search search --space search_spaces/quick.yaml --data data/synth "
+        "--set epochs=2 --set search.num_samples=4"
+    ),
+    "best": "example: unet-search best quick-1 --top 5",
+    "predict": (
+        "example: unet-search predict --model models:/unet-quick@champion "
+        "--input data/new_images --output masks/"
+    ),
 }
 
 
@@ -128,6 +138,93 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from unet_search.config import work_dir
+    from unet_search.data import load_dataset
+    from unet_search.search import run_search
+    from unet_search.spaces import load_space
+    from unet_search.tracking import rank_trials, resolve_tracking_uri
+
+    spec = load_space(args.space, args.overrides)  # every check before Ray starts
+    workdir = work_dir()
+    arrays = load_dataset(args.data, spec.base_config().data, workdir / "cache")
+    out = run_search(spec, arrays, args.data, workdir, args.name, args.model_name, args.address)
+    metric = out.metric
+    print(
+        f"\nsearch {out.search_id}: {len(out.trials)} trials "
+        + ", ".join(
+            f"{sum(t.status == s for t in out.trials)} {s.lower()}"
+            for s in ("FINISHED", "KILLED", "FAILED")
+        )
+    )
+    _print_trials(rank_trials(out.trials, spec.settings.mode)[:8], metric)
+    if out.best and out.baseline and out.best.value is not None and out.baseline.value is not None:
+        print(
+            f"best {metric} {out.best.value:.4f} ({out.best.name}) vs seed baseline "
+            f"{out.baseline.value:.4f}: {out.best.value - out.baseline.value:+.4f}"
+        )
+    reg = out.registration
+    if reg is not None:
+        verb = "is the new champion" if reg.alias == "champion" else "registered as challenger"
+        print(f"model {reg.name} v{reg.version} {verb}: {reg.reason}")
+        print(
+            f"predict      unet-search predict --model models:/{reg.name}@champion "
+            "--input IMAGES --output MASKS"
+        )
+    uri = resolve_tracking_uri(workdir)
+    print(
+        f"MLflow UI    mlflow ui --backend-store-uri {uri}  then open "
+        f"http://127.0.0.1:5000/#/experiments/{out.experiment_id}"
+    )
+    return 0
+
+
+def _print_trials(trials: Sequence[Any], metric: str) -> None:
+    print(f"  {'trial':32s} {'status':9s} {'best ' + metric:>14s} {'epochs':>6s}")
+    for t in trials:
+        value = "-" if t.value is None else f"{t.value:.4f}"
+        print(f"  {t.name[:32]:32s} {t.status:9s} {value:>14s} {t.epochs:>6d}")
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from unet_search.config import work_dir
+    from unet_search.tracking import resolve_tracking_uri, search_trials
+
+    metric, trials = search_trials(resolve_tracking_uri(work_dir()), args.name)
+    _print_trials(trials[: args.top], metric)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from unet_search.data import IMAGE_SUFFIXES
+    from unet_search.inference import load_model
+
+    source: Path = args.input
+    if not source.exists():
+        raise UserError(f"{source}: input does not exist.")
+    files = (
+        [source]
+        if source.is_file()
+        else sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    )
+    if not files:
+        raise UserError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) found.")
+    predictor = load_model(args.model)
+    binary = int(predictor.pre["num_classes"]) == 1
+    args.output.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(files), 16):
+        chunk = files[start : start + 16]
+        for path, mask in zip(chunk, predictor.predict(chunk), strict=True):
+            Image.fromarray((mask * 255 if binary else mask).astype(np.uint8)).save(
+                args.output / f"{path.stem}.png"
+            )
+    print(f"wrote {len(files)} mask(s) to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unet-search",
@@ -162,6 +259,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("models", "list architectures, presets (with parameter counts) and encoders")
     p.set_defaults(func=cmd_models)
+
+    p = add("search", "search architectures and hyperparameters (Ray Tune, Optuna TPE, ASHA)")
+    p.add_argument("--space", type=Path, required=True, help="search space YAML")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder")
+    p.add_argument("--name", help="search name (default: <space name>-<n>, the first unused)")
+    p.add_argument("--model-name", help="registered model name (default: from the space)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a fixed setting (epochs=2) or a search setting (search.num_samples=4)",
+    )
+    p.set_defaults(func=cmd_search)
+
+    p = add("best", "print the best trials of a search")
+    p.add_argument("name", help="search name, e.g. quick-1")
+    p.add_argument("--top", type=int, default=10)
+    p.set_defaults(func=cmd_best)
+
+    p = add("predict", "write one mask PNG per input image with a registered model")
+    p.add_argument("--model", required=True, help="models:/NAME@champion, runs:/..., or a dir")
+    p.add_argument("--input", type=Path, required=True, help="an image file or a folder")
+    p.add_argument("--output", type=Path, required=True, help="folder for the mask PNGs")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

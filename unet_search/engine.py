@@ -121,6 +121,7 @@ class TrainingState:
     epoch: int = 0  # epochs completed
     best_state: dict[str, torch.Tensor] | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)
+    best_so_far: dict[str, float] = field(default_factory=dict)  # per metric, any epoch
 
     @property
     def module(self) -> nn.Module:
@@ -137,6 +138,7 @@ class TrainingState:
             "epoch": self.epoch,
             "best_state": self.best_state,
             "best_metrics": self.best_metrics,
+            "best_so_far": self.best_so_far,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -149,6 +151,17 @@ class TrainingState:
         self.early = EarlyStopping(**state["early"])
         self.epoch, self.best_state = state["epoch"], state["best_state"]
         self.best_metrics = state["best_metrics"]
+        self.best_so_far = state["best_so_far"]
+
+    def update_best_so_far(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Running best of every validation metric, as ``best_<name>`` entries."""
+        for name, maximize in MAXIMIZE.items():
+            if name in metrics:
+                old = self.best_so_far.get(name)
+                new = metrics[name]
+                better = old is None or (new > old if maximize else new < old)
+                self.best_so_far[name] = new if better else old  # type: ignore[assignment]
+        return {f"best_{k}": v for k, v in self.best_so_far.items()}
 
 
 def _sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
@@ -300,8 +313,10 @@ def fit(
 
     After each epoch ``report(metrics, state)`` is called with ``epoch`` (1-based),
     ``train_loss``, ``val_loss``, ``val_dice``, ``val_iou``, ``val_dsb_score`` (when due),
-    ``images_per_s``, ``epoch_s`` and ``lr``. Stops early after ``early_stop_patience`` epochs
-    without improvement of ``early_stop_metric``.
+    ``images_per_s``, ``epoch_s``, ``lr``, the running bests ``best_val_*`` and ``finished``
+    (1.0 on the last epoch this call runs: the epoch budget or early stopping ended it; a
+    trial stopped from outside, e.g. by ASHA, never reports it). Stops early after
+    ``early_stop_patience`` epochs without improvement of ``early_stop_metric``.
     """
     for epoch in range(state.epoch + 1, cfg.train.epochs + 1):
         set_epoch = getattr(getattr(train_loader, "sampler", None), "set_epoch", None)
@@ -318,6 +333,8 @@ def fit(
                 {k: v.detach().cpu() for k, v in state.module.state_dict().items()}
             )
             state.best_metrics = dict(metrics)
+        metrics |= state.update_best_so_far(metrics)
+        metrics["finished"] = float(epoch == cfg.train.epochs or state.early.should_stop)
         if report is not None:
             report(metrics, state)
         if state.early.should_stop:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,17 @@ from mlflow.tracking import MlflowClient
 __all__ = [
     "TAG_CODE_VERSION",
     "TAG_FINGERPRINT",
+    "TAG_KIND",
+    "TAG_SEARCH_ID",
+    "TAG_TRIAL_ID",
+    "download_artifacts",
+    "find_child_runs",
+    "find_parent_runs",
+    "log_text",
+    "open_child_run",
+    "rank_trials",
+    "run_names",
+    "search_trials",
     "create_run",
     "end_run",
     "ensure_experiment",
@@ -31,6 +43,10 @@ __all__ = [
 
 TAG_FINGERPRINT = "unet_search.data_fingerprint"
 TAG_CODE_VERSION = "unet_search.code_version"
+TAG_SEARCH_ID = "unet_search.search_id"
+TAG_TRIAL_ID = "unet_search.trial_id"
+TAG_KIND = "unet_search.kind"  # "search" on a search's parent run
+TAG_PARENT = "mlflow.parentRunId"
 _BATCH = 100  # MLflow's per-request limit on params
 
 
@@ -102,3 +118,108 @@ def end_run(uri: str, run_id: str, status: str) -> None:
     """Mark the run FINISHED, KILLED or FAILED."""
     RunStatus.from_string(status)  # raises on an unknown status
     MlflowClient(uri).set_terminated(run_id, status)
+
+
+def _search_filter(search_id: str) -> str:
+    return f"tags.`{TAG_SEARCH_ID}` = '{search_id}'"
+
+
+def open_child_run(
+    uri: str,
+    experiment_id: str,
+    parent_run_id: str,
+    name: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str],
+) -> str:
+    """The trial's run under the parent, found by (search id, trial id) if it exists (a
+    restarted trial continues its run: no duplicates), else created RUNNING."""
+    client = MlflowClient(uri)
+    query = (
+        f"{_search_filter(tags[TAG_SEARCH_ID])} and tags.`{TAG_TRIAL_ID}` = '{tags[TAG_TRIAL_ID]}'"
+    )
+    found = client.search_runs([experiment_id], filter_string=query, max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return str(run_id)
+    return create_run(uri, experiment_id, name, params, {**tags, TAG_PARENT: parent_run_id})
+
+
+def find_child_runs(uri: str, experiment_id: str, search_id: str) -> dict[str, str]:
+    """trial id -> run id for the trials of a search."""
+    runs = MlflowClient(uri).search_runs(
+        [experiment_id],
+        filter_string=f"{_search_filter(search_id)} and tags.`{TAG_TRIAL_ID}` != ''",
+        max_results=50_000,
+    )
+    return {r.data.tags[TAG_TRIAL_ID]: r.info.run_id for r in runs}
+
+
+def find_parent_runs(uri: str, experiment_id: str) -> dict[str, str]:
+    """search id -> parent run id for the searches of an experiment."""
+    runs = MlflowClient(uri).search_runs(
+        [experiment_id], filter_string=f"tags.`{TAG_KIND}` = 'search'", max_results=50_000
+    )
+    return {r.data.tags[TAG_SEARCH_ID]: r.info.run_id for r in runs}
+
+
+def run_names(uri: str, run_ids: list[str]) -> dict[str, str]:
+    client = MlflowClient(uri)
+    return {run_id: client.get_run(run_id).info.run_name or run_id for run_id in run_ids}
+
+
+def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
+    MlflowClient(uri).log_text(run_id, text, artifact_file)
+
+
+def download_artifacts(uri: str, run_id: str, path: str, dst: Path) -> Path:
+    """Download a run's artifact folder to ``dst``; returns the local path."""
+    return Path(MlflowClient(uri).download_artifacts(run_id, path, str(dst)))
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    name: str
+    status: str
+    value: float | None
+    epochs: int
+
+
+def rank_trials(trials: Sequence[Any], mode: str) -> list[Any]:
+    """Best first by ``.value`` (``mode`` max or min); trials without a value last."""
+    sign = -1.0 if mode == "max" else 1.0
+    return sorted(trials, key=lambda t: (t.value is None, sign * (t.value or 0.0)))
+
+
+def search_trials(uri: str, search_id: str) -> tuple[str, list[TrialRow]]:
+    """(metric, trials ranked best first) of a search, read back from MLflow."""
+    from unet_search.config import UserError
+    from unet_search.spaces import METRICS
+
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    parents = client.search_runs(
+        experiments,
+        filter_string=f"{_search_filter(search_id)} and tags.`{TAG_KIND}` = 'search'",
+        max_results=1,
+    )
+    if not parents:
+        raise UserError(f"no search named {search_id!r} in {uri}.")
+    parent = parents[0]
+    metric = parent.data.params.get("metric", "val_dice")
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=(f"{_search_filter(search_id)} and tags.`{TAG_TRIAL_ID}` != ''"),
+        max_results=50_000,
+    )
+    rows = [
+        TrialRow(
+            r.info.run_name or r.info.run_id,
+            r.info.status,
+            r.data.metrics.get(f"best_{metric}"),
+            int(r.data.metrics.get("epoch", 0)),
+        )
+        for r in children
+    ]
+    return metric, rank_trials(rows, METRICS[metric])

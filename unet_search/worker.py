@@ -8,10 +8,14 @@ where each epoch rank 0 logs to MLflow, writes the checkpoint, and every rank ca
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import os
+import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +54,8 @@ __all__ = [
     "check_resources",
     "init_ray",
     "preprocessing_of",
+    "WorkerContext",
+    "run_recipe",
     "run_training",
     "train_loop_per_worker",
 ]
@@ -111,20 +117,35 @@ def _loaders(
     val = DataLoader(
         val_set, batch_size=max(cfg.train.batch_size, 8), num_workers=cfg.train.loader_workers
     )
-    return ray.train.torch.prepare_data_loader(train, move_to_device=False), val
+    return train, val
 
 
-def _save_checkpoint(state: TrainingState) -> ray.train.Checkpoint:
+@dataclass(frozen=True)
+class WorkerContext:
+    """Where the recipe runs: a Ray Train worker (DDP) or a Tune trial process (one worker).
+
+    ``report(metrics, checkpoint_dir)`` hands an epoch to Ray; ``checkpoint_dir()`` returns
+    the directory of the checkpoint to resume from, if any (a context manager)."""
+
+    rank: int
+    world: int
+    device: torch.device
+    report: Callable[[dict[str, float], str | None], None]
+    checkpoint_dir: Callable[[], contextlib.AbstractContextManager[str | None]]
+    prepare_model: Callable[[torch.nn.Module], torch.nn.Module]
+    prepare_loader: Callable[[DataLoader[Any]], DataLoader[Any]]
+
+
+def _save_checkpoint(state: TrainingState) -> str:
     directory = tempfile.mkdtemp(prefix="unet-search-ckpt-")
     torch.save(state.state_dict(), Path(directory) / STATE_FILE)
-    return ray.train.Checkpoint.from_directory(directory)
+    return directory
 
 
-def _resume(state: TrainingState) -> None:
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return
-    with checkpoint.as_directory() as directory:
+def _resume(state: TrainingState, ctx: WorkerContext) -> None:
+    with ctx.checkpoint_dir() as directory:
+        if directory is None:
+            return
         saved = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
     state.load_state_dict(saved)
 
@@ -138,7 +159,7 @@ def _log_final(
     device: torch.device,
 ) -> None:
     """Rank 0: the best weights as a model directory and image | truth | prediction samples."""
-    module = state.module
+    module = copy.deepcopy(state.module)  # the trained model stays as the checkpoint has it
     if state.best_state is not None:
         module.load_state_dict(state.best_state)
     _, val_idx = split_indices(len(arrays), cfg.data.val_fraction, cfg.data.split_seed)
@@ -164,30 +185,33 @@ def _log_final(
                 pred,
             )
         tracking.log_artifacts(uri, run_id, Path(tmp))
-    best = {f"best_{k}": v for k, v in state.best_metrics.items() if k.startswith("val_")}
     tracking.log_metrics(
-        uri, run_id, {**best, "best_epoch": float(state.early.best_epoch)}, step=state.epoch
+        uri, run_id, {"best_epoch": float(state.early.best_epoch)}, step=state.epoch
     )
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train per-worker function; ``config`` holds ``run_config`` (dict), ``dataset``
-    (ObjectRef of DatasetArrays), ``tracking_uri`` and ``run_id``."""
+def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
+    """The training recipe every worker runs. ``config`` holds ``run_config`` (dict),
+    ``dataset`` (ObjectRef of DatasetArrays, or the arrays), ``tracking_uri``, ``run_id``."""
     cfg = RunConfig.from_dict(config["run_config"])
-    uri, run_id = config["tracking_uri"], config["run_id"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    uri, run_id, rank, world, device = (
+        config["tracking_uri"],
+        config["run_id"],
+        ctx.rank,
+        ctx.world,
+        ctx.device,
+    )
     torch.set_num_threads(cfg.train.cpus_per_worker)
     seed_everything(cfg.train.seed + rank)
-    arrays: DatasetArrays = ray.get(config["dataset"])
-    device = ray.train.torch.get_device()
+    data = config["dataset"]
+    arrays: DatasetArrays = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     train_loader, val_loader = _loaders(cfg, arrays, rank, world, cfg.train.seed + rank)
     model = build_model(cfg.model, cfg.data.num_classes).to(device)
     if device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
-    state = new_training_state(ddp_model, cfg, len(train_loader), device)
-    _resume(state)
+    state = new_training_state(ctx.prepare_model(model), cfg, len(train_loader), device)
+    train_loader = ctx.prepare_loader(train_loader)
+    _resume(state, ctx)
     if rank == 0 and state.epoch == 0:
         tracking.set_tags(
             uri, run_id, {"ray.world_size": world, "ray.node_ip": ray.util.get_node_ip_address()}
@@ -198,13 +222,49 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # at the same step instead of losing it.
         if rank == 0:
             tracking.log_metrics(uri, run_id, metrics, step=int(metrics["epoch"]))
-        checkpoint = _save_checkpoint(st) if rank == 0 else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+            if metrics["finished"]:
+                # Before the last report: Tune may end a finished trial's process right
+                # after it, so nothing after fit() is guaranteed to run.
+                _log_final(cfg, arrays, st, uri, run_id, device)
+        directory = _save_checkpoint(st) if rank == 0 else None
+        try:
+            ctx.report(metrics, directory)  # Ray persists the checkpoint before returning
+        finally:
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)
         _maybe_fail(int(metrics["epoch"]), rank, world)
 
     fit(state, cfg, train_loader, val_loader, build_loss(cfg.loss), device, report)
-    if rank == 0:
-        _log_final(cfg, arrays, state, uri, run_id, device)
+
+
+@contextlib.contextmanager
+def _train_checkpoint_dir() -> Iterator[str | None]:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as directory:
+        yield directory
+
+
+def _train_report(metrics: dict[str, float], directory: str | None) -> None:
+    checkpoint = ray.train.Checkpoint.from_directory(directory) if directory else None
+    ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train per-worker function: the recipe in a DDP worker group."""
+    train_ctx = ray.train.get_context()
+    ctx = WorkerContext(
+        rank=train_ctx.get_world_rank(),
+        world=train_ctx.get_world_size(),
+        device=ray.train.torch.get_device(),
+        report=_train_report,
+        checkpoint_dir=_train_checkpoint_dir,
+        prepare_model=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
+        prepare_loader=lambda d: ray.train.torch.prepare_data_loader(d, move_to_device=False),
+    )
+    run_recipe(config, ctx)
 
 
 def _maybe_fail(epoch: int, rank: int, world: int) -> None:
@@ -232,6 +292,9 @@ def init_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    # A local cluster gets "trial_slot" resources: a search's TorchTrainer trial drivers hold
+    # one slot and no CPU (see search.py).
+    resources = {"trial_slot": 1000.0} if address == "local" else None
     env = {**OFFLINE_ENV, "RAY_TRAIN_V2_ENABLED": "1"}
     if os.environ.get("MLFLOW_TRACKING_URI"):
         env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
@@ -240,6 +303,7 @@ def init_ray(address: str | None = None) -> None:
         runtime_env={"env_vars": env},
         log_to_driver=True,
         logging_level=logging.WARNING,
+        resources=resources,
     )
 
 
@@ -265,6 +329,7 @@ def build_trainer(
     storage: Path,
     name: str,
     worker_env: dict[str, str] | None = None,
+    callbacks: list[Any] | None = None,
 ) -> ray.train.torch.TorchTrainer:
     """A TorchTrainer for one run: DDP over ``num_workers`` (gloo on CPU, NCCL on GPU).
 
@@ -293,6 +358,7 @@ def build_trainer(
             failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             worker_runtime_env={"env_vars": worker_env} if worker_env else None,
+            callbacks=callbacks,
         ),
     )
 

@@ -1,0 +1,135 @@
+"""Predict masks with a saved or registered model, at each image's original size.
+
+``load_model("models:/NAME@champion")`` (or ``runs:/...``, or a local directory) returns a
+:class:`Predictor`. Loading reads JSON and safetensors only: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from unet_search.config import UserError
+from unet_search.data import read_image
+from unet_search.models import CONFIG_FILE, load_model_dir
+from unet_search.transforms import to_tensor
+
+__all__ = ["ImageLike", "Predictor", "find_model_dir", "load_model"]
+
+ImageLike = np.ndarray | str | Path
+
+
+def _as_rgb(item: ImageLike) -> np.ndarray:
+    if isinstance(item, str | Path):
+        return read_image(Path(item))
+    array = np.asarray(item)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise UserError(f"an image must be HxW, HxWx3 or HxWx4, but got shape {array.shape}.")
+    if array.dtype != np.uint8:
+        raise UserError(f"image arrays must be uint8, but got {array.dtype}.")
+    return np.ascontiguousarray(array[..., :3])
+
+
+class Predictor:
+    """A model plus its preprocessing: ``predict(images) -> masks``.
+
+    Images are resized to the training size (bilinear), the logits are resized back to each
+    image's original size and thresholded (binary) or arg-maxed (multi-class), as the model
+    was trained.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, meta: dict[str, Any], device: str | torch.device = "cpu"
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.meta = meta
+        self.pre = meta["preprocessing"]
+
+    @classmethod
+    def from_dir(cls, path: Path, device: str | torch.device = "cpu") -> Predictor:
+        model, meta = load_model_dir(Path(path))
+        return cls(model, meta, device)
+
+    @torch.no_grad()
+    def predict_logits(
+        self, images: Sequence[ImageLike], batch_size: int = 16
+    ) -> list[torch.Tensor]:
+        """Logits (K, H, W) per image at its original size."""
+        size, out = int(self.pre["image_size"]), []
+        rgbs = [_as_rgb(item) for item in images]
+        for start in range(0, len(rgbs), batch_size):
+            chunk = rgbs[start : start + batch_size]
+            batch = torch.stack(
+                [
+                    to_tensor(
+                        cv2.resize(
+                            img,
+                            (size, size),
+                            interpolation=cv2.INTER_AREA
+                            if min(img.shape[:2]) > size
+                            else cv2.INTER_LINEAR,
+                        ),
+                        self.pre["normalization"],
+                        int(self.pre["in_channels"]),
+                    )
+                    for img in chunk
+                ]
+            ).to(self.device)
+            logits = self.model(batch).float()
+            for img, logit in zip(chunk, logits, strict=True):
+                h, w = img.shape[:2]
+                out.append(
+                    torch.nn.functional.interpolate(
+                        logit[None], size=(h, w), mode="bilinear", align_corners=False
+                    )[0].cpu()
+                )
+        return out
+
+    def predict(
+        self, images: Sequence[ImageLike] | np.ndarray, batch_size: int = 16
+    ) -> list[np.ndarray]:
+        """Masks (H, W) uint8 per image: 0/1 for binary models, class indices otherwise.
+
+        Args:
+            images: HxWx3 (or HxWx4, HxW) uint8 arrays or file paths, any sizes; or one
+                (N, H, W, 3) uint8 array.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        threshold = float(self.pre["threshold"])
+        masks = []
+        for logit in self.predict_logits(list(images), batch_size):
+            if logit.shape[0] == 1:
+                masks.append((torch.sigmoid(logit[0]) > threshold).numpy().astype(np.uint8))
+            else:
+                masks.append(logit.argmax(0).numpy().astype(np.uint8))
+        return masks
+
+
+def find_model_dir(root: Path) -> Path:
+    """The folder holding ``model_config.json`` under ``root`` (an MLflow model or a dir)."""
+    if (root / CONFIG_FILE).is_file():
+        return root
+    found = sorted(root.rglob(CONFIG_FILE))
+    if not found:
+        raise UserError(f"{root}: is not a unet-search model (no {CONFIG_FILE} inside).")
+    return found[0].parent
+
+
+def load_model(uri: str | Path, device: str = "cpu") -> Predictor:
+    """Load a predictor from ``models:/NAME@alias``, ``models:/NAME/VERSION``, ``runs:/...``
+    or a local directory."""
+    path = Path(str(uri))
+    if not path.exists():
+        from unet_search.registry import download_model
+
+        path = download_model(str(uri))
+    return Predictor.from_dir(find_model_dir(path), device)

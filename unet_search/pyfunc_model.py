@@ -1,0 +1,37 @@
+"""MLflow models-from-code entry point: the pyfunc wrapper of a unet-search model.
+
+MLflow saves this file as code (no cloudpickle); loading runs it, which builds the model
+from ``model_config.json`` and loads ``model.safetensors``. ``predict`` takes an
+(N, H, W, 3) uint8 array (any N, H, W) or a list of HxWxC uint8 arrays / file paths, and
+returns masks at the input size: an (N, H, W) uint8 array when all inputs share a size,
+else a list of (H, W) arrays.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel, PythonModelContext
+
+from unet_search.inference import Predictor, find_model_dir
+
+
+class UNetSearchPyfunc(PythonModel):
+    def load_context(self, context: PythonModelContext) -> None:
+        self.predictor = Predictor.from_dir(find_model_dir(Path(context.artifacts["model_dir"])))
+
+    def predict(
+        self, context: PythonModelContext, model_input: Any, params: dict[str, Any] | None = None
+    ) -> Any:
+        if hasattr(model_input, "to_numpy") and not isinstance(model_input, np.ndarray):
+            model_input = model_input.to_numpy()
+        masks = self.predictor.predict(model_input)
+        if len({m.shape for m in masks}) <= 1:
+            return np.stack(masks) if masks else np.zeros((0, 0, 0), np.uint8)
+        return masks
+
+
+mlflow.models.set_model(UNetSearchPyfunc())

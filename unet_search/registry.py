@@ -1,0 +1,158 @@
+"""MLflow Model Registry: log a trial's best model as a pyfunc, register it, gate `champion`.
+
+The logged model holds ``model.safetensors`` + ``model_config.json`` (weights and build
+config, incl. preprocessing) and is served through ``pyfunc_model.py`` (models-from-code, no
+pickle), with the ``unet_search`` package shipped as code. The alias ``champion`` moves to a
+new version only when it beats the current champion's metric on the same dataset
+fingerprint; otherwise the new version gets ``challenger``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Schema, TensorSpec
+
+from unet_search.config import UserError
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "Registration",
+    "download_model",
+    "log_and_register",
+]
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+TAG_METRIC, TAG_VALUE, TAG_MODE = (
+    "unet_search.metric",
+    "unet_search.metric_value",
+    "unet_search.mode",
+)
+TAG_FINGERPRINT = "unet_search.data_fingerprint"
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+PACKAGE_DIR = Path(__file__).parent
+# (N, H, W, 3) uint8 in, (N, H, W) uint8 masks out: any batch size, height and width.
+SIGNATURE = ModelSignature(
+    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+    outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),
+)
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    alias: str  # champion | challenger
+    previous_version: str | None
+    previous_value: float | None
+    reason: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@{self.alias}"
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    pins = [
+        "torch",
+        "segmentation-models-pytorch",
+        "safetensors",
+        "numpy",
+        "opencv-python-headless",
+        "pillow",
+        "tifffile",
+        "scipy",
+        "albumentations",
+        "pyyaml",
+        "mlflow",
+    ]
+    return [f"{name}=={version(name).split('+')[0]}" for name in pins]
+
+
+def _beats(new: float, old: float, mode: str) -> bool:
+    return new > old if mode == "max" else new < old
+
+
+def _decide(
+    client: MlflowClient, name: str, value: float, mode: str, fingerprint: str
+) -> tuple[str, str | None, float | None, str]:
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return CHAMPION, None, None, "no champion yet"
+    old_fp = current.tags.get(TAG_FINGERPRINT)
+    old_value = float(current.tags.get(TAG_VALUE, "nan"))
+    if old_fp != fingerprint:
+        return (
+            CHALLENGER,
+            current.version,
+            old_value,
+            f"champion v{current.version} was trained on other data "
+            f"(fingerprint {old_fp} != {fingerprint}); not comparable",
+        )
+    if _beats(value, old_value, mode):
+        return (
+            CHAMPION,
+            current.version,
+            old_value,
+            (f"{value:.4f} beats champion v{current.version}'s {old_value:.4f}"),
+        )
+    return (
+        CHALLENGER,
+        current.version,
+        old_value,
+        (f"{value:.4f} does not beat champion v{current.version}'s {old_value:.4f}"),
+    )
+
+
+def log_and_register(
+    tracking_uri: str,
+    run_id: str,
+    model_dir: Path,
+    name: str,
+    metric: str,
+    value: float,
+    mode: str,
+    tags: dict[str, str],
+) -> Registration:
+    """Log ``model_dir`` as a pyfunc model in run ``run_id``, register it as ``name`` and
+    move ``champion`` only if it beats the current one (same fingerprint, ``mode``)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    # log_model needs the fluent active run; resuming leaves it FINISHED on exit (the caller
+    # sets the run's final status afterwards).
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_FILE),
+            artifacts={"model_dir": str(model_dir)},
+            code_paths=[str(PACKAGE_DIR)],
+            signature=SIGNATURE,
+            pip_requirements=_requirements(),
+        )
+    all_tags = {**tags, TAG_METRIC: metric, TAG_VALUE: repr(float(value)), TAG_MODE: mode}
+    version = mlflow.register_model(info.model_uri, name, tags=all_tags)
+    alias, prev, prev_value, reason = _decide(
+        client, name, value, mode, tags.get(TAG_FINGERPRINT, "")
+    )
+    client.set_registered_model_alias(name, alias, version.version)
+    return Registration(name, str(version.version), alias, prev, prev_value, reason)
+
+
+def download_model(uri: str) -> Path:
+    """Download a model URI to a temporary folder; a clear error if it does not resolve."""
+    target = Path(tempfile.mkdtemp(prefix="unet-search-model-"))
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+    except MlflowException as err:
+        raise UserError(f"{uri}: cannot be loaded ({err.message})") from None

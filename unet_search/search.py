@@ -1,0 +1,520 @@
+"""Ray Tune driver: Optuna TPE (seeded, define-by-run) + ASHA over training trials.
+
+A trial is a thin driver. With one CPU worker it runs the training recipe inside the trial
+process (saving ~15 s of Train start-up); otherwise (several workers or a GPU) it builds a
+``TorchTrainer`` and forwards the workers' reports with ``TuneReportCallback``, holding no CPU
+itself. Every trial is an MLflow child run of the search's parent run, found again by its
+trial id when a trial restarts. Tune, ASHA and Optuna follow each trial's best value so far;
+trials stopped by ASHA reach Optuna as PRUNED (with their intermediate values), not as
+completed with a truncated value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+import torch
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.execution.placement_groups import PlacementGroupFactory
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from unet_search import registry, tracking
+from unet_search.config import RunConfig, code_version
+from unet_search.data import DatasetArrays
+from unet_search.spaces import BASELINE_ATTR, NUMBER_KEY, SearchSpec
+from unet_search.worker import (
+    ResourceError,
+    WorkerContext,
+    build_trainer,
+    init_ray,
+    run_recipe,
+)
+
+__all__ = [
+    "PruningAwareOptunaSearch",
+    "SearchContext",
+    "SearchOutcome",
+    "TrialSummary",
+    "check_search_resources",
+    "next_search_name",
+    "run_search",
+]
+
+TRIAL_SLOT = "trial_slot"
+ARCH_SHORT = {"unet": "unet", "unetplusplus": "unet++", "attention_unet": "att-unet"}
+
+
+class PruningAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna the truth about how a trial ended.
+
+    Ray's OptunaSearch tells every trial that ended without error as COMPLETE with its last
+    (truncated) value, so TPE learns from numbers that were cut short. Here a trial whose
+    last result lacks ``finished`` (it was stopped from outside, by ASHA) is PRUNED; Optuna
+    keeps its intermediate values (reported every epoch by ``on_trial_result``). A baseline
+    trial, if asked for, is enqueued first and samples nothing.
+    """
+
+    def __init__(self, *args: Any, enqueue_baseline: bool = False, **kwargs: Any) -> None:
+        self._enqueue_baseline = enqueue_baseline
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode: str | list[str]) -> None:
+        super()._setup_study(mode)
+        if self._enqueue_baseline:
+            self.study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
+            self._enqueue_baseline = False
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        value = None if result is None else result.get(self.metric)
+        if error or value is None:
+            state, value = TrialState.FAIL, None
+        elif result and result.get("finished"):
+            state = TrialState.COMPLETE
+        else:
+            state, value = TrialState.PRUNED, None
+        self.study.tell(self._ot_trials[trial_id], value, state=state)
+        self._completed_trials.add(trial_id)
+
+    @property
+    def study(self) -> optuna.Study:
+        study = self._ot_study
+        assert study is not None, "the study is created in __init__ (define-by-run space)"
+        return study
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """What every trial driver needs besides its config and the data."""
+
+    spec: SearchSpec
+    search_id: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    storage: str
+    fingerprint: str
+    code_version: str
+
+
+def trial_run_name(index: int, cfg: RunConfig, baseline: str | None) -> str:
+    """A name a person can read, e.g. ``t007 unet++ resnet34 d4 f32``."""
+    if baseline:
+        return f"t{index:03d} baseline {baseline}"
+    m = cfg.model
+    encoder = "scratch" if m.encoder == "none" else m.encoder
+    workers = f" x{cfg.train.num_workers}" if cfg.train.num_workers > 1 else ""
+    return f"t{index:03d} {ARCH_SHORT[m.arch]} {encoder} d{m.depth} f{m.base_filters}{workers}"
+
+
+def _in_process(cfg: RunConfig) -> bool:
+    return cfg.train.num_workers == 1 and cfg.train.gpus_per_worker == 0
+
+
+def _tune_report(metrics: dict[str, float], directory: str | None) -> None:
+    tune.report(
+        metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None
+    )
+
+
+@contextlib.contextmanager
+def _tune_checkpoint_dir() -> Iterator[str | None]:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as directory:
+        yield directory
+
+
+def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.ObjectRef]) -> None:
+    """One trial: open (or reopen) its MLflow run, then train in-process or on Ray Train."""
+    spec = ctx.spec
+    cfg = spec.trial_run_config(config)
+    trial_id = tune.get_context().get_trial_id()
+    baseline = spec.settings.baseline if spec.is_baseline(config) else None
+    run_id = tracking.open_child_run(
+        ctx.tracking_uri,
+        ctx.experiment_id,
+        ctx.parent_run_id,
+        name=trial_run_name(int(config.get(NUMBER_KEY, 0)), cfg, baseline),
+        params={**cfg.flat(), "baseline": baseline or "no"},
+        tags={
+            tracking.TAG_SEARCH_ID: ctx.search_id,
+            tracking.TAG_TRIAL_ID: trial_id,
+            tracking.TAG_FINGERPRINT: ctx.fingerprint,
+            tracking.TAG_CODE_VERSION: ctx.code_version,
+        },
+    )
+    recipe_config = {
+        "run_config": cfg.to_dict(),
+        "dataset": dataset[0],
+        "tracking_uri": ctx.tracking_uri,
+        "run_id": run_id,
+    }
+    if _in_process(cfg):
+        run_recipe(
+            recipe_config,
+            WorkerContext(
+                rank=0,
+                world=1,
+                device=torch.device("cpu"),
+                report=_tune_report,
+                checkpoint_dir=_tune_checkpoint_dir,
+                prepare_model=lambda m: m,
+                prepare_loader=lambda d: d,
+            ),
+        )
+        return
+    trainer = build_trainer(
+        cfg,
+        dataset[0],
+        ctx.tracking_uri,
+        run_id,
+        Path(ctx.storage) / "train",
+        f"{ctx.search_id}-{trial_id}",
+        callbacks=[TuneReportCallback()],
+    )
+    trainer.fit()
+
+
+def _resources(spec: SearchSpec, slot: bool) -> Callable[[dict[Any, Any]], PlacementGroupFactory]:
+    def resources(config: dict[Any, Any]) -> PlacementGroupFactory:
+        cfg = spec.trial_run_config(config)
+        if _in_process(cfg):
+            return PlacementGroupFactory([{"CPU": float(cfg.train.cpus_per_worker)}])
+        # The driver holds no CPU, or a trial plus its workers can deadlock on small nodes.
+        return PlacementGroupFactory([{"CPU": 0.0, TRIAL_SLOT: 1.0} if slot else {"CPU": 0.0}])
+
+    return resources
+
+
+class TrialStatusCallback(tune.Callback):
+    """Driver side: end each trial's MLflow run FINISHED, KILLED (ASHA) or FAILED."""
+
+    def __init__(self, ctx: SearchContext) -> None:
+        self.ctx = ctx
+
+    def _end(self, trial: Any, status: str, error: str | None = None) -> None:
+        run_id = tracking.find_child_runs(
+            self.ctx.tracking_uri, self.ctx.experiment_id, self.ctx.search_id
+        ).get(trial.trial_id)
+        if run_id is None:
+            return
+        if error:
+            tracking.set_tags(self.ctx.tracking_uri, run_id, {"unet_search.error": error[:4000]})
+        tracking.end_run(self.ctx.tracking_uri, run_id, status)
+
+    def on_trial_complete(
+        self, iteration: int, trials: list[Any], trial: Any, **info: Any
+    ) -> None:
+        finished = bool((trial.last_result or {}).get("finished"))
+        self._end(trial, "FINISHED" if finished else "KILLED")
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._end(trial, "FAILED", str(getattr(trial, "error_msg", None) or "trial failed"))
+
+
+def check_search_resources(spec: SearchSpec) -> int:
+    """Fail at once when a trial could never be placed; return the CPUs of the cluster."""
+    total = ray.cluster_resources()
+    cpus, gpus_per_worker, gpus = spec.max_workers_cpus_gpus()
+    per_node_gpus = max(
+        (n.get("Resources", {}).get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")),
+        default=0.0,
+    )
+    if cpus > total.get("CPU", 0):
+        raise ResourceError(
+            f"space {spec.name}: a trial can ask for {cpus} CPUs (num_workers x "
+            f"cpus_per_worker), but the Ray cluster has {total.get('CPU', 0):g}."
+        )
+    if gpus_per_worker > per_node_gpus:
+        raise ResourceError(
+            f"space {spec.name}: `gpus_per_worker` = {gpus_per_worker:g}, but no "
+            f"node of the Ray cluster has more than {per_node_gpus:g} GPUs."
+        )
+    if gpus > total.get("GPU", 0):
+        raise ResourceError(
+            f"space {spec.name}: a trial can ask for {gpus:g} GPUs, but the Ray "
+            f"cluster has {total.get('GPU', 0):g}."
+        )
+    return int(total.get("CPU", 1))
+
+
+def _concurrency(spec: SearchSpec, total_cpus: int) -> int:
+    """Trials at once: as many as the smallest trial fits into the cluster's CPUs."""
+    if spec.settings.max_concurrent_trials:
+        return spec.settings.max_concurrent_trials
+    smallest = min(
+        (spec.base_config().replace(**c).train for c in spec.combinations()),
+        key=lambda t: t.num_workers * t.cpus_per_worker,
+    )
+    return max(1, total_cpus // (smallest.num_workers * smallest.cpus_per_worker))
+
+
+def next_search_name(base: str, workdir: Path, uri: str, experiment_id: str) -> str:
+    """``<space>-1``, ``<space>-2``, ...: the first name no earlier search used."""
+    used = set(tracking.find_parent_runs(uri, experiment_id))
+    i = 1
+    while f"{base}-{i}" in used or (workdir / "ray_results" / f"{base}-{i}").exists():
+        i += 1
+    return f"{base}-{i}"
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    index: int
+    trial_id: str
+    name: str
+    status: str
+    value: float | None
+    epochs: int
+    baseline: bool
+    run_id: str | None
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    search_id: str
+    experiment_id: str
+    parent_run_id: str
+    metric: str
+    trials: tuple[TrialSummary, ...]
+    best: TrialSummary | None
+    baseline: TrialSummary | None
+    registration: registry.Registration | None
+    study: optuna.Study
+
+
+def _summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary]:
+    runs = tracking.find_child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.search_id)
+    names = tracking.run_names(ctx.tracking_uri, list(runs.values()))
+    out = []
+    for result in results:  # type: ignore[attr-defined]  # ResultGrid is iterable
+        metrics = result.metrics or {}
+        trial_id = str(metrics.get("trial_id") or Path(result.path).name)
+        status = "FAILED" if result.error else "FINISHED" if metrics.get("finished") else "KILLED"
+        value = metrics.get(ctx.spec.tune_metric)
+        run_id = runs.get(trial_id)
+        out.append(
+            TrialSummary(
+                int((result.config or {}).get(NUMBER_KEY, 0)),
+                trial_id,
+                names.get(run_id or "", trial_id),
+                status,
+                None if value is None or result.error else float(value),
+                int(metrics.get("epoch", 0)),
+                ctx.spec.is_baseline(result.config or {}),
+                run_id,
+                ctx.spec.assignments(result.config or {}),
+            )
+        )
+    return sorted(out, key=lambda t: t.index)
+
+
+def _pick_best(trials: list[TrialSummary], mode: str) -> TrialSummary | None:
+    # Only finished trials logged their best model (ASHA ends the others mid-way).
+    scored = [t for t in trials if t.value is not None and t.run_id and t.status == "FINISHED"]
+    if not scored:
+        return None
+    return (max if mode == "max" else min)(scored, key=lambda t: t.value or 0.0)
+
+
+def _log_summary(
+    ctx: SearchContext,
+    trials: list[TrialSummary],
+    best: TrialSummary | None,
+    baseline: TrialSummary | None,
+) -> None:
+    metric = ctx.spec.settings.metric
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [asdict(t) for t in trials]
+        (Path(tmp) / "summary.json").write_text(json.dumps(rows, indent=2, default=str))
+        header = "trial,name,status,best_" + metric + ",epochs,baseline,params\n"
+        lines = [
+            f"{t.index},{t.name},{t.status},{'' if t.value is None else f'{t.value:.6f}'},"
+            f'{t.epochs},{t.baseline},"{json.dumps(t.params)}"'
+            for t in trials
+        ]
+        (Path(tmp) / "summary.csv").write_text(header + "\n".join(lines) + "\n")
+        tracking.log_artifacts(ctx.tracking_uri, ctx.parent_run_id, Path(tmp))
+    metrics: dict[str, float] = {"num_trials": float(len(trials))}
+    for status in ("FINISHED", "KILLED", "FAILED"):
+        metrics[f"trials_{status.lower()}"] = float(sum(t.status == status for t in trials))
+    if best and best.value is not None:
+        metrics[f"best_{metric}"] = best.value
+    if baseline and baseline.value is not None:
+        metrics[f"baseline_{metric}"] = baseline.value
+        if best and best.value is not None:
+            metrics[f"gain_over_baseline_{metric}"] = best.value - baseline.value
+    tracking.log_metrics(ctx.tracking_uri, ctx.parent_run_id, metrics, step=0)
+    if best:
+        tracking.set_tags(
+            ctx.tracking_uri,
+            ctx.parent_run_id,
+            {
+                "unet_search.best_trial_id": best.trial_id,
+                "unet_search.best_run_id": best.run_id or "",
+            },
+        )
+
+
+def _register(ctx: SearchContext, best: TrialSummary, model_name: str) -> registry.Registration:
+    assert best.run_id is not None and best.value is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = tracking.download_artifacts(ctx.tracking_uri, best.run_id, "best_model", Path(tmp))
+        return registry.log_and_register(
+            ctx.tracking_uri,
+            ctx.parent_run_id,
+            local,
+            model_name,
+            ctx.spec.settings.metric,
+            best.value,
+            ctx.spec.settings.mode,
+            tags={
+                tracking.TAG_FINGERPRINT: ctx.fingerprint,
+                tracking.TAG_SEARCH_ID: ctx.search_id,
+                tracking.TAG_TRIAL_ID: best.trial_id,
+                "unet_search.run_id": best.run_id,
+                tracking.TAG_CODE_VERSION: ctx.code_version,
+            },
+        )
+
+
+def _tuner(
+    ctx: SearchContext,
+    dataset_ref: ray.ObjectRef,
+    concurrency: int,
+    slot: bool,
+    searcher: PruningAwareOptunaSearch,
+) -> tune.Tuner:
+    spec, settings = ctx.spec, ctx.spec.settings
+    epochs = spec.base_config().train.epochs
+    scheduler: TrialScheduler = FIFOScheduler()
+    if settings.scheduler.type == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            metric=spec.tune_metric,
+            mode=settings.mode,
+            max_t=settings.scheduler.max_t or epochs,
+            grace_period=settings.scheduler.grace_period,
+            reduction_factor=settings.scheduler.reduction_factor,
+        )
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_main, ctx=ctx, dataset=[dataset_ref]), _resources(spec, slot)
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=settings.num_samples,
+            max_concurrent_trials=concurrency,
+            time_budget_s=settings.time_budget_s,
+        ),
+        run_config=tune.RunConfig(
+            name=ctx.search_id,
+            storage_path=ctx.storage,
+            callbacks=[TrialStatusCallback(ctx)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+        ),
+    )
+
+
+def run_search(
+    spec: SearchSpec,
+    arrays: DatasetArrays,
+    data_dir: Path,
+    workdir: Path,
+    name: str | None = None,
+    model_name: str | None = None,
+    address: str | None = None,
+) -> SearchOutcome:
+    """Run a whole search: trials on Ray Tune, runs in MLflow, the best model registered."""
+    init_ray(address)
+    total_cpus = check_search_resources(spec)
+    slot = TRIAL_SLOT in ray.cluster_resources()
+    uri = tracking.resolve_tracking_uri(workdir)
+    experiment_id = tracking.ensure_experiment(uri, spec.name, workdir)
+    search_id = name or next_search_name(spec.name, workdir, uri, experiment_id)
+    storage = workdir / "ray_results"
+    parent = tracking.create_run(
+        uri,
+        experiment_id,
+        search_id,
+        params={
+            "space": spec.name,
+            "num_samples": spec.settings.num_samples,
+            "metric": spec.settings.metric,
+            "baseline": spec.settings.baseline,
+            "data_dir": str(data_dir),
+            "seed": spec.settings.seed,
+        },
+        tags={
+            tracking.TAG_SEARCH_ID: search_id,
+            tracking.TAG_KIND: "search",
+            tracking.TAG_FINGERPRINT: arrays.fingerprint,
+            tracking.TAG_CODE_VERSION: code_version(),
+        },
+    )
+    tracking.log_text(uri, parent, spec.source, "space.yaml")
+    ctx = SearchContext(
+        spec,
+        search_id,
+        uri,
+        experiment_id,
+        parent,
+        str(storage),
+        arrays.fingerprint,
+        code_version(),
+    )
+    searcher = PruningAwareOptunaSearch(
+        space=spec.define_by_run,
+        metric=spec.tune_metric,
+        mode=spec.settings.mode,
+        sampler=optuna.samplers.TPESampler(seed=spec.settings.seed),
+        enqueue_baseline=spec.settings.baseline is not None,
+    )
+    status = "FAILED"
+    try:
+        results = _tuner(
+            ctx, ray.put(arrays), _concurrency(spec, total_cpus), slot, searcher
+        ).fit()
+        trials = _summaries(results, ctx)
+        best = _pick_best(trials, spec.settings.mode)
+        baseline = next((t for t in trials if t.baseline), None)
+        _log_summary(ctx, trials, best, baseline)
+        registration = _register(ctx, best, model_name or spec.model_name) if best else None
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracking.end_run(uri, parent, status)
+    return SearchOutcome(
+        search_id,
+        experiment_id,
+        parent,
+        spec.settings.metric,
+        tuple(trials),
+        best,
+        baseline,
+        registration,
+        searcher.study,
+    )

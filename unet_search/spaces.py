@@ -1,0 +1,507 @@
+"""Search-space YAML -> a validated, frozen :class:`SearchSpec` and an Optuna define-by-run space.
+
+Schema (unknown keys are errors)::
+
+    name: quick                      # search and MLflow experiment name
+    model_name: unet-quick           # registered model name (default: unet-<name>)
+    description: ...
+    fixed: {image_size: 64, epochs: 4, ...}   # any run-config key (flat or sections), preset
+    params:                          # searched, in order; `when` may only name earlier params
+      encoder: {type: choice, values: [none, resnet18]}
+      arch: {type: choice, values: [unet, unetplusplus], when: {encoder: [resnet18]}}
+      upsampling:                    # a list: alternatives under exclusive conditions
+        - {type: choice, values: [transpose, bilinear], when: {encoder: none}}
+        - {type: choice, values: [nearest, bilinear], when: {encoder: [resnet18]}}
+      lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}
+      depth: {type: int, low: 2, high: 4, step: 1}
+    search:
+      num_samples: 8                 # trials, the baseline included
+      metric: val_dice               # val_dice | val_iou | val_dsb_score | val_loss
+      mode: max
+      seed: 0
+      baseline: seed_keras           # a preset evaluated as Optuna's first trial, or none
+      max_concurrent_trials: null    # null: derived from the cluster
+      time_budget_s: null
+      scheduler: {type: asha, grace_period: 1, reduction_factor: 2, max_t: null}
+
+Every reachable combination of choices (ints at both bounds, floats at both bounds) is
+validated before any trial starts, so an impossible combination (e.g. a transposed-conv
+decoder with an smp encoder) is an error naming the combination.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from unet_search.config import (
+    LEAF_SECTION,
+    PRESETS,
+    ConfigError,
+    RunConfig,
+    parse_override,
+    read_yaml,
+)
+from unet_search.models import validate_model_config
+
+__all__ = [
+    "BASELINE_ATTR",
+    "METRICS",
+    "ParamSpec",
+    "SchedulerSpec",
+    "SearchSettings",
+    "SearchSpec",
+    "load_space",
+]
+
+METRICS = {"val_dice": "max", "val_iou": "max", "val_dsb_score": "max", "val_loss": "min"}
+PARAM_TYPES = ("choice", "int", "uniform", "loguniform")
+BASELINE_ATTR = "unet_search.baseline"
+NUMBER_KEY = "unet_search.trial_number"  # Optuna's trial number, in every trial config
+MAX_COMBINATIONS = 200_000
+# Only these sections of a baseline preset apply: the data, the budget and the resources of
+# the search stay, so the baseline is measured like every other trial.
+BASELINE_SECTIONS = ("model", "loss", "optim", "augment")
+
+
+def _err(source: str, key: str, rule: str, value: object = ...) -> ConfigError:
+    got = "" if value is ... else f", but got {value!r}"
+    return ConfigError(f"{source}: `{key}` {rule}{got}.")
+
+
+def _only_keys(raw: Mapping[str, Any], allowed: set[str], source: str, where: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise _err(
+            source, f"{where}{unknown[0]}", f"is not a valid key; valid keys are {sorted(allowed)}"
+        )
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One searched dimension (or one conditional alternative of it)."""
+
+    name: str  # the run-config field it sets
+    key: str  # the Optuna parameter name (unique)
+    type: str
+    values: tuple[Any, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+    step: float | None = None
+    log: bool = False
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    def active(self, chosen: Mapping[str, Any]) -> bool:
+        """Whether all ``when`` conditions hold for the values chosen so far."""
+        return all(chosen.get(name) in allowed for name, allowed in self.when)
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.type == "choice":
+            return trial.suggest_categorical(self.key, list(self.values))
+        if self.type == "int":
+            return trial.suggest_int(
+                self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+            )
+        return trial.suggest_float(
+            self.key,
+            self.low,
+            self.high,
+            step=self.step,
+            log=self.type == "loguniform" or self.log,
+        )
+
+    def probe_values(self) -> tuple[Any, ...]:
+        """Values that exercise validity: every choice, both bounds of a range."""
+        if self.type == "choice":
+            return self.values
+        if self.type == "int":
+            return (int(self.low), int(self.high))
+        return (self.low, self.high)
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    type: str = "asha"  # asha | fifo
+    grace_period: int = 1
+    reduction_factor: int = 2
+    max_t: int | None = None  # None: the trials' epochs
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    num_samples: int = 8
+    metric: str = "val_dice"
+    mode: str = "max"
+    seed: int = 0
+    baseline: str | None = "seed_keras"
+    max_concurrent_trials: int | None = None
+    time_budget_s: float | None = None
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A validated search space."""
+
+    name: str
+    model_name: str
+    description: str
+    source: str  # the YAML text, logged as an artifact
+    fixed: tuple[tuple[str, Any], ...]  # flat run-config leaves (preset expanded)
+    params: tuple[ParamSpec, ...]
+    settings: SearchSettings
+
+    @property
+    def fixed_dict(self) -> dict[str, Any]:
+        return dict(self.fixed)
+
+    def base_config(self) -> RunConfig:
+        """The fixed settings alone (what every trial shares)."""
+        return RunConfig.from_dict(self.fixed_dict, source=f"space {self.name}: fixed")
+
+    def define_by_run(self, trial: optuna.Trial) -> dict[str, Any] | None:
+        """Optuna define-by-run space. The baseline trial samples nothing (so TPE learns
+        nothing false from it) and returns its whole config as constants."""
+        if trial.user_attrs.get(BASELINE_ATTR):
+            return {BASELINE_ATTR: True, NUMBER_KEY: trial.number}
+        chosen: dict[str, Any] = {}
+        for param in self.params:
+            if param.active(chosen):
+                chosen[param.name] = param.suggest(trial)
+        return {NUMBER_KEY: trial.number}
+
+    def assignments(self, trial_config: Mapping[str, Any]) -> dict[str, Any]:
+        """Tune's trial config (Optuna keys) -> run-config leaves."""
+        by_key = {p.key: p.name for p in self.params}
+        return {by_key[k]: v for k, v in trial_config.items() if k in by_key}
+
+    def baseline_leaves(self) -> dict[str, Any]:
+        preset = PRESETS[self.settings.baseline or ""]
+        return {k: v for k, v in preset.items() if LEAF_SECTION[k] in BASELINE_SECTIONS}
+
+    def trial_run_config(self, trial_config: Mapping[str, Any]) -> RunConfig:
+        """The full run config of a trial: fixed <- sampled (or fixed <- baseline preset)."""
+        leaves = dict(self.fixed_dict)
+        if trial_config.get(BASELINE_ATTR):
+            leaves.update(self.baseline_leaves())
+        else:
+            leaves.update(self.assignments(trial_config))
+        return RunConfig.from_dict(leaves, source=f"space {self.name}")
+
+    def is_baseline(self, trial_config: Mapping[str, Any]) -> bool:
+        return bool(trial_config.get(BASELINE_ATTR))
+
+    @property
+    def tune_metric(self) -> str:
+        """Tune, ASHA and Optuna follow each trial's best value so far (the kept weights)."""
+        return f"best_{self.settings.metric}"
+
+    def combinations(self) -> Iterator[dict[str, Any]]:
+        """Every reachable assignment of probe values, walking the conditions in order."""
+
+        def walk(i: int, chosen: dict[str, Any]) -> Iterator[dict[str, Any]]:
+            if i == len(self.params):
+                yield dict(chosen)
+                return
+            param = self.params[i]
+            if not param.active(chosen) or param.name in chosen:
+                yield from walk(i + 1, chosen)
+                return
+            for value in param.probe_values():
+                chosen[param.name] = value
+                yield from walk(i + 1, chosen)
+                del chosen[param.name]
+
+        yield from walk(0, {})
+
+    def max_workers_cpus_gpus(self) -> tuple[int, float, float]:
+        """The largest CPUs and GPUs any single trial (one worker / all workers) can ask."""
+        worst = (0, 0.0, 0.0)
+        for combo in itertools.islice(self.combinations(), MAX_COMBINATIONS):
+            cfg = self.base_config().replace(**combo)
+            tc = cfg.train
+            worst = (
+                max(worst[0], tc.num_workers * tc.cpus_per_worker),
+                max(worst[1], tc.gpus_per_worker),
+                max(worst[2], tc.num_workers * tc.gpus_per_worker),
+            )
+        return worst
+
+
+def _param(
+    name: str, raw: Any, index: int | None, earlier: dict[str, set[Any]], source: str
+) -> ParamSpec:
+    where = f"params.{name}" + (f"[{index}]" if index is not None else "")
+    if not isinstance(raw, Mapping):
+        raise _err(source, where, "must be a mapping with a `type`", raw)
+    _only_keys(raw, {"type", "values", "low", "high", "step", "log", "when"}, source, f"{where}.")
+    kind = raw.get("type")
+    if kind not in PARAM_TYPES:
+        raise _err(source, f"{where}.type", f"must be one of {list(PARAM_TYPES)}", kind)
+    key = name if index is None else f"{name}:{index}"
+    when = _when(raw.get("when", {}), where, earlier, source)
+    if kind == "choice":
+        values = raw.get("values")
+        if not isinstance(values, list) or not values:
+            raise _err(source, f"{where}.values", "must be a non-empty list", values)
+        if len({repr(v) for v in values}) != len(values):
+            raise _err(source, f"{where}.values", "must not repeat a value", values)
+        if any(isinstance(v, dict | list) for v in values):
+            raise _err(source, f"{where}.values", "must hold plain values", values)
+        return ParamSpec(name, key, kind, values=tuple(values), when=when)
+    for bound in ("low", "high"):
+        value = raw.get(bound)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _err(source, f"{where}.{bound}", "must be a number", value)
+        if kind == "int" and not isinstance(value, int):
+            raise _err(source, f"{where}.{bound}", "must be an integer for type int", value)
+    low, high = raw["low"], raw["high"]
+    if low > high:
+        raise ConfigError(
+            f"{source}: `{where}`: `low <= high` must hold, but got (low={low}, high={high})."
+        )
+    log = bool(raw.get("log", False)) or kind == "loguniform"
+    if log and low <= 0:
+        raise ConfigError(
+            f"{source}: `{where}`: a log scale needs `low > 0`, but got (low={low})."
+        )
+    step = raw.get("step")
+    if step is not None and (
+        isinstance(step, bool) or not isinstance(step, int | float) or step <= 0
+    ):
+        raise _err(source, f"{where}.step", "must be a positive number", step)
+    if step is not None and log:
+        raise _err(source, f"{where}.step", "cannot be combined with a log scale", step)
+    return ParamSpec(name, key, kind, low=low, high=high, step=step, log=log, when=when)
+
+
+def _when(
+    raw: Any, where: str, earlier: dict[str, set[Any]], source: str
+) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    if not isinstance(raw, Mapping):
+        raise _err(source, f"{where}.when", "must map earlier parameter names to values", raw)
+    out = []
+    for other, allowed in raw.items():
+        if other not in earlier:
+            raise _err(
+                source,
+                f"{where}.when",
+                f"names `{other}`, which is not a parameter "
+                f"defined before it; earlier parameters are {sorted(earlier)}",
+            )
+        values = tuple(allowed) if isinstance(allowed, list) else (allowed,)
+        possible = earlier[other]
+        unknown = [v for v in values if possible and v not in possible]
+        if unknown:
+            raise _err(
+                source,
+                f"{where}.when.{other}",
+                f"must use values `{other}` can take ({sorted(map(repr, possible))})",
+                unknown[0],
+            )
+        out.append((other, values))
+    return tuple(out)
+
+
+def _params(raw: Any, fixed: set[str], source: str) -> tuple[ParamSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise _err(source, "params", "must be a mapping of parameter names", raw)
+    out: list[ParamSpec] = []
+    earlier: dict[str, set[Any]] = {}
+    for name, spec in raw.items():
+        if name not in LEAF_SECTION:
+            raise _err(
+                source,
+                f"params.{name}",
+                f"is not a run-config key; valid keys are {sorted(LEAF_SECTION)}",
+            )
+        if name in fixed:
+            raise _err(source, f"params.{name}", "is also in `fixed`; keep it in one place")
+        alternatives = spec if isinstance(spec, list) else [spec]
+        if not alternatives:
+            raise _err(source, f"params.{name}", "must not be an empty list")
+        group = [
+            _param(name, alt, i if isinstance(spec, list) else None, earlier, source)
+            for i, alt in enumerate(alternatives)
+        ]
+        if len(group) > 1 and any(not p.when for p in group):
+            raise _err(source, f"params.{name}", "alternatives must each have a `when`")
+        out.extend(group)
+        earlier[name] = (
+            {v for p in group for v in p.values}
+            if all(p.type == "choice" for p in group)
+            else set()
+        )
+    return tuple(out)
+
+
+def _settings(raw: Any, base: RunConfig, source: str) -> SearchSettings:
+    raw = {} if raw is None else raw
+    if not isinstance(raw, Mapping):
+        raise _err(source, "search", "must be a mapping", raw)
+    allowed = {f.name for f in SearchSettings.__dataclass_fields__.values()}
+    _only_keys(raw, allowed, source, "search.")
+    metric = raw.get("metric", "val_dice")
+    if metric not in METRICS:
+        raise _err(source, "search.metric", f"must be one of {sorted(METRICS)}", metric)
+    mode = raw.get("mode", METRICS[metric])
+    if mode != METRICS[metric]:
+        raise _err(source, "search.mode", f"must be {METRICS[metric]!r} for {metric}", mode)
+    ints = {"num_samples": (1, 100_000), "seed": (0, 2**31)}
+    for key, (lo, hi) in ints.items():
+        value = raw.get(key, getattr(SearchSettings, key))
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise _err(source, f"search.{key}", f"must be an integer in [{lo}, {hi}]", value)
+    concurrent = raw.get("max_concurrent_trials")
+    if concurrent is not None and (not isinstance(concurrent, int) or concurrent < 1):
+        raise _err(
+            source, "search.max_concurrent_trials", "must be null or an integer >= 1", concurrent
+        )
+    budget = raw.get("time_budget_s")
+    if budget is not None and (not isinstance(budget, int | float) or budget <= 0):
+        raise _err(source, "search.time_budget_s", "must be null or a positive number", budget)
+    baseline = raw.get("baseline", "seed_keras")
+    if baseline in ("none", None):
+        baseline = None
+    elif baseline not in PRESETS:
+        raise _err(
+            source, "search.baseline", f"must be `none` or a preset {sorted(PRESETS)}", baseline
+        )
+    return SearchSettings(
+        raw.get("num_samples", 8),
+        metric,
+        mode,
+        raw.get("seed", 0),
+        baseline,
+        concurrent,
+        budget,
+        _scheduler(raw.get("scheduler"), base, source),
+    )
+
+
+def _scheduler(raw: Any, base: RunConfig, source: str) -> SchedulerSpec:
+    raw = {"type": "asha"} if raw is None else raw
+    if not isinstance(raw, Mapping):
+        raise _err(source, "search.scheduler", "must be a mapping", raw)
+    _only_keys(
+        raw, {"type", "grace_period", "reduction_factor", "max_t"}, source, "search.scheduler."
+    )
+    kind = raw.get("type", "asha")
+    if kind not in ("asha", "fifo"):
+        raise _err(source, "search.scheduler.type", "must be 'asha' or 'fifo'", kind)
+    grace, factor = raw.get("grace_period", 1), raw.get("reduction_factor", 2)
+    max_t = raw.get("max_t")
+    epochs = base.train.epochs
+    if not isinstance(grace, int) or isinstance(grace, bool) or grace < 1:
+        raise _err(source, "search.scheduler.grace_period", "must be an integer >= 1", grace)
+    if not isinstance(factor, int | float) or isinstance(factor, bool) or factor < 2:
+        raise _err(source, "search.scheduler.reduction_factor", "must be >= 2", factor)
+    if max_t is not None and (not isinstance(max_t, int) or not grace <= max_t <= epochs):
+        raise _err(
+            source,
+            "search.scheduler.max_t",
+            f"must be an integer in [grace_period, epochs] = [{grace}, {epochs}]",
+            max_t,
+        )
+    if grace > epochs:
+        raise _err(source, "search.scheduler.grace_period", f"must be <= epochs ({epochs})", grace)
+    return SchedulerSpec(kind, grace, int(factor), max_t)
+
+
+def _check_combinations(spec: SearchSpec, source: str) -> None:
+    base = spec.fixed_dict
+    for count, combo in enumerate(spec.combinations()):
+        if count >= MAX_COMBINATIONS:
+            break
+        try:
+            cfg = RunConfig.from_dict({**base, **combo}, source="combination")
+            validate_model_config(cfg.model)
+        except ConfigError as err:
+            shown = ", ".join(f"{k}: {v!r}" for k, v in combo.items())
+            message = str(err).removeprefix("combination: ")
+            raise ConfigError(
+                f"{source}: the combination {{{shown}}} is impossible: "
+                f"{message} Restrict it with `when`."
+            ) from None
+    if spec.settings.baseline is not None:
+        try:
+            cfg = spec.trial_run_config({BASELINE_ATTR: True})
+            validate_model_config(cfg.model)
+        except ConfigError as err:
+            raise _err(
+                source, "search.baseline", f"cannot run with these fixed settings ({err})"
+            ) from None
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> None:
+    """``search.num_samples=3`` / ``search.scheduler.max_t=2`` set search settings; any other
+    ``key=value`` (a run-config key) sets a fixed setting."""
+    for text in overrides:
+        if text.startswith("search."):
+            key, _, value = text.partition("=")
+            parts = key.split(".")[1:]
+            node = raw.setdefault("search", {}) or {}
+            raw["search"] = node
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+        else:
+            leaf, value = parse_override(text)
+            fixed = dict(raw.get("fixed") or {})
+            fixed[leaf] = value
+            raw["fixed"] = fixed
+
+
+def load_space(path: Path, overrides: Iterable[str] = ()) -> SearchSpec:
+    """Read and validate a search-space YAML (plus ``--set`` overrides); raises ConfigError
+    naming the file, the key and the rule."""
+    path = Path(path)
+    raw = read_yaml(path)
+    source = str(path)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: must be a mapping with `params` and `search`.")
+    raw = dict(raw)
+    _apply_overrides(raw, overrides)
+    _only_keys(raw, {"name", "model_name", "description", "fixed", "params", "search"}, source, "")
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise _err(source, "name", "must be letters, digits, '-' or '_'", name)
+    fixed_raw = raw.get("fixed") or {}
+    if not isinstance(fixed_raw, Mapping):
+        raise _err(source, "fixed", "must be a mapping of run-config keys", fixed_raw)
+    base = RunConfig.from_dict(fixed_raw, source=f"{source}: fixed")
+    fixed = {k: v for k, v in base.flat().items() if v != RunConfig().flat()[k]}
+    explicit = _explicit_leaves(fixed_raw)
+    fixed.update({k: base.flat()[k] for k in explicit})
+    spec = SearchSpec(
+        name=name,
+        model_name=str(raw.get("model_name", f"unet-{name}")),
+        description=str(raw.get("description", "")),
+        source=path.read_text(encoding="utf-8"),
+        fixed=tuple(sorted(fixed.items())),
+        params=_params(raw.get("params"), explicit, source),
+        settings=_settings(raw.get("search"), base, source),
+    )
+    _check_combinations(spec, source)
+    return spec
+
+
+def _explicit_leaves(raw: Mapping[str, Any]) -> set[str]:
+    """Leaf names the user wrote in `fixed` (sections flattened, preset leaves included)."""
+    leaves: set[str] = set()
+    for key, value in raw.items():
+        if key == "preset":
+            leaves.update(PRESETS.get(value, {}))
+        elif isinstance(value, Mapping):
+            leaves.update(value)
+        else:
+            leaves.add(key)
+    return leaves
