@@ -22,10 +22,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	test -d $(DEMO_DATA) || $(BIN)/unet-search make-data synthetic $(DEMO_DATA) --n 120 --size 96
-	$(BIN)/unet-search check-data $(DEMO_DATA) --set image_size=64
-	$(BIN)/unet-search train --data $(DEMO_DATA) --workers 2 --experiment unet-search-demo \
-		--set image_size=64 --set depth=3 --set base_filters=16 --set epochs=20 \
-		--set lr=0.003 --set val_fraction=0.2
+	$(BIN)/unet-search check-data $(DEMO_DATA) --set image_size=64 --set val_fraction=0.2
+	$(BIN)/unet-search search --space search_spaces/quick.yaml --data $(DEMO_DATA)
 
 lint: $(STAMP)
 	$(BIN)/ruff check unet_search tests

@@ -34,7 +34,9 @@ def assert_user_error(proc: subprocess.CompletedProcess[str], fragment: str) -> 
     assert fragment in proc.stderr
 
 
-@pytest.mark.parametrize("command", ["make-data", "check-data", "train", "models"])
+@pytest.mark.parametrize(
+    "command", ["make-data", "check-data", "train", "models", "search", "best", "predict"]
+)
 def test_every_subcommand_has_help_with_an_example(command: str, tmp_path: Path) -> None:
     proc = run(command, "--help", home=tmp_path)
     assert proc.returncode == 0
@@ -158,3 +160,77 @@ def test_train_two_ddp_workers_end_to_end(synth_dir: Path, tmp_path: Path) -> No
     model, meta = load_model_dir(local / "best_model")
     assert meta["preprocessing"]["image_size"] == 32
     assert model(torch.zeros(1, 3, 40, 52)).shape == (1, 1, 40, 52)
+
+
+def test_search_rejects_a_bad_space_before_anything_starts(
+    synth_dir: Path, tmp_path: Path
+) -> None:
+    space = tmp_path / "bad.yaml"
+    space.write_text("name: bad\nparams:\n  depth: {type: int, low: 5, high: 3}\n")
+    home = tmp_path / "home"
+    proc = run("search", "--space", str(space), "--data", str(synth_dir), home=home)
+    assert_user_error(proc, "`low <= high` must hold, but got (low=5, high=3)")
+    assert str(space) in proc.stderr
+    assert not home.exists()
+
+
+def test_best_of_an_unknown_search_is_a_user_error(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert_user_error(run("best", "nope-1", home=home), "no MLflow store here yet")
+    assert not home.exists()  # a read-only command creates nothing
+    from unet_search.tracking import ensure_experiment
+
+    ensure_experiment(f"sqlite:///{home / 'mlflow.db'}", "x", home)
+    assert_user_error(run("best", "nope-1", home=home), "no search named 'nope-1'")
+
+
+def test_predict_writes_masks_at_original_sizes(tmp_path: Path) -> None:
+    from unet_search.config import ModelConfig
+    from unet_search.models import build_model, save_model_dir
+
+    cfg = ModelConfig(depth=2, base_filters=4)
+    save_model_dir(
+        tmp_path / "model",
+        build_model(cfg, 1),
+        cfg,
+        1,
+        {
+            "image_size": 32,
+            "normalization": "unit",
+            "in_channels": 3,
+            "num_classes": 1,
+            "threshold": 0.5,
+        },
+    )
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((37, 53, 3), np.uint8)).save(images / "a.png")
+    Image.fromarray(np.zeros((20, 11), np.uint16)).save(images / "b.png")
+    (images / "notes.txt").write_text("not an image")
+    out = tmp_path / "masks"
+    proc = run(
+        "predict",
+        "--model",
+        str(tmp_path / "model"),
+        "--input",
+        str(images),
+        "--output",
+        str(out),
+        home=tmp_path / "home",
+    )
+    assert proc.returncode == 0, proc.stderr
+    sizes = {p.name: Image.open(p).size for p in sorted(out.iterdir())}
+    assert sizes == {"a.png": (53, 37), "b.png": (11, 20)}
+    assert_user_error(
+        run(
+            "predict",
+            "--model",
+            str(tmp_path / "images"),
+            "--input",
+            str(images),
+            "--output",
+            str(out),
+            home=tmp_path / "home",
+        ),
+        "is not a unet-search model",
+    )

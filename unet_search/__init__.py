@@ -14,4 +14,12 @@ for _key, _value in OFFLINE_ENV.items():
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 __version__ = "0.1.0"
-__all__ = ["OFFLINE_ENV", "__version__"]
+__all__ = ["OFFLINE_ENV", "__version__", "load_model"]
+
+
+def load_model(uri: str, device: str = "cpu"):  # type: ignore[no-untyped-def]
+    """``unet_search.load_model("models:/NAME@champion").predict(images)`` -> masks at the
+    images' original sizes. See :func:`unet_search.inference.load_model`."""
+    from unet_search.inference import load_model as _load
+
+    return _load(uri, device)

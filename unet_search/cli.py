@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -190,7 +191,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     from unet_search.config import work_dir
     from unet_search.tracking import resolve_tracking_uri, search_trials
 
-    metric, trials = search_trials(resolve_tracking_uri(work_dir()), args.name)
+    metric, trials = search_trials(resolve_tracking_uri(work_dir(), create=False), args.name)
     _print_trials(trials[: args.top], metric)
     return 0
 
@@ -292,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
+    for noisy in ("mlflow", "alembic"):  # their INFO lines (DB migrations...) are not news
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except UserError as err:

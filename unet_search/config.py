@@ -8,6 +8,7 @@ maps one to one onto a field; ``--set train.epochs=2`` works too.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import subprocess
@@ -395,9 +396,14 @@ def _build(flat: Mapping[str, Any], source: str) -> RunConfig:
         raise ConfigError(f"{source}: {err}") from None
 
 
+@functools.cache
+def _type_hints(klass: type) -> dict[str, Any]:
+    return typing.get_type_hints(klass)
+
+
 def _coerce(klass: type, section: str, leaf: str, value: Any, source: str) -> Any:
     """Check a raw value against the field's annotated type; ints widen to floats."""
-    hint = typing.get_type_hints(klass)[leaf]
+    hint = _type_hints(klass)[leaf]
     allowed = typing.get_args(hint) or (hint,)
     if value is None and type(None) in allowed:
         return None

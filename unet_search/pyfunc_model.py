@@ -10,7 +10,6 @@ else a list of (H, W) arrays.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import numpy as np
@@ -23,9 +22,9 @@ class UNetSearchPyfunc(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         self.predictor = Predictor.from_dir(find_model_dir(Path(context.artifacts["model_dir"])))
 
-    def predict(
-        self, context: PythonModelContext, model_input: Any, params: dict[str, Any] | None = None
-    ) -> Any:
+    # No type hints on predict: MLflow would infer a schema from them (and warn for `Any`);
+    # the explicit signature logged with the model is the contract.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         if hasattr(model_input, "to_numpy") and not isinstance(model_input, np.ndarray):
             model_input = model_input.to_numpy()
         masks = self.predictor.predict(model_input)

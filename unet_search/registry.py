@@ -95,7 +95,7 @@ def _decide(
     if old_fp != fingerprint:
         return (
             CHALLENGER,
-            current.version,
+            str(current.version),
             old_value,
             f"champion v{current.version} was trained on other data "
             f"(fingerprint {old_fp} != {fingerprint}); not comparable",
@@ -103,13 +103,13 @@ def _decide(
     if _beats(value, old_value, mode):
         return (
             CHAMPION,
-            current.version,
+            str(current.version),
             old_value,
             (f"{value:.4f} beats champion v{current.version}'s {old_value:.4f}"),
         )
     return (
         CHALLENGER,
-        current.version,
+        str(current.version),
         old_value,
         (f"{value:.4f} does not beat champion v{current.version}'s {old_value:.4f}"),
     )
@@ -138,6 +138,7 @@ def log_and_register(
             artifacts={"model_dir": str(model_dir)},
             code_paths=[str(PACKAGE_DIR)],
             signature=SIGNATURE,
+            input_example=np.zeros((1, 32, 32, 3), np.uint8),
             pip_requirements=_requirements(),
         )
     all_tags = {**tags, TAG_METRIC: metric, TAG_VALUE: repr(float(value)), TAG_MODE: mode}

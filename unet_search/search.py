@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import ray
 import torch
 from optuna.trial import TrialState
 from ray import tune
+from ray.air.constants import TRAINING_ITERATION
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
@@ -32,7 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 from unet_search import registry, tracking
 from unet_search.config import RunConfig, code_version
 from unet_search.data import DatasetArrays
-from unet_search.spaces import BASELINE_ATTR, NUMBER_KEY, SearchSpec
+from unet_search.spaces import BASELINE_ATTR, NUMBER_KEY, RESOURCE_FIELDS, SearchSpec
 from unet_search.worker import (
     ResourceError,
     WorkerContext,
@@ -86,6 +88,13 @@ class PruningAwareOptunaSearch(OptunaSearch):
         elif result and result.get("finished"):
             state = TrialState.COMPLETE
         else:
+            # The result that made ASHA stop the trial never went through on_trial_result:
+            # record it, so Optuna holds every intermediate value up to the stop.
+            step = int(result.get(TRAINING_ITERATION, 0)) if result else 0
+            if step and value is not None:
+                with warnings.catch_warnings():  # Optuna ignores a step reported twice
+                    warnings.simplefilter("ignore")
+                    self._ot_trials[trial_id].report(float(value), step)
             state, value = TrialState.PRUNED, None
         self.study.tell(self._ot_trials[trial_id], value, state=state)
         self._completed_trials.add(trial_id)
@@ -260,7 +269,7 @@ def _concurrency(spec: SearchSpec, total_cpus: int) -> int:
     if spec.settings.max_concurrent_trials:
         return spec.settings.max_concurrent_trials
     smallest = min(
-        (spec.base_config().replace(**c).train for c in spec.combinations()),
+        (spec.base_config().replace(**c).train for c in spec.combinations(RESOURCE_FIELDS)),
         key=lambda t: t.num_workers * t.cpus_per_worker,
     )
     return max(1, total_cpus // (smallest.num_workers * smallest.cpus_per_worker))

@@ -68,6 +68,9 @@ MAX_COMBINATIONS = 200_000
 # Only these sections of a baseline preset apply: the data, the budget and the resources of
 # the search stay, so the baseline is measured like every other trial.
 BASELINE_SECTIONS = ("model", "loss", "optim", "augment")
+MODEL_FIELDS = {leaf for leaf, section in LEAF_SECTION.items() if section == "model"}
+MODEL_FIELDS.add("num_classes")
+RESOURCE_FIELDS = {"num_workers", "cpus_per_worker", "gpus_per_worker"}
 
 
 def _err(source: str, key: str, rule: str, value: object = ...) -> ConfigError:
@@ -202,15 +205,31 @@ class SearchSpec:
         """Tune, ASHA and Optuna follow each trial's best value so far (the kept weights)."""
         return f"best_{self.settings.metric}"
 
-    def combinations(self) -> Iterator[dict[str, Any]]:
-        """Every reachable assignment of probe values, walking the conditions in order."""
+    def _closure(self, names: set[str]) -> set[str]:
+        """``names`` plus every parameter their conditions depend on (transitively)."""
+        out, changed = set(names), True
+        while changed:
+            changed = False
+            for param in self.params:
+                if param.name in out:
+                    for other, _ in param.when:
+                        if other not in out:
+                            out.add(other)
+                            changed = True
+        return out
+
+    def combinations(self, fields: set[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Every reachable assignment of probe values of the parameters that set ``fields``
+        (default: all) and those their conditions depend on, walking the conditions in
+        order. Other parameters are left out (they take their fixed or default value)."""
+        wanted = self._closure(fields) if fields is not None else {p.name for p in self.params}
 
         def walk(i: int, chosen: dict[str, Any]) -> Iterator[dict[str, Any]]:
             if i == len(self.params):
                 yield dict(chosen)
                 return
             param = self.params[i]
-            if not param.active(chosen) or param.name in chosen:
+            if param.name not in wanted or not param.active(chosen) or param.name in chosen:
                 yield from walk(i + 1, chosen)
                 return
             for value in param.probe_values():
@@ -223,7 +242,7 @@ class SearchSpec:
     def max_workers_cpus_gpus(self) -> tuple[int, float, float]:
         """The largest CPUs and GPUs any single trial (one worker / all workers) can ask."""
         worst = (0, 0.0, 0.0)
-        for combo in itertools.islice(self.combinations(), MAX_COMBINATIONS):
+        for combo in itertools.islice(self.combinations(RESOURCE_FIELDS), MAX_COMBINATIONS):
             cfg = self.base_config().replace(**combo)
             tc = cfg.train
             worst = (
@@ -417,8 +436,19 @@ def _scheduler(raw: Any, base: RunConfig, source: str) -> SchedulerSpec:
 
 
 def _check_combinations(spec: SearchSpec, source: str) -> None:
+    """Every parameter alone at each probe value (a value out of its field's range), then the
+    product of the model fields, which interact (arch x encoder x upsampling x depth ...)."""
     base = spec.fixed_dict
-    for count, combo in enumerate(spec.combinations()):
+    for param in spec.params:
+        for value in param.probe_values():
+            try:
+                RunConfig.from_dict({**base, param.name: value}, source="x")
+            except ConfigError as err:
+                raise ConfigError(
+                    f"{source}: `params.{param.name}` value {value!r} is "
+                    f"invalid: {str(err).removeprefix('x: ')}"
+                ) from None
+    for count, combo in enumerate(spec.combinations(MODEL_FIELDS)):
         if count >= MAX_COMBINATIONS:
             break
         try:

@@ -50,13 +50,22 @@ TAG_PARENT = "mlflow.parentRunId"
 _BATCH = 100  # MLflow's per-request limit on params
 
 
-def resolve_tracking_uri(workdir: Path) -> str:
-    """``$MLFLOW_TRACKING_URI`` or ``sqlite:///<workdir>/mlflow.db``."""
+def resolve_tracking_uri(workdir: Path, *, create: bool = True) -> str:
+    """``$MLFLOW_TRACKING_URI`` or ``sqlite:///<workdir>/mlflow.db``. With ``create=False``
+    (read-only commands) a missing local store is a UserError, and nothing is created."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
+    db = workdir / "mlflow.db"
+    if not create and not db.exists():
+        from unet_search.config import UserError
+
+        raise UserError(
+            f"{db}: no MLflow store here yet; run a search first, or set "
+            "UNET_SEARCH_HOME / MLFLOW_TRACKING_URI."
+        )
     workdir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{workdir / 'mlflow.db'}"
+    return f"sqlite:///{db}"
 
 
 def ensure_experiment(uri: str, name: str, workdir: Path) -> str:

@@ -33,14 +33,15 @@ def normalization_for(model: ModelConfig) -> str:
     return "imagenet" if model.encoder_weights else "unit"
 
 
-def train_pipeline(cfg: AugmentConfig) -> A.Compose:
+def train_pipeline(cfg: AugmentConfig, seed: int | None = None) -> A.Compose:
     """Flips, rot90, affine, brightness/contrast (+ optional elastic), scaled by strength.
 
     Masks use nearest-neighbour interpolation and the same geometric transform as the image.
+    ``seed`` makes the random draws reproducible (albumentations 2 has its own generator).
     """
     s = cfg.aug_strength
     if s == 0.0:
-        return A.Compose([])
+        return A.Compose([], seed=seed)
     reflect = cv2.BORDER_REFLECT_101
     steps: list[Any] = [
         A.HorizontalFlip(p=0.5),
@@ -70,7 +71,7 @@ def train_pipeline(cfg: AugmentConfig) -> A.Compose:
                 p=0.3,
             )
         )
-    return A.Compose(steps)
+    return A.Compose(steps, seed=seed)
 
 
 def to_tensor(image: np.ndarray, normalization: str, in_channels: int) -> torch.Tensor:

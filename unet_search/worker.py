@@ -95,7 +95,7 @@ def _loaders(
         train_idx,
         normalization=norm,
         in_channels=channels,
-        pipeline=train_pipeline(cfg.augment),
+        pipeline=train_pipeline(cfg.augment, seed),
     )
     # Validation is sharded by hand (no padding with repeats), so no image counts twice.
     val_set = SegmentationDataset(

@@ -1,0 +1,274 @@
+"""Real searches: Ray Tune + Optuna + ASHA on a session Ray, runs in a real SQLite MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from unet_search.config import DataConfig
+from unet_search.data import load_dataset
+from unet_search.search import SearchOutcome, run_search
+from unet_search.spaces import BASELINE_ATTR, load_space
+from unet_search.synthetic import make_synthetic
+from unet_search.tracking import TAG_KIND, TAG_SEARCH_ID, TAG_TRIAL_ID, search_trials
+
+pytestmark = pytest.mark.slow
+SPACES = sorted(Path(__file__).parents[1].joinpath("search_spaces").glob("*.yaml"))
+TINY = {"image_size": 32, "val_fraction": 0.25, "dsb_every": 0, "num_sample_images": 2}
+
+
+@pytest.fixture(scope="module")
+def search_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("search") / "data"
+    make_synthetic(out, n=16, size=64, seed=3)
+    return out
+
+
+def _search(
+    tmp_path: Path,
+    data: Path,
+    workdir: Path,
+    raw: dict,
+    overrides: list[str] = (),
+    **kwargs: object,
+) -> SearchOutcome:
+    path = tmp_path / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    spec = load_space(path, overrides)
+    arrays = load_dataset(data, spec.base_config().data, workdir / "cache")
+    return run_search(spec, arrays, data, workdir, **kwargs)
+
+
+def _client(workdir: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+
+
+def test_end_to_end_search_with_a_ddp_trial(
+    ray_local: None,
+    search_data: Path,
+    workdir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    raw = {
+        "name": "e2e",
+        "model_name": "unet-e2e",
+        "fixed": {**TINY, "epochs": 2, "dsb_every": 2, "depth": 2},
+        "params": {
+            "num_workers": {"type": "choice", "values": [1, 2]},
+            "base_filters": {"type": "choice", "values": [4, 8]},
+        },
+        "search": {"num_samples": 3, "seed": 1, "scheduler": {"type": "fifo"}},
+    }
+    out = _search(tmp_path, search_data, workdir, raw)
+
+    assert out.search_id == "e2e-1"
+    assert [t.status for t in out.trials] == ["FINISHED"] * 3
+    assert [t.index for t in out.trials] == [0, 1, 2]
+    assert out.trials[0].baseline and out.baseline is out.trials[0]
+    assert sorted(t.params.get("num_workers") for t in out.trials[1:]) == [1, 2]
+
+    client = _client(workdir)
+    parents = client.search_runs([out.experiment_id], f"tags.`{TAG_KIND}` = 'search'")
+    assert [p.info.run_id for p in parents] == [out.parent_run_id]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["num_trials"] == 3
+    assert parent.data.metrics["best_val_dice"] == pytest.approx(out.best.value)
+    assert "baseline_val_dice" in parent.data.metrics
+    assert {a.path for a in client.list_artifacts(out.parent_run_id)} >= {
+        "space.yaml",
+        "summary.csv",
+        "summary.json",
+    }
+    children = client.search_runs(
+        [out.experiment_id], f"tags.`{TAG_SEARCH_ID}` = 'e2e-1' and tags.`{TAG_TRIAL_ID}` != ''"
+    )
+    assert len(children) == 3
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {out.parent_run_id}
+    assert {c.info.status for c in children} == {"FINISHED"}
+    names = sorted(c.info.run_name for c in children)
+    assert names[0] == "t000 baseline seed_keras" and names[1].startswith("t001 unet scratch d2")
+    world_sizes = sorted(c.data.tags["ray.world_size"] for c in children)
+    assert world_sizes == ["1", "1", "2"]  # the 2-worker trial really ran as DDP on Ray Train
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_dice")]
+        assert sorted(steps) == [1, 2]
+        assert child.data.tags[TAG_TRIAL_ID]
+
+    reg = out.registration
+    assert reg is not None and (reg.name, reg.version, reg.alias) == ("unet-e2e", "1", "champion")
+    version = client.get_model_version_by_alias("unet-e2e", "champion")
+    assert (
+        version.tags["unet_search.data_fingerprint"]
+        == load_dataset(search_data, DataConfig(image_size=32, val_fraction=0.25)).fingerprint
+    )
+    assert version.tags["unet_search.trial_id"] == out.best.trial_id
+    assert version.run_id == out.parent_run_id  # the model is logged in the search's run
+    assert float(version.tags["unet_search.metric_value"]) == pytest.approx(out.best.value)
+
+    study_trials = out.study.trials
+    assert [t.state for t in study_trials] == [TrialState.COMPLETE] * 3
+    assert study_trials[0].user_attrs[BASELINE_ATTR] and study_trials[0].params == {}
+    assert search_trials(f"sqlite:///{workdir / 'mlflow.db'}", "e2e-1")[1][
+        0
+    ].value == pytest.approx(out.best.value)
+
+    from unet_search.cli import main
+
+    capsys.readouterr()  # drop the search's own output
+    assert main(["best", "e2e-1", "--top", "2"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 3 and table[1].split()[0] == out.best.name.split()[0]
+
+    # A downstream app in a fresh process: pyfunc and unet_search.load_model, odd sizes.
+    code = (
+        "import json, numpy as np, mlflow, unet_search\n"
+        "from unet_search import load_model\n"
+        "imgs = np.random.default_rng(0).integers(0, 255, (2, 97, 131, 3), dtype=np.uint8)\n"
+        "pyf = mlflow.pyfunc.load_model('models:/unet-e2e@champion').predict(imgs)\n"
+        "own = load_model('models:/unet-e2e@champion').predict([imgs[0], imgs[1, :40, :33]])\n"
+        "print(json.dumps({'pyfunc': list(pyf.shape), 'own': [list(m.shape) for m in own],"
+        " 'same': bool((pyf[0] == own[0]).all())}))\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shapes = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert shapes == {"pyfunc": [2, 97, 131], "own": [[97, 131], [40, 33]], "same": True}
+
+
+def test_asha_stops_a_hopeless_trial_and_optuna_sees_it_pruned(
+    ray_local: None, search_data: Path, workdir: Path, tmp_path: Path
+) -> None:
+    # Seeded TPE draws lr 0.01, then 1e-7 (hopeless), then 0.01; one trial at a time, so at
+    # ASHA's rung (epoch 2: after one epoch Adam at 0.01 can still be worse than no training)
+    # the hopeless trial is below the median of [good, hopeless] and is stopped.
+    raw = {
+        "name": "asha",
+        "fixed": {
+            **TINY,
+            "epochs": 4,
+            "depth": 2,
+            "base_filters": 8,
+            "loss": "bce",
+            "lr_schedule": "none",
+            "batch_size": 2,
+        },
+        "params": {"lr": {"type": "choice", "values": [0.01, 1.0e-7]}},
+        "search": {
+            "num_samples": 3,
+            "metric": "val_loss",
+            "seed": 10,
+            "baseline": "none",
+            "max_concurrent_trials": 1,
+            "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
+        },
+    }
+    out = _search(tmp_path, search_data, workdir, raw)
+    assert [t.params["lr"] for t in out.trials] == [0.01, 1e-7, 0.01]
+    assert [t.status for t in out.trials] == ["FINISHED", "KILLED", "FINISHED"]
+    assert [t.epochs for t in out.trials] == [4, 2, 4]
+    killed = _client(workdir).get_run(out.trials[1].run_id)
+    assert killed.info.status == "KILLED"
+    states = [t.state for t in out.study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
+    pruned = out.study.trials[1]
+    assert list(pruned.intermediate_values) == [1, 2]  # every epoch up to the stop
+    assert pruned.value == pruned.intermediate_values[2]  # Optuna's rule for PRUNED trials
+    # Same seed, same config, same data: trials 0 and 2 are identical (reproducible trials).
+    assert out.trials[0].value == out.trials[2].value
+    assert out.study.trials[0].value == pytest.approx(out.trials[0].value)
+    assert out.best is not None and out.best.status == "FINISHED"
+
+
+def test_a_worse_search_registers_a_challenger_and_keeps_the_champion(
+    ray_local: None, search_data: Path, workdir: Path, tmp_path: Path
+) -> None:
+    base = {
+        "model_name": "unet-gate",
+        "fixed": {**TINY, "epochs": 3, "depth": 2, "base_filters": 8, "dice_weight": 1.0},
+        "search": {"num_samples": 1, "baseline": "none", "scheduler": {"type": "fifo"}},
+    }
+    good = _search(
+        tmp_path,
+        search_data,
+        workdir,
+        {**base, "name": "gate", "params": {"lr": {"type": "choice", "values": [0.01]}}},
+    )
+    bad = _search(
+        tmp_path,
+        search_data,
+        workdir,
+        {**base, "name": "gate", "params": {"lr": {"type": "choice", "values": [1e-7]}}},
+        ["threshold=0.99"],
+    )
+    assert good.search_id == "gate-1" and bad.search_id == "gate-2"
+    assert good.best.value > bad.best.value
+    assert (good.registration.alias, bad.registration.alias) == ("champion", "challenger")
+    client = _client(workdir)
+    assert str(client.get_model_version_by_alias("unet-gate", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("unet-gate", "challenger").version) == "2"
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
+def test_every_shipped_space_starts(
+    ray_local: None, search_data: Path, workdir: Path, path: Path
+) -> None:
+    shrink = [
+        "image_size=32",
+        "epochs=1",
+        "val_fraction=0.25",
+        "num_workers=1",
+        "cpus_per_worker=1",
+        "gpus_per_worker=0",
+        "loader_workers=0",
+        "search.scheduler.grace_period=1",
+        "search.max_concurrent_trials=1",
+    ]
+    samples = min(2, load_space(path).settings.num_samples)
+    spec = load_space(path, [*shrink, f"search.num_samples={samples}"])
+    arrays = load_dataset(search_data, spec.base_config().data, workdir / "cache")
+    out = run_search(spec, arrays, search_data, workdir)
+    assert len(out.trials) == spec.settings.num_samples
+    assert all(t.status == "FINISHED" for t in out.trials)
+    assert out.trials[0].baseline
+    assert out.registration is not None and out.registration.alias == "champion"
+
+
+def test_a_trial_no_node_can_place_fails_at_once(
+    ray_local: None, search_data: Path, workdir: Path, tmp_path: Path
+) -> None:
+    from unet_search.worker import ResourceError
+
+    raw = {
+        "name": "gpu",
+        "fixed": {**TINY, "epochs": 1, "gpus_per_worker": 1},
+        "params": {"lr": {"type": "choice", "values": [0.01]}},
+    }
+    with pytest.raises(ResourceError, match="no node of the Ray cluster has more than 0 GPUs"):
+        _search(tmp_path, search_data, workdir, raw)
+    raw = {
+        "name": "cpu",
+        "fixed": {**TINY, "epochs": 1},
+        "params": {"num_workers": {"type": "int", "low": 1, "high": 3}},
+    }
+    with pytest.raises(ResourceError, match="a trial can ask for 3 CPUs"):
+        _search(tmp_path, search_data, workdir, raw)
+    assert not (workdir / "ray_results").exists()  # nothing started
