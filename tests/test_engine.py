@@ -149,3 +149,31 @@ def test_state_dict_round_trip_resumes_where_it_stopped(synth_dir: Path, tmp_pat
     epochs: list[float] = []
     fit(fresh, cfg, train, val, build_loss(cfg.loss), CPU, lambda m, s: epochs.append(m["epoch"]))
     assert epochs == [3.0]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "peak", "last"),
+    [("none", 1e-2, 1e-2), ("cosine", 1e-2, 1e-4), ("onecycle", 1e-2, None)],
+)
+def test_lr_schedules(schedule: str, peak: float, last: float | None) -> None:
+    from unet_search.config import OptimConfig
+    from unet_search.engine import build_optimizer, build_scheduler
+
+    model = torch.nn.Linear(2, 1)
+    cfg = OptimConfig(lr=1e-2, lr_schedule=schedule)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    assert max(lrs) == pytest.approx(peak, rel=1e-3)
+    final = optimizer.param_groups[0]["lr"]
+    if last is not None:
+        assert final == pytest.approx(last, rel=1e-2)
+    else:
+        assert final < 1e-3 * peak  # annealed far below the peak
+        assert lrs[0] == pytest.approx(peak / 25)  # starts at max_lr / div_factor
+        assert lrs.index(max(lrs)) == pytest.approx(30, abs=1)  # warm-up over 30% of steps
