@@ -98,6 +98,21 @@ def test_early_stopping_rules() -> None:
     assert not down.should_stop  # patience 0: never stops
 
 
+class RisingValidationLoss(torch.nn.Module):
+    """A loss whose validation value rises every epoch (training still gets a gradient):
+    early stopping must keep epoch 1 as the best and stop after `patience` more epochs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.evaluations = 0
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return logits.float().mean() * 0.0 + 1.0
+        self.evaluations += 1
+        return logits.float().mean() * 0.0 + float(self.evaluations)
+
+
 def test_fit_stops_early_and_keeps_best_weights(synth_dir: Path) -> None:
     cfg = RunConfig.from_dict(
         {
@@ -105,22 +120,20 @@ def test_fit_stops_early_and_keeps_best_weights(synth_dir: Path) -> None:
             "depth": 2,
             "base_filters": 4,
             "epochs": 6,
-            "early_stop_patience": 1,
+            "early_stop_patience": 2,
             "early_stop_metric": "val_loss",
-            "lr": 10.0,
-            "optimizer": "sgd",
             "val_fraction": 0.25,
-            "grad_clip": 0.0,
-            "lr_schedule": "none",
+            "dsb_every": 0,
         }
     )
     state, train, val = _setup(synth_dir, cfg)
     history: list[dict[str, float]] = []
-    fit(state, cfg, train, val, build_loss(cfg.loss), CPU, lambda m, s: history.append(m))
-    losses = [m["val_loss"] for m in history]
-    assert len(history) < 6  # diverging SGD at lr 10 stops after one bad epoch
-    assert state.best_metrics["val_loss"] == min(losses)
+    fit(state, cfg, train, val, RisingValidationLoss(), CPU, lambda m, s: history.append(m))
+    assert [m["epoch"] for m in history] == [1.0, 2.0, 3.0]  # best at 1, then 2 bad epochs
+    assert [m["finished"] for m in history] == [0.0, 0.0, 1.0]
+    assert state.early.best_epoch == 1 and state.best_metrics["epoch"] == 1.0
     assert state.best_state is not None
+    assert history[-1]["best_val_loss"] == history[0]["val_loss"]
 
 
 def test_state_dict_round_trip_resumes_where_it_stopped(synth_dir: Path, tmp_path: Path) -> None:

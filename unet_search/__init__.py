@@ -7,6 +7,8 @@ import os
 # Never reach a hub or an update server at run time: set before smp/timm/albumentations load.
 # Processes started by Ray get the same variables through the runtime env (see worker.py).
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+# What every Ray process of ours gets (the driver's runtime env, a submitted job's env).
+RAY_ENV = {**OFFLINE_ENV, "RAY_TRAIN_V2_ENABLED": "1"}
 for _key, _value in OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)
 
@@ -14,7 +16,7 @@ for _key, _value in OFFLINE_ENV.items():
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 __version__ = "0.1.0"
-__all__ = ["OFFLINE_ENV", "__version__", "load_model"]
+__all__ = ["OFFLINE_ENV", "RAY_ENV", "__version__", "load_model"]
 
 
 def load_model(uri: str, device: str = "cpu"):  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,12 @@ EXAMPLES = {
         "--set epochs=2 --set search.num_samples=4"
     ),
     "best": "example: unet-search best quick-1 --top 5",
+    "submit": (
+        "example: unet-search submit --address http://127.0.0.1:8265 --space "
+        "search_spaces/quick.yaml --data /shared/data --wait"
+    ),
+    "jobs": "example: unet-search jobs logs raysubmit_XYZ",
+    "resume": "example: unet-search resume quick-3",
     "predict": (
         "example: unet-search predict --model models:/unet-quick@champion "
         "--input data/new_images --output masks/"
@@ -144,21 +151,45 @@ def cmd_search(args: argparse.Namespace) -> int:
     from unet_search.data import load_dataset
     from unet_search.search import run_search
     from unet_search.spaces import load_space
-    from unet_search.tracking import rank_trials, resolve_tracking_uri
 
     spec = load_space(args.space, args.overrides)  # every check before Ray starts
     workdir = work_dir()
-    arrays = load_dataset(args.data, spec.base_config().data, workdir / "cache")
-    out = run_search(spec, arrays, args.data, workdir, args.name, args.model_name, args.address)
-    metric = out.metric
-    print(
-        f"\nsearch {out.search_id}: {len(out.trials)} trials "
-        + ", ".join(
-            f"{sum(t.status == s for t in out.trials)} {s.lower()}"
-            for s in ("FINISHED", "KILLED", "FAILED")
-        )
+    data = args.data.resolve()
+    arrays = load_dataset(data, spec.base_config().data, workdir / "cache")
+    _leave_job_working_dir(workdir)
+    out = run_search(
+        spec,
+        arrays,
+        data,
+        workdir,
+        args.name,
+        args.model_name,
+        args.address,
+        args.storage,
+        args.overrides,
     )
-    _print_trials(rank_trials(out.trials, spec.settings.mode)[:8], metric)
+    _report(out, spec.settings.mode, workdir)
+    return 0
+
+
+def _leave_job_working_dir(workdir: Path) -> None:
+    """A Ray job's working_dir (the shipped space file) may be garbage-collected by Ray while
+    the search runs; once everything is loaded, the driver works from the work dir."""
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        workdir.mkdir(parents=True, exist_ok=True)
+        os.chdir(workdir)
+
+
+def _report(out: Any, mode: str, workdir: Path) -> None:
+    from unet_search.tracking import rank_trials, resolve_tracking_uri
+
+    metric = out.metric
+    counts = ", ".join(
+        f"{sum(t.status == s for t in out.trials)} {s.lower()}"
+        for s in ("FINISHED", "KILLED", "FAILED")
+    )
+    print(f"\nsearch {out.search_id}: {len(out.trials)} trials {counts}")
+    _print_trials(rank_trials(out.trials, mode)[:8], metric)
     if out.best and out.baseline and out.best.value is not None and out.baseline.value is not None:
         print(
             f"best {metric} {out.best.value:.4f} ({out.best.name}) vs seed baseline "
@@ -177,6 +208,68 @@ def cmd_search(args: argparse.Namespace) -> int:
         f"MLflow UI    mlflow ui --backend-store-uri {uri}  then open "
         f"http://127.0.0.1:5000/#/experiments/{out.experiment_id}"
     )
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from unet_search.config import work_dir
+    from unet_search.data import load_dataset
+    from unet_search.search import load_state, resume_search
+    from unet_search.spaces import load_space
+    from unet_search.tracking import resolve_tracking_uri
+
+    workdir = work_dir()
+    state = load_state(args.name, resolve_tracking_uri(workdir, create=False))
+    with tempfile.TemporaryDirectory() as tmp:
+        space = Path(tmp) / state["space_file"]
+        space.write_text(state["space_source"], encoding="utf-8")
+        spec = load_space(space, state["overrides"])
+    arrays = load_dataset(Path(state["data_dir"]), spec.base_config().data, workdir / "cache")
+    _leave_job_working_dir(workdir)
+    out = resume_search(state, spec, arrays, workdir, args.address, args.storage)
+    _report(out, spec.settings.mode, workdir)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from ray.job_submission import JobStatus
+
+    from unet_search.jobs import follow, submit_search
+    from unet_search.spaces import load_space
+
+    load_space(args.space, args.overrides)  # a bad space fails here, not on the cluster
+    job_id = submit_search(
+        args.address,
+        args.space,
+        args.data,
+        name=args.name,
+        model_name=args.model_name,
+        storage=args.storage,
+        overrides=args.overrides,
+    )
+    print(f"submitted job {job_id}", flush=True)
+    if not args.wait:
+        print(f"follow it   unet-search jobs logs {job_id}")
+        return 0
+    status = follow(args.address, job_id)
+    print(f"job {job_id} {status.value}")
+    return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from unet_search.jobs import client
+
+    jobs = client(args.address)
+    try:
+        if args.action == "status":
+            print(jobs.get_job_status(args.job_id).value)
+        elif args.action == "logs":
+            print(jobs.get_job_logs(args.job_id), end="")
+        else:
+            print("stopped" if jobs.stop_job(args.job_id) else "already ended")
+    except RuntimeError as err:  # an unknown job id and the like
+        raise UserError(f"job {args.job_id}: {err}") from None
     return 0
 
 
@@ -275,7 +368,39 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a fixed setting (epochs=2) or a search setting (search.num_samples=4)",
     )
+    p.add_argument(
+        "--storage",
+        help="Ray results path or URI every node can reach (default: "
+        "$UNET_SEARCH_STORAGE or the work dir)",
+    )
     p.set_defaults(func=cmd_search)
+
+    p = add("resume", "continue an interrupted search where it stopped")
+    p.add_argument("name", help="search name, e.g. quick-3")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    p.add_argument("--storage", help="the storage the search ran with")
+    p.set_defaults(func=cmd_resume)
+
+    p = add("submit", "submit a search to a Ray cluster as a Ray job")
+    p.add_argument(
+        "--address",
+        help="Ray dashboard / Jobs API URL (default: "
+        "$UNET_SEARCH_DASHBOARD or http://127.0.0.1:8265)",
+    )
+    p.add_argument("--space", type=Path, required=True, help="search space YAML (shipped)")
+    p.add_argument("--data", required=True, help="dataset path on the cluster")
+    p.add_argument("--name", help="search name")
+    p.add_argument("--model-name", help="registered model name")
+    p.add_argument("--storage", help="Ray results path or URI every node can reach")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--wait", action="store_true", help="follow the logs; exit with the job")
+    p.set_defaults(func=cmd_submit)
+
+    p = add("jobs", "status, logs or stop of a submitted job")
+    p.add_argument("action", choices=["status", "logs", "stop"])
+    p.add_argument("job_id")
+    p.add_argument("--address", help="Ray dashboard / Jobs API URL")
+    p.set_defaults(func=cmd_jobs)
 
     p = add("best", "print the best trials of a search")
     p.add_argument("name", help="search name, e.g. quick-1")

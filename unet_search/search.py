@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from unet_search import registry, tracking
-from unet_search.config import RunConfig, code_version
+from unet_search.config import RunConfig, UserError, code_version
 from unet_search.data import DatasetArrays
 from unet_search.spaces import BASELINE_ATTR, NUMBER_KEY, RESOURCE_FIELDS, SearchSpec
 from unet_search.worker import (
@@ -275,11 +276,13 @@ def _concurrency(spec: SearchSpec, total_cpus: int) -> int:
     return max(1, total_cpus // (smallest.num_workers * smallest.cpus_per_worker))
 
 
-def next_search_name(base: str, workdir: Path, uri: str, experiment_id: str) -> str:
+def next_search_name(base: str, storage: str, uri: str, experiment_id: str) -> str:
     """``<space>-1``, ``<space>-2``, ...: the first name no earlier search used."""
     used = set(tracking.find_parent_runs(uri, experiment_id))
     i = 1
-    while f"{base}-{i}" in used or (workdir / "ray_results" / f"{base}-{i}").exists():
+    while f"{base}-{i}" in used or (
+        "://" not in storage and Path(storage, f"{base}-{i}").exists()
+    ):
         i += 1
     return f"{base}-{i}"
 
@@ -405,12 +408,15 @@ def _register(ctx: SearchContext, best: TrialSummary, model_name: str) -> regist
         )
 
 
+def _trainable(ctx: SearchContext, dataset_ref: ray.ObjectRef, slot: bool) -> Any:
+    return tune.with_resources(
+        tune.with_parameters(trial_main, ctx=ctx, dataset=[dataset_ref]),
+        _resources(ctx.spec, slot),
+    )
+
+
 def _tuner(
-    ctx: SearchContext,
-    dataset_ref: ray.ObjectRef,
-    concurrency: int,
-    slot: bool,
-    searcher: PruningAwareOptunaSearch,
+    ctx: SearchContext, trainable: Any, concurrency: int, searcher: PruningAwareOptunaSearch
 ) -> tune.Tuner:
     spec, settings = ctx.spec, ctx.spec.settings
     epochs = spec.base_config().train.epochs
@@ -424,9 +430,6 @@ def _tuner(
             grace_period=settings.scheduler.grace_period,
             reduction_factor=settings.scheduler.reduction_factor,
         )
-    trainable = tune.with_resources(
-        tune.with_parameters(trial_main, ctx=ctx, dataset=[dataset_ref]), _resources(spec, slot)
-    )
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -446,6 +449,46 @@ def _tuner(
     )
 
 
+def _execute(
+    ctx: SearchContext, tuner: tune.Tuner, model_name: str, study: Callable[[], optuna.Study]
+) -> SearchOutcome:
+    """Run (or continue) the Tuner, then summarize, register and end the parent run."""
+    status = "FAILED"
+    try:
+        results = tuner.fit()
+        trials = _summaries(results, ctx)
+        best = _pick_best(trials, ctx.spec.settings.mode)
+        baseline = next((t for t in trials if t.baseline), None)
+        _log_summary(ctx, trials, best, baseline)
+        registration = _register(ctx, best, model_name) if best else None
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracking.end_run(ctx.tracking_uri, ctx.parent_run_id, status)
+    return SearchOutcome(
+        ctx.search_id,
+        ctx.experiment_id,
+        ctx.parent_run_id,
+        ctx.spec.settings.metric,
+        tuple(trials),
+        best,
+        baseline,
+        registration,
+        study(),
+    )
+
+
+def _storage_root(workdir: Path, storage: str | None) -> str:
+    """Where Ray results go: ``--storage`` / ``$UNET_SEARCH_STORAGE`` (a shared path or a
+    URI every node can reach), else the work directory."""
+    root = storage or os.environ.get("UNET_SEARCH_STORAGE")
+    if root and "://" in root:
+        return root
+    return str(Path(root).resolve()) if root else str(workdir / "ray_results")
+
+
 def run_search(
     spec: SearchSpec,
     arrays: DatasetArrays,
@@ -454,6 +497,8 @@ def run_search(
     name: str | None = None,
     model_name: str | None = None,
     address: str | None = None,
+    storage: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> SearchOutcome:
     """Run a whole search: trials on Ray Tune, runs in MLflow, the best model registered."""
     init_ray(address)
@@ -461,8 +506,9 @@ def run_search(
     slot = TRIAL_SLOT in ray.cluster_resources()
     uri = tracking.resolve_tracking_uri(workdir)
     experiment_id = tracking.ensure_experiment(uri, spec.name, workdir)
-    search_id = name or next_search_name(spec.name, workdir, uri, experiment_id)
-    storage = workdir / "ray_results"
+    root = _storage_root(workdir, storage)
+    search_id = name or next_search_name(spec.name, root, uri, experiment_id)
+    model_name = model_name or spec.model_name
     parent = tracking.create_run(
         uri,
         experiment_id,
@@ -474,6 +520,7 @@ def run_search(
             "baseline": spec.settings.baseline,
             "data_dir": str(data_dir),
             "seed": spec.settings.seed,
+            "storage": root,
         },
         tags={
             tracking.TAG_SEARCH_ID: search_id,
@@ -484,15 +531,9 @@ def run_search(
     )
     tracking.log_text(uri, parent, spec.source, "space.yaml")
     ctx = SearchContext(
-        spec,
-        search_id,
-        uri,
-        experiment_id,
-        parent,
-        str(storage),
-        arrays.fingerprint,
-        code_version(),
+        spec, search_id, uri, experiment_id, parent, root, arrays.fingerprint, code_version()
     )
+    _save_state(ctx, data_dir, model_name, overrides)
     searcher = PruningAwareOptunaSearch(
         space=spec.define_by_run,
         metric=spec.tune_metric,
@@ -500,30 +541,89 @@ def run_search(
         sampler=optuna.samplers.TPESampler(seed=spec.settings.seed),
         enqueue_baseline=spec.settings.baseline is not None,
     )
-    status = "FAILED"
-    try:
-        results = _tuner(
-            ctx, ray.put(arrays), _concurrency(spec, total_cpus), slot, searcher
-        ).fit()
-        trials = _summaries(results, ctx)
-        best = _pick_best(trials, spec.settings.mode)
-        baseline = next((t for t in trials if t.baseline), None)
-        _log_summary(ctx, trials, best, baseline)
-        registration = _register(ctx, best, model_name or spec.model_name) if best else None
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracking.end_run(uri, parent, status)
-    return SearchOutcome(
-        search_id,
-        experiment_id,
-        parent,
-        spec.settings.metric,
-        tuple(trials),
-        best,
-        baseline,
-        registration,
-        searcher.study,
+    tuner = _tuner(
+        ctx, _trainable(ctx, ray.put(arrays), slot), _concurrency(spec, total_cpus), searcher
     )
+    return _execute(ctx, tuner, model_name, lambda: searcher.study)
+
+
+STATE_FILE = "search_state.json"
+
+
+def _save_state(
+    ctx: SearchContext, data_dir: Path, model_name: str, overrides: Sequence[str]
+) -> None:
+    """What `resume` needs, as an artifact of the search's parent run."""
+    state = {
+        "search_id": ctx.search_id,
+        "space_file": f"{ctx.spec.name}.yaml",
+        "space_source": ctx.spec.source,
+        "overrides": list(overrides),
+        "data_dir": str(data_dir),
+        "model_name": model_name,
+        "storage": ctx.storage,
+        "tracking_uri": ctx.tracking_uri,
+        "experiment_id": ctx.experiment_id,
+        "parent_run_id": ctx.parent_run_id,
+        "fingerprint": ctx.fingerprint,
+    }
+    tracking.log_text(ctx.tracking_uri, ctx.parent_run_id, json.dumps(state, indent=2), STATE_FILE)
+
+
+def load_state(search_id: str, uri: str) -> dict[str, Any]:
+    """The saved state of a search, from its parent run; a UserError if there is none."""
+    parent = tracking.find_search(uri, search_id)
+    return dict(json.loads(tracking.read_text(uri, parent, STATE_FILE)))
+
+
+def resume_search(
+    state: dict[str, Any],
+    spec: SearchSpec,
+    arrays: DatasetArrays,
+    workdir: Path,
+    address: str | None = None,
+    storage: str | None = None,
+) -> SearchOutcome:
+    """Continue an interrupted search: finished trials are kept, unfinished ones continue from
+    their last checkpoint, Optuna keeps its history, every trial keeps its one MLflow run and
+    the parent run is continued."""
+    if arrays.fingerprint != state["fingerprint"]:
+        raise UserError(
+            f"{state['data_dir']}: the data changed since search "
+            f"{state['search_id']} started (fingerprint {arrays.fingerprint} != "
+            f"{state['fingerprint']}); start a new search instead."
+        )
+    init_ray(address)
+    check_search_resources(spec)
+    slot = TRIAL_SLOT in ray.cluster_resources()
+    root = _storage_root(workdir, storage) if storage else str(state["storage"])
+    uri = state["tracking_uri"]
+    if tracking.run_status(uri, state["parent_run_id"]) == "FINISHED":
+        raise UserError(f"search {state['search_id']} already finished; nothing to resume.")
+    tracking.reopen_run(uri, state["parent_run_id"])
+    ctx = SearchContext(
+        spec,
+        state["search_id"],
+        uri,
+        state["experiment_id"],
+        state["parent_run_id"],
+        root,
+        state["fingerprint"],
+        code_version(),
+    )
+    path = root.rstrip("/") + "/" + ctx.search_id
+    tuner = tune.Tuner.restore(
+        path,
+        trainable=_trainable(ctx, ray.put(arrays), slot),
+        resume_unfinished=True,
+        resume_errored=True,
+    )
+
+    def study() -> optuna.Study:  # the searcher as Tune saved it at the end
+        searcher = PruningAwareOptunaSearch(
+            space=spec.define_by_run, metric=spec.tune_metric, mode=spec.settings.mode
+        )
+        searcher.restore_from_dir(path)
+        return searcher.study
+
+    return _execute(ctx, tuner, state["model_name"], study)

@@ -9,6 +9,7 @@ is honoured.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 __all__ = [
@@ -201,10 +203,9 @@ def rank_trials(trials: Sequence[Any], mode: str) -> list[Any]:
     return sorted(trials, key=lambda t: (t.value is None, sign * (t.value or 0.0)))
 
 
-def search_trials(uri: str, search_id: str) -> tuple[str, list[TrialRow]]:
-    """(metric, trials ranked best first) of a search, read back from MLflow."""
+def find_search(uri: str, search_id: str) -> str:
+    """The parent run id of search ``search_id`` (any experiment); a UserError if none."""
     from unet_search.config import UserError
-    from unet_search.spaces import METRICS
 
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -215,7 +216,27 @@ def search_trials(uri: str, search_id: str) -> tuple[str, list[TrialRow]]:
     )
     if not parents:
         raise UserError(f"no search named {search_id!r} in {uri}.")
-    parent = parents[0]
+    return str(parents[0].info.run_id)
+
+
+def read_text(uri: str, run_id: str, artifact_file: str) -> str:
+    """A text artifact of a run."""
+    from unet_search.config import UserError
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = MlflowClient(uri).download_artifacts(run_id, artifact_file, tmp)
+        except MlflowException:
+            raise UserError(f"run {run_id} has no {artifact_file} artifact.") from None
+        return Path(path).read_text(encoding="utf-8")
+
+
+def search_trials(uri: str, search_id: str) -> tuple[str, list[TrialRow]]:
+    """(metric, trials ranked best first) of a search, read back from MLflow."""
+    from unet_search.spaces import METRICS
+
+    client = MlflowClient(uri)
+    parent = client.get_run(find_search(uri, search_id))
     metric = parent.data.params.get("metric", "val_dice")
     children = client.search_runs(
         [parent.info.experiment_id],
@@ -232,3 +253,12 @@ def search_trials(uri: str, search_id: str) -> tuple[str, list[TrialRow]]:
         for r in children
     ]
     return metric, rank_trials(rows, METRICS[metric])
+
+
+def run_status(uri: str, run_id: str) -> str:
+    return str(MlflowClient(uri).get_run(run_id).info.status)
+
+
+def reopen_run(uri: str, run_id: str) -> None:
+    """Mark a run RUNNING again (a resumed search continues its parent run)."""
+    MlflowClient(uri).update_run(run_id, status="RUNNING")

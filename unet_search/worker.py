@@ -26,7 +26,7 @@ import ray.train.torch
 import torch
 from torch.utils.data import DataLoader
 
-from unet_search import OFFLINE_ENV, tracking
+from unet_search import RAY_ENV, tracking
 from unet_search.config import RunConfig, UserError, code_version
 from unet_search.data import DatasetArrays, split_indices
 from unet_search.engine import (
@@ -214,7 +214,13 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
     _resume(state, ctx)
     if rank == 0 and state.epoch == 0:
         tracking.set_tags(
-            uri, run_id, {"ray.world_size": world, "ray.node_ip": ray.util.get_node_ip_address()}
+            uri,
+            run_id,
+            {
+                "ray.world_size": world,
+                "ray.node_ip": ray.util.get_node_ip_address(),
+                "ray.node_id": ray.get_runtime_context().get_node_id(),
+            },
         )
 
     def report(metrics: dict[str, float], st: TrainingState) -> None:
@@ -295,12 +301,15 @@ def init_ray(address: str | None = None) -> None:
     # A local cluster gets "trial_slot" resources: a search's TorchTrainer trial drivers hold
     # one slot and no CPU (see search.py).
     resources = {"trial_slot": 1000.0} if address == "local" else None
-    env = {**OFFLINE_ENV, "RAY_TRAIN_V2_ENABLED": "1"}
+    env = dict(RAY_ENV)
     if os.environ.get("MLFLOW_TRACKING_URI"):
         env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
+    # Inside a Ray job (unet-search submit) the job's runtime env already carries these
+    # variables, and Ray refuses a driver runtime env that repeats them.
+    in_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
     ray.init(
         address=address,
-        runtime_env={"env_vars": env},
+        runtime_env=None if in_job else {"env_vars": env},
         log_to_driver=True,
         logging_level=logging.WARNING,
         resources=resources,
