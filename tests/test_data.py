@@ -209,3 +209,24 @@ def test_split_is_deterministic_disjoint_and_complete() -> None:
     assert len(val) == 10 and not set(train) & set(val)
     assert sorted([*train, *val]) == list(range(50))
     assert split_indices(50, 0.2, seed=4)[1].tolist() != val.tolist()
+
+
+def test_object_store_uri_is_fetched_then_read(tmp_path: Path) -> None:
+    from unet_search.data import materialize
+
+    root = _generic(tmp_path / "bucket" / "ds")
+    local = materialize(f"file://{root}", tmp_path / "cache")
+    assert (
+        local != root
+        and (local / "images" / "img 0.png").read_bytes()
+        == (root / "images" / "img 0.png").read_bytes()
+    )
+    assert (
+        load_dataset(local, DataConfig(image_size=16)).fingerprint
+        == load_dataset(root, DataConfig(image_size=16)).fingerprint
+    )  # same bytes, same dataset
+    assert materialize(str(root), tmp_path / "cache") == root.resolve()
+    with pytest.raises(DataError, match=r"cannot be read|is not a folder"):
+        materialize(f"file://{tmp_path}/nope", tmp_path / "cache")
+    with pytest.raises(DataError, match="cannot be read"):
+        materialize("nosuchscheme://bucket/x", tmp_path / "cache")

@@ -79,10 +79,12 @@ def cmd_make_data(args: argparse.Namespace) -> int:
 
 def cmd_check_data(args: argparse.Namespace) -> int:
     from unet_search.config import work_dir
-    from unet_search.data import load_dataset
+    from unet_search.data import load_dataset, materialize
 
     cfg = _load_config(args)
-    arrays = load_dataset(args.data, cfg.data, work_dir() / "cache")
+    arrays = load_dataset(
+        materialize(args.data, work_dir() / "cache"), cfg.data, work_dir() / "cache"
+    )
     stats = arrays.stats
     print(f"dataset      {args.data} ({stats['layout']} layout)")
     print(f"images       {stats['count']}")
@@ -101,7 +103,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from unet_search.config import work_dir
-    from unet_search.data import load_dataset
+    from unet_search.data import load_dataset, materialize
     from unet_search.models import validate_model_config
     from unet_search.tracking import resolve_tracking_uri
     from unet_search.worker import run_training
@@ -109,8 +111,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load_config(args, num_workers=args.workers, gpus_per_worker=args.gpus_per_worker)
     validate_model_config(cfg.model)
     workdir = work_dir()
-    arrays = load_dataset(args.data, cfg.data, workdir / "cache")  # all checks before Ray
-    outcome = run_training(cfg, arrays, args.data, workdir, args.experiment, args.run_name)
+    data = materialize(args.data, workdir / "cache")
+    arrays = load_dataset(data, cfg.data, workdir / "cache")  # all checks before Ray
+    outcome = run_training(cfg, arrays, data, workdir, args.experiment, args.run_name)
     uri = resolve_tracking_uri(workdir)
     shown = {
         k: round(v, 4)
@@ -148,13 +151,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from unet_search.config import work_dir
-    from unet_search.data import load_dataset
+    from unet_search.data import load_dataset, materialize
     from unet_search.search import run_search
     from unet_search.spaces import load_space
 
     spec = load_space(args.space, args.overrides)  # every check before Ray starts
     workdir = work_dir()
-    data = args.data.resolve()
+    data = materialize(args.data, workdir / "cache")
     arrays = load_dataset(data, spec.base_config().data, workdir / "cache")
     _leave_job_working_dir(workdir)
     out = run_search(
@@ -338,12 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_make_data)
 
     p = add("check-data", "validate a dataset and print its summary and fingerprint")
-    p.add_argument("data", type=Path)
+    p.add_argument("data", help="dataset folder, or an s3:// / gs:// URI")
     _config_args(p)
     p.set_defaults(func=cmd_check_data)
 
     p = add("train", "train one configuration with Ray Train, tracked as one MLflow run")
-    p.add_argument("--data", type=Path, required=True, help="dataset folder")
+    p.add_argument("--data", required=True, help="dataset folder, or an s3:// / gs:// URI")
     _config_args(p)
     p.add_argument("--workers", type=int, help="Ray Train workers (DDP); sets num_workers")
     p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker; sets gpus_per_worker")
@@ -356,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("search", "search architectures and hyperparameters (Ray Tune, Optuna TPE, ASHA)")
     p.add_argument("--space", type=Path, required=True, help="search space YAML")
-    p.add_argument("--data", type=Path, required=True, help="dataset folder")
+    p.add_argument("--data", required=True, help="dataset folder, or an s3:// / gs:// URI")
     p.add_argument("--name", help="search name (default: <space name>-<n>, the first unused)")
     p.add_argument("--model-name", help="registered model name (default: from the space)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")

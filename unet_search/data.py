@@ -40,6 +40,7 @@ __all__ = [
     "Sample",
     "decode_image",
     "load_dataset",
+    "materialize",
     "read_image",
     "scan_dataset",
     "split_indices",
@@ -512,3 +513,26 @@ def load_dataset(root: Path, cfg: DataConfig, cache_dir: Path | None = None) -> 
     if cache is not None:
         _save_cache(cache, arrays)
     return arrays
+
+
+def materialize(data: str | Path, cache_dir: Path) -> Path:
+    """A dataset given as a path, or as an object-store URI (``s3://``, ``gs://``,
+    ``file://``; anything ``pyarrow.fs`` reads), as a local folder. URIs are copied (again,
+    so that a changed bucket is seen) to ``<cache_dir>/remote/<hash of the URI>``."""
+    text = str(data)
+    if "://" not in text:
+        return Path(text).expanduser().resolve()
+    import pyarrow.fs as pafs
+
+    dest = cache_dir / "remote" / hashlib.sha256(text.encode()).hexdigest()[:16]
+    try:
+        fs, path = pafs.FileSystem.from_uri(text)
+        if fs.get_file_info(path).type != pafs.FileType.Directory:
+            raise DataError(f"{text}: is not a folder of images and masks.")
+        dest.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(text, str(dest), destination_filesystem=pafs.LocalFileSystem())
+    except DataError:
+        raise
+    except (OSError, ValueError) as err:  # bad scheme, no credentials, no such bucket
+        raise DataError(f"{text}: cannot be read ({err}).") from None
+    return dest
