@@ -124,7 +124,17 @@ def test_end_to_end_search_with_a_ddp_trial(
 
     from unet_search.cli import main
 
-    capsys.readouterr()  # drop the search's own output
+    shown = capsys.readouterr().out  # the live view: concise lines, no Tune tables
+    assert "Trial status" not in shown and "trial_main_" not in shown
+    assert f"search e2e-1: Ray's own log is {workdir / 'logs' / 'e2e-1.log'}" in shown
+    progress = [line for line in shown.splitlines() if "] trials: " in line]
+    assert (
+        progress[-1]
+        .split("] ", 1)[1]
+        .startswith("trials: 0 running, 3 finished, 0 stopped early, 0 failed | best val_dice ")
+    )
+    assert f"({out.best.name})" in progress[-1]
+    assert (workdir / "logs" / "e2e-1.log").exists()
     assert main(["best", "e2e-1", "--top", "2"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert len(table) == 3 and table[1].split()[0] == out.best.name.split()[0]
@@ -155,7 +165,11 @@ def test_end_to_end_search_with_a_ddp_trial(
 
 
 def test_asha_stops_a_hopeless_trial_and_optuna_sees_it_pruned(
-    ray_local: None, search_data: Path, workdir: Path, tmp_path: Path
+    ray_local: None,
+    search_data: Path,
+    workdir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Seeded TPE draws lr 0.01, then 1e-7 (hopeless), then 0.01; one trial at a time, so at
     # ASHA's rung (epoch 2: after one epoch Adam at 0.01 can still be worse than no training)
@@ -184,6 +198,8 @@ def test_asha_stops_a_hopeless_trial_and_optuna_sees_it_pruned(
     out = _search(tmp_path, search_data, workdir, raw)
     assert [t.params["lr"] for t in out.trials] == [0.01, 1e-7, 0.01]
     assert [t.status for t in out.trials] == ["FINISHED", "KILLED", "FINISHED"]
+    last = [line for line in capsys.readouterr().out.splitlines() if "] trials: " in line][-1]
+    assert "0 running, 2 finished, 1 stopped early, 0 failed" in last
     assert [t.epochs for t in out.trials] == [4, 2, 4]
     killed = _client(workdir).get_run(out.trials[1].run_id)
     assert killed.info.status == "KILLED"

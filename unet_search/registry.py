@@ -10,7 +10,6 @@ fingerprint; otherwise the new version gets ``challenger``.
 from __future__ import annotations
 
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,9 +131,7 @@ def log_and_register(
     client = MlflowClient(tracking_uri)
     # log_model needs the fluent active run; resuming leaves it FINISHED on exit (the caller
     # sets the run's final status afterwards).
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-        # MLflow asks for type hints on predict; the explicit SIGNATURE is the contract.
-        warnings.filterwarnings("ignore", message=".*type hints.*")
+    with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_FILE),

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -211,6 +213,70 @@ def _resources(spec: SearchSpec, slot: bool) -> Callable[[dict[Any, Any]], Place
         return PlacementGroupFactory([{"CPU": 0.0, TRIAL_SLOT: 1.0} if slot else {"CPU": 0.0}])
 
     return resources
+
+
+class ProgressCallback(tune.Callback):
+    """Concise live progress on stdout: one line when a trial starts or ends, and at most
+    every ``every_s`` seconds while results arrive (Tune's own tables are off)."""
+
+    def __init__(self, spec: SearchSpec, every_s: float = 5.0) -> None:
+        self.spec, self.every_s = spec, every_s
+        self.start = time.monotonic()
+        self.last_print = 0.0
+        self.states: dict[str, str] = {}
+        self.best: tuple[float, str] | None = None
+
+    def _name(self, trial: Any) -> str:
+        config = trial.config or {}
+        baseline = self.spec.settings.baseline if self.spec.is_baseline(config) else None
+        return trial_run_name(
+            int(config.get(NUMBER_KEY, 0)), self.spec.trial_run_config(config), baseline
+        )
+
+    def _line(self) -> str:
+        counts = {
+            s: sum(v == s for v in self.states.values())
+            for s in ("running", "finished", "stopped early", "failed")
+        }
+        elapsed = int(time.monotonic() - self.start)
+        text = ", ".join(f"{n} {s}" for s, n in counts.items())
+        best = (
+            f" | best {self.spec.settings.metric} {self.best[0]:.4f} ({self.best[1]})"
+            if self.best
+            else ""
+        )
+        return f"[{elapsed // 60:02d}:{elapsed % 60:02d}] trials: {text}{best}"
+
+    def _print(self, force: bool) -> None:
+        now = time.monotonic()
+        if force or now - self.last_print >= self.every_s:
+            print(self._line(), flush=True)
+            self.last_print = now
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.states[trial.trial_id] = "running"
+        self._print(force=True)
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        value = result.get(self.spec.tune_metric)
+        if value is not None:
+            sign = 1.0 if self.spec.settings.mode == "max" else -1.0
+            if self.best is None or sign * value > sign * self.best[0]:
+                self.best = (float(value), self._name(trial))
+        self._print(force=False)
+
+    def on_trial_complete(
+        self, iteration: int, trials: list[Any], trial: Any, **info: Any
+    ) -> None:
+        finished = bool((trial.last_result or {}).get("finished"))
+        self.states[trial.trial_id] = "finished" if finished else "stopped early"
+        self._print(force=True)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.states[trial.trial_id] = "failed"
+        self._print(force=True)
 
 
 class TrialStatusCallback(tune.Callback):
@@ -442,9 +508,9 @@ def _tuner(
         run_config=tune.RunConfig(
             name=ctx.search_id,
             storage_path=ctx.storage,
-            callbacks=[TrialStatusCallback(ctx)],
+            callbacks=[TrialStatusCallback(ctx), ProgressCallback(spec)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            verbose=1,
+            verbose=0,  # ProgressCallback prints the concise view; Ray's detail goes to the log
         ),
     )
 
@@ -489,6 +555,29 @@ def _storage_root(workdir: Path, storage: str | None) -> str:
     return str(Path(root).resolve()) if root else str(workdir / "ray_results")
 
 
+def _route_ray_logs(workdir: Path, search_id: str) -> Path:
+    """Ray's and Tune's own log output goes to ``<work_dir>/logs/<search>.log`` (appended),
+    not the terminal; returns the path, which the CLI prints."""
+    path = workdir / "logs" / f"{search_id}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.unet_search = True  # type: ignore[attr-defined]
+    for name in ("ray", "ray.tune", "ray.train"):
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):  # Ray's console handler, or an earlier search's file
+            if type(old) is logging.StreamHandler or getattr(old, "unet_search", False):
+                logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.propagate = False
+    print(
+        f"search {search_id}: Ray's own log is {path}; the trials' worker logs are in the "
+        "Ray session logs (`ray logs cluster`, or the dashboard)",
+        flush=True,
+    )
+    return path
+
+
 def run_search(
     spec: SearchSpec,
     arrays: DatasetArrays,
@@ -501,7 +590,7 @@ def run_search(
     overrides: Sequence[str] = (),
 ) -> SearchOutcome:
     """Run a whole search: trials on Ray Tune, runs in MLflow, the best model registered."""
-    init_ray(address)
+    init_ray(address, log_to_driver=False)
     total_cpus = check_search_resources(spec)
     slot = TRIAL_SLOT in ray.cluster_resources()
     uri = tracking.resolve_tracking_uri(workdir)
@@ -530,6 +619,7 @@ def run_search(
         },
     )
     tracking.log_text(uri, parent, spec.source, "space.yaml")
+    _route_ray_logs(workdir, search_id)
     ctx = SearchContext(
         spec, search_id, uri, experiment_id, parent, root, arrays.fingerprint, code_version()
     )
@@ -593,7 +683,7 @@ def resume_search(
             f"{state['search_id']} started (fingerprint {arrays.fingerprint} != "
             f"{state['fingerprint']}); start a new search instead."
         )
-    init_ray(address)
+    init_ray(address, log_to_driver=False)
     check_search_resources(spec)
     slot = TRIAL_SLOT in ray.cluster_resources()
     root = _storage_root(workdir, storage) if storage else str(state["storage"])
@@ -601,6 +691,7 @@ def resume_search(
     if tracking.run_status(uri, state["parent_run_id"]) == "FINISHED":
         raise UserError(f"search {state['search_id']} already finished; nothing to resume.")
     tracking.reopen_run(uri, state["parent_run_id"])
+    _route_ray_logs(workdir, state["search_id"])
     ctx = SearchContext(
         spec,
         state["search_id"],

@@ -292,7 +292,7 @@ def _maybe_fail(epoch: int, rank: int, world: int) -> None:
         os._exit(1)
 
 
-def init_ray(address: str | None = None) -> None:
+def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:
     """Connect to ``address`` / ``$RAY_ADDRESS``, else start a new local Ray (never attach to
     a cluster by accident); tasks and actors run offline."""
     if ray.is_initialized():
@@ -310,7 +310,7 @@ def init_ray(address: str | None = None) -> None:
     ray.init(
         address=address,
         runtime_env=None if in_job else {"env_vars": env},
-        log_to_driver=True,
+        log_to_driver=log_to_driver,
         logging_level=logging.WARNING,
         resources=resources,
     )
