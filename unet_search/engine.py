@@ -83,6 +83,11 @@ def build_scheduler(
     return None
 
 
+def is_better(metric: str, new: float, old: float | None) -> bool:
+    """Whether ``new`` improves on ``old`` (None: nothing yet) for a validation metric."""
+    return old is None or (new > old if MAXIMIZE[metric] else new < old)
+
+
 @dataclass
 class EarlyStopping:
     """Tracks the best value of a metric; ``should_stop`` after ``patience`` bad epochs."""
@@ -95,9 +100,7 @@ class EarlyStopping:
 
     def update(self, value: float, epoch: int) -> bool:
         """Record an epoch's value; returns whether it is a new best."""
-        better = self.best is None or (
-            value > self.best if MAXIMIZE[self.metric] else value < self.best
-        )
+        better = is_better(self.metric, value, self.best)
         if better:
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
         else:
@@ -155,12 +158,9 @@ class TrainingState:
 
     def update_best_so_far(self, metrics: dict[str, float]) -> dict[str, float]:
         """Running best of every validation metric, as ``best_<name>`` entries."""
-        for name, maximize in MAXIMIZE.items():
-            if name in metrics:
-                old = self.best_so_far.get(name)
-                new = metrics[name]
-                better = old is None or (new > old if maximize else new < old)
-                self.best_so_far[name] = new if better else old  # type: ignore[assignment]
+        for name in MAXIMIZE:
+            if name in metrics and is_better(name, metrics[name], self.best_so_far.get(name)):
+                self.best_so_far[name] = metrics[name]
         return {f"best_{k}": v for k, v in self.best_so_far.items()}
 
 

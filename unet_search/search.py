@@ -380,20 +380,19 @@ class SearchOutcome:
 
 
 def _summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary]:
-    runs = tracking.find_child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.search_id)
-    names = tracking.run_names(ctx.tracking_uri, list(runs.values()))
+    runs = tracking.child_run_names(ctx.tracking_uri, ctx.experiment_id, ctx.search_id)
     out = []
     for result in results:  # type: ignore[attr-defined]  # ResultGrid is iterable
         metrics = result.metrics or {}
         trial_id = str(metrics.get("trial_id") or Path(result.path).name)
         status = "FAILED" if result.error else "FINISHED" if metrics.get("finished") else "KILLED"
         value = metrics.get(ctx.spec.tune_metric)
-        run_id = runs.get(trial_id)
+        run_id, name = runs.get(trial_id, (None, trial_id))
         out.append(
             TrialSummary(
                 int((result.config or {}).get(NUMBER_KEY, 0)),
                 trial_id,
-                names.get(run_id or "", trial_id),
+                name,
                 status,
                 None if value is None or result.error else float(value),
                 int(metrics.get("epoch", 0)),

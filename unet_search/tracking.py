@@ -32,7 +32,7 @@ __all__ = [
     "log_text",
     "open_child_run",
     "rank_trials",
-    "run_names",
+    "child_run_names",
     "search_trials",
     "create_run",
     "end_run",
@@ -157,14 +157,29 @@ def open_child_run(
     return create_run(uri, experiment_id, name, params, {**tags, TAG_PARENT: parent_run_id})
 
 
+def _child_runs(client: MlflowClient, experiment_id: str, search_id: str) -> list[Any]:
+    """Every trial run of a search (the one query behind the helpers below)."""
+    return list(
+        client.search_runs(
+            [experiment_id],
+            filter_string=f"{_search_filter(search_id)} and tags.`{TAG_TRIAL_ID}` != ''",
+            max_results=50_000,
+        )
+    )
+
+
 def find_child_runs(uri: str, experiment_id: str, search_id: str) -> dict[str, str]:
     """trial id -> run id for the trials of a search."""
-    runs = MlflowClient(uri).search_runs(
-        [experiment_id],
-        filter_string=f"{_search_filter(search_id)} and tags.`{TAG_TRIAL_ID}` != ''",
-        max_results=50_000,
-    )
+    runs = _child_runs(MlflowClient(uri), experiment_id, search_id)
     return {r.data.tags[TAG_TRIAL_ID]: r.info.run_id for r in runs}
+
+
+def child_run_names(uri: str, experiment_id: str, search_id: str) -> dict[str, tuple[str, str]]:
+    """trial id -> (run id, run name) for the trials of a search, in one query."""
+    runs = _child_runs(MlflowClient(uri), experiment_id, search_id)
+    return {
+        r.data.tags[TAG_TRIAL_ID]: (r.info.run_id, r.info.run_name or r.info.run_id) for r in runs
+    }
 
 
 def find_parent_runs(uri: str, experiment_id: str) -> dict[str, str]:
@@ -173,11 +188,6 @@ def find_parent_runs(uri: str, experiment_id: str) -> dict[str, str]:
         [experiment_id], filter_string=f"tags.`{TAG_KIND}` = 'search'", max_results=50_000
     )
     return {r.data.tags[TAG_SEARCH_ID]: r.info.run_id for r in runs}
-
-
-def run_names(uri: str, run_ids: list[str]) -> dict[str, str]:
-    client = MlflowClient(uri)
-    return {run_id: client.get_run(run_id).info.run_name or run_id for run_id in run_ids}
 
 
 def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
@@ -238,11 +248,7 @@ def search_trials(uri: str, search_id: str) -> tuple[str, list[TrialRow]]:
     client = MlflowClient(uri)
     parent = client.get_run(find_search(uri, search_id))
     metric = parent.data.params.get("metric", "val_dice")
-    children = client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=(f"{_search_filter(search_id)} and tags.`{TAG_TRIAL_ID}` != ''"),
-        max_results=50_000,
-    )
+    children = _child_runs(client, parent.info.experiment_id, search_id)
     rows = [
         TrialRow(
             r.info.run_name or r.info.run_id,
