@@ -11,7 +11,12 @@ export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test lint typecheck install clean
+.PHONY: demo test lint typecheck install browser clean
+
+# The report test renders the HTML report in headless Chromium: Debian's package, installed
+# here when missing (as root, else through sudo).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +30,12 @@ demo: $(STAMP)
 	$(BIN)/unet-search check-data $(DEMO_DATA) --set image_size=64 --set val_fraction=0.2
 	$(BIN)/unet-search search --space search_spaces/quick.yaml --data $(DEMO_DATA)
 
+$(CHROMIUM):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+	  || ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+
+browser: $(CHROMIUM)
+
 lint: $(STAMP)
 	$(BIN)/ruff check unet_search tests
 	$(BIN)/ruff format --check unet_search tests
@@ -32,7 +43,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) $(CHROMIUM) lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,3 +46,111 @@ def ray_local() -> Iterator[None]:
     init_ray()
     yield
     ray.shutdown()
+
+
+@dataclass(frozen=True)
+class WatchedSearch:
+    """A finished real search plus what Ray's Prometheus endpoints exported while it ran."""
+
+    outcome: Any  # unet_search.search.SearchOutcome
+    home: Path
+    uri: str
+    targets: tuple[str, ...]  # host:port of every node's metrics endpoint
+    scrapes: tuple[dict[str, list[tuple[dict[str, str], float]]], ...]  # name -> samples
+
+    @property
+    def exported(self) -> set[str]:
+        return {name for scrape in self.scrapes for name in scrape}
+
+
+def _scrape(targets: tuple[str, ...]) -> dict[str, list[tuple[dict[str, str], float]]]:
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for target in targets:
+        text = requests.get(f"http://{target}/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return out
+
+
+@pytest.fixture(scope="session")
+def watched_search(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> WatchedSearch:
+    """One real search (baseline + 3 sampled trials, 2 epochs, overlays every epoch) on the
+    session Ray, its MLflow in a SQLite file, with every Ray node's metrics endpoint scraped
+    once a second while it runs and until the search's gauges have been exported."""
+    import ray
+    import yaml
+
+    from unet_search.data import load_dataset
+    from unet_search.search import run_search
+    from unet_search.spaces import load_space
+    from unet_search.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp("watched")
+    home, data = root / "home", root / "data"
+    make_synthetic(data, n=16, size=48, seed=5)
+    space = root / "watched.yaml"
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "name": "watched",
+                "model_name": "unet-watched",
+                "fixed": {
+                    "image_size": 32,
+                    "epochs": 2,
+                    "val_fraction": 0.25,
+                    "dsb_every": 0,
+                    "depth": 2,
+                    "num_sample_images": 2,
+                    "samples_every": 1,
+                },
+                "params": {
+                    "base_filters": {"type": "choice", "values": [4, 8]},
+                    "dice_weight": {"type": "uniform", "low": 0.0, "high": 1.0},
+                    "lr": {"type": "loguniform", "low": 1.0e-3, "high": 1.0e-2},
+                },
+                "search": {"num_samples": 4, "seed": 2, "scheduler": {"type": "fifo"}},
+            }
+        )
+    )
+    targets = tuple(
+        f"{n['NodeManagerAddress']}:{n['MetricsExportPort']}" for n in ray.nodes() if n["Alive"]
+    )
+    scrapes: list[dict[str, list[tuple[dict[str, str], float]]]] = []
+    stop = threading.Event()
+
+    def scrape_until_stopped() -> None:
+        while not stop.is_set():
+            scrapes.append(_scrape(targets))
+            stop.wait(1.0)
+
+    scraper = threading.Thread(target=scrape_until_stopped, daemon=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNET_SEARCH_HOME", str(home))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        spec = load_space(space)
+        arrays = load_dataset(data, spec.base_config().data, home / "cache")
+        scraper.start()
+        try:
+            outcome = run_search(spec, arrays, data, home)
+            # Ray exports a metric up to ~10 s after it is set: wait for the last states.
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline and not _final_states_seen(scrapes, outcome):
+                time.sleep(1.0)
+        finally:
+            stop.set()
+            scraper.join()
+    return WatchedSearch(outcome, home, f"sqlite:///{home / 'mlflow.db'}", targets, tuple(scrapes))
+
+
+def _final_states_seen(scrapes: list[dict[str, Any]], outcome: Any) -> bool:
+    last = scrapes[-1] if scrapes else {}
+    return any(
+        labels.get("search") == outcome.search_id
+        and labels.get("state") == "finished"
+        and value == len(outcome.trials)
+        for labels, value in last.get("ray_unet_search_trials", [])
+    )

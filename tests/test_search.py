@@ -203,6 +203,13 @@ def test_asha_stops_a_hopeless_trial_and_optuna_sees_it_pruned(
     assert [t.epochs for t in out.trials] == [4, 2, 4]
     killed = _client(workdir).get_run(out.trials[1].run_id)
     assert killed.info.status == "KILLED"
+    assert killed.data.tags["unet_search.outcome"] == "stopped_early"
+    stopped = _client(workdir).search_runs(
+        [out.experiment_id], "tags.unet_search.outcome = 'stopped_early'"
+    )
+    assert [r.info.run_id for r in stopped] == [out.trials[1].run_id]
+    # The report draws the stopped trial too (parallel coordinates, best so far).
+    assert out.report is not None and "1 stopped early" in out.report.read_text()
     states = [t.state for t in out.study.trials]
     assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
     pruned = out.study.trials[1]

@@ -32,6 +32,7 @@ EXAMPLES = {
         "--set epochs=2 --set search.num_samples=4"
     ),
     "best": "example: unet-search best quick-1 --top 5",
+    "report": "example: unet-search report quick-1   (then open the printed index.html)",
     "submit": (
         "example: unet-search submit --address http://127.0.0.1:8265 --space "
         "search_spaces/quick.yaml --data /shared/data --wait"
@@ -206,6 +207,8 @@ def _report(out: Any, mode: str, workdir: Path) -> None:
             f"predict      unet-search predict --model models:/{reg.name}@champion "
             "--input IMAGES --output MASKS"
         )
+    if out.report is not None:
+        print(f"report       {out.report}")
     uri = resolve_tracking_uri(workdir)
     print(
         f"MLflow UI    mlflow ui --backend-store-uri {uri}  then open "
@@ -214,20 +217,15 @@ def _report(out: Any, mode: str, workdir: Path) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    import tempfile
-
     from unet_search.config import work_dir
     from unet_search.data import load_dataset
-    from unet_search.search import load_state, resume_search
-    from unet_search.spaces import load_space
-    from unet_search.tracking import resolve_tracking_uri
+    from unet_search.search import resume_search
+    from unet_search.spaces import load_space_text
+    from unet_search.tracking import read_search_state, resolve_tracking_uri
 
     workdir = work_dir()
-    state = load_state(args.name, resolve_tracking_uri(workdir, create=False))
-    with tempfile.TemporaryDirectory() as tmp:
-        space = Path(tmp) / state["space_file"]
-        space.write_text(state["space_source"], encoding="utf-8")
-        spec = load_space(space, state["overrides"])
+    state = read_search_state(resolve_tracking_uri(workdir, create=False), args.name)
+    spec = load_space_text(state["space_source"], state["space_file"], state["overrides"])
     arrays = load_dataset(Path(state["data_dir"]), spec.base_config().data, workdir / "cache")
     _leave_job_working_dir(workdir)
     out = resume_search(state, spec, arrays, workdir, args.address, args.storage)
@@ -289,6 +287,19 @@ def cmd_best(args: argparse.Namespace) -> int:
 
     metric, trials = search_trials(resolve_tracking_uri(work_dir(), create=False), args.name)
     _print_trials(trials[: args.top], metric)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from unet_search.config import work_dir
+    from unet_search.report import write_report
+    from unet_search.tracking import find_search, resolve_tracking_uri
+
+    workdir = work_dir()
+    uri = resolve_tracking_uri(workdir, create=False)
+    find_search(uri, args.name)  # an unknown name fails here, before anything is written
+    path = write_report(uri, args.name, workdir / "reports" / args.name, log=args.log)
+    print(f"report       {path}")
     return 0
 
 
@@ -409,6 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="search name, e.g. quick-1")
     p.add_argument("--top", type=int, default=10)
     p.set_defaults(func=cmd_best)
+
+    p = add("report", "write the HTML report (and PNGs) of a search to <work dir>/reports/NAME")
+    p.add_argument("name", help="search name, e.g. quick-1")
+    p.add_argument("--log", action="store_true", help="also upload it to the search's MLflow run")
+    p.set_defaults(func=cmd_report)
 
     p = add("predict", "write one mask PNG per input image with a registered model")
     p.add_argument("--model", required=True, help="models:/NAME@champion, runs:/..., or a dir")

@@ -190,6 +190,7 @@ class TrainConfig:
     early_stop_metric: str = "val_dice"
     dsb_every: int = 1  # compute the DSB2018 instance score every N epochs (0: never)
     num_sample_images: int = 4
+    samples_every: int = 5  # log prediction overlays every N epochs (0: only the final one)
     num_workers: int = 1
     cpus_per_worker: int = 1
     gpus_per_worker: float = 0.0
@@ -223,6 +224,7 @@ class TrainConfig:
             "must be in [0, 64]",
             self.num_sample_images,
         )
+        _check(self.samples_every >= 0, "train.samples_every", "must be >= 0", self.samples_every)
         _check(self.num_workers >= 1, "train.num_workers", "must be >= 1", self.num_workers)
         _check(
             self.cpus_per_worker >= 1,

@@ -25,7 +25,9 @@ from unet_search.config import UserError
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
+    "Champion",
     "Registration",
+    "champion",
     "download_model",
     "log_and_register",
 ]
@@ -148,6 +150,36 @@ def log_and_register(
     )
     client.set_registered_model_alias(name, alias, version.version)
     return Registration(name, str(version.version), alias, prev, prev_value, reason)
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The version the ``champion`` alias points at, and where it came from."""
+
+    name: str
+    version: str
+    value: float | None
+    metric: str
+    search_id: str
+    trial_run_id: str
+
+
+def champion(tracking_uri: str, name: str) -> Champion | None:
+    """The current champion of registered model ``name``, or None (no such model/alias)."""
+    try:
+        mv = MlflowClient(tracking_uri).get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    tags = mv.tags
+    value = tags.get(TAG_VALUE)
+    return Champion(
+        name,
+        str(mv.version),
+        None if value is None else float(value),
+        tags.get(TAG_METRIC, ""),
+        tags.get("unet_search.search_id", ""),
+        tags.get("unet_search.run_id", ""),
+    )
 
 
 def download_model(uri: str) -> Path:

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import tempfile
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -37,6 +36,7 @@ from ray.tune.search.optuna import OptunaSearch
 from unet_search import registry, tracking
 from unet_search.config import RunConfig, UserError, code_version
 from unet_search.data import DatasetArrays
+from unet_search.live import LiveView
 from unet_search.spaces import BASELINE_ATTR, NUMBER_KEY, RESOURCE_FIELDS, SearchSpec
 from unet_search.worker import (
     ResourceError,
@@ -168,8 +168,10 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
         tags={
             tracking.TAG_SEARCH_ID: ctx.search_id,
             tracking.TAG_TRIAL_ID: trial_id,
+            tracking.TAG_TRIAL_NUMBER: str(int(config.get(NUMBER_KEY, 0))),
             tracking.TAG_FINGERPRINT: ctx.fingerprint,
             tracking.TAG_CODE_VERSION: ctx.code_version,
+            **({tracking.TAG_BASELINE: baseline} if baseline else {}),
         },
     )
     recipe_config = {
@@ -215,94 +217,35 @@ def _resources(spec: SearchSpec, slot: bool) -> Callable[[dict[Any, Any]], Place
     return resources
 
 
-class ProgressCallback(tune.Callback):
-    """Concise live progress on stdout: one line when a trial starts or ends, and at most
-    every ``every_s`` seconds while results arrive (Tune's own tables are off)."""
-
-    def __init__(self, spec: SearchSpec, every_s: float = 5.0) -> None:
-        self.spec, self.every_s = spec, every_s
-        self.start = time.monotonic()
-        self.last_print = 0.0
-        self.states: dict[str, str] = {}
-        self.best: tuple[float, str] | None = None
-
-    def _name(self, trial: Any) -> str:
-        config = trial.config or {}
-        baseline = self.spec.settings.baseline if self.spec.is_baseline(config) else None
-        return trial_run_name(
-            int(config.get(NUMBER_KEY, 0)), self.spec.trial_run_config(config), baseline
-        )
-
-    def _line(self) -> str:
-        counts = {
-            s: sum(v == s for v in self.states.values())
-            for s in ("running", "finished", "stopped early", "failed")
-        }
-        elapsed = int(time.monotonic() - self.start)
-        text = ", ".join(f"{n} {s}" for s, n in counts.items())
-        best = (
-            f" | best {self.spec.settings.metric} {self.best[0]:.4f} ({self.best[1]})"
-            if self.best
-            else ""
-        )
-        return f"[{elapsed // 60:02d}:{elapsed % 60:02d}] trials: {text}{best}"
-
-    def _print(self, force: bool) -> None:
-        now = time.monotonic()
-        if force or now - self.last_print >= self.every_s:
-            print(self._line(), flush=True)
-            self.last_print = now
-
-    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.states[trial.trial_id] = "running"
-        self._print(force=True)
-
-    def on_trial_result(
-        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
-    ) -> None:
-        value = result.get(self.spec.tune_metric)
-        if value is not None:
-            sign = 1.0 if self.spec.settings.mode == "max" else -1.0
-            if self.best is None or sign * value > sign * self.best[0]:
-                self.best = (float(value), self._name(trial))
-        self._print(force=False)
-
-    def on_trial_complete(
-        self, iteration: int, trials: list[Any], trial: Any, **info: Any
-    ) -> None:
-        finished = bool((trial.last_result or {}).get("finished"))
-        self.states[trial.trial_id] = "finished" if finished else "stopped early"
-        self._print(force=True)
-
-    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.states[trial.trial_id] = "failed"
-        self._print(force=True)
-
-
 class TrialStatusCallback(tune.Callback):
     """Driver side: end each trial's MLflow run FINISHED, KILLED (ASHA) or FAILED."""
 
     def __init__(self, ctx: SearchContext) -> None:
         self.ctx = ctx
 
-    def _end(self, trial: Any, status: str, error: str | None = None) -> None:
+    def _end(self, trial: Any, status: str, outcome: str, error: str | None = None) -> None:
         run_id = tracking.find_child_runs(
             self.ctx.tracking_uri, self.ctx.experiment_id, self.ctx.search_id
         ).get(trial.trial_id)
         if run_id is None:
             return
+        tags = {tracking.TAG_OUTCOME: outcome}
         if error:
-            tracking.set_tags(self.ctx.tracking_uri, run_id, {"unet_search.error": error[:4000]})
+            tags["unet_search.error"] = error[:4000]
+        tracking.set_tags(self.ctx.tracking_uri, run_id, tags)
         tracking.end_run(self.ctx.tracking_uri, run_id, status)
 
     def on_trial_complete(
         self, iteration: int, trials: list[Any], trial: Any, **info: Any
     ) -> None:
-        finished = bool((trial.last_result or {}).get("finished"))
-        self._end(trial, "FINISHED" if finished else "KILLED")
+        if (trial.last_result or {}).get("finished"):
+            self._end(trial, "FINISHED", "finished")
+        else:
+            self._end(trial, "KILLED", "stopped_early")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._end(trial, "FAILED", str(getattr(trial, "error_msg", None) or "trial failed"))
+        error = str(getattr(trial, "error_msg", None) or "trial failed")
+        self._end(trial, "FAILED", "failed", error)
 
 
 def check_search_resources(spec: SearchSpec) -> int:
@@ -377,6 +320,7 @@ class SearchOutcome:
     baseline: TrialSummary | None
     registration: registry.Registration | None
     study: optuna.Study
+    report: Path | None  # the HTML report, when it could be written
 
 
 def _summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary]:
@@ -480,6 +424,21 @@ def _trainable(ctx: SearchContext, dataset_ref: ray.ObjectRef, slot: bool) -> An
     )
 
 
+def _live_view(ctx: SearchContext) -> LiveView:
+    spec = ctx.spec
+
+    def name_of(trial: Any) -> str:
+        config = trial.config or {}
+        baseline = spec.settings.baseline if spec.is_baseline(config) else None
+        return trial_run_name(
+            int(config.get(NUMBER_KEY, 0)), spec.trial_run_config(config), baseline
+        )
+
+    return LiveView(
+        ctx.search_id, spec.settings.metric, spec.tune_metric, spec.settings.mode, name_of
+    )
+
+
 def _tuner(
     ctx: SearchContext, trainable: Any, concurrency: int, searcher: PruningAwareOptunaSearch
 ) -> tune.Tuner:
@@ -507,17 +466,22 @@ def _tuner(
         run_config=tune.RunConfig(
             name=ctx.search_id,
             storage_path=ctx.storage,
-            callbacks=[TrialStatusCallback(ctx), ProgressCallback(spec)],
+            callbacks=[TrialStatusCallback(ctx), _live_view(ctx)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            verbose=0,  # ProgressCallback prints the concise view; Ray's detail goes to the log
+            verbose=0,  # LiveView prints the concise view; Ray's detail goes to the log
         ),
     )
 
 
 def _execute(
-    ctx: SearchContext, tuner: tune.Tuner, model_name: str, study: Callable[[], optuna.Study]
+    ctx: SearchContext,
+    tuner: tune.Tuner,
+    model_name: str,
+    study: Callable[[], optuna.Study],
+    workdir: Path,
 ) -> SearchOutcome:
-    """Run (or continue) the Tuner, then summarize, register and end the parent run."""
+    """Run (or continue) the Tuner, then summarize, register, end the parent run and write
+    the report."""
     status = "FAILED"
     try:
         results = tuner.fit()
@@ -526,6 +490,16 @@ def _execute(
         baseline = next((t for t in trials if t.baseline), None)
         _log_summary(ctx, trials, best, baseline)
         registration = _register(ctx, best, model_name) if best else None
+        if registration:
+            tracking.set_tags(
+                ctx.tracking_uri,
+                ctx.parent_run_id,
+                {
+                    tracking.TAG_REGISTERED: registration.version,
+                    tracking.TAG_ALIAS: registration.alias,
+                    tracking.TAG_DECISION: registration.reason,
+                },
+            )
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -542,7 +516,27 @@ def _execute(
         baseline,
         registration,
         study(),
+        _auto_report(ctx, workdir),
     )
+
+
+def _auto_report(ctx: SearchContext, workdir: Path) -> Path | None:
+    """The search report, written to ``<work_dir>/reports/<search>/`` and logged to the parent
+    run. A report that cannot be drawn does not undo a finished search: it says so and how to
+    draw it again."""
+    from unet_search.report import write_report
+
+    try:
+        return write_report(
+            ctx.tracking_uri, ctx.search_id, workdir / "reports" / ctx.search_id, log=True
+        )
+    except Exception as err:  # the search itself has finished and is recorded
+        print(
+            f"search {ctx.search_id}: the report could not be written ({type(err).__name__}: "
+            f"{err}); run `unet-search report {ctx.search_id}` to try again",
+            flush=True,
+        )
+        return None
 
 
 def _storage_root(workdir: Path, storage: str | None) -> str:
@@ -633,10 +627,7 @@ def run_search(
     tuner = _tuner(
         ctx, _trainable(ctx, ray.put(arrays), slot), _concurrency(spec, total_cpus), searcher
     )
-    return _execute(ctx, tuner, model_name, lambda: searcher.study)
-
-
-STATE_FILE = "search_state.json"
+    return _execute(ctx, tuner, model_name, lambda: searcher.study, workdir)
 
 
 def _save_state(
@@ -656,13 +647,8 @@ def _save_state(
         "parent_run_id": ctx.parent_run_id,
         "fingerprint": ctx.fingerprint,
     }
-    tracking.log_text(ctx.tracking_uri, ctx.parent_run_id, json.dumps(state, indent=2), STATE_FILE)
-
-
-def load_state(search_id: str, uri: str) -> dict[str, Any]:
-    """The saved state of a search, from its parent run; a UserError if there is none."""
-    parent = tracking.find_search(uri, search_id)
-    return dict(json.loads(tracking.read_text(uri, parent, STATE_FILE)))
+    text = json.dumps(state, indent=2)
+    tracking.log_text(ctx.tracking_uri, ctx.parent_run_id, text, tracking.SEARCH_STATE_FILE)
 
 
 def resume_search(
@@ -716,4 +702,4 @@ def resume_search(
         searcher.restore_from_dir(path)
         return searcher.study
 
-    return _execute(ctx, tuner, state["model_name"], study)
+    return _execute(ctx, tuner, state["model_name"], study, workdir)

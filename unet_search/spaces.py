@@ -32,6 +32,7 @@ decoder with an smp encoder) is an error naming the combination.
 from __future__ import annotations
 
 import itertools
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ __all__ = [
     "SearchSettings",
     "SearchSpec",
     "load_space",
+    "load_space_text",
 ]
 
 METRICS = {"val_dice": "max", "val_iou": "max", "val_dsb_score": "max", "val_loss": "min"}
@@ -522,6 +524,15 @@ def load_space(path: Path, overrides: Iterable[str] = ()) -> SearchSpec:
     )
     _check_combinations(spec, source)
     return spec
+
+
+def load_space_text(text: str, file_name: str, overrides: Iterable[str] = ()) -> SearchSpec:
+    """:func:`load_space` of a space saved as text (e.g. a search's ``space.yaml`` read back
+    from MLflow); ``file_name`` (``<space name>.yaml``) names it in errors and gives the name."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(file_name).name
+        path.write_text(text, encoding="utf-8")
+        return load_space(path, overrides)
 
 
 def _explicit_leaves(raw: Mapping[str, Any]) -> set[str]:

@@ -8,6 +8,7 @@ is honoured.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -23,7 +24,18 @@ from mlflow.tracking import MlflowClient
 __all__ = [
     "TAG_CODE_VERSION",
     "TAG_FINGERPRINT",
+    "SEARCH_STATE_FILE",
+    "TAG_ALIAS",
+    "TAG_BASELINE",
+    "TAG_DECISION",
+    "TAG_REGISTERED",
+    "read_search_state",
     "TAG_KIND",
+    "TAG_OUTCOME",
+    "TAG_TRIAL_NUMBER",
+    "SearchRecord",
+    "TrialRecord",
+    "search_record",
     "TAG_SEARCH_ID",
     "TAG_TRIAL_ID",
     "download_artifacts",
@@ -38,7 +50,9 @@ __all__ = [
     "end_run",
     "ensure_experiment",
     "log_artifacts",
+    "log_image",
     "log_metrics",
+    "log_params",
     "resolve_tracking_uri",
     "set_tags",
 ]
@@ -48,6 +62,14 @@ TAG_CODE_VERSION = "unet_search.code_version"
 TAG_SEARCH_ID = "unet_search.search_id"
 TAG_TRIAL_ID = "unet_search.trial_id"
 TAG_KIND = "unet_search.kind"  # "search" on a search's parent run
+TAG_TRIAL_NUMBER = "unet_search.trial_number"  # Optuna's trial number
+TAG_OUTCOME = "unet_search.outcome"  # finished | stopped_early | failed (a trial's end)
+TAG_BASELINE = "unet_search.baseline"  # the baseline preset's name, on the baseline trial
+# On a search's parent run, once its best model is registered:
+TAG_REGISTERED = "unet_search.registered_version"
+TAG_ALIAS = "unet_search.registered_alias"  # champion | challenger
+TAG_DECISION = "unet_search.champion_decision"  # why the alias went where it did
+SEARCH_STATE_FILE = "search_state.json"  # parent-run artifact: what resume and report need
 TAG_PARENT = "mlflow.parentRunId"
 _BATCH = 100  # MLflow's per-request limit on params
 
@@ -112,6 +134,20 @@ def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) 
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())]
     MlflowClient(uri).log_batch(run_id, metrics=batch)
+
+
+def log_params(uri: str, run_id: str, params: Mapping[str, Any]) -> None:
+    """Add params to a run (an existing param may only be logged again with the same value)."""
+    items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
+    MlflowClient(uri).log_batch(run_id, params=items)
+
+
+def log_image(uri: str, run_id: str, image: Any, key: str, step: int) -> None:
+    """A step-indexed image (MLflow's image charts: one slider per key, runs side by side).
+
+    ``image``: (H, W, 3) uint8 array. Logged synchronously: a trial's process may end right
+    after its last report."""
+    MlflowClient(uri).log_image(run_id, image, key=key, step=step, synchronous=True)
 
 
 def set_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
@@ -241,6 +277,13 @@ def read_text(uri: str, run_id: str, artifact_file: str) -> str:
         return Path(path).read_text(encoding="utf-8")
 
 
+def read_search_state(uri: str, search_id: str) -> dict[str, Any]:
+    """The saved state of a search (its parent run's ``search_state.json``); a UserError if
+    there is no such search."""
+    parent = find_search(uri, search_id)
+    return dict(json.loads(read_text(uri, parent, SEARCH_STATE_FILE)))
+
+
 def search_trials(uri: str, search_id: str) -> tuple[str, list[TrialRow]]:
     """(metric, trials ranked best first) of a search, read back from MLflow."""
     from unet_search.spaces import METRICS
@@ -268,3 +311,82 @@ def run_status(uri: str, run_id: str) -> str:
 def reopen_run(uri: str, run_id: str) -> None:
     """Mark a run RUNNING again (a resumed search continues its parent run)."""
     MlflowClient(uri).update_run(run_id, status="RUNNING")
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial of a search as MLflow holds it (what the report is drawn from)."""
+
+    run_id: str
+    name: str
+    number: int  # Optuna's trial number
+    status: str  # MLflow run status
+    outcome: str  # finished | stopped_early | failed | running
+    baseline: bool
+    params: dict[str, str]
+    metrics: dict[str, float]  # latest value of each metric
+    history: tuple[tuple[int, int, float], ...]  # (timestamp ms, epoch, value), one per epoch
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    search_id: str
+    parent_run_id: str
+    experiment_id: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    start_ms: int
+    end_ms: int | None
+    status: str
+    trials: tuple[TrialRecord, ...]  # by trial number
+
+
+def _outcome(status: str, tags: Mapping[str, str]) -> str:
+    if tags.get(TAG_OUTCOME):
+        return tags[TAG_OUTCOME]
+    return {"FINISHED": "finished", "KILLED": "stopped_early", "FAILED": "failed"}.get(
+        status, "running"
+    )
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> tuple[tuple[int, int, float], ...]:
+    """One point per epoch (a re-run epoch after a restart keeps its last value)."""
+    points = client.get_metric_history(run_id, key)
+    by_step = {m.step: (m.timestamp, m.step, m.value) for m in points}
+    return tuple(sorted(by_step.values(), key=lambda p: (p[0], p[1])))
+
+
+def search_record(uri: str, search_id: str, metric: str | None = None) -> SearchRecord:
+    """The parent run and every trial run of a search, with each trial's per-epoch history of
+    ``metric`` (default: the search's metric)."""
+    client = MlflowClient(uri)
+    parent = client.get_run(find_search(uri, search_id))
+    metric = metric or parent.data.params.get("metric", "val_dice")
+    trials = []
+    for r in _child_runs(client, parent.info.experiment_id, search_id):
+        name = r.info.run_name or r.info.run_id
+        number = r.data.tags.get(TAG_TRIAL_NUMBER) or name[1:4]
+        trials.append(
+            TrialRecord(
+                r.info.run_id,
+                name,
+                int(number) if str(number).isdigit() else -1,
+                r.info.status,
+                _outcome(r.info.status, r.data.tags),
+                r.data.params.get("baseline", "no") != "no",
+                dict(r.data.params),
+                dict(r.data.metrics),
+                _history(client, r.info.run_id, metric),
+            )
+        )
+    return SearchRecord(
+        search_id,
+        parent.info.run_id,
+        parent.info.experiment_id,
+        dict(parent.data.params),
+        dict(parent.data.tags),
+        int(parent.info.start_time or 0),
+        parent.info.end_time,
+        parent.info.status,
+        tuple(sorted(trials, key=lambda t: (t.number, t.name))),
+    )

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from PIL import Image
 
-__all__ = ["PALETTE", "overlay", "save_triptych", "triptych"]
+__all__ = ["PALETTE", "overlay", "triptych"]
 
 # Class colors (class 1 first); class 0 (background) is never tinted.
 PALETTE = np.array(
@@ -52,10 +49,3 @@ def triptych(
             parts.append(np.full((gutter, width, 3), 255, np.uint8))
         parts.append(row)
     return np.concatenate(parts, axis=0)
-
-
-def save_triptych(path: Path, images: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> Path:
-    """Write :func:`triptych` as a PNG; returns the path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(triptych(images, truth, pred)).save(path)
-    return path

@@ -3,7 +3,9 @@
 The per-worker function is a recipe: data from the object store -> loaders (distributed
 sampler) -> build_model -> prepare_model (DDP) -> resume from a checkpoint if any -> engine.fit,
 where each epoch rank 0 logs to MLflow, writes the checkpoint, and every rank calls
-``ray.train.report``. At the end rank 0 logs the best model and the sample predictions.
+``ray.train.report``. Every ``samples_every`` epochs rank 0 logs image | truth | prediction
+overlays of a fixed set of validation samples (the same for every trial of a search); at the
+end it logs the best model, the samples predicted by it and its inference time per image.
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 import ray.train
 import ray.train.torch
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from unet_search import RAY_ENV, tracking
-from unet_search.config import RunConfig, UserError, code_version
+from unet_search.config import RunConfig, TrainConfig, UserError, code_version
 from unet_search.data import DatasetArrays, split_indices
 from unet_search.engine import (
     TrainingState,
@@ -45,7 +49,7 @@ from unet_search.transforms import (
     to_tensor,
     train_pipeline,
 )
-from unet_search.visualize import save_triptych
+from unet_search.visualize import triptych
 
 __all__ = [
     "ResourceError",
@@ -61,6 +65,7 @@ __all__ = [
 ]
 
 STATE_FILE = "state.pt"
+SAMPLES_KEY = "val_predictions"  # MLflow image key: the fixed samples every few epochs
 FAULT_ENV = "UNET_SEARCH_FAULT"
 
 
@@ -150,6 +155,52 @@ def _resume(state: TrainingState, ctx: WorkerContext) -> None:
     state.load_state_dict(saved)
 
 
+def _sample_batch(
+    cfg: RunConfig, arrays: DatasetArrays, device: torch.device
+) -> tuple[np.ndarray, torch.Tensor]:
+    """The fixed validation samples every trial of a search shows: their dataset indices and
+    the (N, C, H, W) input batch."""
+    _, val_idx = split_indices(len(arrays), cfg.data.val_fraction, cfg.data.split_seed)
+    picks = np.asarray(val_idx[: cfg.train.num_sample_images], dtype=np.int64)
+    norm = normalization_for(cfg.model)
+    if not len(picks):
+        return picks, torch.empty(0)
+    batch = torch.stack([to_tensor(arrays.images[i], norm, cfg.model.in_channels) for i in picks])
+    return picks, batch.to(device)
+
+
+def _sample_image(
+    module: torch.nn.Module, cfg: RunConfig, arrays: DatasetArrays, device: torch.device
+) -> np.ndarray | None:
+    """image | truth | prediction rows for the fixed samples, or None without samples."""
+    picks, batch = _sample_batch(cfg, arrays, device)
+    if not len(picks):
+        return None
+    pred = predict_labels(module, batch, cfg.train.threshold).cpu().numpy()
+    return triptych(arrays.images[picks], arrays.masks[picks], pred)
+
+
+def _samples_due(tc: TrainConfig, epoch: int, finished: bool) -> bool:
+    return tc.num_sample_images > 0 and (
+        finished or (tc.samples_every > 0 and epoch % tc.samples_every == 0)
+    )
+
+
+def _inference_ms_per_image(
+    module: torch.nn.Module, batch: torch.Tensor, threshold: float, repeats: int = 5
+) -> float:
+    """Median wall time of one forward pass (+ thresholding) per image, after a warm-up."""
+    predict_labels(module, batch, threshold)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predict_labels(module, batch, threshold)
+        if batch.device.type == "cuda":
+            torch.cuda.synchronize(batch.device)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times)) / batch.shape[0]
+
+
 def _log_final(
     cfg: RunConfig,
     arrays: DatasetArrays,
@@ -158,12 +209,12 @@ def _log_final(
     run_id: str,
     device: torch.device,
 ) -> None:
-    """Rank 0: the best weights as a model directory and image | truth | prediction samples."""
+    """Rank 0: the best weights as a model directory, image | truth | prediction samples of
+    the best weights, and their inference time per image."""
     module = copy.deepcopy(state.module)  # the trained model stays as the checkpoint has it
     if state.best_state is not None:
         module.load_state_dict(state.best_state)
-    _, val_idx = split_indices(len(arrays), cfg.data.val_fraction, cfg.data.split_seed)
-    picks = val_idx[: cfg.train.num_sample_images]
+    metrics = {"best_epoch": float(state.early.best_epoch)}
     with tempfile.TemporaryDirectory() as tmp:
         save_model_dir(
             Path(tmp) / "best_model",
@@ -172,22 +223,16 @@ def _log_final(
             cfg.data.num_classes,
             preprocessing_of(cfg),
         )
-        if len(picks):
-            norm = normalization_for(cfg.model)
-            batch = torch.stack(
-                [to_tensor(arrays.images[i], norm, cfg.model.in_channels) for i in picks]
-            ).to(device)
-            pred = predict_labels(module, batch, cfg.train.threshold).cpu().numpy()
-            save_triptych(
-                Path(tmp) / "samples" / "predictions.png",
-                arrays.images[picks],
-                arrays.masks[picks],
-                pred,
+        picture = _sample_image(module, cfg, arrays, device)
+        if picture is not None:
+            (Path(tmp) / "samples").mkdir()
+            Image.fromarray(picture).save(Path(tmp) / "samples" / "predictions.png")
+            _, batch = _sample_batch(cfg, arrays, device)
+            metrics["inference_ms_per_image"] = _inference_ms_per_image(
+                module, batch, cfg.train.threshold
             )
         tracking.log_artifacts(uri, run_id, Path(tmp))
-    tracking.log_metrics(
-        uri, run_id, {"best_epoch": float(state.early.best_epoch)}, step=state.epoch
-    )
+    tracking.log_metrics(uri, run_id, metrics, step=state.epoch)
 
 
 def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
@@ -213,6 +258,7 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
     train_loader = ctx.prepare_loader(train_loader)
     _resume(state, ctx)
     if rank == 0 and state.epoch == 0:
+        tracking.log_params(uri, run_id, {"num_parameters": count_parameters(model)})
         tracking.set_tags(
             uri,
             run_id,
@@ -227,8 +273,13 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
         # Log before reporting: a failure between the two repeats an epoch's point in MLflow
         # at the same step instead of losing it.
         if rank == 0:
-            tracking.log_metrics(uri, run_id, metrics, step=int(metrics["epoch"]))
-            if metrics["finished"]:
+            epoch, finished = int(metrics["epoch"]), bool(metrics["finished"])
+            tracking.log_metrics(uri, run_id, metrics, step=epoch)
+            if _samples_due(cfg.train, epoch, finished):
+                picture = _sample_image(st.module, cfg, arrays, device)
+                if picture is not None:
+                    tracking.log_image(uri, run_id, picture, SAMPLES_KEY, epoch)
+            if finished:
                 # Before the last report: Tune may end a finished trial's process right
                 # after it, so nothing after fit() is guaranteed to run.
                 _log_final(cfg, arrays, st, uri, run_id, device)

@@ -44,6 +44,8 @@ export UNET_SEARCH_DASHBOARD=http://127.0.0.1:$DASHBOARD_PORT
 export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
 export UNET_SEARCH_STORAGE="$STATE/storage"
 export RAY_USAGE_STATS_ENABLED=0
+# Prometheus service discovery: every node's metrics endpoint (see dashboards/prometheus.yml)
+export UNET_SEARCH_PROMETHEUS_SD="$TEMP_DIR/prom_metrics_service_discovery.json"
 ENV
 # shellcheck disable=SC1091
 source "$STATE/env.sh"
