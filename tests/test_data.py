@@ -230,3 +230,41 @@ def test_object_store_uri_is_fetched_then_read(tmp_path: Path) -> None:
         materialize(f"file://{tmp_path}/nope", tmp_path / "cache")
     with pytest.raises(DataError, match="cannot be read"):
         materialize("nosuchscheme://bucket/x", tmp_path / "cache")
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares width x height but holds no pixels (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+def test_an_enormous_image_is_refused_from_its_header(tmp_path: Path) -> None:
+    import resource
+
+    root = _generic(tmp_path / "data")
+    _png_header_only(root / "images" / "img 0.png", 60_000, 60_000)  # 3.6 G pixels
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DataError, match=r"img 0\.png.*(pixel limit|exceeds the limit)"):
+        load_dataset(root, DataConfig(image_size=16, val_fraction=0.25))
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 200  # never decoded (it would need 3.4 GiB)
+
+
+def test_unicode_and_spaces_in_names_work(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    root = tmp_path / "données d'été"
+    names = ["noyau ü 1", "核 2", "cell (3) é", "img 4"]
+    for name in names:
+        _png(root / "images" / f"{name}.png", rng.integers(0, 255, (20, 23, 3), np.uint8))
+        _png(root / "masks" / f"{name}.png", (rng.random((20, 23)) > 0.5).astype(np.uint8))
+    arrays = load_dataset(root, DataConfig(image_size=16, val_fraction=0.25))
+    assert len(arrays) == 4 and arrays.images.shape == (4, 16, 16, 3)
+    assert set(np.unique(arrays.masks)) <= {0, 1}

@@ -154,9 +154,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     from unet_search.config import work_dir
     from unet_search.data import load_dataset, materialize
     from unet_search.search import run_search
-    from unet_search.spaces import load_space
+    from unet_search.spaces import check_name, load_space
 
     spec = load_space(args.space, args.overrides)  # every check before Ray starts
+    if args.name is not None:
+        check_name(args.name, "search", "--name")
     workdir = work_dir()
     data = materialize(args.data, workdir / "cache")
     arrays = load_dataset(data, spec.base_config().data, workdir / "cache")
@@ -220,9 +222,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from unet_search.config import work_dir
     from unet_search.data import load_dataset
     from unet_search.search import resume_search
-    from unet_search.spaces import load_space_text
+    from unet_search.spaces import check_name, load_space_text
     from unet_search.tracking import read_search_state, resolve_tracking_uri
 
+    check_name(args.name, "resume", "NAME")
     workdir = work_dir()
     state = read_search_state(resolve_tracking_uri(workdir, create=False), args.name)
     spec = load_space_text(state["space_source"], state["space_file"], state["overrides"])
@@ -293,8 +296,10 @@ def cmd_best(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from unet_search.config import work_dir
     from unet_search.report import write_report
+    from unet_search.spaces import check_name
     from unet_search.tracking import find_search, resolve_tracking_uri
 
+    check_name(args.name, "report", "NAME")
     workdir = work_dir()
     uri = resolve_tracking_uri(workdir, create=False)
     find_search(uri, args.name)  # an unknown name fails here, before anything is written

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -37,8 +38,15 @@ from unet_search import registry, tracking
 from unet_search.config import RunConfig, UserError, code_version
 from unet_search.data import DatasetArrays
 from unet_search.live import LiveView
-from unet_search.spaces import BASELINE_ATTR, NUMBER_KEY, RESOURCE_FIELDS, SearchSpec
+from unet_search.spaces import (
+    BASELINE_ATTR,
+    NUMBER_KEY,
+    RESOURCE_FIELDS,
+    SearchSpec,
+    check_name,
+)
 from unet_search.worker import (
+    FAULT_ENV,
     ResourceError,
     WorkerContext,
     build_trainer,
@@ -121,6 +129,7 @@ class SearchContext:
     storage: str
     fingerprint: str
     code_version: str
+    fault: str | None = None  # fault injection for tests ($UNET_SEARCH_FAULT of the driver)
 
 
 def trial_run_name(index: int, cfg: RunConfig, baseline: str | None) -> str:
@@ -179,6 +188,7 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
         "dataset": dataset[0],
         "tracking_uri": ctx.tracking_uri,
         "run_id": run_id,
+        "fault": ctx.fault,
     }
     if _in_process(cfg):
         run_recipe(
@@ -201,6 +211,7 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
         run_id,
         Path(ctx.storage) / "train",
         f"{ctx.search_id}-{trial_id}",
+        worker_env={FAULT_ENV: ctx.fault} if ctx.fault else None,
         callbacks=[TuneReportCallback()],
     )
     trainer.fit()
@@ -224,16 +235,18 @@ class TrialStatusCallback(tune.Callback):
         self.ctx = ctx
 
     def _end(self, trial: Any, status: str, outcome: str, error: str | None = None) -> None:
-        run_id = tracking.find_child_runs(
-            self.ctx.tracking_uri, self.ctx.experiment_id, self.ctx.search_id
-        ).get(trial.trial_id)
+        uri = self.ctx.tracking_uri
+        run_id = tracking.find_child_runs(uri, self.ctx.experiment_id, self.ctx.search_id).get(
+            trial.trial_id
+        )
         if run_id is None:
             return
         tags = {tracking.TAG_OUTCOME: outcome}
         if error:
-            tags["unet_search.error"] = error[:4000]
-        tracking.set_tags(self.ctx.tracking_uri, run_id, tags)
-        tracking.end_run(self.ctx.tracking_uri, run_id, status)
+            tags[tracking.TAG_ERROR] = _last_line(error)[:4000]
+            tracking.log_text(uri, run_id, error, "error.txt")  # the whole traceback
+        tracking.set_tags(uri, run_id, tags)
+        tracking.end_run(uri, run_id, status)
 
     def on_trial_complete(
         self, iteration: int, trials: list[Any], trial: Any, **info: Any
@@ -244,8 +257,23 @@ class TrialStatusCallback(tune.Callback):
             self._end(trial, "KILLED", "stopped_early")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        error = str(getattr(trial, "error_msg", None) or "trial failed")
-        self._end(trial, "FAILED", "failed", error)
+        self._end(trial, "FAILED", "failed", _trial_error(trial))
+
+
+def _trial_error(trial: Any) -> str:
+    """The error a failed trial raised, as Tune recorded it (its error file)."""
+    path = trial.error_file
+    if path and Path(path).is_file():
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    else:
+        text = str(trial.get_error() or "the trial failed (Tune recorded no error text)")
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)  # Ray colours its traces
+
+
+def _last_line(text: str) -> str:
+    """The last non-empty line of a traceback: the exception and its message."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text
 
 
 def check_search_resources(spec: SearchSpec) -> int:
@@ -583,6 +611,8 @@ def run_search(
     overrides: Sequence[str] = (),
 ) -> SearchOutcome:
     """Run a whole search: trials on Ray Tune, runs in MLflow, the best model registered."""
+    if name is not None:
+        check_name(name, "search", "name")  # it names folders: never a path
     init_ray(address, log_to_driver=False)
     total_cpus = check_search_resources(spec)
     slot = TRIAL_SLOT in ray.cluster_resources()
@@ -614,7 +644,15 @@ def run_search(
     tracking.log_text(uri, parent, spec.source, "space.yaml")
     _route_ray_logs(workdir, search_id)
     ctx = SearchContext(
-        spec, search_id, uri, experiment_id, parent, root, arrays.fingerprint, code_version()
+        spec,
+        search_id,
+        uri,
+        experiment_id,
+        parent,
+        root,
+        arrays.fingerprint,
+        code_version(),
+        os.environ.get(FAULT_ENV),
     )
     _save_state(ctx, data_dir, model_name, overrides)
     searcher = PruningAwareOptunaSearch(
@@ -686,6 +724,7 @@ def resume_search(
         root,
         state["fingerprint"],
         code_version(),
+        os.environ.get(FAULT_ENV),
     )
     path = root.rstrip("/") + "/" + ctx.search_id
     tuner = tune.Tuner.restore(

@@ -58,6 +58,7 @@ __all__ = [
     "SchedulerSpec",
     "SearchSettings",
     "SearchSpec",
+    "check_name",
     "load_space",
     "load_space_text",
 ]
@@ -492,6 +493,23 @@ def _apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> None:
             raw["fixed"] = fixed
 
 
+NAME_RULE = "must be 1-100 letters, digits, '-' or '_' (it names folders and runs)"
+
+
+def check_name(name: object, source: str, key: str) -> str:
+    """A space or search name: it becomes a folder name (Ray results, logs, reports), so it
+    can never be a path (no '/', '..', spaces, or a leading '-')."""
+    if (
+        not isinstance(name, str)
+        or not 1 <= len(name) <= 100
+        or name.startswith("-")
+        or not name.isascii()
+        or not name.replace("-", "").replace("_", "").isalnum()
+    ):
+        raise _err(source, key, NAME_RULE, name)
+    return name
+
+
 def load_space(path: Path, overrides: Iterable[str] = ()) -> SearchSpec:
     """Read and validate a search-space YAML (plus ``--set`` overrides); raises ConfigError
     naming the file, the key and the rule."""
@@ -504,8 +522,7 @@ def load_space(path: Path, overrides: Iterable[str] = ()) -> SearchSpec:
     _apply_overrides(raw, overrides)
     _only_keys(raw, {"name", "model_name", "description", "fixed", "params", "search"}, source, "")
     name = raw.get("name", path.stem)
-    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-        raise _err(source, "name", "must be letters, digits, '-' or '_'", name)
+    check_name(name, source, "name")
     fixed_raw = raw.get("fixed") or {}
     if not isinstance(fixed_raw, Mapping):
         raise _err(source, "fixed", "must be a mapping of run-config keys", fixed_raw)

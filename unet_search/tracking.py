@@ -28,6 +28,7 @@ __all__ = [
     "TAG_ALIAS",
     "TAG_BASELINE",
     "TAG_DECISION",
+    "TAG_ERROR",
     "TAG_REGISTERED",
     "read_search_state",
     "TAG_KIND",
@@ -64,6 +65,7 @@ TAG_TRIAL_ID = "unet_search.trial_id"
 TAG_KIND = "unet_search.kind"  # "search" on a search's parent run
 TAG_TRIAL_NUMBER = "unet_search.trial_number"  # Optuna's trial number
 TAG_OUTCOME = "unet_search.outcome"  # finished | stopped_early | failed (a trial's end)
+TAG_ERROR = "unet_search.error"  # a failed trial's exception (the traceback: error.txt)
 TAG_BASELINE = "unet_search.baseline"  # the baseline preset's name, on the baseline trial
 # On a search's parent run, once its best model is registered:
 TAG_REGISTERED = "unet_search.registered_version"

@@ -237,7 +237,8 @@ def _log_final(
 
 def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
     """The training recipe every worker runs. ``config`` holds ``run_config`` (dict),
-    ``dataset`` (ObjectRef of DatasetArrays, or the arrays), ``tracking_uri``, ``run_id``."""
+    ``dataset`` (ObjectRef of DatasetArrays, or the arrays), ``tracking_uri``, ``run_id``
+    and optionally ``fault`` (a fault-injection spec, see :func:`_maybe_fail`)."""
     cfg = RunConfig.from_dict(config["run_config"])
     uri, run_id, rank, world, device = (
         config["tracking_uri"],
@@ -289,7 +290,7 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
         finally:
             if directory:
                 shutil.rmtree(directory, ignore_errors=True)
-        _maybe_fail(int(metrics["epoch"]), rank, world)
+        _maybe_fail(int(metrics["epoch"]), rank, world, cfg, config.get("fault"))
 
     fit(state, cfg, train_loader, val_loader, build_loss(cfg.loss), device, report)
 
@@ -324,20 +325,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run_recipe(config, ctx)
 
 
-def _maybe_fail(epoch: int, rank: int, world: int) -> None:
-    """Fault injection for tests: ``UNET_SEARCH_FAULT="epoch=N,marker=PATH[,after_s=S]"``
-    kills the last rank once, S seconds (default 3) after epoch N's report, i.e. while the
-    other ranks are inside epoch N+1. The marker file records that it happened.
+def _maybe_fail(epoch: int, rank: int, world: int, cfg: RunConfig, spec: str | None) -> None:
+    """Fault injection for tests, ``UNET_SEARCH_FAULT`` (read by the process that starts the
+    run or search, and passed to its workers with their config):
+
+    - ``"epoch=N,marker=PATH[,after_s=S]"`` kills the last rank once, S seconds (default 3)
+      after epoch N's report, i.e. while the other ranks are inside epoch N+1. The marker
+      file records that it happened.
+    - ``"epoch=N,raise=oom[,when=KEY:VALUE]"`` raises a (simulated) out-of-memory error
+      right after epoch N's report, in every run whose config has KEY = VALUE (e.g.
+      ``when=base_filters:8``), or in every run without ``when``.
 
     Ray Train V2 registers a reported checkpoint when its controller next polls the workers
     (every 2 s), so a failure within 2 s of a report can lose that report: the epoch is then
     re-run from the previous checkpoint (and logged again at the same MLflow step)."""
-    spec = os.environ.get(FAULT_ENV)
     if not spec or rank != world - 1:
         return
     fields = dict(part.split("=", 1) for part in spec.split(","))
+    if int(fields["epoch"]) != epoch:
+        return
+    if fields.get("raise") == "oom":
+        key, _, value = fields.get("when", ":").partition(":")
+        if not key or str(cfg.flat().get(key)) == value:
+            raise torch.OutOfMemoryError(
+                f"simulated out of memory after epoch {epoch} (fault injection {FAULT_ENV})"
+            )
+        return
     marker = Path(fields["marker"])
-    if int(fields["epoch"]) == epoch and not marker.exists():
+    if not marker.exists():
         time.sleep(float(fields.get("after_s", 3.0)))
         marker.write_text(f"worker rank {rank} killed after epoch {epoch}\n", encoding="utf-8")
         os._exit(1)
@@ -406,6 +421,7 @@ def build_trainer(
             "dataset": dataset_ref,
             "tracking_uri": tracking_uri,
             "run_id": run_id,
+            "fault": (worker_env or {}).get(FAULT_ENV) or os.environ.get(FAULT_ENV),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=tc.num_workers, use_gpu=use_gpu, resources_per_worker=resources
