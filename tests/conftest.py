@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,21 @@ def ray_local() -> Iterator[None]:
     init_ray()
     yield
     ray.shutdown()
+
+
+def wait_for_http(
+    url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 120.0
+) -> None:
+    """Wait until ``url`` answers, failing if ``proc`` (the server) exits or time runs out."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise AssertionError(f"{what} did not come up") from None
+            time.sleep(0.5)
 
 
 @dataclass(frozen=True)

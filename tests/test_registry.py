@@ -7,12 +7,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import wait_for_http
 from mlflow.tracking import MlflowClient
 
 from unet_search import tracking
@@ -136,15 +136,7 @@ def test_mlflow_models_serve_answers_a_scoring_request(store, tmp_path: Path) ->
         start_new_session=True,
     )
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise AssertionError("mlflow models serve did not come up") from None
-                time.sleep(1)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, "mlflow models serve")
         image = np.random.default_rng(0).integers(0, 255, (2, 37, 53, 3), dtype=np.uint8)
         body = json.dumps({"inputs": image.tolist()}).encode()
         request = urllib.request.Request(

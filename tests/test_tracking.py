@@ -10,13 +10,13 @@ import secrets
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_for_http
 from mlflow.tracking import MlflowClient
 
 from unet_search import tracking
@@ -71,15 +71,7 @@ def _server(tmp_path: Path, env: dict[str, str], *extra: str) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise AssertionError("mlflow server did not come up") from None
-                time.sleep(0.5)
+        wait_for_http(f"{url}/health", proc, "mlflow server")
         yield url
     finally:
         if proc.poll() is None:

@@ -447,7 +447,9 @@ th { background: #f4f4f4; } img { max-width: 100%; border: 1px solid #eee; }
 </style>"""
 
 
-def _figures(data: ReportData, out: Path) -> list[tuple[str, str, Path | None, str]]:
+def _figures(
+    data: ReportData, out: Path, champ: registry.Champion | None
+) -> list[tuple[str, str, Path | None, str]]:
     """(section id, title, PNG or None, note) for every figure, PNGs written to ``out``."""
     uri = data.uri
     items: list[tuple[str, str, Path | None, str]] = [
@@ -491,7 +493,6 @@ def _figures(data: ReportData, out: Path) -> list[tuple[str, str, Path | None, s
             "Fixed validation samples, the same in every trial.",
         )
     )
-    champ = registry.champion(uri, data.model_name)
     if champ and champ.trial_run_id and champ.trial_run_id != best_id:
         png = _download(uri, champ.trial_run_id, "samples/predictions.png", out, "champion.png")
         title = f"The champion (v{champ.version}, from search {champ.search_id})"
@@ -503,8 +504,8 @@ def build_report(data: ReportData, out: Path) -> Path:
     """Write ``out/index.html`` (figures embedded, opens without a server) and the PNGs next
     to it; returns the HTML path."""
     out.mkdir(parents=True, exist_ok=True)
-    figures = _figures(data, out)
     champ = registry.champion(data.uri, data.model_name)
+    figures = _figures(data, out, champ)
     summary = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in _summary_rows(data, champ))
     sections = []
     for sid, title, png, note in figures:

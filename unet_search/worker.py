@@ -170,10 +170,14 @@ def _sample_batch(
 
 
 def _sample_image(
-    module: torch.nn.Module, cfg: RunConfig, arrays: DatasetArrays, device: torch.device
+    module: torch.nn.Module,
+    cfg: RunConfig,
+    arrays: DatasetArrays,
+    samples: tuple[np.ndarray, torch.Tensor],
 ) -> np.ndarray | None:
-    """image | truth | prediction rows for the fixed samples, or None without samples."""
-    picks, batch = _sample_batch(cfg, arrays, device)
+    """image | truth | prediction rows for the fixed ``samples`` (from :func:`_sample_batch`),
+    or None without samples."""
+    picks, batch = samples
     if not len(picks):
         return None
     pred = predict_labels(module, batch, cfg.train.threshold).cpu().numpy()
@@ -207,10 +211,10 @@ def _log_final(
     state: TrainingState,
     uri: str,
     run_id: str,
-    device: torch.device,
+    samples: tuple[np.ndarray, torch.Tensor],
 ) -> None:
-    """Rank 0: the best weights as a model directory, image | truth | prediction samples of
-    the best weights, and their inference time per image."""
+    """Rank 0: the best weights as a model directory, image | truth | prediction overlays of
+    the fixed ``samples`` by the best weights, and their inference time per image."""
     module = copy.deepcopy(state.module)  # the trained model stays as the checkpoint has it
     if state.best_state is not None:
         module.load_state_dict(state.best_state)
@@ -223,13 +227,12 @@ def _log_final(
             cfg.data.num_classes,
             preprocessing_of(cfg),
         )
-        picture = _sample_image(module, cfg, arrays, device)
+        picture = _sample_image(module, cfg, arrays, samples)
         if picture is not None:
             (Path(tmp) / "samples").mkdir()
             Image.fromarray(picture).save(Path(tmp) / "samples" / "predictions.png")
-            _, batch = _sample_batch(cfg, arrays, device)
             metrics["inference_ms_per_image"] = _inference_ms_per_image(
-                module, batch, cfg.train.threshold
+                module, samples[1], cfg.train.threshold
             )
         tracking.log_artifacts(uri, run_id, Path(tmp))
     tracking.log_metrics(uri, run_id, metrics, step=state.epoch)
@@ -270,6 +273,9 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
             },
         )
 
+    # Rank 0 logs the overlays: the same fixed samples every epoch (and in every trial).
+    samples = _sample_batch(cfg, arrays, device) if rank == 0 else (np.empty(0), torch.empty(0))
+
     def report(metrics: dict[str, float], st: TrainingState) -> None:
         # Log before reporting: a failure between the two repeats an epoch's point in MLflow
         # at the same step instead of losing it.
@@ -277,13 +283,13 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
             epoch, finished = int(metrics["epoch"]), bool(metrics["finished"])
             tracking.log_metrics(uri, run_id, metrics, step=epoch)
             if _samples_due(cfg.train, epoch, finished):
-                picture = _sample_image(st.module, cfg, arrays, device)
+                picture = _sample_image(st.module, cfg, arrays, samples)
                 if picture is not None:
                     tracking.log_image(uri, run_id, picture, SAMPLES_KEY, epoch)
             if finished:
                 # Before the last report: Tune may end a finished trial's process right
                 # after it, so nothing after fit() is guaranteed to run.
-                _log_final(cfg, arrays, st, uri, run_id, device)
+                _log_final(cfg, arrays, st, uri, run_id, samples)
         directory = _save_checkpoint(st) if rank == 0 else None
         try:
             ctx.report(metrics, directory)  # Ray persists the checkpoint before returning
