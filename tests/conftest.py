@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -63,6 +66,63 @@ def wait_for_http(
             if time.time() > deadline or proc.poll() is not None:
                 raise AssertionError(f"{what} did not come up") from None
             time.sleep(0.5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend under ``root``; it can be
+    stopped and started again on the same port and store (a server that goes away)."""
+
+    def __init__(self, root: Path, env: dict[str, str] | None = None, *extra: str) -> None:
+        self.root, self.env, self.extra = root, env or {}, extra
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> MlflowServer:
+        mlflow_exe = str(Path(sys.executable).with_name("mlflow"))
+        with (self.root / "server.log").open("a") as log:
+            self.proc = subprocess.Popen(
+                [
+                    mlflow_exe,
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--backend-store-uri",
+                    f"sqlite:///{self.root / 'server.db'}",
+                    "--artifacts-destination",
+                    str(self.root / "artifacts"),
+                    "--workers",
+                    "1",
+                    *self.extra,
+                ],
+                # No GenAI job runners (three more processes): nothing here uses them.
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for_http(f"{self.url}/health", self.proc, "mlflow server")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def __enter__(self) -> MlflowServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 @dataclass(frozen=True)

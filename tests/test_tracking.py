@@ -4,10 +4,8 @@ SQLite store and to a real `mlflow server`, and a server started with `--app-nam
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -16,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_for_http
+from conftest import MlflowServer
 from mlflow.tracking import MlflowClient
 
 from unet_search import tracking
@@ -36,54 +34,10 @@ print(run)
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _server(tmp_path: Path, env: dict[str, str], *extra: str) -> Iterator[str]:
-    """A real `mlflow server` on 127.0.0.1 (SQLite backend), stopped on exit."""
-    port = _free_port()
-    log = (tmp_path / "server.log").open("w")
-    mlflow_exe = str(Path(sys.executable).with_name("mlflow"))
-    proc = subprocess.Popen(
-        [
-            mlflow_exe,
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--workers",
-            "1",
-            *extra,
-        ],
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/health", proc, "mlflow server")
-        yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-        log.close()
-
-
 @pytest.fixture()
 def plain_server(tmp_path: Path) -> Iterator[str]:
-    with _server(tmp_path, {}) as url:
-        yield url
+    with MlflowServer(tmp_path) as server:
+        yield server.url
 
 
 def _write_at_once(
@@ -157,7 +111,8 @@ def test_basic_auth_server_lets_in_only_credentials_from_the_environment(tmp_pat
         "MLFLOW_AUTH_ADMIN_PASSWORD": password,
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),  # CSRF, required by the app
     }
-    with _server(tmp_path, server_env, "--app-name", "basic-auth") as url:
+    with MlflowServer(tmp_path, server_env, "--app-name", "basic-auth") as server:
+        url = server.url
         assert _status(url) == 401  # anonymous
         assert _status(url, ("admin", "wrong")) == 401
         assert _status(url, ("admin", password)) == 200

@@ -223,11 +223,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from unet_search.data import load_dataset
     from unet_search.search import resume_search
     from unet_search.spaces import check_name, load_space_text
-    from unet_search.tracking import read_search_state, resolve_tracking_uri
+    from unet_search.tracking import read_search_state, require_reachable, resolve_tracking_uri
 
     check_name(args.name, "resume", "NAME")
     workdir = work_dir()
-    state = read_search_state(resolve_tracking_uri(workdir, create=False), args.name)
+    uri = resolve_tracking_uri(workdir, create=False)
+    require_reachable(uri)
+    state = read_search_state(uri, args.name)
     spec = load_space_text(state["space_source"], state["space_file"], state["overrides"])
     arrays = load_dataset(Path(state["data_dir"]), spec.base_config().data, workdir / "cache")
     _leave_job_working_dir(workdir)

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -130,6 +131,8 @@ class SearchContext:
     fingerprint: str
     code_version: str
     fault: str | None = None  # fault injection for tests ($UNET_SEARCH_FAULT of the driver)
+    # How long an unreachable MLflow server is waited for ($UNET_SEARCH_TRACKING_PATIENCE_S).
+    patience_s: float = tracking.DEFAULT_PATIENCE_S
 
 
 def trial_run_name(index: int, cfg: RunConfig, baseline: str | None) -> str:
@@ -168,20 +171,25 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
     cfg = spec.trial_run_config(config)
     trial_id = tune.get_context().get_trial_id()
     baseline = spec.settings.baseline if spec.is_baseline(config) else None
-    run_id = tracking.open_child_run(
+    run_id = tracking.with_patience(
         ctx.tracking_uri,
-        ctx.experiment_id,
-        ctx.parent_run_id,
-        name=trial_run_name(int(config.get(NUMBER_KEY, 0)), cfg, baseline),
-        params={**cfg.flat(), "baseline": baseline or "no"},
-        tags={
-            tracking.TAG_SEARCH_ID: ctx.search_id,
-            tracking.TAG_TRIAL_ID: trial_id,
-            tracking.TAG_TRIAL_NUMBER: str(int(config.get(NUMBER_KEY, 0))),
-            tracking.TAG_FINGERPRINT: ctx.fingerprint,
-            tracking.TAG_CODE_VERSION: ctx.code_version,
-            **({tracking.TAG_BASELINE: baseline} if baseline else {}),
-        },
+        f"trial {trial_id}: its run",
+        lambda: tracking.open_child_run(
+            ctx.tracking_uri,
+            ctx.experiment_id,
+            ctx.parent_run_id,
+            name=trial_run_name(int(config.get(NUMBER_KEY, 0)), cfg, baseline),
+            params={**cfg.flat(), "baseline": baseline or "no"},
+            tags={
+                tracking.TAG_SEARCH_ID: ctx.search_id,
+                tracking.TAG_TRIAL_ID: trial_id,
+                tracking.TAG_TRIAL_NUMBER: str(int(config.get(NUMBER_KEY, 0))),
+                tracking.TAG_FINGERPRINT: ctx.fingerprint,
+                tracking.TAG_CODE_VERSION: ctx.code_version,
+                **({tracking.TAG_BASELINE: baseline} if baseline else {}),
+            },
+        ),
+        ctx.patience_s,
     )
     recipe_config = {
         "run_config": cfg.to_dict(),
@@ -189,6 +197,7 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
         "tracking_uri": ctx.tracking_uri,
         "run_id": run_id,
         "fault": ctx.fault,
+        "tracking_patience_s": ctx.patience_s,
     }
     if _in_process(cfg):
         run_recipe(
@@ -213,6 +222,7 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
         f"{ctx.search_id}-{trial_id}",
         worker_env={FAULT_ENV: ctx.fault} if ctx.fault else None,
         callbacks=[TuneReportCallback()],
+        tracking_patience_s=ctx.patience_s,
     )
     trainer.fit()
 
@@ -229,24 +239,83 @@ def _resources(spec: SearchSpec, slot: bool) -> Callable[[dict[Any, Any]], Place
 
 
 class TrialStatusCallback(tune.Callback):
-    """Driver side: end each trial's MLflow run FINISHED, KILLED (ASHA) or FAILED."""
+    """Driver side: end each trial's MLflow run FINISHED, KILLED (ASHA) or FAILED, and watch
+    the tracking server.
+
+    Run endings wait in a queue while the server is unreachable (the search goes on: the
+    trials queue their own logging). When it has been away for the patience, the callback
+    stops the search with :class:`~unet_search.tracking.TrackingUnavailable` (kept in
+    ``gave_up``): Ray's results and the trials' checkpoints, unsent logging included, stay
+    for ``unet-search resume``."""
+
+    PROBE_EVERY_S = 5.0
 
     def __init__(self, ctx: SearchContext) -> None:
         self.ctx = ctx
+        self.queue: list[tuple[str, str, dict[str, str], str | None]] = []
+        self.down_since: float | None = None
+        self.last_probe = 0.0
+        self.gave_up: tracking.TrackingUnavailable | None = None
 
     def _end(self, trial: Any, status: str, outcome: str, error: str | None = None) -> None:
-        uri = self.ctx.tracking_uri
-        run_id = tracking.find_child_runs(uri, self.ctx.experiment_id, self.ctx.search_id).get(
-            trial.trial_id
-        )
-        if run_id is None:
-            return
         tags = {tracking.TAG_OUTCOME: outcome}
         if error:
             tags[tracking.TAG_ERROR] = _last_line(error)[:4000]
-            tracking.log_text(uri, run_id, error, "error.txt")  # the whole traceback
-        tracking.set_tags(uri, run_id, tags)
-        tracking.end_run(uri, run_id, status)
+        self.queue.append((trial.trial_id, status, tags, error))
+        self._flush()
+
+    def _flush(self) -> bool:
+        """Send the queued run endings; False while the server is away."""
+        uri = self.ctx.tracking_uri
+        self.last_probe = time.monotonic()
+        if not tracking.reachable(uri):
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+                print(
+                    f"MLflow tracking server {uri} unreachable: trials keep training and "
+                    f"queue their logging; the search waits up to {self.ctx.patience_s:.0f} s "
+                    "for it",
+                    flush=True,
+                )
+            return False
+        if self.down_since is not None:
+            print(f"MLflow tracking server {uri} is back", flush=True)
+            self.down_since = None
+        if self.queue:
+            runs = tracking.find_child_runs(uri, self.ctx.experiment_id, self.ctx.search_id)
+            while self.queue:
+                trial_id, status, tags, error = self.queue[0]
+                run_id = runs.get(trial_id)
+                if run_id is not None:
+                    if error:
+                        tracking.log_text(uri, run_id, error, "error.txt")  # the traceback
+                    tracking.set_tags(uri, run_id, tags)
+                    tracking.end_run(uri, run_id, status)
+                self.queue.pop(0)
+        return True
+
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if time.monotonic() - self.last_probe < self.PROBE_EVERY_S:
+            return
+        if self._flush() or self.down_since is None:
+            return
+        down = time.monotonic() - self.down_since
+        if down >= self.ctx.patience_s:
+            self.gave_up = tracking.TrackingUnavailable(
+                f"MLflow tracking server {self.ctx.tracking_uri} unreachable for {down:.0f} s "
+                f"(the search driver; {tracking.PATIENCE_ENV}={self.ctx.patience_s:g})"
+            )
+            raise self.gave_up
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        if self.gave_up is not None:
+            return
+        tracking.with_patience(
+            self.ctx.tracking_uri,
+            f"search {self.ctx.search_id}: the trials' run endings",
+            lambda: self._flush() or _raise_unreachable(),
+            self.ctx.patience_s,
+        )
 
     def on_trial_complete(
         self, iteration: int, trials: list[Any], trial: Any, **info: Any
@@ -258,6 +327,10 @@ class TrialStatusCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._end(trial, "FAILED", "failed", _trial_error(trial))
+
+
+def _raise_unreachable() -> bool:
+    raise ConnectionError("the tracking server does not answer")
 
 
 def _trial_error(trial: Any) -> str:
@@ -510,9 +583,13 @@ def _execute(
 ) -> SearchOutcome:
     """Run (or continue) the Tuner, then summarize, register, end the parent run and write
     the report."""
-    status = "FAILED"
+    status: str | None = "FAILED"
     try:
+        # TrialStatusCallback stops Tune with TrackingUnavailable when MLflow stays away.
         results = tuner.fit()
+        tracking.with_patience(
+            ctx.tracking_uri, f"search {ctx.search_id}: its summary", lambda: None, ctx.patience_s
+        )
         trials = _summaries(results, ctx)
         best = _pick_best(trials, ctx.spec.settings.mode)
         baseline = next((t for t in trials if t.baseline), None)
@@ -529,11 +606,19 @@ def _execute(
                 },
             )
         status = "FINISHED"
+    except tracking.TrackingUnavailable as err:
+        status = None  # the parent run stays RUNNING: `resume` finishes the search
+        raise tracking.TrackingUnavailable(
+            f"search {ctx.search_id} stopped: {err}. Ray storage keeps the trials' checkpoints "
+            f"and the logging MLflow did not get: run `unet-search resume {ctx.search_id}` "
+            "once the server is back."
+        ) from None
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        tracking.end_run(ctx.tracking_uri, ctx.parent_run_id, status)
+        if status is not None:
+            tracking.end_run(ctx.tracking_uri, ctx.parent_run_id, status)
     return SearchOutcome(
         ctx.search_id,
         ctx.experiment_id,
@@ -617,6 +702,7 @@ def run_search(
     total_cpus = check_search_resources(spec)
     slot = TRIAL_SLOT in ray.cluster_resources()
     uri = tracking.resolve_tracking_uri(workdir)
+    tracking.require_reachable(uri)
     experiment_id = tracking.ensure_experiment(uri, spec.name, workdir)
     root = _storage_root(workdir, storage)
     search_id = name or next_search_name(spec.name, root, uri, experiment_id)
@@ -653,6 +739,7 @@ def run_search(
         arrays.fingerprint,
         code_version(),
         os.environ.get(FAULT_ENV),
+        tracking.tracking_patience(),
     )
     _save_state(ctx, data_dir, model_name, overrides)
     searcher = PruningAwareOptunaSearch(
@@ -711,6 +798,7 @@ def resume_search(
     slot = TRIAL_SLOT in ray.cluster_resources()
     root = _storage_root(workdir, storage) if storage else str(state["storage"])
     uri = state["tracking_uri"]
+    tracking.require_reachable(uri)
     if tracking.run_status(uri, state["parent_run_id"]) == "FINISHED":
         raise UserError(f"search {state['search_id']} already finished; nothing to resume.")
     tracking.reopen_run(uri, state["parent_run_id"])
@@ -725,6 +813,7 @@ def resume_search(
         state["fingerprint"],
         code_version(),
         os.environ.get(FAULT_ENV),
+        tracking.tracking_patience(),
     )
     path = root.rstrip("/") + "/" + ctx.search_id
     tuner = tune.Tuner.restore(

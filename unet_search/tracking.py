@@ -8,6 +8,8 @@ is honoured.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import tempfile
@@ -17,9 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import requests
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from unet_search.config import UserError
 
 __all__ = [
     "TAG_CODE_VERSION",
@@ -34,6 +39,13 @@ __all__ = [
     "TAG_KIND",
     "TAG_OUTCOME",
     "TAG_TRIAL_NUMBER",
+    "PATIENCE_ENV",
+    "Outbox",
+    "TrackingUnavailable",
+    "reachable",
+    "require_reachable",
+    "tracking_patience",
+    "with_patience",
     "SearchRecord",
     "TrialRecord",
     "search_record",
@@ -84,8 +96,6 @@ def resolve_tracking_uri(workdir: Path, *, create: bool = True) -> str:
         return env
     db = workdir / "mlflow.db"
     if not create and not db.exists():
-        from unet_search.config import UserError
-
         raise UserError(
             f"{db}: no MLflow store here yet; run a search first, or set "
             "UNET_SEARCH_HOME / MLFLOW_TRACKING_URI."
@@ -253,8 +263,6 @@ def rank_trials(trials: Sequence[Any], mode: str) -> list[Any]:
 
 def find_search(uri: str, search_id: str) -> str:
     """The parent run id of search ``search_id`` (any experiment); a UserError if none."""
-    from unet_search.config import UserError
-
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     parents = client.search_runs(
@@ -269,8 +277,6 @@ def find_search(uri: str, search_id: str) -> str:
 
 def read_text(uri: str, run_id: str, artifact_file: str) -> str:
     """A text artifact of a run."""
-    from unet_search.config import UserError
-
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = MlflowClient(uri).download_artifacts(run_id, artifact_file, tmp)
@@ -392,3 +398,215 @@ def search_record(uri: str, search_id: str, metric: str | None = None) -> Search
         parent.info.status,
         tuple(sorted(trials, key=lambda t: (t.number, t.name))),
     )
+
+
+# --- A tracking server that goes away -------------------------------------------------------
+# A search can outlive its MLflow server's restarts. Every call first asks whether the server
+# answers at all (one cheap GET): while it does not, a trial's logging is queued (training goes
+# on) and a blocking call waits; only after PATIENCE_ENV seconds of silence does anything give
+# up, with TrackingUnavailable. Errors while the server answers are real errors and raised.
+
+PATIENCE_ENV = "UNET_SEARCH_TRACKING_PATIENCE_S"
+DEFAULT_PATIENCE_S = 600.0
+_PROBE_TIMEOUT_S = 5.0
+
+
+class TrackingUnavailable(UserError):
+    """The MLflow tracking server stayed unreachable for longer than the patience."""
+
+
+def tracking_patience() -> float:
+    """Seconds an unreachable tracking server is waited for (``$UNET_SEARCH_TRACKING_PATIENCE_S``,
+    default 600), read by the process that starts a run or search and carried to its workers."""
+    raw = os.environ.get(PATIENCE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_PATIENCE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise UserError(f"{PATIENCE_ENV}={raw!r}: must be a positive number of seconds.")
+    return value
+
+
+def reachable(uri: str, timeout: float = _PROBE_TIMEOUT_S) -> bool:
+    """Whether the tracking store answers at all. Any HTTP answer counts (401 and 404 too:
+    the server is there); a local store (SQLite, files) always does."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+    except requests.RequestException:
+        return False
+    return True
+
+
+def _gave_up(uri: str, what: str, down_s: float, patience_s: float) -> TrackingUnavailable:
+    return TrackingUnavailable(
+        f"MLflow tracking server {uri} unreachable for {down_s:.0f} s ({what}; "
+        f"{PATIENCE_ENV}={patience_s:g})"
+    )
+
+
+def require_reachable(uri: str) -> None:
+    """At a command's start: a clear error at once when the server is not there."""
+    if not reachable(uri):
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) does not answer; start it "
+            "or point MLFLOW_TRACKING_URI at a running one."
+        )
+
+
+def with_patience(uri: str, what: str, call: Any, patience_s: float) -> Any:
+    """``call()``, waited for while the tracking server is unreachable (up to ``patience_s``
+    seconds of silence, then TrackingUnavailable)."""
+    start = time.monotonic()
+    delay = 1.0
+    warned = False
+    while True:
+        if reachable(uri):
+            try:
+                return call()
+            except Exception:
+                if reachable(uri):
+                    raise  # the server answers: a real error
+        down = time.monotonic() - start
+        if down >= patience_s:
+            raise _gave_up(uri, what, down, patience_s)
+        if not warned:
+            print(
+                f"MLflow tracking server {uri} unreachable ({what}); waiting up to "
+                f"{patience_s:.0f} s for it",
+                flush=True,
+            )
+            warned = True
+        time.sleep(min(delay, patience_s - down))
+        delay = min(2 * delay, 15.0)
+
+
+class Outbox:
+    """One run's logging, kept in order until the tracking server has it.
+
+    ``log_*`` queue and then send what they can: while the server is unreachable nothing
+    blocks (a trial keeps training) and the queue grows. :meth:`pending` / :meth:`restore`
+    carry the queue through a checkpoint, so a trial restarted from one sends what its
+    predecessor could not. :meth:`drain` waits until everything is sent, and :meth:`check`
+    raises TrackingUnavailable once the server has been silent for ``patience_s``. A metric
+    keeps the timestamp of its epoch, so a late or repeated send stores the same point."""
+
+    def __init__(self, uri: str, run_id: str, patience_s: float = DEFAULT_PATIENCE_S) -> None:
+        self.uri, self.run_id, self.patience_s = uri, run_id, patience_s
+        self._queue: list[dict[str, Any]] = []
+        self._down_since: float | None = None  # time.time() of the first failed send
+
+    def pending(self) -> list[dict[str, Any]]:
+        """The unsent items (JSON-serializable)."""
+        return list(self._queue)
+
+    def restore(self, items: Sequence[Mapping[str, Any]]) -> None:
+        """Put items saved by :meth:`pending` (in an earlier process) first in the queue."""
+        self._queue[:0] = [dict(item) for item in items]
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        values = {k: float(v) for k, v in metrics.items()}
+        self._put({"kind": "metrics", "step": step, "ts": _now_ms(), "values": values})
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._put({"kind": "params", "values": {k: _param_value(v) for k, v in params.items()}})
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._put({"kind": "tags", "values": {k: str(v) for k, v in tags.items()}})
+
+    def log_image(self, image: Any, key: str, step: int) -> None:
+        """``image``: (H, W, 3) uint8 array, kept as PNG until sent."""
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        png = base64.b64encode(buffer.getvalue()).decode("ascii")
+        self._put({"kind": "image", "key": key, "step": step, "ts": _now_ms(), "png": png})
+
+    def _put(self, item: dict[str, Any]) -> None:
+        self._queue.append(item)
+        self.flush()
+
+    def _send(self, client: MlflowClient, item: Mapping[str, Any]) -> None:
+        kind, values = item["kind"], item.get("values", {})
+        if kind == "metrics":
+            batch = [Metric(k, v, item["ts"], item["step"]) for k, v in sorted(values.items())]
+            client.log_batch(self.run_id, metrics=batch)
+        elif kind == "params":
+            client.log_batch(self.run_id, params=[Param(k, v) for k, v in sorted(values.items())])
+        elif kind == "tags":
+            client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in values.items()])
+        elif kind == "image":
+            from PIL import Image
+
+            picture = Image.open(io.BytesIO(base64.b64decode(item["png"])))
+            client.log_image(
+                self.run_id,
+                picture,
+                key=item["key"],
+                step=item["step"],
+                timestamp=item["ts"],
+                synchronous=True,
+            )
+        else:
+            raise ValueError(f"unknown outbox item {kind!r}")
+
+    def flush(self) -> bool:
+        """Send what is queued, in order; False (nothing lost) while the server is away."""
+        if not self._queue:
+            return True
+        if not reachable(self.uri):
+            self._mark_down()
+            return False
+        client = MlflowClient(self.uri)
+        while self._queue:
+            try:
+                self._send(client, self._queue[0])
+            except Exception:
+                if reachable(self.uri):
+                    raise  # the server answers: a real error
+                self._mark_down()
+                return False
+            self._queue.pop(0)
+        if self._down_since is not None:
+            print(
+                f"MLflow tracking server {self.uri} is back after "
+                f"{time.time() - self._down_since:.0f} s; the queued logging was sent",
+                flush=True,
+            )
+            self._down_since = None
+        return True
+
+    def _mark_down(self) -> None:
+        if self._down_since is None:
+            self._down_since = time.time()
+            print(
+                f"MLflow tracking server {self.uri} unreachable; run {self.run_id} queues its "
+                f"logging and keeps training (waiting up to {self.patience_s:.0f} s)",
+                flush=True,
+            )
+
+    def down_for(self) -> float:
+        """Seconds since the server stopped answering (0 while it answers)."""
+        return 0.0 if self._down_since is None else time.time() - self._down_since
+
+    def check(self) -> None:
+        """TrackingUnavailable once the server has been away for longer than the patience."""
+        down = self.down_for()
+        if down >= self.patience_s:
+            what = f"run {self.run_id}, {len(self._queue)} items unsent"
+            raise _gave_up(self.uri, what, down, self.patience_s)
+
+    def drain(self) -> None:
+        """Block until everything queued is sent, or TrackingUnavailable."""
+        while not self.flush():
+            self.check()
+            time.sleep(min(5.0, max(0.5, self.patience_s - self.down_for())))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

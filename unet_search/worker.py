@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import os
 import shutil
@@ -65,6 +66,7 @@ __all__ = [
 ]
 
 STATE_FILE = "state.pt"
+UNSENT_FILE = "mlflow_unsent.json"  # in a checkpoint: logging the tracking server lacks
 SAMPLES_KEY = "val_predictions"  # MLflow image key: the fixed samples every few epochs
 FAULT_ENV = "UNET_SEARCH_FAULT"
 
@@ -141,17 +143,25 @@ class WorkerContext:
     prepare_loader: Callable[[DataLoader[Any]], DataLoader[Any]]
 
 
-def _save_checkpoint(state: TrainingState) -> str:
+def _save_checkpoint(state: TrainingState, outbox: tracking.Outbox | None = None) -> str:
+    """The training state and the MLflow logging not yet sent (a restarted trial sends it)."""
     directory = tempfile.mkdtemp(prefix="unet-search-ckpt-")
     torch.save(state.state_dict(), Path(directory) / STATE_FILE)
+    if outbox is not None and outbox.pending():
+        (Path(directory) / UNSENT_FILE).write_text(json.dumps(outbox.pending()), "utf-8")
     return directory
 
 
-def _resume(state: TrainingState, ctx: WorkerContext) -> None:
+def _resume(
+    state: TrainingState, ctx: WorkerContext, outbox: tracking.Outbox | None = None
+) -> None:
     with ctx.checkpoint_dir() as directory:
         if directory is None:
             return
         saved = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+        unsent = Path(directory) / UNSENT_FILE
+        if outbox is not None and unsent.is_file():
+            outbox.restore(json.loads(unsent.read_text("utf-8")))
     state.load_state_dict(saved)
 
 
@@ -209,8 +219,7 @@ def _log_final(
     cfg: RunConfig,
     arrays: DatasetArrays,
     state: TrainingState,
-    uri: str,
-    run_id: str,
+    outbox: tracking.Outbox,
     samples: tuple[np.ndarray, torch.Tensor],
 ) -> None:
     """Rank 0: the best weights as a model directory, image | truth | prediction overlays of
@@ -234,14 +243,27 @@ def _log_final(
             metrics["inference_ms_per_image"] = _inference_ms_per_image(
                 module, samples[1], cfg.train.threshold
             )
-        tracking.log_artifacts(uri, run_id, Path(tmp))
-    tracking.log_metrics(uri, run_id, metrics, step=state.epoch)
+        outbox.drain()  # every epoch's logging first, then the model
+        uri, run_id = outbox.uri, outbox.run_id
+        tracking.with_patience(
+            uri,
+            f"run {run_id}: the best model",
+            lambda: tracking.log_artifacts(uri, run_id, Path(tmp)),
+            outbox.patience_s,
+        )
+    outbox.log_metrics(metrics, step=state.epoch)
+    outbox.drain()
 
 
 def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
     """The training recipe every worker runs. ``config`` holds ``run_config`` (dict),
     ``dataset`` (ObjectRef of DatasetArrays, or the arrays), ``tracking_uri``, ``run_id``
-    and optionally ``fault`` (a fault-injection spec, see :func:`_maybe_fail`)."""
+    and optionally ``fault`` (a fault-injection spec, see :func:`_maybe_fail`) and
+    ``tracking_patience_s`` (how long an unreachable tracking server is waited for).
+
+    Rank 0's MLflow logging goes through an :class:`~unet_search.tracking.Outbox`: while the
+    server is away training goes on, the unsent logging travels with each checkpoint, and
+    the run fails (checkpoint kept, for ``resume``) only after the patience runs out."""
     cfg = RunConfig.from_dict(config["run_config"])
     uri, run_id, rank, world, device = (
         config["tracking_uri"],
@@ -260,12 +282,12 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
         model = model.to(memory_format=torch.channels_last)
     state = new_training_state(ctx.prepare_model(model), cfg, len(train_loader), device)
     train_loader = ctx.prepare_loader(train_loader)
-    _resume(state, ctx)
+    patience = float(config.get("tracking_patience_s") or tracking.DEFAULT_PATIENCE_S)
+    outbox = tracking.Outbox(uri, run_id, patience)
+    _resume(state, ctx, outbox if rank == 0 else None)
     if rank == 0 and state.epoch == 0:
-        tracking.log_params(uri, run_id, {"num_parameters": count_parameters(model)})
-        tracking.set_tags(
-            uri,
-            run_id,
+        outbox.log_params({"num_parameters": count_parameters(model)})
+        outbox.set_tags(
             {
                 "ray.world_size": world,
                 "ray.node_ip": ray.util.get_node_ip_address(),
@@ -281,21 +303,23 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
         # at the same step instead of losing it.
         if rank == 0:
             epoch, finished = int(metrics["epoch"]), bool(metrics["finished"])
-            tracking.log_metrics(uri, run_id, metrics, step=epoch)
+            outbox.log_metrics(metrics, step=epoch)
             if _samples_due(cfg.train, epoch, finished):
                 picture = _sample_image(st.module, cfg, arrays, samples)
                 if picture is not None:
-                    tracking.log_image(uri, run_id, picture, SAMPLES_KEY, epoch)
+                    outbox.log_image(picture, SAMPLES_KEY, epoch)
             if finished:
                 # Before the last report: Tune may end a finished trial's process right
                 # after it, so nothing after fit() is guaranteed to run.
-                _log_final(cfg, arrays, st, uri, run_id, samples)
-        directory = _save_checkpoint(st) if rank == 0 else None
+                _log_final(cfg, arrays, st, outbox, samples)
+        directory = _save_checkpoint(st, outbox) if rank == 0 else None
         try:
             ctx.report(metrics, directory)  # Ray persists the checkpoint before returning
         finally:
             if directory:
                 shutil.rmtree(directory, ignore_errors=True)
+        if rank == 0:
+            outbox.check()  # after the checkpoint: nothing of this epoch is lost
         _maybe_fail(int(metrics["epoch"]), rank, world, cfg, config.get("fault"))
 
     fit(state, cfg, train_loader, val_loader, build_loss(cfg.loss), device, report)
@@ -411,10 +435,12 @@ def build_trainer(
     name: str,
     worker_env: dict[str, str] | None = None,
     callbacks: list[Any] | None = None,
+    tracking_patience_s: float | None = None,
 ) -> ray.train.torch.TorchTrainer:
     """A TorchTrainer for one run: DDP over ``num_workers`` (gloo on CPU, NCCL on GPU).
 
-    ``worker_env`` adds environment variables to the training workers only."""
+    ``worker_env`` adds environment variables to the training workers only;
+    ``tracking_patience_s`` defaults to this process's ``$UNET_SEARCH_TRACKING_PATIENCE_S``."""
     tc = cfg.train
     use_gpu = tc.gpus_per_worker > 0
     resources: dict[str, float] = {"CPU": tc.cpus_per_worker}
@@ -428,6 +454,7 @@ def build_trainer(
             "tracking_uri": tracking_uri,
             "run_id": run_id,
             "fault": (worker_env or {}).get(FAULT_ENV) or os.environ.get(FAULT_ENV),
+            "tracking_patience_s": tracking_patience_s or tracking.tracking_patience(),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=tc.num_workers, use_gpu=use_gpu, resources_per_worker=resources
@@ -467,6 +494,7 @@ def run_training(
     init_ray()
     check_resources(cfg)
     uri = tracking.resolve_tracking_uri(workdir)
+    tracking.require_reachable(uri)
     experiment_id = tracking.ensure_experiment(uri, experiment, workdir)
     name = run_name or (
         f"{cfg.model.arch} {cfg.model.encoder} d{cfg.model.depth} f{cfg.model.base_filters}"
@@ -494,7 +522,8 @@ def run_training(
         status = "KILLED"
         raise
     finally:
-        tracking.end_run(uri, run_id, status)
+        if tracking.reachable(uri):  # else the run stays RUNNING: it did not end well
+            tracking.end_run(uri, run_id, status)
     metrics = {
         k: float(v)
         for k, v in (result.metrics or {}).items()
