@@ -18,9 +18,15 @@ export RAY_USAGE_STATS_ENABLED := 0
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+# uv fetches and installs the ~170 packages in parallel: ~20 s on a fresh 2-core machine where
+# pip takes 4-5 min (measured 2026-11-22). pip stays the fallback.
+UV_VERSION := 0.13.9
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	($(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION) \
+	  && $(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]') \
+	  || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
