@@ -9,6 +9,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,11 +72,11 @@ class Outage:
     up_at: float = 0.0
     errors: list[BaseException] = field(default_factory=list)
 
-    def run(self) -> None:
+    def run(self, before: int) -> None:
         try:
             db = self.server.root / "server.db"
             deadline = time.time() + 300
-            while _logged_points(db) < 2 * len(METRICS) and time.time() < deadline:
+            while _logged_points(db) < before + 2 * len(METRICS) and time.time() < deadline:
                 time.sleep(0.2)
             self.server.stop()
             self.down_at = time.time()
@@ -87,7 +88,8 @@ class Outage:
             self.errors.append(err)
 
     def begin(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, daemon=True)
+        before = _logged_points(self.server.root / "server.db")  # the module shares it
+        thread = threading.Thread(target=self.run, args=(before,), daemon=True)
         thread.start()
         return thread
 
@@ -130,10 +132,12 @@ def _epochs_within(runs: list[dict[str, list]], start: float, end: float) -> lis
     ]
 
 
-@pytest.fixture()
-def server(tmp_path: Path) -> MlflowServer:
-    with MlflowServer(tmp_path) as running:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """One server for the module (each test stops and starts it; searches differ by name)."""
+    with MlflowServer(tmp_path_factory.mktemp("server")) as running:
         yield running
+    # A test that failed while the server was away leaves it stopped: __exit__ copes.
 
 
 @pytest.fixture()
@@ -153,7 +157,7 @@ def test_a_short_outage_loses_no_metric_and_training_goes_on(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
-    outage = Outage(server, away_s=8.0)
+    outage = Outage(server, away_s=5.0)
     thread = outage.begin()
     code = cli.main(
         [
@@ -181,7 +185,7 @@ def test_a_short_outage_loses_no_metric_and_training_goes_on(
     assert max(_epochs_within(runs, outage.down_at, outage.up_at)) >= 2
     parent = client.get_run(tracking.find_search(server.url, "blip"))
     assert parent.info.status == "FINISHED"
-    champion = client.get_model_version_by_alias("outage-net", "champion")
+    champion = client.get_model_version_by_alias("blip-net", "champion")
     assert champion.run_id  # the search registered its best model after the outage
 
 

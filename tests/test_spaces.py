@@ -7,7 +7,13 @@ import pytest
 import yaml
 
 from unet_search.config import ConfigError
-from unet_search.spaces import BASELINE_ATTR, NUMBER_KEY, load_space
+from unet_search.spaces import (
+    BASELINE_ATTR,
+    NUMBER_KEY,
+    SearchSettings,
+    load_space,
+    make_sampler,
+)
 
 SPACES = sorted(Path(__file__).parents[1].joinpath("search_spaces").glob("*.yaml"))
 
@@ -118,6 +124,7 @@ def test_baseline_trial_samples_nothing_and_keeps_search_budget(tmp_path: Path) 
         ({"search__metric": "dice"}, "`search.metric` must be one of"),
         ({"search__mode": "min"}, "`search.mode` must be 'max' for val_dice"),
         ({"search__baseline": "keras"}, "`search.baseline` must be `none` or a preset"),
+        ({"search__sampler": "grid"}, "`search.sampler` must be one of ['tpe', 'random']"),
         ({"search__scheduler": {"type": "hyperband"}}, "must be 'asha' or 'fifo'"),
         ({"search__scheduler": {"grace_period": 5}}, "must be <= epochs (2)"),
         ({"search__scheduler": {"max_t": 9}}, "`search.scheduler.max_t` must be an integer in"),
@@ -203,3 +210,25 @@ def test_overrides_shrink_a_space(tmp_path: Path) -> None:
     )
     assert spec.base_config().train.epochs == 1
     assert spec.settings.num_samples == 2 and spec.settings.scheduler.grace_period == 1
+
+
+def test_sampler_setting_picks_a_seeded_optuna_sampler(tmp_path: Path) -> None:
+    def settings(**search: object) -> SearchSettings:
+        overrides = {f"search__{k}": v for k, v in search.items()}
+        return load_space(_write(tmp_path, _space(**overrides))).settings
+
+    def first_lrs(sampler: str, seed: int) -> list[float]:
+        spec = load_space(_write(tmp_path, _space(search__sampler=sampler, search__seed=seed)))
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(spec.settings))
+        values = []
+        for _ in range(3):
+            trial = study.ask()
+            spec.define_by_run(trial)
+            values.append(trial.params["lr"])
+            study.tell(trial, 0.5)
+        return values
+
+    assert isinstance(make_sampler(settings()), optuna.samplers.TPESampler)  # the default
+    assert isinstance(make_sampler(settings(sampler="random")), optuna.samplers.RandomSampler)
+    assert first_lrs("random", 3) == first_lrs("random", 3)  # seeded: the same trials again
+    assert first_lrs("random", 3) != first_lrs("random", 4)

@@ -45,6 +45,7 @@ from unet_search.spaces import (
     RESOURCE_FIELDS,
     SearchSpec,
     check_name,
+    make_sampler,
 )
 from unet_search.worker import (
     FAULT_ENV,
@@ -541,7 +542,12 @@ def _live_view(ctx: SearchContext) -> LiveView:
 
 
 def _tuner(
-    ctx: SearchContext, trainable: Any, concurrency: int, searcher: PruningAwareOptunaSearch
+    ctx: SearchContext,
+    trainable: Any,
+    concurrency: int,
+    searcher: PruningAwareOptunaSearch,
+    callbacks: Sequence[tune.Callback] = (),
+    stopper: tune.Stopper | None = None,
 ) -> tune.Tuner:
     spec, settings = ctx.spec, ctx.spec.settings
     epochs = spec.base_config().train.epochs
@@ -567,7 +573,8 @@ def _tuner(
         run_config=tune.RunConfig(
             name=ctx.search_id,
             storage_path=ctx.storage,
-            callbacks=[TrialStatusCallback(ctx), _live_view(ctx)],
+            callbacks=[TrialStatusCallback(ctx), _live_view(ctx), *callbacks],
+            stop=stopper,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0,  # LiveView prints the concise view; Ray's detail goes to the log
         ),
@@ -694,8 +701,12 @@ def run_search(
     address: str | None = None,
     storage: str | None = None,
     overrides: Sequence[str] = (),
+    callbacks: Sequence[tune.Callback] = (),
+    stopper: tune.Stopper | None = None,
 ) -> SearchOutcome:
-    """Run a whole search: trials on Ray Tune, runs in MLflow, the best model registered."""
+    """Run a whole search: trials on Ray Tune, runs in MLflow, the best model registered.
+    ``callbacks`` / ``stopper``: more Tune callbacks and a Tune stopper (the benchmarks time
+    trials and hold searches to an epoch budget with them)."""
     if name is not None:
         check_name(name, "search", "name")  # it names folders: never a path
     init_ray(address, log_to_driver=False)
@@ -746,11 +757,16 @@ def run_search(
         space=spec.define_by_run,
         metric=spec.tune_metric,
         mode=spec.settings.mode,
-        sampler=optuna.samplers.TPESampler(seed=spec.settings.seed),
+        sampler=make_sampler(spec.settings),
         enqueue_baseline=spec.settings.baseline is not None,
     )
     tuner = _tuner(
-        ctx, _trainable(ctx, ray.put(arrays), slot), _concurrency(spec, total_cpus), searcher
+        ctx,
+        _trainable(ctx, ray.put(arrays), slot),
+        _concurrency(spec, total_cpus),
+        searcher,
+        callbacks,
+        stopper,
     )
     return _execute(ctx, tuner, model_name, lambda: searcher.study, workdir)
 

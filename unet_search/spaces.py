@@ -20,6 +20,7 @@ Schema (unknown keys are errors)::
       mode: max
       seed: 0
       baseline: seed_keras           # a preset evaluated as Optuna's first trial, or none
+      sampler: tpe                   # tpe | random (random: a control to compare against)
       max_concurrent_trials: null    # null: derived from the cluster
       time_budget_s: null
       scheduler: {type: asha, grace_period: 1, reduction_factor: 2, max_t: null}
@@ -146,6 +147,7 @@ class SearchSettings:
     mode: str = "max"
     seed: int = 0
     baseline: str | None = "seed_keras"
+    sampler: str = "tpe"  # tpe (Optuna's TPE) | random (a control: the benchmarks compare)
     max_concurrent_trials: int | None = None
     time_budget_s: float | None = None
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
@@ -365,6 +367,14 @@ def _params(raw: Any, fixed: set[str], source: str) -> tuple[ParamSpec, ...]:
     return tuple(out)
 
 
+SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+
+
+def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
+    """The search's Optuna sampler, seeded with ``search.seed``."""
+    return SAMPLERS[settings.sampler](seed=settings.seed)
+
+
 def _settings(raw: Any, base: RunConfig, source: str) -> SearchSettings:
     raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
@@ -397,12 +407,16 @@ def _settings(raw: Any, base: RunConfig, source: str) -> SearchSettings:
         raise _err(
             source, "search.baseline", f"must be `none` or a preset {sorted(PRESETS)}", baseline
         )
+    sampler = raw.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise _err(source, "search.sampler", f"must be one of {list(SAMPLERS)}", sampler)
     return SearchSettings(
         raw.get("num_samples", 8),
         metric,
         mode,
         raw.get("seed", 0),
         baseline,
+        sampler,
         concurrent,
         budget,
         _scheduler(raw.get("scheduler"), base, source),

@@ -1,0 +1,79 @@
+"""Shared helpers of the bench scripts: a machine line, a synthetic dataset, timing, memory.
+
+Every script measures its sides interleaved in one run and prints ratios: absolute times on a
+shared 2-core machine are noise, ratios of side-by-side runs are not."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def machine() -> str:
+    """One line: CPUs, memory, GPU, torch/ray versions."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{platform.node()}: {os.cpu_count()} CPUs, {mem:.0f} GiB, {gpu}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+def header(title: str) -> None:
+    print(f"# {title}\n# {time.strftime('%Y-%m-%d %H:%M')} {machine()}", flush=True)
+
+
+def synthetic(root: Path, n: int, size: int, seed: int = 0) -> Path:
+    """A synthetic nuclei dataset (made once per root)."""
+    from unet_search.synthetic import make_synthetic
+
+    out = root / f"synth-{n}-{size}-{seed}"
+    if not out.exists():
+        make_synthetic(out, n=n, size=size, seed=seed)
+    return out
+
+
+def interleaved(
+    sides: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds of each side, the sides run in turn ``repeats`` times (after
+    ``warmup`` untimed rounds), so slow phases of a shared machine hit all of them."""
+    for _ in range(warmup):
+        for call in sides.values():
+            call()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, call in sides.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def peak_rss_mib(pid: int | None = None) -> float:
+    """Peak resident memory (VmHWM) of a process, MiB."""
+    path = Path(f"/proc/{pid or os.getpid()}/status")
+    for line in path.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def verdict(name: str, value: float, target: str, ok: bool) -> None:
+    print(f"{name}: {value:.3f} (target {target}) {'MET' if ok else 'MISSED'}", flush=True)

@@ -1,0 +1,110 @@
+"""Benchmark 6, inference: ``load_model(...).predict`` on odd-sized images over the raw
+model's forward pass on the same tensors (target >= 0.8), and the MLflow pyfunc path over the
+direct one. CPU, 2 threads.
+
+    python bench/inference.py
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import _common
+import cv2
+import mlflow
+import numpy as np
+import torch
+
+from unet_search.config import RunConfig
+from unet_search.inference import load_model
+from unet_search.models import build_model, save_model_dir
+from unet_search.registry import PACKAGE_DIR, PYFUNC_FILE, SIGNATURE
+from unet_search.transforms import to_tensor
+from unet_search.worker import preprocessing_of
+
+CASES = {  # name: run config
+    "plain unet (seed_keras) @64": {"preset": "seed_keras", "image_size": 64},
+    "smp unet resnet18 @128": {"encoder": "resnet18", "depth": 5, "image_size": 128},
+}
+N_IMAGES = 32
+
+
+def odd_images(rng: np.random.Generator) -> list[np.ndarray]:
+    """Images of odd, different sizes (as a downstream app sends them)."""
+    sizes = [(int(rng.integers(97, 521)), int(rng.integers(97, 521))) for _ in range(N_IMAGES)]
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+
+
+def measure(
+    raw: dict[str, object], images: list[np.ndarray], same: np.ndarray
+) -> dict[str, float]:
+    """Median seconds of: raw forward, predict (odd sizes), direct and pyfunc (same size)."""
+    cfg = RunConfig.from_dict(raw)
+    model = build_model(cfg.model, cfg.data.num_classes).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        save_model_dir(model_dir, model, cfg.model, cfg.data.num_classes, preprocessing_of(cfg))
+        predictor = load_model(model_dir)
+        size, pre = cfg.data.image_size, predictor.pre
+        # The raw side: the tensors predict builds, ready in memory; only model(batch).
+        batches = [
+            torch.stack(
+                [
+                    to_tensor(
+                        cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA),
+                        pre["normalization"],
+                        int(pre["in_channels"]),
+                    )
+                    for img in images[i : i + 16]
+                ]
+            )
+            for i in range(0, len(images), 16)
+        ]
+
+        def raw_forward() -> None:
+            with torch.no_grad():
+                for batch in batches:
+                    predictor.model(batch)
+
+        pyfunc_dir = Path(tmp) / "pyfunc"
+        mlflow.pyfunc.save_model(
+            str(pyfunc_dir),
+            python_model=str(PYFUNC_FILE),
+            artifacts={"model_dir": str(model_dir)},
+            code_paths=[str(PACKAGE_DIR)],
+            signature=SIGNATURE,
+        )
+        pyfunc = mlflow.pyfunc.load_model(str(pyfunc_dir))
+        return _common.interleaved(
+            {
+                "raw": raw_forward,
+                "predict": lambda: predictor.predict(images),
+                "direct_same": lambda: predictor.predict(same),
+                "pyfunc_same": lambda: pyfunc.predict(same),
+            },
+            repeats=5,
+        )
+
+
+def main() -> None:
+    _common.header("inference: predict vs raw forward; pyfunc vs direct")
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    images = odd_images(rng)
+    same = rng.integers(0, 256, (N_IMAGES, 333, 517, 3), dtype=np.uint8)
+    for name, raw in CASES.items():
+        t = measure(raw, images, same)
+        print(f"## {name}")
+        print(
+            f"raw forward {N_IMAGES / t['raw']:.1f} img/s, predict (odd sizes) "
+            f"{N_IMAGES / t['predict']:.1f} img/s"
+        )
+        ratio = t["raw"] / t["predict"]
+        _common.verdict("predict / raw forward", ratio, ">= 0.8", ratio >= 0.8)
+        ratio = t["direct_same"] / t["pyfunc_same"]
+        print(f"pyfunc / direct (N={N_IMAGES}, 333x517): {ratio:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
