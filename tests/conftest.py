@@ -20,6 +20,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray exports metrics every 10 s by default; a test search's trials can start and end inside
+# that. Every 2 s (gauges then live 4 s unrefreshed; LiveView refreshes them every 2 s).
+os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
 
 
 @pytest.fixture(scope="session")

@@ -169,7 +169,7 @@ def test_a_short_outage_loses_no_metric_and_training_goes_on(
             "--name",
             "blip",
             "--model-name",
-            "outage-net",
+            "blip-net",
         ]
     )
     thread.join(timeout=60)
