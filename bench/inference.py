@@ -25,7 +25,12 @@ from unet_search.worker import preprocessing_of
 
 CASES = {  # name: run config
     "plain unet (seed_keras) @64": {"preset": "seed_keras", "image_size": 64},
-    "smp unet resnet18 @128": {"encoder": "resnet18", "depth": 5, "image_size": 128},
+    "smp unet resnet18 @128": {
+        "encoder": "resnet18",
+        "depth": 5,
+        "upsampling": "nearest",
+        "image_size": 128,
+    },
 }
 N_IMAGES = 32
 

@@ -79,6 +79,7 @@ def _steady_rate(uri: str, run_id: str, n_train: int) -> tuple[float, int]:
 
 
 def search_trial(data: Path, work: Path, fixed: dict[str, Any], epochs: int) -> float:
+    work.mkdir(parents=True, exist_ok=True)
     space = work / "overhead.yaml"
     space.write_text(
         yaml.safe_dump(
@@ -93,7 +94,7 @@ def search_trial(data: Path, work: Path, fixed: dict[str, Any], epochs: int) -> 
     spec = load_space(space)
     os.environ["UNET_SEARCH_HOME"] = str(work)
     out = run_search(spec, load_dataset(data, spec.base_config().data), data, work)
-    n_train = int(out.trials[0].params.get("n_train", 0)) or _n_train(spec.base_config())
+    n_train = _n_train(spec.base_config())
     rate, steps = _steady_rate(f"sqlite:///{work / 'mlflow.db'}", out.trials[0].run_id, n_train)
     assert steps == epochs, f"{steps} epochs logged"
     return rate
@@ -127,6 +128,7 @@ def main() -> None:
         data = _common.synthetic(Path(tmp), N_IMAGES, SIZE)
         cfg = RunConfig.from_dict({**fixed, "epochs": args.epochs})
         arrays = load_dataset(data, cfg.data)
+        plain_loop(cfg, arrays, 2)  # warm-up, while Ray's freshly started processes settle
         before = plain_loop(cfg, arrays, args.epochs)
         trial = search_trial(data, Path(tmp) / "a", fixed, args.epochs)
         after = plain_loop(cfg, arrays, args.epochs)

@@ -3,9 +3,10 @@ first training step, and the machine memory a running trial takes, for an in-pro
 (1 worker) and a TorchTrainer trial (2 DDP workers). Targets: in-process <= 5 s,
 TorchTrainer <= 10 s.
 
-The trials train 1 epoch of 8 images at 32 px, so everything between the start and the first
-result but the epoch itself (``epoch_s``, ~0.1 s) is fixed cost. Memory: the drop of the
-machine's MemAvailable during the trial, at its lowest, against just before the search.
+The trials train 2 epochs of 8 images at 32 px: everything between the start and the first
+result (epoch 1, not yet the final one) but the epoch itself (``epoch_s``) is fixed cost.
+Memory: the peak, while the trial runs, of the proportional set size (PSS: shared pages split
+between their users) summed over Ray's worker processes, over that sum just before.
 
     python bench/trial_cost.py [--repeats 2]
 """
@@ -13,6 +14,7 @@ machine's MemAvailable during the trial, at its lowest, against just before the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -34,7 +36,7 @@ FIXED = {
     "image_size": 32,
     "depth": 2,
     "base_filters": 8,
-    "epochs": 1,
+    "epochs": 2,
     "batch_size": 4,
     "val_fraction": 0.5,
     "dsb_every": 0,
@@ -63,29 +65,37 @@ class FirstResult(tune.Callback):
         self.first.setdefault(trial.trial_id, (time.time(), float(result.get("epoch_s", 0.0))))
 
 
-def _available_mib() -> float:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def _ray_workers_pss_mib() -> float:
+    """PSS summed over Ray's worker and actor processes (``ray::...``), MiB (Linux /proc)."""
+    total_kib = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if not (proc / "cmdline").read_bytes().startswith(b"ray::"):
+                continue
+            for line in (proc / "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kib += int(line.split()[1])
+    return total_kib / 1024
 
 
 class MemoryWatch:
     def __init__(self) -> None:
-        self.base = _available_mib()
-        self.low = self.base
+        self.base = _ray_workers_pss_mib()
+        self.high = self.base
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        while not self.stop.wait(0.1):
-            self.low = min(self.low, _available_mib())
+        while not self.stop.wait(0.25):
+            self.high = max(self.high, _ray_workers_pss_mib())
 
     def peak_mib(self) -> float:
         self.stop.set()
         self.thread.join()
-        return self.base - self.low
+        return self.high - self.base
 
 
 def one_search(

@@ -69,9 +69,15 @@ def _register(store: tuple[str, str], tmp_path: Path, seed: int, value: float, f
     )
 
 
-def test_champion_moves_only_when_beaten_on_the_same_data(store, tmp_path: Path) -> None:
+def test_champion_moves_only_when_beaten_on_the_same_data(
+    store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     client = MlflowClient(store[0])
     first = _register(store, tmp_path, 1, 0.60)
+    # Registering points MLflow's fluent API at the store only for the while: a later search
+    # in this process must not log to this store (MLflow exports MLFLOW_TRACKING_URI).
+    assert "MLFLOW_TRACKING_URI" not in os.environ
     assert (first.version, first.alias, first.reason) == ("1", "champion", "no champion yet")
     worse = _register(store, tmp_path, 2, 0.55)
     assert (worse.alias, worse.previous_version) == ("challenger", "1")

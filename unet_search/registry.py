@@ -9,7 +9,10 @@ fingerprint; otherwise the new version gets ``challenger``.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +120,19 @@ def _decide(
     )
 
 
+@contextlib.contextmanager
+def _fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API pointed at ``uri``, and the process's setting restored after:
+    ``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI, so without the restore every
+    later search or run in this process would log to this store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None: unset again
+
+
 def log_and_register(
     tracking_uri: str,
     run_id: str,
@@ -129,22 +145,22 @@ def log_and_register(
 ) -> Registration:
     """Log ``model_dir`` as a pyfunc model in run ``run_id``, register it as ``name`` and
     move ``champion`` only if it beats the current one (same fingerprint, ``mode``)."""
-    mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     # log_model needs the fluent active run; resuming leaves it FINISHED on exit (the caller
     # sets the run's final status afterwards).
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(PYFUNC_FILE),
-            artifacts={"model_dir": str(model_dir)},
-            code_paths=[str(PACKAGE_DIR)],
-            signature=SIGNATURE,
-            input_example=np.zeros((1, 32, 32, 3), np.uint8),
-            pip_requirements=_requirements(),
-        )
     all_tags = {**tags, TAG_METRIC: metric, TAG_VALUE: repr(float(value)), TAG_MODE: mode}
-    version = mlflow.register_model(info.model_uri, name, tags=all_tags)
+    with _fluent_tracking_uri(tracking_uri):
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(PYFUNC_FILE),
+                artifacts={"model_dir": str(model_dir)},
+                code_paths=[str(PACKAGE_DIR)],
+                signature=SIGNATURE,
+                input_example=np.zeros((1, 32, 32, 3), np.uint8),
+                pip_requirements=_requirements(),
+            )
+        version = mlflow.register_model(info.model_uri, name, tags=all_tags)
     alias, prev, prev_value, reason = _decide(
         client, name, value, mode, tags.get(TAG_FINGERPRINT, "")
     )

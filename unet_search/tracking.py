@@ -512,11 +512,13 @@ class Outbox:
         values = {k: float(v) for k, v in metrics.items()}
         self._put({"kind": "metrics", "step": step, "ts": _now_ms(), "values": values})
 
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        self._put({"kind": "params", "values": {k: _param_value(v) for k, v in params.items()}})
+    def log_params(self, params: Mapping[str, Any], now: bool = True) -> None:
+        """``now=False``: queue only (sent with the next call that sends)."""
+        values = {k: _param_value(v) for k, v in params.items()}
+        self._put({"kind": "params", "values": values}, now)
 
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self._put({"kind": "tags", "values": {k: str(v) for k, v in tags.items()}})
+    def set_tags(self, tags: Mapping[str, Any], now: bool = True) -> None:
+        self._put({"kind": "tags", "values": {k: str(v) for k, v in tags.items()}}, now)
 
     def log_image(self, image: Any, key: str, step: int) -> None:
         """``image``: (H, W, 3) uint8 array, kept as PNG until sent."""
@@ -527,9 +529,10 @@ class Outbox:
         png = base64.b64encode(buffer.getvalue()).decode("ascii")
         self._put({"kind": "image", "key": key, "step": step, "ts": _now_ms(), "png": png})
 
-    def _put(self, item: dict[str, Any]) -> None:
+    def _put(self, item: dict[str, Any], now: bool = True) -> None:
         self._queue.append(item)
-        self.flush()
+        if now:
+            self.flush()
 
     def _send(self, client: MlflowClient, item: Mapping[str, Any]) -> None:
         kind, values = item["kind"], item.get("values", {})
