@@ -569,6 +569,11 @@ def _tuner(
             num_samples=settings.num_samples,
             max_concurrent_trials=concurrency,
             time_budget_s=settings.time_budget_s,
+            # A trial's process is started once and reused by the next trial with the same
+            # resources: a fresh one costs ~3-5 s of imports (torch, MLflow, smp) per trial
+            # (bench/bookkeeping.py, bench/trial_cost.py). Each trial sets its own seeds,
+            # threads, model and MLflow run, so nothing carries over.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=ctx.search_id,
