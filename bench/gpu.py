@@ -63,7 +63,7 @@ def steps_per_s(
 
 def synthetic_batches(batch: int, size: int, device: torch.device) -> Any:
     image = torch.randn(batch, 3, size, size, device=device)
-    mask = (torch.rand(batch, 1, size, size, device=device) > 0.5).float()
+    mask = (torch.rand(batch, size, size, device=device) > 0.5).long()  # as the loaders give
     while True:
         yield image, mask
 
@@ -89,6 +89,7 @@ def main() -> None:
     raw = {
         "encoder": "resnet34",
         "depth": 5,
+        "upsampling": "nearest",
         "image_size": size,
         "batch_size": batch,
         "loader_workers": 0 if args.smoke else 8,

@@ -96,7 +96,7 @@ def space(
         }
     )
     path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
 
