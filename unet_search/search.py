@@ -254,7 +254,7 @@ class TrialStatusCallback(tune.Callback):
     def __init__(self, ctx: SearchContext) -> None:
         self.ctx = ctx
         self.queue: list[tuple[str, str, dict[str, str], str | None]] = []
-        self.down_since: float | None = None
+        self.outage = tracking.Outage(ctx.tracking_uri, ctx.patience_s)
         self.last_probe = 0.0
         self.gave_up: tracking.TrackingUnavailable | None = None
 
@@ -267,54 +267,46 @@ class TrialStatusCallback(tune.Callback):
 
     def _flush(self) -> bool:
         """Send the queued run endings; False while the server is away."""
-        uri = self.ctx.tracking_uri
         self.last_probe = time.monotonic()
-        if not tracking.reachable(uri):
-            if self.down_since is None:
-                self.down_since = time.monotonic()
-                print(
-                    f"MLflow tracking server {uri} unreachable: trials keep training and "
-                    f"queue their logging; the search waits up to {self.ctx.patience_s:.0f} s "
-                    "for it",
-                    flush=True,
-                )
+        if not tracking.reachable(self.ctx.tracking_uri):
+            self.outage.away("trials keep training and queue their logging")
             return False
-        if self.down_since is not None:
-            print(f"MLflow tracking server {uri} is back", flush=True)
-            self.down_since = None
-        if self.queue:
-            runs = tracking.find_child_runs(uri, self.ctx.experiment_id, self.ctx.search_id)
-            while self.queue:
-                trial_id, status, tags, error = self.queue[0]
-                run_id = runs.get(trial_id)
-                if run_id is not None:
-                    if error:
-                        tracking.log_text(uri, run_id, error, "error.txt")  # the traceback
-                    tracking.set_tags(uri, run_id, tags)
-                    tracking.end_run(uri, run_id, status)
-                self.queue.pop(0)
+        self.outage.back("the search goes on")
+        self._send_endings()
         return True
 
+    def _send_endings(self) -> None:
+        if not self.queue:
+            return
+        uri = self.ctx.tracking_uri
+        runs = tracking.find_child_runs(uri, self.ctx.experiment_id, self.ctx.search_id)
+        while self.queue:
+            trial_id, status, tags, error = self.queue[0]
+            run_id = runs.get(trial_id)
+            if run_id is not None:
+                if error:
+                    tracking.log_text(uri, run_id, error, "error.txt")  # the traceback
+                tracking.set_tags(uri, run_id, tags)
+                tracking.end_run(uri, run_id, status)
+            self.queue.pop(0)
+
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
-        if time.monotonic() - self.last_probe < self.PROBE_EVERY_S:
+        if time.monotonic() - self.last_probe < self.PROBE_EVERY_S or self._flush():
             return
-        if self._flush() or self.down_since is None:
-            return
-        down = time.monotonic() - self.down_since
-        if down >= self.ctx.patience_s:
-            self.gave_up = tracking.TrackingUnavailable(
-                f"MLflow tracking server {self.ctx.tracking_uri} unreachable for {down:.0f} s "
-                f"(the search driver; {tracking.PATIENCE_ENV}={self.ctx.patience_s:g})"
-            )
-            raise self.gave_up
+        try:
+            self.outage.check("the search driver")
+        except tracking.TrackingUnavailable as err:
+            self.gave_up = err
+            raise
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         if self.gave_up is not None:
             return
+        # Also waits for the server before the search's summary and registration.
         tracking.with_patience(
             self.ctx.tracking_uri,
             f"search {self.ctx.search_id}: the trials' run endings",
-            lambda: self._flush() or _raise_unreachable(),
+            self._send_endings,
             self.ctx.patience_s,
         )
 
@@ -328,10 +320,6 @@ class TrialStatusCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._end(trial, "FAILED", "failed", _trial_error(trial))
-
-
-def _raise_unreachable() -> bool:
-    raise ConnectionError("the tracking server does not answer")
 
 
 def _trial_error(trial: Any) -> str:
@@ -598,10 +586,7 @@ def _execute(
     status: str | None = "FAILED"
     try:
         # TrialStatusCallback stops Tune with TrackingUnavailable when MLflow stays away.
-        results = tuner.fit()
-        tracking.with_patience(
-            ctx.tracking_uri, f"search {ctx.search_id}: its summary", lambda: None, ctx.patience_s
-        )
+        results = tuner.fit()  # its last callback waited for the server (patience)
         trials = _summaries(results, ctx)
         best = _pick_best(trials, ctx.spec.settings.mode)
         baseline = next((t for t in trials if t.baseline), None)

@@ -40,6 +40,7 @@ __all__ = [
     "TAG_OUTCOME",
     "TAG_TRIAL_NUMBER",
     "PATIENCE_ENV",
+    "Outage",
     "Outbox",
     "TrackingUnavailable",
     "reachable",
@@ -141,10 +142,13 @@ def create_run(
     return str(run.info.run_id)
 
 
-def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-    """Log a set of metrics at one step (epoch) in one request."""
-    now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())]
+def log_metrics(
+    uri: str, run_id: str, metrics: Mapping[str, float], step: int, timestamp: int | None = None
+) -> None:
+    """Log a set of metrics at one step (epoch) in one request, stamped ``timestamp`` (ms;
+    default now)."""
+    stamp = _now_ms() if timestamp is None else timestamp
+    batch = [Metric(k, float(v), stamp, step) for k, v in sorted(metrics.items())]
     MlflowClient(uri).log_batch(run_id, metrics=batch)
 
 
@@ -154,12 +158,16 @@ def log_params(uri: str, run_id: str, params: Mapping[str, Any]) -> None:
     MlflowClient(uri).log_batch(run_id, params=items)
 
 
-def log_image(uri: str, run_id: str, image: Any, key: str, step: int) -> None:
+def log_image(
+    uri: str, run_id: str, image: Any, key: str, step: int, timestamp: int | None = None
+) -> None:
     """A step-indexed image (MLflow's image charts: one slider per key, runs side by side).
 
-    ``image``: (H, W, 3) uint8 array. Logged synchronously: a trial's process may end right
-    after its last report."""
-    MlflowClient(uri).log_image(run_id, image, key=key, step=step, synchronous=True)
+    ``image``: (H, W, 3) uint8 array or PIL image. Logged synchronously: a trial's process
+    may end right after its last report."""
+    MlflowClient(uri).log_image(
+        run_id, image, key=key, step=step, timestamp=timestamp, synchronous=True
+    )
 
 
 def set_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
@@ -449,6 +457,54 @@ def _gave_up(uri: str, what: str, down_s: float, patience_s: float) -> TrackingU
     )
 
 
+class Outage:
+    """When the tracking server at ``uri`` stopped answering (one per Outbox, one for the
+    search driver), what is said when it goes and comes back, and when to give up."""
+
+    def __init__(self, uri: str, patience_s: float) -> None:
+        self.uri, self.patience_s = uri, patience_s
+        self.since: float | None = None  # time.time() when it was first found away
+
+    def away(self, doing: str) -> None:
+        if self.since is None:
+            self.since = time.time()
+            print(
+                f"MLflow tracking server {self.uri} unreachable; {doing} (waiting up to "
+                f"{self.patience_s:.0f} s)",
+                flush=True,
+            )
+
+    def back(self, done: str) -> None:
+        if self.since is not None:
+            print(
+                f"MLflow tracking server {self.uri} is back after "
+                f"{time.time() - self.since:.0f} s; {done}",
+                flush=True,
+            )
+            self.since = None
+
+    def down_for(self) -> float:
+        """Seconds since the server stopped answering (0 while it answers)."""
+        return 0.0 if self.since is None else time.time() - self.since
+
+    def check(self, what: str) -> None:
+        """TrackingUnavailable once the server has been away for the patience."""
+        down = self.down_for()
+        if down >= self.patience_s:
+            raise _gave_up(self.uri, what, down, self.patience_s)
+
+
+def _try(uri: str, call: Any) -> tuple[bool, Any]:
+    """(True, ``call()``), or (False, None) when it failed because the server went away;
+    a failure while the server answers is a real error and raised."""
+    try:
+        return True, call()
+    except Exception:
+        if reachable(uri):
+            raise
+        return False, None
+
+
 def require_reachable(uri: str) -> None:
     """At a command's start: a clear error at once when the server is not there."""
     if not reachable(uri):
@@ -466,11 +522,9 @@ def with_patience(uri: str, what: str, call: Any, patience_s: float) -> Any:
     warned = False
     while True:
         if reachable(uri):
-            try:
-                return call()
-            except Exception:
-                if reachable(uri):
-                    raise  # the server answers: a real error
+            sent, result = _try(uri, call)
+            if sent:
+                return result
         down = time.monotonic() - start
         if down >= patience_s:
             raise _gave_up(uri, what, down, patience_s)
@@ -498,7 +552,7 @@ class Outbox:
     def __init__(self, uri: str, run_id: str, patience_s: float = DEFAULT_PATIENCE_S) -> None:
         self.uri, self.run_id, self.patience_s = uri, run_id, patience_s
         self._queue: list[dict[str, Any]] = []
-        self._down_since: float | None = None  # time.time() of the first failed send
+        self._outage = Outage(uri, patience_s)
 
     def pending(self) -> list[dict[str, Any]]:
         """The unsent items (JSON-serializable)."""
@@ -534,27 +588,19 @@ class Outbox:
         if now:
             self.flush()
 
-    def _send(self, client: MlflowClient, item: Mapping[str, Any]) -> None:
+    def _send(self, item: Mapping[str, Any]) -> None:
         kind, values = item["kind"], item.get("values", {})
         if kind == "metrics":
-            batch = [Metric(k, v, item["ts"], item["step"]) for k, v in sorted(values.items())]
-            client.log_batch(self.run_id, metrics=batch)
+            log_metrics(self.uri, self.run_id, values, item["step"], item["ts"])
         elif kind == "params":
-            client.log_batch(self.run_id, params=[Param(k, v) for k, v in sorted(values.items())])
+            log_params(self.uri, self.run_id, values)
         elif kind == "tags":
-            client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in values.items()])
+            set_tags(self.uri, self.run_id, values)
         elif kind == "image":
             from PIL import Image
 
             picture = Image.open(io.BytesIO(base64.b64decode(item["png"])))
-            client.log_image(
-                self.run_id,
-                picture,
-                key=item["key"],
-                step=item["step"],
-                timestamp=item["ts"],
-                synchronous=True,
-            )
+            log_image(self.uri, self.run_id, picture, item["key"], item["step"], item["ts"])
         else:
             raise ValueError(f"unknown outbox item {kind!r}")
 
@@ -562,53 +608,28 @@ class Outbox:
         """Send what is queued, in order; False (nothing lost) while the server is away."""
         if not self._queue:
             return True
+        doing = f"run {self.run_id} queues its logging and keeps training"
         if not reachable(self.uri):
-            self._mark_down()
+            self._outage.away(doing)
             return False
-        client = MlflowClient(self.uri)
         while self._queue:
-            try:
-                self._send(client, self._queue[0])
-            except Exception:
-                if reachable(self.uri):
-                    raise  # the server answers: a real error
-                self._mark_down()
+            sent, _ = _try(self.uri, lambda: self._send(self._queue[0]))
+            if not sent:
+                self._outage.away(doing)
                 return False
             self._queue.pop(0)
-        if self._down_since is not None:
-            print(
-                f"MLflow tracking server {self.uri} is back after "
-                f"{time.time() - self._down_since:.0f} s; the queued logging was sent",
-                flush=True,
-            )
-            self._down_since = None
+        self._outage.back("the queued logging was sent")
         return True
-
-    def _mark_down(self) -> None:
-        if self._down_since is None:
-            self._down_since = time.time()
-            print(
-                f"MLflow tracking server {self.uri} unreachable; run {self.run_id} queues its "
-                f"logging and keeps training (waiting up to {self.patience_s:.0f} s)",
-                flush=True,
-            )
-
-    def down_for(self) -> float:
-        """Seconds since the server stopped answering (0 while it answers)."""
-        return 0.0 if self._down_since is None else time.time() - self._down_since
 
     def check(self) -> None:
         """TrackingUnavailable once the server has been away for longer than the patience."""
-        down = self.down_for()
-        if down >= self.patience_s:
-            what = f"run {self.run_id}, {len(self._queue)} items unsent"
-            raise _gave_up(self.uri, what, down, self.patience_s)
+        self._outage.check(f"run {self.run_id}, {len(self._queue)} items unsent")
 
     def drain(self) -> None:
         """Block until everything queued is sent, or TrackingUnavailable."""
         while not self.flush():
             self.check()
-            time.sleep(min(5.0, max(0.5, self.patience_s - self.down_for())))
+            time.sleep(min(5.0, max(0.5, self.patience_s - self._outage.down_for())))
 
 
 def _now_ms() -> int:

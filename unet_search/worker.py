@@ -147,8 +147,9 @@ def _save_checkpoint(state: TrainingState, outbox: tracking.Outbox | None = None
     """The training state and the MLflow logging not yet sent (a restarted trial sends it)."""
     directory = tempfile.mkdtemp(prefix="unet-search-ckpt-")
     torch.save(state.state_dict(), Path(directory) / STATE_FILE)
-    if outbox is not None and outbox.pending():
-        (Path(directory) / UNSENT_FILE).write_text(json.dumps(outbox.pending()), "utf-8")
+    unsent = outbox.pending() if outbox is not None else []
+    if unsent:
+        (Path(directory) / UNSENT_FILE).write_text(json.dumps(unsent), "utf-8")
     return directory
 
 
