@@ -66,13 +66,24 @@ def interleaved(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def peak_rss_mib(pid: int | None = None) -> float:
-    """Peak resident memory (VmHWM) of a process, MiB."""
-    path = Path(f"/proc/{pid or os.getpid()}/status")
-    for line in path.read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def space(raw: dict[str, Any]) -> Any:
+    """A search space given as a dict, validated as its YAML file would be (keys in order)."""
+    import yaml
+
+    from unet_search.spaces import load_space_text
+
+    return load_space_text(yaml.safe_dump(raw, sort_keys=False), f"{raw['name']}.yaml")
+
+
+def search(raw: dict[str, Any], data: Path, work: Path, **options: Any) -> Any:
+    """The real search of space ``raw`` on ``data`` (work dir ``work``); ``options`` go to
+    :func:`unet_search.search.run_search` (callbacks, stopper)."""
+    from unet_search.data import load_dataset
+    from unet_search.search import run_search
+
+    spec = space(raw)
+    arrays = load_dataset(data, spec.base_config().data)
+    return run_search(spec, arrays, data, work, **options)
 
 
 def verdict(name: str, value: float, target: str, ok: bool) -> None:

@@ -24,7 +24,6 @@ from typing import Any
 import _common
 import optuna
 import ray
-import yaml
 from ray import tune
 
 from unet_search import tracking
@@ -33,7 +32,6 @@ from unet_search.search import (
     SearchContext,
     _tuner,
 )
-from unet_search.spaces import load_space
 from unet_search.worker import init_ray
 
 SPACE = {
@@ -86,10 +84,7 @@ def run_plain(trials: int, sleep: float, cpus: int, storage: str) -> float:
 
 
 def run_search_like(trials: int, sleep: float, cpus: int, work: Path) -> float:
-    path = work / "bookkeeping.yaml"
-    raw = {**SPACE, "search": {**SPACE["search"], "num_samples": trials}}
-    path.write_text(yaml.safe_dump(raw))
-    spec = load_space(path)
+    spec = _common.space({**SPACE, "search": {**SPACE["search"], "num_samples": trials}})
     uri = tracking.resolve_tracking_uri(work)
     experiment = tracking.ensure_experiment(uri, spec.name, work)
     search_id = f"bookkeeping-{int(time.time())}"

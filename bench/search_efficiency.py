@@ -27,9 +27,6 @@ import _common
 import yaml
 from ray import tune
 
-from unet_search.data import load_dataset
-from unet_search.search import run_search
-from unet_search.spaces import load_space
 from unet_search.worker import init_ray
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,14 +63,13 @@ class EpochBudget(tune.Stopper):
 
 
 def space(
-    work: Path,
     name: str,
     sampler: str,
     scheduler: dict[str, Any],
     samples: int,
     seed: int,
     max_t: int,
-) -> Path:
+) -> dict[str, Any]:
     raw = yaml.safe_load((ROOT / "search_spaces" / "quick.yaml").read_text())
     raw["name"] = name
     raw["fixed"].update(
@@ -95,23 +91,13 @@ def space(
             "scheduler": scheduler,
         }
     )
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    return raw
 
 
-def search(data: Path, work: Path, path: Path, budget: int | None) -> EpochLog:
-    spec = load_space(path)
+def search(data: Path, work: Path, raw: dict[str, Any], budget: int | None) -> EpochLog:
     log = EpochLog()
     stopper = EpochBudget(log, budget) if budget else None
-    run_search(
-        spec,
-        load_dataset(data, spec.base_config().data),
-        data,
-        work,
-        callbacks=[log],
-        stopper=stopper,
-    )
+    _common.search(raw, data, work, callbacks=[log], stopper=stopper)
     return log
 
 
@@ -134,19 +120,19 @@ def main() -> None:
             random = search(
                 data,
                 work,
-                space(work, f"rnd{seed}", "random", {"type": "fifo"}, TRIALS, seed, args.max_t),
+                space(f"rnd{seed}", "random", {"type": "fifo"}, TRIALS, seed, args.max_t),
                 None,
             )
             tpe = search(
                 data,
                 work,
-                space(work, f"tpe{seed}", "tpe", asha, 10 * TRIALS, seed, args.max_t),
+                space(f"tpe{seed}", "tpe", asha, 10 * TRIALS, seed, args.max_t),
                 budget,
             )
             tpe16 = search(
                 data,
                 work,
-                space(work, f"tpe16s{seed}", "tpe", asha, TRIALS, seed, args.max_t),
+                space(f"tpe16s{seed}", "tpe", asha, TRIALS, seed, args.max_t),
                 None,
             )
             target = random.best()

@@ -21,7 +21,6 @@ from typing import Any
 
 import _common
 import torch
-import yaml
 from mlflow.tracking import MlflowClient
 
 from unet_search.config import RunConfig
@@ -29,8 +28,6 @@ from unet_search.data import load_dataset
 from unet_search.engine import seed_everything
 from unet_search.losses import build_loss
 from unet_search.models import build_model
-from unet_search.search import run_search
-from unet_search.spaces import load_space
 from unet_search.worker import _loaders, init_ray, run_training
 
 N_IMAGES, SIZE = 200, 64
@@ -79,22 +76,15 @@ def _steady_rate(uri: str, run_id: str, n_train: int) -> tuple[float, int]:
 
 
 def search_trial(data: Path, work: Path, fixed: dict[str, Any], epochs: int) -> float:
-    work.mkdir(parents=True, exist_ok=True)
-    space = work / "overhead.yaml"
-    space.write_text(
-        yaml.safe_dump(
-            {
-                "name": "overhead",
-                "fixed": {**fixed, "epochs": epochs},
-                "params": {},
-                "search": {"num_samples": 1, "baseline": "none", "scheduler": {"type": "fifo"}},
-            }
-        )
-    )
-    spec = load_space(space)
     os.environ["UNET_SEARCH_HOME"] = str(work)
-    out = run_search(spec, load_dataset(data, spec.base_config().data), data, work)
-    n_train = _n_train(spec.base_config())
+    raw = {
+        "name": "overhead",
+        "fixed": {**fixed, "epochs": epochs},
+        "params": {},
+        "search": {"num_samples": 1, "baseline": "none", "scheduler": {"type": "fifo"}},
+    }
+    out = _common.search(raw, data, work)
+    n_train = _n_train(RunConfig.from_dict(raw["fixed"]))
     rate, steps = _steady_rate(f"sqlite:///{work / 'mlflow.db'}", out.trials[0].run_id, n_train)
     assert steps == epochs, f"{steps} epochs logged"
     return rate

@@ -26,12 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import _common
-import yaml
 from ray import tune
 
-from unet_search.data import load_dataset
-from unet_search.search import run_search
-from unet_search.spaces import load_space
 from unet_search.worker import init_ray
 
 FIXED = {
@@ -106,24 +102,16 @@ def one_search(
 ) -> tuple[list[float], float]:
     """A search of TRIALS trials one after the other: each trial's start -> first step, and
     the peak memory of the search's Ray processes over what they held before it."""
-    space = work / f"{name}.yaml"
-    space.parent.mkdir(parents=True, exist_ok=True)
     settings = {"num_samples": TRIALS, "max_concurrent_trials": 1, "baseline": "none"}
-    space.write_text(
-        yaml.safe_dump(
-            {
-                "name": name,
-                "fixed": {**FIXED, **resources},
-                "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
-                "search": {**settings, "scheduler": {"type": "fifo"}},
-            }
-        )
-    )
-    spec = load_space(space)
-    arrays = load_dataset(data, spec.base_config().data)
+    raw = {
+        "name": name,
+        "fixed": {**FIXED, **resources},
+        "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+        "search": {**settings, "scheduler": {"type": "fifo"}},
+    }
     timer = FirstResult()
     watch = MemoryWatch()
-    run_search(spec, arrays, data, work, callbacks=[timer])
+    _common.search(raw, data, work, callbacks=[timer])
     memory = watch.peak_mib()
     order = sorted(timer.start, key=timer.start.__getitem__)
     costs = [timer.first[t][0] - timer.start[t] - timer.first[t][1] for t in order]
