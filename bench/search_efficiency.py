@@ -3,13 +3,15 @@ with no early stopping, the same budget of training epochs, several seeds.
 
 - (a) epochs TPE + ASHA needs to reach the best val_dice random search reaches with its whole
   budget, over the epochs random search needs for it (target <= 0.33);
-- (b) 16 trials of TPE + ASHA: total epochs over 16 x max_t (target <= 0.4);
+- (b) 16 trials of TPE + ASHA: total epochs over 16 x max_t (target <= 0.4), for ASHA with
+  promotions (``asha``, the default) and Tune's stopping rule (``asha_stopping``) side by side;
 - (c) the best val_dice of each at equal budget.
 
 Both run the real search (in-process trials, the quick space's parameters at 32 px, no
-baseline trial). Random search: 16 trials x max_t epochs = the budget. TPE + ASHA: trials
-until the budget is spent (a stopper counts every epoch any trial trains). Epochs are counted
-in the order the driver receives them.
+baseline trial). Random search: 16 trials x max_t epochs = the budget. TPE + ASHA: up to
+3 x 16 trials (ASHA trains about a third of each), cut when the budget is spent (a stopper
+counts every epoch any trial trains). Epochs are counted in the order the driver receives
+them.
 
     python bench/search_efficiency.py [--seeds 0 1 2] [--max-t 6]
 """
@@ -110,7 +112,8 @@ def main() -> None:
     _common.header(f"search efficiency: TPE+ASHA vs random, budget {budget} epochs")
     init_ray()
     asha = {"type": "asha", "grace_period": 1, "reduction_factor": 3}
-    ratios, fractions, bests = [], [], []
+    stopping = {**asha, "type": "asha_stopping"}
+    ratios, fractions, stopping_fractions, bests = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "home"
         work.mkdir()
@@ -126,13 +129,19 @@ def main() -> None:
             tpe = search(
                 data,
                 work,
-                space(f"tpe{seed}", "tpe", asha, 10 * TRIALS, seed, args.max_t),
+                space(f"tpe{seed}", "tpe", asha, 3 * TRIALS, seed, args.max_t),
                 budget,
             )
             tpe16 = search(
                 data,
                 work,
                 space(f"tpe16s{seed}", "tpe", asha, TRIALS, seed, args.max_t),
+                None,
+            )
+            tpe16_stopping = search(
+                data,
+                work,
+                space(f"tpe16x{seed}", "tpe", stopping, TRIALS, seed, args.max_t),
                 None,
             )
             target = random.best()
@@ -142,12 +151,14 @@ def main() -> None:
             fraction = len(tpe16.points) / budget
             ratios.append(ratio)
             fractions.append(fraction)
+            stopping_fractions.append(len(tpe16_stopping.points) / budget)
             bests.append((random.best(), tpe.best()))
             print(
                 f"seed {seed}: random best {random.best():.4f} after {need_random} epochs; "
                 f"TPE+ASHA reaches it after {need_tpe} epochs (ratio {ratio:.3f}), best "
                 f"{tpe.best():.4f} in {len(tpe.points)} epochs; 16 TPE+ASHA trials used "
-                f"{len(tpe16.points)} epochs ({fraction:.3f} of 16 x {args.max_t})",
+                f"{len(tpe16.points)} epochs ({fraction:.3f} of 16 x {args.max_t}; Tune's "
+                f"stopping rule {stopping_fractions[-1]:.3f})",
                 flush=True,
             )
     ratio = statistics.median(ratios)
@@ -156,6 +167,10 @@ def main() -> None:
     )
     fraction = statistics.median(fractions)
     _common.verdict("(b) ASHA epochs / (16 x max_t) (median)", fraction, "<= 0.4", fraction <= 0.4)
+    print(
+        "(b) the same with Tune's stopping rule (asha_stopping): "
+        f"{statistics.median(stopping_fractions):.3f} (median)"
+    )
     print(
         "(c) best val_dice at equal budget, random vs TPE+ASHA: "
         + ", ".join(f"{r:.4f} vs {t:.4f}" for r, t in bests)

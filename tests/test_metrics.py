@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from unet_search.metrics import dice_iou_per_image, dsb_image_score, logits_to_labels
+from unet_search.metrics import (
+    dice_iou_per_image,
+    dsb_image_score,
+    logits_to_labels,
+    soft_dice_per_image,
+)
 
 
 def _square(shape: tuple[int, int], y: int, x: int, h: int, w: int, value: int = 1) -> np.ndarray:
@@ -83,3 +88,23 @@ def test_dsb_merged_nuclei_lose_one_match() -> None:
     assert dsb_image_score(truth > 0, truth) == 0.0
     # One of two nuclei found exactly, the other missed: TP=1, FN=1 -> 0.5 at every t.
     assert dsb_image_score(truth == 1, truth) == pytest.approx(0.5)
+
+
+def test_soft_dice_hand_computed_and_ranks_what_the_thresholded_dice_ties() -> None:
+    truth = torch.from_numpy(np.stack([_square((4, 4), 0, 0, 2, 2), np.zeros((4, 4), np.int64)]))
+    # Probabilities 0.25 everywhere (logit of 1/3): no pixel over 0.5, thresholded Dice 0.
+    low = torch.full((2, 1, 4, 4), float(np.log(1 / 3)))
+    # (2 * 4 * 0.25 + 1) / (16 * 0.25 + 4 + 1) = 3 / 9; empty truth: 1 / (4 + 1)
+    assert soft_dice_per_image(low, truth).tolist() == pytest.approx([3 / 9, 1 / 5])
+    # 0.4 on the object, 0.25 elsewhere: still Dice 0 when thresholded, but a higher soft Dice.
+    closer = low.clone()
+    closer[0, 0, :2, :2] = float(np.log(0.4 / 0.6))
+    dice, _ = dice_iou_per_image(logits_to_labels(closer), truth, num_classes=1)
+    assert dice[0] == 0.0
+    soft = soft_dice_per_image(closer, truth)
+    assert soft[0] == pytest.approx((2 * 4 * 0.4 + 1) / (4 * 0.4 + 12 * 0.25 + 4 + 1))
+    assert soft[0] > 3 / 9
+    # Multi-class logits: softmax, the foreground classes averaged; a sure, right answer is ~1.
+    labels = torch.from_numpy(_square((4, 4), 0, 0, 2, 2) + _square((4, 4), 2, 2, 2, 2, 2))[None]
+    sure = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float() * 50
+    assert soft_dice_per_image(sure, labels).tolist() == pytest.approx([1.0])

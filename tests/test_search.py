@@ -164,18 +164,11 @@ def test_end_to_end_search_with_a_ddp_trial(
     assert shapes == {"pyfunc": [2, 97, 131], "own": [[97, 131], [40, 33]], "same": True}
 
 
-def test_asha_stops_a_hopeless_trial_and_optuna_sees_it_pruned(
-    ray_local: None,
-    search_data: Path,
-    workdir: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    # Seeded TPE draws lr 0.01, then 1e-7 (hopeless), then 0.01; one trial at a time, so at
-    # ASHA's rung (epoch 2: after one epoch Adam at 0.01 can still be worse than no training)
-    # the hopeless trial is below the median of [good, hopeless] and is stopped.
-    raw = {
-        "name": "asha",
+def _asha_space(name: str, scheduler: str) -> dict:
+    # Seeded TPE draws lr 0.01, then 1e-7 (hopeless), then 0.01 again; one trial at a time,
+    # rung at epoch 2 (reduction factor 2), metric val_loss.
+    return {
+        "name": name,
         "fixed": {
             **TINY,
             "epochs": 4,
@@ -192,22 +185,42 @@ def test_asha_stops_a_hopeless_trial_and_optuna_sees_it_pruned(
             "seed": 10,
             "baseline": "none",
             "max_concurrent_trials": 1,
-            "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
+            "scheduler": {"type": scheduler, "grace_period": 2, "reduction_factor": 2},
         },
     }
-    out = _search(tmp_path, search_data, workdir, raw)
+
+
+def _asha_search(
+    tmp_path: Path, data: Path, workdir: Path, capsys: pytest.CaptureFixture[str], scheduler: str
+) -> tuple[SearchOutcome, str]:
+    """The search of :func:`_asha_space` and its live view's last line."""
+    out = _search(tmp_path, data, workdir, _asha_space(f"asha-{scheduler}", scheduler))
     assert [t.params["lr"] for t in out.trials] == [0.01, 1e-7, 0.01]
-    assert [t.status for t in out.trials] == ["FINISHED", "KILLED", "FINISHED"]
-    last = [line for line in capsys.readouterr().out.splitlines() if "] trials: " in line][-1]
-    assert "0 running, 2 finished, 1 stopped early, 0 failed" in last
-    assert [t.epochs for t in out.trials] == [4, 2, 4]
-    killed = _client(workdir).get_run(out.trials[1].run_id)
-    assert killed.info.status == "KILLED"
-    assert killed.data.tags["unet_search.outcome"] == "stopped_early"
-    stopped = _client(workdir).search_runs(
+    return out, [ln for ln in capsys.readouterr().out.splitlines() if "] trials: " in ln][-1]
+
+
+def _stopped_early(workdir: Path, out: SearchOutcome) -> list[str]:
+    runs = _client(workdir).search_runs(
         [out.experiment_id], "tags.unet_search.outcome = 'stopped_early'"
     )
-    assert [r.info.run_id for r in stopped] == [out.trials[1].run_id]
+    assert all(r.info.status == "KILLED" for r in runs)
+    return sorted(r.info.run_id for r in runs)
+
+
+def test_tunes_stopping_asha_stops_a_hopeless_trial_and_optuna_sees_it_pruned(
+    ray_local: None,
+    search_data: Path,
+    workdir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Tune's rule decides when a trial reaches the rung (epoch 2): the hopeless trial is below
+    # the cutoff of [good, hopeless] and stops; the third (as good as the first) goes on.
+    out, last = _asha_search(tmp_path, search_data, workdir, capsys, "asha_stopping")
+    assert [t.status for t in out.trials] == ["FINISHED", "KILLED", "FINISHED"]
+    assert "0 running, 2 finished, 1 stopped early, 0 failed" in last
+    assert [t.epochs for t in out.trials] == [4, 2, 4]
+    assert _stopped_early(workdir, out) == [out.trials[1].run_id]
     # The report draws the stopped trial too (parallel coordinates, best so far).
     assert out.report is not None and "1 stopped early" in out.report.read_text()
     states = [t.state for t in out.study.trials]
@@ -219,6 +232,38 @@ def test_asha_stops_a_hopeless_trial_and_optuna_sees_it_pruned(
     assert out.trials[0].value == out.trials[2].value
     assert out.study.trials[0].value == pytest.approx(out.trials[0].value)
     assert out.best is not None and out.best.status == "FINISHED"
+
+
+def test_asha_pauses_at_the_rung_promotes_the_best_and_stops_the_rest(
+    ray_local: None,
+    search_data: Path,
+    workdir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # ASHA as its paper has it: trial 0 reaches the rung alone (a rung of 1 promotes
+    # floor(1/2) = 0) and pauses; the hopeless trial 1 reaches it and pauses; now trial 0 is
+    # the best half of 2 and resumes from its checkpoint to epoch 4. Trial 2 (the same
+    # config, the same values) reaches the rung third: floor(3/2) = 1 promotion, already
+    # made, and an equal value does not displace the earlier trial. Nothing left to run or
+    # promote: the paused trials 1 and 2 are stopped early.
+    out, last = _asha_search(tmp_path, search_data, workdir, capsys, "asha")
+    assert [t.status for t in out.trials] == ["FINISHED", "KILLED", "KILLED"]
+    assert [t.epochs for t in out.trials] == [4, 2, 2]
+    assert "0 running, 1 finished, 2 stopped early, 0 failed" in last
+    assert _stopped_early(workdir, out) == sorted(t.run_id for t in out.trials[1:])
+    # The paused-and-resumed trial kept one MLflow run with each epoch logged once.
+    history = _client(workdir).get_metric_history(out.trials[0].run_id, "val_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    states = [t.state for t in out.study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
+    first, hopeless, third = out.study.trials
+    assert list(hopeless.intermediate_values) == list(third.intermediate_values) == [1, 2]
+    assert hopeless.value == hopeless.intermediate_values[2]
+    # Reproducible: trial 2 has trial 0's values at the epochs both trained.
+    assert third.intermediate_values == {k: first.intermediate_values[k] for k in (1, 2)}
+    assert first.value == pytest.approx(out.trials[0].value)
+    assert out.best is not None and out.best.trial_id == out.trials[0].trial_id
 
 
 def test_a_worse_search_registers_a_challenger_and_keeps_the_champion(

@@ -125,7 +125,11 @@ def test_baseline_trial_samples_nothing_and_keeps_search_budget(tmp_path: Path) 
         ({"search__mode": "min"}, "`search.mode` must be 'max' for val_dice"),
         ({"search__baseline": "keras"}, "`search.baseline` must be `none` or a preset"),
         ({"search__sampler": "grid"}, "`search.sampler` must be one of ['tpe', 'random']"),
-        ({"search__scheduler": {"type": "hyperband"}}, "must be 'asha' or 'fifo'"),
+        ({"search__startup_trials": -1}, "`search.startup_trials` must be null or an integer"),
+        (
+            {"search__scheduler": {"type": "hyperband"}},
+            "must be one of ['asha', 'asha_stopping', 'fifo']",
+        ),
         ({"search__scheduler": {"grace_period": 5}}, "must be <= epochs (2)"),
         ({"search__scheduler": {"max_t": 9}}, "`search.scheduler.max_t` must be an integer in"),
         ({"params__depth": {"type": "int", "low": 4, "high": 3}}, "`low <= high` must hold"),
@@ -217,8 +221,10 @@ def test_sampler_setting_picks_a_seeded_optuna_sampler(tmp_path: Path) -> None:
         overrides = {f"search__{k}": v for k, v in search.items()}
         return load_space(_write(tmp_path, _space(**overrides))).settings
 
-    def first_lrs(sampler: str, seed: int) -> list[float]:
-        spec = load_space(_write(tmp_path, _space(search__sampler=sampler, search__seed=seed)))
+    def first_lrs(sampler: str, seed: int, **search: object) -> list[float]:
+        overrides = {f"search__{k}": v for k, v in search.items()}
+        raw = _space(search__sampler=sampler, search__seed=seed, **overrides)
+        spec = load_space(_write(tmp_path, raw))
         study = optuna.create_study(direction="maximize", sampler=make_sampler(spec.settings))
         values = []
         for _ in range(3):
@@ -232,3 +238,9 @@ def test_sampler_setting_picks_a_seeded_optuna_sampler(tmp_path: Path) -> None:
     assert isinstance(make_sampler(settings(sampler="random")), optuna.samplers.RandomSampler)
     assert first_lrs("random", 3) == first_lrs("random", 3)  # seeded: the same trials again
     assert first_lrs("random", 3) != first_lrs("random", 4)
+    # TPE's random start: a quarter of the search, 2 to 10 trials, unless set.
+    assert [settings(num_samples=n).tpe_startup_trials for n in (3, 8, 16, 100)] == [2, 2, 4, 10]
+    assert settings(num_samples=100, startup_trials=0).tpe_startup_trials == 0
+    # The same seeded random start, then TPE models the results from the third trial on.
+    early, late = first_lrs("tpe", 5, startup_trials=2), first_lrs("tpe", 5, startup_trials=10)
+    assert early[:2] == late[:2] and early[2] != late[2]

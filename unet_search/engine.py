@@ -22,7 +22,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from unet_search.config import ConfigError, OptimConfig, RunConfig, TrainConfig
-from unet_search.metrics import dice_iou_per_image, dsb_image_score, logits_to_labels
+from unet_search.metrics import (
+    dice_iou_per_image,
+    dsb_image_score,
+    logits_to_labels,
+    soft_dice_per_image,
+)
 
 __all__ = [
     "OPTIMIZERS",
@@ -46,7 +51,13 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     ),
 }
 SCHEDULES = ("none", "cosine", "onecycle")
-MAXIMIZE = {"val_dice": True, "val_iou": True, "val_dsb_score": True, "val_loss": False}
+MAXIMIZE = {
+    "val_dice": True,
+    "val_iou": True,
+    "val_dsb_score": True,
+    "val_loss": False,
+    "val_soft_dice": True,
+}
 
 
 def seed_everything(seed: int) -> None:
@@ -254,14 +265,15 @@ def evaluate(
     device: torch.device,
     with_dsb: bool,
 ) -> dict[str, float]:
-    """Validation loss, Dice, IoU (per image, averaged) and optionally the DSB2018 score.
+    """Validation loss, Dice, IoU, soft Dice (per image, averaged) and optionally the DSB2018
+    score.
 
     Each rank evaluates its own shard; sums are reduced over ranks, so no sample is counted
     twice. Uses the unwrapped model (no DDP collectives during evaluation).
     """
     module = getattr(model, "module", model)
     module.eval()
-    sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # loss*n, dice, iou, dsb, n
+    sums = [0.0] * 6  # loss*n, dice, iou, dsb, n, soft dice
     for batch in _batches(loader, device, cfg.train.channels_last):
         with _autocast(device, cfg.train.amp):
             logits = module(batch["image"])
@@ -275,9 +287,15 @@ def evaluate(
             fg, truth = (labels > 0).cpu().numpy(), batch["instances"].cpu().numpy()
             sums[3] += sum(dsb_image_score(fg[i], truth[i]) for i in range(n))
         sums[4] += n
-    loss, dice_sum, iou_sum, dsb_sum, count = _sum_over_ranks(sums, device)
+        sums[5] += float(soft_dice_per_image(logits, batch["mask"]).sum())
+    loss, dice_sum, iou_sum, dsb_sum, count, soft_sum = _sum_over_ranks(sums, device)
     count = max(count, 1)
-    out = {"val_loss": loss / count, "val_dice": dice_sum / count, "val_iou": iou_sum / count}
+    out = {
+        "val_loss": loss / count,
+        "val_dice": dice_sum / count,
+        "val_iou": iou_sum / count,
+        "val_soft_dice": soft_sum / count,
+    }
     if with_dsb:
         out["val_dsb_score"] = dsb_sum / count
     return out

@@ -16,6 +16,7 @@ __all__ = [
     "dice_iou_per_image",
     "dsb_image_score",
     "logits_to_labels",
+    "soft_dice_per_image",
 ]
 
 DSB_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)  # 0.50, 0.55, ..., 0.95
@@ -61,6 +62,35 @@ def dice_iou_per_image(
         empty, 1.0, torch.nan_to_num(iou, nan=0.0).sum(1) / (~torch.isnan(iou)).sum(1).clamp(min=1)
     )
     return dice, iou
+
+
+def soft_dice_per_image(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image soft Dice of predicted probabilities (no threshold), smoothed by one pixel.
+
+    Unlike the thresholded Dice it moves with every improvement of the probabilities, and it
+    does not depend on the loss a trial trains with, so it ranks trials whose thresholded Dice
+    is tied (early in training many predict no foreground at all and score exactly 0).
+
+    Args:
+        logits: (N, K, H, W); K = 1 is binary (sigmoid, label 1 is the foreground), else
+            softmax over K classes and classes 1..K-1 are scored and averaged.
+        target: (N, H, W) integer labels.
+    Returns:
+        (N,) float64 in (0, 1].
+    """
+    logits = logits.float()
+    if logits.shape[1] == 1:  # binary: channel 0 is the foreground (label 1)
+        channels = [(torch.sigmoid(logits[:, 0]), 1)]
+    else:
+        probs = torch.softmax(logits, dim=1)
+        channels = [(probs[:, c], c) for c in range(1, logits.shape[1])]
+    scores = []
+    for p, c in channels:
+        t = (target == c).flatten(1).to(p.dtype)
+        p = p.flatten(1)
+        inter, total = (p * t).sum(1).double(), (p.sum(1) + t.sum(1)).double()
+        scores.append((2 * inter + 1) / (total + 1))
+    return torch.stack(scores, 1).mean(1)
 
 
 def dsb_image_score(pred_foreground: np.ndarray, true_instances: np.ndarray) -> float:

@@ -32,10 +32,10 @@ from ray import tune
 from ray.air.constants import TRAINING_ITERATION
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from unet_search import registry, tracking
+from unet_search.asha import make_scheduler
 from unet_search.config import RunConfig, UserError, code_version
 from unet_search.data import DatasetArrays
 from unet_search.live import LiveView
@@ -78,11 +78,43 @@ class PruningAwareOptunaSearch(OptunaSearch):
     last result lacks ``finished`` (it was stopped from outside, by ASHA) is PRUNED; Optuna
     keeps its intermediate values (reported every epoch by ``on_trial_result``). A baseline
     trial, if asked for, is enqueued first and samples nothing.
+
+    It limits its concurrent trials itself (Tune's ``ConcurrencyLimiter`` defers to it): a
+    trial that ASHA paused at a rung (:mod:`unet_search.asha`) holds no resources and does not
+    count, or paused trials would keep new ones from starting. A paused trial that ASHA never
+    promotes is stopped with no result and is PRUNED at its last reported value.
     """
 
     def __init__(self, *args: Any, enqueue_baseline: bool = False, **kwargs: Any) -> None:
         self._enqueue_baseline = enqueue_baseline
+        self._max_concurrent = 0  # 0: no limit
+        self._live: set[str] = set()
+        self._paused: set[str] = set()
+        self._reported: set[str] = set()  # trials that reported an intermediate value
         super().__init__(*args, **kwargs)
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        self._max_concurrent = max_concurrent
+        return True
+
+    def trial_paused(self, trial_id: str) -> None:
+        self._paused.add(trial_id)
+
+    def trial_resumed(self, trial_id: str) -> None:
+        self._paused.discard(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        super().on_trial_result(trial_id, result)
+        if result.get(self.metric) is not None:
+            self._reported.add(trial_id)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self._max_concurrent and len(self._live - self._paused) >= self._max_concurrent:
+            return None
+        suggestion = super().suggest(trial_id)
+        if suggestion is not None:
+            self._live.add(trial_id)
+        return suggestion
 
     def _setup_study(self, mode: str | list[str]) -> None:
         super()._setup_study(mode)
@@ -93,10 +125,15 @@ class PruningAwareOptunaSearch(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
+        self._live.discard(trial_id)
+        self._paused.discard(trial_id)
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         value = None if result is None else result.get(self.metric)
-        if error or value is None:
+        if not error and result is None and trial_id in self._reported:
+            # Stopped while paused at a rung (Tune passes no result): pruned there.
+            state, value = TrialState.PRUNED, None
+        elif error or value is None:
             state, value = TrialState.FAIL, None
         elif result and result.get("finished"):
             state = TrialState.COMPLETE
@@ -538,17 +575,7 @@ def _tuner(
     stopper: tune.Stopper | None = None,
 ) -> tune.Tuner:
     spec, settings = ctx.spec, ctx.spec.settings
-    epochs = spec.base_config().train.epochs
-    scheduler: TrialScheduler = FIFOScheduler()
-    if settings.scheduler.type == "asha":
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            metric=spec.tune_metric,
-            mode=settings.mode,
-            max_t=settings.scheduler.max_t or epochs,
-            grace_period=settings.scheduler.grace_period,
-            reduction_factor=settings.scheduler.reduction_factor,
-        )
+    scheduler = make_scheduler(spec, searcher)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
