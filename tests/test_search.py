@@ -266,6 +266,33 @@ def test_asha_pauses_at_the_rung_promotes_the_best_and_stops_the_rest(
     assert out.best is not None and out.best.trial_id == out.trials[0].trial_id
 
 
+def test_asha_never_pauses_the_baseline(
+    ray_local: None, search_data: Path, workdir: Path, tmp_path: Path
+) -> None:
+    # One trial at a time, a rung at epoch 1 (reduction 2): the baseline reaches it alone,
+    # where any other trial pauses (floor(1/2) = 0 promotions). It is the reference every
+    # result is compared with, so it trains on: both its epochs before the next trial starts.
+    raw = {
+        "name": "asha-base",
+        "fixed": {**TINY, "epochs": 2},
+        "params": {"lr": {"type": "choice", "values": [0.01]}},
+        "search": {
+            "num_samples": 2,
+            "baseline": "seed_keras",
+            "max_concurrent_trials": 1,
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        },
+    }
+    out = _search(tmp_path, search_data, workdir, raw)
+    baseline, other = out.trials
+    assert baseline.baseline and (baseline.status, baseline.epochs) == ("FINISHED", 2)
+    client = _client(workdir)
+    ours = client.get_metric_history(baseline.run_id, "val_dice")
+    theirs = client.get_metric_history(other.run_id, "val_dice")
+    assert sorted(m.step for m in ours) == [1, 2]
+    assert max(m.timestamp for m in ours) < min(m.timestamp for m in theirs)
+
+
 def test_a_worse_search_registers_a_challenger_and_keeps_the_champion(
     ray_local: None, search_data: Path, workdir: Path, tmp_path: Path
 ) -> None:

@@ -14,7 +14,9 @@ if it is in the top 1/``reduction_factor`` of the results the rung has *so far*,
 stops. It never pauses, but the first trials of a search face almost no competition: with 16
 trials, 2 at a time, it trained 0.52-0.67 of the full budget (``bench/search_efficiency.py``).
 
-Both rank a rung by the search metric (each trial's best so far) and break exact ties with
+The search's baseline trial (``search.baseline``) is never paused or stopped: it is the
+reference every result is compared with, so it trains its full epochs; it does count at its
+rungs. Both rank a rung by the search metric (each trial's best so far) and break exact ties with
 the best soft Dice so far: early in training many trials predict no foreground at all and
 score a Dice of exactly 0, and a rung of equal values says nothing about which to keep.
 """
@@ -27,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from unet_search.spaces import BASELINE_ATTR
 
 if TYPE_CHECKING:
     from unet_search.spaces import SearchSpec
@@ -50,8 +54,13 @@ def rank_value(result: dict[str, Any], metric: str, mode: str) -> float | None:
     return value + TIE_WEIGHT * float(result.get(TIE_BREAK) or 0.0)
 
 
+def is_baseline(trial: Trial) -> bool:
+    return bool((trial.config or {}).get(BASELINE_ATTR))
+
+
 class TieBreakingASHA(ASHAScheduler):
-    """Ray Tune's asynchronous (stopping) ASHA, ranking rungs by :func:`rank_value`."""
+    """Ray Tune's asynchronous (stopping) ASHA, ranking rungs by :func:`rank_value`; the
+    baseline trial counts at its rungs but goes on."""
 
     def _ranked(self, result: dict[str, Any]) -> dict[str, Any]:
         assert self._metric and self._mode, "given at construction"
@@ -62,7 +71,11 @@ class TieBreakingASHA(ASHAScheduler):
         return {**result, self._metric: value * (1.0 if self._mode == "max" else -1.0)}
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
-        return str(super().on_trial_result(tune_controller, trial, self._ranked(result)))
+        action = str(super().on_trial_result(tune_controller, trial, self._ranked(result)))
+        going = result.get(TIME_ATTR, 0) < self._max_t
+        if is_baseline(trial) and action == TrialScheduler.STOP and going:
+            return TrialScheduler.CONTINUE
+        return action
 
     def on_trial_complete(
         self, tune_controller: Any, trial: Trial, result: dict[str, Any]
@@ -157,7 +170,7 @@ class PromotingASHA(FIFOScheduler):
         for rung in reached:
             self._rungs[rung][trial.trial_id] = value
         rung = reached[-1]
-        if trial.trial_id in self._promotable(rung):
+        if trial.trial_id in self._promotable(rung) or is_baseline(trial):
             action = TrialScheduler.CONTINUE
             self._promoted[rung].add(trial.trial_id)
         else:
