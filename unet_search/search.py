@@ -85,8 +85,11 @@ class PruningAwareOptunaSearch(OptunaSearch):
     promotes is stopped with no result and is PRUNED at its last reported value.
     """
 
-    def __init__(self, *args: Any, enqueue_baseline: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, enqueue_baseline: bool = False, pause_aware: bool = False, **kwargs: Any
+    ) -> None:
         self._enqueue_baseline = enqueue_baseline
+        self._pause_aware = pause_aware  # ASHA with promotions: limit concurrency here
         self._max_concurrent = 0  # 0: no limit
         self._live: set[str] = set()
         self._paused: set[str] = set()
@@ -94,6 +97,8 @@ class PruningAwareOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
+        if not self._pause_aware:
+            return False  # Tune's ConcurrencyLimiter does it
         self._max_concurrent = max_concurrent
         return True
 
@@ -776,6 +781,7 @@ def run_search(
         mode=spec.settings.mode,
         sampler=make_sampler(spec.settings),
         enqueue_baseline=spec.settings.baseline is not None,
+        pause_aware=spec.settings.scheduler.type == "asha",
     )
     tuner = _tuner(
         ctx,
