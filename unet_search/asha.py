@@ -256,6 +256,7 @@ def make_scheduler(spec: SearchSpec, searcher: Any) -> TrialScheduler:
             grace_period=settings.scheduler.grace_period,
             reduction_factor=settings.scheduler.reduction_factor,
         )
+    searcher.track_pauses()
     return PromotingASHA(
         metric=spec.tune_metric,
         mode=settings.mode,

@@ -79,17 +79,16 @@ class PruningAwareOptunaSearch(OptunaSearch):
     keeps its intermediate values (reported every epoch by ``on_trial_result``). A baseline
     trial, if asked for, is enqueued first and samples nothing.
 
-    It limits its concurrent trials itself (Tune's ``ConcurrencyLimiter`` defers to it): a
-    trial that ASHA paused at a rung (:mod:`unet_search.asha`) holds no resources and does not
-    count, or paused trials would keep new ones from starting. A paused trial that ASHA never
+    Under a scheduler that pauses trials (:func:`unet_search.asha.make_scheduler` calls
+    :meth:`track_pauses`) it limits its concurrent trials itself, Tune's ``ConcurrencyLimiter``
+    deferring to it: a trial paused at a rung holds no resources and does not count, or paused
+    trials would keep new ones from starting. A paused trial that ASHA never
     promotes is stopped with no result and is PRUNED at its last reported value.
     """
 
-    def __init__(
-        self, *args: Any, enqueue_baseline: bool = False, pause_aware: bool = False, **kwargs: Any
-    ) -> None:
+    def __init__(self, *args: Any, enqueue_baseline: bool = False, **kwargs: Any) -> None:
         self._enqueue_baseline = enqueue_baseline
-        self._pause_aware = pause_aware  # ASHA with promotions: limit concurrency here
+        self._pause_aware = False  # see track_pauses
         self._max_concurrent = 0  # 0: no limit
         self._live: set[str] = set()
         self._paused: set[str] = set()
@@ -101,6 +100,10 @@ class PruningAwareOptunaSearch(OptunaSearch):
             return False  # Tune's ConcurrencyLimiter does it
         self._max_concurrent = max_concurrent
         return True
+
+    def track_pauses(self) -> None:
+        """The scheduler pauses trials and reports them to trial_paused / trial_resumed."""
+        self._pause_aware = True
 
     def trial_paused(self, trial_id: str) -> None:
         self._paused.add(trial_id)
@@ -781,7 +784,6 @@ def run_search(
         mode=spec.settings.mode,
         sampler=make_sampler(spec.settings),
         enqueue_baseline=spec.settings.baseline is not None,
-        pause_aware=spec.settings.scheduler.type == "asha",
     )
     tuner = _tuner(
         ctx,
