@@ -1,11 +1,22 @@
-"""ASHA's rungs and ranking (the searches that pause, promote and stop trials are in
-test_search.py)."""
+"""ASHA's rungs and ranking, and the schedulers saving Tune's state before a trial starts
+(the searches that pause, promote and stop trials are in test_search.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from unet_search.asha import TIE_BREAK, milestones, rank_value
+from unet_search.asha import (
+    TIE_BREAK,
+    DurableFIFO,
+    PromotingASHA,
+    SavesNewTrials,
+    TieBreakingASHA,
+    milestones,
+    rank_value,
+)
 
 
 def test_rungs_are_grace_times_powers_of_the_reduction_below_max_t() -> None:
@@ -31,3 +42,39 @@ def test_rank_value_breaks_exact_ties_by_soft_dice_and_nothing_else() -> None:
     assert c > b > a
     assert b == pytest.approx(-0.5 + 0.4e-6)
     assert rank_value({"val_dice": 0.3}, "best_val_dice", "max") is None
+
+
+@pytest.mark.parametrize("kind", ["fifo", "asha", "asha_stopping"])
+def test_every_trial_is_in_the_saved_state_before_it_starts(
+    ray_local: None, tmp_path: Path, kind: str
+) -> None:
+    from ray import tune
+
+    def in_saved_state(config: dict[str, Any]) -> None:
+        """Reports whether Tune's saved experiment state (what `resume` restores) already
+        names this trial as it starts, i.e. before it could open its MLflow run. (Defined
+        here so that Ray ships it by value: the workers cannot import the tests.)"""
+        trial_id = tune.get_context().get_trial_id()
+        saved = "".join(p.read_text() for p in Path(config["dir"]).glob("experiment_state-*"))
+        tune.report({"saved": float(trial_id in saved), "best_val_dice": 0.5, TIE_BREAK: 0.5})
+
+    metric = {"metric": "best_val_dice", "mode": "max"}
+    rungs = {"max_t": 1, "grace_period": 1, "reduction_factor": 2}  # one step, no rung
+    scheduler: SavesNewTrials = {
+        "fifo": lambda: DurableFIFO(),
+        "asha": lambda: PromotingASHA(**metric, **rungs, num_samples=6),
+        "asha_stopping": lambda: TieBreakingASHA(
+            time_attr="training_iteration", **metric, **rungs
+        ),
+    }[kind]()
+    results = tune.Tuner(
+        in_saved_state,
+        param_space={"dir": str(tmp_path / "exp"), "x": tune.uniform(0, 1)},
+        tune_config=tune.TuneConfig(
+            num_samples=6, scheduler=scheduler, max_concurrent_trials=1, reuse_actors=True
+        ),
+        run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0),
+    ).fit()
+    saved = [r.metrics["saved"] for r in results]
+    # Tune alone saves every 10 s or more: these 6 one-step trials start within that.
+    assert saved == [1.0] * 6

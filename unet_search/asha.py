@@ -35,7 +35,13 @@ from unet_search.spaces import BASELINE_ATTR
 if TYPE_CHECKING:
     from unet_search.spaces import SearchSpec
 
-__all__ = ["PromotingASHA", "TieBreakingASHA", "make_scheduler", "rank_value"]
+__all__ = [
+    "PromotingASHA",
+    "SavesNewTrials",
+    "TieBreakingASHA",
+    "make_scheduler",
+    "rank_value",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +64,43 @@ def is_baseline(trial: Trial) -> bool:
     return bool((trial.config or {}).get(BASELINE_ATTR))
 
 
-class TieBreakingASHA(ASHAScheduler):
+class SavesNewTrials(TrialScheduler):
+    """Saves Tune's experiment state (its trials and the searcher's) as soon as new trials
+    are added, before any of them can start.
+
+    A trial opens its MLflow run as it starts; Tune on its own saves its state every 10 s or
+    more. A search driver killed in between left a run whose trial ``resume`` never heard of
+    (Optuna gave its number to a new trial) and that stayed RUNNING. Tune adds the trials
+    the searcher suggests, then asks the scheduler which trial to run (``choose_trial_to_run``)
+    before it starts any: the state saved there holds every trial that can open a run. During
+    ``resume`` the restored trials are added one by one; saving only when all are back keeps
+    a partial list from overwriting the full one.
+    """
+
+    _unsaved = False
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        self._unsaved = True
+        super().on_trial_add(tune_controller, trial)
+
+    def save_new_trials(self, tune_controller: Any) -> None:
+        if self._unsaved:
+            # The scheduler gets a wrapper that warns on each method it does not list;
+            # saving is the controller's own, so call it there.
+            controller = getattr(tune_controller, "_tune_controller", tune_controller)
+            controller.checkpoint(force=True, wait=True)  # written and copied to storage
+            self._unsaved = False
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        self.save_new_trials(tune_controller)
+        return super().choose_trial_to_run(tune_controller)
+
+
+class DurableFIFO(SavesNewTrials, FIFOScheduler):
+    """First in, first out, with no early stopping (``fifo``)."""
+
+
+class TieBreakingASHA(SavesNewTrials, ASHAScheduler):
     """Ray Tune's asynchronous (stopping) ASHA, ranking rungs by :func:`rank_value`; the
     baseline trial counts at its rungs but goes on."""
 
@@ -92,7 +134,7 @@ def milestones(grace_period: int, reduction_factor: int, max_t: int) -> list[int
     return out
 
 
-class PromotingASHA(FIFOScheduler):
+class PromotingASHA(SavesNewTrials, FIFOScheduler):
     """ASHA with promotions (see the module docstring).
 
     ``on_pause`` / ``on_resume`` tell the searcher which trials wait at a rung, so that they
@@ -137,6 +179,7 @@ class PromotingASHA(FIFOScheduler):
         return [t for t in self._top(rung) if t not in self._promoted[rung]]
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        super().on_trial_add(tune_controller, trial)
         self._added.add(trial.trial_id)
         last = trial.last_result or {}
         done, value = last.get(TIME_ATTR), rank_value(last, *self._rank_by)
@@ -205,6 +248,7 @@ class PromotingASHA(FIFOScheduler):
             self._to_resume.remove(trial.trial_id)
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        self.save_new_trials(tune_controller)
         trials = tune_controller.get_trials()
         by_id = {t.trial_id: t for t in trials}
         for trial_id in self._to_resume:  # promotions first
@@ -245,7 +289,7 @@ def make_scheduler(spec: SearchSpec, searcher: Any) -> TrialScheduler:
     settings = spec.settings
     kind = settings.scheduler.type
     if kind == "fifo":
-        return FIFOScheduler()
+        return DurableFIFO()
     max_t = settings.scheduler.max_t or spec.base_config().train.epochs
     if kind == "asha_stopping":
         return TieBreakingASHA(
