@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +34,30 @@ def test_preprocessing_records_what_inference_needs() -> None:
 
 
 @pytest.mark.slow
+def test_the_training_code_imports_mlflow_only_where_it_logs() -> None:
+    """Of a trial's Ray Train workers only rank 0 logs: the others import the training code
+    (unet_search.worker) and must not pay MLflow's import (~0.7 s each) as the trial starts."""
+    code = (
+        "import json, sys\n"
+        "def mlflow(): return sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow')\n"
+        "import unet_search.worker\n"
+        "before = mlflow()\n"
+        "from unet_search import tracking\n"
+        "try:\n"
+        "    tracking.end_run('sqlite:///unused.db', 'no-run', 'NOT_A_STATUS')\n"
+        "except Exception as err:\n"
+        "    print(json.dumps([before, len(mlflow()), str(err)]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    before, after, error = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert before == []
+    # The first call that needs MLflow imports it (here its RunStatus refuses the status).
+    assert after > 10 and "NOT_A_STATUS" in error
+
+
 def test_impossible_resources_fail_at_once(
     ray_local: None, synth_dir: Path, workdir: Path
 ) -> None:

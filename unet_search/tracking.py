@@ -1,7 +1,9 @@
 """Every MLflow call for runs: experiments, run creation, params, per-epoch metrics, artifacts.
 
 Uses ``MlflowClient`` with an explicit tracking URI everywhere (no global "active run"), so
-the same functions work in the CLI process and inside Ray workers. Default store: SQLite
+the same functions work in the CLI process and inside Ray workers. MLflow is imported on
+first use: of a trial's Ray Train workers only rank 0 logs, and the others need not spend
+MLflow's import (~0.7 s of CPU each) while a trial starts. Default store: SQLite
 under the work directory, artifacts in ``<work_dir>/mlartifacts``; ``MLFLOW_TRACKING_URI``
 is honoured.
 """
@@ -17,14 +19,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
-from mlflow.entities import Metric, Param, RunStatus, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from unet_search.config import UserError
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 __all__ = [
     "TAG_CODE_VERSION",
@@ -108,7 +110,7 @@ def resolve_tracking_uri(workdir: Path, *, create: bool = True) -> str:
 def ensure_experiment(uri: str, name: str, workdir: Path) -> str:
     """The id of experiment ``name``, created if missing (artifacts under the work dir when
     the store is a local SQLite file, else where the server puts them)."""
-    client = MlflowClient(uri)
+    client = _client(uri)
     found = client.get_experiment_by_name(name)
     if found is not None:
         return str(found.experiment_id)
@@ -128,11 +130,19 @@ def _param_value(value: Any) -> str:
     return "None" if value is None else str(value)
 
 
+def _client(uri: str) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
 def create_run(
     uri: str, experiment_id: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]
 ) -> str:
     """Create a run (status RUNNING) with its params and tags; returns the run id."""
-    client = MlflowClient(uri)
+    from mlflow.entities import Param
+
+    client = _client(uri)
     run = client.create_run(
         experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
     )
@@ -147,15 +157,19 @@ def log_metrics(
 ) -> None:
     """Log a set of metrics at one step (epoch) in one request, stamped ``timestamp`` (ms;
     default now)."""
+    from mlflow.entities import Metric
+
     stamp = _now_ms() if timestamp is None else timestamp
     batch = [Metric(k, float(v), stamp, step) for k, v in sorted(metrics.items())]
-    MlflowClient(uri).log_batch(run_id, metrics=batch)
+    _client(uri).log_batch(run_id, metrics=batch)
 
 
 def log_params(uri: str, run_id: str, params: Mapping[str, Any]) -> None:
     """Add params to a run (an existing param may only be logged again with the same value)."""
+    from mlflow.entities import Param
+
     items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
-    MlflowClient(uri).log_batch(run_id, params=items)
+    _client(uri).log_batch(run_id, params=items)
 
 
 def log_image(
@@ -165,26 +179,30 @@ def log_image(
 
     ``image``: (H, W, 3) uint8 array or PIL image. Logged synchronously: a trial's process
     may end right after its last report."""
-    MlflowClient(uri).log_image(
+    _client(uri).log_image(
         run_id, image, key=key, step=step, timestamp=timestamp, synchronous=True
     )
 
 
 def set_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
-    MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    from mlflow.entities import RunTag
+
+    _client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def log_artifacts(
     uri: str, run_id: str, local_dir: Path, artifact_path: str | None = None
 ) -> None:
     """Upload a directory's files under ``artifact_path`` of the run."""
-    MlflowClient(uri).log_artifacts(run_id, str(local_dir), artifact_path)
+    _client(uri).log_artifacts(run_id, str(local_dir), artifact_path)
 
 
 def end_run(uri: str, run_id: str, status: str) -> None:
     """Mark the run FINISHED, KILLED or FAILED."""
+    from mlflow.entities import RunStatus
+
     RunStatus.from_string(status)  # raises on an unknown status
-    MlflowClient(uri).set_terminated(run_id, status)
+    _client(uri).set_terminated(run_id, status)
 
 
 def _search_filter(search_id: str) -> str:
@@ -201,7 +219,7 @@ def open_child_run(
 ) -> str:
     """The trial's run under the parent, found by (search id, trial id) if it exists (a
     restarted trial continues its run: no duplicates), else created RUNNING."""
-    client = MlflowClient(uri)
+    client = _client(uri)
     query = (
         f"{_search_filter(tags[TAG_SEARCH_ID])} and tags.`{TAG_TRIAL_ID}` = '{tags[TAG_TRIAL_ID]}'"
     )
@@ -226,13 +244,13 @@ def _child_runs(client: MlflowClient, experiment_id: str, search_id: str) -> lis
 
 def find_child_runs(uri: str, experiment_id: str, search_id: str) -> dict[str, str]:
     """trial id -> run id for the trials of a search."""
-    runs = _child_runs(MlflowClient(uri), experiment_id, search_id)
+    runs = _child_runs(_client(uri), experiment_id, search_id)
     return {r.data.tags[TAG_TRIAL_ID]: r.info.run_id for r in runs}
 
 
 def child_run_names(uri: str, experiment_id: str, search_id: str) -> dict[str, tuple[str, str]]:
     """trial id -> (run id, run name) for the trials of a search, in one query."""
-    runs = _child_runs(MlflowClient(uri), experiment_id, search_id)
+    runs = _child_runs(_client(uri), experiment_id, search_id)
     return {
         r.data.tags[TAG_TRIAL_ID]: (r.info.run_id, r.info.run_name or r.info.run_id) for r in runs
     }
@@ -240,19 +258,19 @@ def child_run_names(uri: str, experiment_id: str, search_id: str) -> dict[str, t
 
 def find_parent_runs(uri: str, experiment_id: str) -> dict[str, str]:
     """search id -> parent run id for the searches of an experiment."""
-    runs = MlflowClient(uri).search_runs(
+    runs = _client(uri).search_runs(
         [experiment_id], filter_string=f"tags.`{TAG_KIND}` = 'search'", max_results=50_000
     )
     return {r.data.tags[TAG_SEARCH_ID]: r.info.run_id for r in runs}
 
 
 def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
-    MlflowClient(uri).log_text(run_id, text, artifact_file)
+    _client(uri).log_text(run_id, text, artifact_file)
 
 
 def download_artifacts(uri: str, run_id: str, path: str, dst: Path) -> Path:
     """Download a run's artifact folder to ``dst``; returns the local path."""
-    return Path(MlflowClient(uri).download_artifacts(run_id, path, str(dst)))
+    return Path(_client(uri).download_artifacts(run_id, path, str(dst)))
 
 
 @dataclass(frozen=True)
@@ -271,7 +289,7 @@ def rank_trials(trials: Sequence[Any], mode: str) -> list[Any]:
 
 def find_search(uri: str, search_id: str) -> str:
     """The parent run id of search ``search_id`` (any experiment); a UserError if none."""
-    client = MlflowClient(uri)
+    client = _client(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     parents = client.search_runs(
         experiments,
@@ -285,9 +303,11 @@ def find_search(uri: str, search_id: str) -> str:
 
 def read_text(uri: str, run_id: str, artifact_file: str) -> str:
     """A text artifact of a run."""
+    from mlflow.exceptions import MlflowException
+
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = MlflowClient(uri).download_artifacts(run_id, artifact_file, tmp)
+            path = _client(uri).download_artifacts(run_id, artifact_file, tmp)
         except MlflowException:
             raise UserError(f"run {run_id} has no {artifact_file} artifact.") from None
         return Path(path).read_text(encoding="utf-8")
@@ -304,7 +324,7 @@ def search_trials(uri: str, search_id: str) -> tuple[str, list[TrialRow]]:
     """(metric, trials ranked best first) of a search, read back from MLflow."""
     from unet_search.spaces import METRICS
 
-    client = MlflowClient(uri)
+    client = _client(uri)
     parent = client.get_run(find_search(uri, search_id))
     metric = parent.data.params.get("metric", "val_dice")
     children = _child_runs(client, parent.info.experiment_id, search_id)
@@ -321,12 +341,12 @@ def search_trials(uri: str, search_id: str) -> tuple[str, list[TrialRow]]:
 
 
 def run_status(uri: str, run_id: str) -> str:
-    return str(MlflowClient(uri).get_run(run_id).info.status)
+    return str(_client(uri).get_run(run_id).info.status)
 
 
 def reopen_run(uri: str, run_id: str) -> None:
     """Mark a run RUNNING again (a resumed search continues its parent run)."""
-    MlflowClient(uri).update_run(run_id, status="RUNNING")
+    _client(uri).update_run(run_id, status="RUNNING")
 
 
 @dataclass(frozen=True)
@@ -375,7 +395,7 @@ def _history(client: MlflowClient, run_id: str, key: str) -> tuple[tuple[int, in
 def search_record(uri: str, search_id: str, metric: str | None = None) -> SearchRecord:
     """The parent run and every trial run of a search, with each trial's per-epoch history of
     ``metric`` (default: the search's metric)."""
-    client = MlflowClient(uri)
+    client = _client(uri)
     parent = client.get_run(find_search(uri, search_id))
     metric = metric or parent.data.params.get("metric", "val_dice")
     trials = []
