@@ -234,3 +234,33 @@ def _final_states_seen(scrapes: list[dict[str, Any]], outcome: Any) -> bool:
         and value == len(outcome.trials)
         for labels, value in last.get("ray_unet_search_trials", [])
     )
+
+
+TINY = {"image_size": 32, "val_fraction": 0.25, "dsb_every": 0, "num_sample_images": 2}
+
+
+def asha_space(name: str, scheduler: str) -> dict:
+    """The search space of the ASHA tests (test_search.py, and a killed one in test_cluster.py)."""
+    # Seeded TPE draws lr 0.01, then 1e-7 (hopeless), then 0.01 again; one trial at a time,
+    # rung at epoch 2 (reduction factor 2), metric val_loss.
+    return {
+        "name": name,
+        "fixed": {
+            **TINY,
+            "epochs": 4,
+            "depth": 2,
+            "base_filters": 8,
+            "loss": "bce",
+            "lr_schedule": "none",
+            "batch_size": 2,
+        },
+        "params": {"lr": {"type": "choice", "values": [0.01, 1.0e-7]}},
+        "search": {
+            "num_samples": 3,
+            "metric": "val_loss",
+            "seed": 10,
+            "baseline": "none",
+            "max_concurrent_trials": 1,
+            "scheduler": {"type": scheduler, "grace_period": 2, "reduction_factor": 2},
+        },
+    }

@@ -78,3 +78,53 @@ def test_every_trial_is_in_the_saved_state_before_it_starts(
     saved = [r.metrics["saved"] for r in results]
     # Tune alone saves every 10 s or more: these 6 one-step trials start within that.
     assert saved == [1.0] * 6
+
+
+def test_resume_pauses_trials_restored_at_a_rung_again_and_the_rung_decides_anew() -> None:
+    """Tune keeps no scheduler state and resumes paused trials as pending: `resume` must not
+    let every trial that waited at a rung (an ASHA loser, maybe) train on."""
+    from ray.tune.experiment import Trial
+
+    from unet_search.spaces import BASELINE_ATTR
+
+    paused, resumed = [], []
+    asha = PromotingASHA(
+        metric="best_val_dice",
+        mode="max",
+        max_t=8,
+        grace_period=1,
+        reduction_factor=2,  # rungs 1, 2, 4
+        num_samples=6,
+        on_pause=paused.append,
+        on_resume=resumed.append,
+    )
+
+    def restored(done: int, dice: float, finished: bool = False, baseline: bool = False) -> Trial:
+        trial = Trial("fn", config={BASELINE_ATTR: True} if baseline else {}, stub=True)
+        trial.run_metadata.last_result = {
+            "training_iteration": done,
+            "best_val_dice": dice,
+            TIE_BREAK: dice,
+        }
+        trial.set_status(Trial.TERMINATED if finished else Trial.PENDING)
+        return trial
+
+    done_8 = restored(8, 0.9, finished=True)
+    at_2_good, at_2_bad = restored(2, 0.5), restored(2, 0.2)
+    at_3 = restored(3, 0.4)  # between rungs: it passed rung 2, it goes on
+    at_1 = restored(1, 0.1)
+    baseline = restored(2, 0.05, baseline=True)  # never paused
+    trials = [done_8, at_2_good, at_2_bad, at_3, at_1, baseline]
+    for trial in trials:
+        asha.on_trial_add(None, trial)
+    status = [t.status for t in trials]
+    assert status == ["TERMINATED", "PAUSED", "PAUSED", "PENDING", "PAUSED", "PENDING"]
+    assert paused == [at_2_good.trial_id, at_2_bad.trial_id, at_1.trial_id]
+    assert resumed == [at_3.trial_id, baseline.trial_id]
+
+    # What choose_trial_to_run does first once every restored trial is back: rung 2 holds
+    # 0.9, 0.5, 0.4, 0.2, 0.05 -> its best 2 are done_8 (passed it) and at_2_good, promoted;
+    # rung 1's best 3 (0.9, 0.5, 0.4) have all passed it: at_1 waits, as does at_2_bad.
+    asha._promote_waiting()
+    assert resumed[2:] == [at_2_good.trial_id]
+    assert "2 paused" in asha.debug_string()

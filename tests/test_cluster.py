@@ -4,6 +4,7 @@ KubeRay configs, checked against Ray's own schema and structurally."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -12,11 +13,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from conftest import asha_space
 
 ROOT = Path(__file__).parents[1]
 CLUSTER = ROOT / "cluster"
@@ -206,61 +209,119 @@ def test_submitted_search_runs_on_both_nodes_tracked_on_the_server(
     assert json.loads(fresh.stdout.strip().splitlines()[-1]) == [1, 45, 61]
 
 
-@pytest.mark.slow
-def test_a_killed_search_driver_is_resumed_without_rerunning_or_duplicating(
-    cluster: dict[str, str], cluster_data: Path
-) -> None:
-    env = cluster
+def _kill_then_resume(
+    env: dict[str, str],
+    space: Path,
+    data: Path,
+    name: str,
+    sets: list[str],
+    ready: Callable[[], bool],
+) -> subprocess.CompletedProcess[str]:
+    """Start a search, SIGKILL its driver once ``ready()``, then resume it."""
+    sets = [arg for item in [*SHRINK[1::2], *sets] for arg in ("--set", item)]
     driver = subprocess.Popen(
-        [
-            EXE,
-            "search",
-            "--space",
-            str(ROOT / "search_spaces" / "quick.yaml"),
-            "--data",
-            str(cluster_data),
-            "--name",
-            "kill-1",
-            *SHRINK,
-            "--set",
-            "epochs=3",
-            "--set",
-            "search.num_samples=5",
-            "--set",
-            "search.scheduler.type=fifo",
-        ],
+        [EXE, "search", "--space", str(space), "--data", str(data), "--name", name, *sets],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 400
-    finished: list = []
-    while len(finished) < 2:
+    while not ready():
         assert time.time() < deadline and driver.poll() is None, "search ended before the kill"
-        time.sleep(2)
-        finished = [r for r in _runs(env, "kill-1") if r.info.status == "FINISHED"]
+        time.sleep(1)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
-    before = {r.info.run_id for r in finished}
-
-    proc = _cli(env, "resume", "kill-1")
+    proc = _cli(env, "resume", name)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    return proc
+
+
+def _epochs(env: dict[str, str], run: Any) -> list[int]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    return sorted(int(m.step) for m in client.get_metric_history(run.info.run_id, "epoch"))
+
+
+@pytest.mark.slow
+def test_a_killed_search_driver_is_resumed_without_rerunning_or_duplicating(
+    cluster: dict[str, str], cluster_data: Path
+) -> None:
+    env = cluster
+    finished: list = []
+
+    def two_finished() -> bool:
+        finished[:] = [r for r in _runs(env, "kill-1") if r.info.status == "FINISHED"]
+        return len(finished) >= 2
+
+    sets = ["epochs=3", "search.num_samples=5", "search.scheduler.type=fifo"]
+    quick = ROOT / "search_spaces" / "quick.yaml"
+    proc = _kill_then_resume(env, quick, cluster_data, "kill-1", sets, two_finished)
+    before = {r.info.run_id for r in finished}
     assert "search kill-1: 5 trials" in proc.stdout
     runs = _runs(env, "kill-1")
     assert len(runs) == 5  # exactly num_samples trials, one MLflow run each
     assert len({r.data.tags["unet_search.trial_id"] for r in runs}) == 5
     assert {r.info.status for r in runs} == {"FINISHED"}
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     for run in runs:
-        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "epoch"))
+        steps = _epochs(env, run)
         if run.info.run_id in before:  # finished before the kill: nothing re-run
             assert steps == [1, 2, 3], run.info.run_name
         else:  # at most the epoch in flight at the kill (trained, not yet in Tune's state)
             assert sorted(set(steps)) == [1, 2, 3], run.info.run_name
             assert len(steps) - len(set(steps)) <= 1, run.info.run_name
     assert before <= {r.info.run_id for r in runs}  # finished trials kept their runs
+
+
+def _paused_configs(storage: Path) -> list[dict[str, Any]]:
+    """The configs of the trials PAUSED in the experiment state Tune last saved (what
+    `resume` reads)."""
+    out = []
+    for path in storage.glob("experiment_state-*.json"):
+        with contextlib.suppress(ValueError, OSError):  # one being written
+            for state, _ in json.loads(path.read_text())["trial_data"]:
+                trial = json.loads(state)
+                if trial["status"] == "PAUSED":
+                    out.append(trial["config"])
+    return out
+
+
+@pytest.mark.slow
+def test_a_search_killed_while_asha_pauses_a_trial_resumes_with_its_rungs(
+    cluster: dict[str, str], cluster_data: Path, tmp_path: Path
+) -> None:
+    """The default scheduler pauses trials at its rungs, and Tune resumes paused trials as
+    pending. After `resume` a trial that waited at a rung waits there again: the hopeless
+    trial, paused at the kill, stays stopped early at its rung instead of training on."""
+    env = cluster
+    # test_search.py's ASHA search: one trial at a time, lr 0.01, then 1e-7 (hopeless), then
+    # 0.01 again; a rung at epoch 2. The hopeless trial pauses at the rung and waits there
+    # while the first trains on and the third trains to the rung.
+    space = tmp_path / "asha.yaml"
+    space.write_text(yaml.safe_dump(asha_space("asha-kill", "asha")))
+    storage = Path(env["UNET_SEARCH_STORAGE"]) / "kill-2"  # cluster/local/start.sh sets it
+
+    def hopeless_paused() -> bool:
+        return any(c.get("lr") == 1.0e-7 for c in _paused_configs(storage))
+
+    proc = _kill_then_resume(env, space, cluster_data, "kill-2", [], hopeless_paused)
+    assert "search kill-2: 3 trials" in proc.stdout
+    runs = sorted(_runs(env, "kill-2"), key=lambda r: int(r.data.tags["unet_search.trial_number"]))
+    assert len({r.data.tags["unet_search.trial_id"] for r in runs}) == len(runs) == 3
+    first, hopeless, third = runs
+    assert float(hopeless.data.params["lr"]) == 1.0e-7
+    # Stopped early at its rung, where it waited: no epoch trained after the resume.
+    assert hopeless.info.status == "KILLED", hopeless.data.tags
+    assert hopeless.data.tags["unet_search.outcome"] == "stopped_early"
+    assert _epochs(env, hopeless) == [1, 2]
+    # The best of the rung trained on, from its checkpoint, in its one run.
+    assert first.info.status == "FINISHED"
+    assert sorted(set(_epochs(env, first))) == [1, 2, 3, 4]
+    assert len(_epochs(env, first)) <= 5  # the epoch in flight at the kill, at most
+    # The third equals the first at the rung: promoted or stopped there, nothing in between.
+    steps = _epochs(env, third)
+    expected = {"FINISHED": [1, 2, 3, 4], "KILLED": [1, 2]}[third.info.status]
+    assert sorted(set(steps)) == expected and len(steps) - len(set(steps)) <= 1
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY, asha_space
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -22,7 +23,6 @@ from unet_search.tracking import TAG_KIND, TAG_SEARCH_ID, TAG_TRIAL_ID, search_t
 
 pytestmark = pytest.mark.slow
 SPACES = sorted(Path(__file__).parents[1].joinpath("search_spaces").glob("*.yaml"))
-TINY = {"image_size": 32, "val_fraction": 0.25, "dsb_every": 0, "num_sample_images": 2}
 
 
 @pytest.fixture(scope="module")
@@ -164,37 +164,11 @@ def test_end_to_end_search_with_a_ddp_trial(
     assert shapes == {"pyfunc": [2, 97, 131], "own": [[97, 131], [40, 33]], "same": True}
 
 
-def _asha_space(name: str, scheduler: str) -> dict:
-    # Seeded TPE draws lr 0.01, then 1e-7 (hopeless), then 0.01 again; one trial at a time,
-    # rung at epoch 2 (reduction factor 2), metric val_loss.
-    return {
-        "name": name,
-        "fixed": {
-            **TINY,
-            "epochs": 4,
-            "depth": 2,
-            "base_filters": 8,
-            "loss": "bce",
-            "lr_schedule": "none",
-            "batch_size": 2,
-        },
-        "params": {"lr": {"type": "choice", "values": [0.01, 1.0e-7]}},
-        "search": {
-            "num_samples": 3,
-            "metric": "val_loss",
-            "seed": 10,
-            "baseline": "none",
-            "max_concurrent_trials": 1,
-            "scheduler": {"type": scheduler, "grace_period": 2, "reduction_factor": 2},
-        },
-    }
-
-
 def _asha_search(
     tmp_path: Path, data: Path, workdir: Path, capsys: pytest.CaptureFixture[str], scheduler: str
 ) -> tuple[SearchOutcome, str]:
     """The search of :func:`_asha_space` and its live view's last line."""
-    out = _search(tmp_path, data, workdir, _asha_space(f"asha-{scheduler}", scheduler))
+    out = _search(tmp_path, data, workdir, asha_space(f"asha-{scheduler}", scheduler))
     assert [t.params["lr"] for t in out.trials] == [0.01, 1e-7, 0.01]
     return out, [ln for ln in capsys.readouterr().out.splitlines() if "] trials: " in ln][-1]
 

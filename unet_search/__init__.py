@@ -23,6 +23,9 @@ for _key, _value in OFFLINE_ENV.items():
 
 # Quiet by default: no per-file progress bars when models and artifacts are downloaded.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# A search saves Tune's state at every trial checkpoint (every epoch: what `resume` needs),
+# which Tune warns about, in every search's log, whenever two come within 5 s. Deliberate.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 __version__ = "0.1.0"
 __all__ = ["OFFLINE_ENV", "RAY_ENV", "__version__", "load_model"]

@@ -164,6 +164,7 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         self._paused: dict[str, int] = {}  # trial id -> the rung it waits at
         self._to_resume: list[str] = []  # promoted while paused, not restarted yet
         self._added: set[str] = set()
+        self._restored_waiting = False  # resume re-paused trials at rungs: decide them
         self._on_pause, self._on_resume = on_pause, on_resume
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -186,15 +187,25 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         if done is None or value is None:
             return
         # A trial restored by `resume`: it reached the rungs up to its epoch, ranked there by
-        # its best so far (its value at each rung was not kept). An unfinished one (Tune
-        # resumes paused trials too) goes on, as if promoted; a finished one only counts.
+        # its best so far (its value at each rung was not kept), and passed those below it.
+        # A finished one only counts. An unfinished one that stopped exactly at a rung waits
+        # there again, paused, and the rung decides anew (Tune keeps no scheduler state and
+        # resumes paused trials as pending: it was paused there, or promoted and killed before
+        # its next epoch). Any other unfinished one goes on, as if promoted.
         going_on = not trial.is_finished()
+        waits = going_on and done in self._milestones and not is_baseline(trial)
         for rung, milestone in enumerate(self._milestones):
             if milestone <= done:
                 self._rungs[rung].setdefault(trial.trial_id, value)
-                if milestone < done or going_on:
+                if milestone < done or (going_on and not waits):
                     self._promoted[rung].add(trial.trial_id)
-        if going_on and self._on_resume is not None:
+        if waits:
+            trial.set_status(Trial.PAUSED)  # before Tune files it: it starts when promoted
+            self._paused[trial.trial_id] = self._milestones.index(done)
+            self._restored_waiting = True
+            if self._on_pause is not None:
+                self._on_pause(trial.trial_id)
+        elif going_on and self._on_resume is not None:
             self._on_resume(trial.trial_id)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
@@ -249,6 +260,9 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
         self.save_new_trials(tune_controller)
+        if self._restored_waiting:  # every restored trial is back: their rungs are whole
+            self._restored_waiting = False
+            self._promote_waiting()
         trials = tune_controller.get_trials()
         by_id = {t.trial_id: t for t in trials}
         for trial_id in self._to_resume:  # promotions first
