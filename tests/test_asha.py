@@ -51,12 +51,14 @@ def test_every_trial_is_in_the_saved_state_before_it_starts(
     from ray import tune
 
     def in_saved_state(config: dict[str, Any]) -> None:
-        """Reports whether Tune's saved experiment state (what `resume` restores) already
-        names this trial as it starts, i.e. before it could open its MLflow run. (Defined
-        here so that Ray ships it by value: the workers cannot import the tests.)"""
-        trial_id = tune.get_context().get_trial_id()
-        saved = "".join(p.read_text() for p in Path(config["dir"]).glob("experiment_state-*"))
-        tune.report({"saved": float(trial_id in saved), "best_val_dice": 0.5, TIE_BREAK: 0.5})
+        """Reports whether Tune's saved experiment state (what `resume` restores) names this
+        trial within 3 s of its start, as a search's trial checks before it opens its MLflow
+        run. Tune alone saves every 10 s or more. (Defined here so that Ray ships it by
+        value: the workers cannot import the tests.)"""
+        from unet_search.search import await_recorded
+
+        found = await_recorded(Path(config["dir"]), tune.get_context().get_trial_id(), 3.0)
+        tune.report({"saved": float(found), "best_val_dice": 0.5, TIE_BREAK: 0.5})
 
     metric = {"metric": "best_val_dice", "mode": "max"}
     rungs = {"max_t": 1, "grace_period": 1, "reduction_factor": 2}  # one step, no rung
@@ -75,9 +77,7 @@ def test_every_trial_is_in_the_saved_state_before_it_starts(
         ),
         run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0),
     ).fit()
-    saved = [r.metrics["saved"] for r in results]
-    # Tune alone saves every 10 s or more: these 6 one-step trials start within that.
-    assert saved == [1.0] * 6
+    assert [r.metrics["saved"] for r in results] == [1.0] * 6
 
 
 def test_resume_pauses_trials_restored_at_a_rung_again_and_the_rung_decides_anew() -> None:

@@ -181,6 +181,9 @@ class SearchContext:
     patience_s: float = tracking.DEFAULT_PATIENCE_S
 
 
+RECORD_TIMEOUT_S = 30.0  # see await_recorded: normally the state is there at once
+
+
 def trial_run_name(index: int, cfg: RunConfig, baseline: str | None) -> str:
     """A name a person can read, e.g. ``t007 unet++ resnet34 d4 f32``."""
     if baseline:
@@ -211,11 +214,41 @@ def _tune_checkpoint_dir() -> Iterator[str | None]:
         yield directory
 
 
+def await_recorded(experiment_dir: Path, trial_id: str, timeout_s: float) -> bool:
+    """Wait until Tune's saved experiment state in ``experiment_dir`` (what ``resume``
+    restores) names ``trial_id``; False if it does not within ``timeout_s``.
+
+    The scheduler saves the state as trials are added, before any can start
+    (:class:`unet_search.asha.SavesNewTrials`), and Tune copies it to the storage in the
+    background: a trial checks it is there before it opens its MLflow run, or a driver killed
+    in between would leave a run that ``resume`` never hears of."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for path in experiment_dir.glob("experiment_state-*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # being written
+                for state, _ in json.loads(path.read_text(encoding="utf-8"))["trial_data"]:
+                    if json.loads(state)["trial_id"] == trial_id:
+                        return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
 def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.ObjectRef]) -> None:
     """One trial: open (or reopen) its MLflow run, then train in-process or on Ray Train."""
     spec = ctx.spec
     cfg = spec.trial_run_config(config)
     trial_id = tune.get_context().get_trial_id()
+    # A shared folder can be read here; a storage URI (s3://...) is not checked.
+    if "://" not in ctx.storage and not await_recorded(
+        Path(ctx.storage) / ctx.search_id, trial_id, RECORD_TIMEOUT_S
+    ):
+        logging.getLogger(__name__).warning(
+            "trial %s: not in the search's saved state after %.0f s; `resume` after a killed "
+            "driver may not know it",
+            trial_id,
+            RECORD_TIMEOUT_S,
+        )
     baseline = spec.settings.baseline if spec.is_baseline(config) else None
     run_id = tracking.with_patience(
         ctx.tracking_uri,
