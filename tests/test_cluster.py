@@ -4,7 +4,6 @@ KubeRay configs, checked against Ray's own schema and structurally."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -20,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 from conftest import asha_space
+
+from unet_search.search import saved_trials
 
 ROOT = Path(__file__).parents[1]
 CLUSTER = ROOT / "cluster"
@@ -273,19 +274,6 @@ def test_a_killed_search_driver_is_resumed_without_rerunning_or_duplicating(
     assert before <= {r.info.run_id for r in runs}  # finished trials kept their runs
 
 
-def _paused_configs(storage: Path) -> list[dict[str, Any]]:
-    """The configs of the trials PAUSED in the experiment state Tune last saved (what
-    `resume` reads)."""
-    out = []
-    for path in storage.glob("experiment_state-*.json"):
-        with contextlib.suppress(ValueError, OSError):  # one being written
-            for state, _ in json.loads(path.read_text())["trial_data"]:
-                trial = json.loads(state)
-                if trial["status"] == "PAUSED":
-                    out.append(trial["config"])
-    return out
-
-
 @pytest.mark.slow
 def test_a_search_killed_while_asha_pauses_a_trial_resumes_with_its_rungs(
     cluster: dict[str, str], cluster_data: Path, tmp_path: Path
@@ -302,7 +290,8 @@ def test_a_search_killed_while_asha_pauses_a_trial_resumes_with_its_rungs(
     storage = Path(env["UNET_SEARCH_STORAGE"]) / "kill-2"  # cluster/local/start.sh sets it
 
     def hopeless_paused() -> bool:
-        return any(c.get("lr") == 1.0e-7 for c in _paused_configs(storage))
+        saved = saved_trials(storage)  # what `resume` reads
+        return any(t["status"] == "PAUSED" and t["config"].get("lr") == 1.0e-7 for t in saved)
 
     proc = _kill_then_resume(env, space, cluster_data, "kill-2", [], hopeless_paused)
     assert "search kill-2: 3 trials" in proc.stdout

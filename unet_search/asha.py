@@ -205,10 +205,8 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
                     self._promoted[rung].add(trial.trial_id)
         if waits:
             trial.set_status(Trial.PAUSED)  # before Tune files it: it starts when promoted
-            self._paused[trial.trial_id] = self._milestones.index(done)
+            self._wait_at(trial.trial_id, self._milestones.index(done))
             self._restored_waiting = True
-            if self._on_pause is not None:
-                self._on_pause(trial.trial_id)
         elif going_on and self._on_resume is not None:
             self._on_resume(trial.trial_id)
 
@@ -233,11 +231,15 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
             self._promoted[rung].add(trial.trial_id)
         else:
             action = TrialScheduler.PAUSE
-            self._paused[trial.trial_id] = rung
-            if self._on_pause is not None:
-                self._on_pause(trial.trial_id)
+            self._wait_at(trial.trial_id, rung)
         self._promote_waiting()
         return action
+
+    def _wait_at(self, trial_id: str, rung: int) -> None:
+        """``trial_id`` waits at ``rung`` (paused) until promoted; the searcher is told."""
+        self._paused[trial_id] = rung
+        if self._on_pause is not None:
+            self._on_pause(trial_id)
 
     def _promote_waiting(self) -> None:
         """Promote the paused trials that a new arrival made promotable, highest rung first.

@@ -214,24 +214,31 @@ def _tune_checkpoint_dir() -> Iterator[str | None]:
         yield directory
 
 
+def saved_trials(experiment_dir: Path) -> list[dict[str, Any]]:
+    """The trials (``trial_id``, ``status``, ``config``, ...) of Tune's saved experiment
+    state in ``experiment_dir``: what ``resume`` restores. A file being written is skipped."""
+    out: list[dict[str, Any]] = []
+    for path in experiment_dir.glob("experiment_state-*.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            data = json.loads(path.read_text(encoding="utf-8"))["trial_data"]
+            out.extend(json.loads(state) for state, _ in data)
+    return out
+
+
 def await_recorded(experiment_dir: Path, trial_id: str, timeout_s: float) -> bool:
-    """Wait until Tune's saved experiment state in ``experiment_dir`` (what ``resume``
-    restores) names ``trial_id``; False if it does not within ``timeout_s``.
+    """Wait until Tune's saved experiment state in ``experiment_dir`` names ``trial_id``;
+    False if it does not within ``timeout_s``.
 
     The scheduler saves the state as trials are added, before any can start
     (:class:`unet_search.asha.SavesNewTrials`), and Tune copies it to the storage in the
     background: a trial checks it is there before it opens its MLflow run, or a driver killed
     in between would leave a run that ``resume`` never hears of."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        for path in experiment_dir.glob("experiment_state-*.json"):
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # being written
-                for state, _ in json.loads(path.read_text(encoding="utf-8"))["trial_data"]:
-                    if json.loads(state)["trial_id"] == trial_id:
-                        return True
+    while not any(t.get("trial_id") == trial_id for t in saved_trials(experiment_dir)):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
+    return True
 
 
 def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.ObjectRef]) -> None:
