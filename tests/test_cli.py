@@ -234,3 +234,25 @@ def test_predict_writes_masks_at_original_sizes(tmp_path: Path) -> None:
         ),
         "is not a unet-search model",
     )
+
+
+def test_a_relative_storage_inside_a_ray_job_is_refused_before_anything_starts(
+    synth_dir: Path, tmp_path: Path
+) -> None:
+    """Inside a Ray job a relative path would point into the job's working_dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UNET_SEARCH_", "MLFLOW_"))}
+    env["RAY_JOB_CONFIG_JSON_ENV_VAR"] = '{"runtime_env": {}}'
+    space = Path(__file__).parents[1] / "search_spaces" / "quick.yaml"
+    for verb in (["search", "--space", str(space), "--data", str(synth_dir)], ["resume", "q-1"]):
+        proc = subprocess.run(
+            [EXE, *verb, "--storage", "runs"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=300,
+            check=False,
+        )
+        assert_user_error(proc, "--storage / UNET_SEARCH_STORAGE 'runs': must be an absolute")
+        assert proc.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # nothing written

@@ -7,16 +7,19 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import readme
 import yaml
 from conftest import asha_space
 
@@ -26,6 +29,7 @@ ROOT = Path(__file__).parents[1]
 CLUSTER = ROOT / "cluster"
 EXE = str(Path(sys.executable).with_name("unet-search"))
 SHRINK = ["--set", "image_size=32", "--set", "val_fraction=0.25", "--set", "dsb_every=0"]
+STATE_PLACEHOLDER = "/tmp/us-cluster"  # cluster/README.md's state folder
 
 
 def test_launcher_config_passes_rays_own_schema() -> None:
@@ -88,30 +92,35 @@ def _alive(sids: list[int]) -> list[str]:
     return [line for line in out.splitlines() if int(line.split()[1]) in sids]
 
 
+@dataclass
+class Cluster:
+    """The module's running cluster: started by cluster/README.md's own command."""
+
+    state: Path
+    env: dict[str, str]  # env.sh's settings plus a work dir, for the tests that run the CLI
+    started_by: str  # the README command that started it
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     state = tmp_path_factory.mktemp("cluster")
-    proc = subprocess.run(
-        ["bash", str(CLUSTER / "local" / "start.sh"), str(state)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    start = readme.find(readme.CLUSTER_README, "cluster/local/start.sh")
+    shell = readme.Shell(readme.ROOT, {STATE_PLACEHOLDER: str(state)})
+    shell.keep(readme.find(readme.CLUSTER_README, "source .venv/bin/activate"))
+    proc = shell.run(start, timeout=300)
     try:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         env = _env_of(state)
         env["UNET_SEARCH_HOME"] = str(state / "home")
-        env["CLUSTER_STATE"] = str(state)
         env.pop("RAY_ADDRESS_FOR_TESTS", None)
-        yield env
+        yield Cluster(state, env, start.text)
     finally:
-        subprocess.run(
-            ["bash", str(CLUSTER / "local" / "stop.sh"), str(state)],
-            timeout=120,
-            check=False,
-            capture_output=True,
-        )
+        shell.run(readme.find(readme.CLUSTER_README, "cluster/local/stop.sh"), timeout=120)
+
+
+@pytest.fixture(scope="module")
+def cluster(local_cluster: Cluster) -> dict[str, str]:
+    return local_cluster.env
 
 
 @pytest.fixture(scope="module")
@@ -144,44 +153,148 @@ def _listening(port: int) -> list[str]:
     return [line.split()[3] for line in out.splitlines() if line.split()[3].endswith(f":{port}")]
 
 
+# cluster/README.md's sequence, every command as written --------------------------------------
+
+
+@dataclass
+class Walk:
+    """What each command of cluster/README.md's block printed."""
+
+    cluster: Cluster
+    shell: readme.Shell
+    ran: dict[str, list[Any]] = field(default_factory=dict)
+
+    def first(self, prefix: str) -> Any:
+        return self.ran[prefix][0]
+
+
+def _ok(proc: subprocess.CompletedProcess[str], command: readme.Command) -> str:
+    output = proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, f"{command.where}: {command.text}\n{output}"
+    return proc.stdout
+
+
+def _submitted(text: str) -> str:
+    return text.split("submitted job ", 1)[1].split()[0]
+
+
+def _jobs(walk: Walk, command: readme.Command) -> dict[str, Any]:
+    """`unet-search jobs status|logs|stop JOB_ID`: status and logs of the submitted search;
+    stop of the same submit command started again and stopped while it runs."""
+    head, actions, tail = re.fullmatch(r"(.* )(\S+\|\S+)( JOB_ID.*)", command.text).groups()
+    assert set(actions.split("|")) == {"status", "logs", "stop"}, command.text
+
+    def jobs(action: str, job_id: str) -> str:
+        text = head + action + tail.replace("JOB_ID", job_id)
+        return _ok(walk.shell.run(readme.Command(text, command.where)), command)
+
+    job_id = _submitted(walk.first("unet-search submit"))
+    out: dict[str, Any] = {"status": jobs("status", job_id), "logs": jobs("logs", job_id)}
+    submit = readme.find(readme.CLUSTER_README, "unet-search submit")
+    background = walk.shell.start(
+        submit, *SHRINK, *FULL, log=walk.cluster.state / "submit-stopped.log"
+    )
+    try:
+        deadline = time.time() + 120
+        while "submitted job " not in background.output():
+            assert time.time() < deadline and background.proc.poll() is None, background.output()
+            time.sleep(0.2)
+        stopped = _submitted(background.output())
+        out["stop"] = jobs("stop", stopped)
+        out["stopped_exit"] = background.proc.wait(timeout=120)
+        out["stopped_output"] = background.output()
+        out["stopped_status"] = jobs("status", stopped)
+    finally:
+        background.stop()
+    return out
+
+
+def _run(*extra: str) -> Callable[[Walk, readme.Command], str]:
+    def run(walk: Walk, command: readme.Command) -> str:
+        return _ok(walk.shell.run(command, *extra), command)
+
+    return run
+
+
+def _started_by_the_fixture(walk: Walk, command: readme.Command) -> None:
+    assert command.text == walk.cluster.started_by  # the module's cluster, reused
+
+
+# The submitted search: 3 trials (two at a time, one per node) of 2 epochs; `ray job submit`'s:
+# 2 trials of 1 epoch.
+FIFO = ("--set", "search.scheduler.type=fifo", "--set", "search.scheduler.grace_period=1")
+FULL = ("--set", "epochs=2", "--set", "search.num_samples=3", *FIFO)
+SMALL = ("--set", "epochs=1", "--set", "search.num_samples=2", *FIFO)
+HANDLERS: dict[str, Callable[[Walk, readme.Command], Any]] = {
+    "source ": lambda walk, command: walk.shell.keep(command),
+    "cluster/local/start.sh": _started_by_the_fixture,
+    "unet-search submit": _run(*SHRINK, *FULL),
+    "unet-search jobs": _jobs,
+    "ray job submit": _run(*SHRINK, *SMALL),
+    "cluster/local/stop.sh": lambda walk, command: None,  # the last test of this module
+}
+
+
+@pytest.fixture(scope="module")
+def walk(
+    local_cluster: Cluster, cluster_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Walk:
+    """Every command of the block, in order, in a fresh folder like the checkout, with only
+    the environment the block sets up; a command no handler knows fails."""
+    folder = readme.checkout_like(tmp_path_factory.mktemp("cluster_user") / "checkout")
+    (folder / "data").mkdir()
+    (folder / "data" / "synth").symlink_to(cluster_data, target_is_directory=True)
+    shell = readme.Shell(folder, {STATE_PLACEHOLDER: str(local_cluster.state)})
+    result = Walk(local_cluster, shell)
+    result.ran = readme.walk(
+        readme.block(readme.CLUSTER_README, "cluster/local/start.sh"), HANDLERS, result
+    )
+    return result
+
+
+def _closing(out: str, walk: Walk) -> tuple[str, Any]:
+    """The search id and parent run a job's output names; checks its closing lines: the work
+    dir under the storage, the report and log there and in MLflow, the server's UI address."""
+    from mlflow.tracking import MlflowClient
+
+    storage = Path(walk.shell.value("$UNET_SEARCH_STORAGE"))
+    uri = walk.shell.value("$MLFLOW_TRACKING_URI")
+    assert f"work dir     {storage / 'unet-search-runs'} " in out
+    name = re.search(r"^search (\S+): \d+ trials", out, re.M)[1]
+    client = MlflowClient(uri)
+    run = client.get_run(re.search(r"also in MLflow: \S+ of run (\w+)\)", out)[1])
+    assert run.info.run_name == name and run.info.status == "FINISHED"
+    report = Path(re.search(r"^report +(\S+)", out, re.M)[1])
+    log = Path(re.search(r"^search log +(\S+)", out, re.M)[1])
+    assert report == storage / "unet-search-runs" / "reports" / name / "index.html"
+    assert log == storage / "unet-search-runs" / "logs" / f"{name}.log"
+    assert report.is_file() and log.is_file()
+    run_id = run.info.run_id
+    assert "report/index.html" in {a.path for a in client.list_artifacts(run_id, "report")}
+    assert {a.path for a in client.list_artifacts(run_id, "logs")} == {f"logs/{name}.log"}
+    ui = re.search(r"^MLflow UI +(\S+)$", out, re.M)[1]
+    assert ui == f"{uri}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    return name, run
+
+
 @pytest.mark.slow
-def test_submitted_search_runs_on_both_nodes_tracked_on_the_server(
-    cluster: dict[str, str], cluster_data: Path, tmp_path: Path
+def test_the_readme_submit_runs_on_both_nodes_tracked_on_the_server(
+    walk: Walk, tmp_path: Path
 ) -> None:
-    env = cluster
-    dashboard, mlflow_uri = env["UNET_SEARCH_DASHBOARD"], env["MLFLOW_TRACKING_URI"]
+    dashboard = walk.shell.value("$UNET_SEARCH_DASHBOARD")
+    mlflow_uri = walk.shell.value("$MLFLOW_TRACKING_URI")
     assert _listening(int(dashboard.rsplit(":", 1)[1])) == [dashboard.removeprefix("http://")]
     assert _listening(int(mlflow_uri.rsplit(":", 1)[1])) == [mlflow_uri.removeprefix("http://")]
 
-    proc = _cli(
-        env,
-        "submit",
-        "--address",
-        dashboard,
-        "--space",
-        str(ROOT / "search_spaces" / "quick.yaml"),
-        "--data",
-        str(cluster_data),
-        "--name",
-        "sub-1",
-        "--model-name",
-        "unet-cluster",
-        *SHRINK,
-        "--set",
-        "epochs=2",
-        "--set",
-        "search.num_samples=3",
-        "--set",
-        "search.scheduler.type=fifo",
-        "--wait",
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "SUCCEEDED" in proc.stdout and "submitted job raysubmit_" in proc.stdout
-    job_id = proc.stdout.split("submitted job ", 1)[1].split()[0]
-    status = _cli(env, "jobs", "status", job_id, "--address", dashboard)
-    assert status.stdout.strip() == "SUCCEEDED"
+    out = walk.first("unet-search submit")
+    job_id = _submitted(out)
+    assert job_id.startswith("raysubmit_") and f"job {job_id} SUCCEEDED" in out
+    name, _ = _closing(out, walk)
+    jobs = walk.first("unet-search jobs")
+    assert jobs["status"].strip() == "SUCCEEDED"
+    assert f"search {name}: 3 trials" in jobs["logs"]
 
-    runs = _runs(env, "sub-1")  # every run is on the tracking server
+    runs = _runs({"MLFLOW_TRACKING_URI": mlflow_uri}, name)  # every run is on the server
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
     assert len({r.data.tags["ray.node_id"] for r in runs}) == 2  # trials ran on both nodes
     from mlflow.tracking import MlflowClient
@@ -189,25 +302,46 @@ def test_submitted_search_runs_on_both_nodes_tracked_on_the_server(
     client = MlflowClient(mlflow_uri)
     best = max(runs, key=lambda r: r.data.metrics["best_val_dice"])
     assert {a.path for a in client.list_artifacts(best.info.run_id)} >= {"best_model", "samples"}
-    version = client.get_model_version_by_alias("unet-cluster", "champion")
-    assert version.tags["unet_search.search_id"] == "sub-1"
+    version = client.get_model_version_by_alias("unet-quick", "champion")
+    assert version.tags["unet_search.search_id"] == name
 
     code = (
         "import json, numpy as np, mlflow\n"
-        "m = mlflow.pyfunc.load_model('models:/unet-cluster@champion')\n"
+        "m = mlflow.pyfunc.load_model('models:/unet-quick@champion')\n"
         "print(json.dumps(list(m.predict(np.zeros((1, 45, 61, 3), np.uint8)).shape)))\n"
     )
     fresh = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri},
+        env={**walk.shell.env, "MLFLOW_TRACKING_URI": mlflow_uri},
         cwd=tmp_path,
         timeout=300,
         check=False,
     )
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert json.loads(fresh.stdout.strip().splitlines()[-1]) == [1, 45, 61]
+
+
+@pytest.mark.slow
+def test_the_readme_ray_job_submit_succeeds_and_registers_on_the_server(walk: Walk) -> None:
+    out = walk.first("ray job submit")
+    assert re.search(r"Job 'raysubmit_\w+' succeeded", out), out[-3000:]
+    name, run = _closing(out, walk)
+    assert f"search {name}: 2 trials" in out
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(walk.shell.value("$MLFLOW_TRACKING_URI"))
+    version = run.data.tags["unet_search.registered_version"]
+    assert client.get_model_version("unet-quick", version).tags["unet_search.search_id"] == name
+
+
+@pytest.mark.slow
+def test_the_readme_jobs_stop_stops_a_running_search(walk: Walk) -> None:
+    jobs = walk.first("unet-search jobs")
+    assert jobs["stop"].strip() == "stopped"
+    assert jobs["stopped_exit"] == 1 and " STOPPED" in jobs["stopped_output"]
+    assert jobs["stopped_status"].strip() == "STOPPED"
 
 
 def _kill_then_resume(
@@ -232,7 +366,8 @@ def _kill_then_resume(
         time.sleep(1)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
-    proc = _cli(env, "resume", name)
+    resume = readme.find(readme.CLUSTER_README, "unet-search resume").argv  # ... NAME
+    proc = _cli(env, *[name if arg == "NAME" else arg for arg in resume[1:]])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     return proc
 
@@ -314,17 +449,14 @@ def test_a_search_killed_while_asha_pauses_a_trial_resumes_with_its_rungs(
 
 
 @pytest.mark.slow
-def test_stop_leaves_no_process_behind(cluster: dict[str, str]) -> None:
-    state = Path(cluster["CLUSTER_STATE"])
+def test_stop_leaves_no_process_behind(local_cluster: Cluster) -> None:
+    state, env = local_cluster.state, local_cluster.env
     sids = _sids(state)
     assert len(sids) == 3 and _alive(sids)
-    subprocess.run(
-        ["bash", str(CLUSTER / "local" / "stop.sh"), str(state)],
-        timeout=120,
-        check=True,
-        capture_output=True,
-    )
+    stop = readme.find(readme.CLUSTER_README, "cluster/local/stop.sh")
+    proc = readme.Shell(readme.ROOT, {STATE_PLACEHOLDER: str(state)}).run(stop, timeout=120)
+    assert proc.returncode == 0 and f"local cluster in {state} stopped" in proc.stdout
     time.sleep(1)
     assert _alive(sids) == []
-    for url in (cluster["UNET_SEARCH_DASHBOARD"], cluster["MLFLOW_TRACKING_URI"]):
+    for url in (env["UNET_SEARCH_DASHBOARD"], env["MLFLOW_TRACKING_URI"]):
         assert _listening(int(url.rsplit(":", 1)[1])) == []

@@ -89,3 +89,35 @@ def test_bad_yaml_reports_file_and_line(tmp_path: Path) -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file does not exist"):
         load_run_config(tmp_path / "nope.yaml")
+
+
+def test_the_work_dir_of_a_ray_job_is_never_the_jobs_working_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's current directory is a package directory Ray may delete: there the work dir
+    follows the storage folder, else the home folder; outside a job it is ./unet-search-runs."""
+    from unet_search.config import UserError, work_dir
+
+    monkeypatch.chdir(tmp_path)
+    for key in ("UNET_SEARCH_HOME", "UNET_SEARCH_STORAGE", "RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        monkeypatch.delenv(key, raising=False)
+    storage = tmp_path / "shared" / "storage"
+    assert work_dir() == tmp_path / "unet-search-runs"
+    assert work_dir(str(storage)) == tmp_path / "unet-search-runs"  # not in a job: as ever
+
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"runtime_env": {}}')
+    assert work_dir() == Path.home() / "unet-search-runs"
+    assert work_dir(str(storage)) == storage / "unet-search-runs"  # --storage
+    assert work_dir("s3://bucket/runs") == Path.home() / "unet-search-runs"
+    monkeypatch.setenv("UNET_SEARCH_STORAGE", str(storage))
+    assert work_dir() == storage / "unet-search-runs"
+    assert work_dir("gs://bucket/runs") == Path.home() / "unet-search-runs"  # --storage wins
+    monkeypatch.setenv("UNET_SEARCH_HOME", str(tmp_path / "home"))
+    assert work_dir() == tmp_path / "home"  # the user's choice wins
+    monkeypatch.setenv("UNET_SEARCH_HOME", "rel/home")
+    with pytest.raises(UserError, match=r"UNET_SEARCH_HOME 'rel/home': must be an absolute"):
+        work_dir()
+    monkeypatch.delenv("UNET_SEARCH_HOME")
+    with pytest.raises(UserError, match=r"--storage / UNET_SEARCH_STORAGE 'runs': must be an"):
+        work_dir("runs")
+    assert not (tmp_path / "unet-search-runs").exists()  # nothing written

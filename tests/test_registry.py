@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import wait_for_http
 from mlflow.tracking import MlflowClient
 
 from unet_search import tracking
@@ -112,50 +107,3 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.mark.slow
-def test_mlflow_models_serve_answers_a_scoring_request(store, tmp_path: Path) -> None:
-    _register(store, tmp_path, 1, 0.6)
-    port = _free_port()
-    # The server execs `uvicorn` from PATH, as in an activated virtualenv.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store[0], "PATH": path}
-    mlflow_exe = str(Path(sys.executable).with_name("mlflow"))
-    server = subprocess.Popen(
-        [
-            mlflow_exe,
-            "models",
-            "serve",
-            "-m",
-            "models:/unet-test@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/ping", server, "mlflow models serve")
-        image = np.random.default_rng(0).integers(0, 255, (2, 37, 53, 3), dtype=np.uint8)
-        body = json.dumps({"inputs": image.tolist()}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=body,
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            predictions = np.array(json.loads(response.read())["predictions"])
-        assert predictions.shape == (2, 37, 53)
-        local = load_model(str(_model_dir(tmp_path, 1)))  # the same weights, loaded directly
-        assert np.array_equal(predictions, np.stack(local.predict(image)))
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, 15)
-        server.wait(timeout=30)

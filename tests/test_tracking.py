@@ -140,3 +140,16 @@ def test_basic_auth_server_lets_in_only_credentials_from_the_environment(tmp_pat
             with pytest.raises(Exception, match=r"401|Unauthorized|credentials"):
                 tracking.create_run(url, experiment, "anonymous", {}, {})
     assert password not in (tmp_path / "server.log").read_text()
+
+
+def test_the_ui_hint_is_a_servers_address_or_the_command_that_serves_a_local_store() -> None:
+    assert tracking.ui_hint("http://127.0.0.1:5055", "3", "abc") == (
+        "http://127.0.0.1:5055/#/experiments/3/runs/abc"
+    )
+    assert tracking.ui_hint("https://mlflow.example.org/", "3") == (
+        "https://mlflow.example.org/#/experiments/3"
+    )
+    assert tracking.ui_hint("sqlite:////w/mlflow.db", "1", "r") == (
+        "mlflow ui --backend-store-uri sqlite:////w/mlflow.db  then open "
+        "http://127.0.0.1:5000/#/experiments/1/runs/r"
+    )

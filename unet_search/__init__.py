@@ -31,9 +31,11 @@ __version__ = "0.1.0"
 __all__ = ["OFFLINE_ENV", "RAY_ENV", "__version__", "load_model"]
 
 
-def load_model(uri: str, device: str = "cpu"):  # type: ignore[no-untyped-def]
+def load_model(  # type: ignore[no-untyped-def]
+    uri: str, device: str = "cpu", tracking_uri: str | None = None
+):
     """``unet_search.load_model("models:/NAME@champion").predict(images)`` -> masks at the
     images' original sizes. See :func:`unet_search.inference.load_model`."""
     from unet_search.inference import load_model as _load
 
-    return _load(uri, device)
+    return _load(uri, device, tracking_uri)

@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from unet_search.config import work_dir
     from unet_search.data import load_dataset, materialize
     from unet_search.models import validate_model_config
-    from unet_search.tracking import resolve_tracking_uri
+    from unet_search.tracking import resolve_tracking_uri, ui_hint
     from unet_search.worker import run_training
 
     cfg = _load_config(args, num_workers=args.workers, gpus_per_worker=args.gpus_per_worker)
@@ -124,10 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run id       {outcome.run_id}")
     print(f"parameters   {outcome.num_parameters:,}")
     print(f"final        {json.dumps(shown)}")
-    print(
-        f"MLflow UI    mlflow ui --backend-store-uri {uri}  then open "
-        f"http://127.0.0.1:5000/#/experiments/{outcome.experiment_id}/runs/{outcome.run_id}"
-    )
+    print(f"MLflow UI    {ui_hint(uri, outcome.experiment_id, outcome.run_id)}")
     return 0
 
 
@@ -151,7 +148,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from unet_search.config import work_dir
     from unet_search.data import load_dataset, materialize
     from unet_search.search import run_search
     from unet_search.spaces import check_name, load_space
@@ -159,7 +155,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     spec = load_space(args.space, args.overrides)  # every check before Ray starts
     if args.name is not None:
         check_name(args.name, "search", "--name")
-    workdir = work_dir()
+    workdir = _job_work_dir(args.storage)
     data = materialize(args.data, workdir / "cache")
     arrays = load_dataset(data, spec.base_config().data, workdir / "cache")
     _leave_job_working_dir(workdir)
@@ -178,16 +174,31 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_work_dir(storage: str | None) -> Path:
+    """The work dir of ``search`` / ``resume``: see :func:`unet_search.config.work_dir`; inside
+    a Ray job it says where it is (it is not the job's current directory)."""
+    from unet_search.config import in_ray_job, work_dir
+
+    workdir = work_dir(storage)
+    if in_ray_job():
+        print(f"work dir     {workdir} (set UNET_SEARCH_HOME to choose another)", flush=True)
+    return workdir
+
+
 def _leave_job_working_dir(workdir: Path) -> None:
     """A Ray job's working_dir (the shipped space file) may be garbage-collected by Ray while
     the search runs; once everything is loaded, the driver works from the work dir."""
-    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+    from unet_search.config import in_ray_job
+
+    if in_ray_job():
         workdir.mkdir(parents=True, exist_ok=True)
         os.chdir(workdir)
 
 
 def _report(out: Any, mode: str, workdir: Path) -> None:
-    from unet_search.tracking import rank_trials, resolve_tracking_uri
+    from unet_search.config import in_ray_job
+    from unet_search.report import REPORT_ARTIFACT_DIR
+    from unet_search.tracking import SEARCH_LOG_DIR, rank_trials, resolve_tracking_uri, ui_hint
 
     metric = out.metric
     counts = ", ".join(
@@ -209,24 +220,27 @@ def _report(out: Any, mode: str, workdir: Path) -> None:
             f"predict      unet-search predict --model models:/{reg.name}@champion "
             "--input IMAGES --output MASKS"
         )
+    # Also artifacts of the search's MLflow run: a job's driver node (a KubeRay RayJob's
+    # cluster) may be gone, or out of the user's reach, once the search has ended.
+    where = "on the job's driver node; " if in_ray_job() else ""
+    run = f"of run {out.parent_run_id}"
     if out.report is not None:
-        print(f"report       {out.report}")
-    uri = resolve_tracking_uri(workdir)
+        print(f"report       {out.report}  ({where}also in MLflow: {REPORT_ARTIFACT_DIR}/ {run})")
     print(
-        f"MLflow UI    mlflow ui --backend-store-uri {uri}  then open "
-        f"http://127.0.0.1:5000/#/experiments/{out.experiment_id}"
+        f"search log   {out.log}  ({where}also in MLflow: {SEARCH_LOG_DIR}/{out.log.name} {run})"
     )
+    uri = resolve_tracking_uri(workdir)
+    print(f"MLflow UI    {ui_hint(uri, out.experiment_id, out.parent_run_id)}")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from unet_search.config import work_dir
     from unet_search.data import load_dataset
     from unet_search.search import resume_search
     from unet_search.spaces import check_name, load_space_text
     from unet_search.tracking import read_search_state, require_reachable, resolve_tracking_uri
 
     check_name(args.name, "resume", "NAME")
-    workdir = work_dir()
+    workdir = _job_work_dir(args.storage)
     uri = resolve_tracking_uri(workdir, create=False)
     require_reachable(uri)
     state = read_search_state(uri, args.name)

@@ -24,18 +24,22 @@ __all__ = [
     "AugmentConfig",
     "ConfigError",
     "DataConfig",
+    "HOME_ENV",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
     "PRESETS",
     "RunConfig",
     "SECTIONS",
+    "STORAGE_ENV",
     "TrainConfig",
     "UserError",
     "code_version",
+    "in_ray_job",
     "load_run_config",
     "parse_override",
     "read_yaml",
+    "storage_setting",
     "work_dir",
 ]
 
@@ -480,9 +484,47 @@ def load_run_config(
     return _build(flat, str(path) if path else "--set")
 
 
-def work_dir() -> Path:
-    """The work directory: ``$UNET_SEARCH_HOME`` or ``./unet-search-runs`` (absolute)."""
-    return Path(os.environ.get("UNET_SEARCH_HOME", "unet-search-runs")).expanduser().resolve()
+HOME_ENV = "UNET_SEARCH_HOME"
+STORAGE_ENV = "UNET_SEARCH_STORAGE"
+WORK_DIR_NAME = "unet-search-runs"
+# Ray sets this for the entrypoint of every Ray job (`unet-search submit`, `ray job submit`).
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def in_ray_job() -> bool:
+    """Whether this process is the entrypoint of a Ray job."""
+    return bool(os.environ.get(RAY_JOB_ENV))
+
+
+def storage_setting(storage: str | None = None) -> str | None:
+    """The Ray storage the user chose: ``storage`` (``--storage``) or ``$UNET_SEARCH_STORAGE``;
+    ``None`` when neither is set."""
+    return storage or os.environ.get(STORAGE_ENV) or None
+
+
+def work_dir(storage: str | None = None) -> Path:
+    """The work directory (absolute): ``$UNET_SEARCH_HOME`` when set, else
+    ``./unet-search-runs``. Inside a Ray job the current directory is a package directory that
+    Ray manages and may delete while the search runs, so there it is
+    ``<storage>/unet-search-runs`` when the storage (``storage`` or ``$UNET_SEARCH_STORAGE``)
+    is a folder, else ``~/unet-search-runs`` on the driver's node; a relative path there is a
+    UserError (it would resolve into that package directory)."""
+    home = os.environ.get(HOME_ENV)
+    if not in_ray_job():
+        return Path(home or WORK_DIR_NAME).expanduser().resolve()
+    root = storage_setting(storage)
+    if home:
+        where, path = HOME_ENV, Path(home).expanduser()
+    elif root and "://" not in root:
+        where, path = f"--storage / {STORAGE_ENV}", Path(root).expanduser()
+    else:
+        return Path.home() / WORK_DIR_NAME
+    if not path.is_absolute():
+        raise UserError(
+            f"{where} {str(path)!r}: must be an absolute path inside a Ray job (a relative one "
+            "would point into the job's working_dir, which Ray may delete during the search)."
+        )
+    return path.resolve() if home else path.resolve() / WORK_DIR_NAME
 
 
 def code_version() -> str:

@@ -126,12 +126,19 @@ def find_model_dir(root: Path) -> Path:
     return found[0].parent
 
 
-def load_model(uri: str | Path, device: str = "cpu") -> Predictor:
+def load_model(uri: str | Path, device: str = "cpu", tracking_uri: str | None = None) -> Predictor:
     """Load a predictor from ``models:/NAME@alias``, ``models:/NAME/VERSION``, ``runs:/...``
-    or a local directory."""
+    or a local directory. Registry and run URIs resolve in ``tracking_uri``, else
+    ``$MLFLOW_TRACKING_URI``, else the work dir's store, where ``unet-search search``
+    registered its models (as every other command reads it)."""
     path = Path(str(uri))
     if not path.exists():
         from unet_search.registry import download_model
 
-        path = download_model(str(uri))
+        if tracking_uri is None and str(uri).startswith(("models:/", "runs:/")):
+            from unet_search.config import work_dir
+            from unet_search.tracking import resolve_tracking_uri
+
+            tracking_uri = resolve_tracking_uri(work_dir(), create=False)
+        path = download_model(str(uri), tracking_uri)
     return Predictor.from_dir(find_model_dir(path), device)

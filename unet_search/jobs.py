@@ -19,12 +19,12 @@ from typing import Any
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from unet_search import RAY_ENV
-from unet_search.config import UserError
+from unet_search.config import HOME_ENV, STORAGE_ENV, UserError
 
 __all__ = ["client", "follow", "submit_search"]
 
 PACKAGE_DIR = Path(__file__).parent
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "UNET_SEARCH_HOME", "UNET_SEARCH_STORAGE")
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", HOME_ENV, STORAGE_ENV)
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 
 
@@ -52,12 +52,17 @@ def submit_search(
         raise UserError(f"{space}: search space file does not exist.")
     jobs = client(address)
     args = ["python", "-m", "unet_search.cli", "search", "--space", space.name, "--data", data]
-    for flag, value in (("--name", name), ("--model-name", model_name), ("--storage", storage)):
+    for flag, value in (
+        ("--name", name),
+        ("--model-name", model_name),
+        ("--storage", storage and _absolute(storage)),
+    ):
         if value:
             args += [flag, value]
     for override in overrides:
         args += ["--set", override]
-    env = {**RAY_ENV, **{k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}}
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env = {**RAY_ENV, **env, **{k: _absolute(env[k]) for k in (HOME_ENV, STORAGE_ENV) if k in env}}
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(space, Path(tmp) / space.name)
         return str(
@@ -73,6 +78,12 @@ def submit_search(
                 metadata={"unet_search.space": space.name, "unet_search.name": name or ""},
             )
         )
+
+
+def _absolute(path: str) -> str:
+    """A folder named relative to where ``submit`` runs, made absolute: in the job it would
+    point into the job's working_dir (a package directory Ray manages). URIs stay."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
 def follow(address: str | None, job_id: str) -> JobStatus:

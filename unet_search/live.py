@@ -10,6 +10,7 @@ a trial's throughput and epoch time stop being exported once the trial has ended
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from typing import Any
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.util.metrics import Gauge
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["METRIC_NAMES", "STATES", "LiveView", "SearchMetrics", "trial_state"]
 
@@ -154,7 +157,9 @@ class LiveView(tune.Callback):
         self.trials = trials
         now = time.monotonic()
         if force_print or now - self.last_print >= self.print_every_s:
-            print(self.line(), flush=True)
+            line = self.line()
+            print(line, flush=True)
+            _log.info(line)  # the search's log (search.py routes it there) keeps them too
             self.last_print = now
         running = {
             self.name_of(t): self.throughput[t.trial_id]

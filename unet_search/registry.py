@@ -198,10 +198,19 @@ def champion(tracking_uri: str, name: str) -> Champion | None:
     )
 
 
-def download_model(uri: str) -> Path:
-    """Download a model URI to a temporary folder; a clear error if it does not resolve."""
+def download_model(uri: str, tracking_uri: str | None = None) -> Path:
+    """Download a model URI (``models:/`` and ``runs:/`` resolved in ``tracking_uri``, used as
+    the registry too) to a temporary folder; a clear error if it does not resolve."""
     target = Path(tempfile.mkdtemp(prefix="unet-search-model-"))
+    # MLflow resolves a models:/ URI in the process-wide registry only (its registry_uri
+    # argument does not reach the lookup): set it for the call, then restore it.
+    store = (
+        contextlib.nullcontext() if tracking_uri is None else _fluent_tracking_uri(tracking_uri)
+    )
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+        with store:
+            return Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target))
+            )
     except MlflowException as err:
         raise UserError(f"{uri}: cannot be loaded ({err.message})") from None

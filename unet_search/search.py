@@ -36,7 +36,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from unet_search import registry, tracking
 from unet_search.asha import make_scheduler
-from unet_search.config import RunConfig, UserError, code_version
+from unet_search.config import RunConfig, UserError, code_version, storage_setting
 from unet_search.data import DatasetArrays
 from unet_search.live import LiveView
 from unet_search.spaces import (
@@ -496,6 +496,7 @@ class SearchOutcome:
     registration: registry.Registration | None
     study: optuna.Study
     report: Path | None  # the HTML report, when it could be written
+    log: Path  # Ray's and Tune's log of the search (also a parent-run artifact)
 
 
 def _summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary]:
@@ -655,9 +656,11 @@ def _execute(
     model_name: str,
     study: Callable[[], optuna.Study],
     workdir: Path,
+    log: Path,
 ) -> SearchOutcome:
-    """Run (or continue) the Tuner, then summarize, register, end the parent run and write
-    the report."""
+    """Run (or continue) the Tuner, then summarize, register, end the parent run, upload the
+    search's log and write the report (both also artifacts of the parent run: on a KubeRay
+    RayJob the cluster, and its disks, are gone after the search)."""
     status: str | None = "FAILED"
     try:
         # TrialStatusCallback stops Tune with TrackingUnavailable when MLflow stays away.
@@ -691,6 +694,7 @@ def _execute(
     finally:
         if status is not None:
             tracking.end_run(ctx.tracking_uri, ctx.parent_run_id, status)
+            _upload_log(ctx, log)
     return SearchOutcome(
         ctx.search_id,
         ctx.experiment_id,
@@ -702,7 +706,21 @@ def _execute(
         registration,
         study(),
         _auto_report(ctx, workdir),
+        log,
     )
+
+
+def _upload_log(ctx: SearchContext, log: Path) -> None:
+    """The search's log as artifact ``logs/<search>.log`` of the parent run; a failed upload
+    only says so (the log stays on disk)."""
+    try:
+        tracking.log_artifact(ctx.tracking_uri, ctx.parent_run_id, log, tracking.SEARCH_LOG_DIR)
+    except Exception as err:  # the search's own outcome stands
+        print(
+            f"search {ctx.search_id}: its log could not be uploaded to MLflow "
+            f"({type(err).__name__}: {err}); it stays at {log}",
+            flush=True,
+        )
 
 
 def _auto_report(ctx: SearchContext, workdir: Path) -> Path | None:
@@ -727,7 +745,7 @@ def _auto_report(ctx: SearchContext, workdir: Path) -> Path | None:
 def _storage_root(workdir: Path, storage: str | None) -> str:
     """Where Ray results go: ``--storage`` / ``$UNET_SEARCH_STORAGE`` (a shared path or a
     URI every node can reach), else the work directory."""
-    root = storage or os.environ.get("UNET_SEARCH_STORAGE")
+    root = storage_setting(storage)
     if root and "://" in root:
         return root
     return str(Path(root).resolve()) if root else str(workdir / "ray_results")
@@ -735,13 +753,15 @@ def _storage_root(workdir: Path, storage: str | None) -> str:
 
 def _route_ray_logs(workdir: Path, search_id: str) -> Path:
     """Ray's and Tune's own log output goes to ``<work_dir>/logs/<search>.log`` (appended),
-    not the terminal; returns the path, which the CLI prints."""
+    not the terminal, with the progress lines the terminal shows; returns the path, which
+    the CLI prints."""
     path = workdir / "logs" / f"{search_id}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.unet_search = True  # type: ignore[attr-defined]
-    for name in ("ray", "ray.tune", "ray.train"):
+    logging.getLogger("unet_search").setLevel(logging.INFO)
+    for name in ("ray", "ray.tune", "ray.train", "unet_search"):
         logger = logging.getLogger(name)
         for old in list(logger.handlers):  # Ray's console handler, or an earlier search's file
             if type(old) is logging.StreamHandler or getattr(old, "unet_search", False):
@@ -804,7 +824,7 @@ def run_search(
         },
     )
     tracking.log_text(uri, parent, spec.source, "space.yaml")
-    _route_ray_logs(workdir, search_id)
+    log = _route_ray_logs(workdir, search_id)
     ctx = SearchContext(
         spec,
         search_id,
@@ -833,7 +853,7 @@ def run_search(
         callbacks,
         stopper,
     )
-    return _execute(ctx, tuner, model_name, lambda: searcher.study, workdir)
+    return _execute(ctx, tuner, model_name, lambda: searcher.study, workdir, log)
 
 
 def _save_state(
@@ -883,7 +903,7 @@ def resume_search(
     if tracking.run_status(uri, state["parent_run_id"]) == "FINISHED":
         raise UserError(f"search {state['search_id']} already finished; nothing to resume.")
     tracking.reopen_run(uri, state["parent_run_id"])
-    _route_ray_logs(workdir, state["search_id"])
+    log = _route_ray_logs(workdir, state["search_id"])
     ctx = SearchContext(
         spec,
         state["search_id"],
@@ -911,4 +931,4 @@ def resume_search(
         searcher.restore_from_dir(path)
         return searcher.study
 
-    return _execute(ctx, tuner, state["model_name"], study, workdir)
+    return _execute(ctx, tuner, state["model_name"], study, workdir, log)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TAG_CODE_VERSION",
     "TAG_FINGERPRINT",
+    "SEARCH_LOG_DIR",
     "SEARCH_STATE_FILE",
     "TAG_ALIAS",
     "TAG_BASELINE",
@@ -65,12 +66,14 @@ __all__ = [
     "create_run",
     "end_run",
     "ensure_experiment",
+    "log_artifact",
     "log_artifacts",
     "log_image",
     "log_metrics",
     "log_params",
     "resolve_tracking_uri",
     "set_tags",
+    "ui_hint",
 ]
 
 TAG_FINGERPRINT = "unet_search.data_fingerprint"
@@ -87,6 +90,7 @@ TAG_REGISTERED = "unet_search.registered_version"
 TAG_ALIAS = "unet_search.registered_alias"  # champion | challenger
 TAG_DECISION = "unet_search.champion_decision"  # why the alias went where it did
 SEARCH_STATE_FILE = "search_state.json"  # parent-run artifact: what resume and report need
+SEARCH_LOG_DIR = "logs"  # parent-run artifact folder: the search's log (<search>.log)
 TAG_PARENT = "mlflow.parentRunId"
 _BATCH = 100  # MLflow's per-request limit on params
 
@@ -195,6 +199,20 @@ def log_artifacts(
 ) -> None:
     """Upload a directory's files under ``artifact_path`` of the run."""
     _client(uri).log_artifacts(run_id, str(local_dir), artifact_path)
+
+
+def log_artifact(uri: str, run_id: str, local_file: Path, artifact_path: str) -> None:
+    """Upload one file into folder ``artifact_path`` of the run."""
+    _client(uri).log_artifact(run_id, str(local_file), artifact_path)
+
+
+def ui_hint(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """How to see ``run_id`` (or the experiment) in the MLflow UI: a tracking server's own
+    address, or the ``mlflow ui`` command that serves a local store."""
+    page = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000/{page}"
 
 
 def end_run(uri: str, run_id: str, status: str) -> None:
