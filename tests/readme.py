@@ -217,13 +217,13 @@ def walk(
     commands: Iterable[Command],
     handlers: Mapping[str, Callable[[State, Command], Any]],
     state: State,
-) -> dict[str, list[Any]]:
-    """Hand every command, in order, to the handler of the first prefix it starts with;
-    returns each prefix's results in order. A command no handler knows fails: a command
-    added to a README is run by a test, or the suite says which one is not."""
-    ran: dict[str, list[Any]] = {}
+    ran: dict[str, list[Any]],
+) -> None:
+    """Hand every command, in order, to the handler of the first prefix it starts with,
+    adding its result to ``ran[prefix]`` at once (a later handler may read an earlier
+    result). A command no handler knows fails: a command added to a README is run by a
+    test, or the suite says which one is not."""
     for command in commands:
         prefix = next((p for p in handlers if command.text.startswith(p)), None)
         assert prefix is not None, f"{command.where}: no test runs `{command.text}`"
         ran.setdefault(prefix, []).append(handlers[prefix](state, command))
-    return ran

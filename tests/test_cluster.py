@@ -246,9 +246,8 @@ def walk(
     (folder / "data" / "synth").symlink_to(cluster_data, target_is_directory=True)
     shell = readme.Shell(folder, {STATE_PLACEHOLDER: str(local_cluster.state)})
     result = Walk(local_cluster, shell)
-    result.ran = readme.walk(
-        readme.block(readme.CLUSTER_README, "cluster/local/start.sh"), HANDLERS, result
-    )
+    block = readme.block(readme.CLUSTER_README, "cluster/local/start.sh")
+    readme.walk(block, HANDLERS, result, result.ran)
     return result
 
 

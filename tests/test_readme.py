@@ -138,7 +138,7 @@ def tour(tmp_path_factory: pytest.TempPathFactory) -> Tour:
     folder = checkout_like(tmp_path_factory.mktemp("tour") / "checkout")
     result = Tour(folder, Shell(folder))
     result.truth = _new_images(folder / NEW_IMAGES)
-    result.ran = walk(block(README, "unet-search make-data"), HANDLERS, result)
+    walk(block(README, "unet-search make-data"), HANDLERS, result, result.ran)
     return result
 
 
