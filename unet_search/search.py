@@ -496,7 +496,7 @@ class SearchOutcome:
     registration: registry.Registration | None
     study: optuna.Study
     report: Path | None  # the HTML report, when it could be written
-    log: Path  # Ray's and Tune's log of the search (also a parent-run artifact)
+    log: Path  # the progress lines plus Ray's and Tune's log (also a parent-run artifact)
 
 
 def _summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary]:
