@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEMO_DATA ?= unet-search-runs/demo-data
+DEMO_DATA ?= unet-search-runs/demo-fluorescence
 PYTEST_ARGS ?=
 
 # Never reach a hub or an update server from anything started here.
@@ -34,8 +34,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	test -d $(DEMO_DATA) || $(BIN)/unet-search make-data synthetic $(DEMO_DATA) --n 120 --size 96
-	$(BIN)/unet-search check-data $(DEMO_DATA) --set image_size=64 --set val_fraction=0.2
+	test -d $(DEMO_DATA) || $(BIN)/unet-search make-data synthetic $(DEMO_DATA) --n 60 \
+	  --size 200 --max-size 400 --object-px 12 --style fluorescence
+	$(BIN)/unet-search check-data $(DEMO_DATA) --set val_fraction=0.2
 	$(BIN)/unet-search search --space search_spaces/quick.yaml --data $(DEMO_DATA)
 
 $(CHROMIUM):

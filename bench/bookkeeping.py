@@ -36,7 +36,7 @@ from unet_search.worker import init_ray
 
 SPACE = {
     "name": "bookkeeping",
-    "fixed": {"image_size": 32, "epochs": 1},
+    "fixed": {"patch_size": 32, "patches_per_epoch": 8, "epochs": 1},
     "params": {
         "lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
         "base_filters": {"type": "choice", "values": [8, 16, 32]},

@@ -21,14 +21,15 @@ import ray
 
 from unet_search.config import RunConfig
 from unet_search.data import load_dataset
-from unet_search.worker import _loaders, init_ray
+from unet_search.engine import build_loaders
+from unet_search.worker import init_ray
 
 N_IMAGES, SIZE, TRIALS = 200, 256, 8
-CONFIG = {"image_size": 128, "batch_size": 8, "val_fraction": 0.2, "loader_workers": 0}
+CONFIG = {"patch_size": 128, "batch_size": 8, "val_fraction": 0.2, "loader_workers": 0}
 
 
 def _first_batch(cfg: RunConfig, arrays: Any) -> None:
-    train, _ = _loaders(cfg, arrays, 0, 1, 0)
+    train, _ = build_loaders(cfg, arrays, 0, 1)
     next(iter(train))
 
 
@@ -55,7 +56,9 @@ def decoding(root: Path, trials: int) -> None:
 
 
 def main() -> None:
-    _common.header(f"data preparation: {TRIALS} trials vs 1 ({N_IMAGES} images {SIZE}px -> 128)")
+    _common.header(
+        f"data preparation: {TRIALS} trials vs 1 ({N_IMAGES} images {SIZE}px, 128-px patches)"
+    )
     init_ray()
     with tempfile.TemporaryDirectory() as tmp:
         root = _common.synthetic(Path(tmp), N_IMAGES, SIZE)

@@ -23,9 +23,9 @@ import torch
 
 from unet_search.config import RunConfig
 from unet_search.data import load_dataset
+from unet_search.engine import build_loaders
 from unet_search.losses import build_loss
 from unet_search.models import build_model
-from unet_search.worker import _loaders
 
 
 def steps_per_s(
@@ -90,7 +90,8 @@ def main() -> None:
         "encoder": "resnet34",
         "depth": 5,
         "upsampling": "nearest",
-        "image_size": size,
+        "patch_size": size,
+        "patches_per_epoch": steps * batch,
         "batch_size": batch,
         "loader_workers": 0 if args.smoke else 8,
         "val_fraction": 0.1,
@@ -114,7 +115,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data = _common.synthetic(Path(tmp), 64 if args.smoke else 512, size + size // 2)
-        loader, _ = _loaders(cfg, load_dataset(data, cfg.data), 0, 1, 0)
+        loader, _ = build_loaders(cfg, load_dataset(data, cfg.data), 0, 1)
         real = steps_per_s(fresh(True), real_batches(loader), device, steps, True, True)
     ratio = fast / real
     print(f"real pipeline {real * batch:.1f} img/s vs synthetic tensors {fast * batch:.1f} img/s")

@@ -1,6 +1,7 @@
 """Benchmark 6, inference: ``load_model(...).predict`` on odd-sized images over the raw
 model's forward pass on the same tensors (target >= 0.8), and the MLflow pyfunc path over the
-direct one. CPU, 2 threads.
+direct one, for resize-mode models; for a patch-mode model, the sliding-window predict over
+the raw forward on exactly the tiles it cuts (target >= 0.8), and flips. CPU, 2 threads.
 
     python bench/inference.py
 """
@@ -18,8 +19,9 @@ import torch
 
 from unet_search.config import RunConfig
 from unet_search.inference import load_model
-from unet_search.models import build_model, save_model_dir
+from unet_search.models import build_model, mirror_pad, save_model_dir
 from unet_search.registry import PACKAGE_DIR, PYFUNC_FILE, SIGNATURE
+from unet_search.sliding import tile_starts
 from unet_search.transforms import to_tensor
 from unet_search.worker import preprocessing_of
 
@@ -29,6 +31,7 @@ CASES = {  # name: run config
         "encoder": "resnet18",
         "depth": 5,
         "upsampling": "nearest",
+        "input_mode": "resize",
         "image_size": 128,
     },
 }
@@ -92,6 +95,46 @@ def measure(
         )
 
 
+PATCH_CASE = {"depth": 4, "base_filters": 16, "patch_size": 128}
+
+
+def measure_patch(images: list[np.ndarray]) -> dict[str, float]:
+    """Median seconds of: the raw forward over exactly the tiles the sliding window cuts,
+    predict (Gaussian-weighted sliding window), and predict with flips."""
+    cfg = RunConfig.from_dict(PATCH_CASE)
+    model = build_model(cfg.model, 1).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        save_model_dir(model_dir, model, cfg.model, 1, preprocessing_of(cfg))
+        predictor = load_model(model_dir)
+        flips = load_model(model_dir, tta="flips")
+        plan, tiles = predictor.plan, []
+        for img in images:
+            x = to_tensor(img, "unit", 3)
+            h, w = x.shape[-2:]
+            th, tw = plan.patch
+            x = mirror_pad(x[None], 0, max(th - h, 0), 0, max(tw - w, 0))[0]
+            for y in tile_starts(x.shape[-2], th, plan.overlap):
+                for xs in tile_starts(x.shape[-1], tw, plan.overlap):
+                    tiles.append(x[:, y : y + th, xs : xs + tw])
+        batches = [torch.stack(tiles[i : i + 8]) for i in range(0, len(tiles), 8)]
+
+        def raw_forward() -> None:
+            with torch.no_grad():
+                for batch in batches:
+                    predictor.model(batch)
+
+        print(f"{len(tiles)} tiles of {plan.patch[0]} px for {len(images)} images", flush=True)
+        return _common.interleaved(
+            {
+                "raw": raw_forward,
+                "predict": lambda: predictor.predict(images),
+                "flips": lambda: flips.predict(images),
+            },
+            repeats=3,
+        )
+
+
 def main() -> None:
     _common.header("inference: predict vs raw forward; pyfunc vs direct")
     torch.set_num_threads(2)
@@ -109,6 +152,13 @@ def main() -> None:
         _common.verdict("predict / raw forward", ratio, ">= 0.8", ratio >= 0.8)
         ratio = t["direct_same"] / t["pyfunc_same"]
         print(f"pyfunc / direct (N={N_IMAGES}, 333x517): {ratio:.3f}", flush=True)
+    print("## patch mode: plain UNet d4 f16, 128-px tiles, overlap 0.5")
+    t = measure_patch(images[:8])
+    ratio = t["raw"] / t["predict"]
+    _common.verdict(
+        "sliding-window predict / raw forward (same tiles)", ratio, ">= 0.8", ratio >= 0.8
+    )
+    print(f"predict with flips / without: {t['flips'] / t['predict']:.2f}x the time", flush=True)
 
 
 if __name__ == "__main__":

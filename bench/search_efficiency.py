@@ -76,6 +76,8 @@ def space(
     raw["name"] = name
     raw["fixed"].update(
         {
+            "patch_size": 32,
+            "patches_per_epoch": 16,
             "image_size": 32,
             "epochs": max_t,
             "dsb_every": 0,

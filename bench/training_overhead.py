@@ -25,14 +25,14 @@ from mlflow.tracking import MlflowClient
 
 from unet_search.config import RunConfig
 from unet_search.data import load_dataset
-from unet_search.engine import seed_everything
+from unet_search.engine import build_loaders, seed_everything, validate
 from unet_search.losses import build_loss
 from unet_search.models import build_model
-from unet_search.worker import _loaders, init_ray, run_training
+from unet_search.worker import init_ray, run_training
 
 N_IMAGES, SIZE = 200, 64
 FIXED = {
-    "preset": "seed_keras",
+    "preset": "seed_keras",  # resize mode, as the figures before patch mode
     "image_size": 64,
     "batch_size": 8,
     "val_fraction": 0.2,
@@ -47,7 +47,7 @@ def plain_loop(cfg: RunConfig, arrays: Any, epochs: int) -> float:
     """Steady-state training images/s of a plain loop."""
     torch.set_num_threads(cfg.train.cpus_per_worker)
     seed_everything(cfg.train.seed)
-    train, val = _loaders(cfg, arrays, 0, 1, cfg.train.seed)
+    train, val = build_loaders(cfg, arrays, 0, 1)
     model = build_model(cfg.model, cfg.data.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     loss_fn = build_loss(cfg.loss)
@@ -60,10 +60,7 @@ def plain_loop(cfg: RunConfig, arrays: Any, epochs: int) -> float:
             loss_fn(model(batch["image"]), batch["mask"]).backward()
             optimizer.step()
             images += batch["image"].shape[0]
-        model.eval()
-        with torch.no_grad():
-            for batch in val:
-                model(batch["image"])
+        validate(model, val, loss_fn, cfg, torch.device("cpu"), with_dsb=False)
         marks.append(time.perf_counter())
     return images * (epochs - 1) / (marks[-1] - marks[0])
 

@@ -31,7 +31,8 @@ from ray import tune
 from unet_search.worker import init_ray
 
 FIXED = {
-    "image_size": 32,
+    "patch_size": 32,
+    "patches_per_epoch": 8,
     "depth": 2,
     "base_filters": 8,
     "epochs": 2,

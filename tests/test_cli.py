@@ -65,7 +65,7 @@ def test_make_data_refuses_a_non_empty_folder(tmp_path: Path) -> None:
 
 
 def test_check_data_summary_and_errors(synth_dir: Path, tmp_path: Path) -> None:
-    proc = run("check-data", str(synth_dir), "--set", "image_size=32", home=tmp_path)
+    proc = run("check-data", str(synth_dir), home=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "images       12" in proc.stdout and "fingerprint" in proc.stdout
     bad = tmp_path / "bad"
@@ -105,7 +105,9 @@ def test_train_two_ddp_workers_end_to_end(synth_dir: Path, tmp_path: Path) -> No
         "--set",
         "epochs=2",
         "--set",
-        "image_size=32",
+        "patch_size=32",
+        "--set",
+        "patches_per_epoch=8",
         "--set",
         "depth=2",
         "--set",
@@ -132,8 +134,6 @@ def test_train_two_ddp_workers_end_to_end(synth_dir: Path, tmp_path: Path) -> No
         "check-data",
         str(synth_dir),
         "--set",
-        "image_size=32",
-        "--set",
         "val_fraction=0.25",
         home=home,
     )
@@ -158,7 +158,8 @@ def test_train_two_ddp_workers_end_to_end(synth_dir: Path, tmp_path: Path) -> No
     with Image.open(local / "samples" / "predictions.png") as png:
         assert png.size[1] > 3 * 160  # three samples, one row each
     model, meta = load_model_dir(local / "best_model")
-    assert meta["preprocessing"]["image_size"] == 32
+    pre = meta["preprocessing"]
+    assert (pre["input_mode"], pre["patch_size"], pre["tile_overlap"]) == ("patch", [32, 32], 0.5)
     assert model(torch.zeros(1, 3, 40, 52)).shape == (1, 1, 40, 52)
 
 

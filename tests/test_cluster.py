@@ -28,7 +28,10 @@ from unet_search.search import saved_trials
 ROOT = Path(__file__).parents[1]
 CLUSTER = ROOT / "cluster"
 EXE = str(Path(sys.executable).with_name("unet-search"))
-SHRINK = ["--set", "image_size=32", "--set", "val_fraction=0.25", "--set", "dsb_every=0"]
+SHRINK = [
+    *("--set", "patch_size=32", "--set", "patches_per_epoch=8", "--set", "image_size=32"),
+    *("--set", "val_fraction=0.25", "--set", "dsb_every=0"),
+]
 STATE_PLACEHOLDER = "/tmp/us-cluster"  # cluster/README.md's state folder
 
 
@@ -350,8 +353,10 @@ def _kill_then_resume(
     name: str,
     sets: list[str],
     ready: Callable[[], bool],
-) -> subprocess.CompletedProcess[str]:
-    """Start a search, SIGKILL its driver once ``ready()``, then resume it."""
+) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
+    """Start a search, SIGKILL its driver once ``ready()``, then resume it. Returns the
+    resume's output and, per trial id, the epoch Tune's saved state held at the kill: what
+    ``resume`` continues from (a trial may have trained further, unsaved, before the kill)."""
     sets = [arg for item in [*SHRINK[1::2], *sets] for arg in ("--set", item)]
     driver = subprocess.Popen(
         [EXE, "search", "--space", str(space), "--data", str(data), "--name", name, *sets],
@@ -365,10 +370,22 @@ def _kill_then_resume(
         time.sleep(1)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
+    saved = {
+        t["trial_id"]: int(t["last_result"].get("training_iteration", 0))
+        for t in saved_trials(Path(env["UNET_SEARCH_STORAGE"]) / name)
+    }
     resume = readme.find(readme.CLUSTER_README, "unet-search resume").argv  # ... NAME
     proc = _cli(env, *[name if arg == "NAME" else arg for arg in resume[1:]])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    return proc
+    return proc, saved
+
+
+def _resumed_where_saved(steps: list[int], epochs: int, saved_epoch: int) -> None:
+    """Every epoch logged; those up to the saved one once (nothing the saved state held was
+    trained again); later ones at most twice (trained before the kill, unsaved, then again)."""
+    assert sorted(set(steps)) == list(range(1, epochs + 1)), steps
+    assert all(steps.count(e) == 1 for e in range(1, saved_epoch + 1)), (steps, saved_epoch)
+    assert all(steps.count(e) <= 2 for e in range(saved_epoch + 1, epochs + 1)), steps
 
 
 def _epochs(env: dict[str, str], run: Any) -> list[int]:
@@ -391,7 +408,7 @@ def test_a_killed_search_driver_is_resumed_without_rerunning_or_duplicating(
 
     sets = ["epochs=3", "search.num_samples=5", "search.scheduler.type=fifo"]
     quick = ROOT / "search_spaces" / "quick.yaml"
-    proc = _kill_then_resume(env, quick, cluster_data, "kill-1", sets, two_finished)
+    proc, saved = _kill_then_resume(env, quick, cluster_data, "kill-1", sets, two_finished)
     before = {r.info.run_id for r in finished}
     assert "search kill-1: 5 trials" in proc.stdout
     runs = _runs(env, "kill-1")
@@ -402,9 +419,8 @@ def test_a_killed_search_driver_is_resumed_without_rerunning_or_duplicating(
         steps = _epochs(env, run)
         if run.info.run_id in before:  # finished before the kill: nothing re-run
             assert steps == [1, 2, 3], run.info.run_name
-        else:  # at most the epoch in flight at the kill (trained, not yet in Tune's state)
-            assert sorted(set(steps)) == [1, 2, 3], run.info.run_name
-            assert len(steps) - len(set(steps)) <= 1, run.info.run_name
+        else:
+            _resumed_where_saved(steps, 3, saved.get(run.data.tags["unet_search.trial_id"], 0))
     assert before <= {r.info.run_id for r in runs}  # finished trials kept their runs
 
 
@@ -427,7 +443,9 @@ def test_a_search_killed_while_asha_pauses_a_trial_resumes_with_its_rungs(
         saved = saved_trials(storage)  # what `resume` reads
         return any(t["status"] == "PAUSED" and t["config"].get("lr") == 1.0e-7 for t in saved)
 
-    proc = _kill_then_resume(env, space, cluster_data, "kill-2", [], hopeless_paused)
+    # The space's 16 patches an epoch, not the shrink's 8: lr 0.01 must lead at the rung.
+    sets = ["patches_per_epoch=16"]
+    proc, saved = _kill_then_resume(env, space, cluster_data, "kill-2", sets, hopeless_paused)
     assert "search kill-2: 3 trials" in proc.stdout
     runs = sorted(_runs(env, "kill-2"), key=lambda r: int(r.data.tags["unet_search.trial_number"]))
     assert len({r.data.tags["unet_search.trial_id"] for r in runs}) == len(runs) == 3
@@ -438,13 +456,12 @@ def test_a_search_killed_while_asha_pauses_a_trial_resumes_with_its_rungs(
     assert hopeless.data.tags["unet_search.outcome"] == "stopped_early"
     assert _epochs(env, hopeless) == [1, 2]
     # The best of the rung trained on, from its checkpoint, in its one run.
-    assert first.info.status == "FINISHED"
-    assert sorted(set(_epochs(env, first))) == [1, 2, 3, 4]
-    assert len(_epochs(env, first)) <= 5  # the epoch in flight at the kill, at most
+    assert first.info.status == "FINISHED", first.data.tags
+    _resumed_where_saved(_epochs(env, first), 4, saved[first.data.tags["unet_search.trial_id"]])
     # The third equals the first at the rung: promoted or stopped there, nothing in between.
     steps = _epochs(env, third)
-    expected = {"FINISHED": [1, 2, 3, 4], "KILLED": [1, 2]}[third.info.status]
-    assert sorted(set(steps)) == expected and len(steps) - len(set(steps)) <= 1
+    epochs = {"FINISHED": 4, "KILLED": 2}[third.info.status]
+    _resumed_where_saved(steps, epochs, saved.get(third.data.tags["unet_search.trial_id"], 0))
 
 
 @pytest.mark.slow

@@ -59,18 +59,18 @@ def test_detects_both_layouts(tmp_path: Path) -> None:
 
 
 def test_dsb_masks_are_unioned_and_instances_kept(tmp_path: Path) -> None:
-    arrays = load_dataset(_dsb(tmp_path / "d"), DataConfig(image_size=16, val_fraction=0.34))
-    assert arrays.masks[0].sum() == 36 + 36 - 4  # union of two 6x6 squares overlapping 2x2
-    assert set(np.unique(arrays.instances[0]).tolist()) == {0, 1, 2}
-    assert arrays.images[0, 0, 0].tolist() == [100, 100, 100]  # RGBA -> RGB
-    assert arrays.original_sizes[0].tolist() == [16, 16]
+    arrays = load_dataset(_dsb(tmp_path / "d"), DataConfig(val_fraction=0.34))
+    assert arrays.mask(0).sum() == 36 + 36 - 4  # union of two 6x6 squares overlapping 2x2
+    assert set(np.unique(arrays.instances(0)).tolist()) == {0, 1, 2}
+    assert arrays.image(0)[0, 0].tolist() == [100, 100, 100]  # RGBA -> RGB
+    assert arrays.sizes[0].tolist() == [16, 16]
 
 
 @pytest.mark.parametrize("value", [1, 255])
 def test_binary_mask_encodings(tmp_path: Path, value: int) -> None:
-    arrays = load_dataset(_generic(tmp_path / "g", mask_value=value), DataConfig(image_size=16))
-    assert set(np.unique(arrays.masks).tolist()) == {0, 1}
-    assert arrays.images.shape == (4, 16, 16, 3)
+    arrays = load_dataset(_generic(tmp_path / "g", mask_value=value), DataConfig())
+    assert set(np.unique(arrays.mask_pixels).tolist()) == {0, 1}
+    assert arrays.sizes.tolist() == [[20, 23]] * 4
 
 
 def test_class_index_masks(tmp_path: Path) -> None:
@@ -79,11 +79,11 @@ def test_class_index_masks(tmp_path: Path) -> None:
     mask[0:5], mask[10:15] = 1, 2
     for i in range(4):
         _png(root / "masks" / f"img {i}.png", mask)
-    arrays = load_dataset(root, DataConfig(image_size=20, num_classes=3))
-    assert set(np.unique(arrays.masks).tolist()) == {0, 1, 2}
-    assert arrays.instances is None
+    arrays = load_dataset(root, DataConfig(num_classes=3))
+    assert set(np.unique(arrays.mask_pixels).tolist()) == {0, 1, 2}
+    assert arrays.instance_pixels is None and arrays.instances(0) is None
     with pytest.raises(DataError, match=r"binary \(0/1 or 0/255\) for num_classes=1"):
-        load_dataset(root, DataConfig(image_size=20, num_classes=1))
+        load_dataset(root, DataConfig(num_classes=1))
 
 
 def test_gray_16bit_tiff_and_jpeg_images(tmp_path: Path) -> None:
@@ -161,7 +161,7 @@ def test_every_violation_names_the_file_and_rule(tmp_path: Path, kind: str) -> N
     root, fragment = _problem(tmp_path, kind)
     cache = tmp_path / "cache"
     with pytest.raises(DataError) as err:
-        load_dataset(root, DataConfig(image_size=16, val_fraction=0.25), cache)
+        load_dataset(root, DataConfig(val_fraction=0.25), cache)
     assert fragment in str(err.value)
     assert not cache.exists()  # nothing written for bad data
 
@@ -178,28 +178,33 @@ def test_all_problems_are_reported_together(tmp_path: Path) -> None:
 
 def test_cache_is_read_on_the_second_load(tmp_path: Path) -> None:
     root, cache = _generic(tmp_path / "g"), tmp_path / "cache"
-    cfg = DataConfig(image_size=16)
+    cfg = DataConfig()
     first = load_dataset(root, cfg, cache)
     (path,) = cache.glob("*.npz")
     assert path.stem == first.fingerprint
     # Plant a marker in the cached arrays: only a load that reads the cache returns it.
     with np.load(path) as npz:
         content = dict(npz)
-    content["images"] = np.full_like(content["images"], 42)
+    content["pixels"] = np.full_like(content["pixels"], 42)
     np.savez(path, **content)
     second = load_dataset(root, cfg, cache)
     assert second.fingerprint == first.fingerprint
-    assert int(second.images.min()) == int(second.images.max()) == 42
+    assert int(second.pixels.min()) == int(second.pixels.max()) == 42
 
 
-def test_fingerprint_follows_bytes_and_size(tmp_path: Path) -> None:
+def test_fingerprint_follows_bytes_classes_and_split_not_the_input_mode(tmp_path: Path) -> None:
     root = _generic(tmp_path / "g")
-    base = load_dataset(root, DataConfig(image_size=16)).fingerprint
-    assert load_dataset(root, DataConfig(image_size=16)).fingerprint == base
-    assert load_dataset(root, DataConfig(image_size=32)).fingerprint != base
+    base = load_dataset(root, DataConfig()).fingerprint
+    assert load_dataset(root, DataConfig()).fingerprint == base
+    # Every run is scored on the whole images: how a model sees them is not the data.
+    assert load_dataset(root, DataConfig(input_mode="resize", image_size=32)).fingerprint == base
+    assert load_dataset(root, DataConfig(patch_size=(16, 32), scale=0.5)).fingerprint == base
+    assert load_dataset(root, DataConfig(num_classes=2)).fingerprint != base
+    assert load_dataset(root, DataConfig(val_fraction=0.5)).fingerprint != base
+    assert load_dataset(root, DataConfig(split_seed=1)).fingerprint != base
     mask = np.zeros((20, 23), np.uint8)
     _png(root / "masks" / "img 0.png", mask)
-    assert load_dataset(root, DataConfig(image_size=16)).fingerprint != base
+    assert load_dataset(root, DataConfig()).fingerprint != base
 
 
 def test_split_is_deterministic_disjoint_and_complete() -> None:
@@ -222,8 +227,8 @@ def test_object_store_uri_is_fetched_then_read(tmp_path: Path) -> None:
         == (root / "images" / "img 0.png").read_bytes()
     )
     assert (
-        load_dataset(local, DataConfig(image_size=16)).fingerprint
-        == load_dataset(root, DataConfig(image_size=16)).fingerprint
+        load_dataset(local, DataConfig()).fingerprint
+        == load_dataset(root, DataConfig()).fingerprint
     )  # same bytes, same dataset
     assert materialize(str(root), tmp_path / "cache") == root.resolve()
     with pytest.raises(DataError, match=r"cannot be read|is not a folder"):
@@ -253,7 +258,7 @@ def test_an_enormous_image_is_refused_from_its_header(tmp_path: Path) -> None:
     _png_header_only(root / "images" / "img 0.png", 60_000, 60_000)  # 3.6 G pixels
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(DataError, match=r"img 0\.png.*(pixel limit|exceeds the limit)"):
-        load_dataset(root, DataConfig(image_size=16, val_fraction=0.25))
+        load_dataset(root, DataConfig(val_fraction=0.25))
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mib < 200  # never decoded (it would need 3.4 GiB)
 
@@ -265,6 +270,7 @@ def test_unicode_and_spaces_in_names_work(tmp_path: Path) -> None:
     for name in names:
         _png(root / "images" / f"{name}.png", rng.integers(0, 255, (20, 23, 3), np.uint8))
         _png(root / "masks" / f"{name}.png", (rng.random((20, 23)) > 0.5).astype(np.uint8))
-    arrays = load_dataset(root, DataConfig(image_size=16, val_fraction=0.25))
-    assert len(arrays) == 4 and arrays.images.shape == (4, 16, 16, 3)
-    assert set(np.unique(arrays.masks)) <= {0, 1}
+    arrays = load_dataset(root, DataConfig(val_fraction=0.25))
+    assert len(arrays) == 4 and arrays.pixels.shape == (4 * 20 * 23, 3)
+    assert arrays.image(3).shape == (20, 23, 3)  # at its own size
+    assert set(np.unique(arrays.mask_pixels)) <= {0, 1}

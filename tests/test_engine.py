@@ -2,86 +2,88 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from unet_search.config import RunConfig
-from unet_search.data import load_dataset, split_indices
+from unet_search.config import DataConfig, RunConfig
+from unet_search.data import load_dataset
 from unet_search.engine import (
     EarlyStopping,
     TrainingState,
+    Validation,
+    build_loaders,
     fit,
     new_training_state,
     seed_everything,
+    validate,
 )
+from unet_search.inference import load_model
 from unet_search.losses import build_loss
-from unet_search.models import build_model
+from unet_search.models import build_model, save_model_dir
 from unet_search.synthetic import make_synthetic
-from unet_search.transforms import SegmentationDataset, train_pipeline
+from unet_search.worker import preprocessing_of
 
 CPU = torch.device("cpu")
 
 
-def _setup(data: Path, cfg: RunConfig) -> tuple[TrainingState, DataLoader, DataLoader]:
+def _setup(data: Path, cfg: RunConfig) -> tuple[TrainingState, DataLoader, Validation]:
     arrays = load_dataset(data, cfg.data)
-    train_idx, val_idx = split_indices(len(arrays), cfg.data.val_fraction, cfg.data.split_seed)
     seed_everything(cfg.train.seed)
-    train = DataLoader(
-        SegmentationDataset(
-            arrays.images,
-            arrays.masks,
-            train_idx,
-            normalization="unit",
-            in_channels=3,
-            pipeline=train_pipeline(cfg.augment),
-        ),
-        batch_size=cfg.train.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(0),
-    )
-    val = DataLoader(
-        SegmentationDataset(
-            arrays.images,
-            arrays.masks,
-            val_idx,
-            normalization="unit",
-            in_channels=3,
-            instances=arrays.instances,
-        ),
-        batch_size=16,
-    )
+    train, val = build_loaders(cfg, arrays, rank=0, world=1)
     model = build_model(cfg.model, cfg.data.num_classes)
     return new_training_state(model, cfg, len(train), CPU), train, val
 
 
-@pytest.mark.slow
-def test_small_unet_learns_synthetic_nuclei(tmp_path: Path) -> None:
-    """A small plain UNet reaches validation Dice >= 0.75 in well under a CPU minute
-    (a global threshold reaches ~0.45 on this data, see test_synthetic)."""
-    torch.set_num_threads(2)
-    make_synthetic(tmp_path / "d", n=128, size=64, seed=11)
+def _train(data: Path, leaves: dict) -> tuple[RunConfig, TrainingState]:
     cfg = RunConfig.from_dict(
         {
-            "image_size": 64,
             "depth": 3,
-            "base_filters": 16,
-            "epochs": 16,
+            "base_filters": 8,
+            "epochs": 5,
             "batch_size": 8,
             "lr": 3e-3,
-            "val_fraction": 0.2,
-            "dsb_every": 4,
+            "val_fraction": 0.25,
+            "dsb_every": 0,
+            "aug_strength": 0.3,
+            **leaves,
         }
     )
-    state, train, val = _setup(tmp_path / "d", cfg)
-    history: list[dict[str, float]] = []
-    fit(state, cfg, train, val, build_loss(cfg.loss), CPU, lambda m, s: history.append(m))
-    assert [m["epoch"] for m in history] == list(range(1, 17))
-    assert history[-1]["train_loss"] < history[0]["train_loss"]
-    assert state.best_metrics["val_dice"] >= 0.75
-    assert state.best_metrics["val_iou"] >= 0.6
-    assert "val_dsb_score" in history[3] and "val_dsb_score" not in history[4]
-    assert 0.0 < history[-1]["val_dsb_score"] <= 1.0
+    state, train, val = _setup(data, cfg)
+    fit(state, cfg, train, val, build_loss(cfg.loss), CPU)
+    return cfg, state
+
+
+def _held_out_dice(
+    cfg: RunConfig, state: TrainingState, tmp: Path, images: list, truth: list
+) -> float:
+    """Dice of the kept weights on images no run saw, through the predictor `predict` uses."""
+    state.module.load_state_dict(state.best_state or state.module.state_dict())
+    save_model_dir(tmp, state.module, cfg.model, 1, preprocessing_of(cfg))
+    masks = load_model(tmp).predict(images)
+    dices = [2 * (m & t).sum() / (m.sum() + t.sum()) for m, t in zip(masks, truth, strict=True)]
+    return float(np.mean(dices))
+
+
+@pytest.mark.slow
+def test_patch_mode_beats_resize_mode_on_large_images_with_small_objects(tmp_path: Path) -> None:
+    """Nuclei ~10 px across in 200-400 px non-square images: trained on patches at their own
+    scale, a small UNet segments new images far better than trained on every image squashed
+    to 64 px, at the same epoch budget (measured: 0.85 vs 0.54 on the validation images)."""
+    torch.set_num_threads(2)
+    style = {"size": 200, "max_size": 400, "object_px": 10, "style": "fluorescence"}
+    make_synthetic(tmp_path / "d", n=12, seed=7, **style)
+    make_synthetic(tmp_path / "new", n=3, seed=8, **style)
+    new = load_dataset(tmp_path / "new", DataConfig())
+    images = [new.image(i) for i in range(len(new))]
+    truth = [new.mask(i) > 0 for i in range(len(new))]
+    patch_cfg, patch = _train(tmp_path / "d", {"patch_size": 64, "patches_per_epoch": 64})
+    resize_cfg, resize = _train(tmp_path / "d", {"input_mode": "resize", "image_size": 64})
+    patch_dice = _held_out_dice(patch_cfg, patch, tmp_path / "patch", images, truth)
+    resize_dice = _held_out_dice(resize_cfg, resize, tmp_path / "resize", images, truth)
+    assert patch_dice >= resize_dice + 0.05, (patch_dice, resize_dice)
+    assert patch_dice > 0.7
 
 
 def test_early_stopping_rules() -> None:
@@ -116,7 +118,8 @@ class RisingValidationLoss(torch.nn.Module):
 def test_fit_stops_early_and_keeps_best_weights(synth_dir: Path) -> None:
     cfg = RunConfig.from_dict(
         {
-            "image_size": 32,
+            "patch_size": 32,
+            "patches_per_epoch": 8,
             "depth": 2,
             "base_filters": 4,
             "epochs": 6,
@@ -139,7 +142,8 @@ def test_fit_stops_early_and_keeps_best_weights(synth_dir: Path) -> None:
 def test_state_dict_round_trip_resumes_where_it_stopped(synth_dir: Path, tmp_path: Path) -> None:
     cfg = RunConfig.from_dict(
         {
-            "image_size": 32,
+            "patch_size": 32,
+            "patches_per_epoch": 8,
             "depth": 2,
             "base_filters": 4,
             "epochs": 3,
@@ -190,3 +194,45 @@ def test_lr_schedules(schedule: str, peak: float, last: float | None) -> None:
         assert final < 1e-3 * peak  # annealed far below the peak
         assert lrs[0] == pytest.approx(peak / 25)  # starts at max_lr / div_factor
         assert lrs.index(max(lrs)) == pytest.approx(30, abs=1)  # warm-up over 30% of steps
+
+
+def _sharded_validate(rank: int, world: int, init: str, data: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        cfg = RunConfig.from_dict(SHARD_CFG)
+        arrays = load_dataset(Path(data), cfg.data)
+        _, val = build_loaders(cfg, arrays, rank=rank, world=world)
+        torch.manual_seed(0)
+        model = build_model(cfg.model, 1)
+        metrics = validate(model, val, build_loss(cfg.loss), cfg, CPU, with_dsb=True)
+        if rank == 0:
+            torch.save(metrics, out)
+    finally:
+        dist.destroy_process_group()
+
+
+SHARD_CFG = {"depth": 2, "base_filters": 4, "patch_size": 32, "val_fraction": 0.5}
+
+
+def test_validation_sharded_over_ranks_equals_one_process(synth_dir: Path, tmp_path: Path) -> None:
+    """Each DDP rank scores its share of the whole validation images; the sums reduced over
+    the ranks give what one process scoring them all gives."""
+    cfg = RunConfig.from_dict(SHARD_CFG)
+    arrays = load_dataset(synth_dir, cfg.data)
+    _, val = build_loaders(cfg, arrays, rank=0, world=1)
+    assert len(val.indices) == 6
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 1)
+    alone = validate(model, val, build_loss(cfg.loss), cfg, CPU, with_dsb=True)
+    out = tmp_path / "sharded.pt"
+    torch.multiprocessing.spawn(
+        _sharded_validate,
+        args=(2, f"file://{tmp_path / 'store'}", str(synth_dir), str(out)),
+        nprocs=2,
+    )
+    sharded = torch.load(out, weights_only=True)
+    assert sharded.keys() == alone.keys()
+    for key, value in alone.items():
+        assert sharded[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key

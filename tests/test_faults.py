@@ -54,7 +54,14 @@ def test_a_trial_that_raises_is_failed_everywhere_and_the_search_goes_on(
         yaml.safe_dump(
             {
                 "name": "oom",
-                "fixed": {"image_size": 32, "epochs": 2, "depth": 2, "dsb_every": 0},
+                "fixed": {
+                    "patch_size": 32,
+                    "patches_per_epoch": 8,
+                    "epochs": 2,
+                    "depth": 2,
+                    "dsb_every": 0,
+                    "image_size": 32,
+                },
                 "params": {"base_filters": {"type": "choice", "values": [4, 8]}},
                 "search": {"num_samples": 4, "seed": 3, "scheduler": {"type": "fifo"}},
             }
@@ -99,7 +106,7 @@ def test_a_trial_that_raises_is_failed_everywhere_and_the_search_goes_on(
 
 
 def _model_dir(tmp_path: Path) -> Path:
-    cfg = RunConfig.from_dict({"depth": 2, "base_filters": 4, "image_size": 32})
+    cfg = RunConfig.from_dict({"depth": 2, "base_filters": 4, "patch_size": 32})
     model = build_model(cfg.model, cfg.data.num_classes)
     save_model_dir(
         tmp_path / "model", model, cfg.model, cfg.data.num_classes, preprocessing_of(cfg)
@@ -129,7 +136,7 @@ def test_weights_replaced_by_a_pickle_fail_without_running_it(tmp_path: Path) ->
 
 
 def test_a_checkpoint_carrying_a_pickle_is_refused_on_resume(tmp_path: Path) -> None:
-    cfg = RunConfig.from_dict({"depth": 2, "base_filters": 4, "image_size": 32})
+    cfg = RunConfig.from_dict({"depth": 2, "base_filters": 4, "patch_size": 32})
     model = build_model(cfg.model, cfg.data.num_classes)
     state = new_training_state(model, cfg, 4, torch.device("cpu"))
     checkpoint, marker = tmp_path / "ckpt", tmp_path / "pwned"

@@ -34,6 +34,8 @@ def _space(tmp_path: Path, name: str) -> Path:
             {
                 "name": name,
                 "fixed": {
+                    "patch_size": 64,
+                    "patches_per_epoch": 16,
                     "image_size": 64,
                     "epochs": EPOCHS,
                     "depth": 3,

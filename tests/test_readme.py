@@ -24,11 +24,12 @@ from PIL import Image
 from readme import README, Command, Shell, block, checkout_like, python_block, walk
 
 SEARCH_SHRINK = (
-    *("--set", "image_size=32", "--set", "val_fraction=0.25", "--set", "dsb_every=0"),
+    *("--set", "patch_size=32", "--set", "patches_per_epoch=8", "--set", "image_size=32"),
+    *("--set", "val_fraction=0.25", "--set", "dsb_every=0"),
     *("--set", "epochs=1", "--set", "search.num_samples=2"),
     *("--set", "search.scheduler.type=fifo", "--set", "search.scheduler.grace_period=1"),
 )
-DATA_SHRINK = ("--n", "24", "--size", "64")
+DATA_SHRINK = ("--n", "24", "--size", "64", "--max-size", "96")
 NEW_IMAGES = "new_images/"  # the README's placeholder for the user's own images
 
 

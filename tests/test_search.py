@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import TINY, asha_space
 from mlflow.tracking import MlflowClient
@@ -16,6 +18,9 @@ from optuna.trial import TrialState
 
 from unet_search.config import DataConfig
 from unet_search.data import load_dataset
+from unet_search.engine import val_indices
+from unet_search.inference import load_model
+from unet_search.metrics import dice_iou_per_image
 from unet_search.search import SearchOutcome, run_search
 from unet_search.spaces import BASELINE_ATTR, load_space
 from unet_search.synthetic import make_synthetic
@@ -114,11 +119,31 @@ def test_end_to_end_search_with_a_ddp_trial(
     version = client.get_model_version_by_alias("unet-e2e", "champion")
     assert (
         version.tags["unet_search.data_fingerprint"]
-        == load_dataset(search_data, DataConfig(image_size=32, val_fraction=0.25)).fingerprint
+        == load_dataset(search_data, DataConfig(val_fraction=0.25)).fingerprint
     )
     assert version.tags["unet_search.trial_id"] == out.best.trial_id
     assert version.run_id == out.parent_run_id  # the model is logged in the search's run
     assert float(version.tags["unet_search.metric_value"]) == pytest.approx(out.best.value)
+    # The number on the champion is the number you get: its validation images predicted
+    # through load_model score the registered value.
+    spec = load_space(tmp_path / "e2e.yaml")
+    cfg = spec.base_config()
+    arrays = load_dataset(search_data, cfg.data)
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    champion = load_model("models:/unet-e2e@champion", tracking_uri=uri)
+    indices = [int(i) for i in val_indices(cfg, arrays)]
+    masks = champion.predict([arrays.image(i) for i in indices])
+    dices = [
+        float(
+            dice_iou_per_image(
+                torch.from_numpy(m[None]).long(),
+                torch.from_numpy(arrays.mask(i)[None]).long(),
+                1,
+            )[0][0]
+        )
+        for m, i in zip(masks, indices, strict=True)
+    ]
+    assert float(np.mean(dices)) == pytest.approx(out.best.value, abs=1e-3)
 
     study_trials = out.study.trials
     assert [t.state for t in study_trials] == [TrialState.COMPLETE] * 3
@@ -307,6 +332,8 @@ def test_every_shipped_space_starts(
 ) -> None:
     shrink = [
         "image_size=32",
+        "patch_size=32",
+        "patches_per_epoch=8",
         "epochs=1",
         "val_fraction=0.25",
         "num_workers=1",

@@ -5,10 +5,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
-from unet_search.config import AugmentConfig, ModelConfig
+from unet_search.config import IGNORE, AugmentConfig, ModelConfig
+from unet_search.data import DatasetArrays
+from unet_search.engine import set_epoch
 from unet_search.transforms import (
-    SegmentationDataset,
+    PatchDataset,
+    ResizeDataset,
     normalization_for,
     to_tensor,
     train_pipeline,
@@ -63,19 +67,123 @@ def test_normalizations() -> None:
     )
 
 
-def test_dataset_items() -> None:
-    images = np.zeros((3, 8, 8, 3), np.uint8)
-    masks = np.ones((3, 8, 8), np.uint8)
-    instances = np.ones((3, 8, 8), np.uint16)
-    images.setflags(write=False)  # as they come from Ray's object store
-    data = SegmentationDataset(
-        images, masks, [2, 0], normalization="unit", in_channels=3, instances=instances
+def _arrays(*shapes: tuple[int, int], fg: tuple[slice, slice] | None = None) -> DatasetArrays:
+    """Read-only arrays (as from Ray's object store) of random images; masks empty but for
+    ``fg`` in every image."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (*shape, 3), dtype=np.uint8) for shape in shapes]
+    masks = [np.zeros(shape, np.uint8) for shape in shapes]
+    if fg is not None:
+        for mask in masks:
+            mask[fg] = 1
+    arrays = DatasetArrays.of(images, masks)
+    for array in (arrays.pixels, arrays.mask_pixels):
+        array.setflags(write=False)
+    return arrays
+
+
+def _patches(arrays: DatasetArrays, **kwargs: object) -> PatchDataset:
+    options: dict = {
+        "patch": (32, 32),
+        "scale": 1.0,
+        "fg_oversample": 0.0,
+        "length": 64,
+        "normalization": "unit",
+        "in_channels": 3,
+        "pipeline": None,
+        "seed": 0,
+    }
+    return PatchDataset(arrays, range(len(arrays)), **{**options, **kwargs})
+
+
+def test_patches_keep_the_data_scale_and_padding_gets_no_loss() -> None:
+    arrays = _arrays((20, 30), (100, 80))
+    data = _patches(arrays)
+    assert len(data) == 64
+    small = big = 0
+    for k in range(64):
+        item = data[k]
+        assert item["image"].shape == (3, 32, 32) and item["mask"].shape == (32, 32)
+        ignored = int((item["mask"] == IGNORE).sum())
+        if ignored:  # the 20x30 image, mirror-padded to 32x32: the padding is ignored
+            assert ignored == 32 * 32 - 20 * 30
+            assert (item["mask"][:20, :30] != IGNORE).all()
+            small += 1
+        else:  # a crop of the 100x80 image, at its own scale: its pixels exactly
+            big += 1
+            pixels = (item["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            whole = arrays.image(1)
+            found = [
+                (y, x)
+                for y in range(100 - 31)
+                for x in range(80 - 31)
+                if np.array_equal(whole[y : y + 32, x : x + 32], pixels)
+            ]
+            assert len(found) == 1
+    assert small and big
+
+
+def test_a_scale_resamples_the_patch_region() -> None:
+    arrays = _arrays((100, 100))
+    item = _patches(arrays, scale=0.5)[0]
+    assert item["image"].shape == (3, 32, 32)  # a 64x64 region, halved
+    assert _patches(arrays, scale=0.5).region == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("share", "low", "high"), [(0.0, 0.0, 0.2), (0.33, 0.3, 0.55), (1.0, 1.0, 1.0)]
+)
+def test_fg_oversample_centres_that_share_of_patches_on_foreground(
+    share: float, low: float, high: float
+) -> None:
+    """One 6x6 nucleus in a 200x200 image: a random patch holds it ~6% of the time."""
+    arrays = _arrays((200, 200), fg=(slice(120, 126), slice(40, 46)))
+    data = _patches(arrays, fg_oversample=share, length=200)
+    hits = np.mean([bool((data[k]["mask"] == 1).any()) for k in range(200)])
+    assert low <= hits <= high, hits
+
+
+def test_patch_streams_differ_per_epoch_and_item_and_repeat_for_the_seed() -> None:
+    arrays = _arrays((90, 70), (60, 120))
+    pipeline = train_pipeline(AugmentConfig(aug_strength=1.0))
+
+    def draw(epoch: int, item: int, seed: int = 0) -> torch.Tensor:
+        data = _patches(arrays, pipeline=pipeline, seed=seed)
+        data.set_epoch(epoch)
+        return data[item]["image"]
+
+    assert torch.equal(draw(1, 3), draw(1, 3))
+    assert not torch.equal(draw(1, 3), draw(2, 3))
+    assert not torch.equal(draw(1, 3), draw(1, 4))
+    assert not torch.equal(draw(1, 3), draw(1, 3, seed=1))
+
+
+def test_loader_workers_draw_new_patches_each_epoch_and_repeat_for_the_seed() -> None:
+    """Workers are started anew each epoch; before, their augmentations repeated every
+    epoch (forked from a generator that never advanced)."""
+    arrays = _arrays((90, 70), (60, 120))
+
+    def epochs() -> list[torch.Tensor]:
+        data = _patches(arrays, length=8, pipeline=train_pipeline(AugmentConfig(1.0)))
+        loader = DataLoader(data, batch_size=4, num_workers=2)
+        out = []
+        for epoch in (1, 2):
+            set_epoch(loader, epoch)
+            out.append(torch.cat([batch["image"] for batch in loader]))
+        return out
+
+    first, again = epochs(), epochs()
+    assert not torch.equal(first[0], first[1])
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_resize_mode_squashes_each_image_to_the_square() -> None:
+    arrays = _arrays((20, 30), (100, 80))
+    data = ResizeDataset(
+        arrays, [1, 0], size=48, normalization="unit", in_channels=3, pipeline=None, seed=0
     )
-    item = data[0]
-    assert len(data) == 2
-    assert item["image"].shape == (3, 8, 8) and item["image"].dtype == torch.float32
-    assert item["mask"].dtype == torch.int64 and int(item["mask"].sum()) == 64
-    assert item["instances"].dtype == torch.int32
+    assert len(data) == 2 and data[0]["image"].shape == (3, 48, 48)
+    assert data[1]["mask"].shape == (48, 48)
 
 
 def test_seeded_pipeline_is_reproducible() -> None:

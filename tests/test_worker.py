@@ -17,7 +17,8 @@ from unet_search.worker import FAULT_ENV, ResourceError, preprocessing_of, run_t
 
 def _cfg(**leaves: object) -> RunConfig:
     base = {
-        "image_size": 32,
+        "patch_size": 32,
+        "patches_per_epoch": 8,
         "depth": 2,
         "base_filters": 4,
         "val_fraction": 0.25,
@@ -29,7 +30,8 @@ def _cfg(**leaves: object) -> RunConfig:
 
 def test_preprocessing_records_what_inference_needs() -> None:
     pre = preprocessing_of(_cfg(threshold=0.4))
-    assert pre["image_size"] == 32 and pre["threshold"] == 0.4
+    assert (pre["input_mode"], pre["patch_size"], pre["scale"]) == ("patch", [32, 32], 1.0)
+    assert (pre["tile_overlap"], pre["tta"], pre["threshold"]) == (0.5, "none", 0.4)
     assert pre["normalization"] == "unit" and pre["mean"] == [0.0, 0.0, 0.0]
 
 

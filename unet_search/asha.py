@@ -27,6 +27,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ray.tune import Callback, Checkpoint
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
@@ -36,7 +37,9 @@ if TYPE_CHECKING:
     from unet_search.spaces import SearchSpec
 
 __all__ = [
+    "KEEP_CHECKPOINTS",
     "PromotingASHA",
+    "SaveAfterCheckpoints",
     "SavesNewTrials",
     "TieBreakingASHA",
     "make_scheduler",
@@ -82,22 +85,59 @@ class SavesNewTrials(TrialScheduler):
     """
 
     _unsaved = False
+    _checkpointed = False
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         self._unsaved = True
         super().on_trial_add(tune_controller, trial)
 
+    def checkpoint_registered(self) -> None:
+        """A trial's checkpoint is being registered (:class:`SaveAfterCheckpoints`)."""
+        self._checkpointed = True
+
     def save_new_trials(self, tune_controller: Any) -> None:
-        if self._unsaved:
+        if self._unsaved or self._checkpointed:
             # The scheduler gets a wrapper that warns on each method it does not list;
-            # saving is the controller's own, so call it there.
+            # saving is the controller's own, so call it there. After a checkpoint, wait for
+            # the copy (see SaveAfterCheckpoints); new trials wait for it themselves.
             controller = getattr(tune_controller, "_tune_controller", tune_controller)
-            controller.checkpoint(force=True)  # written now; copied to storage in the background
-            self._unsaved = False
+            controller.checkpoint(force=True, wait=self._checkpointed)
+            self._unsaved = self._checkpointed = False
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
         self.save_new_trials(tune_controller)
         return super().choose_trial_to_run(tune_controller)
+
+
+KEEP_CHECKPOINTS = 2  # per trial; see SaveAfterCheckpoints
+
+
+class SaveAfterCheckpoints(Callback):
+    """Makes the scheduler save Tune's experiment state after every checkpoint a trial
+    registers, and wait until it is in the storage, with ``KEEP_CHECKPOINTS`` = 2 kept.
+
+    Tune deletes a trial's checkpoint beyond ``num_to_keep`` as it registers the next one,
+    and saves its state (which names the latest checkpoint) later, copying it to the storage
+    in the background. With one checkpoint kept, a driver killed in between left a state
+    naming a deleted checkpoint, and ``resume`` failed that trial ("Could not recover from
+    checkpoint as it does not exist on storage anymore"; 2 kills in 4 in the cluster test).
+    Saved after each registration, the stored state names checkpoint k before k + 1 is
+    registered, and k is deleted only when k + 2 is."""
+
+    def __init__(self, scheduler: SavesNewTrials) -> None:
+        self.scheduler = scheduler
+
+    def on_checkpoint(
+        self,
+        iteration: int,
+        trials: list[Trial],
+        trial: Trial,
+        checkpoint: Checkpoint,
+        **info: Any,
+    ) -> None:
+        # Tune registers the checkpoint right after its callbacks; the scheduler saves at
+        # the next step (choose_trial_to_run), before any other result is processed.
+        self.scheduler.checkpoint_registered()
 
 
 class DurableFIFO(SavesNewTrials, FIFOScheduler):
@@ -303,7 +343,7 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         return f"ASHA (promotions) rungs {rungs}; {len(self._paused)} paused"
 
 
-def make_scheduler(spec: SearchSpec, searcher: Any) -> TrialScheduler:
+def make_scheduler(spec: SearchSpec, searcher: Any) -> SavesNewTrials:
     """The search's scheduler: ``fifo`` (no early stopping), ``asha`` (promotions) or
     ``asha_stopping`` (Tune's asynchronous stopping rule)."""
     settings = spec.settings

@@ -21,7 +21,7 @@ __all__ = ["build_parser", "main"]
 
 EXAMPLES = {
     "make-data": "example: unet-search make-data synthetic data/synth --n 200 --size 128",
-    "check-data": "example: unet-search check-data data/stage1_train --set image_size=128",
+    "check-data": "example: unet-search check-data data/stage1_train --set val_fraction=0.2",
     "train": (
         "example: unet-search train --data data/synth --set preset=seed_keras "
         "--set epochs=5 --workers 2"
@@ -73,7 +73,24 @@ def cmd_make_data(args: argparse.Namespace) -> int:
         raise UserError(
             f"{out}: already exists and is not empty; choose a new folder (nothing was written)."
         )
-    ids = make_synthetic(out, n=args.n, size=args.size, seed=args.seed)
+    for flag, value in (("--n", args.n), ("--size", args.size), ("--max-size", args.max_size)):
+        if value is not None and value < (16 if flag != "--n" else 1):
+            raise UserError(
+                f"{flag} must be at least {16 if flag != '--n' else 1}, but got {value}."
+            )
+    if args.max_size is not None and args.max_size < args.size:
+        raise UserError(f"--max-size ({args.max_size}) must be at least --size ({args.size}).")
+    if args.object_px is not None and not 3 <= args.object_px <= 200:
+        raise UserError(f"--object-px must be in [3, 200], but got {args.object_px}.")
+    ids = make_synthetic(
+        out,
+        n=args.n,
+        size=args.size,
+        seed=args.seed,
+        max_size=args.max_size,
+        object_px=args.object_px,
+        style=args.style,
+    )
     print(f"wrote {len(ids)} synthetic images with instance masks to {out} (DSB2018 layout)")
     return 0
 
@@ -93,10 +110,11 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     print(f"sizes        {sizes}{' ...' if len(stats['sizes']) > 8 else ''}")
     print(f"foreground   {stats['foreground_ratio']:.3f} of pixels")
     if stats.get("instances_per_image") is not None:
-        print(f"instances    {stats['instances_per_image']:.1f} per image (after resizing)")
+        print(f"instances    {stats['instances_per_image']:.1f} per image")
+    data = cfg.data
     print(
-        f"fingerprint  {arrays.fingerprint} (image_size={cfg.data.image_size}, "
-        f"num_classes={cfg.data.num_classes})"
+        f"fingerprint  {arrays.fingerprint} (num_classes={data.num_classes}, "
+        f"val_fraction={data.val_fraction}, split_seed={data.split_seed})"
     )
     print("valid: every image decodes and every mask matches its image")
     return 0
@@ -212,6 +230,11 @@ def _report(out: Any, mode: str, workdir: Path) -> None:
             f"best {metric} {out.best.value:.4f} ({out.best.name}) vs seed baseline "
             f"{out.baseline.value:.4f}: {out.best.value - out.baseline.value:+.4f}"
         )
+    if out.otsu_val_dice is not None:
+        versus = ""
+        if out.best and out.best.value is not None and metric == "val_dice":
+            versus = f": best {out.best.value - out.otsu_val_dice:+.4f}"
+        print(f"Otsu threshold val_dice {out.otsu_val_dice:.4f} on the same images{versus}")
     reg = out.registration
     if reg is not None:
         verb = "is the new champion" if reg.alias == "champion" else "registered as challenger"
@@ -341,7 +364,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     if not files:
         raise UserError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) found.")
-    predictor = load_model(args.model)
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible to this process.")
+    predictor = load_model(args.model, device=device, tta=args.tta)
     binary = int(predictor.pre["num_classes"]) == 1
     args.output.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(files), 16):
@@ -370,6 +398,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=200, help="number of images (default 200)")
     p.add_argument("--size", type=int, default=128, help="image height in pixels (default 128)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-size",
+        type=int,
+        help="draw each image's height and width from [--size, --max-size] (large, non-square)",
+    )
+    p.add_argument(
+        "--object-px",
+        type=float,
+        help="nuclei about this many pixels across, whatever the image size "
+        "(default: they grow with the image)",
+    )
+    p.add_argument(
+        "--style",
+        choices=["hard", "fluorescence"],
+        default="hard",
+        help="hard: built to defeat a plain threshold (default); fluorescence: bright nuclei "
+        "on a dark, uneven background, where Otsu is strong",
+    )
     p.set_defaults(func=cmd_make_data)
 
     p = add("check-data", "validate a dataset and print its summary and fingerprint")
@@ -451,6 +497,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="models:/NAME@champion, runs:/..., or a dir")
     p.add_argument("--input", type=Path, required=True, help="an image file or a folder")
     p.add_argument("--output", type=Path, required=True, help="folder for the mask PNGs")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        help="where the model runs (default: cuda when a GPU is visible, else cpu)",
+    )
+    p.add_argument(
+        "--tta",
+        choices=["none", "flips"],
+        help="test-time flips: average the logits of the image and its mirror images "
+        "(default: as the model was validated)",
+    )
     p.set_defaults(func=cmd_predict)
     return parser
 

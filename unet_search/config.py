@@ -28,13 +28,18 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
+    "IGNORE",
+    "INPUT_MODES",
+    "MAXIMIZE",
     "PRESETS",
     "RunConfig",
     "SECTIONS",
     "STORAGE_ENV",
     "TrainConfig",
     "UserError",
+    "VAL_METRICS",
     "code_version",
+    "flat_leaves",
     "in_ray_job",
     "load_run_config",
     "parse_override",
@@ -62,22 +67,60 @@ def _one_of(key: str, value: object, options: Iterable[object]) -> None:
     _check(value in options, key, f"must be one of {options}", value)
 
 
+# The validation metrics of every run, and whether larger is better.
+MAXIMIZE: dict[str, bool] = {
+    "val_dice": True,
+    "val_iou": True,
+    "val_dsb_score": True,
+    "val_loss": False,
+    "val_soft_dice": True,
+}
+VAL_METRICS = tuple(MAXIMIZE)
+IGNORE = 255  # mask value of pixels that are padding, not data: no loss there
+INPUT_MODES = ("patch", "resize")
+RESIZE_DEFAULT = 128  # resize mode's square when `image_size` is not given (the Keras seed)
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """How the dataset is read: model input size, classes, validation split."""
+    """How the dataset is read and shown to the model, and the validation split.
 
-    image_size: int = 128
+    ``input_mode: patch`` (the default) trains on random ``patch_size`` patches at the data's
+    own pixel scale (times ``scale``) and predicts whole images with a sliding window;
+    ``input_mode: resize`` squashes every image to one ``image_size`` square (the Keras seed)."""
+
+    input_mode: str = "patch"
+    patch_size: tuple[int, int] = (128, 128)  # (height, width); a number means a square
+    scale: float = 1.0  # images are resampled by this factor before the model (patch mode)
+    image_size: int | None = None  # resize mode only; None there means 128
     num_classes: int = 1  # 1: binary foreground (sigmoid); C >= 2: class indices 0..C-1
     val_fraction: float = 0.1
     split_seed: int = 0
 
     def __post_init__(self) -> None:
+        _one_of("data.input_mode", self.input_mode, INPUT_MODES)
         _check(
-            16 <= self.image_size <= 4096,
-            "data.image_size",
-            "must be in [16, 4096]",
-            self.image_size,
+            all(16 <= side <= 4096 for side in self.patch_size),
+            "data.patch_size",
+            "must be one side or [height, width], each in [16, 4096]",
+            list(self.patch_size),
         )
+        _check(0.05 <= self.scale <= 4.0, "data.scale", "must be in [0.05, 4]", self.scale)
+        if self.image_size is not None:
+            _check(
+                self.input_mode == "resize",
+                "data.image_size",
+                "belongs to input_mode: resize (every image squashed to one square); in "
+                "patch mode the model sees patches of `data.patch_size` at the data's own "
+                "scale: set patch_size instead, or input_mode: resize",
+                self.image_size,
+            )
+            _check(
+                16 <= self.image_size <= 4096,
+                "data.image_size",
+                "must be in [16, 4096]",
+                self.image_size,
+            )
         _check(
             1 <= self.num_classes <= 255,
             "data.num_classes",
@@ -90,6 +133,11 @@ class DataConfig:
             "must be in (0, 1)",
             self.val_fraction,
         )
+
+    @property
+    def square(self) -> int:
+        """The side every image is resized to in resize mode."""
+        return self.image_size or RESIZE_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -202,6 +250,14 @@ class TrainConfig:
     channels_last: bool = True  # on GPU only
     max_failures: int = 2
     loader_workers: int = 0
+    # Patch mode: patches per epoch over all ranks (an epoch is the same learning for any
+    # image size), and the share of them centred on a foreground pixel (nnU-Net's 0.33).
+    patches_per_epoch: int = 256
+    fg_oversample: float = 0.33
+    # Whole-image prediction (validation and predict): tile overlap and test-time flips.
+    tile_overlap: float = 0.5
+    tta: str = "none"
+    val_max_images: int = 200  # validation scores at most this many images (0: all)
 
     def __post_init__(self) -> None:
         _check(1 <= self.epochs <= 100_000, "train.epochs", "must be in [1, 100000]", self.epochs)
@@ -218,9 +274,7 @@ class TrainConfig:
             "must be >= 0",
             self.early_stop_patience,
         )
-        _one_of(
-            "train.early_stop_metric", self.early_stop_metric, ["val_dice", "val_iou", "val_loss"]
-        )
+        _one_of("train.early_stop_metric", self.early_stop_metric, VAL_METRICS)
         _check(self.dsb_every >= 0, "train.dsb_every", "must be >= 0", self.dsb_every)
         _check(
             0 <= self.num_sample_images <= 64,
@@ -246,6 +300,28 @@ class TrainConfig:
         _check(self.max_failures >= 0, "train.max_failures", "must be >= 0", self.max_failures)
         _check(
             self.loader_workers >= 0, "train.loader_workers", "must be >= 0", self.loader_workers
+        )
+        _check(
+            1 <= self.patches_per_epoch <= 10_000_000,
+            "train.patches_per_epoch",
+            "must be in [1, 10000000]",
+            self.patches_per_epoch,
+        )
+        _check(
+            0.0 <= self.fg_oversample <= 1.0,
+            "train.fg_oversample",
+            "must be in [0, 1]",
+            self.fg_oversample,
+        )
+        _check(
+            0.0 <= self.tile_overlap < 1.0,
+            "train.tile_overlap",
+            "must be in [0, 1)",
+            self.tile_overlap,
+        )
+        _one_of("train.tta", self.tta, ["none", "flips"])
+        _check(
+            self.val_max_images >= 0, "train.val_max_images", "must be >= 0", self.val_max_images
         )
 
 
@@ -273,6 +349,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "padding": "same",
         "in_channels": 3,
         "num_classes": 1,
+        "input_mode": "resize",
         "image_size": 128,
         "loss": "bce",
         "optimizer": "adam",
@@ -327,9 +404,23 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        data, model = self.data, self.model
+        if data.input_mode == "patch" and model.padding == "same":
+            multiple = 2**model.depth
+            _check(
+                all(side % multiple == 0 for side in data.patch_size),
+                "data.patch_size",
+                f"must be a multiple of 2**depth = {multiple} (model.depth {model.depth})",
+                list(data.patch_size),
+            )
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Nested plain dict (YAML/JSON-ready)."""
-        return dataclasses.asdict(self)
+        """Nested plain dict (YAML/JSON-ready: sizes are lists)."""
+        return {
+            name: {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
+            for name, section in dataclasses.asdict(self).items()
+        }
 
     def flat(self) -> dict[str, Any]:
         """Leaf name -> value, e.g. ``{"encoder": "resnet34", "epochs": 20, ...}``."""
@@ -350,6 +441,11 @@ class RunConfig:
 LEAF_SECTION: dict[str, str] = {
     f.name: section for section, klass in SECTIONS.items() for f in dataclasses.fields(klass)
 }
+
+
+def flat_leaves(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Nested or flat mapping -> flat ``{leaf: value}`` (presets expanded, keys checked)."""
+    return _normalize(raw, source)
 
 
 def _normalize(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -410,10 +506,15 @@ def _type_hints(klass: type) -> dict[str, Any]:
 def _coerce(klass: type, section: str, leaf: str, value: Any, source: str) -> Any:
     """Check a raw value against the field's annotated type; ints widen to floats."""
     hint = _type_hints(klass)[leaf]
+    key = f"{source}: `{section}.{leaf}`"
+    if typing.get_origin(hint) is tuple:  # a size: one number (square) or [height, width]
+        sides = list(value) if isinstance(value, list | tuple) else [value, value]
+        if len(sides) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in sides):
+            return (sides[0], sides[1])
+        raise ConfigError(f"{key} must be one int or [height, width] ints, but got {value!r}.")
     allowed = typing.get_args(hint) or (hint,)
     if value is None and type(None) in allowed:
         return None
-    key = f"{source}: `{section}.{leaf}`"
     for kind in allowed:
         if kind is bool and isinstance(value, bool):
             return value

@@ -7,11 +7,13 @@ Two layouts are read (REFERENCE.md section 2):
 * ``images_masks``: ``ROOT/images/<stem>.<ext>`` and ``ROOT/masks/<stem>.<ext>``.
 
 Everything is validated before any training starts; every broken file is reported in one
-:class:`DataError`. Decoded, resized arrays are cached under ``<cache_dir>/<fingerprint>.npz``.
+:class:`DataError`. Decoded arrays, each image at its own size, are cached under
+``<cache_dir>/<fingerprint>.npz``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -19,12 +21,12 @@ import os
 import tempfile
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import tifffile
 from PIL import Image
@@ -46,7 +48,7 @@ __all__ = [
     "split_indices",
 ]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: images at their own sizes (1 held them resized to one square)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
 MAX_ERRORS_SHOWN = 20
@@ -81,24 +83,73 @@ class DatasetIndex:
 
 @dataclass(frozen=True)
 class DatasetArrays:
-    """Decoded, resized arrays shared by every trial.
+    """Decoded arrays shared by every trial, each image at its own size (never resized).
 
-    images: (N, S, S, 3) uint8; masks: (N, S, S) uint8 class indices (0/1 when binary);
-    instances: (N, S, S) uint16 instance labels (binary datasets only, else None);
-    original_sizes: (N, 2) int (height, width).
+    The pixels of all images lie one after another in flat arrays, one buffer each, so the
+    object store, the cache and every trial share them without copies: image ``i`` is
+    ``pixels[offsets[i]:offsets[i + 1]]`` shaped ``(*sizes[i], 3)``.
+
+    pixels: (P, 3) uint8; mask_pixels: (P,) uint8 class indices (0/1 when binary);
+    instance_pixels: (P,) uint16 instance labels (binary datasets only, else None);
+    sizes: (N, 2) int64 (height, width) of each image.
     """
 
-    images: np.ndarray
-    masks: np.ndarray
-    instances: np.ndarray | None
+    pixels: np.ndarray
+    mask_pixels: np.ndarray
+    instance_pixels: np.ndarray | None
     names: tuple[str, ...]
-    original_sizes: np.ndarray
+    sizes: np.ndarray
     fingerprint: str
     layout: str
     stats: dict[str, Any]
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @classmethod
+    def of(
+        cls,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        instances: Sequence[np.ndarray] | None = None,
+        names: Sequence[str] | None = None,
+        **meta: Any,
+    ) -> DatasetArrays:
+        """Arrays of (H, W, 3) uint8 images, (H, W) uint8 masks and optional (H, W) uint16
+        instance labels; ``meta`` sets ``fingerprint``, ``layout`` and ``stats``."""
+        sizes = np.array([image.shape[:2] for image in images], np.int64).reshape(-1, 2)
+        return cls(
+            np.concatenate([np.asarray(i, np.uint8).reshape(-1, 3) for i in images]),
+            np.concatenate([np.asarray(m, np.uint8).ravel() for m in masks]),
+            None
+            if instances is None
+            else np.concatenate([np.asarray(i, np.uint16).ravel() for i in instances]),
+            tuple(names) if names is not None else tuple(f"image{i}" for i in range(len(images))),
+            sizes,
+            meta.get("fingerprint", ""),
+            meta.get("layout", "images_masks"),
+            meta.get("stats", {}),
+        )
+
+    @functools.cached_property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.sizes[:, 0] * self.sizes[:, 1])])
+
+    def _view(self, flat: np.ndarray, i: int) -> np.ndarray:
+        h, w = (int(v) for v in self.sizes[i])
+        return flat[self.offsets[i] : self.offsets[i + 1]].reshape(h, w, *flat.shape[1:])
+
+    def image(self, i: int) -> np.ndarray:
+        """(H, W, 3) uint8 view of image ``i``."""
+        return self._view(self.pixels, i)
+
+    def mask(self, i: int) -> np.ndarray:
+        """(H, W) uint8 class indices of image ``i``."""
+        return self._view(self.mask_pixels, i)
+
+    def instances(self, i: int) -> np.ndarray | None:
+        """(H, W) uint16 instance labels of image ``i`` (binary datasets), else None."""
+        return None if self.instance_pixels is None else self._view(self.instance_pixels, i)
 
 
 def _under_root(path: Path, root: Path) -> bool:
@@ -370,8 +421,14 @@ def content_hash(index: DatasetIndex) -> str:
 
 
 def fingerprint(content: str, cfg: DataConfig) -> str:
-    """Dataset identity as trained on: the content hash plus size and classes (16 hex)."""
-    key = f"{content}|size={cfg.image_size}|classes={cfg.num_classes}|v{CACHE_VERSION}"
+    """Dataset identity as validated on: the content hash, the classes and the split (16
+    hex). Images are kept at their own sizes and every run is scored on the whole images at
+    their original sizes, so the input mode, patch size, scale or resize square of a run
+    does not change the data it is scored on."""
+    key = (
+        f"{content}|classes={cfg.num_classes}|val={cfg.val_fraction}|split_seed="
+        f"{cfg.split_seed}|v{CACHE_VERSION}"
+    )
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -387,45 +444,30 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def _resize(
-    image: np.ndarray, mask: np.ndarray, labels: np.ndarray | None, size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    shrink = image.shape[0] > size or image.shape[1] > size
-    image = cv2.resize(
-        image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    )
-    mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
-    if labels is not None:
-        labels = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
-    else:
-        labels = ndimage.label(mask > 0)[0].astype(np.uint16)
-    return image, mask, labels
+def _labels(mask: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    """Instance labels: the DSB2018 layout's own, else the mask's connected components."""
+    return labels if labels is not None else ndimage.label(mask > 0)[0].astype(np.uint16)
 
 
 def _decode_all(index: DatasetIndex, cfg: DataConfig, fp: str) -> DatasetArrays:
-    n, size, dsb = len(index.samples), cfg.image_size, index.layout == "dsb2018"
-    images = np.zeros((n, size, size, 3), np.uint8)
-    masks = np.zeros((n, size, size), np.uint8)
-    instances = np.zeros((n, size, size), np.uint16)
-    sizes = np.zeros((n, 2), np.int64)
+    n, dsb = len(index.samples), index.layout == "dsb2018"
+    decoded: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * n
     errors: list[str] = []
-    fg_pixels = total_pixels = 0
 
-    def work(i: int) -> tuple[int, int]:
+    def work(i: int) -> None:
         image, mask, labels = _decode_sample(index.samples[i], cfg.num_classes, dsb)
-        sizes[i] = image.shape[:2]
-        images[i], masks[i], instances[i] = _resize(image, mask, labels, size)
-        return int((mask > 0).sum()), mask.size
+        decoded[i] = (image, mask, _labels(mask, labels))
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        futures = [pool.submit(work, i) for i in range(n)]
-        for future in futures:
+        for future in [pool.submit(work, i) for i in range(n)]:
             try:
-                fg, total = future.result()
-                fg_pixels, total_pixels = fg_pixels + fg, total_pixels + total
+                future.result()
             except DataError as err:
                 errors.append(str(err))
     _raise_if(errors, index.root)
+    samples = [d for d in decoded if d is not None]
+    sizes = np.array([image.shape[:2] for image, _, _ in samples], np.int64).reshape(n, 2)
+    masks = np.concatenate([mask.ravel() for _, mask, _ in samples])
     size_counts = Counter(f"{h}x{w}" for h, w in sizes.tolist())
     stats = {
         "count": n,
@@ -433,21 +475,20 @@ def _decode_all(index: DatasetIndex, cfg: DataConfig, fp: str) -> DatasetArrays:
         "sizes": dict(size_counts.most_common()),
         "min_size": [int(sizes[:, 0].min()), int(sizes[:, 1].min())],
         "max_size": [int(sizes[:, 0].max()), int(sizes[:, 1].max())],
-        "foreground_ratio": fg_pixels / max(total_pixels, 1),
-        "instances_per_image": float((instances.reshape(n, -1).max(axis=1)).mean())
+        "foreground_ratio": float((masks > 0).mean()),
+        "instances_per_image": float(np.mean([labels.max() for _, _, labels in samples]))
         if dsb
         else None,
-        "class_pixels": np.bincount(masks.ravel(), minlength=max(2, cfg.num_classes)).tolist(),
+        "class_pixels": np.bincount(masks, minlength=max(2, cfg.num_classes)).tolist(),
     }
-    return DatasetArrays(
-        images,
-        masks,
-        instances if cfg.num_classes <= 2 else None,
-        tuple(s.name for s in index.samples),
-        sizes,
-        fp,
-        index.layout,
-        stats,
+    return DatasetArrays.of(
+        [image for image, _, _ in samples],
+        [mask for _, mask, _ in samples],
+        [labels for _, _, labels in samples] if cfg.num_classes <= 2 else None,
+        [s.name for s in index.samples],
+        fingerprint=fp,
+        layout=index.layout,
+        stats=stats,
     )
 
 
@@ -455,12 +496,14 @@ def _save_cache(path: Path, arrays: DatasetArrays) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
     os.close(fd)
-    extra: dict[str, Any] = {} if arrays.instances is None else {"instances": arrays.instances}
+    extra: dict[str, Any] = (
+        {} if arrays.instance_pixels is None else {"instance_pixels": arrays.instance_pixels}
+    )
     np.savez(
         tmp,
-        images=arrays.images,
-        masks=arrays.masks,
-        original_sizes=arrays.original_sizes,
+        pixels=arrays.pixels,
+        mask_pixels=arrays.mask_pixels,
+        sizes=arrays.sizes,
         names=np.array(arrays.names),
         meta=np.array(
             json.dumps(
@@ -477,11 +520,11 @@ def _load_cache(path: Path) -> DatasetArrays | None:
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(str(npz["meta"]))
             return DatasetArrays(
-                npz["images"],
-                npz["masks"],
-                npz.get("instances", None),
+                npz["pixels"],
+                npz["mask_pixels"],
+                npz.get("instance_pixels", None),
                 tuple(str(s) for s in npz["names"]),
-                npz["original_sizes"],
+                npz["sizes"],
                 meta["fingerprint"],
                 meta["layout"],
                 meta["stats"],
@@ -491,7 +534,7 @@ def _load_cache(path: Path) -> DatasetArrays | None:
 
 
 def load_dataset(root: Path, cfg: DataConfig, cache_dir: Path | None = None) -> DatasetArrays:
-    """Scan, validate, decode and resize a dataset once; later calls read the cache.
+    """Scan, validate and decode a dataset once; later calls read the cache.
 
     Raises DataError (naming the files) before anything is written when the data is bad,
     including too few images for ``cfg.val_fraction``.

@@ -1,4 +1,4 @@
-"""Training engine in plain PyTorch: epochs, evaluation, early stopping, optimizer, schedule.
+"""Training engine in plain PyTorch: epochs, validation, early stopping, optimizer, schedule.
 
 No Ray and no MLflow here: the Ray worker (and a unit test) call :func:`fit` with a
 ``report`` callback that receives each epoch's metrics and the training state.
@@ -19,14 +19,23 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from unet_search.config import ConfigError, OptimConfig, RunConfig, TrainConfig
+from unet_search.config import MAXIMIZE, ConfigError, OptimConfig, RunConfig, TrainConfig
+from unet_search.data import DatasetArrays, split_indices
 from unet_search.metrics import (
     dice_iou_per_image,
     dsb_image_score,
     logits_to_labels,
+    otsu_mask,
     soft_dice_per_image,
+)
+from unet_search.sliding import PredictPlan, plan_of, predict_logits
+from unet_search.transforms import (
+    PatchDataset,
+    ResizeDataset,
+    normalization_for,
+    train_pipeline,
 )
 
 __all__ = [
@@ -35,12 +44,16 @@ __all__ = [
     "EarlyStopping",
     "TrainingState",
     "build_optimizer",
+    "Validation",
+    "build_loaders",
     "build_scheduler",
-    "evaluate",
     "fit",
-    "predict_labels",
+    "otsu_val_dice",
     "seed_everything",
+    "set_epoch",
     "train_one_epoch",
+    "val_indices",
+    "validate",
 ]
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -51,13 +64,6 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     ),
 }
 SCHEDULES = ("none", "cosine", "onecycle")
-MAXIMIZE = {
-    "val_dice": True,
-    "val_iou": True,
-    "val_dsb_score": True,
-    "val_loss": False,
-    "val_soft_dice": True,
-}
 
 
 def seed_everything(seed: int) -> None:
@@ -134,8 +140,7 @@ class TrainingState:
     scaler: torch.amp.GradScaler | None = None
     epoch: int = 0  # epochs completed
     best_state: dict[str, torch.Tensor] | None = None
-    best_metrics: dict[str, float] = field(default_factory=dict)
-    best_so_far: dict[str, float] = field(default_factory=dict)  # per metric, any epoch
+    best_metrics: dict[str, float] = field(default_factory=dict)  # the kept epoch's
 
     @property
     def module(self) -> nn.Module:
@@ -152,7 +157,6 @@ class TrainingState:
             "epoch": self.epoch,
             "best_state": self.best_state,
             "best_metrics": self.best_metrics,
-            "best_so_far": self.best_so_far,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -165,14 +169,12 @@ class TrainingState:
         self.early = EarlyStopping(**state["early"])
         self.epoch, self.best_state = state["epoch"], state["best_state"]
         self.best_metrics = state["best_metrics"]
-        self.best_so_far = state["best_so_far"]
 
-    def update_best_so_far(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Running best of every validation metric, as ``best_<name>`` entries."""
-        for name in MAXIMIZE:
-            if name in metrics and is_better(name, metrics[name], self.best_so_far.get(name)):
-                self.best_so_far[name] = metrics[name]
-        return {f"best_{k}": v for k, v in self.best_so_far.items()}
+    def kept_metrics(self) -> dict[str, float]:
+        """The validation metrics of the kept weights (the epoch with the best
+        ``early_stop_metric`` so far), as ``best_<name>`` entries: the numbers a run
+        reports are those of the model it keeps."""
+        return {f"best_{k}": v for k, v in self.best_metrics.items() if k in MAXIMIZE}
 
 
 def _sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
@@ -245,49 +247,50 @@ def train_one_epoch(
     }
 
 
-@torch.no_grad()
-def predict_labels(
-    model: nn.Module, images: torch.Tensor, threshold: float, amp: str = "off"
-) -> torch.Tensor:
-    """(N, C, H, W) float -> (N, H, W) int64 labels, in eval mode."""
-    module = getattr(model, "module", model)
-    module.eval()
-    with _autocast(images.device, amp):
-        return logits_to_labels(module(images), threshold)
+@dataclass(frozen=True)
+class Validation:
+    """This rank's share of the validation images, each scored whole at its original size
+    by the predictor ``predict`` uses (:func:`unet_search.sliding.predict_logits`)."""
+
+    arrays: DatasetArrays
+    indices: tuple[int, ...]
+    plan: PredictPlan
+    normalization: str
+    in_channels: int
 
 
 @torch.no_grad()
-def evaluate(
+def validate(
     model: nn.Module,
-    loader: Iterable[dict[str, torch.Tensor]],
+    val: Validation,
     loss_fn: nn.Module,
     cfg: RunConfig,
     device: torch.device,
     with_dsb: bool,
 ) -> dict[str, float]:
-    """Validation loss, Dice, IoU, soft Dice (per image, averaged) and optionally the DSB2018
-    score.
+    """Validation loss (of the whole-image logits), Dice, IoU, soft Dice (per image,
+    averaged) and optionally the DSB2018 score, of the images as ``predict`` segments them.
 
-    Each rank evaluates its own shard; sums are reduced over ranks, so no sample is counted
-    twice. Uses the unwrapped model (no DDP collectives during evaluation).
-    """
+    Each rank scores its own images; sums are reduced over ranks, so the result equals one
+    process scoring them all. Uses the unwrapped model (no DDP collectives)."""
     module = getattr(model, "module", model)
-    module.eval()
-    sums = [0.0] * 6  # loss*n, dice, iou, dsb, n, soft dice
-    for batch in _batches(loader, device, cfg.train.channels_last):
+    sums = [0.0] * 6  # loss, dice, iou, dsb, n, soft dice
+    for i in val.indices:
         with _autocast(device, cfg.train.amp):
-            logits = module(batch["image"])
-        n = batch["image"].shape[0]
+            logits = predict_logits(
+                module, val.arrays.image(i), val.plan, val.normalization, val.in_channels, device
+            )[None].float()
+        target = torch.from_numpy(val.arrays.mask(i).astype(np.int64)).to(device)[None]
         labels = logits_to_labels(logits, cfg.train.threshold)
-        dice, iou = dice_iou_per_image(labels, batch["mask"], cfg.data.num_classes)
-        sums[0] += float(loss_fn(logits, batch["mask"])) * n
+        dice, iou = dice_iou_per_image(labels, target, cfg.data.num_classes)
+        sums[0] += float(loss_fn(logits, target))
         sums[1] += float(dice.sum())
         sums[2] += float(iou.sum())
-        if with_dsb and "instances" in batch:
-            fg, truth = (labels > 0).cpu().numpy(), batch["instances"].cpu().numpy()
-            sums[3] += sum(dsb_image_score(fg[i], truth[i]) for i in range(n))
-        sums[4] += n
-        sums[5] += float(soft_dice_per_image(logits, batch["mask"]).sum())
+        truth = val.arrays.instances(i)
+        if with_dsb and truth is not None:
+            sums[3] += dsb_image_score((labels[0] > 0).cpu().numpy(), truth)
+        sums[4] += 1
+        sums[5] += float(soft_dice_per_image(logits, target).sum())
     loss, dice_sum, iou_sum, dsb_sum, count, soft_sum = _sum_over_ranks(sums, device)
     count = max(count, 1)
     out = {
@@ -299,6 +302,71 @@ def evaluate(
     if with_dsb:
         out["val_dsb_score"] = dsb_sum / count
     return out
+
+
+def val_indices(cfg: RunConfig, arrays: DatasetArrays) -> np.ndarray:
+    """The validation images scored each epoch: the split's, at most ``val_max_images``
+    (the first of the split, which is in a seeded random order)."""
+    _, val_idx = split_indices(len(arrays), cfg.data.val_fraction, cfg.data.split_seed)
+    cap = cfg.train.val_max_images
+    return val_idx[:cap] if cap else val_idx
+
+
+def build_loaders(
+    cfg: RunConfig, arrays: DatasetArrays, rank: int, world: int
+) -> tuple[DataLoader[Any], Validation]:
+    """The training loader (patches, or resized images, by ``input_mode``) and this rank's
+    share of the validation images."""
+    train_idx, _ = split_indices(len(arrays), cfg.data.val_fraction, cfg.data.split_seed)
+    norm, channels, seed = normalization_for(cfg.model), cfg.model.in_channels, cfg.train.seed
+    common: dict[str, Any] = {
+        "normalization": norm,
+        "in_channels": channels,
+        "pipeline": train_pipeline(cfg.augment, seed),
+        "seed": seed,  # every rank the same: each draws other items (see item_rng)
+    }
+    train_set: Dataset[dict[str, torch.Tensor]]
+    if cfg.data.input_mode == "patch":
+        train_set = PatchDataset(
+            arrays,
+            train_idx,
+            patch=cfg.data.patch_size,
+            scale=cfg.data.scale,
+            fg_oversample=cfg.train.fg_oversample,
+            length=cfg.train.patches_per_epoch,
+            **common,
+        )
+    else:
+        train_set = ResizeDataset(arrays, train_idx, size=cfg.data.square, **common)
+    train = DataLoader(
+        train_set,
+        batch_size=cfg.train.batch_size,
+        shuffle=cfg.data.input_mode == "resize",  # patches are random already
+        num_workers=cfg.train.loader_workers,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    # Validation is sharded by hand (no padding with repeats), so no image counts twice.
+    val = Validation(
+        arrays,
+        tuple(int(i) for i in val_indices(cfg, arrays)[rank::world]),
+        plan_of(cfg),
+        norm,
+        channels,
+    )
+    return train, val
+
+
+def otsu_val_dice(arrays: DatasetArrays, cfg: RunConfig) -> float | None:
+    """Mean Dice of the plain Otsu threshold (:func:`unet_search.metrics.otsu_mask`) on the
+    validation images every run is scored on; None for a multi-class task."""
+    if cfg.data.num_classes > 2:
+        return None
+    dices = []
+    for i in val_indices(cfg, arrays):
+        pred = torch.from_numpy(otsu_mask(arrays.image(int(i)))[None]).long()
+        truth = torch.from_numpy(arrays.mask(int(i))[None].astype(np.int64))
+        dices.append(float(dice_iou_per_image(pred, truth, 1)[0][0]))
+    return float(np.mean(dices))
 
 
 def new_training_state(
@@ -318,11 +386,19 @@ def _dsb_due(tc: TrainConfig, epoch: int) -> bool:
     return tc.dsb_every > 0 and (epoch % tc.dsb_every == 0 or epoch == tc.epochs)
 
 
+def set_epoch(loader: DataLoader[Any], epoch: int) -> None:
+    """A new shuffle (DistributedSampler) and new random patches (our datasets) each epoch."""
+    for part in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+        set_epoch = getattr(part, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
+
+
 def fit(
     state: TrainingState,
     cfg: RunConfig,
     train_loader: DataLoader[Any],
-    val_loader: DataLoader[Any],
+    val: Validation,
     loss_fn: nn.Module,
     device: torch.device,
     report: Callable[[dict[str, float], TrainingState], None] | None = None,
@@ -330,28 +406,28 @@ def fit(
     """Run the remaining epochs (from ``state.epoch``), keeping the best weights.
 
     After each epoch ``report(metrics, state)`` is called with ``epoch`` (1-based),
-    ``train_loss``, ``val_loss``, ``val_dice``, ``val_iou``, ``val_dsb_score`` (when due),
-    ``images_per_s``, ``epoch_s``, ``lr``, the running bests ``best_val_*`` and ``finished``
+    ``train_loss``, ``val_loss``, ``val_dice``, ``val_iou``, ``val_soft_dice``,
+    ``val_dsb_score`` (when due), ``images_per_s``, ``epoch_s``, ``lr``, the kept weights'
+    values ``best_val_*`` (the epoch with the best ``early_stop_metric``) and ``finished``
     (1.0 on the last epoch this call runs: the epoch budget or early stopping ended it; a
     trial stopped from outside, e.g. by ASHA, never reports it). Stops early after
     ``early_stop_patience`` epochs without improvement of ``early_stop_metric``.
     """
+    keep = cfg.train.early_stop_metric
     for epoch in range(state.epoch + 1, cfg.train.epochs + 1):
-        set_epoch = getattr(getattr(train_loader, "sampler", None), "set_epoch", None)
-        if set_epoch is not None:
-            set_epoch(epoch)  # DistributedSampler: a new shuffle each epoch
+        set_epoch(train_loader, epoch)
         metrics = train_one_epoch(state, train_loader, loss_fn, cfg, device)
-        metrics |= evaluate(
-            state.model, val_loader, loss_fn, cfg, device, _dsb_due(cfg.train, epoch)
-        )
+        metrics |= validate(state.model, val, loss_fn, cfg, device, _dsb_due(cfg.train, epoch))
         metrics |= {"epoch": float(epoch), "lr": state.optimizer.param_groups[0]["lr"]}
         state.epoch = epoch
-        if state.early.update(metrics[cfg.train.early_stop_metric], epoch):
+        # An epoch without the metric (the DSB score is not due) keeps nothing and counts
+        # nothing for early stopping.
+        if keep in metrics and state.early.update(metrics[keep], epoch):
             state.best_state = copy.deepcopy(
                 {k: v.detach().cpu() for k, v in state.module.state_dict().items()}
             )
             state.best_metrics = dict(metrics)
-        metrics |= state.update_best_so_far(metrics)
+        metrics |= state.kept_metrics()
         metrics["finished"] = float(epoch == cfg.train.epochs or state.early.should_stop)
         if report is not None:
             report(metrics, state)

@@ -7,17 +7,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from unet_search.config import UserError
 from unet_search.data import read_image
 from unet_search.models import CONFIG_FILE, load_model_dir
-from unet_search.transforms import to_tensor
+from unet_search.sliding import plan_of_preprocessing, predict_logits
 
 __all__ = ["ImageLike", "Predictor", "find_model_dir", "load_model"]
 
@@ -38,64 +38,47 @@ def _as_rgb(item: ImageLike) -> np.ndarray:
 
 
 class Predictor:
-    """A model plus its preprocessing: ``predict(images) -> masks``.
+    """A model plus its preprocessing: ``predict(images) -> masks`` at each image's size.
 
-    Images are resized to the training size (bilinear), the logits are resized back to each
-    image's original size and thresholded (binary) or arg-maxed (multi-class), as the model
-    was trained.
+    A patch-mode model predicts whole images with a Gaussian-weighted sliding window of its
+    training patch size (an unpadded UNet by overlap-tile); a resize-mode model (and every
+    model saved before patch mode) sees each image resized to its training square, its
+    logits resized back. Then a threshold (binary) or arg-max (multi-class), as the model was
+    trained: the same predictor its validation numbers were measured with
+    (:mod:`unet_search.sliding`).
     """
 
     def __init__(
-        self, model: torch.nn.Module, meta: dict[str, Any], device: str | torch.device = "cpu"
+        self,
+        model: torch.nn.Module,
+        meta: dict[str, Any],
+        device: str | torch.device = "cpu",
+        tta: str | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.meta = meta
         self.pre = meta["preprocessing"]
+        plan = plan_of_preprocessing(self.pre)
+        self.plan = plan if tta is None else replace(plan, tta=tta)
 
     @classmethod
-    def from_dir(cls, path: Path, device: str | torch.device = "cpu") -> Predictor:
+    def from_dir(
+        cls, path: Path, device: str | torch.device = "cpu", tta: str | None = None
+    ) -> Predictor:
         model, meta = load_model_dir(Path(path))
-        return cls(model, meta, device)
+        return cls(model, meta, device, tta)
 
     @torch.no_grad()
-    def predict_logits(
-        self, images: Sequence[ImageLike], batch_size: int = 16
-    ) -> list[torch.Tensor]:
-        """Logits (K, H, W) per image at its original size."""
-        size, out = int(self.pre["image_size"]), []
-        rgbs = [_as_rgb(item) for item in images]
-        for start in range(0, len(rgbs), batch_size):
-            chunk = rgbs[start : start + batch_size]
-            batch = torch.stack(
-                [
-                    to_tensor(
-                        cv2.resize(
-                            img,
-                            (size, size),
-                            interpolation=cv2.INTER_AREA
-                            if min(img.shape[:2]) > size
-                            else cv2.INTER_LINEAR,
-                        ),
-                        self.pre["normalization"],
-                        int(self.pre["in_channels"]),
-                    )
-                    for img in chunk
-                ]
-            ).to(self.device)
-            logits = self.model(batch).float()
-            for img, logit in zip(chunk, logits, strict=True):
-                h, w = img.shape[:2]
-                out.append(
-                    torch.nn.functional.interpolate(
-                        logit[None], size=(h, w), mode="bilinear", align_corners=False
-                    )[0].cpu()
-                )
-        return out
+    def predict_logits(self, images: Sequence[ImageLike]) -> list[torch.Tensor]:
+        """Logits (K, H, W) per image at its original size (on the CPU)."""
+        norm, channels = self.pre["normalization"], int(self.pre["in_channels"])
+        return [
+            predict_logits(self.model, _as_rgb(item), self.plan, norm, channels, self.device).cpu()
+            for item in images
+        ]
 
-    def predict(
-        self, images: Sequence[ImageLike] | np.ndarray, batch_size: int = 16
-    ) -> list[np.ndarray]:
+    def predict(self, images: Sequence[ImageLike] | np.ndarray) -> list[np.ndarray]:
         """Masks (H, W) uint8 per image: 0/1 for binary models, class indices otherwise.
 
         Args:
@@ -108,7 +91,7 @@ class Predictor:
         # of predict's time for a small model, bench/inference.py).
         cut = float(torch.logit(torch.tensor(float(self.pre["threshold"]), dtype=torch.float64)))
         masks = []
-        for logit in self.predict_logits(list(images), batch_size):
+        for logit in self.predict_logits(list(images)):
             if logit.shape[0] == 1:
                 masks.append((logit[0] > cut).numpy().astype(np.uint8))
             else:
@@ -126,11 +109,17 @@ def find_model_dir(root: Path) -> Path:
     return found[0].parent
 
 
-def load_model(uri: str | Path, device: str = "cpu", tracking_uri: str | None = None) -> Predictor:
+def load_model(
+    uri: str | Path,
+    device: str = "cpu",
+    tracking_uri: str | None = None,
+    tta: str | None = None,
+) -> Predictor:
     """Load a predictor from ``models:/NAME@alias``, ``models:/NAME/VERSION``, ``runs:/...``
     or a local directory. Registry and run URIs resolve in ``tracking_uri``, else
     ``$MLFLOW_TRACKING_URI``, else the work dir's store, where ``unet-search search``
-    registered its models (as every other command reads it)."""
+    registered its models (as every other command reads it). ``tta`` (``none`` | ``flips``)
+    overrides the test-time augmentation the model was validated with."""
     path = Path(str(uri))
     if not path.exists():
         from unet_search.registry import download_model
@@ -141,4 +130,4 @@ def load_model(uri: str | Path, device: str = "cpu", tracking_uri: str | None = 
 
             tracking_uri = resolve_tracking_uri(work_dir(), create=False)
         path = download_model(str(uri), tracking_uri)
-    return Predictor.from_dir(find_model_dir(path), device)
+    return Predictor.from_dir(find_model_dir(path), device, tta)

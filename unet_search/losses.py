@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unet_search.config import ConfigError, LossConfig
+from unet_search.config import IGNORE, ConfigError, LossConfig
 
 __all__ = ["LOSSES", "SegmentationLoss", "build_loss"]
 
@@ -29,18 +29,31 @@ def _probs_and_onehot(
     return torch.softmax(logits, dim=1), onehot
 
 
-def _cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of per-pixel (N, 1 or K, H, W) values over the valid (N, 1, H, W) pixels."""
+    weights = valid.expand_as(values)
+    return (values * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def _cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
     if logits.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(logits, target.unsqueeze(1).float())
-    return F.cross_entropy(logits, target)
+        ce = F.binary_cross_entropy_with_logits(
+            logits, target.unsqueeze(1).float(), reduction="none"
+        )
+    else:
+        ce = F.cross_entropy(logits, target, reduction="none").unsqueeze(1)
+    return _mean(ce, valid)
 
 
 def _tversky(
-    logits: torch.Tensor, target: torch.Tensor, alpha: float, beta: float
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, alpha: float, beta: float
 ) -> torch.Tensor:
-    """1 - (TP + 1) / (TP + alpha FP + beta FN + 1), soft, over the batch, averaged over
-    channels; alpha = beta = 0.5 is the soft Dice loss."""
+    """1 - (TP + 1) / (TP + alpha FP + beta FN + 1), soft, over the batch's valid pixels,
+    averaged over channels; alpha = beta = 0.5 is the soft Dice loss."""
     probs, truth = _probs_and_onehot(logits.float(), target)
+    probs, truth = probs * valid, truth * valid
     dims = (0, 2, 3)
     tp = (probs * truth).sum(dims)
     fp = (probs * (1 - truth)).sum(dims)
@@ -48,41 +61,47 @@ def _tversky(
     return (1 - (tp + EPS) / (tp + alpha * fp + beta * fn + EPS)).mean()
 
 
-def _dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return _tversky(logits, target, 0.5, 0.5)
+def _dice(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    return _tversky(logits, target, valid, 0.5, 0.5)
 
 
-def _focal(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
+def _focal(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, gamma: float
+) -> torch.Tensor:
     if logits.shape[1] == 1:
         truth = target.unsqueeze(1).float()
         ce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none")
     else:
-        ce = F.cross_entropy(logits, target, reduction="none")
+        ce = F.cross_entropy(logits, target, reduction="none").unsqueeze(1)
     p_true = torch.exp(-ce)
-    return ((1 - p_true) ** gamma * ce).mean()
+    return _mean((1 - p_true) ** gamma * ce, valid)
 
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, LossConfig], torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, LossConfig], torch.Tensor]
 LOSSES: dict[str, LossFn] = {
-    "bce": lambda x, y, c: _cross_entropy(x, y),
-    "dice": lambda x, y, c: _dice(x, y),
-    "focal": lambda x, y, c: _focal(x, y, c.focal_gamma),
-    "tversky": lambda x, y, c: _tversky(x, y, c.tversky_alpha, c.tversky_beta),
-    "mix": lambda x, y, c: (
-        c.dice_weight * _dice(x, y) + (1 - c.dice_weight) * _cross_entropy(x, y)
+    "bce": lambda x, y, v, c: _cross_entropy(x, y, v),
+    "dice": lambda x, y, v, c: _dice(x, y, v),
+    "focal": lambda x, y, v, c: _focal(x, y, v, c.focal_gamma),
+    "tversky": lambda x, y, v, c: _tversky(x, y, v, c.tversky_alpha, c.tversky_beta),
+    "mix": lambda x, y, v, c: (
+        c.dice_weight * _dice(x, y, v) + (1 - c.dice_weight) * _cross_entropy(x, y, v)
     ),
 }
 
 
 class SegmentationLoss(nn.Module):
-    """A registry loss as a module: ``loss(logits (N,K,H,W), target (N,H,W) int) -> scalar``."""
+    """A registry loss as a module: ``loss(logits (N,K,H,W), target (N,H,W) int) -> scalar``.
+
+    Target pixels equal to :data:`~unet_search.config.IGNORE` (padding) count nowhere."""
 
     def __init__(self, cfg: LossConfig) -> None:
         super().__init__()
         self.cfg, self.fn = cfg, LOSSES[cfg.loss]
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.fn(logits.float(), target, self.cfg)
+        valid = target != IGNORE
+        target = torch.where(valid, target, torch.zeros_like(target))
+        return self.fn(logits.float(), target, valid.unsqueeze(1).float(), self.cfg)
 
 
 def build_loss(cfg: LossConfig) -> SegmentationLoss:

@@ -7,12 +7,14 @@ the prediction of that image.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 from scipy import ndimage
 
 __all__ = [
     "DSB_THRESHOLDS",
+    "otsu_mask",
     "dice_iou_per_image",
     "dsb_image_score",
     "logits_to_labels",
@@ -119,3 +121,13 @@ def dsb_image_score(pred_foreground: np.ndarray, true_instances: np.ndarray) -> 
     # IoU > 0.5 makes every match unique, so counting pairs above t counts true positives.
     tp = np.array([(iou > t).sum() for t in DSB_THRESHOLDS], dtype=np.float64)
     return float(np.mean(tp / (n_true + n_pred - tp)))
+
+
+def otsu_mask(image: np.ndarray) -> np.ndarray:
+    """The plain-threshold baseline: Otsu's threshold of the grey image (the channel mean),
+    per image; the foreground is the minority side of the threshold (bright nuclei on a dark
+    background, or dark ones on a bright background). (H, W[, 3]) uint8 -> (H, W) uint8 0/1."""
+    grey = image if image.ndim == 2 else image[..., :3].mean(axis=2)
+    grey = np.round(grey).astype(np.uint8)
+    _, above = cv2.threshold(grey, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return above if above.mean() <= 0.5 else (1 - above).astype(np.uint8)

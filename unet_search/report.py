@@ -383,6 +383,9 @@ def _summary_rows(data: ReportData, champ: registry.Champion | None) -> list[tup
         if best and base[1] is not None:
             gain = f" (best &minus; baseline = {best[1] - base[1]:+.4f})"
         rows.append(("seed baseline", f"{html.escape(base[0].name)}: {_fmt(base[1])}{gain}"))
+    otsu = rec.metrics.get("otsu_val_dice")
+    if otsu is not None:
+        rows.append(("Otsu threshold", f"val_dice {_fmt(otsu)} on the same validation images"))
     if tags.get(tracking.TAG_REGISTERED):
         rows.append(
             (

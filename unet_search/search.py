@@ -35,9 +35,10 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search.optuna import OptunaSearch
 
 from unet_search import registry, tracking
-from unet_search.asha import make_scheduler
+from unet_search.asha import KEEP_CHECKPOINTS, SaveAfterCheckpoints, make_scheduler
 from unet_search.config import RunConfig, UserError, code_version, storage_setting
 from unet_search.data import DatasetArrays
+from unet_search.engine import otsu_val_dice
 from unet_search.live import LiveView
 from unet_search.spaces import (
     BASELINE_ATTR,
@@ -179,6 +180,8 @@ class SearchContext:
     fault: str | None = None  # fault injection for tests ($UNET_SEARCH_FAULT of the driver)
     # How long an unreachable MLflow server is waited for ($UNET_SEARCH_TRACKING_PATIENCE_S).
     patience_s: float = tracking.DEFAULT_PATIENCE_S
+    # The plain Otsu threshold's Dice on the validation images (None: multi-class).
+    otsu_val_dice: float | None = None
 
 
 RECORD_TIMEOUT_S = 30.0  # see await_recorded: normally the state is there at once
@@ -215,13 +218,18 @@ def _tune_checkpoint_dir() -> Iterator[str | None]:
 
 
 def saved_trials(experiment_dir: Path) -> list[dict[str, Any]]:
-    """The trials (``trial_id``, ``status``, ``config``, ...) of Tune's saved experiment
-    state in ``experiment_dir``: what ``resume`` restores. A file being written is skipped."""
+    """The trials (``trial_id``, ``status``, ``config``, ..., and ``last_result``: the
+    result ``resume`` continues from) of Tune's saved experiment state in
+    ``experiment_dir``, one entry per trial and state file (each driver session writes
+    one). A file being written is skipped."""
     out: list[dict[str, Any]] = []
     for path in experiment_dir.glob("experiment_state-*.json"):
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             data = json.loads(path.read_text(encoding="utf-8"))["trial_data"]
-            out.extend(json.loads(state) for state, _ in data)
+            out.extend(
+                {**json.loads(state), "last_result": json.loads(meta).get("last_result") or {}}
+                for state, meta in data
+            )
     return out
 
 
@@ -495,6 +503,7 @@ class SearchOutcome:
     baseline: TrialSummary | None
     registration: registry.Registration | None
     study: optuna.Study
+    otsu_val_dice: float | None  # a plain Otsu threshold's Dice on the validation images
     report: Path | None  # the HTML report, when it could be written
     log: Path  # the progress lines plus Ray's and Tune's log (also a parent-run artifact)
 
@@ -551,6 +560,8 @@ def _log_summary(
         (Path(tmp) / "summary.csv").write_text(header + "\n".join(lines) + "\n")
         tracking.log_artifacts(ctx.tracking_uri, ctx.parent_run_id, Path(tmp))
     metrics: dict[str, float] = {"num_trials": float(len(trials))}
+    if ctx.otsu_val_dice is not None:  # a plain threshold on the same images
+        metrics["otsu_val_dice"] = ctx.otsu_val_dice
     for status in ("FINISHED", "KILLED", "FAILED"):
         metrics[f"trials_{status.lower()}"] = float(sum(t.status == status for t in trials))
     if best and best.value is not None:
@@ -642,9 +653,14 @@ def _tuner(
         run_config=tune.RunConfig(
             name=ctx.search_id,
             storage_path=ctx.storage,
-            callbacks=[TrialStatusCallback(ctx), _live_view(ctx), *callbacks],
+            callbacks=[
+                TrialStatusCallback(ctx),
+                _live_view(ctx),
+                SaveAfterCheckpoints(scheduler),
+                *callbacks,
+            ],
             stop=stopper,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             verbose=0,  # LiveView prints the concise view; Ray's detail goes to the log
         ),
     )
@@ -705,6 +721,7 @@ def _execute(
         baseline,
         registration,
         study(),
+        ctx.otsu_val_dice,
         _auto_report(ctx, workdir),
         log,
     )
@@ -836,6 +853,7 @@ def run_search(
         code_version(),
         os.environ.get(FAULT_ENV),
         tracking.tracking_patience(),
+        otsu_val_dice(arrays, spec.base_config()),
     )
     _save_state(ctx, data_dir, model_name, overrides)
     searcher = PruningAwareOptunaSearch(
@@ -915,6 +933,7 @@ def resume_search(
         code_version(),
         os.environ.get(FAULT_ENV),
         tracking.tracking_patience(),
+        otsu_val_dice(arrays, spec.base_config()),
     )
     path = root.rstrip("/") + "/" + ctx.search_id
     tuner = tune.Tuner.restore(

@@ -5,7 +5,8 @@ Schema (unknown keys are errors)::
     name: quick                      # search and MLflow experiment name
     model_name: unet-quick           # registered model name (default: unet-<name>)
     description: ...
-    fixed: {image_size: 64, epochs: 4, ...}   # any run-config key (flat or sections), preset
+    fixed: {patch_size: 96, epochs: 4, ...}   # any run-config key (flat or sections), preset;
+                                     # image_size: the square of resize-mode trials only
     params:                          # searched, in order; `when` may only name earlier params
       encoder: {type: choice, values: [none, resnet18]}
       arch: {type: choice, values: [unet, unetplusplus], when: {encoder: [resnet18]}}
@@ -50,6 +51,7 @@ from unet_search.config import (
     PRESETS,
     ConfigError,
     RunConfig,
+    flat_leaves,
     parse_override,
     read_yaml,
 )
@@ -75,6 +77,7 @@ MAX_COMBINATIONS = 200_000
 # Only these sections of a baseline preset apply: the data, the budget and the resources of
 # the search stay, so the baseline is measured like every other trial.
 BASELINE_SECTIONS = ("model", "loss", "optim", "augment")
+BASELINE_LEAVES = ("input_mode", "image_size", "early_stop_metric")
 MODEL_FIELDS = {leaf for leaf, section in LEAF_SECTION.items() if section == "model"}
 MODEL_FIELDS.add("num_classes")
 RESOURCE_FIELDS = {"num_workers", "cpus_per_worker", "gpus_per_worker"}
@@ -182,9 +185,19 @@ class SearchSpec:
     def fixed_dict(self) -> dict[str, Any]:
         return dict(self.fixed)
 
+    def run_config(self, leaves: Mapping[str, Any], source: str | None = None) -> RunConfig:
+        """A trial's run config from its leaves. In a space, ``image_size`` is the square of
+        resize-mode trials (the seed baseline): a patch-mode trial does not use it. The kept
+        weights follow the search metric unless ``early_stop_metric`` says otherwise."""
+        leaves = dict(leaves)
+        if leaves.get("input_mode", "patch") == "patch":
+            leaves.pop("image_size", None)
+        leaves.setdefault("early_stop_metric", self.settings.metric)
+        return RunConfig.from_dict(leaves, source=source or f"space {self.name}")
+
     def base_config(self) -> RunConfig:
         """The fixed settings alone (what every trial shares)."""
-        return RunConfig.from_dict(self.fixed_dict, source=f"space {self.name}: fixed")
+        return self.run_config(self.fixed_dict, f"space {self.name}: fixed")
 
     def define_by_run(self, trial: optuna.Trial) -> dict[str, Any] | None:
         """Optuna define-by-run space. The baseline trial samples nothing (so TPE learns
@@ -203,8 +216,18 @@ class SearchSpec:
         return {by_key[k]: v for k, v in trial_config.items() if k in by_key}
 
     def baseline_leaves(self) -> dict[str, Any]:
+        """What the baseline preset sets: its model, loss, optimizer and augmentation, its
+        input mode and square, and the epoch it keeps (the Keras seed: resize to 128, keep
+        the best val_loss). ``fixed.image_size`` overrides its square."""
         preset = PRESETS[self.settings.baseline or ""]
-        return {k: v for k, v in preset.items() if LEAF_SECTION[k] in BASELINE_SECTIONS}
+        leaves = {
+            k: v
+            for k, v in preset.items()
+            if LEAF_SECTION[k] in BASELINE_SECTIONS or k in BASELINE_LEAVES
+        }
+        if "image_size" in self.fixed_dict and "image_size" in leaves:
+            leaves["image_size"] = self.fixed_dict["image_size"]
+        return leaves
 
     def trial_run_config(self, trial_config: Mapping[str, Any]) -> RunConfig:
         """The full run config of a trial: fixed <- sampled (or fixed <- baseline preset)."""
@@ -213,7 +236,7 @@ class SearchSpec:
             leaves.update(self.baseline_leaves())
         else:
             leaves.update(self.assignments(trial_config))
-        return RunConfig.from_dict(leaves, source=f"space {self.name}")
+        return self.run_config(leaves)
 
     def is_baseline(self, trial_config: Mapping[str, Any]) -> bool:
         return bool(trial_config.get(BASELINE_ATTR))
@@ -492,7 +515,7 @@ def _check_combinations(spec: SearchSpec, source: str) -> None:
     for param in spec.params:
         for value in param.probe_values():
             try:
-                RunConfig.from_dict({**base, param.name: value}, source="x")
+                spec.run_config({**base, param.name: value}, source="x")
             except ConfigError as err:
                 raise ConfigError(
                     f"{source}: `params.{param.name}` value {value!r} is "
@@ -502,7 +525,7 @@ def _check_combinations(spec: SearchSpec, source: str) -> None:
         if count >= MAX_COMBINATIONS:
             break
         try:
-            cfg = RunConfig.from_dict({**base, **combo}, source="combination")
+            cfg = spec.run_config({**base, **combo}, source="combination")
             validate_model_config(cfg.model)
         except ConfigError as err:
             shown = ", ".join(f"{k}: {v!r}" for k, v in combo.items())
@@ -573,10 +596,17 @@ def load_space(path: Path, overrides: Iterable[str] = ()) -> SearchSpec:
     fixed_raw = raw.get("fixed") or {}
     if not isinstance(fixed_raw, Mapping):
         raise _err(source, "fixed", "must be a mapping of run-config keys", fixed_raw)
-    base = RunConfig.from_dict(fixed_raw, source=f"{source}: fixed")
+    leaves = flat_leaves(fixed_raw, f"{source}: fixed")
+    square = (
+        leaves.pop("image_size", None) if leaves.get("input_mode", "patch") == "patch" else None
+    )
+    base = RunConfig.from_dict(leaves, source=f"{source}: fixed")
     fixed = {k: v for k, v in base.flat().items() if v != RunConfig().flat()[k]}
     explicit = _explicit_leaves(fixed_raw)
-    fixed.update({k: base.flat()[k] for k in explicit})
+    fixed.update({k: base.flat()[k] for k in explicit - {"image_size"}})
+    if square is not None:  # the square of resize-mode trials (the baseline), checked as such
+        resize = {**leaves, "input_mode": "resize", "image_size": square}
+        fixed["image_size"] = RunConfig.from_dict(resize, source=f"{source}: fixed").data.square
     spec = SearchSpec(
         name=name,
         model_name=str(raw.get("model_name", f"unet-{name}")),

@@ -4,6 +4,10 @@ Each image holds many blobs of varied size, shape, intensity and texture, some t
 overlapping, on an uneven background with bright debris that is not a nucleus, then blur and
 noise. A quarter of the images are "brightfield-like" (dark nuclei on a bright background).
 A global threshold therefore does not solve the task (see ``tests/test_synthetic.py``).
+
+:func:`render_scene` draws large, non-square images with nuclei of a fixed size in pixels, in
+that style or a fluorescence-like one (bright nuclei on a dark, uneven background) where a
+global threshold is strong: a network must beat Otsu on both (``bench/resolution.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-__all__ = ["make_synthetic", "render_sample"]
+__all__ = ["STYLES", "make_synthetic", "render_sample", "render_scene"]
 
 
 def _blob(
@@ -40,6 +44,27 @@ def _blob(
     wobble = 1.0 + amp * np.sin(k * theta + phase)
     mask[y0:y1, x0:x1] = (u / a) ** 2 + (v / b) ** 2 <= wobble**2
     return mask
+
+
+def _place(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    centers: list[tuple[float, float, float]],
+    radius: float,
+) -> np.ndarray | None:
+    """A nucleus touching or overlapping an earlier one (35%) or anywhere; None (and nothing
+    recorded) when it falls almost entirely outside the image."""
+    if centers and rng.random() < 0.35:
+        py, px, pr = centers[rng.integers(len(centers))]
+        ang, dist = rng.uniform(0, 2 * np.pi), (pr + radius) * rng.uniform(0.6, 1.0)
+        center = (py + dist * np.sin(ang), px + dist * np.cos(ang))
+    else:
+        center = (rng.uniform(0, shape[0]), rng.uniform(0, shape[1]))
+    blob = _blob(rng, shape, center, radius)
+    if blob.sum() < 6:
+        return None
+    centers.append((center[0], center[1], radius))
+    return blob
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -78,16 +103,9 @@ def render_sample(
     count = int(height * width * rng.uniform(0.08, 0.2) / (np.pi * r0**2))
     for k in range(1, max(count, 3) + 1):
         radius = r0 * rng.uniform(0.55, 1.5)
-        if centers and rng.random() < 0.35:  # touch or overlap a previous nucleus
-            py, px, pr = centers[rng.integers(len(centers))]
-            ang, dist = rng.uniform(0, 2 * np.pi), (pr + radius) * rng.uniform(0.6, 1.0)
-            center = (py + dist * np.sin(ang), px + dist * np.cos(ang))
-        else:
-            center = (rng.uniform(0, height), rng.uniform(0, width))
-        blob = _blob(rng, shape, center, radius)
-        if blob.sum() < 6:
+        blob = _place(rng, shape, centers, radius)
+        if blob is None:
             continue
-        centers.append((center[0], center[1], radius))
         labels[blob] = k
         texture = 1.0 - 0.35 * np.clip(_smooth_noise(rng, shape, 1.5 * scale), 0, None)
         signal[blob] = rng.uniform(0.25, 0.85) * texture[blob]
@@ -122,22 +140,120 @@ def render_sample(
     return np.round(rgba * 255).astype(np.uint8), labels
 
 
-def make_synthetic(out: Path, n: int = 200, size: int = 128, seed: int = 0) -> list[str]:
+STYLES = ("hard", "fluorescence")
+
+
+def render_scene(
+    rng: np.random.Generator, height: int, width: int, object_px: float, style: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """An image of nuclei about ``object_px`` pixels across, whatever the image's size.
+
+    ``hard``: the style of :func:`render_sample` (uneven background, bright debris that is
+    not a nucleus, a quarter brightfield-like), built to defeat a global threshold.
+    ``fluorescence``: bright nuclei on a dark, unevenly lit background, as in fluorescence
+    microscopy, where Otsu's threshold is strong.
+
+    Returns (H, W, 4) uint8 RGBA and (H, W) int32 instance labels.
+    """
+    shape = (height, width)
+    r0 = object_px / 2.0
+    texture = 1.0 - 0.35 * np.clip(_smooth_noise(rng, shape, max(1.0, r0 / 3)), 0, None)
+    labels = np.zeros(shape, np.int32)
+    signal = np.zeros(shape, np.float32)
+    centers: list[tuple[float, float, float]] = []
+    count = int(height * width * rng.uniform(0.08, 0.2) / (np.pi * r0**2))
+    low, high = (0.2, 0.6) if style == "hard" else (0.2, 0.9)
+    for k in range(1, max(count, 3) + 1):
+        radius = r0 * rng.uniform(0.6, 1.4)
+        blob = _place(rng, shape, centers, radius)
+        if blob is None:
+            continue
+        labels[blob] = k
+        signal[blob] = rng.uniform(low, high) * texture[blob]
+    kept = [k for k in np.unique(labels) if k and (labels == k).sum() >= 6]
+    relabel = np.zeros(labels.max() + 1, np.int32)
+    relabel[kept] = np.arange(1, len(kept) + 1)
+    labels = relabel[labels]
+    signal[labels == 0] = 0.0
+
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    direction = rng.uniform(0, 2 * np.pi)
+    ramp = np.cos(direction) * xx / width + np.sin(direction) * yy / height
+    ramp = (ramp - ramp.min()) / (np.ptp(ramp) + 1e-6)
+    if style == "fluorescence":
+        light = _smooth_noise(rng, shape, max(height, width) / 6)
+        background = rng.uniform(0.02, 0.08) + rng.uniform(0.05, 0.2) * (ramp + 0.5 * light)
+        image = background + signal * (0.7 + 0.3 * ramp)
+        image = ndimage.gaussian_filter(image, rng.uniform(0.8, 1.6))
+        image = image + rng.normal(0, rng.uniform(0.02, 0.05), shape)
+        rgb = np.clip(image, 0, 1)[..., None].repeat(3, axis=2)
+    else:
+        background = (
+            rng.uniform(0.03, 0.15)
+            + rng.uniform(0.3, 0.6) * ramp
+            + 0.1 * _smooth_noise(rng, shape, 1.5 * object_px)
+        )
+        debris = np.zeros(shape, np.float32)
+        for _ in range(int(rng.integers(2, 7) * max(1.0, height * width / 128**2) ** 0.5)):
+            y, x = rng.uniform(0, height), rng.uniform(0, width)
+            ang, length = rng.uniform(0, np.pi), rng.uniform(1.0, 4.0) * object_px
+            t = np.linspace(0, 1, 200)
+            ys = np.clip((y + t * length * np.sin(ang)).astype(int), 0, height - 1)
+            xs = np.clip((x + t * length * np.cos(ang)).astype(int), 0, width - 1)
+            debris[ys, xs] = rng.uniform(0.5, 1.0)
+        image = background + signal + ndimage.gaussian_filter(debris, 0.6)
+        image = ndimage.gaussian_filter(image, rng.uniform(0.5, 1.4))
+        image = image + rng.normal(0, rng.uniform(0.02, 0.06), shape)
+        tint = np.array([1.0, 1.0, 1.0])
+        if rng.random() < 0.25:  # brightfield-like: dark nuclei on a bright, tinted background
+            image = 1.0 - image
+            tint = np.array(
+                [rng.uniform(0.75, 0.95), rng.uniform(0.55, 0.8), rng.uniform(0.8, 1.0)]
+            )
+        rgb = np.clip(image[..., None] * tint, 0, 1)
+    rgba = np.concatenate([rgb, np.ones((*shape, 1))], axis=2)
+    return np.round(rgba * 255).astype(np.uint8), labels
+
+
+def make_synthetic(
+    out: Path,
+    n: int = 200,
+    size: int = 128,
+    seed: int = 0,
+    *,
+    max_size: int | None = None,
+    object_px: float | None = None,
+    style: str = "hard",
+) -> list[str]:
     """Write ``n`` synthetic samples to ``out`` in the DSB2018 layout.
 
-    Heights are ``size``; widths vary around it (+-25%) so that resizing to the model's input
-    and back to the original size is exercised. Returns the image ids.
+    By default heights are ``size``, widths vary around it (+-25%) and nuclei scale with the
+    image (the original set: resizing to the model's input and back is exercised). With
+    ``max_size`` each side is drawn from [size, max_size] (large, non-square images); with
+    ``object_px`` nuclei are about that many pixels across whatever the image's size; with
+    ``style`` (``hard`` | ``fluorescence``) see :func:`render_scene`. Returns the image ids.
     """
     if n < 1:
         raise ValueError(f"`n >= 1` must hold, but got {n=}.")
     if size < 16:
         raise ValueError(f"`size >= 16` must hold, but got {size=}.")
+    if max_size is not None and max_size < size:
+        raise ValueError(f"`max_size >= size` must hold, but got {max_size=} < {size=}.")
+    if style not in STYLES:
+        raise ValueError(f"`style` must be one of {list(STYLES)}, but got {style!r}.")
+    legacy = max_size is None and object_px is None and style == "hard"
     out = Path(out)
     ids = []
     for i in range(n):
         rng = np.random.default_rng([seed, i])
-        width = int(size * rng.choice([0.75, 1.0, 1.0, 1.25]))
-        image, labels = render_sample(rng, size, width)
+        if legacy:
+            width = int(size * rng.choice([0.75, 1.0, 1.0, 1.25]))
+            image, labels = render_sample(rng, size, width)
+        else:
+            top = max_size or size
+            height, width = (int(v) for v in rng.integers(size, top + 1, 2))
+            diameter = object_px or 12.0 * min(height, width) / 128.0
+            image, labels = render_scene(rng, height, width, diameter, style)
         image_id = f"synth{seed:03d}_{i:05d}"
         folder = out / image_id
         (folder / "images").mkdir(parents=True, exist_ok=True)

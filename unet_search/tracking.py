@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -393,6 +393,7 @@ class SearchRecord:
     end_ms: int | None
     status: str
     trials: tuple[TrialRecord, ...]  # by trial number
+    metrics: dict[str, float] = field(default_factory=dict)  # the parent run's
 
 
 def _outcome(status: str, tags: Mapping[str, str]) -> str:
@@ -443,6 +444,7 @@ def search_record(uri: str, search_id: str, metric: str | None = None) -> Search
         parent.info.end_time,
         parent.info.status,
         tuple(sorted(trials, key=lambda t: (t.number, t.name))),
+        dict(parent.data.metrics),
     )
 
 

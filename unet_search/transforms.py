@@ -1,4 +1,5 @@
-"""albumentations pipelines, normalization and the torch Dataset over cached arrays."""
+"""albumentations pipelines, normalization and the torch Datasets of training items (patches at
+the data's own scale, or whole images resized to one square)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from unet_search.config import AugmentConfig, ModelConfig
+from unet_search.config import IGNORE, AugmentConfig, ModelConfig
+from unet_search.data import DatasetArrays
+
+NEAREST = cv2.INTER_NEAREST
 
 __all__ = [
     "NORMALIZATIONS",
-    "SegmentationDataset",
+    "PatchDataset",
+    "ResizeDataset",
+    "item_rng",
+    "resize_image",
     "normalization_for",
     "to_tensor",
     "train_pipeline",
@@ -86,41 +93,165 @@ def to_tensor(image: np.ndarray, normalization: str, in_channels: int) -> torch.
     ).contiguous()
 
 
-class SegmentationDataset(Dataset[dict[str, torch.Tensor]]):
-    """Samples of cached arrays, optionally augmented.
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, C) uint8 -> ``size`` (height, width): area averaging when it shrinks both
+    sides, else bilinear (the rule ``predict`` has always used, so older models predict as
+    before; the training data are resized by it too)."""
+    h, w = image.shape[:2]
+    shrink = size[0] < h and size[1] < w
+    return cv2.resize(
+        image, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    )
 
-    Yields dicts: ``image`` (C, H, W) float32, ``mask`` (H, W) int64 class indices and, when
-    ``instances`` is given, ``instances`` (H, W) int32 labels (evaluation only: unaugmented).
-    """
+
+def item_rng(seed: int, epoch: int, item: int) -> np.random.Generator:
+    """The random stream of one training item: differs per epoch and item (hence per rank and
+    per loader worker, which draw different items) and repeats exactly for the same seed."""
+    return np.random.default_rng([seed, epoch, item])
+
+
+def _augment(
+    pipeline: A.Compose | None, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    if pipeline is None or not len(pipeline.transforms):
+        return image, mask
+    pipeline.set_random_seed(int(rng.integers(2**31)))
+    out = pipeline(image=image, mask=mask)
+    return out["image"], out["mask"]
+
+
+def _sample(
+    image: np.ndarray, mask: np.ndarray, normalization: str, in_channels: int
+) -> dict[str, torch.Tensor]:
+    return {
+        "image": to_tensor(image, normalization, in_channels),
+        "mask": torch.from_numpy(np.array(mask, dtype=np.int64)),
+    }
+
+
+class _EpochDataset(Dataset[dict[str, torch.Tensor]]):
+    """Training items whose randomness follows (seed, epoch, item): see :func:`item_rng`."""
 
     def __init__(
         self,
-        images: np.ndarray,
-        masks: np.ndarray,
+        arrays: DatasetArrays,
         indices: Sequence[int] | np.ndarray,
         *,
         normalization: str,
         in_channels: int,
-        pipeline: A.Compose | None = None,
-        instances: np.ndarray | None = None,
+        pipeline: A.Compose | None,
+        seed: int,
     ) -> None:
-        self.images, self.masks, self.instances = images, masks, instances
-        self.indices = [int(i) for i in indices]
-        self.normalization, self.in_channels, self.pipeline = normalization, in_channels, pipeline
+        self.arrays, self.indices = arrays, [int(i) for i in indices]
+        self.normalization, self.in_channels = normalization, in_channels
+        self.pipeline, self.seed, self.epoch = pipeline, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called before each epoch (loader workers are started anew with the new value)."""
+        self.epoch = epoch
+
+
+class ResizeDataset(_EpochDataset):
+    """Resize mode (the Keras seed): each training image squashed to one square, augmented.
+    One epoch is one pass over the training images."""
+
+    def __init__(
+        self,
+        arrays: DatasetArrays,
+        indices: Sequence[int] | np.ndarray,
+        *,
+        size: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(arrays, indices, **kwargs)
+        self.size = size
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         i = self.indices[item]
-        image, mask = self.images[i], self.masks[i]
-        if self.pipeline is not None and len(self.pipeline.transforms):
-            out = self.pipeline(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        sample = {
-            "image": to_tensor(image, self.normalization, self.in_channels),
-            "mask": torch.from_numpy(np.array(mask, dtype=np.int64)),
-        }
-        if self.instances is not None:
-            sample["instances"] = torch.from_numpy(self.instances[i].astype(np.int32))
-        return sample
+        image = resize_image(self.arrays.image(i), (self.size, self.size))
+        mask = cv2.resize(self.arrays.mask(i), (self.size, self.size), interpolation=NEAREST)
+        image, mask = _augment(self.pipeline, item_rng(self.seed, self.epoch, item), image, mask)
+        return _sample(image, mask, self.normalization, self.in_channels)
+
+
+FG_POINTS = 4096  # foreground pixels remembered per image for fg_oversample
+
+
+class PatchDataset(_EpochDataset):
+    """Patch mode: ``length`` random patches of ``patch`` pixels at the data's own scale
+    (images resampled by ``scale``) per epoch, a ``fg_oversample`` share of them centred on
+    a foreground pixel (nnU-Net, MONAI's RandCropByPosNegLabel). An image smaller than a
+    patch is mirror-padded; its padded pixels are :data:`IGNORE` in the mask (no loss)."""
+
+    def __init__(
+        self,
+        arrays: DatasetArrays,
+        indices: Sequence[int] | np.ndarray,
+        *,
+        patch: tuple[int, int],
+        scale: float,
+        fg_oversample: float,
+        length: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(arrays, indices, **kwargs)
+        self.patch, self.scale, self.fg_oversample, self.length = (
+            patch,
+            scale,
+            fg_oversample,
+            length,
+        )
+        # The region of the original image that becomes one patch.
+        self.region = (
+            max(1, round(patch[0] / scale)),
+            max(1, round(patch[1] / scale)),
+        )
+        self.foreground = [self._fg_points(i) for i in self.indices] if fg_oversample else []
+
+    def _fg_points(self, i: int) -> np.ndarray:
+        flat = np.flatnonzero(self.arrays.mask(i))
+        if len(flat) > FG_POINTS:  # a fixed subset: the same for every epoch and rank
+            flat = np.random.default_rng(i).choice(flat, FG_POINTS, replace=False)
+        return flat
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _corner(self, rng: np.random.Generator, k: int, size: tuple[int, int]) -> tuple[int, int]:
+        """Top-left of the region: around a foreground pixel, or anywhere; inside the image
+        wherever it is large enough."""
+        (h, w), (rh, rw) = size, self.region
+        points = self.foreground[k] if self.foreground else None
+        if points is not None and len(points) and rng.random() < self.fg_oversample:
+            y, x = divmod(int(points[rng.integers(len(points))]), w)
+            top, left = y - rh // 2, x - rw // 2
+        else:
+            top, left = (
+                int(rng.integers(max(h - rh, 0) + 1)),
+                int(rng.integers(max(w - rw, 0) + 1)),
+            )
+        return min(max(top, 0), max(h - rh, 0)), min(max(left, 0), max(w - rw, 0))
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        rng = item_rng(self.seed, self.epoch, item)
+        k = int(rng.integers(len(self.indices)))
+        i = self.indices[k]
+        image, mask = self.arrays.image(i), self.arrays.mask(i)
+        top, left = self._corner(rng, k, image.shape[:2])
+        rh, rw = self.region
+        image, mask = (
+            image[top : top + rh, left : left + rw],
+            mask[top : top + rh, left : left + rw],
+        )
+        pad_h, pad_w = rh - image.shape[0], rw - image.shape[1]
+        if pad_h or pad_w:  # an image smaller than the region
+            image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101)
+            mask = cv2.copyMakeBorder(mask, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=IGNORE)
+        if self.region != self.patch:
+            image = resize_image(image, self.patch)
+            mask = cv2.resize(mask, (self.patch[1], self.patch[0]), interpolation=NEAREST)
+        image, mask = _augment(self.pipeline, rng, np.ascontiguousarray(image), mask)
+        return _sample(image, mask, self.normalization, self.in_channels)

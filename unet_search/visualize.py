@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 __all__ = ["PALETTE", "overlay", "triptych"]
@@ -23,29 +25,35 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.nd
 
 
 def triptych(
-    images: np.ndarray, truth: np.ndarray, pred: np.ndarray, min_side: int = 160
+    images: Sequence[np.ndarray],
+    truth: Sequence[np.ndarray],
+    pred: Sequence[np.ndarray],
+    min_side: int = 160,
 ) -> np.ndarray:
-    """One row per sample: image | truth overlay | prediction overlay.
+    """One row per sample: image | truth overlay | prediction overlay, each sample at its own
+    size (rows are padded with white to the widest).
 
     Args:
-        images: (N, H, W, 3) uint8; truth, pred: (N, H, W) integer labels.
-        min_side: small tiles are enlarged (nearest) to at least this many pixels.
+        images: (H, W, 3) uint8 each; truth, pred: (H, W) integer labels each.
+        min_side: a small sample is enlarged (nearest, by a whole factor) until its shorter
+            side has at least this many pixels.
     Returns:
         (rows, cols, 3) uint8 with 4-pixel white gutters.
     """
-    scale = max(1, -(-min_side // images.shape[1]))
     gutter = 4
     rows = []
     for img, t, p in zip(images, truth, pred, strict=True):
+        scale = max(1, -(-min_side // min(img.shape[:2])))
         tiles = [img, overlay(img, t), overlay(img, p)]
         tiles = [np.repeat(np.repeat(x, scale, 0), scale, 1) for x in tiles]
         h = tiles[0].shape[0]
         sep = np.full((h, gutter, 3), 255, np.uint8)
         rows.append(np.concatenate([tiles[0], sep, tiles[1], sep, tiles[2]], axis=1))
-    width = rows[0].shape[1]
+    width = max(row.shape[1] for row in rows)
     parts: list[np.ndarray] = []
     for row in rows:
         if parts:
             parts.append(np.full((gutter, width, 3), 255, np.uint8))
-        parts.append(row)
+        pad = np.full((row.shape[0], width - row.shape[1], 3), 255, np.uint8)
+        parts.append(np.concatenate([row, pad], axis=1))
     return np.concatenate(parts, axis=0)

@@ -33,22 +33,22 @@ from torch.utils.data import DataLoader
 
 from unet_search import RAY_ENV, tracking
 from unet_search.config import RunConfig, TrainConfig, UserError, code_version
-from unet_search.data import DatasetArrays, split_indices
+from unet_search.data import DatasetArrays
 from unet_search.engine import (
     TrainingState,
+    build_loaders,
     fit,
     new_training_state,
-    predict_labels,
     seed_everything,
+    val_indices,
 )
 from unet_search.losses import build_loss
+from unet_search.metrics import logits_to_labels
 from unet_search.models import build_model, count_parameters, save_model_dir
+from unet_search.sliding import plan_of, predict_logits
 from unet_search.transforms import (
     NORMALIZATIONS,
-    SegmentationDataset,
     normalization_for,
-    to_tensor,
-    train_pipeline,
 )
 from unet_search.visualize import triptych
 
@@ -76,11 +76,17 @@ class ResourceError(UserError):
 
 
 def preprocessing_of(cfg: RunConfig) -> dict[str, Any]:
-    """What a downstream predictor must do to an image, saved next to the weights."""
+    """What a downstream predictor must do to an image, saved next to the weights (read back
+    by :func:`unet_search.sliding.plan_of_preprocessing`)."""
     name = normalization_for(cfg.model)
     mean, std = NORMALIZATIONS[name]
     return {
-        "image_size": cfg.data.image_size,
+        "input_mode": cfg.data.input_mode,
+        "patch_size": list(cfg.data.patch_size),
+        "scale": cfg.data.scale,
+        "tile_overlap": cfg.train.tile_overlap,
+        "tta": cfg.train.tta,
+        "image_size": cfg.data.square,  # resize mode's square
         "resize": "bilinear",
         "normalization": name,
         "mean": list(mean),
@@ -89,42 +95,6 @@ def preprocessing_of(cfg: RunConfig) -> dict[str, Any]:
         "num_classes": cfg.data.num_classes,
         "threshold": cfg.train.threshold,
     }
-
-
-def _loaders(
-    cfg: RunConfig, arrays: DatasetArrays, rank: int, world: int, seed: int
-) -> tuple[DataLoader[Any], DataLoader[Any]]:
-    train_idx, val_idx = split_indices(len(arrays), cfg.data.val_fraction, cfg.data.split_seed)
-    norm, channels = normalization_for(cfg.model), cfg.model.in_channels
-    train_set = SegmentationDataset(
-        arrays.images,
-        arrays.masks,
-        train_idx,
-        normalization=norm,
-        in_channels=channels,
-        pipeline=train_pipeline(cfg.augment, seed),
-    )
-    # Validation is sharded by hand (no padding with repeats), so no image counts twice.
-    val_set = SegmentationDataset(
-        arrays.images,
-        arrays.masks,
-        val_idx[rank::world],
-        normalization=norm,
-        in_channels=channels,
-        instances=arrays.instances,
-    )
-    generator = torch.Generator().manual_seed(seed)
-    train = DataLoader(
-        train_set,
-        batch_size=cfg.train.batch_size,
-        shuffle=True,
-        num_workers=cfg.train.loader_workers,
-        generator=generator,
-    )
-    val = DataLoader(
-        val_set, batch_size=max(cfg.train.batch_size, 8), num_workers=cfg.train.loader_workers
-    )
-    return train, val
 
 
 @dataclass(frozen=True)
@@ -166,33 +136,36 @@ def _resume(
     state.load_state_dict(saved)
 
 
-def _sample_batch(
-    cfg: RunConfig, arrays: DatasetArrays, device: torch.device
-) -> tuple[np.ndarray, torch.Tensor]:
-    """The fixed validation samples every trial of a search shows: their dataset indices and
-    the (N, C, H, W) input batch."""
-    _, val_idx = split_indices(len(arrays), cfg.data.val_fraction, cfg.data.split_seed)
-    picks = np.asarray(val_idx[: cfg.train.num_sample_images], dtype=np.int64)
-    norm = normalization_for(cfg.model)
-    if not len(picks):
-        return picks, torch.empty(0)
-    batch = torch.stack([to_tensor(arrays.images[i], norm, cfg.model.in_channels) for i in picks])
-    return picks, batch.to(device)
+def _sample_indices(cfg: RunConfig, arrays: DatasetArrays) -> np.ndarray:
+    """The fixed validation images every trial of a search shows."""
+    return val_indices(cfg, arrays)[: cfg.train.num_sample_images]
+
+
+def _predict_masks(
+    module: torch.nn.Module, cfg: RunConfig, arrays: DatasetArrays, picks: np.ndarray
+) -> list[np.ndarray]:
+    """Whole-image labels of ``picks``, as ``predict`` segments them."""
+    plan, norm = plan_of(cfg), normalization_for(cfg.model)
+    device = next(module.parameters()).device
+    out = []
+    for i in picks:
+        logits = predict_logits(
+            module, arrays.image(int(i)), plan, norm, cfg.model.in_channels, device
+        )
+        out.append(logits_to_labels(logits[None], cfg.train.threshold)[0].cpu().numpy())
+    return out
 
 
 def _sample_image(
-    module: torch.nn.Module,
-    cfg: RunConfig,
-    arrays: DatasetArrays,
-    samples: tuple[np.ndarray, torch.Tensor],
+    module: torch.nn.Module, cfg: RunConfig, arrays: DatasetArrays, picks: np.ndarray
 ) -> np.ndarray | None:
-    """image | truth | prediction rows for the fixed ``samples`` (from :func:`_sample_batch`),
-    or None without samples."""
-    picks, batch = samples
+    """image | truth | prediction rows for the fixed ``picks``, or None without samples."""
     if not len(picks):
         return None
-    pred = predict_labels(module, batch, cfg.train.threshold).cpu().numpy()
-    return triptych(arrays.images[picks], arrays.masks[picks], pred)
+    pred = _predict_masks(module, cfg, arrays, picks)
+    return triptych(
+        [arrays.image(int(i)) for i in picks], [arrays.mask(int(i)) for i in picks], pred
+    )
 
 
 def _samples_due(tc: TrainConfig, epoch: int, finished: bool) -> bool:
@@ -202,18 +175,21 @@ def _samples_due(tc: TrainConfig, epoch: int, finished: bool) -> bool:
 
 
 def _inference_ms_per_image(
-    module: torch.nn.Module, batch: torch.Tensor, threshold: float, repeats: int = 5
+    module: torch.nn.Module,
+    cfg: RunConfig,
+    arrays: DatasetArrays,
+    picks: np.ndarray,
+    repeats: int = 3,
 ) -> float:
-    """Median wall time of one forward pass (+ thresholding) per image, after a warm-up."""
-    predict_labels(module, batch, threshold)
+    """Median wall time per image of predicting ``picks`` whole (as ``predict`` does), after a
+    warm-up."""
+    _predict_masks(module, cfg, arrays, picks[:1])
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        predict_labels(module, batch, threshold)
-        if batch.device.type == "cuda":
-            torch.cuda.synchronize(batch.device)
+        _predict_masks(module, cfg, arrays, picks)
         times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times)) / batch.shape[0]
+    return 1000.0 * float(np.median(times)) / len(picks)
 
 
 def _log_final(
@@ -221,10 +197,10 @@ def _log_final(
     arrays: DatasetArrays,
     state: TrainingState,
     outbox: tracking.Outbox,
-    samples: tuple[np.ndarray, torch.Tensor],
+    picks: np.ndarray,
 ) -> None:
     """Rank 0: the best weights as a model directory, image | truth | prediction overlays of
-    the fixed ``samples`` by the best weights, and their inference time per image."""
+    the fixed samples ``picks`` by the best weights, and their inference time per image."""
     module = copy.deepcopy(state.module)  # the trained model stays as the checkpoint has it
     if state.best_state is not None:
         module.load_state_dict(state.best_state)
@@ -237,13 +213,11 @@ def _log_final(
             cfg.data.num_classes,
             preprocessing_of(cfg),
         )
-        picture = _sample_image(module, cfg, arrays, samples)
+        picture = _sample_image(module, cfg, arrays, picks)
         if picture is not None:
             (Path(tmp) / "samples").mkdir()
             Image.fromarray(picture).save(Path(tmp) / "samples" / "predictions.png")
-            metrics["inference_ms_per_image"] = _inference_ms_per_image(
-                module, samples[1], cfg.train.threshold
-            )
+            metrics["inference_ms_per_image"] = _inference_ms_per_image(module, cfg, arrays, picks)
         outbox.drain()  # every epoch's logging first, then the model
         uri, run_id = outbox.uri, outbox.run_id
         tracking.with_patience(
@@ -277,12 +251,13 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
     seed_everything(cfg.train.seed + rank)
     data = config["dataset"]
     arrays: DatasetArrays = ray.get(data) if isinstance(data, ray.ObjectRef) else data
-    train_loader, val_loader = _loaders(cfg, arrays, rank, world, cfg.train.seed + rank)
+    train_loader, val = build_loaders(cfg, arrays, rank, world)
     model = build_model(cfg.model, cfg.data.num_classes).to(device)
     if device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    train_loader = ctx.prepare_loader(train_loader)  # this rank's share of each epoch
+    # The schedule spans the steps this rank really takes.
     state = new_training_state(ctx.prepare_model(model), cfg, len(train_loader), device)
-    train_loader = ctx.prepare_loader(train_loader)
     patience = float(config.get("tracking_patience_s") or tracking.DEFAULT_PATIENCE_S)
     outbox = tracking.Outbox(uri, run_id, patience)
     _resume(state, ctx, outbox if rank == 0 else None)
@@ -300,7 +275,7 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
         )
 
     # Rank 0 logs the overlays: the same fixed samples every epoch (and in every trial).
-    samples = _sample_batch(cfg, arrays, device) if rank == 0 else (np.empty(0), torch.empty(0))
+    picks = _sample_indices(cfg, arrays) if rank == 0 else np.empty(0, np.int64)
 
     def report(metrics: dict[str, float], st: TrainingState) -> None:
         # Log before reporting: a failure between the two repeats an epoch's point in MLflow
@@ -309,13 +284,13 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
             epoch, finished = int(metrics["epoch"]), bool(metrics["finished"])
             outbox.log_metrics(metrics, step=epoch)
             if _samples_due(cfg.train, epoch, finished):
-                picture = _sample_image(st.module, cfg, arrays, samples)
+                picture = _sample_image(st.module, cfg, arrays, picks)
                 if picture is not None:
                     outbox.log_image(picture, SAMPLES_KEY, epoch)
             if finished:
                 # Before the last report: Tune may end a finished trial's process right
                 # after it, so nothing after fit() is guaranteed to run.
-                _log_final(cfg, arrays, st, outbox, samples)
+                _log_final(cfg, arrays, st, outbox, picks)
         directory = _save_checkpoint(st, outbox) if rank == 0 else None
         try:
             ctx.report(metrics, directory)  # Ray persists the checkpoint before returning
@@ -326,7 +301,7 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
             outbox.check()  # after the checkpoint: nothing of this epoch is lost
         _maybe_fail(int(metrics["epoch"]), rank, world, cfg, config.get("fault"))
 
-    fit(state, cfg, train_loader, val_loader, build_loss(cfg.loss), device, report)
+    fit(state, cfg, train_loader, val, build_loss(cfg.loss), device, report)
 
 
 @contextlib.contextmanager

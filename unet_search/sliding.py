@@ -1,0 +1,252 @@
+"""Whole-image prediction at the data's own scale: the one predictor that validation and every
+way to predict (``predict``, ``load_model``, the pyfunc, ``mlflow models serve``) share.
+
+Patch mode (REFERENCE.md section 5, as nnU-Net and MONAI do it): the image is cut into tiles
+of the training patch size that overlap by ``overlap`` (0.5: a step of half a tile); each
+tile's logits are weighted by a Gaussian (sigma = 1/8 of the tile), accumulated in float32
+and divided by the summed weights, so no seam shows where tiles meet. An image smaller than a
+tile is mirror-padded to it and cropped back. An unpadded (``padding: valid``) UNet predicts
+by overlap-tile instead (Ronneberger et al.): the image is mirror-padded by the network's
+margin and its output tiles cover the image exactly, each seeing the real pixels around it.
+
+Resize mode (the Keras seed): the image is resized to the training square, and the logits
+back to the image's size (bilinear), as ``predict`` always did.
+
+``tta="flips"`` averages the logits of the image and its three mirror images (each predicted
+whole, then flipped back), so a flipped image gets exactly the flipped prediction.
+
+No Ray and no MLflow here: the training engine calls it on each validation image.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unet_search.config import RESIZE_DEFAULT, RunConfig
+from unet_search.models import mirror_pad, valid_input_size
+from unet_search.transforms import resize_image, to_tensor
+
+__all__ = [
+    "PredictPlan",
+    "gaussian_weights",
+    "model_input",
+    "plan_of",
+    "plan_of_preprocessing",
+    "predict_logits",
+    "scaled_size",
+    "tile_starts",
+]
+
+# The four mirror images of a 2-D image: the flips form a group, so averaging over it makes
+# the prediction exactly equivariant (a flipped input gives the flipped output).
+FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
+@dataclass(frozen=True)
+class PredictPlan:
+    """How a model sees an image; saved with the model as its ``preprocessing``.
+
+    ``patch``: (height, width) of the training patches and of the prediction tiles (patch
+    mode); ``image_size``: the square every image is resized to (resize mode); ``scale``: the
+    factor images are resampled by before the model (patch mode; 1.0 = the data's own scale).
+    """
+
+    input_mode: str = "patch"
+    patch: tuple[int, int] = (128, 128)
+    image_size: int = 128
+    scale: float = 1.0
+    overlap: float = 0.5
+    tta: str = "none"
+    batch_size: int = 8
+
+
+def plan_of(cfg: RunConfig, batch_size: int = 8) -> PredictPlan:
+    """How a run's model sees whole images (validation and every later prediction)."""
+    data, train = cfg.data, cfg.train
+    return PredictPlan(
+        data.input_mode,
+        data.patch_size,
+        data.square,
+        data.scale,
+        train.tile_overlap,
+        train.tta,
+        batch_size,
+    )
+
+
+def plan_of_preprocessing(pre: dict[str, Any], batch_size: int = 8) -> PredictPlan:
+    """The plan a saved model's ``preprocessing`` describes; a model saved before patch mode
+    (no ``input_mode``) resized every image to ``image_size``."""
+    mode = str(pre.get("input_mode", "resize"))
+    patch = pre.get("patch_size") or [128, 128]
+    return PredictPlan(
+        mode,
+        (int(patch[0]), int(patch[1])),
+        int(pre.get("image_size") or RESIZE_DEFAULT),
+        float(pre.get("scale", 1.0)),
+        float(pre.get("tile_overlap", 0.5)),
+        str(pre.get("tta", "none")),
+        batch_size,
+    )
+
+
+@functools.cache
+def _gaussian(height: int, width: int) -> torch.Tensor:
+    def axis(n: int) -> np.ndarray:
+        sigma = n / 8.0
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+        return np.exp(-(x**2) / (2.0 * sigma**2))
+
+    w = np.outer(axis(height), axis(width))
+    w /= w.max()
+    # The corners of a tile are near 0: keep them positive so that a pixel covered by corners
+    # only is still defined (as nnU-Net does).
+    w = np.maximum(w, w[w > 0].min(), out=w)
+    return torch.from_numpy(w.astype(np.float32))
+
+
+def gaussian_weights(height: int, width: int) -> torch.Tensor:
+    """(height, width) float32 weights, 1 at the centre, sigma = 1/8 of each side."""
+    return _gaussian(int(height), int(width)).clone()
+
+
+def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
+    """Start offsets of tiles of ``tile`` pixels covering ``size`` (>= tile) with steps of at
+    most ``tile * (1 - overlap)``, the first at 0 and the last ending at ``size``."""
+    if size <= tile:
+        return [0]
+    step = max(1, int(tile * (1.0 - overlap)))
+    count = math.ceil((size - tile) / step) + 1
+    return [round(i * (size - tile) / (count - 1)) for i in range(count)]
+
+
+def _windows(
+    height: int, width: int, tile: tuple[int, int], overlap: float
+) -> list[tuple[int, int]]:
+    return [
+        (y, x)
+        for y in tile_starts(height, tile[0], overlap)
+        for x in tile_starts(width, tile[1], overlap)
+    ]
+
+
+def _batched(items: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _sliding(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    tile: tuple[int, int],
+    overlap: float,
+    batch_size: int,
+) -> torch.Tensor:
+    """Gaussian-weighted sliding window over a (C, H, W) image -> (K, H, W) float32 logits."""
+    _, h, w = image.shape
+    th, tw = tile
+    padded = mirror_pad(image[None], 0, max(th - h, 0), 0, max(tw - w, 0))[0]
+    ph, pw = padded.shape[-2:]
+    weight = _gaussian(th, tw).to(image.device)
+    out: torch.Tensor | None = None
+    norm = torch.zeros((ph, pw), dtype=torch.float32, device=image.device)
+    for chunk in _batched(_windows(ph, pw, tile, overlap), batch_size):
+        batch = torch.stack([padded[:, y : y + th, x : x + tw] for y, x in chunk])
+        logits = forward(batch).float()
+        if out is None:
+            out = torch.zeros((logits.shape[1], ph, pw), dtype=torch.float32, device=image.device)
+        for (y, x), logit in zip(chunk, logits, strict=True):
+            out[:, y : y + th, x : x + tw] += logit * weight
+            norm[y : y + th, x : x + tw] += weight
+    assert out is not None, "an image has at least one tile"
+    return (out / norm)[:, :h, :w]
+
+
+def _overlap_tile(
+    net: nn.Module, depth: int, image: torch.Tensor, tile: tuple[int, int], batch_size: int
+) -> torch.Tensor:
+    """Overlap-tile for an unpadded UNet: output tiles of ``tile`` cover the image exactly;
+    each input window is the tile plus the network's margin of real (or, at the image's
+    border, mirrored) pixels."""
+    _, h, w = image.shape
+    th, tw = min(tile[0], h), min(tile[1], w)
+    (in_h, m_h), (in_w, m_w) = valid_input_size(th, depth), valid_input_size(tw, depth)
+    rows, cols = math.ceil(h / th), math.ceil(w / tw)
+    # Mirror the border by the margin, and the bottom/right by what the last tiles overhang.
+    padded = mirror_pad(
+        image[None], m_h, in_h - m_h + rows * th - h, m_w, in_w - m_w + cols * tw - w
+    )[0]
+    starts = [(r * th, c * tw) for r in range(rows) for c in range(cols)]
+    out: torch.Tensor | None = None
+    for chunk in _batched(starts, batch_size):
+        batch = torch.stack([padded[:, y : y + in_h, x : x + in_w] for y, x in chunk])
+        logits = net(batch).float()
+        if out is None:
+            out = torch.zeros((logits.shape[1], rows * th, cols * tw), dtype=torch.float32)
+            out = out.to(image.device)
+        for (y, x), logit in zip(chunk, logits, strict=True):
+            out[:, y : y + th, x : x + tw] = logit[:, :th, :tw]
+    assert out is not None
+    return out[:, :h, :w]
+
+
+def _once(model: nn.Module, image: torch.Tensor, plan: PredictPlan) -> torch.Tensor:
+    if plan.input_mode == "resize":
+        return model(image[None]).float()[0]  # already the training square
+    net, depth = getattr(model, "net", None), getattr(model, "depth", 0)
+    if getattr(model, "padding", "same") == "valid" and net is not None:
+        return _overlap_tile(net, depth, image, plan.patch, plan.batch_size)
+    return _sliding(model, image, plan.patch, plan.overlap, plan.batch_size)
+
+
+def model_input(image: np.ndarray, plan: PredictPlan) -> np.ndarray:
+    """(H, W, 3) uint8 as the model sees it: resized to the square (resize mode) or
+    resampled by ``scale`` (patch mode). The cache applies the same to training images."""
+    h, w = image.shape[:2]
+    if plan.input_mode == "resize":
+        return resize_image(image, (plan.image_size, plan.image_size))
+    if plan.scale != 1.0:
+        return resize_image(image, scaled_size((h, w), plan.scale))
+    return image
+
+
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    image: np.ndarray,
+    plan: PredictPlan,
+    normalization: str,
+    in_channels: int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """(H, W, 3) uint8 image -> (K, H, W) float32 logits at the image's own size, in eval
+    mode (on ``device``)."""
+    module = getattr(model, "module", model)  # unwrap DDP: no collectives in prediction
+    module.eval()
+    h, w = image.shape[:2]
+    x = to_tensor(model_input(image, plan), normalization, in_channels).to(device)
+    total: torch.Tensor | None = None
+    flips = FLIPS if plan.tta == "flips" else FLIPS[:1]
+    for dims in flips:
+        logits = _once(module, torch.flip(x, dims) if dims else x, plan)
+        logits = torch.flip(logits, dims) if dims else logits
+        total = logits if total is None else total.add_(logits)
+    assert total is not None
+    if len(flips) > 1:
+        total /= len(flips)
+    if total.shape[-2:] != (h, w):
+        total = F.interpolate(total[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    return total
