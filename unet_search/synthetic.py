@@ -67,6 +67,14 @@ def _place(
     return blob
 
 
+def _relabel(labels: np.ndarray) -> np.ndarray:
+    """Labels 1..n of the nuclei left with at least 6 pixels after occlusion (0 elsewhere)."""
+    kept = [k for k in np.unique(labels) if k and (labels == k).sum() >= 6]
+    relabel = np.zeros(labels.max() + 1, np.int32)
+    relabel[kept] = np.arange(1, len(kept) + 1)
+    return relabel[labels]
+
+
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
     return field / (np.abs(field).max() + 1e-6)
@@ -120,11 +128,7 @@ def render_sample(
         debris[ys, xs] = rng.uniform(0.5, 1.0)
     debris = ndimage.gaussian_filter(debris, 0.6)
 
-    # Relabel so that labels are 1..n after occlusion.
-    kept = [k for k in np.unique(labels) if k and (labels == k).sum() >= 6]
-    relabel = np.zeros(labels.max() + 1, np.int32)
-    relabel[kept] = np.arange(1, len(kept) + 1)
-    labels = relabel[labels]
+    labels = _relabel(labels)
     signal[labels == 0] = 0.0
 
     image = background + signal + debris
@@ -170,10 +174,7 @@ def render_scene(
             continue
         labels[blob] = k
         signal[blob] = rng.uniform(low, high) * texture[blob]
-    kept = [k for k in np.unique(labels) if k and (labels == k).sum() >= 6]
-    relabel = np.zeros(labels.max() + 1, np.int32)
-    relabel[kept] = np.arange(1, len(kept) + 1)
-    labels = relabel[labels]
+    labels = _relabel(labels)
     signal[labels == 0] = 0.0
 
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
