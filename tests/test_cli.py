@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from unet_search.models import load_model_dir
+from unet_search.spaces import load_space
 
 EXE = str(Path(sys.executable).with_name("unet-search"))
 
@@ -116,10 +117,19 @@ def test_train_two_ddp_workers_end_to_end(synth_dir: Path, tmp_path: Path) -> No
         "val_fraction=0.25",
         "--set",
         "num_sample_images=3",
+        "--set",
+        "normalization=auto",
+        "--set",
+        "batch_size=auto",
         home=home,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "run id" in proc.stdout and "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+    planned = dict(
+        line.split()[:2] for line in proc.stdout.splitlines() if line.startswith(("norm", "batch"))
+    )
+    assert planned["batch_size"] == "8"  # the cpu-quick budget's
+    assert planned["normalization"] in ("zscore", "dataset")
 
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("e2e")
@@ -129,6 +139,8 @@ def test_train_two_ddp_workers_end_to_end(synth_dir: Path, tmp_path: Path) -> No
     assert run_.info.status == "FINISHED"
     assert run_.info.run_id in proc.stdout
     assert run_.data.params["num_workers"] == "2" and run_.data.params["encoder"] == "none"
+    assert run_.data.params["normalization"] == planned["normalization"]  # resolved, logged
+    assert run_.data.params["batch_size"] == "8"
     assert run_.data.tags["ray.world_size"] == "2"
     check = run(
         "check-data",
@@ -160,7 +172,34 @@ def test_train_two_ddp_workers_end_to_end(synth_dir: Path, tmp_path: Path) -> No
     model, meta = load_model_dir(local / "best_model")
     pre = meta["preprocessing"]
     assert (pre["input_mode"], pre["patch_size"], pre["tile_overlap"]) == ("patch", [32, 32], 0.5)
+    assert pre["normalization"] == planned["normalization"]
     assert model(torch.zeros(1, 3, 40, 52)).shape == (1, 1, 40, 52)
+
+
+def test_plan_prints_each_value_with_its_reason_and_writes_a_space(
+    synth_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "nuclei.yaml"
+    proc = run("plan", str(synth_dir), "--out", str(out), home=tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
+    # images of median 48x60 px (synth_dir): the patch fits them (rounded up to 16s), and
+    # the epoch keeps cpu-quick's pixels (128 patches of 96 px)
+    assert lines["patch_size"].split()[1] == "48x64" and "smaller than" in lines["patch_size"]
+    assert lines["patches_per_epoch"].split()[1] == "384"
+    assert lines["scale"].split()[1] == "1" and "own pixels" in lines["scale"]
+    assert lines["depth"].split()[1] == "3..3"
+    space = load_space(out)
+    assert space.base_config().data.patch_size == (48, 64)
+    assert {(p.low, p.high) for p in space.params if p.name == "depth"} == {(3, 3)}
+    before = out.read_text()
+    again = run("plan", str(synth_dir), "--out", str(out), home=tmp_path / "home")
+    assert_user_error(again, "already exists")
+    assert out.read_text() == before  # nothing overwritten
+    assert_user_error(
+        run("plan", str(synth_dir), "--budget", "tpu", home=tmp_path / "home"),
+        "must be cpu-quick, cpu or gpu-<GiB",
+    )
 
 
 def test_search_rejects_a_bad_space_before_anything_starts(

@@ -124,6 +124,7 @@ HANDLERS: dict[str, Callable[[Tour, Command], Any]] = {
     "export ": lambda tour, command: tour.shell.keep(command),
     "unet-search make-data": _run(DATA_SHRINK),
     "unet-search check-data": _run(),
+    "unet-search plan": _run(),
     "unet-search search": _run(SEARCH_SHRINK),
     "unet-search best": _run(),
     "unet-search report": _run(),
@@ -148,6 +149,11 @@ def test_the_tour_searches_and_closes_with_where_everything_is(tour: Tour) -> No
     assert "images       24" in tour.first("unet-search check-data").stdout
     (search,) = tour.ran["unet-search search"]
     out, name = search.stdout, "quick-1"
+    # quick.yaml's `auto` settings are what `plan` printed for the same data and budget
+    plan = tour.first("unet-search plan").stdout
+    for leaf in ("scale", "normalization", "batch_size"):
+        line = re.search(rf"^{leaf} .+$", plan, re.M)[0]
+        assert line in out.splitlines(), leaf
     assert f"search {name}: 2 trials 2 finished" in out, out[-3000:]
     report = Path(re.search(r"^report +(\S+)", out, re.M)[1])
     log = Path(re.search(r"^search log +(\S+)", out, re.M)[1])

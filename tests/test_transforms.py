@@ -7,16 +7,18 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from unet_search.config import IGNORE, AugmentConfig, ModelConfig
-from unet_search.data import DatasetArrays
+from unet_search.config import IGNORE, AugmentConfig, RunConfig
+from unet_search.data import DatasetArrays, split_indices
 from unet_search.engine import set_epoch
 from unet_search.transforms import (
+    Normalization,
     PatchDataset,
     ResizeDataset,
     normalization_for,
     to_tensor,
     train_pipeline,
 )
+from unet_search.worker import preprocessing_of
 
 
 @pytest.mark.parametrize("elastic", [False, True])
@@ -60,11 +62,49 @@ def test_normalizations() -> None:
     imagenet = to_tensor(image, "imagenet", 3)
     assert imagenet[0, 0, 0].item() == pytest.approx((1 - 0.485) / 0.229)
     assert to_tensor(image, "unit", 1).shape == (1, 2, 2)
-    assert normalization_for(ModelConfig()) == "unit"
-    assert (
-        normalization_for(ModelConfig(encoder="resnet18", encoder_weights="imagenet"))
-        == "imagenet"
-    )
+    assert normalization_for(RunConfig()).name == "unit"
+    pretrained = RunConfig().replace(encoder="resnet18", encoder_weights="imagenet")
+    assert normalization_for(pretrained).name == "imagenet"
+
+
+def test_zscore_makes_images_of_other_brightness_and_contrast_alike() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 100, (16, 24, 3)).astype(np.float64)
+    dim, bright = base.astype(np.uint8), (base * 2 + 40).astype(np.uint8)
+    a, b = to_tensor(dim, "zscore", 3), to_tensor(bright, "zscore", 3)
+    assert torch.allclose(a, b, atol=0.05)  # only rounding to uint8 differs
+    for x in (a, b, to_tensor(bright, "zscore", 1)):
+        flat = x.reshape(x.shape[0], -1)
+        assert torch.allclose(flat.mean(1), torch.zeros(x.shape[0]), atol=1e-5)
+        assert torch.allclose(flat.std(1, correction=0), torch.ones(x.shape[0]), atol=1e-4)
+    flat = to_tensor(np.full((4, 4, 3), 7, np.uint8), "zscore", 3)
+    assert torch.equal(flat, torch.zeros(3, 4, 4))  # a flat image stays flat, not noise
+
+
+def test_dataset_normalization_uses_the_training_images_only() -> None:
+    _, val_idx = split_indices(4, 0.25, 0)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(40, 60, (8, 8, 3), dtype=np.uint8) for _ in range(4)]
+    images[int(val_idx[0])] = np.full((8, 8, 3), 250, np.uint8)  # must not count
+    arrays = DatasetArrays.of(images, [np.zeros((8, 8), np.uint8)] * 4)
+    train = np.stack([im for i, im in enumerate(images) if i != val_idx[0]]) / 255.0
+    cfg = RunConfig().replace(normalization="dataset", val_fraction=0.25)
+    norm = normalization_for(cfg, arrays)
+    assert norm.name == "dataset"
+    assert norm.mean == pytest.approx(tuple(train.mean(axis=(0, 1, 2))), abs=1e-5)
+    assert norm.std == pytest.approx(tuple(train.std(axis=(0, 1, 2))), abs=1e-5)
+    assert Normalization.of_preprocessing(preprocessing_of(cfg, norm)) == norm
+    with pytest.raises(ValueError, match="needs the dataset"):
+        normalization_for(cfg)
+
+
+def test_non_square_patches_keep_their_shape_under_every_augmentation() -> None:
+    """rot90 would swap a non-square patch's sides (and break the batch): it is left out."""
+    arrays = _arrays((90, 70), (60, 120))
+    pipeline = train_pipeline(AugmentConfig(aug_strength=1.0), seed=0, square=False)
+    assert not any(type(t).__name__ == "RandomRotate90" for t in pipeline.transforms)
+    data = _patches(arrays, patch=(32, 64), pipeline=pipeline, length=40)
+    assert {tuple(data[k]["image"].shape) for k in range(40)} == {(3, 32, 64)}
 
 
 def _arrays(*shapes: tuple[int, int], fg: tuple[slice, slice] | None = None) -> DatasetArrays:

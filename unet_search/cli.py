@@ -39,6 +39,7 @@ EXAMPLES = {
     ),
     "jobs": "example: unet-search jobs logs raysubmit_XYZ",
     "resume": "example: unet-search resume quick-3",
+    "plan": "example: unet-search plan data/nuclei --out search_spaces/nuclei.yaml",
     "predict": (
         "example: unet-search predict --model models:/unet-quick@champion "
         "--input data/new_images --output masks/"
@@ -59,10 +60,12 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load_config(args: argparse.Namespace, **leaves: object):  # type: ignore[no-untyped-def]
-    from unet_search.config import load_run_config
-
-    return load_run_config(args.config, args.overrides, **leaves)
+def _budget_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--budget",
+        help="compute budget of the plan that fills `auto` settings: cpu-quick | cpu | "
+        "gpu-<GiB> (default: cpu-quick without a GPU, else the GPU's memory)",
+    )
 
 
 def cmd_make_data(args: argparse.Namespace) -> int:
@@ -96,10 +99,10 @@ def cmd_make_data(args: argparse.Namespace) -> int:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
-    from unet_search.config import work_dir
+    from unet_search.config import provisional_config, run_leaves, work_dir
     from unet_search.data import load_dataset, materialize
 
-    cfg = _load_config(args)
+    cfg = provisional_config(*run_leaves(args.config, args.overrides))
     arrays = load_dataset(
         materialize(args.data, work_dir() / "cache"), cfg.data, work_dir() / "cache"
     )
@@ -121,17 +124,26 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from unet_search.config import work_dir
+    from unet_search.config import provisional_config, run_leaves, work_dir
     from unet_search.data import load_dataset, materialize
     from unet_search.models import validate_model_config
+    from unet_search.plan import parse_budget, plan_run
     from unet_search.tracking import resolve_tracking_uri, ui_hint
     from unet_search.worker import run_training
 
-    cfg = _load_config(args, num_workers=args.workers, gpus_per_worker=args.gpus_per_worker)
-    validate_model_config(cfg.model)
+    leaves, source = run_leaves(
+        args.config, args.overrides, num_workers=args.workers, gpus_per_worker=args.gpus_per_worker
+    )
+    if args.budget is not None:
+        parse_budget(args.budget)
+    validate_model_config(provisional_config(leaves, source).model)
     workdir = work_dir()
     data = materialize(args.data, workdir / "cache")
-    arrays = load_dataset(data, cfg.data, workdir / "cache")  # all checks before Ray
+    arrays = load_dataset(data, provisional_config(leaves, source).data, workdir / "cache")
+    cfg, plan = plan_run(leaves, source, arrays, args.budget)  # `auto` values, from the data
+    validate_model_config(cfg.model)  # all checks before Ray
+    if plan is not None:
+        print(plan.text(), flush=True)
     outcome = run_training(cfg, arrays, data, workdir, args.experiment, args.run_name)
     uri = resolve_tracking_uri(workdir)
     shown = {
@@ -143,6 +155,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"parameters   {outcome.num_parameters:,}")
     print(f"final        {json.dumps(shown)}")
     print(f"MLflow UI    {ui_hint(uri, outcome.experiment_id, outcome.run_id)}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from unet_search.config import provisional_config, run_leaves, work_dir
+    from unet_search.data import load_dataset, materialize
+    from unet_search.plan import data_stats, default_budget, make_plan, parse_budget
+
+    budget = parse_budget(args.budget) if args.budget else default_budget()
+    out: Path | None = args.out
+    if out is not None:
+        if out.exists():
+            raise UserError(f"{out}: already exists; choose a new file (nothing was written).")
+        if out.suffix not in (".yaml", ".yml"):
+            raise UserError(f"{out}: --out must be a .yaml file (a search space).")
+        if not out.parent.is_dir():
+            raise UserError(f"{out.parent}: folder does not exist (nothing was written).")
+    cfg = provisional_config(*run_leaves(args.config, args.overrides))
+    cache = work_dir() / "cache"
+    arrays = load_dataset(materialize(args.data, cache), cfg.data, cache)
+    plan = make_plan(data_stats(arrays), budget)
+    print(f"dataset            {args.data} (fingerprint {arrays.fingerprint})")
+    print(plan.text())
+    if out is not None:
+        from unet_search.spaces import check_name, load_space_text
+
+        name = check_name(out.stem, str(out), "the file name (it names the space)")
+        text = plan.space_yaml(name)
+        load_space_text(text, out.name)  # a valid space, before anything is written
+        out.write_text(text, encoding="utf-8")
+        print(f"wrote {out}: search it with `unet-search search --space {out} --data {args.data}`")
     return 0
 
 
@@ -430,7 +473,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker; sets gpus_per_worker")
     p.add_argument("--experiment", default="unet-search-train", help="MLflow experiment name")
     p.add_argument("--run-name", help="MLflow run name (default: from the architecture)")
+    _budget_arg(p)
     p.set_defaults(func=cmd_train)
+
+    p = add("plan", "plan patch size, scale, depth, batch and normalization from a dataset")
+    p.add_argument("data", help="dataset folder, or an s3:// / gs:// URI")
+    _budget_arg(p)
+    p.add_argument("--out", type=Path, help="also write a search space with the plan (YAML)")
+    _config_args(p)
+    p.set_defaults(func=cmd_plan)
 
     p = add("models", "list architectures, presets (with parameter counts) and encoders")
     p.set_defaults(func=cmd_models)

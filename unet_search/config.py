@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "AUTO",
     "AugmentConfig",
     "ConfigError",
     "DataConfig",
@@ -28,6 +29,7 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
+    "PLANNED_LEAVES",
     "IGNORE",
     "INPUT_MODES",
     "MAXIMIZE",
@@ -41,7 +43,11 @@ __all__ = [
     "code_version",
     "flat_leaves",
     "in_ray_job",
+    "auto_leaves",
+    "build_run_config",
     "load_run_config",
+    "provisional_config",
+    "run_leaves",
     "parse_override",
     "read_yaml",
     "storage_setting",
@@ -78,6 +84,17 @@ MAXIMIZE: dict[str, bool] = {
 VAL_METRICS = tuple(MAXIMIZE)
 IGNORE = 255  # mask value of pixels that are padding, not data: no loss there
 INPUT_MODES = ("patch", "resize")
+# default: x/255, or ImageNet statistics for pre-trained encoders (see transforms.Normalization)
+NORMALIZATION_NAMES = ("default", "unit", "imagenet", "zscore", "dataset")
+AUTO = "auto"  # a value `unet_search.plan` fills from the dataset's fingerprint
+PLANNED_LEAVES = (
+    "scale",
+    "patch_size",
+    "depth",
+    "batch_size",
+    "patches_per_epoch",
+    "normalization",
+)
 RESIZE_DEFAULT = 128  # resize mode's square when `image_size` is not given (the Keras seed)
 
 
@@ -92,6 +109,7 @@ class DataConfig:
     input_mode: str = "patch"
     patch_size: tuple[int, int] = (128, 128)  # (height, width); a number means a square
     scale: float = 1.0  # images are resampled by this factor before the model (patch mode)
+    normalization: str = "default"  # default | unit | imagenet | zscore | dataset
     image_size: int | None = None  # resize mode only; None there means 128
     num_classes: int = 1  # 1: binary foreground (sigmoid); C >= 2: class indices 0..C-1
     val_fraction: float = 0.1
@@ -106,6 +124,7 @@ class DataConfig:
             list(self.patch_size),
         )
         _check(0.05 <= self.scale <= 4.0, "data.scale", "must be in [0.05, 4]", self.scale)
+        _one_of("data.normalization", self.normalization, NORMALIZATION_NAMES)
         if self.image_size is not None:
             _check(
                 self.input_mode == "resize",
@@ -351,6 +370,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_classes": 1,
         "input_mode": "resize",
         "image_size": 128,
+        "normalization": "default",  # x / 255
         "loss": "bce",
         "optimizer": "adam",
         "lr": 1e-3,
@@ -566,10 +586,11 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: must be UTF-8 text.") from None
 
 
-def load_run_config(
+def run_leaves(
     path: Path | None = None, overrides: Iterable[str] = (), **leaves: Any
-) -> RunConfig:
-    """Defaults <- preset <- YAML file <- ``--set`` overrides <- keyword leaves."""
+) -> tuple[dict[str, Any], str]:
+    """Defaults <- preset <- YAML file <- ``--set`` overrides <- keyword leaves, as flat
+    leaves (``auto`` values kept), and the source that names them in errors."""
     flat: dict[str, Any] = {}
     if path is not None:
         raw = read_yaml(path)
@@ -582,7 +603,50 @@ def load_run_config(
             _check_leaf(key, "--set")
             flat[key] = value
     flat.update({k: v for k, v in leaves.items() if v is not None})
-    return _build(flat, str(path) if path else "--set")
+    return flat, str(path) if path else "--set"
+
+
+def auto_leaves(flat: Mapping[str, Any], source: str) -> tuple[str, ...]:
+    """The leaves set to ``auto``: only :data:`PLANNED_LEAVES` may be."""
+    auto = tuple(leaf for leaf, value in flat.items() if value == AUTO)
+    for leaf in auto:
+        if leaf not in PLANNED_LEAVES:
+            raise ConfigError(
+                f"{source}: `{LEAF_SECTION[leaf]}.{leaf}` cannot be `auto`; the plan fills "
+                f"only {list(PLANNED_LEAVES)}."
+            )
+    return auto
+
+
+def provisional_config(flat: Mapping[str, Any], source: str) -> RunConfig:
+    """The run config with its ``auto`` leaves at their defaults: every rule the plan cannot
+    change is checked before the data are read (an auto patch or depth drops the other too:
+    the plan makes them fit each other)."""
+    auto = auto_leaves(flat, source)
+    drop = set(auto) | ({"patch_size", "depth"} if {"patch_size", "depth"} & set(auto) else set())
+    for leaf in drop - set(auto):  # a given patch or depth: checked on its own
+        _build({leaf: flat[leaf], "padding": "valid"}, source)
+    return _build({k: v for k, v in flat.items() if k not in drop}, source)
+
+
+def load_run_config(
+    path: Path | None = None, overrides: Iterable[str] = (), **leaves: Any
+) -> RunConfig:
+    """Defaults <- preset <- YAML file <- ``--set`` overrides <- keyword leaves (no ``auto``:
+    see :func:`unet_search.plan.plan_run`)."""
+    flat, source = run_leaves(path, overrides, **leaves)
+    auto = auto_leaves(flat, source)
+    if auto:
+        raise ConfigError(
+            f"{source}: `{auto[0]}: auto` is planned from a dataset; give the data "
+            "(`unet-search train DATA`) or a value."
+        )
+    return _build(flat, source)
+
+
+def build_run_config(flat: Mapping[str, Any], source: str) -> RunConfig:
+    """A run config from flat leaves (validated)."""
+    return _build(flat, source)
 
 
 HOME_ENV = "UNET_SEARCH_HOME"

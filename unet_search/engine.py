@@ -32,6 +32,7 @@ from unet_search.metrics import (
 )
 from unet_search.sliding import PredictPlan, plan_of, predict_logits
 from unet_search.transforms import (
+    Normalization,
     PatchDataset,
     ResizeDataset,
     normalization_for,
@@ -255,7 +256,7 @@ class Validation:
     arrays: DatasetArrays
     indices: tuple[int, ...]
     plan: PredictPlan
-    normalization: str
+    normalization: Normalization
     in_channels: int
 
 
@@ -318,11 +319,12 @@ def build_loaders(
     """The training loader (patches, or resized images, by ``input_mode``) and this rank's
     share of the validation images."""
     train_idx, _ = split_indices(len(arrays), cfg.data.val_fraction, cfg.data.split_seed)
-    norm, channels, seed = normalization_for(cfg.model), cfg.model.in_channels, cfg.train.seed
+    norm, channels, seed = normalization_for(cfg, arrays), cfg.model.in_channels, cfg.train.seed
+    square = cfg.data.input_mode == "resize" or len(set(cfg.data.patch_size)) == 1
     common: dict[str, Any] = {
         "normalization": norm,
         "in_channels": channels,
-        "pipeline": train_pipeline(cfg.augment, seed),
+        "pipeline": train_pipeline(cfg.augment, seed, square=square),
         "seed": seed,  # every rank the same: each draws other items (see item_rng)
     }
     train_set: Dataset[dict[str, torch.Tensor]]

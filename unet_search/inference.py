@@ -18,6 +18,7 @@ from unet_search.config import UserError
 from unet_search.data import read_image
 from unet_search.models import CONFIG_FILE, load_model_dir
 from unet_search.sliding import plan_of_preprocessing, predict_logits
+from unet_search.transforms import Normalization
 
 __all__ = ["ImageLike", "Predictor", "find_model_dir", "load_model"]
 
@@ -72,7 +73,8 @@ class Predictor:
     @torch.no_grad()
     def predict_logits(self, images: Sequence[ImageLike]) -> list[torch.Tensor]:
         """Logits (K, H, W) per image at its original size (on the CPU)."""
-        norm, channels = self.pre["normalization"], int(self.pre["in_channels"])
+        norm = Normalization.of_preprocessing(self.pre)
+        channels = int(self.pre["in_channels"])
         return [
             predict_logits(self.model, _as_rgb(item), self.plan, norm, channels, self.device).cpu()
             for item in images

@@ -47,6 +47,7 @@ from unet_search.spaces import (
     SearchSpec,
     check_name,
     make_sampler,
+    plan_space,
 )
 from unet_search.worker import (
     FAULT_ENV,
@@ -273,7 +274,11 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
             ctx.experiment_id,
             ctx.parent_run_id,
             name=trial_run_name(int(config.get(NUMBER_KEY, 0)), cfg, baseline),
-            params={**cfg.flat(), "baseline": baseline or "no"},
+            params={
+                **cfg.flat(),
+                "baseline": baseline or "no",
+                "planned": ",".join(spec.auto) or "none",
+            },
             tags={
                 tracking.TAG_SEARCH_ID: ctx.search_id,
                 tracking.TAG_TRIAL_ID: trial_id,
@@ -811,6 +816,9 @@ def run_search(
     trials and hold searches to an epoch budget with them)."""
     if name is not None:
         check_name(name, "search", "name")  # it names folders: never a path
+    spec = plan_space(spec, arrays)  # `auto` settings, from the data
+    if spec.plan is not None:
+        print(spec.plan.text(), flush=True)
     init_ray(address, log_to_driver=False)
     total_cpus = check_search_resources(spec)
     slot = TRIAL_SLOT in ray.cluster_resources()
@@ -832,6 +840,7 @@ def run_search(
             "data_dir": str(data_dir),
             "seed": spec.settings.seed,
             "storage": root,
+            **(spec.plan.params() if spec.plan is not None else {}),
         },
         tags={
             tracking.TAG_SEARCH_ID: search_id,
@@ -841,6 +850,8 @@ def run_search(
         },
     )
     tracking.log_text(uri, parent, spec.source, "space.yaml")
+    if spec.plan is not None:
+        tracking.log_text(uri, parent, spec.plan.text(), "plan.txt")
     log = _route_ray_logs(workdir, search_id)
     ctx = SearchContext(
         spec,
@@ -890,6 +901,7 @@ def _save_state(
         "experiment_id": ctx.experiment_id,
         "parent_run_id": ctx.parent_run_id,
         "fingerprint": ctx.fingerprint,
+        "budget": ctx.spec.plan.budget if ctx.spec.plan is not None else None,
     }
     text = json.dumps(state, indent=2)
     tracking.log_text(ctx.tracking_uri, ctx.parent_run_id, text, tracking.SEARCH_STATE_FILE)
@@ -912,6 +924,7 @@ def resume_search(
             f"{state['search_id']} started (fingerprint {arrays.fingerprint} != "
             f"{state['fingerprint']}); start a new search instead."
         )
+    spec = plan_space(spec, arrays, state.get("budget"))  # the plan the search started with
     init_ray(address, log_to_driver=False)
     check_search_resources(spec)
     slot = TRIAL_SLOT in ray.cluster_resources()

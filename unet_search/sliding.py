@@ -33,7 +33,7 @@ from torch import nn
 
 from unet_search.config import RESIZE_DEFAULT, RunConfig
 from unet_search.models import mirror_pad, valid_input_size
-from unet_search.transforms import resize_image, to_tensor
+from unet_search.transforms import Normalization, resize_image, to_tensor
 
 __all__ = [
     "PredictPlan",
@@ -228,7 +228,7 @@ def predict_logits(
     model: nn.Module,
     image: np.ndarray,
     plan: PredictPlan,
-    normalization: str,
+    normalization: Normalization | str,
     in_channels: int,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:

@@ -27,6 +27,12 @@ Schema (unknown keys are errors)::
       time_budget_s: null
       scheduler: {type: asha, grace_period: 1, reduction_factor: 2, max_t: null}
                                      # asha | asha_stopping | fifo (unet_search.asha)
+      budget: null                   # the plan's budget: cpu-quick | cpu | gpu-<GiB>; null:
+                                     # cpu-quick without GPUs (unet_search.plan.default_budget)
+
+`auto` (in ``fixed``: scale, patch_size, depth, batch_size, patches_per_epoch, normalization;
+and as ``low`` / ``high`` of an int ``depth``) is filled from the dataset's plan
+(:mod:`unet_search.plan`); values the space gives bind the plan.
 
 Every reachable combination of choices (ints at both bounds, floats at both bounds) is
 validated before any trial starts, so an impossible combination (e.g. a transposed-conv
@@ -35,6 +41,7 @@ decoder with an smp encoder) is an error naming the combination.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import tempfile
 import warnings
@@ -47,15 +54,20 @@ import optuna
 import yaml
 
 from unet_search.config import (
+    AUTO,
     LEAF_SECTION,
+    PLANNED_LEAVES,
     PRESETS,
     ConfigError,
     RunConfig,
+    UserError,
     flat_leaves,
     parse_override,
     read_yaml,
 )
+from unet_search.data import DatasetArrays
 from unet_search.models import validate_model_config
+from unet_search.plan import Plan, data_stats, default_budget, make_plan, parse_budget
 
 __all__ = [
     "BASELINE_ATTR",
@@ -67,8 +79,21 @@ __all__ = [
     "check_name",
     "load_space",
     "load_space_text",
+    "plan_space",
 ]
 
+# Values `auto` settings take when a space is read without its data (checks, `submit`): they
+# pass every rule, and the real ones come from the dataset's plan before a trial runs.
+PROVISIONAL: dict[str, Any] = {
+    "scale": 1.0,
+    "patch_size": 128,
+    "depth": 4,
+    "batch_size": 8,
+    "patches_per_epoch": 256,
+    "normalization": "default",
+    "depth.low": 3,
+    "depth.high": 4,
+}
 METRICS = {"val_dice": "max", "val_iou": "max", "val_dsb_score": "max", "val_loss": "min"}
 PARAM_TYPES = ("choice", "int", "uniform", "loguniform")
 BASELINE_ATTR = "unet_search.baseline"
@@ -77,7 +102,7 @@ MAX_COMBINATIONS = 200_000
 # Only these sections of a baseline preset apply: the data, the budget and the resources of
 # the search stay, so the baseline is measured like every other trial.
 BASELINE_SECTIONS = ("model", "loss", "optim", "augment")
-BASELINE_LEAVES = ("input_mode", "image_size", "early_stop_metric")
+BASELINE_LEAVES = ("input_mode", "image_size", "normalization", "early_stop_metric")
 MODEL_FIELDS = {leaf for leaf, section in LEAF_SECTION.items() if section == "model"}
 MODEL_FIELDS.add("num_classes")
 RESOURCE_FIELDS = {"num_workers", "cpus_per_worker", "gpus_per_worker"}
@@ -158,6 +183,7 @@ class SearchSettings:
     max_concurrent_trials: int | None = None
     time_budget_s: float | None = None
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    budget: str | None = None  # the plan's compute budget (unet_search.plan); None: default
 
     @property
     def tpe_startup_trials(self) -> int:
@@ -180,6 +206,55 @@ class SearchSpec:
     fixed: tuple[tuple[str, Any], ...]  # flat run-config leaves (preset expanded)
     params: tuple[ParamSpec, ...]
     settings: SearchSettings
+    # Settings given as `auto` (fixed leaves; `<param key>.low` / `.high` of a searched depth)
+    # and the plan that filled them (None: provisional values, see PROVISIONAL).
+    auto: tuple[str, ...] = ()
+    plan: Plan | None = None
+
+    def with_plan(self, plan: Plan) -> SearchSpec:
+        """This space with its ``auto`` settings set to ``plan``'s values (checked again)."""
+        fixed = dict(self.fixed)
+        for leaf in self.auto:
+            if leaf in PLANNED_LEAVES:
+                value = plan.value(leaf)
+                fixed[leaf] = list(value) if isinstance(value, tuple) else value
+        params = tuple(
+            dataclasses.replace(
+                p,
+                low=plan.depth_low if f"{p.key}.low" in self.auto else p.low,
+                high=plan.depth_high if f"{p.key}.high" in self.auto else p.high,
+            )
+            for p in self.params
+        )
+        settings = dataclasses.replace(self.settings, budget=plan.budget)
+        spec = dataclasses.replace(
+            self, fixed=tuple(sorted(fixed.items())), params=params, settings=settings, plan=plan
+        )
+        _check_combinations(spec, f"{self.name}.yaml planned ({plan.budget})")
+        return spec
+
+    def plan_given(self) -> dict[str, Any]:
+        """What binds the plan: every planned setting the space fixes (explicitly or by
+        default) and does not search, the largest explicit searched depth, and the encoder
+        weights (see :func:`unet_search.plan.make_plan`)."""
+        searched = {p.name for p in self.params}
+        flat = self.base_config().flat()
+        given: dict[str, Any] = {
+            leaf: flat[leaf]
+            for leaf in PLANNED_LEAVES
+            if leaf not in self.auto and leaf not in searched
+        }
+        highs = [
+            int(p.high)
+            for p in self.params
+            if p.name == "depth" and p.type == "int" and f"{p.key}.high" not in self.auto
+        ]
+        highs += [int(v) for p in self.params if p.name == "depth" for v in p.values]
+        if "depth" in searched and highs:
+            given["depth_max"] = max(highs)
+        if "encoder_weights" not in searched:
+            given["encoder_weights"] = flat["encoder_weights"]
+        return given
 
     @property
     def fixed_dict(self) -> dict[str, Any]:
@@ -465,6 +540,12 @@ def _settings(raw: Any, base: RunConfig, source: str) -> SearchSettings:
         isinstance(startup, bool) or not isinstance(startup, int) or startup < 0
     ):
         raise _err(source, "search.startup_trials", "must be null or an integer >= 0", startup)
+    plan_budget = raw.get("budget")
+    if plan_budget is not None:
+        try:
+            parse_budget(str(plan_budget))
+        except UserError as err:
+            raise _err(source, "search.budget", str(err).partition(": ")[2].rstrip(".")) from None
     return SearchSettings(
         raw.get("num_samples", 8),
         metric,
@@ -476,6 +557,7 @@ def _settings(raw: Any, base: RunConfig, source: str) -> SearchSettings:
         concurrent,
         budget,
         _scheduler(raw.get("scheduler"), base, source),
+        None if plan_budget is None else str(plan_budget),
     )
 
 
@@ -580,9 +662,10 @@ def check_name(name: object, source: str, key: str) -> str:
     return name
 
 
-def load_space(path: Path, overrides: Iterable[str] = ()) -> SearchSpec:
+def load_space(path: Path, overrides: Iterable[str] = (), plan: Plan | None = None) -> SearchSpec:
     """Read and validate a search-space YAML (plus ``--set`` overrides); raises ConfigError
-    naming the file, the key and the rule."""
+    naming the file, the key and the rule. Settings given as ``auto`` take ``plan``'s values,
+    or provisional ones without a plan (``spec.auto`` names them: plan, then load again)."""
     path = Path(path)
     raw = read_yaml(path)
     source = str(path)
@@ -597,6 +680,7 @@ def load_space(path: Path, overrides: Iterable[str] = ()) -> SearchSpec:
     if not isinstance(fixed_raw, Mapping):
         raise _err(source, "fixed", "must be a mapping of run-config keys", fixed_raw)
     leaves = flat_leaves(fixed_raw, f"{source}: fixed")
+    auto = _fill_auto(leaves, raw, source)
     square = (
         leaves.pop("image_size", None) if leaves.get("input_mode", "patch") == "patch" else None
     )
@@ -615,9 +699,70 @@ def load_space(path: Path, overrides: Iterable[str] = ()) -> SearchSpec:
         fixed=tuple(sorted(fixed.items())),
         params=_params(raw.get("params"), explicit, source),
         settings=_settings(raw.get("search"), base, source),
+        auto=auto,
     )
     _check_combinations(spec, source)
     return spec
+
+
+def plan_space(spec: SearchSpec, arrays: DatasetArrays, budget: str | None = None) -> SearchSpec:
+    """The space with its ``auto`` settings filled from ``arrays``' plan within ``budget``
+    (default: ``search.budget``, else :func:`unet_search.plan.default_budget`); a space
+    without ``auto``, or already planned, comes back as it is."""
+    if not spec.auto or spec.plan is not None:
+        return spec
+    name = budget or spec.settings.budget
+    chosen = (
+        parse_budget(name)
+        if name
+        else default_budget(uses_gpus=spec.max_workers_cpus_gpus()[1] > 0)
+    )
+    return spec.with_plan(make_plan(data_stats(arrays), chosen, spec.plan_given()))
+
+
+def _fill_auto(leaves: dict[str, Any], raw: dict[str, Any], source: str) -> tuple[str, ...]:
+    """Replace ``auto`` in the fixed ``leaves`` and in a searched depth's bounds (in ``raw``)
+    by :data:`PROVISIONAL` values; returns what was ``auto``."""
+    auto: list[str] = []
+    for leaf, value in leaves.items():
+        if value == AUTO:
+            if leaf not in PLANNED_LEAVES:
+                raise _err(
+                    source,
+                    f"fixed.{leaf}",
+                    f"cannot be `auto`; the plan fills only {list(PLANNED_LEAVES)}",
+                )
+            auto.append(leaf)
+            leaves[leaf] = PROVISIONAL[leaf]
+    params = raw.get("params")
+    if not isinstance(params, Mapping):
+        return tuple(auto)
+    params = dict(params)
+    for name, spec in params.items():
+        alternatives = spec if isinstance(spec, list) else [spec]
+        filled = []
+        for i, alt in enumerate(alternatives):
+            if not isinstance(alt, Mapping):
+                filled.append(alt)
+                continue
+            alt = dict(alt)
+            for bound in ("low", "high"):
+                if alt.get(bound) != AUTO:
+                    continue
+                if name != "depth" or alt.get("type") != "int":
+                    where = f"params.{name}" + (f"[{i}]" if isinstance(spec, list) else "")
+                    raise _err(
+                        source,
+                        f"{where}.{bound}",
+                        "cannot be `auto`; only the bounds of an int `depth` are planned",
+                    )
+                key = (name if not isinstance(spec, list) else f"{name}:{i}") + f".{bound}"
+                alt[bound] = PROVISIONAL[f"depth.{bound}"]
+                auto.append(key)
+            filled.append(alt)
+        params[name] = filled if isinstance(spec, list) else filled[0]
+    raw["params"] = params
+    return tuple(auto)
 
 
 def load_space_text(text: str, file_name: str, overrides: Iterable[str] = ()) -> SearchSpec:

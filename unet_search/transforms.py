@@ -3,7 +3,8 @@ the data's own scale, or whole images resized to one square)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import albumentations as A
@@ -12,13 +13,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from unet_search.config import IGNORE, AugmentConfig, ModelConfig
-from unet_search.data import DatasetArrays
+from unet_search.config import IGNORE, AugmentConfig, RunConfig
+from unet_search.data import DatasetArrays, split_indices
 
 NEAREST = cv2.INTER_NEAREST
 
 __all__ = [
     "NORMALIZATIONS",
+    "Normalization",
     "PatchDataset",
     "ResizeDataset",
     "item_rng",
@@ -33,15 +35,82 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # x / 255, as the Keras seed does
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # pre-trained encoders
 }
+ZSCORE_MIN_STD = 1.0 / 255.0  # a flat image is not blown up to noise
+STATS_PIXELS = 4_000_000  # at most this many training pixels give the dataset statistics
 
 
-def normalization_for(model: ModelConfig) -> str:
-    """Pre-trained encoders expect ImageNet statistics; models trained from scratch use x/255."""
-    return "imagenet" if model.encoder_weights else "unit"
+@dataclass(frozen=True)
+class Normalization:
+    """How pixel values scaled to [0, 1] become the model's input.
+
+    ``unit`` (x / 255), ``imagenet`` and ``dataset`` (the training images' per-channel mean
+    and std) subtract ``mean`` and divide by ``std``; ``zscore`` uses each image's own
+    per-channel statistics (nnU-Net's rule for non-CT images), so brightness and contrast that
+    vary between images do not reach the model. With one input channel the grey image (the
+    channel mean) is normalized, by the first ``mean`` / ``std`` value."""
+
+    name: str
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+    @classmethod
+    def named(cls, name: str) -> Normalization:
+        """A normalization that needs no data: ``unit``, ``imagenet`` or ``zscore``."""
+        if name == "zscore":
+            return cls(name)
+        mean, std = NORMALIZATIONS[name]
+        return cls(name, mean, std)
+
+    @classmethod
+    def of_preprocessing(cls, pre: Mapping[str, Any]) -> Normalization:
+        """From a saved model's ``preprocessing`` (older models: unit or imagenet, with or
+        without their statistics written out)."""
+        name = str(pre["normalization"])
+        if "mean" not in pre or name == "zscore":
+            return cls.named(name)
+        return cls(name, tuple(pre["mean"]), tuple(pre["std"]))
 
 
-def train_pipeline(cfg: AugmentConfig, seed: int | None = None) -> A.Compose:
-    """Flips, rot90, affine, brightness/contrast (+ optional elastic), scaled by strength.
+def normalization_for(cfg: RunConfig, arrays: DatasetArrays | None = None) -> Normalization:
+    """``data.normalization`` of a run: ``default`` is ImageNet statistics for pre-trained
+    encoders and x/255 for models trained from scratch; ``dataset`` measures the training
+    split of ``arrays`` (deterministic: every rank and trial gets the same numbers)."""
+    name = cfg.data.normalization
+    if name == "default":
+        return Normalization.named("imagenet" if cfg.model.encoder_weights else "unit")
+    if name != "dataset":
+        return Normalization.named(name)
+    if arrays is None:
+        raise ValueError("normalization: dataset needs the dataset's arrays")
+    train_idx, _ = split_indices(len(arrays), cfg.data.val_fraction, cfg.data.split_seed)
+    mean, std = dataset_statistics(arrays, train_idx, grey=cfg.model.in_channels == 1)
+    return Normalization("dataset", mean, std)
+
+
+def dataset_statistics(
+    arrays: DatasetArrays, indices: Sequence[int] | np.ndarray, grey: bool = False
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (of pixel values in [0, 1]) over the images ``indices``, from
+    an evenly strided subset of at most :data:`STATS_PIXELS` pixels; ``grey``: of the channel
+    mean, repeated for the three channels."""
+    total = int(sum(int(arrays.sizes[i].prod()) for i in indices))
+    stride = max(1, total // STATS_PIXELS)
+    picked = (
+        np.concatenate([arrays.image(int(i)).reshape(-1, 3)[::stride] for i in indices]).astype(
+            np.float64
+        )
+        / 255.0
+    )
+    if grey:
+        picked = np.repeat(picked.mean(axis=1, keepdims=True), 3, axis=1)
+    mean = picked.mean(axis=0)
+    std = np.maximum(picked.std(axis=0), ZSCORE_MIN_STD)
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
+def train_pipeline(cfg: AugmentConfig, seed: int | None = None, square: bool = True) -> A.Compose:
+    """Flips, rot90 (square items only: it would swap a non-square patch's height and width),
+    affine, brightness/contrast (+ optional elastic), scaled by strength.
 
     Masks use nearest-neighbour interpolation and the same geometric transform as the image.
     ``seed`` makes the random draws reproducible (albumentations 2 has its own generator).
@@ -53,7 +122,7 @@ def train_pipeline(cfg: AugmentConfig, seed: int | None = None) -> A.Compose:
     steps: list[Any] = [
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),
-        A.RandomRotate90(p=0.5),
+        *([A.RandomRotate90(p=0.5)] if square else []),
         A.Affine(
             scale=(1.0 - 0.25 * s, 1.0 + 0.25 * s),
             translate_percent=(-0.1 * s, 0.1 * s),
@@ -81,16 +150,23 @@ def train_pipeline(cfg: AugmentConfig, seed: int | None = None) -> A.Compose:
     return A.Compose(steps, seed=seed)
 
 
-def to_tensor(image: np.ndarray, normalization: str, in_channels: int) -> torch.Tensor:
+def to_tensor(
+    image: np.ndarray, normalization: Normalization | str, in_channels: int
+) -> torch.Tensor:
     """(H, W, 3) uint8 -> (C, H, W) float32 normalized; C = 1 takes the channel mean."""
+    norm = Normalization.named(normalization) if isinstance(normalization, str) else normalization
     # np.array copies: arrays from Ray's object store are read-only.
     x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
-    mean, std = NORMALIZATIONS[normalization]
     if in_channels == 1:
-        return ((x.mean(dim=0, keepdim=True) - mean[0]) / std[0]).contiguous()
-    return (
-        (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-    ).contiguous()
+        x = x.mean(dim=0, keepdim=True)
+    if norm.name == "zscore":
+        flat = x.reshape(x.shape[0], -1)
+        mean = flat.mean(dim=1)
+        std = flat.std(dim=1, correction=0).clamp_min(ZSCORE_MIN_STD)
+    else:
+        mean = torch.tensor(norm.mean[: x.shape[0]], dtype=torch.float32)
+        std = torch.tensor(norm.std[: x.shape[0]], dtype=torch.float32)
+    return ((x - mean[:, None, None]) / std[:, None, None]).contiguous()
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -121,7 +197,7 @@ def _augment(
 
 
 def _sample(
-    image: np.ndarray, mask: np.ndarray, normalization: str, in_channels: int
+    image: np.ndarray, mask: np.ndarray, normalization: Normalization, in_channels: int
 ) -> dict[str, torch.Tensor]:
     return {
         "image": to_tensor(image, normalization, in_channels),
@@ -137,13 +213,16 @@ class _EpochDataset(Dataset[dict[str, torch.Tensor]]):
         arrays: DatasetArrays,
         indices: Sequence[int] | np.ndarray,
         *,
-        normalization: str,
+        normalization: Normalization | str,
         in_channels: int,
         pipeline: A.Compose | None,
         seed: int,
     ) -> None:
         self.arrays, self.indices = arrays, [int(i) for i in indices]
-        self.normalization, self.in_channels = normalization, in_channels
+        self.normalization = (
+            Normalization.named(normalization) if isinstance(normalization, str) else normalization
+        )
+        self.in_channels = in_channels
         self.pipeline, self.seed, self.epoch = pipeline, seed, 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -47,7 +47,7 @@ from unet_search.metrics import logits_to_labels
 from unet_search.models import build_model, count_parameters, save_model_dir
 from unet_search.sliding import plan_of, predict_logits
 from unet_search.transforms import (
-    NORMALIZATIONS,
+    Normalization,
     normalization_for,
 )
 from unet_search.visualize import triptych
@@ -75,11 +75,11 @@ class ResourceError(UserError):
     """The cluster can never provide what a run asks for."""
 
 
-def preprocessing_of(cfg: RunConfig) -> dict[str, Any]:
+def preprocessing_of(cfg: RunConfig, norm: Normalization | None = None) -> dict[str, Any]:
     """What a downstream predictor must do to an image, saved next to the weights (read back
-    by :func:`unet_search.sliding.plan_of_preprocessing`)."""
-    name = normalization_for(cfg.model)
-    mean, std = NORMALIZATIONS[name]
+    by :func:`unet_search.sliding.plan_of_preprocessing`). ``norm``: the run's measured
+    normalization (needed for ``dataset``)."""
+    norm = norm or normalization_for(cfg)
     return {
         "input_mode": cfg.data.input_mode,
         "patch_size": list(cfg.data.patch_size),
@@ -88,9 +88,9 @@ def preprocessing_of(cfg: RunConfig) -> dict[str, Any]:
         "tta": cfg.train.tta,
         "image_size": cfg.data.square,  # resize mode's square
         "resize": "bilinear",
-        "normalization": name,
-        "mean": list(mean),
-        "std": list(std),
+        "normalization": norm.name,
+        "mean": list(norm.mean),
+        "std": list(norm.std),
         "in_channels": cfg.model.in_channels,
         "num_classes": cfg.data.num_classes,
         "threshold": cfg.train.threshold,
@@ -142,10 +142,14 @@ def _sample_indices(cfg: RunConfig, arrays: DatasetArrays) -> np.ndarray:
 
 
 def _predict_masks(
-    module: torch.nn.Module, cfg: RunConfig, arrays: DatasetArrays, picks: np.ndarray
+    module: torch.nn.Module,
+    cfg: RunConfig,
+    arrays: DatasetArrays,
+    picks: np.ndarray,
+    norm: Normalization,
 ) -> list[np.ndarray]:
     """Whole-image labels of ``picks``, as ``predict`` segments them."""
-    plan, norm = plan_of(cfg), normalization_for(cfg.model)
+    plan = plan_of(cfg)
     device = next(module.parameters()).device
     out = []
     for i in picks:
@@ -157,12 +161,16 @@ def _predict_masks(
 
 
 def _sample_image(
-    module: torch.nn.Module, cfg: RunConfig, arrays: DatasetArrays, picks: np.ndarray
+    module: torch.nn.Module,
+    cfg: RunConfig,
+    arrays: DatasetArrays,
+    picks: np.ndarray,
+    norm: Normalization,
 ) -> np.ndarray | None:
     """image | truth | prediction rows for the fixed ``picks``, or None without samples."""
     if not len(picks):
         return None
-    pred = _predict_masks(module, cfg, arrays, picks)
+    pred = _predict_masks(module, cfg, arrays, picks, norm)
     return triptych(
         [arrays.image(int(i)) for i in picks], [arrays.mask(int(i)) for i in picks], pred
     )
@@ -179,15 +187,16 @@ def _inference_ms_per_image(
     cfg: RunConfig,
     arrays: DatasetArrays,
     picks: np.ndarray,
+    norm: Normalization,
     repeats: int = 3,
 ) -> float:
     """Median wall time per image of predicting ``picks`` whole (as ``predict`` does), after a
     warm-up."""
-    _predict_masks(module, cfg, arrays, picks[:1])
+    _predict_masks(module, cfg, arrays, picks[:1], norm)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        _predict_masks(module, cfg, arrays, picks)
+        _predict_masks(module, cfg, arrays, picks, norm)
         times.append(time.perf_counter() - start)
     return 1000.0 * float(np.median(times)) / len(picks)
 
@@ -198,6 +207,7 @@ def _log_final(
     state: TrainingState,
     outbox: tracking.Outbox,
     picks: np.ndarray,
+    norm: Normalization,
 ) -> None:
     """Rank 0: the best weights as a model directory, image | truth | prediction overlays of
     the fixed samples ``picks`` by the best weights, and their inference time per image."""
@@ -211,13 +221,15 @@ def _log_final(
             module,
             cfg.model,
             cfg.data.num_classes,
-            preprocessing_of(cfg),
+            preprocessing_of(cfg, norm),
         )
-        picture = _sample_image(module, cfg, arrays, picks)
+        picture = _sample_image(module, cfg, arrays, picks, norm)
         if picture is not None:
             (Path(tmp) / "samples").mkdir()
             Image.fromarray(picture).save(Path(tmp) / "samples" / "predictions.png")
-            metrics["inference_ms_per_image"] = _inference_ms_per_image(module, cfg, arrays, picks)
+            metrics["inference_ms_per_image"] = _inference_ms_per_image(
+                module, cfg, arrays, picks, norm
+            )
         outbox.drain()  # every epoch's logging first, then the model
         uri, run_id = outbox.uri, outbox.run_id
         tracking.with_patience(
@@ -284,13 +296,13 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
             epoch, finished = int(metrics["epoch"]), bool(metrics["finished"])
             outbox.log_metrics(metrics, step=epoch)
             if _samples_due(cfg.train, epoch, finished):
-                picture = _sample_image(st.module, cfg, arrays, picks)
+                picture = _sample_image(st.module, cfg, arrays, picks, val.normalization)
                 if picture is not None:
                     outbox.log_image(picture, SAMPLES_KEY, epoch)
             if finished:
                 # Before the last report: Tune may end a finished trial's process right
                 # after it, so nothing after fit() is guaranteed to run.
-                _log_final(cfg, arrays, st, outbox, picks)
+                _log_final(cfg, arrays, st, outbox, picks, val.normalization)
         directory = _save_checkpoint(st, outbox) if rank == 0 else None
         try:
             ctx.report(metrics, directory)  # Ray persists the checkpoint before returning
