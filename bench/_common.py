@@ -88,3 +88,28 @@ def search(raw: dict[str, Any], data: Path, work: Path, **options: Any) -> Any:
 
 def verdict(name: str, value: float, target: str, ok: bool) -> None:
     print(f"{name}: {value:.3f} (target {target}) {'MET' if ok else 'MISSED'}", flush=True)
+
+
+def ray_processes_kib() -> dict[int, dict[str, int]]:
+    """Memory of each of Ray's worker and actor processes (``ray::...``), KiB from Linux's
+    ``/proc/PID/smaps_rollup``: ``pss`` (shared pages split between their users) and ``uss``
+    (private pages: what the process holds alone; the object store's shared pages are not)."""
+    import contextlib
+
+    out: dict[int, dict[str, int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if not (proc / "cmdline").read_bytes().startswith(b"ray::"):
+                continue
+            fields = {}
+            for line in (proc / "smaps_rollup").read_text().splitlines():
+                key, _, rest = line.partition(":")
+                if key in ("Pss", "Private_Clean", "Private_Dirty"):
+                    fields[key] = int(rest.split()[0])
+            out[int(proc.name)] = {
+                "pss": fields.get("Pss", 0),
+                "uss": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0),
+            }
+    return out

@@ -16,7 +16,6 @@ that sum just before.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import tempfile
@@ -66,18 +65,8 @@ class FirstResult(tune.Callback):
 
 
 def _ray_workers_pss_mib() -> float:
-    """PSS summed over Ray's worker and actor processes (``ray::...``), MiB (Linux /proc)."""
-    total_kib = 0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            if not (proc / "cmdline").read_bytes().startswith(b"ray::"):
-                continue
-            for line in (proc / "smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total_kib += int(line.split()[1])
-    return total_kib / 1024
+    """PSS summed over Ray's worker and actor processes, MiB."""
+    return sum(m["pss"] for m in _common.ray_processes_kib().values()) / 1024
 
 
 class MemoryWatch:

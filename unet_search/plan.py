@@ -403,11 +403,17 @@ def make_plan(stats: DataStats, budget: Budget, given: Mapping[str, Any] | None 
     covering = [k for k in allowed if receptive_field(k) >= need and k >= PREFERRED_MIN_DEPTH]
     low = min(covering) if covering else high
     depth = int(fixed_depth) if fixed_depth is not None else high
+    if not covering:
+        reach = f"no depth's receptive field covers 2 objects ({need:.0f} px) here: the deepest"
+    elif obj is None:
+        reach = f"no objects to cover: at least {PREFERRED_MIN_DEPTH}"
+    else:
+        reach = f"receptive field {receptive_field(low)} px covers 2 objects ({need:.0f} px)" + (
+            f" (at least {PREFERRED_MIN_DEPTH})" if low == PREFERRED_MIN_DEPTH else ""
+        )
     why["depth"] = (
         f"<= {high}: the bottleneck of a {min(patch)}-px patch keeps >= {BOTTLENECK_PX} px"
-        f" (budget depth {budget.max_depth}); >= {low}: receptive field {receptive_field(low)}"
-        + (f" px covers 2 objects ({need:.0f} px)" if obj is not None else " px")
-        + (" (at least 3 where the patch allows)" if low == PREFERRED_MIN_DEPTH else "")
+        f" (budget depth {budget.max_depth}); >= {low}: {reach}"
         + ("; fixed: given" if fixed_depth is not None else "; fixed: the deepest")
     )
 

@@ -23,6 +23,7 @@ __all__ = [
     "Normalization",
     "PatchDataset",
     "ResizeDataset",
+    "image_statistics",
     "item_rng",
     "resize_image",
     "normalization_for",
@@ -150,19 +151,35 @@ def train_pipeline(cfg: AugmentConfig, seed: int | None = None, square: bool = T
     return A.Compose(steps, seed=seed)
 
 
+def image_statistics(image: np.ndarray, in_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (values in [0, 1]; of the channel mean when ``in_channels``
+    is 1) of a whole (H, W, 3) uint8 image: what ``zscore`` normalizes by. A patch is
+    normalized by its whole image's statistics, as ``predict`` normalizes the whole image,
+    never by its own (a background patch would be blown up to noise)."""
+    flat = np.asarray(image, np.float64).reshape(-1, 3) / 255.0
+    if in_channels == 1:
+        flat = flat.mean(axis=1, keepdims=True)
+    std = np.maximum(flat.std(axis=0), ZSCORE_MIN_STD)
+    return torch.tensor(flat.mean(axis=0), dtype=torch.float32), torch.tensor(
+        std, dtype=torch.float32
+    )
+
+
 def to_tensor(
-    image: np.ndarray, normalization: Normalization | str, in_channels: int
+    image: np.ndarray,
+    normalization: Normalization | str,
+    in_channels: int,
+    statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (C, H, W) float32 normalized; C = 1 takes the channel mean."""
+    """(H, W, 3) uint8 -> (C, H, W) float32 normalized; C = 1 takes the channel mean.
+    ``statistics``: the whole image's (``zscore`` of a patch; default: ``image``'s own)."""
     norm = Normalization.named(normalization) if isinstance(normalization, str) else normalization
     # np.array copies: arrays from Ray's object store are read-only.
     x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
     if in_channels == 1:
         x = x.mean(dim=0, keepdim=True)
     if norm.name == "zscore":
-        flat = x.reshape(x.shape[0], -1)
-        mean = flat.mean(dim=1)
-        std = flat.std(dim=1, correction=0).clamp_min(ZSCORE_MIN_STD)
+        mean, std = statistics or image_statistics(image, in_channels)
     else:
         mean = torch.tensor(norm.mean[: x.shape[0]], dtype=torch.float32)
         std = torch.tensor(norm.std[: x.shape[0]], dtype=torch.float32)
@@ -197,10 +214,14 @@ def _augment(
 
 
 def _sample(
-    image: np.ndarray, mask: np.ndarray, normalization: Normalization, in_channels: int
+    image: np.ndarray,
+    mask: np.ndarray,
+    normalization: Normalization,
+    in_channels: int,
+    statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     return {
-        "image": to_tensor(image, normalization, in_channels),
+        "image": to_tensor(image, normalization, in_channels, statistics),
         "mask": torch.from_numpy(np.array(mask, dtype=np.int64)),
     }
 
@@ -289,6 +310,12 @@ class PatchDataset(_EpochDataset):
             max(1, round(patch[1] / scale)),
         )
         self.foreground = [self._fg_points(i) for i in self.indices] if fg_oversample else []
+        # zscore: each patch by its whole image's statistics, as predict normalizes
+        self.statistics = (
+            [image_statistics(self.arrays.image(i), self.in_channels) for i in self.indices]
+            if self.normalization.name == "zscore"
+            else []
+        )
 
     def _fg_points(self, i: int) -> np.ndarray:
         flat = np.flatnonzero(self.arrays.mask(i))
@@ -333,4 +360,5 @@ class PatchDataset(_EpochDataset):
             image = resize_image(image, self.patch)
             mask = cv2.resize(mask, (self.patch[1], self.patch[0]), interpolation=NEAREST)
         image, mask = _augment(self.pipeline, rng, np.ascontiguousarray(image), mask)
-        return _sample(image, mask, self.normalization, self.in_channels)
+        statistics = self.statistics[k] if self.statistics else None
+        return _sample(image, mask, self.normalization, self.in_channels, statistics)
