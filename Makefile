@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DATA ?= unet-search-runs/demo-fluorescence
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=25
 
 # Never reach a hub or an update server from anything started here.
 export HF_HUB_OFFLINE := 1

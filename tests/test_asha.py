@@ -80,6 +80,22 @@ def test_every_trial_is_in_the_saved_state_before_it_starts(
     assert [r.metrics["saved"] for r in results] == [1.0] * 6
 
 
+def _watched_asha(
+    max_t: int, num_samples: int, paused: list[str], resumed: list[str]
+) -> PromotingASHA:
+    """ASHA with rungs at 1, 2, 4, ... below ``max_t``; pauses and resumes recorded."""
+    return PromotingASHA(
+        metric="best_val_dice",
+        mode="max",
+        max_t=max_t,
+        grace_period=1,
+        reduction_factor=2,
+        num_samples=num_samples,
+        on_pause=paused.append,
+        on_resume=resumed.append,
+    )
+
+
 def test_resume_pauses_trials_restored_at_a_rung_again_and_the_rung_decides_anew() -> None:
     """Tune keeps no scheduler state and resumes paused trials as pending: `resume` must not
     let every trial that waited at a rung (an ASHA loser, maybe) train on."""
@@ -87,17 +103,9 @@ def test_resume_pauses_trials_restored_at_a_rung_again_and_the_rung_decides_anew
 
     from unet_search.spaces import BASELINE_ATTR
 
-    paused, resumed = [], []
-    asha = PromotingASHA(
-        metric="best_val_dice",
-        mode="max",
-        max_t=8,
-        grace_period=1,
-        reduction_factor=2,  # rungs 1, 2, 4
-        num_samples=6,
-        on_pause=paused.append,
-        on_resume=resumed.append,
-    )
+    paused: list[str] = []
+    resumed: list[str] = []
+    asha = _watched_asha(8, 6, paused, resumed)  # rungs 1, 2, 4
 
     def restored(done: int, dice: float, finished: bool = False, baseline: bool = False) -> Trial:
         trial = Trial("fn", config={BASELINE_ATTR: True} if baseline else {}, stub=True)
@@ -123,8 +131,38 @@ def test_resume_pauses_trials_restored_at_a_rung_again_and_the_rung_decides_anew
     assert resumed == [at_3.trial_id, baseline.trial_id]
 
     # What choose_trial_to_run does first once every restored trial is back: rung 2 holds
-    # 0.9, 0.5, 0.4, 0.2, 0.05 -> its best 2 are done_8 (passed it) and at_2_good, promoted;
+    # 0.9, 0.5, 0.4, 0.2 (not the baseline) -> its best 2 are done_8 (passed it) and
+    # at_2_good, promoted;
     # rung 1's best 3 (0.9, 0.5, 0.4) have all passed it: at_1 waits, as does at_2_bad.
     asha._promote_waiting()
     assert resumed[2:] == [at_2_good.trial_id]
     assert "2 paused" in asha.debug_string()
+
+
+def test_the_baseline_never_counts_at_a_rung() -> None:
+    """A reference, not a competitor: a weak baseline reaching a rung must not promote the
+    trial waiting there (it would with the baseline counted: the best 1 of 2)."""
+    from ray.tune.experiment import Trial
+
+    from unet_search.spaces import BASELINE_ATTR
+
+    paused: list[str] = []
+    resumed: list[str] = []
+    asha = _watched_asha(4, 4, paused, resumed)  # rungs 1, 2
+    trial = Trial("fn", config={}, stub=True)
+    baseline = Trial("fn", config={BASELINE_ATTR: True}, stub=True)
+    for t in (trial, baseline):
+        asha.on_trial_add(None, t)
+
+    def result(done: int, dice: float) -> dict:
+        return {"training_iteration": done, "best_val_dice": dice, TIE_BREAK: dice}
+
+    assert asha.on_trial_result(None, trial, result(1, 0.5)) == "PAUSE"  # alone at rung 1
+    for epoch in (1, 2, 3):
+        assert asha.on_trial_result(None, baseline, result(epoch, 0.1)) == "CONTINUE"
+    assert asha.on_trial_result(None, baseline, result(4, 0.1)) == "STOP"  # its last epoch
+    assert paused == [trial.trial_id] and resumed == []  # still waiting for a competitor
+    rival = Trial("fn", config={}, stub=True)
+    asha.on_trial_add(None, rival)
+    assert asha.on_trial_result(None, rival, result(1, 0.2)) == "PAUSE"
+    assert resumed == [trial.trial_id]  # the best 1 of the 2 competitors

@@ -121,3 +121,15 @@ def test_the_work_dir_of_a_ray_job_is_never_the_jobs_working_dir(
     with pytest.raises(UserError, match=r"--storage / UNET_SEARCH_STORAGE 'runs': must be an"):
         work_dir("runs")
     assert not (tmp_path / "unet-search-runs").exists()  # nothing written
+
+
+def test_keeping_the_dsb_epoch_needs_the_dsb_score_every_epoch() -> None:
+    for leaves, shown in (
+        ({"dsb_every": 0}, "dsb_every is 0, num_classes 1"),
+        ({"dsb_every": 3}, "dsb_every is 3, num_classes 1"),
+        ({"num_classes": 3}, "dsb_every is 1, num_classes 3"),
+    ):
+        with pytest.raises(ConfigError, match=shown):
+            RunConfig.from_dict({"early_stop_metric": "val_dsb_score", **leaves})
+    cfg = RunConfig.from_dict({"early_stop_metric": "val_dsb_score", "num_classes": 2})
+    assert cfg.train.dsb_every == 1

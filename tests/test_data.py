@@ -66,6 +66,23 @@ def test_dsb_masks_are_unioned_and_instances_kept(tmp_path: Path) -> None:
     assert arrays.sizes[0].tolist() == [16, 16]
 
 
+def test_mask_instances_are_8_connected_like_predicted_ones(tmp_path: Path) -> None:
+    """The images/masks layout has no instances: its truth is the mask's components, found
+    with the rule predictions follow (8-connectivity), so an exact prediction scores 1."""
+    from unet_search.metrics import dsb_image_score
+
+    mask = np.zeros((20, 20), np.uint8)
+    mask[2:6, 2:6] = mask[6:10, 6:10] = 255  # touching at one corner: one object
+    mask[14:18, 2:6] = 255  # apart: another
+    _png(tmp_path / "g" / "images" / "a.png", np.zeros((20, 20, 3), np.uint8))
+    _png(tmp_path / "g" / "masks" / "a.png", mask)
+    _png(tmp_path / "g" / "images" / "b.png", np.zeros((20, 20, 3), np.uint8))
+    _png(tmp_path / "g" / "masks" / "b.png", mask)
+    arrays = load_dataset(tmp_path / "g", DataConfig(val_fraction=0.5))
+    assert int(arrays.instances(0).max()) == 2
+    assert dsb_image_score(arrays.mask(0) > 0, arrays.instances(0)) == 1.0
+
+
 @pytest.mark.parametrize("value", [1, 255])
 def test_binary_mask_encodings(tmp_path: Path, value: int) -> None:
     arrays = load_dataset(_generic(tmp_path / "g", mask_value=value), DataConfig())

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import WatchedSearch
+from ray.tune.experiment import Trial
 
-from unet_search.live import METRIC_NAMES, STATES
+from unet_search.live import METRIC_NAMES, STATES, LiveView, trial_state
 
 pytestmark = pytest.mark.slow
 DASHBOARDS = Path(__file__).parents[1] / "dashboards"
@@ -109,3 +110,18 @@ def test_prometheus_config_finds_the_nodes_ray_announces(watched_search: Watched
     # The endpoints scraped above (the file may still list nodes of earlier Ray sessions on
     # this machine; Prometheus marks those down).
     assert set(watched_search.targets) <= targets
+
+
+def test_the_progress_line_shows_trials_asha_holds_at_a_rung_as_paused() -> None:
+    trials = [Trial("t", config={}, stub=True) for _ in range(4)]
+    statuses = [Trial.PAUSED, Trial.PAUSED, Trial.RUNNING, Trial.PENDING]
+    for trial, status in zip(trials, statuses, strict=True):
+        trial.set_status(status)
+    assert [trial_state(t) for t in trials] == ["paused", "paused", "running", "pending"]
+    view = LiveView("s", "val_dice", "best_val_dice", "max", lambda t: "n")
+    view.trials = trials
+    assert "trials: 1 pending, 2 paused, 1 running, 0 finished" in view.line()
+    trials[0].set_status(Trial.RUNNING)
+    trials[1].set_status(Trial.RUNNING)
+    trials[3].set_status(Trial.RUNNING)
+    assert "trials: 4 running, 0 finished" in view.line()  # none paused or pending: not shown

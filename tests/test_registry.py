@@ -49,7 +49,14 @@ def store(tmp_path: Path) -> tuple[str, str]:
     return uri, experiment
 
 
-def _register(store: tuple[str, str], tmp_path: Path, seed: int, value: float, fp: str = "fp1"):
+def _register(
+    store: tuple[str, str],
+    tmp_path: Path,
+    seed: int,
+    value: float,
+    fp: str = "fp1",
+    metric: str = "val_dice",
+):
     uri, experiment = store
     run = tracking.create_run(uri, experiment, f"s{seed}", {}, {})
     return log_and_register(
@@ -57,7 +64,7 @@ def _register(store: tuple[str, str], tmp_path: Path, seed: int, value: float, f
         run,
         _model_dir(tmp_path, seed),
         "unet-test",
-        "val_dice",
+        metric,
         value,
         "max",
         {tracking.TAG_FINGERPRINT: fp, "unet_search.trial_id": f"t{seed}"},
@@ -85,6 +92,10 @@ def test_champion_moves_only_when_beaten_on_the_same_data(
     assert str(client.get_model_version_by_alias("unet-test", "champion").version) == "4"
     tags = client.get_model_version("unet-test", "4").tags
     assert tags["unet_search.metric_value"] == "0.7" and tags["unet_search.trial_id"] == "t4"
+    other_metric = _register(store, tmp_path, 5, 0.99, metric="val_iou")  # same data
+    assert other_metric.alias == "challenger"
+    assert "chosen by val_dice (max), this model by val_iou (max)" in other_metric.reason
+    assert str(client.get_model_version_by_alias("unet-test", "champion").version) == "4"
 
 
 def test_registered_model_loads_by_uri_and_predicts_original_sizes(

@@ -131,7 +131,31 @@ def test_baseline_trial_samples_nothing_and_keeps_search_budget(tmp_path: Path) 
             "must be one of ['asha', 'asha_stopping', 'fifo']",
         ),
         ({"search__scheduler": {"grace_period": 5}}, "must be <= epochs (2)"),
-        ({"search__scheduler": {"max_t": 9}}, "`search.scheduler.max_t` must be an integer in"),
+        ({"search__scheduler": {"max_t": 9}}, "`search.scheduler.max_t` must be null or `epochs`"),
+        ({"search__scheduler": {"max_t": 1}}, "no trial would finish its training"),
+        (
+            {"search__metric": "val_dsb_score", "fixed__dsb_every": 0},
+            "but a trial has dsb_every=0, num_classes=1",
+        ),
+        (
+            {
+                "search__metric": "val_dsb_score",
+                "params__dsb_every": {"type": "choice", "values": [1, 2]},
+            },
+            "but a trial has dsb_every=2",
+        ),
+        (
+            {"search__metric": "val_dsb_score", "fixed__num_classes": 3},
+            "num_classes=3",
+        ),
+        (
+            {
+                "search__metric": "val_loss",
+                "search__mode": "min",
+                "params__dice_weight": {"type": "uniform", "low": 0, "high": 1},
+            },
+            "cannot be val_loss while `params.dice_weight` is searched",
+        ),
         ({"params__depth": {"type": "int", "low": 4, "high": 3}}, "`low <= high` must hold"),
         (
             {"params__lr": {"type": "loguniform", "low": 0, "high": 1}},
@@ -199,6 +223,15 @@ def test_every_validation_rule_names_the_key(
         load_space(path)
     assert str(path) in str(err.value)
     assert fragment in str(err.value)
+
+
+def test_a_space_whose_metric_can_rank_its_trials_loads(tmp_path: Path) -> None:
+    dsb = load_space(_write(tmp_path, _space(search__metric="val_dsb_score")))
+    assert dsb.base_config().train.early_stop_metric == "val_dsb_score"
+    loss = load_space(_write(tmp_path, _space(search__metric="val_loss", search__mode="min")))
+    assert loss.settings.metric == "val_loss"  # the loss is fixed: one objective
+    every = load_space(_write(tmp_path, _space(search__scheduler={"max_t": 2})))
+    assert every.settings.scheduler.max_t == 2
 
 
 def test_malformed_yaml_reports_its_line(tmp_path: Path) -> None:

@@ -15,10 +15,12 @@ stops. It never pauses, but the first trials of a search face almost no competit
 trials, 2 at a time, it trained 0.52-0.67 of the full budget (``bench/search_efficiency.py``).
 
 The search's baseline trial (``search.baseline``) is never paused or stopped: it is the
-reference every result is compared with, so it trains its full epochs; it does count at its
-rungs. Both rank a rung by the search metric (each trial's best so far) and break exact ties with
-the best soft Dice so far: early in training many trials predict no foreground at all and
-score a Dice of exactly 0, and a rung of equal values says nothing about which to keep.
+reference every result is compared with, so it trains its full epochs; it does not count at
+the rungs (a reference, not a competitor: a weak baseline would otherwise let a weak trial
+pass a rung). Both rank a rung by the search metric (each trial's best so far) and break
+exact ties with the best soft Dice so far: early in training many trials predict no
+foreground at all and score a Dice of exactly 0, and a rung of equal values says nothing
+about which to keep.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ class DurableFIFO(SavesNewTrials, FIFOScheduler):
 
 class TieBreakingASHA(SavesNewTrials, ASHAScheduler):
     """Ray Tune's asynchronous (stopping) ASHA, ranking rungs by :func:`rank_value`; the
-    baseline trial counts at its rungs but goes on."""
+    baseline trial goes on and is left out of the rungs."""
 
     def _ranked(self, result: dict[str, Any]) -> dict[str, Any]:
         assert self._metric and self._mode, "given at construction"
@@ -157,15 +159,17 @@ class TieBreakingASHA(SavesNewTrials, ASHAScheduler):
         return {**result, self._metric: value * (1.0 if self._mode == "max" else -1.0)}
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
-        action = str(super().on_trial_result(tune_controller, trial, self._ranked(result)))
-        going = result.get(TIME_ATTR, 0) < self._max_t
-        if is_baseline(trial) and action == TrialScheduler.STOP and going:
-            return TrialScheduler.CONTINUE
-        return action
+        if is_baseline(trial):  # a reference, not a competitor: never in a rung's cutoff
+            going = result.get(TIME_ATTR, 0) < self._max_t
+            return TrialScheduler.CONTINUE if going else TrialScheduler.STOP
+        return str(super().on_trial_result(tune_controller, trial, self._ranked(result)))
 
     def on_trial_complete(
         self, tune_controller: Any, trial: Trial, result: dict[str, Any]
     ) -> None:
+        if is_baseline(trial):
+            self._trial_info.pop(trial.trial_id, None)
+            return
         super().on_trial_complete(tune_controller, trial, self._ranked(result))
 
 
@@ -237,7 +241,11 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         # resumes paused trials as pending: it was paused there, or promoted and killed before
         # its next epoch). Any other unfinished one goes on, as if promoted.
         going_on = not trial.is_finished()
-        waits = going_on and done in self._milestones and not is_baseline(trial)
+        if is_baseline(trial):  # never in a rung: it goes on
+            if going_on and self._on_resume is not None:
+                self._on_resume(trial.trial_id)
+            return
+        waits = going_on and done in self._milestones
         for rung, milestone in enumerate(self._milestones):
             if milestone <= done:
                 self._rungs[rung].setdefault(trial.trial_id, value)
@@ -256,6 +264,8 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
             return TrialScheduler.CONTINUE
         if done >= self._max_t:
             return TrialScheduler.STOP
+        if is_baseline(trial):  # a reference, not a competitor: never in a rung's cutoff
+            return TrialScheduler.CONTINUE
         reached = [
             rung
             for rung, milestone in enumerate(self._milestones)
@@ -266,7 +276,7 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         for rung in reached:
             self._rungs[rung][trial.trial_id] = value
         rung = reached[-1]
-        if trial.trial_id in self._promotable(rung) or is_baseline(trial):
+        if trial.trial_id in self._promotable(rung):
             action = TrialScheduler.CONTINUE
             self._promoted[rung].add(trial.trial_id)
         else:

@@ -425,7 +425,16 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        data, model = self.data, self.model
+        data, model, train = self.data, self.model, self.train
+        if train.early_stop_metric == "val_dsb_score":
+            _check(
+                train.dsb_every == 1 and data.num_classes <= 2,
+                "train.early_stop_metric",
+                "val_dsb_score needs the DSB2018 score every epoch of a binary task "
+                "(`train.dsb_every: 1`, `data.num_classes` <= 2), so the kept epoch is chosen "
+                f"among them all; dsb_every is {train.dsb_every}, num_classes {data.num_classes}",
+                train.early_stop_metric,
+            )
         if data.input_mode == "patch" and model.padding == "same":
             multiple = 2**model.depth
             _check(

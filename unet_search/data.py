@@ -36,6 +36,7 @@ from unet_search.config import DataConfig, UserError
 
 __all__ = [
     "CACHE_VERSION",
+    "EIGHT_CONNECTED",
     "DataError",
     "DatasetArrays",
     "DatasetIndex",
@@ -48,7 +49,10 @@ __all__ = [
     "split_indices",
 ]
 
-CACHE_VERSION = 2  # 2: images at their own sizes (1 held them resized to one square)
+# 2: images at their own sizes (1 held them resized to one square); 3: the images/masks
+# layout's truth instances are 8-connected components, as predicted instances are
+CACHE_VERSION = 3
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # instances: touching diagonally is touching
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
 MAX_ERRORS_SHOWN = 20
@@ -445,8 +449,11 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
 
 
 def _labels(mask: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-    """Instance labels: the DSB2018 layout's own, else the mask's connected components."""
-    return labels if labels is not None else ndimage.label(mask > 0)[0].astype(np.uint16)
+    """Instance labels: the DSB2018 layout's own (touching nuclei stay apart), else the mask's
+    8-connected components (the rule predicted instances follow, unet_search.metrics)."""
+    if labels is not None:
+        return labels
+    return ndimage.label(mask > 0, structure=EIGHT_CONNECTED)[0].astype(np.uint16)
 
 
 def _decode_all(index: DatasetIndex, cfg: DataConfig, fp: str) -> DatasetArrays:

@@ -25,7 +25,7 @@ _log = logging.getLogger(__name__)
 __all__ = ["METRIC_NAMES", "STATES", "LiveView", "SearchMetrics", "trial_state"]
 
 # The states a trial is counted in (the ``state`` label of ``unet_search_trials``).
-STATES = ("pending", "running", "finished", "stopped_early", "failed")
+STATES = ("pending", "paused", "running", "finished", "stopped_early", "failed")
 # Our metric names as Ray exports them (Ray prefixes ``ray_``); the dashboard test checks
 # that every one of them and every Ray metric the dashboard queries is really exported.
 METRIC_NAMES = {
@@ -38,14 +38,17 @@ METRIC_NAMES = {
 
 def trial_state(trial: Trial) -> str:
     """One of STATES: ended trials split into finished (the epoch budget or early stopping
-    ended them) and stopped early (ASHA stopped them)."""
+    ended them) and stopped early (ASHA stopped them); a trial ASHA holds at a rung until
+    it is promoted or stopped is paused."""
     if trial.status == Trial.RUNNING:
         return "running"
+    if trial.status == Trial.PAUSED:
+        return "paused"
     if trial.status == Trial.ERROR:
         return "failed"
     if trial.status == Trial.TERMINATED:
         return "finished" if (trial.last_result or {}).get("finished") else "stopped_early"
-    return "pending"  # PENDING or PAUSED
+    return "pending"
 
 
 class SearchMetrics:
@@ -144,7 +147,7 @@ class LiveView(tune.Callback):
     def line(self) -> str:
         counts = self.counts()
         elapsed = int(time.monotonic() - self.start)
-        shown = [s for s in STATES if s != "pending" or counts[s]]
+        shown = [s for s in STATES if s not in ("pending", "paused") or counts[s]]
         text = ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in shown)
         best = ""
         if self.best:

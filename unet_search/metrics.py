@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from unet_search.data import EIGHT_CONNECTED
+
 __all__ = [
     "DSB_THRESHOLDS",
     "otsu_mask",
@@ -22,7 +24,6 @@ __all__ = [
 ]
 
 DSB_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)  # 0.50, 0.55, ..., 0.95
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def logits_to_labels(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -102,7 +103,7 @@ def dsb_image_score(pred_foreground: np.ndarray, true_instances: np.ndarray) -> 
         pred_foreground: (H, W) bool; its 8-connected components are the predicted instances.
         true_instances: (H, W) int labels, 0 = background.
     """
-    pred_labels, n_pred = ndimage.label(pred_foreground, structure=_EIGHT_CONNECTED)
+    pred_labels, n_pred = ndimage.label(pred_foreground, structure=EIGHT_CONNECTED)
     ids, truth = np.unique(true_instances, return_inverse=True)
     truth = truth.reshape(true_instances.shape)
     if ids[0] != 0:  # no background pixel at all: shift so that 0 stays background

@@ -41,7 +41,7 @@ from unet_search.config import (
     build_run_config,
     provisional_config,
 )
-from unet_search.data import DatasetArrays
+from unet_search.data import EIGHT_CONNECTED, DatasetArrays
 
 __all__ = [
     "BUDGETS",
@@ -189,7 +189,7 @@ def data_stats(arrays: DatasetArrays) -> DataStats:
     for i in picks:
         mask, labels = arrays.mask(i), arrays.instances(i)
         if labels is None:
-            labels = ndimage.label(mask > 0)[0]
+            labels = ndimage.label(mask > 0, structure=EIGHT_CONNECTED)[0]
         areas = np.bincount(labels.ravel())[1:]
         areas = areas[areas > 0]
         diameters.append(2.0 * np.sqrt(areas / math.pi))

@@ -89,7 +89,7 @@ def _beats(new: float, old: float, mode: str) -> bool:
 
 
 def _decide(
-    client: MlflowClient, name: str, value: float, mode: str, fingerprint: str
+    client: MlflowClient, name: str, value: float, metric: str, mode: str, fingerprint: str
 ) -> tuple[str, str | None, float | None, str]:
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
@@ -97,6 +97,15 @@ def _decide(
         return CHAMPION, None, None, "no champion yet"
     old_fp = current.tags.get(TAG_FINGERPRINT)
     old_value = float(current.tags.get(TAG_VALUE, "nan"))
+    old_metric, old_mode = current.tags.get(TAG_METRIC), current.tags.get(TAG_MODE)
+    if (old_metric, old_mode) != (metric, mode):
+        return (
+            CHALLENGER,
+            str(current.version),
+            old_value,
+            f"champion v{current.version} was chosen by {old_metric} ({old_mode}), this "
+            f"model by {metric} ({mode}); not comparable",
+        )
     if old_fp != fingerprint:
         return (
             CHALLENGER,
@@ -144,7 +153,8 @@ def log_and_register(
     tags: dict[str, str],
 ) -> Registration:
     """Log ``model_dir`` as a pyfunc model in run ``run_id``, register it as ``name`` and
-    move ``champion`` only if it beats the current one (same fingerprint, ``mode``)."""
+    move ``champion`` only if it beats the current one on the same data and split
+    (fingerprint) by the same ``metric`` and ``mode``."""
     client = MlflowClient(tracking_uri)
     # log_model needs the fluent active run; resuming leaves it FINISHED on exit (the caller
     # sets the run's final status afterwards).
@@ -162,7 +172,7 @@ def log_and_register(
             )
         version = mlflow.register_model(info.model_uri, name, tags=all_tags)
     alias, prev, prev_value, reason = _decide(
-        client, name, value, mode, tags.get(TAG_FINGERPRINT, "")
+        client, name, value, metric, mode, tags.get(TAG_FINGERPRINT, "")
     )
     client.set_registered_model_alias(name, alias, version.version)
     return Registration(name, str(version.version), alias, prev, prev_value, reason)

@@ -578,11 +578,12 @@ def _scheduler(raw: Any, base: RunConfig, source: str) -> SchedulerSpec:
         raise _err(source, "search.scheduler.grace_period", "must be an integer >= 1", grace)
     if not isinstance(factor, int | float) or isinstance(factor, bool) or factor < 2:
         raise _err(source, "search.scheduler.reduction_factor", "must be >= 2", factor)
-    if max_t is not None and (not isinstance(max_t, int) or not grace <= max_t <= epochs):
+    if max_t is not None and (isinstance(max_t, bool) or max_t != epochs):
         raise _err(
             source,
             "search.scheduler.max_t",
-            f"must be an integer in [grace_period, epochs] = [{grace}, {epochs}]",
+            f"must be null or `epochs` ({epochs}): ASHA ends every trial at max_t, so with "
+            "fewer no trial would finish its training and nothing would be registered",
             max_t,
         )
     if grace > epochs:
@@ -594,6 +595,7 @@ def _check_combinations(spec: SearchSpec, source: str) -> None:
     """Every parameter alone at each probe value (a value out of its field's range), then the
     product of the model fields, which interact (arch x encoder x upsampling x depth ...)."""
     base = spec.fixed_dict
+    _check_metric(spec, source)
     for param in spec.params:
         for value in param.probe_values():
             try:
@@ -624,6 +626,48 @@ def _check_combinations(spec: SearchSpec, source: str) -> None:
             raise _err(
                 source, "search.baseline", f"cannot run with these fixed settings ({err})"
             ) from None
+
+
+LOSS_FIELDS = ("loss", "dice_weight", "focal_gamma", "tversky_alpha", "tversky_beta")
+
+
+def _check_metric(spec: SearchSpec, source: str) -> None:
+    """Refuse a search metric that cannot rank its trials: ``val_dsb_score`` where a trial
+    computes no DSB score every epoch (``dsb_every`` != 1) or has no instances (more than 2
+    classes); ``val_loss`` when the loss itself is searched (each trial would be ranked on
+    its own objective)."""
+    metric = spec.settings.metric
+    if metric == "val_loss":
+        searched = sorted({p.name for p in spec.params if p.name in LOSS_FIELDS})
+        if searched:
+            raise _err(
+                source,
+                "search.metric",
+                f"cannot be val_loss while {', '.join(f'`params.{n}`' for n in searched)} "
+                "is searched: trials with other losses have losses on other scales; use "
+                "val_dice, val_iou or val_dsb_score",
+                metric,
+            )
+    if metric != "val_dsb_score":
+        return
+    trials = [
+        {**spec.fixed_dict, **combo} for combo in spec.combinations({"dsb_every", "num_classes"})
+    ]
+    if spec.settings.baseline is not None:
+        trials.append({**spec.fixed_dict, **spec.baseline_leaves()})
+    defaults = RunConfig().flat()
+    for leaves in trials:
+        dsb_every = leaves.get("dsb_every", defaults["dsb_every"])
+        classes = leaves.get("num_classes", defaults["num_classes"])
+        if dsb_every != 1 or classes > 2:
+            raise _err(
+                source,
+                "search.metric",
+                "val_dsb_score needs every trial to score DSB2018 instances every epoch "
+                f"(`dsb_every: 1`, `num_classes` <= 2), but a trial has dsb_every={dsb_every}, "
+                f"num_classes={classes}",
+                metric,
+            )
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> None:
