@@ -225,6 +225,30 @@ def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
+def _flip_averaged(
+    forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tta: str
+) -> torch.Tensor:
+    """``forward(x)``, or with ``tta: flips`` the mean of ``forward`` over the four mirror
+    images, each flipped back (``x``: (C, H, W) or (N, C, H, W): the flips act on H, W)."""
+    flips = FLIPS if tta == "flips" else FLIPS[:1]
+    total: torch.Tensor | None = None
+    for dims in flips:
+        logits = forward(torch.flip(x, dims) if dims else x).float()
+        logits = torch.flip(logits, dims) if dims else logits
+        total = logits if total is None else total.add_(logits)
+    assert total is not None
+    if len(flips) > 1:
+        total /= len(flips)
+    return total
+
+
+def _at_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(K, h, w) logits resampled (bilinear) to ``size`` when they are not that size."""
+    if logits.shape[-2:] == size:
+        return logits
+    return F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
@@ -238,20 +262,9 @@ def predict_logits(
     mode (on ``device``)."""
     module = getattr(model, "module", model)  # unwrap DDP: no collectives in prediction
     module.eval()
-    h, w = image.shape[:2]
     x = to_tensor(model_input(image, plan), normalization, in_channels).to(device)
-    total: torch.Tensor | None = None
-    flips = FLIPS if plan.tta == "flips" else FLIPS[:1]
-    for dims in flips:
-        logits = _once(module, torch.flip(x, dims) if dims else x, plan)
-        logits = torch.flip(logits, dims) if dims else logits
-        total = logits if total is None else total.add_(logits)
-    assert total is not None
-    if len(flips) > 1:
-        total /= len(flips)
-    if total.shape[-2:] != (h, w):
-        total = F.interpolate(total[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-    return total
+    total = _flip_averaged(lambda t: _once(module, t, plan), x, plan.tta)
+    return _at_size(total, image.shape[:2])
 
 
 RESIZE_BATCH = 16  # resize mode: squares predicted together
@@ -276,23 +289,12 @@ def predict_logits_many(
         ]
     module = getattr(model, "module", model)
     module.eval()
-    flips = FLIPS if plan.tta == "flips" else FLIPS[:1]
     out: list[torch.Tensor] = []
     for start in range(0, len(images), RESIZE_BATCH):
         chunk = images[start : start + RESIZE_BATCH]
         x = torch.stack(
             [to_tensor(model_input(im, plan), normalization, in_channels) for im in chunk]
         ).to(device)
-        total = torch.zeros(())
-        for dims in flips:
-            logits = module(torch.flip(x, dims) if dims else x).float()
-            total = total + (torch.flip(logits, dims) if dims else logits)
-        total /= len(flips)
-        for im, logit in zip(chunk, total, strict=True):
-            size = im.shape[:2]
-            if logit.shape[-2:] != size:
-                logit = F.interpolate(
-                    logit[None], size=size, mode="bilinear", align_corners=False
-                )[0]
-            out.append(logit)
+        total = _flip_averaged(module, x, plan.tta)
+        out.extend(_at_size(logit, im.shape[:2]) for im, logit in zip(chunk, total, strict=True))
     return out
