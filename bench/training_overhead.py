@@ -90,7 +90,7 @@ def search_trial(data: Path, work: Path, fixed: dict[str, Any], epochs: int) -> 
 def _n_train(cfg: RunConfig) -> int:
     from unet_search.data import split_indices
 
-    return len(split_indices(N_IMAGES, cfg.data.val_fraction, cfg.data.split_seed)[0])
+    return len(split_indices(N_IMAGES, cfg.data).train)
 
 
 def train_run(data: Path, work: Path, fixed: dict[str, Any], epochs: int) -> float:

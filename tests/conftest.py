@@ -275,3 +275,42 @@ def asha_space(name: str, scheduler: str) -> dict:
             "scheduler": {"type": scheduler, "grace_period": 2, "reduction_factor": 2},
         },
     }
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A small binary model trained here on ``synth_dir`` and saved as a run saves it."""
+
+    cfg: Any  # RunConfig
+    path: Path  # model.safetensors + model_config.json
+    arrays: Any  # DatasetArrays of synth_dir, split by cfg
+    best: dict[str, float]  # the kept epoch's validation metrics
+
+
+@pytest.fixture(scope="session")
+def trained_model(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    import torch
+
+    from unet_search.config import RunConfig
+    from unet_search.data import load_dataset
+    from unet_search.engine import build_loaders, fit, new_training_state, seed_everything
+    from unet_search.losses import build_loss
+    from unet_search.models import build_model, save_model_dir
+    from unet_search.worker import preprocessing_of
+
+    cfg = RunConfig.from_dict(
+        {
+            **{"depth": 2, "base_filters": 8, "patch_size": 32, "patches_per_epoch": 64},
+            **{"epochs": 3, "lr": 3e-3, "val_fraction": 0.25, "dsb_every": 1},
+        }
+    )
+    arrays = load_dataset(synth_dir, cfg.data)
+    seed_everything(0)
+    train, val = build_loaders(cfg, arrays, rank=0, world=1)
+    cpu = torch.device("cpu")
+    state = new_training_state(build_model(cfg.model, 1), cfg, len(train), cpu)
+    fit(state, cfg, train, val, build_loss(cfg.loss), cpu)
+    state.module.load_state_dict(state.best_state or state.module.state_dict())
+    path = tmp_path_factory.mktemp("trained") / "model"
+    save_model_dir(path, state.module, cfg.model, 1, preprocessing_of(cfg))
+    return TrainedModel(cfg, path, arrays, dict(state.best_metrics))

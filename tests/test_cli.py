@@ -21,13 +21,23 @@ EXE = str(Path(sys.executable).with_name("unet-search"))
 
 
 def run(
-    *args: str, home: Path, timeout: int = 600, env: dict[str, str] | None = None
+    *args: str,
+    home: Path,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **(env or {}), "UNET_SEARCH_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
     return subprocess.run(
-        [EXE, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+        [EXE, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
     )
 
 
@@ -258,7 +268,9 @@ def test_predict_writes_masks_at_original_sizes(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((37, 53, 3), np.uint8)).save(images / "a.png")
     Image.fromarray(np.zeros((20, 11), np.uint16)).save(images / "b.png")
     (images / "notes.txt").write_text("not an image")
-    out = tmp_path / "masks"
+    # --output is the user's path as given: relative to where the command runs, never to
+    # the work dir (UNET_SEARCH_HOME)
+    (tmp_path / "here").mkdir()
     proc = run(
         "predict",
         "--model",
@@ -266,12 +278,16 @@ def test_predict_writes_masks_at_original_sizes(tmp_path: Path) -> None:
         "--input",
         str(images),
         "--output",
-        str(out),
+        "masks",
         home=tmp_path / "home",
+        cwd=tmp_path / "here",
     )
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "wrote 2 mask(s) to masks"
+    out = tmp_path / "here" / "masks"
     sizes = {p.name: Image.open(p).size for p in sorted(out.iterdir())}
     assert sizes == {"a.png": (53, 37), "b.png": (11, 20)}
+    assert not (tmp_path / "home" / "masks").exists()
     assert_user_error(
         run(
             "predict",

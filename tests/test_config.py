@@ -43,6 +43,12 @@ def test_flat_and_nested_keys_mix() -> None:
         ({"batchnorm": 1}, "`model.batchnorm` must be bool"),
         ({"depth": 9}, "`model.depth` must be in [2, 5], but got 9"),
         ({"val_fraction": 1.0}, "`data.val_fraction` must be in (0, 1)"),
+        (
+            {"val_fraction": 0.5, "test_fraction": 0.5},
+            "`data.test_fraction` must be in [0, 1) and leave training images beside "
+            "val_fraction 0.5, but got 0.5",
+        ),
+        ({"test_fraction": "some"}, "`data.test_fraction` must be float or null"),
         ({"padding": "full"}, "`model.padding` must be one of ['same', 'valid']"),
         ({"lr": float("nan")}, "`optim.lr` must be float"),
         ({"model": 3}, "`model` must be a mapping"),

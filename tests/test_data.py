@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ from unet_search.data import (
     read_image,
     scan_dataset,
     split_indices,
+    split_names,
 )
+from unet_search.synthetic import make_synthetic
 
 
 def _png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
@@ -225,12 +228,47 @@ def test_fingerprint_follows_bytes_classes_and_split_not_the_input_mode(tmp_path
 
 
 def test_split_is_deterministic_disjoint_and_complete() -> None:
-    train, val = split_indices(50, 0.2, seed=3)
-    again_train, again_val = split_indices(50, 0.2, seed=3)
-    assert train.tolist() == again_train.tolist() and val.tolist() == again_val.tolist()
-    assert len(val) == 10 and not set(train) & set(val)
-    assert sorted([*train, *val]) == list(range(50))
-    assert split_indices(50, 0.2, seed=4)[1].tolist() != val.tolist()
+    cfg = DataConfig(val_fraction=0.2, split_seed=3)
+    train, val, test = split_indices(50, cfg)
+    assert [part.tolist() for part in split_indices(50, cfg)] == [
+        train.tolist(),
+        val.tolist(),
+        test.tolist(),
+    ]
+    # 50 images: 10% held out for the test by default, disjoint from train and val
+    assert (len(train), len(val), len(test)) == (35, 10, 5)
+    assert sorted([*train, *val, *test]) == list(range(50))
+    # the test images do not depend on the validation split (a plan reads the same images)
+    other_val = split_indices(50, replace(cfg, val_fraction=0.3))
+    assert other_val.test.tolist() == test.tolist() and len(other_val.val) == 15
+    assert len(split_indices(50, replace(cfg, test_fraction=0.0)).test) == 0
+    assert split_indices(50, replace(cfg, split_seed=4)).val.tolist() != val.tolist()
+    # fewer than 20 images: no test split unless asked for
+    assert len(split_indices(19, cfg).test) == 0
+    assert len(split_indices(19, replace(cfg, test_fraction=0.1)).test) == 2
+    with pytest.raises(DataError, match=r"2 image\(s\) are too few .* test_fraction=0.4"):
+        split_indices(2, replace(cfg, val_fraction=0.4, test_fraction=0.4))
+
+
+def test_the_test_split_is_named_in_split_json_order(tmp_path: Path) -> None:
+    names = [f"img{i:02d}" for i in range(20)]
+    cfg = DataConfig(val_fraction=0.2)
+    parts = split_names(names, cfg)
+    split = split_indices(20, cfg)
+    assert parts == {
+        "train": [names[i] for i in split.train],
+        "val": [names[i] for i in split.val],
+        "test": [names[i] for i in split.test],
+    }
+    assert (len(parts["val"]), len(parts["test"])) == (4, 2)
+
+
+def test_the_fingerprint_covers_the_test_split(tmp_path: Path) -> None:
+    make_synthetic(tmp_path / "d", n=4, size=32, seed=0)
+    base = load_dataset(tmp_path / "d", DataConfig(val_fraction=0.25)).fingerprint
+    held = load_dataset(tmp_path / "d", DataConfig(val_fraction=0.25, test_fraction=0.25))
+    assert held.fingerprint != base
+    assert load_dataset(tmp_path / "d", DataConfig(val_fraction=0.25)).fingerprint == base
 
 
 def test_object_store_uri_is_fetched_then_read(tmp_path: Path) -> None:

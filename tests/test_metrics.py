@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from unet_search.metrics import (
+    class_dice_sums,
     dice_iou_per_image,
     dsb_image_score,
     logits_to_labels,
@@ -50,6 +51,12 @@ def test_multiclass_dice_averages_present_classes() -> None:
     dice, iou = dice_iou_per_image(pred, truth, num_classes=3)
     assert dice.item() == pytest.approx(0.5)
     assert iou.item() == pytest.approx(0.5)
+    # per class (val_dice_c<k>): class 1 exact, class 2 missed; a second image where class 2
+    # is nowhere leaves it unscored there, and class 1 half found (2 of 4 pixels)
+    other = torch.from_numpy(_square((4, 4), 0, 0, 2, 2, 1))[None]
+    half = torch.from_numpy(_square((4, 4), 0, 0, 1, 2, 1))[None]
+    sums, scored = class_dice_sums(torch.cat([pred, half]), torch.cat([truth, other]), 3)
+    assert sums == pytest.approx([1.0 + 2 * 2 / (2 + 4), 0.0]) and scored == [2.0, 1.0]
 
 
 def test_logits_to_labels_binary_and_multiclass() -> None:

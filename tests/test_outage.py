@@ -63,16 +63,35 @@ def _logged_points(db: Path) -> int:
             return 0
 
 
+def _results(storage: Path) -> dict[str, int]:
+    """Per trial, the epochs Tune has recorded so far (lines of its result.json): what the
+    trials report whether or not MLflow is there."""
+    return {
+        path.parent.name: len(path.read_text().splitlines())
+        for path in storage.glob("*/result.json")
+    }
+
+
 @dataclass
 class Outage:
     """Stops the server once the first trial metrics are stored; starts it again after
-    ``away_s`` (never, when None)."""
+    ``away_s`` (never, when None) and, with ``storage`` (the search's Tune folder), not
+    before some trial has trained ``epochs_away`` more epochs: on a slow machine the outage
+    lasts longer instead of seeing fewer epochs."""
 
     server: MlflowServer
     away_s: float | None
+    storage: Path | None = None
+    epochs_away: int = 0
     down_at: float = 0.0
     up_at: float = 0.0
     errors: list[BaseException] = field(default_factory=list)
+
+    def _trained_while_away(self, at_stop: dict[str, int]) -> bool:
+        assert self.storage is not None
+        # One epoch in flight at the stop may have made its metrics before it: one more.
+        now = _results(self.storage)
+        return any(n - at_stop.get(trial, 0) > self.epochs_away for trial, n in now.items())
 
     def run(self, before: int) -> None:
         try:
@@ -83,7 +102,12 @@ class Outage:
             self.server.stop()
             self.down_at = time.time()
             if self.away_s is not None:
+                at_stop = _results(self.storage) if self.storage else {}
                 time.sleep(self.away_s)
+                deadline = time.time() + 120
+                while self.storage and not self._trained_while_away(at_stop):
+                    assert time.time() < deadline, "no trial trained while the server was away"
+                    time.sleep(0.2)
                 self.server.start()
                 self.up_at = time.time()
         except BaseException as err:  # reported by the test
@@ -159,7 +183,7 @@ def test_a_short_outage_loses_no_metric_and_training_goes_on(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
-    outage = Outage(server, away_s=5.0)
+    outage = Outage(server, away_s=3.0, storage=workdir / "ray_results" / "blip", epochs_away=2)
     thread = outage.begin()
     code = cli.main(
         [

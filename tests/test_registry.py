@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from unet_search import tracking
 from unet_search.config import ModelConfig, UserError
 from unet_search.inference import load_model
 from unet_search.models import build_model, save_model_dir
-from unet_search.registry import log_and_register
+from unet_search.registry import (
+    TAG_DATA,
+    TAG_FINGERPRINT,
+    TAG_METRIC,
+    TAG_MODE,
+    TAG_SPLIT,
+    TAG_VALUE,
+    champion_lock,
+    log_and_register,
+    promote,
+)
 
 
 def _model_dir(tmp_path: Path, seed: int) -> Path:
@@ -85,7 +100,8 @@ def test_champion_moves_only_when_beaten_on_the_same_data(
     assert (worse.alias, worse.previous_version) == ("challenger", "1")
     assert str(client.get_model_version_by_alias("unet-test", "champion").version) == "1"
     other_data = _register(store, tmp_path, 3, 0.99, fp="fp2")
-    assert other_data.alias == "challenger" and "not comparable" in other_data.reason
+    assert other_data.alias == "challenger"
+    assert "other data or split (fingerprint fp1 != fp2): not comparable" in other_data.reason
     assert str(client.get_model_version_by_alias("unet-test", "champion").version) == "1"
     better = _register(store, tmp_path, 4, 0.70)
     assert (better.alias, better.version, better.previous_value) == ("champion", "4", 0.60)
@@ -96,6 +112,88 @@ def test_champion_moves_only_when_beaten_on_the_same_data(
     assert other_metric.alias == "challenger"
     assert "chosen by val_dice (max), this model by val_iou (max)" in other_metric.reason
     assert str(client.get_model_version_by_alias("unet-test", "champion").version) == "4"
+
+
+def _version(client: MlflowClient, value: float, test: float | None = None, **tags: str) -> str:
+    """A version of ``unet-test`` as a search registers it (tags only: the registry's
+    decision reads nothing else), without an alias yet."""
+    every = {
+        TAG_METRIC: "val_dice",
+        TAG_MODE: "max",
+        TAG_VALUE: repr(value),
+        TAG_FINGERPRINT: "fp",
+        TAG_DATA: "d1",
+        TAG_SPLIT: "val=0.2 test=0.1 seed=0",
+        **({} if test is None else {"unet_search.test_dice": repr(test)}),
+        **tags,
+    }
+    with contextlib.suppress(MlflowException):
+        client.create_registered_model("unet-test")
+    return str(client.create_model_version("unet-test", "file:///m", tags=every).version)
+
+
+def test_the_gate_compares_test_values_and_names_what_differs(store) -> None:
+    client = MlflowClient(store[0])
+    first = promote(client, "unet-test", _version(client, 0.80, test=0.70))
+    assert (first.alias, first.reason) == ("champion", "no champion yet")
+    # a better validation value but a worse test value: the test decides
+    worse = promote(client, "unet-test", _version(client, 0.90, test=0.65))
+    assert (worse.alias, worse.previous_value) == ("challenger", 0.70)
+    assert worse.reason == "test_dice 0.6500 does not beat champion v1's 0.7000"
+    better = promote(client, "unet-test", _version(client, 0.75, test=0.72))
+    assert better.alias == "champion" and better.reason.startswith("test_dice 0.7200 beats")
+    # another split, other data, another mode: each named, never compared
+    split = promote(client, "unet-test", _version(client, 0.99, 0.99, **{TAG_SPLIT: "val=0.1"}))
+    assert split.alias == "challenger"
+    assert split.reason == (
+        "champion v3 was split otherwise (val=0.2 test=0.1 seed=0; this model val=0.1): "
+        "not comparable"
+    )
+    both = promote(
+        client, "unet-test", _version(client, 0.99, 0.99, **{TAG_DATA: "d2", TAG_MODE: "min"})
+    )
+    assert both.alias == "challenger"
+    assert "chosen by val_dice (max), this model by val_dice (min); " in both.reason
+    assert "was trained on other data (data d1 != d2)" in both.reason
+    assert str(client.get_model_version_by_alias("unet-test", "champion").version) == "3"
+
+
+def test_registrations_at_the_same_moment_leave_the_best_as_champion(store) -> None:
+    """Six searches end at once: each promotes its version from a thread of its own, all
+    released together against a champion every one of them beats. Without the lock each
+    would compare with that champion and the last write would win; with it the best does."""
+    uri = store[0]
+    client = MlflowClient(uri)
+    promote(client, "unet-test", _version(client, 0.50, test=0.50))
+    values = [0.61, 0.74, 0.58, 0.90, 0.66, 0.83]
+    versions = [_version(client, v, test=v) for v in values]
+    start = threading.Barrier(len(versions))
+
+    def register(version: str):
+        mine = MlflowClient(uri)
+        start.wait()
+        return promote(mine, "unet-test", version)
+
+    with ThreadPoolExecutor(len(versions)) as pool:
+        done = list(pool.map(register, versions))
+    champion = client.get_model_version_by_alias("unet-test", "champion")
+    assert float(champion.tags["unet_search.test_dice"]) == 0.90
+    assert [r.alias for r in done].count("champion") >= 1
+    for reg, value in zip(done, values, strict=True):  # every decision compared truly
+        assert (reg.alias == "champion") == (value > reg.previous_value), reg
+    assert [m.name for m in client.search_registered_models()] == ["unet-test"]  # no lock left
+
+
+def test_a_lock_left_by_a_dead_registration_is_broken_and_a_live_one_waited_for(store) -> None:
+    client = MlflowClient(store[0])
+    client.create_registered_model("unet-test.champion-lock")  # a holder that died
+    held = champion_lock(client, "unet-test", wait_s=0.3, stale_s=60)
+    with pytest.raises(UserError, match=r"unet-test.champion-lock: another registration"):
+        held.__enter__()
+    time.sleep(1.1)
+    with champion_lock(client, "unet-test", wait_s=5, stale_s=1):
+        assert client.get_registered_model("unet-test.champion-lock")  # ours now
+    assert client.search_registered_models() == []
 
 
 def test_registered_model_loads_by_uri_and_predicts_original_sizes(

@@ -15,6 +15,7 @@ import yaml
 from conftest import TINY, asha_space
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from PIL import Image
 
 from unet_search.config import DataConfig
 from unet_search.data import load_dataset
@@ -71,7 +72,7 @@ def test_end_to_end_search_with_a_ddp_trial(
     raw = {
         "name": "e2e",
         "model_name": "unet-e2e",
-        "fixed": {**TINY, "epochs": 2, "dsb_every": 2, "depth": 2},
+        "fixed": {**TINY, "epochs": 2, "dsb_every": 2, "depth": 2, "test_fraction": 0.25},
         "params": {
             "num_workers": {"type": "choice", "values": [1, 2]},
             "base_filters": {"type": "choice", "values": [4, 8]},
@@ -119,7 +120,7 @@ def test_end_to_end_search_with_a_ddp_trial(
     version = client.get_model_version_by_alias("unet-e2e", "champion")
     assert (
         version.tags["unet_search.data_fingerprint"]
-        == load_dataset(search_data, DataConfig(val_fraction=0.25)).fingerprint
+        == load_dataset(search_data, DataConfig(val_fraction=0.25, test_fraction=0.25)).fingerprint
     )
     assert version.tags["unet_search.trial_id"] == out.best.trial_id
     assert version.run_id == out.parent_run_id  # the model is logged in the search's run
@@ -145,14 +146,62 @@ def test_end_to_end_search_with_a_ddp_trial(
     ]
     assert float(np.mean(dices)) == pytest.approx(out.best.value, abs=1e-3)
 
+    # The held-out test split: named in split.json, seen by no trial, scored once at the end;
+    # the version carries the Dice `unet-search predict` gives on those images.
+    split = json.loads(
+        Path(client.download_artifacts(out.parent_run_id, "split.json", str(tmp_path))).read_text()
+    )
+    assert [len(split[part]) for part in ("train", "val", "test")] == [8, 4, 4]
+    assert sorted([*split["train"], *split["val"], *split["test"]]) == sorted(arrays.names)
+    assert split["val"] == [arrays.names[i] for i in indices]
+    test_dice = float(version.tags["unet_search.test_dice"])
+    assert parent.data.metrics["test_dice"] == pytest.approx(test_dice)
+    assert {"test_iou", "test_dsb_score", "otsu_test_dice"} <= set(parent.data.metrics)
+    assert float(version.tags["unet_search.test_dsb_score"]) == pytest.approx(
+        parent.data.metrics["test_dsb_score"]
+    )
+    images = tmp_path / "test_images"
+    images.mkdir()
+    for name in split["test"]:
+        (images / f"{name}.png").write_bytes(
+            (search_data / name / "images" / f"{name}.png").read_bytes()
+        )
+    from unet_search.cli import main
+
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                "models:/unet-e2e@champion",
+                "--input",
+                str(images),
+                "--output",
+                str(tmp_path / "test_masks"),
+            ]
+        )
+        == 0
+    )
+    predicted = [
+        float(
+            dice_iou_per_image(
+                torch.from_numpy(
+                    np.asarray(Image.open(tmp_path / "test_masks" / f"{name}.png")) > 0
+                )[None].long(),
+                torch.from_numpy(arrays.mask(arrays.names.index(name))[None]).long(),
+                1,
+            )[0][0]
+        )
+        for name in split["test"]
+    ]
+    assert float(np.mean(predicted)) == pytest.approx(test_dice, abs=1e-3)
+
     study_trials = out.study.trials
     assert [t.state for t in study_trials] == [TrialState.COMPLETE] * 3
     assert study_trials[0].user_attrs[BASELINE_ATTR] and study_trials[0].params == {}
     assert search_trials(f"sqlite:///{workdir / 'mlflow.db'}", "e2e-1")[1][
         0
     ].value == pytest.approx(out.best.value)
-
-    from unet_search.cli import main
 
     shown = capsys.readouterr().out  # the live view: concise lines, no Tune tables
     assert "Trial status" not in shown and "trial_main_" not in shown
@@ -167,7 +216,9 @@ def test_end_to_end_search_with_a_ddp_trial(
     assert (workdir / "logs" / "e2e-1.log").exists()
     assert main(["best", "e2e-1", "--top", "2"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert len(table) == 3 and table[1].split()[0] == out.best.name.split()[0]
+    assert len(table) == 4 and table[1].split()[0] == out.best.name.split()[0]
+    assert table[3].startswith(f"held-out test  test_dice {test_dice:.4f}  test_iou ")
+    assert table[3].endswith("on 4 images: the best trial's kept model, images no choice saw")
 
     # A downstream app in a fresh process: pyfunc and unet_search.load_model, odd sizes.
     code = (
@@ -343,13 +394,17 @@ def test_every_shipped_space_starts(
         "search.scheduler.grace_period=1",
         "search.max_concurrent_trials=1",
     ]
-    samples = min(2, load_space(path).settings.num_samples)
-    spec = load_space(path, [*shrink, f"search.num_samples={samples}"])
+    # One trial each: seed_baseline's is the baseline; the others' a sampled one (the
+    # baseline trains in seed_baseline's search and in the other tests).
+    alone = path.stem == "seed_baseline"
+    spec = load_space(
+        path, [*shrink, "search.num_samples=1", *([] if alone else ["search.baseline=none"])]
+    )
     arrays = load_dataset(search_data, spec.base_config().data, workdir / "cache")
     out = run_search(spec, arrays, search_data, workdir)
     assert len(out.trials) == spec.settings.num_samples
     assert all(t.status == "FINISHED" for t in out.trials)
-    assert out.trials[0].baseline
+    assert out.trials[0].baseline == alone
     assert out.registration is not None and out.registration.alias == "champion"
 
 
@@ -373,3 +428,94 @@ def test_a_trial_no_node_can_place_fails_at_once(
     with pytest.raises(ResourceError, match="a trial can ask for 3 CPUs"):
         _search(tmp_path, search_data, workdir, raw)
     assert not (workdir / "ray_results").exists()  # nothing started
+
+
+def test_three_classes_end_to_end_train_search_register_predict(
+    ray_local: None, workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Class-index masks through `train`, `search` (registration included) and `predict`:
+    per-class Dice logged each epoch, `val_dice` their images' mean, class indices back at
+    the images' own sizes, scoring what the registered version says."""
+    from unet_search.cli import main
+
+    data = tmp_path / "three"
+    make_synthetic(data, n=12, size=40, max_size=56, object_px=8, style="fluorescence", classes=3)
+    common = ["--set", "num_classes=3", "--set", "patch_size=32", "--set", "val_fraction=0.25"]
+    common += [
+        "--set",
+        "dsb_every=0",
+        "--set",
+        "num_sample_images=2",
+        "--set",
+        "test_fraction=0.25",
+    ]
+    assert main(["train", "--data", str(data), *common, "--set", "epochs=1"]) == 0
+    final = json.loads(capsys.readouterr().out.split("final        ", 1)[1].splitlines()[0])
+    assert {"val_dice_c1", "val_dice_c2"} <= set(final) and 0 <= final["val_dice_c2"] <= 1
+
+    space = tmp_path / "three.yaml"
+    # ~48 steps of a small net: ~0.8 val_dice (measured), the seed baseline at ~0.1
+    fixed = {"epochs": 3, "patches_per_epoch": 128, "batch_size": 8, "lr": 0.01, "image_size": 32}
+    fixed.update(depth=2, base_filters=8)
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "name": "three",
+                "model_name": "unet-three",
+                "fixed": fixed,
+                "params": {"loss": {"type": "choice", "values": ["bce", "mix"]}},
+                "search": {"num_samples": 2, "seed": 0, "scheduler": {"type": "fifo"}},
+            }
+        )
+    )
+    assert main(["search", "--space", str(space), "--data", str(data), *common]) == 0
+    out = capsys.readouterr().out
+    assert "model unet-three v1 is the new champion" in out, out[-3000:]
+    assert "Otsu" not in out  # no plain threshold for three classes
+    client = _client(workdir)
+    version = client.get_model_version_by_alias("unet-three", "champion")
+    best = client.get_run(version.tags["unet_search.run_id"])
+    per_class = [best.data.metrics[f"val_dice_c{k}"] for k in (1, 2)]
+    assert all(0 < v <= 1 for v in per_class)
+    parent = client.get_run(version.run_id)
+    split = json.loads(
+        Path(client.download_artifacts(version.run_id, "split.json", str(tmp_path))).read_text()
+    )
+    images, masks = tmp_path / "test_images", tmp_path / "test_masks"
+    images.mkdir()
+    for name in split["test"]:
+        (images / f"{name}.png").write_bytes((data / "images" / f"{name}.png").read_bytes())
+    model = "models:/unet-three@champion"
+    assert main(["predict", "--model", model, "--input", str(images), "--output", str(masks)]) == 0
+    arrays = load_dataset(data, DataConfig(num_classes=3, val_fraction=0.25, test_fraction=0.25))
+    dices = []
+    for name in split["test"]:
+        predicted = np.asarray(Image.open(masks / f"{name}.png"))
+        truth = arrays.mask(arrays.names.index(name))
+        assert predicted.shape == truth.shape and set(np.unique(predicted)) <= {0, 1, 2}
+        pred, target = (torch.from_numpy(a.astype(np.int64))[None] for a in (predicted, truth))
+        dices.append(float(dice_iou_per_image(pred, target, 3)[0][0]))
+    test_dice = float(version.tags["unet_search.test_dice"])
+    assert float(np.mean(dices)) == pytest.approx(test_dice, abs=1e-3)
+    assert parent.data.metrics["test_dice"] == pytest.approx(test_dice)
+    assert (
+        "test_dsb_score" not in parent.data.metrics and "otsu_test_dice" not in parent.data.metrics
+    )
+    assert test_dice > 0.5  # the stains tell the classes apart: a trained model finds them
+
+
+def test_storage_is_the_users_path_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--storage (or UNET_SEARCH_STORAGE) is where Ray keeps the search: a relative folder is
+    relative to where the command runs (never to the work dir), a URI stays as written."""
+    from unet_search.search import _storage_root
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("UNET_SEARCH_STORAGE", raising=False)
+    home = tmp_path / "home"
+    assert _storage_root(home, "runs") == str(tmp_path / "runs")
+    assert _storage_root(home, "s3://bucket/runs") == "s3://bucket/runs"
+    assert _storage_root(home, None) == str(home / "ray_results")
+    monkeypatch.setenv("UNET_SEARCH_STORAGE", "shared/ray")
+    assert _storage_root(home, None) == str(tmp_path / "shared" / "ray")

@@ -42,3 +42,18 @@ def test_global_threshold_does_not_solve_it(tmp_path: Path) -> None:
                 dices.append(2 * (pred & truth).sum() / total if total else 1.0)
             best = max(best, float(np.mean(dices)))
     assert 0.2 < best < 0.65  # the learning test (test_engine) must beat 0.75
+
+
+def test_three_classes_are_stained_apart_in_class_index_masks(tmp_path: Path) -> None:
+    """`make-data synthetic --classes 3`: images/masks layout, masks 0/1/2, each nucleus one
+    class, class 2 green (its red channel well below its green), class 1 grey."""
+    make_synthetic(tmp_path / "m", n=3, size=48, seed=1, style="fluorescence", classes=3)
+    arrays = load_dataset(tmp_path / "m", DataConfig(num_classes=3, val_fraction=0.34))
+    assert scan_dataset(tmp_path / "m").layout == "images_masks"
+    assert arrays.instances(0) is None  # class indices, no instances
+    for i in range(3):
+        image, mask = arrays.image(i).astype(float), arrays.mask(i)
+        assert set(np.unique(mask)) == {0, 1, 2}
+        grey, green = image[mask == 1], image[mask == 2]
+        assert abs(grey[:, 0] - grey[:, 1]).mean() < 3
+        assert (green[:, 0] < 0.6 * green[:, 1]).mean() > 0.9

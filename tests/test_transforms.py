@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from unet_search.config import IGNORE, AugmentConfig, RunConfig
+from unet_search.config import IGNORE, AugmentConfig, DataConfig, RunConfig
 from unet_search.data import DatasetArrays, split_indices
 from unet_search.engine import set_epoch
 from unet_search.transforms import (
@@ -101,7 +101,7 @@ def test_zscore_patches_use_their_whole_images_statistics_as_predict_does() -> N
 
 
 def test_dataset_normalization_uses_the_training_images_only() -> None:
-    _, val_idx = split_indices(4, 0.25, 0)
+    val_idx = split_indices(4, DataConfig(val_fraction=0.25)).val
     rng = np.random.default_rng(0)
     images = [rng.integers(40, 60, (8, 8, 3), dtype=np.uint8) for _ in range(4)]
     images[int(val_idx[0])] = np.full((8, 8, 3), 250, np.uint8)  # must not count

@@ -93,8 +93,15 @@ def cmd_make_data(args: argparse.Namespace) -> int:
         max_size=args.max_size,
         object_px=args.object_px,
         style=args.style,
+        classes=args.classes,
     )
-    print(f"wrote {len(ids)} synthetic images with instance masks to {out} (DSB2018 layout)")
+    if args.classes > 2:
+        print(
+            f"wrote {len(ids)} synthetic images with {args.classes}-class masks to {out} "
+            f"(images/masks layout; train with --set num_classes={args.classes})"
+        )
+    else:
+        print(f"wrote {len(ids)} synthetic images with instance masks to {out} (DSB2018 layout)")
     return 0
 
 
@@ -136,10 +143,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if args.budget is not None:
         parse_budget(args.budget)
-    validate_model_config(provisional_config(leaves, source).model)
+    provisional = provisional_config(leaves, source)  # `auto` values stand in until planned
+    validate_model_config(provisional.model)
     workdir = work_dir()
     data = materialize(args.data, workdir / "cache")
-    arrays = load_dataset(data, provisional_config(leaves, source).data, workdir / "cache")
+    arrays = load_dataset(data, provisional.data, workdir / "cache")
     cfg, plan = plan_run(leaves, source, arrays, args.budget)  # `auto` values, from the data
     validate_model_config(cfg.model)  # all checks before Ray
     if plan is not None:
@@ -150,6 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         k: round(v, 4)
         for k, v in outcome.metrics.items()
         if k in ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "val_dsb_score")
+        or k.startswith("val_dice_c")
     }
     print(f"run id       {outcome.run_id}")
     print(f"parameters   {outcome.num_parameters:,}")
@@ -175,7 +184,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cfg = provisional_config(*run_leaves(args.config, args.overrides))
     cache = work_dir() / "cache"
     arrays = load_dataset(materialize(args.data, cache), cfg.data, cache)
-    plan = make_plan(data_stats(arrays), budget)
+    plan = make_plan(data_stats(arrays, cfg.data), budget)
     print(f"dataset            {args.data} (fingerprint {arrays.fingerprint})")
     print(plan.text())
     if out is not None:
@@ -209,6 +218,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    workdir = _job_work_dir(args.storage)  # a bad --storage fails before the heavy imports
     from unet_search.data import load_dataset, materialize
     from unet_search.search import run_search
     from unet_search.spaces import check_name, load_space
@@ -216,7 +226,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     spec = load_space(args.space, args.overrides)  # every check before Ray starts
     if args.name is not None:
         check_name(args.name, "search", "--name")
-    workdir = _job_work_dir(args.storage)
     data = materialize(args.data, workdir / "cache")
     arrays = load_dataset(data, spec.base_config().data, workdir / "cache")
     _leave_job_working_dir(workdir)
@@ -278,6 +287,7 @@ def _report(out: Any, mode: str, workdir: Path) -> None:
         if out.best and out.best.value is not None and metric == "val_dice":
             versus = f": best {out.best.value - out.otsu_val_dice:+.4f}"
         print(f"Otsu threshold val_dice {out.otsu_val_dice:.4f} on the same images{versus}")
+    _print_held_out(out.test)
     reg = out.registration
     if reg is not None:
         verb = "is the new champion" if reg.alias == "champion" else "registered as challenger"
@@ -300,13 +310,13 @@ def _report(out: Any, mode: str, workdir: Path) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    workdir = _job_work_dir(args.storage)  # a bad --storage fails before the heavy imports
     from unet_search.data import load_dataset
     from unet_search.search import resume_search
     from unet_search.spaces import check_name, load_space_text
     from unet_search.tracking import read_search_state, require_reachable, resolve_tracking_uri
 
     check_name(args.name, "resume", "NAME")
-    workdir = _job_work_dir(args.storage)
     uri = resolve_tracking_uri(workdir, create=False)
     require_reachable(uri)
     state = read_search_state(uri, args.name)
@@ -370,9 +380,19 @@ def cmd_best(args: argparse.Namespace) -> int:
     from unet_search.config import work_dir
     from unet_search.tracking import resolve_tracking_uri, search_trials
 
-    metric, trials = search_trials(resolve_tracking_uri(work_dir(), create=False), args.name)
+    uri = resolve_tracking_uri(work_dir(), create=False)
+    metric, trials, held_out = search_trials(uri, args.name)
     _print_trials(trials[: args.top], metric)
+    _print_held_out(held_out)
     return 0
+
+
+def _print_held_out(scores: dict[str, float]) -> None:
+    from unet_search.tracking import held_out_text
+
+    text = held_out_text(scores)
+    if text is not None:
+        print(f"held-out test  {text}: the best trial's kept model, images no choice saw")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -435,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name])
 
-    p = add("make-data", "write a synthetic nuclei-like dataset (DSB2018 layout)")
+    p = add("make-data", "write a synthetic nuclei-like dataset (DSB2018 layout, or multi-class)")
     p.add_argument("kind", choices=["synthetic"])
     p.add_argument("out", type=Path)
     p.add_argument("--n", type=int, default=200, help="number of images (default 200)")
@@ -458,6 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="hard",
         help="hard: built to defeat a plain threshold (default); fluorescence: bright nuclei "
         "on a dark, uneven background, where Otsu is strong",
+    )
+    p.add_argument(
+        "--classes",
+        type=int,
+        choices=[2, 3, 4],
+        default=2,
+        help="2: binary, one mask per nucleus (DSB2018 layout, default); 3 or 4: each nucleus "
+        "one of the foreground classes, stained apart, class-index masks (images/masks layout)",
     )
     p.set_defaults(func=cmd_make_data)
 

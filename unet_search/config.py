@@ -113,6 +113,9 @@ class DataConfig:
     image_size: int | None = None  # resize mode only; None there means 128
     num_classes: int = 1  # 1: binary foreground (sigmoid); C >= 2: class indices 0..C-1
     val_fraction: float = 0.1
+    # Held out from every choice of a search, scored once at its end; None: 0.1 of a
+    # dataset of at least 20 images, else none (unet_search.data.test_fraction_of).
+    test_fraction: float | None = None
     split_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -152,6 +155,14 @@ class DataConfig:
             "must be in (0, 1)",
             self.val_fraction,
         )
+        if self.test_fraction is not None:
+            _check(
+                0.0 <= self.test_fraction < 1.0 and self.val_fraction + self.test_fraction < 1,
+                "data.test_fraction",
+                f"must be in [0, 1) and leave training images beside val_fraction "
+                f"{self.val_fraction}",
+                self.test_fraction,
+            )
 
     @property
     def square(self) -> int:

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tifffile
@@ -41,12 +42,15 @@ __all__ = [
     "DatasetArrays",
     "DatasetIndex",
     "Sample",
+    "Split",
     "decode_image",
     "load_dataset",
     "materialize",
     "read_image",
     "scan_dataset",
     "split_indices",
+    "split_names",
+    "test_fraction_of",
 ]
 
 # 2: images at their own sizes (1 held them resized to one square); 3: the images/masks
@@ -56,6 +60,10 @@ EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # instances: touching diagonally 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
 MAX_ERRORS_SHOWN = 20
+log = logging.getLogger(__name__)
+# The held-out test split when `data.test_fraction` is not set: 10% of a dataset of at least
+# 20 images (2 test images at the least), none of a smaller one.
+DEFAULT_TEST_FRACTION, MIN_IMAGES_FOR_TEST = 0.1, 20
 # Bounded memory: refuse to decode a single image larger than this many pixels.
 MAX_PIXELS = 16384 * 16384
 
@@ -424,28 +432,69 @@ def content_hash(index: DatasetIndex) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(content: str, cfg: DataConfig) -> str:
-    """Dataset identity as validated on: the content hash, the classes and the split (16
-    hex). Images are kept at their own sizes and every run is scored on the whole images at
-    their original sizes, so the input mode, patch size, scale or resize square of a run
-    does not change the data it is scored on."""
-    key = (
-        f"{content}|classes={cfg.num_classes}|val={cfg.val_fraction}|split_seed="
-        f"{cfg.split_seed}|v{CACHE_VERSION}"
-    )
+def data_id(content: str, cfg: DataConfig) -> str:
+    """The data alone (16 hex): its files' contents, its classes and how it is decoded."""
+    key = f"{content}|classes={cfg.num_classes}|v{CACHE_VERSION}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic (train, val) index arrays; both non-empty or DataError."""
-    n_val = max(1, round(n * val_fraction))
-    if n - n_val < 1:
+def fingerprint(data: str, split: str) -> str:
+    """Dataset identity as validated and tested on: the data (:func:`data_id`) and the split
+    (:func:`split_text`; 16 hex). Images are kept at their own sizes and every run is scored
+    on the whole images at their original sizes, so the input mode, patch size, scale or
+    resize square of a run does not change the data it is scored on."""
+    return hashlib.sha256(f"{data}|{split}".encode()).hexdigest()[:16]
+
+
+def split_text(cfg: DataConfig, n: int) -> str:
+    """The split as one line (``val=0.2 test=0.1 seed=0``): how versions record it."""
+    return f"val={cfg.val_fraction} test={test_fraction_of(n, cfg)} seed={cfg.split_seed}"
+
+
+def test_fraction_of(n: int, cfg: DataConfig) -> float:
+    """``data.test_fraction``, or when it is not set 0.1 for a dataset of at least 20
+    images and 0 for a smaller one."""
+    if cfg.test_fraction is not None:
+        return cfg.test_fraction
+    return DEFAULT_TEST_FRACTION if n >= MIN_IMAGES_FOR_TEST else 0.0
+
+
+class Split(NamedTuple):
+    """Sorted image indices of the three disjoint parts of a dataset."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def split_indices(n: int, cfg: DataConfig) -> Split:
+    """The seeded (train, val, test) split of ``n`` images; train and val never empty (else
+    DataError). The test images depend on the seed and ``test_fraction`` only, not on
+    ``val_fraction``: a plan, which never reads them, is the same whatever the validation
+    split."""
+    test_fraction = test_fraction_of(n, cfg)
+    n_val = max(1, round(n * cfg.val_fraction))
+    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+    if n - n_val - n_test < 1:
+        test = f" and test_fraction={test_fraction}" if n_test else ""
+        one = " and one test image" if n_test else ""
         raise DataError(
-            f"{n} image(s) are too few for val_fraction={val_fraction}: need at "
-            "least one training and one validation image."
+            f"{n} image(s) are too few for val_fraction={cfg.val_fraction}{test}: need at "
+            f"least one training and one validation image{one}."
         )
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+    order = np.random.default_rng(cfg.split_seed).permutation(n)
+    return Split(
+        np.sort(order[n_test + n_val :]),
+        np.sort(order[n_test : n_test + n_val]),
+        np.sort(order[:n_test]),
+    )
+
+
+def split_names(names: Sequence[str], cfg: DataConfig) -> dict[str, list[str]]:
+    """``{"train": [...], "val": [...], "test": [...]}``: the image ids (the DSB2018 folder
+    name, or the file stem) of each part, as a search's ``split.json`` holds them."""
+    split = split_indices(len(names), cfg)
+    return {part: [names[int(i)] for i in split[k]] for k, part in enumerate(Split._fields)}
 
 
 def _labels(mask: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
@@ -456,7 +505,9 @@ def _labels(mask: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
     return ndimage.label(mask > 0, structure=EIGHT_CONNECTED)[0].astype(np.uint16)
 
 
-def _decode_all(index: DatasetIndex, cfg: DataConfig, fp: str) -> DatasetArrays:
+def _decode_all(
+    index: DatasetIndex, cfg: DataConfig, fp: str, identity: dict[str, str]
+) -> DatasetArrays:
     n, dsb = len(index.samples), index.layout == "dsb2018"
     decoded: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * n
     errors: list[str] = []
@@ -487,6 +538,7 @@ def _decode_all(index: DatasetIndex, cfg: DataConfig, fp: str) -> DatasetArrays:
         if dsb
         else None,
         "class_pixels": np.bincount(masks, minlength=max(2, cfg.num_classes)).tolist(),
+        **identity,  # data_id and split: what the registry compares apart
     }
     return DatasetArrays.of(
         [image for image, _, _ in samples],
@@ -552,14 +604,24 @@ def load_dataset(root: Path, cfg: DataConfig, cache_dir: Path | None = None) -> 
             f"{root}: the DSB2018 layout holds binary instance masks, so "
             f"num_classes must be 1 or 2, but got {cfg.num_classes}."
         )
-    split_indices(len(index.samples), cfg.val_fraction, cfg.split_seed)
-    fp = fingerprint(content_hash(index), cfg)
+    n = len(index.samples)
+    split_indices(n, cfg)
+    if cfg.test_fraction is None and n < MIN_IMAGES_FOR_TEST:
+        log.warning(
+            "warning: %s: %d images are fewer than %d, so none is held out for a test; "
+            "set data.test_fraction to hold some out",
+            root,
+            n,
+            MIN_IMAGES_FOR_TEST,
+        )
+    identity = {"data_id": data_id(content_hash(index), cfg), "split": split_text(cfg, n)}
+    fp = fingerprint(identity["data_id"], identity["split"])
     cache = cache_dir / f"{fp}.npz" if cache_dir is not None else None
     if cache is not None and cache.exists():
         cached = _load_cache(cache)
         if cached is not None and cached.fingerprint == fp:
             return cached
-    arrays = _decode_all(index, cfg, fp)
+    arrays = _decode_all(index, cfg, fp, identity)
     if cache is not None:
         _save_cache(cache, arrays)
     return arrays

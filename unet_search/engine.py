@@ -24,10 +24,11 @@ from torch.utils.data import DataLoader, Dataset
 from unet_search.config import MAXIMIZE, ConfigError, OptimConfig, RunConfig, TrainConfig
 from unet_search.data import DatasetArrays, split_indices
 from unet_search.metrics import (
+    class_dice_sums,
     dice_iou_per_image,
     dsb_image_score,
     logits_to_labels,
-    otsu_mask,
+    otsu_dice,
     soft_dice_per_image,
 )
 from unet_search.sliding import PredictPlan, plan_of, predict_logits
@@ -276,6 +277,8 @@ def validate(
     process scoring them all. Uses the unwrapped model (no DDP collectives)."""
     module = getattr(model, "module", model)
     sums = [0.0] * 6  # loss, dice, iou, dsb, n, soft dice
+    classes = max(cfg.data.num_classes - 1, 0) if cfg.data.num_classes > 2 else 0
+    class_sums = [0.0] * (2 * classes)  # per foreground class: Dice sum, images scored
     for i in val.indices:
         with _autocast(device, cfg.train.amp):
             logits = predict_logits(
@@ -292,7 +295,11 @@ def validate(
             sums[3] += dsb_image_score((labels[0] > 0).cpu().numpy(), truth)
         sums[4] += 1
         sums[5] += float(soft_dice_per_image(logits, target).sum())
-    loss, dice_sum, iou_sum, dsb_sum, count, soft_sum = _sum_over_ranks(sums, device)
+        if classes:
+            dices, present = class_dice_sums(labels, target, cfg.data.num_classes)
+            class_sums = [a + b for a, b in zip(class_sums, dices + present, strict=True)]
+    totals = _sum_over_ranks(sums + class_sums, device)
+    loss, dice_sum, iou_sum, dsb_sum, count, soft_sum = totals[:6]
     count = max(count, 1)
     out = {
         "val_loss": loss / count,
@@ -302,13 +309,16 @@ def validate(
     }
     if with_dsb:
         out["val_dsb_score"] = dsb_sum / count
+    for k in range(classes):  # a class in no image's truth or prediction: nothing missed
+        scored = totals[6 + classes + k]
+        out[f"val_dice_c{k + 1}"] = totals[6 + k] / scored if scored else 1.0
     return out
 
 
 def val_indices(cfg: RunConfig, arrays: DatasetArrays) -> np.ndarray:
     """The validation images scored each epoch: the split's, at most ``val_max_images``
     (the first of the split, which is in a seeded random order)."""
-    _, val_idx = split_indices(len(arrays), cfg.data.val_fraction, cfg.data.split_seed)
+    val_idx = split_indices(len(arrays), cfg.data).val
     cap = cfg.train.val_max_images
     return val_idx[:cap] if cap else val_idx
 
@@ -318,7 +328,7 @@ def build_loaders(
 ) -> tuple[DataLoader[Any], Validation]:
     """The training loader (patches, or resized images, by ``input_mode``) and this rank's
     share of the validation images."""
-    train_idx, _ = split_indices(len(arrays), cfg.data.val_fraction, cfg.data.split_seed)
+    train_idx = split_indices(len(arrays), cfg.data).train
     norm, channels, seed = normalization_for(cfg, arrays), cfg.model.in_channels, cfg.train.seed
     square = cfg.data.input_mode == "resize" or len(set(cfg.data.patch_size)) == 1
     common: dict[str, Any] = {
@@ -363,12 +373,7 @@ def otsu_val_dice(arrays: DatasetArrays, cfg: RunConfig) -> float | None:
     validation images every run is scored on; None for a multi-class task."""
     if cfg.data.num_classes > 2:
         return None
-    dices = []
-    for i in val_indices(cfg, arrays):
-        pred = torch.from_numpy(otsu_mask(arrays.image(int(i)))[None]).long()
-        truth = torch.from_numpy(arrays.mask(int(i))[None].astype(np.int64))
-        dices.append(float(dice_iou_per_image(pred, truth, 1)[0][0]))
-    return float(np.mean(dices))
+    return otsu_dice(arrays, [int(i) for i in val_indices(cfg, arrays)])
 
 
 def new_training_state(

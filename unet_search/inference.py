@@ -15,12 +15,13 @@ import numpy as np
 import torch
 
 from unet_search.config import UserError
-from unet_search.data import read_image
+from unet_search.data import DatasetArrays, read_image
+from unet_search.metrics import otsu_dice, score_masks
 from unet_search.models import CONFIG_FILE, load_model_dir
 from unet_search.sliding import RESIZE_BATCH, plan_of_preprocessing, predict_logits_many
 from unet_search.transforms import Normalization
 
-__all__ = ["ImageLike", "Predictor", "find_model_dir", "load_model"]
+__all__ = ["ImageLike", "Predictor", "find_model_dir", "load_model", "score_images"]
 
 ImageLike = np.ndarray | str | Path
 
@@ -105,6 +106,27 @@ class Predictor:
             else:
                 masks.append(logit.argmax(0).numpy().astype(np.uint8))
         return masks
+
+
+def score_images(
+    predictor: Predictor, arrays: DatasetArrays, indices: Sequence[int], prefix: str
+) -> dict[str, float]:
+    """``<prefix>dice``, ``<prefix>iou`` (and ``<prefix>dsb_score`` for binary instance
+    truth) of the masks ``predictor`` gives for images ``indices`` of ``arrays``, exactly as
+    ``unet-search predict`` segments them: whole images at their original sizes; plus
+    ``otsu_<prefix>dice``, a plain Otsu threshold on the same images (binary tasks)."""
+    indices = [int(i) for i in indices]
+    num_classes = int(predictor.meta["num_classes"])
+    out: dict[str, float] = {}
+    for start in range(0, len(indices), RESIZE_BATCH):  # a batch of masks at a time
+        chunk = indices[start : start + RESIZE_BATCH]
+        masks = predictor.predict([arrays.image(i) for i in chunk])
+        for key, value in score_masks(masks, arrays, chunk, num_classes).items():
+            out[key] = out.get(key, 0.0) + value * len(chunk)
+    scores = {f"{prefix}{key}": value / max(len(indices), 1) for key, value in out.items()}
+    if num_classes <= 2:
+        scores[f"otsu_{prefix}dice"] = otsu_dice(arrays, indices)
+    return scores
 
 
 def find_model_dir(root: Path) -> Path:

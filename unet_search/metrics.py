@@ -7,16 +7,21 @@ the prediction of that image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 import torch
 from scipy import ndimage
 
-from unet_search.data import EIGHT_CONNECTED
+from unet_search.data import EIGHT_CONNECTED, DatasetArrays
 
 __all__ = [
     "DSB_THRESHOLDS",
+    "class_dice_sums",
+    "otsu_dice",
     "otsu_mask",
+    "score_masks",
     "dice_iou_per_image",
     "dsb_image_score",
     "logits_to_labels",
@@ -33,6 +38,24 @@ def logits_to_labels(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tens
     return logits.argmax(dim=1)
 
 
+def _per_class(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) Dice and IoU of each scored class (binary: class 1; else 1..C-1), NaN where a
+    class is in neither the truth nor the prediction of an image."""
+    classes = [1] if num_classes <= 2 else list(range(1, num_classes))
+    dices, ious = [], []
+    for c in classes:
+        p, t = (pred == c).flatten(1), (target == c).flatten(1)
+        inter = (p & t).sum(1).double()
+        total = p.sum(1).double() + t.sum(1).double()
+        union = total - inter
+        present = total > 0
+        dices.append(torch.where(present, 2 * inter / total.clamp(min=1), torch.nan))
+        ious.append(torch.where(present, inter / union.clamp(min=1), torch.nan))
+    return torch.stack(dices, 1), torch.stack(ious, 1)
+
+
 def dice_iou_per_image(
     pred: torch.Tensor, target: torch.Tensor, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,17 +67,7 @@ def dice_iou_per_image(
     Returns:
         dice, iou: (N,) float64.
     """
-    classes = [1] if num_classes <= 2 else list(range(1, num_classes))
-    dices, ious = [], []
-    for c in classes:
-        p, t = (pred == c).flatten(1), (target == c).flatten(1)
-        inter = (p & t).sum(1).double()
-        total = p.sum(1).double() + t.sum(1).double()
-        union = total - inter
-        present = total > 0
-        dices.append(torch.where(present, 2 * inter / total.clamp(min=1), torch.nan))
-        ious.append(torch.where(present, inter / union.clamp(min=1), torch.nan))
-    dice, iou = torch.stack(dices, 1), torch.stack(ious, 1)
+    dice, iou = _per_class(pred, target, num_classes)
     empty = torch.isnan(dice).all(dim=1)
     dice = torch.where(
         empty,
@@ -65,6 +78,17 @@ def dice_iou_per_image(
         empty, 1.0, torch.nan_to_num(iou, nan=0.0).sum(1) / (~torch.isnan(iou)).sum(1).clamp(min=1)
     )
     return dice, iou
+
+
+def class_dice_sums(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int
+) -> tuple[list[float], list[float]]:
+    """Per foreground class of a multi-class task: the sum of its Dice over the images where
+    it is in the truth or the prediction, and the number of those images (``val_dice_c<k>``
+    is their ratio, summed over ranks first)."""
+    dice, _ = _per_class(pred, target, num_classes)
+    present = ~torch.isnan(dice)
+    return torch.nan_to_num(dice, nan=0.0).sum(0).tolist(), present.sum(0).double().tolist()
 
 
 def soft_dice_per_image(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -132,3 +156,34 @@ def otsu_mask(image: np.ndarray) -> np.ndarray:
     grey = np.round(grey).astype(np.uint8)
     _, above = cv2.threshold(grey, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     return above if above.mean() <= 0.5 else (1 - above).astype(np.uint8)
+
+
+def score_masks(
+    masks: Sequence[np.ndarray], arrays: DatasetArrays, indices: Sequence[int], num_classes: int
+) -> dict[str, float]:
+    """Mean per-image ``dice`` and ``iou`` of predicted (H, W) class-index ``masks`` against
+    images ``indices`` of ``arrays`` (at their original sizes), and ``dsb_score`` where the
+    truth has instances (binary tasks)."""
+    sums = {"dice": 0.0, "iou": 0.0, "dsb_score": 0.0}
+    dsb_images = 0
+    for mask, i in zip(masks, indices, strict=True):
+        pred = torch.from_numpy(np.asarray(mask, np.int64)[None])
+        truth = torch.from_numpy(arrays.mask(int(i)).astype(np.int64)[None])
+        dice, iou = dice_iou_per_image(pred, truth, num_classes)
+        sums["dice"] += float(dice[0])
+        sums["iou"] += float(iou[0])
+        instances = arrays.instances(int(i))
+        if instances is not None:
+            sums["dsb_score"] += dsb_image_score(np.asarray(mask) > 0, instances)
+            dsb_images += 1
+    n = max(len(indices), 1)
+    out = {"dice": sums["dice"] / n, "iou": sums["iou"] / n}
+    if dsb_images:
+        out["dsb_score"] = sums["dsb_score"] / dsb_images
+    return out
+
+
+def otsu_dice(arrays: DatasetArrays, indices: Sequence[int]) -> float:
+    """Mean Dice of the plain Otsu threshold (:func:`otsu_mask`) on images ``indices``."""
+    masks = [otsu_mask(arrays.image(int(i))) for i in indices]
+    return score_masks(masks, arrays, indices, 1)["dice"]

@@ -35,13 +35,15 @@ from scipy import ndimage
 from unet_search.config import (
     AUTO,
     PLANNED_LEAVES,
+    DataConfig,
     RunConfig,
     UserError,
     auto_leaves,
     build_run_config,
     provisional_config,
 )
-from unet_search.data import EIGHT_CONNECTED, DatasetArrays
+from unet_search.data import EIGHT_CONNECTED, DatasetArrays, split_indices
+from unet_search.transforms import image_histograms, moments
 
 __all__ = [
     "BUDGETS",
@@ -155,12 +157,14 @@ class DataStats:
     std: tuple[float, ...]
     mean_spread: float  # std of per-image mean brightness / dataset std
     std_spread: float  # std of per-image contrast (std) / dataset std
+    held_out: int = 0  # test images left out of the statistics
 
     def lines(self) -> list[str]:
         obj = "none" if self.object_px is None else f"{self.object_px:.1f} px"
+        held = f"; {self.held_out} test images not read" if self.held_out else ""
         return [
             f"images             {self.count} (median {self.median_size[0]}x"
-            f"{self.median_size[1]}, smallest {self.min_size[0]}x{self.min_size[1]})",
+            f"{self.median_size[1]}, smallest {self.min_size[0]}x{self.min_size[1]}{held})",
             f"objects            {self.objects} in the images read, median diameter {obj}",
             f"foreground         {self.foreground:.3f} of pixels",
             "intensity          mean "
@@ -171,18 +175,27 @@ class DataStats:
         ]
 
 
-def _picked(n: int) -> list[int]:
-    """At most :data:`STATS_IMAGES` images, evenly spread (deterministic)."""
-    if n <= STATS_IMAGES:
-        return list(range(n))
-    return sorted({int(i) for i in np.linspace(0, n - 1, STATS_IMAGES)})
+LEVELS = np.arange(256, dtype=np.float64) / 255.0  # an 8-bit value in [0, 1]
 
 
-def data_stats(arrays: DatasetArrays) -> DataStats:
+def _picked(pool: np.ndarray) -> list[int]:
+    """At most :data:`STATS_IMAGES` images of ``pool``, evenly spread (deterministic)."""
+    if len(pool) <= STATS_IMAGES:
+        return [int(i) for i in pool]
+    return sorted({int(pool[int(k)]) for k in np.linspace(0, len(pool) - 1, STATS_IMAGES)})
+
+
+def data_stats(arrays: DatasetArrays, data: DataConfig | None = None) -> DataStats:
     """Image sizes (all images), object sizes (instance labels, or the mask's connected
-    components), foreground share and intensity statistics (of at most 200 images)."""
-    sizes = arrays.sizes
-    picks = _picked(len(arrays))
+    components), foreground share and intensity statistics (of at most 200 images). With
+    ``data``, its split's test images are left out: a plan is a choice, and no choice sees
+    the test images."""
+    pool = np.arange(len(arrays))
+    if data is not None:
+        split = split_indices(len(arrays), data)
+        pool = np.sort(np.concatenate([split.train, split.val]))
+    sizes = arrays.sizes[pool]
+    picks = _picked(pool)
     diameters: list[np.ndarray] = []
     means, stds, fg, pixels = [], [], 0, 0
     sums, squares = np.zeros(3), np.zeros(3)
@@ -195,18 +208,17 @@ def data_stats(arrays: DatasetArrays) -> DataStats:
         diameters.append(2.0 * np.sqrt(areas / math.pi))
         fg += int((mask > 0).sum())
         pixels += mask.size
-        grey = arrays.image(i).astype(np.float64) / 255.0
-        flat = grey.reshape(-1, 3)
-        sums += flat.sum(axis=0)
-        squares += (flat**2).sum(axis=0)
-        means.append(float(flat.mean()))
-        stds.append(float(flat.mean(axis=1).std()))
+        channels, grey = image_histograms(arrays.image(i))  # exact, no float copy
+        sums += channels @ LEVELS
+        squares += channels @ LEVELS**2
+        means.append(float((channels @ LEVELS).sum()) / (3 * mask.size))
+        stds.append(moments(grey, 1 / 765)[1])
     mean = sums / pixels
     std = np.sqrt(np.maximum(squares / pixels - mean**2, 0.0))
     scale = max(float(std.mean()), 1e-6)
     all_d = np.concatenate(diameters) if diameters else np.empty(0)
     return DataStats(
-        count=len(arrays),
+        count=len(pool),
         median_size=(int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1]))),
         min_size=(int(sizes[:, 0].min()), int(sizes[:, 1].min())),
         object_px=round(float(np.median(all_d)), 2) if len(all_d) else None,
@@ -216,6 +228,7 @@ def data_stats(arrays: DatasetArrays) -> DataStats:
         std=tuple(round(float(v), 4) for v in std),
         mean_spread=round(float(np.std(means)) / scale, 3),
         std_spread=round(float(np.std(stds)) / scale, 3),
+        held_out=len(arrays) - len(pool),
     )
 
 
@@ -450,12 +463,13 @@ def plan_run(
     auto = auto_leaves(flat, source)
     if not auto:
         return build_run_config(flat, source), None
-    known = provisional_config(flat, source).flat()  # drops a given patch or depth too
+    provisional = provisional_config(flat, source)
+    known = provisional.flat()  # drops a given patch or depth too
     given = {leaf: flat.get(leaf, known[leaf]) for leaf in PLANNED_LEAVES if leaf not in auto}
     given["encoder_weights"] = known["encoder_weights"]
     if isinstance(given.get("patch_size"), int):
         given["patch_size"] = (given["patch_size"], given["patch_size"])
     chosen = parse_budget(budget) if budget else default_budget(known["gpus_per_worker"] > 0)
-    plan = make_plan(data_stats(arrays), chosen, given)
+    plan = make_plan(data_stats(arrays, provisional.data), chosen, given)
     resolved = {**flat, **{leaf: plan.value(leaf) for leaf in auto}}
     return build_run_config(resolved, source), plan

@@ -2,9 +2,9 @@
 
 MLflow saves this file as code (no cloudpickle); loading runs it, which builds the model
 from ``model_config.json`` and loads ``model.safetensors``. ``predict`` takes an
-(N, H, W, 3) uint8 array (any N, H, W) or a list of HxWxC uint8 arrays / file paths, and
-returns masks at the input size: an (N, H, W) uint8 array when all inputs share a size,
-else a list of (H, W) arrays.
+(N, H, W, 3) uint8 array (any N, H, W: the logged signature) and returns the (N, H, W) uint8
+masks at the input size. Images of different sizes are separate calls (or
+``unet_search.load_model``, which takes a list).
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ class UNetSearchPyfunc(PythonModel):
         if hasattr(model_input, "to_numpy") and not isinstance(model_input, np.ndarray):
             model_input = model_input.to_numpy()
         masks = self.predictor.predict(model_input)
-        if len({m.shape for m in masks}) <= 1:
-            return np.stack(masks) if masks else np.zeros((0, 0, 0), np.uint8)
-        return masks
+        return np.stack(masks) if masks else np.zeros((0, 0, 0), np.uint8)
 
 
 mlflow.models.set_model(UNetSearchPyfunc())

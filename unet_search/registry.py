@@ -3,21 +3,25 @@
 The logged model holds ``model.safetensors`` + ``model_config.json`` (weights and build
 config, incl. preprocessing) and is served through ``pyfunc_model.py`` (models-from-code, no
 pickle), with the ``unet_search`` package shipped as code. The alias ``champion`` moves to a
-new version only when it beats the current champion's metric on the same dataset
-fingerprint; otherwise the new version gets ``challenger``.
+new version only when it beats the current champion on the same data, split, metric and
+mode (on the held-out test images when both have test values); otherwise the new version
+gets ``challenger``. The read-decide-set runs under a lock held in the registry itself.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import numpy as np
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
@@ -32,7 +36,9 @@ __all__ = [
     "Registration",
     "champion",
     "download_model",
+    "champion_lock",
     "log_and_register",
+    "promote",
 ]
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -41,7 +47,13 @@ TAG_METRIC, TAG_VALUE, TAG_MODE = (
     "unet_search.metric_value",
     "unet_search.mode",
 )
-TAG_FINGERPRINT = "unet_search.data_fingerprint"
+TAG_PREFIX = "unet_search."
+TAG_FINGERPRINT = "unet_search.data_fingerprint"  # the data and the split
+TAG_DATA = "unet_search.data_id"  # the data alone: its files' contents and the classes
+TAG_SPLIT = "unet_search.split"  # val=0.2 test=0.1 seed=0
+# The held-out test value of each validation metric a search may choose by.
+TEST_OF = {"val_dice": "test_dice", "val_iou": "test_iou", "val_dsb_score": "test_dsb_score"}
+LOCK_SUFFIX = ".champion-lock"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 PACKAGE_DIR = Path(__file__).parent
 # (N, H, W, 3) uint8 in, (N, H, W) uint8 masks out: any batch size, height and width.
@@ -88,45 +100,123 @@ def _beats(new: float, old: float, mode: str) -> bool:
     return new > old if mode == "max" else new < old
 
 
-def _decide(
-    client: MlflowClient, name: str, value: float, metric: str, mode: str, fingerprint: str
-) -> tuple[str, str | None, float | None, str]:
-    try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return CHAMPION, None, None, "no champion yet"
-    old_fp = current.tags.get(TAG_FINGERPRINT)
-    old_value = float(current.tags.get(TAG_VALUE, "nan"))
-    old_metric, old_mode = current.tags.get(TAG_METRIC), current.tags.get(TAG_MODE)
-    if (old_metric, old_mode) != (metric, mode):
-        return (
-            CHALLENGER,
-            str(current.version),
-            old_value,
-            f"champion v{current.version} was chosen by {old_metric} ({old_mode}), this "
-            f"model by {metric} ({mode}); not comparable",
+def _differences(new: Mapping[str, str], old: Mapping[str, str]) -> list[str]:
+    """What makes two versions' numbers incomparable: the metric and mode that chose them,
+    the data, the split (each named), or, for versions that do not record data and split
+    apart (older ones, or registered by hand), their fingerprints."""
+    out = []
+    if (old.get(TAG_METRIC), old.get(TAG_MODE)) != (new.get(TAG_METRIC), new.get(TAG_MODE)):
+        out.append(
+            f"was chosen by {old.get(TAG_METRIC)} ({old.get(TAG_MODE)}), this model by "
+            f"{new.get(TAG_METRIC)} ({new.get(TAG_MODE)})"
         )
-    if old_fp != fingerprint:
-        return (
-            CHALLENGER,
-            str(current.version),
-            old_value,
-            f"champion v{current.version} was trained on other data "
-            f"(fingerprint {old_fp} != {fingerprint}); not comparable",
+    if all(tag in tags for tag in (TAG_DATA, TAG_SPLIT) for tags in (new, old)):
+        if old[TAG_DATA] != new[TAG_DATA]:
+            out.append(f"was trained on other data (data {old[TAG_DATA]} != {new[TAG_DATA]})")
+        if old[TAG_SPLIT] != new[TAG_SPLIT]:
+            out.append(f"was split otherwise ({old[TAG_SPLIT]}; this model {new[TAG_SPLIT]})")
+    elif old.get(TAG_FINGERPRINT) != new.get(TAG_FINGERPRINT):
+        out.append(
+            f"was trained on other data or split (fingerprint {old.get(TAG_FINGERPRINT)} != "
+            f"{new.get(TAG_FINGERPRINT)})"
         )
-    if _beats(value, old_value, mode):
+    return out
+
+
+def _compared(new: Mapping[str, str], old: Mapping[str, str]) -> tuple[str, float, float]:
+    """The number two comparable versions are judged by: the metric's value on the
+    held-out test images when both have it (the one use of the test split), else the
+    validation value that chose them."""
+    metric = new[TAG_METRIC]
+    test = TEST_OF.get(metric)
+    if test and TAG_PREFIX + test in new and TAG_PREFIX + test in old:
+        return test, float(new[TAG_PREFIX + test]), float(old[TAG_PREFIX + test])
+    return metric, float(new[TAG_VALUE]), float(old.get(TAG_VALUE, "nan"))
+
+
+def _decide(new: Mapping[str, str], current: ModelVersion | None) -> tuple[str, float | None, str]:
+    """(alias, the champion's compared value, reason) for a version tagged ``new``."""
+    if current is None:
+        return CHAMPION, None, "no champion yet"
+    old, version = current.tags, current.version
+    differ = _differences(new, old)
+    if differ:
+        value = float(old.get(TAG_VALUE, "nan"))
+        return CHALLENGER, value, f"champion v{version} {'; '.join(differ)}: not comparable"
+    key, value, old_value = _compared(new, old)
+    if _beats(value, old_value, new[TAG_MODE]):
         return (
             CHAMPION,
-            str(current.version),
             old_value,
-            (f"{value:.4f} beats champion v{current.version}'s {old_value:.4f}"),
+            f"{key} {value:.4f} beats champion v{version}'s {old_value:.4f}",
         )
     return (
         CHALLENGER,
-        str(current.version),
         old_value,
-        (f"{value:.4f} does not beat champion v{current.version}'s {old_value:.4f}"),
+        f"{key} {value:.4f} does not beat champion v{version}'s {old_value:.4f}",
     )
+
+
+@contextlib.contextmanager
+def champion_lock(
+    client: MlflowClient, name: str, wait_s: float = 300.0, stale_s: float = 120.0
+) -> Iterator[None]:
+    """Held while a registration reads the champion, decides and moves the alias: MLflow's
+    aliases have no compare-and-set, so two searches ending at the same moment would both
+    compare with the old champion and the later write would win, better or not. The lock is
+    a registered model named ``<name>.champion-lock``, which the store creates at most once
+    (a unique name), so it holds across processes and machines sharing the registry. A lock
+    older than ``stale_s`` (its holder died inside the few calls it guards) is broken."""
+    lock = f"{name}{LOCK_SUFFIX}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.create_registered_model(
+                lock,
+                description="unet-search: held while the champion of "
+                f"{name} is decided (seconds); safe to delete when older than {stale_s:.0f} s",
+            )
+            break
+        except MlflowException as err:
+            # held; or released while the store looked the holder up
+            if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
+                raise
+        try:
+            held = client.get_registered_model(lock)
+        except MlflowException:
+            continue  # released in between: try again at once
+        if time.time() - held.creation_timestamp / 1000 > stale_s:
+            with contextlib.suppress(MlflowException):
+                client.delete_registered_model(lock)
+            continue
+        if time.monotonic() > deadline:
+            raise UserError(
+                f"registered model {lock}: another registration has held the champion lock "
+                f"for over {wait_s:.0f} s; nothing was changed (delete it if no search is "
+                "registering)."
+            )
+        time.sleep(0.05 + 0.1 * random.random())
+    try:
+        yield
+    finally:
+        with contextlib.suppress(MlflowException):
+            client.delete_registered_model(lock)
+
+
+def promote(client: MlflowClient, name: str, version: str) -> Registration:
+    """Give version ``version`` of ``name`` the alias ``champion`` if it beats the current
+    champion on the same data, split, metric and mode (their test values when both have
+    them), else ``challenger``: read, decided and set under :func:`champion_lock`."""
+    new = client.get_model_version(name, version).tags
+    with champion_lock(client, name):
+        try:
+            current: ModelVersion | None = client.get_model_version_by_alias(name, CHAMPION)
+        except MlflowException:
+            current = None
+        alias, old_value, reason = _decide(new, current)
+        client.set_registered_model_alias(name, alias, version)
+    previous = None if current is None else str(current.version)
+    return Registration(name, str(version), alias, previous, old_value, reason)
 
 
 @contextlib.contextmanager
@@ -151,14 +241,21 @@ def log_and_register(
     value: float,
     mode: str,
     tags: dict[str, str],
+    test: Mapping[str, float] | None = None,
 ) -> Registration:
-    """Log ``model_dir`` as a pyfunc model in run ``run_id``, register it as ``name`` and
-    move ``champion`` only if it beats the current one on the same data and split
-    (fingerprint) by the same ``metric`` and ``mode``."""
+    """Log ``model_dir`` as a pyfunc model in run ``run_id``, register it as ``name`` (tagged
+    with ``tags``, the metric, its value and mode, and the ``test`` scores as
+    ``unet_search.<key>``) and :func:`promote` it."""
     client = MlflowClient(tracking_uri)
     # log_model needs the fluent active run; resuming leaves it FINISHED on exit (the caller
     # sets the run's final status afterwards).
-    all_tags = {**tags, TAG_METRIC: metric, TAG_VALUE: repr(float(value)), TAG_MODE: mode}
+    all_tags = {
+        **tags,
+        **{TAG_PREFIX + key: repr(float(v)) for key, v in (test or {}).items()},
+        TAG_METRIC: metric,
+        TAG_VALUE: repr(float(value)),
+        TAG_MODE: mode,
+    }
     with _fluent_tracking_uri(tracking_uri):
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
@@ -171,11 +268,7 @@ def log_and_register(
                 pip_requirements=_requirements(),
             )
         version = mlflow.register_model(info.model_uri, name, tags=all_tags)
-    alias, prev, prev_value, reason = _decide(
-        client, name, value, metric, mode, tags.get(TAG_FINGERPRINT, "")
-    )
-    client.set_registered_model_alias(name, alias, version.version)
-    return Registration(name, str(version.version), alias, prev, prev_value, reason)
+    return promote(client, name, str(version.version))
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 
 from unet_search import registry, tracking
 from unet_search.spaces import METRICS, ParamSpec, SearchSpec, load_space_text
-from unet_search.tracking import SearchRecord, TrialRecord
+from unet_search.tracking import SearchRecord, TrialRecord, held_out_text
 
 __all__ = [
     "REPORT_ARTIFACT_DIR",
@@ -386,6 +386,15 @@ def _summary_rows(data: ReportData, champ: registry.Champion | None) -> list[tup
     otsu = rec.metrics.get("otsu_val_dice")
     if otsu is not None:
         rows.append(("Otsu threshold", f"val_dice {_fmt(otsu)} on the same validation images"))
+    held_out = held_out_text(rec.metrics)
+    if held_out is not None:
+        rows.append(
+            (
+                "held-out test",
+                f'<span id="held-out">{html.escape(held_out)}</span>: the best trial\'s kept '
+                "model on images no trial, scheduler or searcher saw",
+            )
+        )
     if tags.get(tracking.TAG_REGISTERED):
         rows.append(
             (

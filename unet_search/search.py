@@ -37,8 +37,9 @@ from ray.tune.search.optuna import OptunaSearch
 from unet_search import registry, tracking
 from unet_search.asha import KEEP_CHECKPOINTS, SaveAfterCheckpoints, make_scheduler
 from unet_search.config import RunConfig, UserError, code_version, storage_setting
-from unet_search.data import DatasetArrays
+from unet_search.data import DatasetArrays, split_indices, split_names
 from unet_search.engine import otsu_val_dice
+from unet_search.inference import Predictor, find_model_dir, score_images
 from unet_search.live import LiveView
 from unet_search.spaces import (
     BASELINE_ATTR,
@@ -183,8 +184,11 @@ class SearchContext:
     patience_s: float = tracking.DEFAULT_PATIENCE_S
     # The plain Otsu threshold's Dice on the validation images (None: multi-class).
     otsu_val_dice: float | None = None
+    data_id: str = ""  # the data alone, and the split (unet_search.data.split_text)
+    split: str = ""
 
 
+SPLIT_FILE = "split.json"  # the parent run's {"train": [...], "val": [...], "test": [...]}
 RECORD_TIMEOUT_S = 30.0  # see await_recorded: normally the state is there at once
 
 
@@ -509,6 +513,9 @@ class SearchOutcome:
     registration: registry.Registration | None
     study: optuna.Study
     otsu_val_dice: float | None  # a plain Otsu threshold's Dice on the validation images
+    # The best model's scores on the held-out test images (test_dice, ..., otsu_test_dice);
+    # empty without a test split
+    test: dict[str, float]
     report: Path | None  # the HTML report, when it could be written
     log: Path  # the progress lines plus Ray's and Tune's log (also a parent-run artifact)
 
@@ -551,6 +558,7 @@ def _log_summary(
     trials: list[TrialSummary],
     best: TrialSummary | None,
     baseline: TrialSummary | None,
+    test: dict[str, float],
 ) -> None:
     metric = ctx.spec.settings.metric
     with tempfile.TemporaryDirectory() as tmp:
@@ -564,7 +572,7 @@ def _log_summary(
         ]
         (Path(tmp) / "summary.csv").write_text(header + "\n".join(lines) + "\n")
         tracking.log_artifacts(ctx.tracking_uri, ctx.parent_run_id, Path(tmp))
-    metrics: dict[str, float] = {"num_trials": float(len(trials))}
+    metrics: dict[str, float] = {"num_trials": float(len(trials)), **test}
     if ctx.otsu_val_dice is not None:  # a plain threshold on the same images
         metrics["otsu_val_dice"] = ctx.otsu_val_dice
     for status in ("FINISHED", "KILLED", "FAILED"):
@@ -587,26 +595,53 @@ def _log_summary(
         )
 
 
-def _register(ctx: SearchContext, best: TrialSummary, model_name: str) -> registry.Registration:
+def _best_model(ctx: SearchContext, best: TrialSummary, tmp: Path) -> Path:
+    """The best trial's kept model (its ``best_model`` artifact), downloaded under ``tmp``."""
+    assert best.run_id is not None
+    return tracking.download_artifacts(ctx.tracking_uri, best.run_id, "best_model", tmp)
+
+
+def _test_scores(ctx: SearchContext, model: Path, arrays: DatasetArrays) -> dict[str, float]:
+    """The kept model's scores on the held-out test images, segmented as ``unet-search
+    predict`` does (whole images at their original sizes), and Otsu's on the same images;
+    empty without a test split. Nothing in the search saw these images: this is the number
+    the registered version carries."""
+    test = split_indices(len(arrays), ctx.spec.base_config().data).test
+    if not len(test):
+        return {}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    predictor = Predictor.from_dir(find_model_dir(model), device)
+    scores = score_images(predictor, arrays, [int(i) for i in test], "test_")
+    return {**scores, "test_images": float(len(test))}
+
+
+def _register(
+    ctx: SearchContext,
+    best: TrialSummary,
+    model_name: str,
+    model: Path,
+    test: dict[str, float],
+) -> registry.Registration:
     assert best.run_id is not None and best.value is not None
-    with tempfile.TemporaryDirectory() as tmp:
-        local = tracking.download_artifacts(ctx.tracking_uri, best.run_id, "best_model", Path(tmp))
-        return registry.log_and_register(
-            ctx.tracking_uri,
-            ctx.parent_run_id,
-            local,
-            model_name,
-            ctx.spec.settings.metric,
-            best.value,
-            ctx.spec.settings.mode,
-            tags={
-                tracking.TAG_FINGERPRINT: ctx.fingerprint,
-                tracking.TAG_SEARCH_ID: ctx.search_id,
-                tracking.TAG_TRIAL_ID: best.trial_id,
-                "unet_search.run_id": best.run_id,
-                tracking.TAG_CODE_VERSION: ctx.code_version,
-            },
-        )
+    return registry.log_and_register(
+        ctx.tracking_uri,
+        ctx.parent_run_id,
+        model,
+        model_name,
+        ctx.spec.settings.metric,
+        best.value,
+        ctx.spec.settings.mode,
+        tags={
+            tracking.TAG_FINGERPRINT: ctx.fingerprint,
+            registry.TAG_DATA: ctx.data_id,
+            registry.TAG_SPLIT: ctx.split,
+            tracking.TAG_SEARCH_ID: ctx.search_id,
+            tracking.TAG_TRIAL_ID: best.trial_id,
+            "unet_search.run_id": best.run_id,
+            tracking.TAG_CODE_VERSION: ctx.code_version,
+        },
+        test=test,
+    )
 
 
 def _trainable(ctx: SearchContext, dataset_ref: ray.ObjectRef, slot: bool) -> Any:
@@ -674,6 +709,7 @@ def _tuner(
 def _execute(
     ctx: SearchContext,
     tuner: tune.Tuner,
+    arrays: DatasetArrays,
     model_name: str,
     study: Callable[[], optuna.Study],
     workdir: Path,
@@ -689,8 +725,13 @@ def _execute(
         trials = _summaries(results, ctx)
         best = _pick_best(trials, ctx.spec.settings.mode)
         baseline = next((t for t in trials if t.baseline), None)
-        _log_summary(ctx, trials, best, baseline)
-        registration = _register(ctx, best, model_name) if best else None
+        with tempfile.TemporaryDirectory() as tmp:
+            model = _best_model(ctx, best, Path(tmp)) if best else None
+            test = _test_scores(ctx, model, arrays) if model else {}
+            _log_summary(ctx, trials, best, baseline, test)
+            registration = (
+                _register(ctx, best, model_name, model, test) if best and model else None
+            )
         if registration:
             tracking.set_tags(
                 ctx.tracking_uri,
@@ -727,6 +768,7 @@ def _execute(
         registration,
         study(),
         ctx.otsu_val_dice,
+        test,
         _auto_report(ctx, workdir),
         log,
     )
@@ -850,6 +892,8 @@ def run_search(
         },
     )
     tracking.log_text(uri, parent, spec.source, "space.yaml")
+    parts = split_names(arrays.names, spec.base_config().data)  # image ids of each part
+    tracking.log_text(uri, parent, json.dumps(parts, indent=1), SPLIT_FILE)
     if spec.plan is not None:
         tracking.log_text(uri, parent, spec.plan.text(), "plan.txt")
     log = _route_ray_logs(workdir, search_id)
@@ -865,6 +909,8 @@ def run_search(
         os.environ.get(FAULT_ENV),
         tracking.tracking_patience(),
         otsu_val_dice(arrays, spec.base_config()),
+        arrays.stats.get("data_id", ""),
+        arrays.stats.get("split", ""),
     )
     _save_state(ctx, data_dir, model_name, overrides)
     searcher = PruningAwareOptunaSearch(
@@ -882,7 +928,7 @@ def run_search(
         callbacks,
         stopper,
     )
-    return _execute(ctx, tuner, model_name, lambda: searcher.study, workdir, log)
+    return _execute(ctx, tuner, arrays, model_name, lambda: searcher.study, workdir, log)
 
 
 def _save_state(
@@ -947,6 +993,8 @@ def resume_search(
         os.environ.get(FAULT_ENV),
         tracking.tracking_patience(),
         otsu_val_dice(arrays, spec.base_config()),
+        arrays.stats.get("data_id", ""),
+        arrays.stats.get("split", ""),
     )
     path = root.rstrip("/") + "/" + ctx.search_id
     tuner = tune.Tuner.restore(
@@ -963,4 +1011,4 @@ def resume_search(
         searcher.restore_from_dir(path)
         return searcher.study
 
-    return _execute(ctx, tuner, state["model_name"], study, workdir, log)
+    return _execute(ctx, tuner, arrays, state["model_name"], study, workdir, log)

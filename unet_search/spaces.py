@@ -761,7 +761,8 @@ def plan_space(spec: SearchSpec, arrays: DatasetArrays, budget: str | None = Non
         if name
         else default_budget(uses_gpus=spec.max_workers_cpus_gpus()[1] > 0)
     )
-    return spec.with_plan(make_plan(data_stats(arrays), chosen, spec.plan_given()))
+    stats = data_stats(arrays, spec.base_config().data)
+    return spec.with_plan(make_plan(stats, chosen, spec.plan_given()))
 
 
 def _fill_auto(leaves: dict[str, Any], raw: dict[str, Any], source: str) -> tuple[str, ...]:

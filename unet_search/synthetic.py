@@ -8,6 +8,10 @@ A global threshold therefore does not solve the task (see ``tests/test_synthetic
 :func:`render_scene` draws large, non-square images with nuclei of a fixed size in pixels, in
 that style or a fluorescence-like one (bright nuclei on a dark, uneven background) where a
 global threshold is strong: a network must beat Otsu on both (``bench/resolution.py``).
+
+With ``classes`` above 2 each nucleus is one of the foreground classes, told apart by its
+stain as in a two-marker fluorescence image (class 1 white, class 2 green, class 3 magenta),
+written in the images/masks layout with class-index masks.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ from PIL import Image
 from scipy import ndimage
 
 __all__ = ["STYLES", "make_synthetic", "render_sample", "render_scene"]
+
+# The stain (RGB factors) of each foreground class of a multi-class set: 1 white, 2 green,
+# 3 magenta.
+STAINS = ((1.0, 1.0, 1.0), (0.3, 1.0, 0.3), (1.0, 0.3, 1.0))
 
 
 def _blob(
@@ -216,6 +224,18 @@ def render_scene(
     return np.round(rgba * 255).astype(np.uint8), labels
 
 
+def _classes_of(
+    rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each instance given one of the foreground classes 1..classes-1 and stained as that
+    class; returns the stained image and the (H, W) uint8 class-index mask."""
+    per_instance = np.concatenate([[0], rng.integers(1, classes, int(labels.max()))])
+    mask = per_instance[labels].astype(np.uint8)
+    factors = np.array([(1.0, 1.0, 1.0), *STAINS], np.float32)[mask]
+    rgb = np.clip(np.round(image[..., :3] * factors), 0, 255).astype(np.uint8)
+    return np.concatenate([rgb, image[..., 3:]], axis=2), mask
+
+
 def make_synthetic(
     out: Path,
     n: int = 200,
@@ -225,8 +245,11 @@ def make_synthetic(
     max_size: int | None = None,
     object_px: float | None = None,
     style: str = "hard",
+    classes: int = 2,
 ) -> list[str]:
-    """Write ``n`` synthetic samples to ``out`` in the DSB2018 layout.
+    """Write ``n`` synthetic samples to ``out``: binary (``classes`` 2) in the DSB2018 layout,
+    one mask per instance; else in the images/masks layout with class-index masks (0 the
+    background, each nucleus one of 1..classes-1, stained apart).
 
     By default heights are ``size``, widths vary around it (+-25%) and nuclei scale with the
     image (the original set: resizing to the model's input and back is exercised). With
@@ -242,6 +265,8 @@ def make_synthetic(
         raise ValueError(f"`max_size >= size` must hold, but got {max_size=} < {size=}.")
     if style not in STYLES:
         raise ValueError(f"`style` must be one of {list(STYLES)}, but got {style!r}.")
+    if not 2 <= classes <= len(STAINS) + 1:
+        raise ValueError(f"`classes` must be in [2, {len(STAINS) + 1}], but got {classes}.")
     legacy = max_size is None and object_px is None and style == "hard"
     out = Path(out)
     ids = []
@@ -256,6 +281,13 @@ def make_synthetic(
             diameter = object_px or 12.0 * min(height, width) / 128.0
             image, labels = render_scene(rng, height, width, diameter, style)
         image_id = f"synth{seed:03d}_{i:05d}"
+        if classes > 2:
+            image, mask = _classes_of(rng, image, labels, classes)
+            for part, array, mode in (("images", image, "RGBA"), ("masks", mask, "L")):
+                (out / part).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array, mode).save(out / part / f"{image_id}.png")
+            ids.append(image_id)
+            continue
         folder = out / image_id
         (folder / "images").mkdir(parents=True, exist_ok=True)
         (folder / "masks").mkdir(exist_ok=True)

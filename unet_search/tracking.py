@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from unet_search.config import UserError
+from unet_search.config import MAXIMIZE, UserError
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -33,6 +33,7 @@ __all__ = [
     "TAG_FINGERPRINT",
     "SEARCH_LOG_DIR",
     "SEARCH_STATE_FILE",
+    "held_out_text",
     "TAG_ALIAS",
     "TAG_BASELINE",
     "TAG_DECISION",
@@ -338,10 +339,9 @@ def read_search_state(uri: str, search_id: str) -> dict[str, Any]:
     return dict(json.loads(read_text(uri, parent, SEARCH_STATE_FILE)))
 
 
-def search_trials(uri: str, search_id: str) -> tuple[str, list[TrialRow]]:
-    """(metric, trials ranked best first) of a search, read back from MLflow."""
-    from unet_search.spaces import METRICS
-
+def search_trials(uri: str, search_id: str) -> tuple[str, list[TrialRow], dict[str, float]]:
+    """(metric, trials ranked best first, the held-out test scores) of a search, read back
+    from MLflow."""
     client = _client(uri)
     parent = client.get_run(find_search(uri, search_id))
     metric = parent.data.params.get("metric", "val_dice")
@@ -355,7 +355,8 @@ def search_trials(uri: str, search_id: str) -> tuple[str, list[TrialRow]]:
         )
         for r in children
     ]
-    return metric, rank_trials(rows, METRICS[metric])
+    held_out = {k: v for k, v in parent.data.metrics.items() if "test_" in k}
+    return metric, rank_trials(rows, "max" if MAXIMIZE.get(metric, True) else "min"), held_out
 
 
 def run_status(uri: str, run_id: str) -> str:
@@ -674,3 +675,19 @@ class Outbox:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+TEST_KEYS = ("test_dice", "test_iou", "test_dsb_score")
+
+
+def held_out_text(scores: dict[str, float]) -> str | None:
+    """One line of a search's held-out test scores (its parent run's ``test_*`` metrics),
+    e.g. ``test_dice 0.9012  test_iou 0.8311  (Otsu test_dice 0.7710) on 6 images``; None
+    without a test split."""
+    shown = [f"{key} {scores[key]:.4f}" for key in TEST_KEYS if key in scores]
+    if not shown:
+        return None
+    otsu = scores.get("otsu_test_dice")
+    text = "  ".join(shown) + ("" if otsu is None else f"  (Otsu test_dice {otsu:.4f})")
+    images = scores.get("test_images")
+    return text + ("" if images is None else f" on {int(images)} images")

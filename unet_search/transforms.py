@@ -3,6 +3,7 @@ the data's own scale, or whole images resized to one square)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +84,7 @@ def normalization_for(cfg: RunConfig, arrays: DatasetArrays | None = None) -> No
         return Normalization.named(name)
     if arrays is None:
         raise ValueError("normalization: dataset needs the dataset's arrays")
-    train_idx, _ = split_indices(len(arrays), cfg.data.val_fraction, cfg.data.split_seed)
+    train_idx = split_indices(len(arrays), cfg.data).train
     mean, std = dataset_statistics(arrays, train_idx, grey=cfg.model.in_channels == 1)
     return Normalization("dataset", mean, std)
 
@@ -151,18 +152,36 @@ def train_pipeline(cfg: AugmentConfig, seed: int | None = None, square: bool = T
     return A.Compose(steps, seed=seed)
 
 
+def image_histograms(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(3, 256) counts of each channel's values and (766,) counts of the channel sum of an
+    (H, W, 3) uint8 image: exact statistics of any image without a float copy of it (a
+    4000 x 4000 image would take 384 MB as float64)."""
+    image = np.asarray(image)
+    channels = np.stack([np.bincount(image[..., c].ravel(), minlength=256) for c in range(3)])
+    total = image[..., 0].astype(np.uint16) + image[..., 1] + image[..., 2]
+    return channels, np.bincount(total.ravel(), minlength=766)
+
+
+def moments(counts: np.ndarray, scale: float) -> tuple[float, float]:
+    """Mean and std of values ``k * scale`` counted ``counts[k]`` times."""
+    values = np.arange(len(counts), dtype=np.float64) * scale
+    n = max(int(counts.sum()), 1)
+    mean = float(counts @ values) / n
+    return mean, math.sqrt(max(float(counts @ (values - mean) ** 2) / n, 0.0))
+
+
 def image_statistics(image: np.ndarray, in_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std (values in [0, 1]; of the channel mean when ``in_channels``
     is 1) of a whole (H, W, 3) uint8 image: what ``zscore`` normalizes by. A patch is
     normalized by its whole image's statistics, as ``predict`` normalizes the whole image,
     never by its own (a background patch would be blown up to noise)."""
-    flat = np.asarray(image, np.float64).reshape(-1, 3) / 255.0
-    if in_channels == 1:
-        flat = flat.mean(axis=1, keepdims=True)
-    std = np.maximum(flat.std(axis=0), ZSCORE_MIN_STD)
-    return torch.tensor(flat.mean(axis=0), dtype=torch.float32), torch.tensor(
-        std, dtype=torch.float32
+    channels, grey = image_histograms(image)
+    stats = (
+        [moments(grey, 1 / 765)] if in_channels == 1 else [moments(c, 1 / 255) for c in channels]
     )
+    mean = torch.tensor([m for m, _ in stats], dtype=torch.float32)
+    std = torch.tensor([max(sd, ZSCORE_MIN_STD) for _, sd in stats], dtype=torch.float32)
+    return mean, std
 
 
 def to_tensor(

@@ -28,6 +28,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
+import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -95,6 +96,17 @@ def preprocessing_of(cfg: RunConfig, norm: Normalization | None = None) -> dict[
         "num_classes": cfg.data.num_classes,
         "threshold": cfg.train.threshold,
     }
+
+
+def _node_ids(world: int) -> list[str]:
+    """The Ray node ids the ranks of this run are on, each once, in rank order (a
+    collective: every rank calls it)."""
+    mine = ray.get_runtime_context().get_node_id()
+    every: list[Any] = [mine]
+    if world > 1 and dist.is_available() and dist.is_initialized():
+        every = [None] * world
+        dist.all_gather_object(every, mine)
+    return list(dict.fromkeys(str(node) for node in every))
 
 
 @dataclass(frozen=True)
@@ -273,6 +285,7 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
     patience = float(config.get("tracking_patience_s") or tracking.DEFAULT_PATIENCE_S)
     outbox = tracking.Outbox(uri, run_id, patience)
     _resume(state, ctx, outbox if rank == 0 else None)
+    nodes = _node_ids(world) if state.epoch == 0 else []  # every rank takes part
     if rank == 0 and state.epoch == 0:
         # Queued, sent with the first epoch: the other ranks would wait at the first step
         # while rank 0 opens its MLflow connection (~2 s measured, bench/trial_cost.py).
@@ -282,6 +295,7 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
                 "ray.world_size": world,
                 "ray.node_ip": ray.util.get_node_ip_address(),
                 "ray.node_id": ray.get_runtime_context().get_node_id(),
+                "ray.node_ids": ",".join(nodes),  # the nodes of all ranks
             },
             now=False,
         )

@@ -1,0 +1,48 @@
+"""The MLflow pyfunc of a unet-search model (models-from-code), logged and loaded for real."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import TrainedModel
+
+from unet_search import tracking
+from unet_search.inference import Predictor
+from unet_search.registry import download_model, log_and_register
+
+
+@pytest.fixture(scope="module")
+def logged(trained_model: TrainedModel, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The trained model logged and registered as a search registers it; its models:/ URI."""
+    root = tmp_path_factory.mktemp("pyfunc")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    run = tracking.create_run(uri, tracking.ensure_experiment(uri, "pyfunc", root), "r", {}, {})
+    log_and_register(uri, run, trained_model.path, "unet-pyfunc", "val_dice", 0.5, "max", {})
+    return uri
+
+
+def test_the_pyfunc_segments_as_the_predictor_does(
+    logged: str, trained_model: TrainedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", logged)
+    model = mlflow.pyfunc.load_model("models:/unet-pyfunc/1")
+    arrays = trained_model.arrays
+    predictor = Predictor.from_dir(trained_model.path)
+    same = np.stack([arrays.image(0)[:40, :44], arrays.image(1)[:40, :44]])
+    masks = model.predict(same)  # (N, H, W, 3) uint8 -> (N, H, W) uint8
+    assert masks.shape == (2, 40, 44) and masks.dtype == np.uint8
+    expected = predictor.predict(list(same))
+    assert all((m == e).all() for m, e in zip(masks, expected, strict=True))
+    assert masks.any()  # a trained model finds nuclei in them
+    other = model.predict(arrays.image(1)[None, :30, :35])  # any size, call by call
+    assert other.shape == (1, 30, 35)
+    assert (other[0] == predictor.predict([arrays.image(1)[:30, :35]])[0]).all()
+
+
+def test_the_logged_model_is_code_and_weights_never_a_pickle(logged: str) -> None:
+    local = download_model("models:/unet-pyfunc/1", logged)
+    files = {p.name for p in local.rglob("*") if p.is_file()}
+    assert {"model.safetensors", "model_config.json", "pyfunc_model.py", "MLmodel"} <= files
+    assert not [name for name in files if name.endswith((".pkl", ".pickle", ".pt"))]
+    assert "python_model.pkl" not in (local / "MLmodel").read_text()
