@@ -32,7 +32,8 @@ __all__ = [
     "PLANNED_LEAVES",
     "IGNORE",
     "INPUT_MODES",
-    "MAXIMIZE",
+    "METRICS",
+    "Metric",
     "PRESETS",
     "RunConfig",
     "SECTIONS",
@@ -73,15 +74,29 @@ def _one_of(key: str, value: object, options: Iterable[object]) -> None:
     _check(value in options, key, f"must be one of {options}", value)
 
 
-# The validation metrics of every run, and whether larger is better.
-MAXIMIZE: dict[str, bool] = {
-    "val_dice": True,
-    "val_iou": True,
-    "val_dsb_score": True,
-    "val_loss": False,
-    "val_soft_dice": True,
+@dataclass(frozen=True)
+class Metric:
+    """A validation metric every run reports (the one table of them: engine, spaces,
+    tracking, registry and report read it)."""
+
+    maximize: bool  # larger is better
+    searchable: bool = True  # a search may rank its trials by it (`search.metric`)
+    test: str | None = None  # its value on the held-out test images, named so
+
+    @property
+    def mode(self) -> str:
+        return "max" if self.maximize else "min"
+
+
+METRICS: dict[str, Metric] = {
+    "val_dice": Metric(True, test="test_dice"),
+    "val_iou": Metric(True, test="test_iou"),
+    # needs the DSB score every epoch (dsb_every 1) on at most 2 classes: spaces, RunConfig
+    "val_dsb_score": Metric(True, test="test_dsb_score"),
+    "val_loss": Metric(False),  # no test counterpart: the gate compares validation values
+    "val_soft_dice": Metric(True, searchable=False),  # ASHA's tie-break, an early-stop option
 }
-VAL_METRICS = tuple(MAXIMIZE)
+VAL_METRICS = tuple(METRICS)
 IGNORE = 255  # mask value of pixels that are padding, not data: no loss there
 INPUT_MODES = ("patch", "resize")
 # default: x/255, or ImageNet statistics for pre-trained encoders (see transforms.Normalization)

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from unet_search.config import MAXIMIZE, ConfigError, OptimConfig, RunConfig, TrainConfig
+from unet_search.config import METRICS, ConfigError, OptimConfig, RunConfig, TrainConfig
 from unet_search.data import DatasetArrays, split_indices
 from unet_search.metrics import (
     class_dice_sums,
@@ -104,7 +104,7 @@ def build_scheduler(
 
 def is_better(metric: str, new: float, old: float | None) -> bool:
     """Whether ``new`` improves on ``old`` (None: nothing yet) for a validation metric."""
-    return old is None or (new > old if MAXIMIZE[metric] else new < old)
+    return old is None or (new > old if METRICS[metric].maximize else new < old)
 
 
 @dataclass
@@ -176,7 +176,7 @@ class TrainingState:
         """The validation metrics of the kept weights (the epoch with the best
         ``early_stop_metric`` so far), as ``best_<name>`` entries: the numbers a run
         reports are those of the model it keeps."""
-        return {f"best_{k}": v for k, v in self.best_metrics.items() if k in MAXIMIZE}
+        return {f"best_{k}": v for k, v in self.best_metrics.items() if k in METRICS}
 
 
 def _sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
@@ -185,6 +185,13 @@ def _sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def _broadcast_buffers(module: nn.Module) -> None:
+    """Every rank's buffers set to rank 0's (a collective: every rank calls it)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=0)
 
 
 def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
@@ -274,8 +281,12 @@ def validate(
     averaged) and optionally the DSB2018 score, of the images as ``predict`` segments them.
 
     Each rank scores its own images; sums are reduced over ranks, so the result equals one
-    process scoring them all. Uses the unwrapped model (no DDP collectives)."""
+    process scoring them all. Uses the unwrapped model (no DDP collectives), with rank 0's
+    buffers (BatchNorm statistics) on every rank: DDP makes the weights equal, but each rank's
+    last training step moved its own running statistics, and rank 0's model is the one kept
+    and saved, so the number must be that model's."""
     module = getattr(model, "module", model)
+    _broadcast_buffers(module)
     sums = [0.0] * 6  # loss, dice, iou, dsb, n, soft dice
     classes = max(cfg.data.num_classes - 1, 0) if cfg.data.num_classes > 2 else 0
     class_sums = [0.0] * (2 * classes)  # per foreground class: Dice sum, images scored

@@ -27,7 +27,18 @@ from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
-from unet_search.config import UserError
+from unet_search.config import METRICS, UserError
+from unet_search.tags import PREFIX as TAG_PREFIX
+from unet_search.tags import (
+    TAG_DATA,
+    TAG_FINGERPRINT,
+    TAG_METRIC,
+    TAG_MODE,
+    TAG_RUN_ID,
+    TAG_SEARCH_ID,
+    TAG_SPLIT,
+    TAG_VALUE,
+)
 
 __all__ = [
     "CHALLENGER",
@@ -42,17 +53,6 @@ __all__ = [
 ]
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-TAG_METRIC, TAG_VALUE, TAG_MODE = (
-    "unet_search.metric",
-    "unet_search.metric_value",
-    "unet_search.mode",
-)
-TAG_PREFIX = "unet_search."
-TAG_FINGERPRINT = "unet_search.data_fingerprint"  # the data and the split
-TAG_DATA = "unet_search.data_id"  # the data alone: its files' contents and the classes
-TAG_SPLIT = "unet_search.split"  # val=0.2 test=0.1 seed=0
-# The held-out test value of each validation metric a search may choose by.
-TEST_OF = {"val_dice": "test_dice", "val_iou": "test_iou", "val_dsb_score": "test_dsb_score"}
 LOCK_SUFFIX = ".champion-lock"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 PACKAGE_DIR = Path(__file__).parent
@@ -128,7 +128,7 @@ def _compared(new: Mapping[str, str], old: Mapping[str, str]) -> tuple[str, floa
     held-out test images when both have it (the one use of the test split), else the
     validation value that chose them."""
     metric = new[TAG_METRIC]
-    test = TEST_OF.get(metric)
+    test = METRICS[metric].test if metric in METRICS else None
     if test and TAG_PREFIX + test in new and TAG_PREFIX + test in old:
         return test, float(new[TAG_PREFIX + test]), float(old[TAG_PREFIX + test])
     return metric, float(new[TAG_VALUE]), float(old.get(TAG_VALUE, "nan"))
@@ -296,8 +296,8 @@ def champion(tracking_uri: str, name: str) -> Champion | None:
         str(mv.version),
         None if value is None else float(value),
         tags.get(TAG_METRIC, ""),
-        tags.get("unet_search.search_id", ""),
-        tags.get("unet_search.run_id", ""),
+        tags.get(TAG_SEARCH_ID, ""),
+        tags.get(TAG_RUN_ID, ""),
     )
 
 

@@ -34,7 +34,9 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from unet_search import registry, tracking
-from unet_search.spaces import METRICS, ParamSpec, SearchSpec, load_space_text
+from unet_search.config import METRICS
+from unet_search.spaces import ParamSpec, SearchSpec, load_space_text
+from unet_search.tags import TAG_BEST_RUN
 from unet_search.tracking import SearchRecord, TrialRecord, held_out_text
 
 __all__ = [
@@ -71,7 +73,7 @@ class ReportData:
 
     @property
     def sign(self) -> float:
-        return 1.0 if METRICS[self.metric] == "max" else -1.0
+        return 1.0 if METRICS[self.metric].maximize else -1.0
 
     def value(self, trial: TrialRecord) -> float | None:
         """A trial's best value of the search metric (the weights it kept)."""
@@ -374,7 +376,7 @@ def _summary_rows(data: ReportData, champ: registry.Champion | None) -> list[tup
             f'<span id="num-trials">{len(trials)}</span>: '
             + ", ".join(f"{n} {o.replace('_', ' ')}" for o, n in counts.items() if n),
         ),
-        ("metric", f"{data.metric} ({METRICS[data.metric]})"),
+        ("metric", f"{data.metric} ({METRICS[data.metric].mode})"),
     ]
     if best:
         rows.append(("best trial", f"{html.escape(best[0].name)}: {_fmt(best[1])}"))
@@ -495,7 +497,7 @@ def _figures(
             "ran, so compare orders of magnitude.",
         )
     )
-    best_id = data.record.tags.get("unet_search.best_run_id", "")
+    best_id = data.record.tags.get(TAG_BEST_RUN, "")
     png = _download(uri, best_id, "samples/predictions.png", out, "best_trial.png")
     items.append(
         (

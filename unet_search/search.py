@@ -34,7 +34,7 @@ from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search.optuna import OptunaSearch
 
-from unet_search import registry, tracking
+from unet_search import registry, tags, tracking
 from unet_search.asha import KEEP_CHECKPOINTS, SaveAfterCheckpoints, make_scheduler
 from unet_search.config import RunConfig, UserError, code_version, storage_setting
 from unet_search.data import DatasetArrays, split_indices, split_names
@@ -361,10 +361,10 @@ class TrialStatusCallback(tune.Callback):
         self.gave_up: tracking.TrackingUnavailable | None = None
 
     def _end(self, trial: Any, status: str, outcome: str, error: str | None = None) -> None:
-        tags = {tracking.TAG_OUTCOME: outcome}
+        ending = {tracking.TAG_OUTCOME: outcome}
         if error:
-            tags[tracking.TAG_ERROR] = _last_line(error)[:4000]
-        self.queue.append((trial.trial_id, status, tags, error))
+            ending[tracking.TAG_ERROR] = _last_line(error)[:4000]
+        self.queue.append((trial.trial_id, status, ending, error))
         self._flush()
 
     def _flush(self) -> bool:
@@ -589,8 +589,8 @@ def _log_summary(
             ctx.tracking_uri,
             ctx.parent_run_id,
             {
-                "unet_search.best_trial_id": best.trial_id,
-                "unet_search.best_run_id": best.run_id or "",
+                tags.TAG_BEST_TRIAL: best.trial_id,
+                tags.TAG_BEST_RUN: best.run_id or "",
             },
         )
 
@@ -633,11 +633,11 @@ def _register(
         ctx.spec.settings.mode,
         tags={
             tracking.TAG_FINGERPRINT: ctx.fingerprint,
-            registry.TAG_DATA: ctx.data_id,
-            registry.TAG_SPLIT: ctx.split,
+            tags.TAG_DATA: ctx.data_id,
+            tags.TAG_SPLIT: ctx.split,
             tracking.TAG_SEARCH_ID: ctx.search_id,
             tracking.TAG_TRIAL_ID: best.trial_id,
-            "unet_search.run_id": best.run_id,
+            tags.TAG_RUN_ID: best.run_id,
             tracking.TAG_CODE_VERSION: ctx.code_version,
         },
         test=test,

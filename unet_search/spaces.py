@@ -56,6 +56,7 @@ import yaml
 from unet_search.config import (
     AUTO,
     LEAF_SECTION,
+    METRICS,
     PLANNED_LEAVES,
     PRESETS,
     ConfigError,
@@ -71,7 +72,6 @@ from unet_search.plan import Plan, data_stats, default_budget, make_plan, parse_
 
 __all__ = [
     "BASELINE_ATTR",
-    "METRICS",
     "ParamSpec",
     "SchedulerSpec",
     "SearchSettings",
@@ -94,7 +94,6 @@ PROVISIONAL: dict[str, Any] = {
     "depth.low": 3,
     "depth.high": 4,
 }
-METRICS = {"val_dice": "max", "val_iou": "max", "val_dsb_score": "max", "val_loss": "min"}
 PARAM_TYPES = ("choice", "int", "uniform", "loguniform")
 BASELINE_ATTR = "unet_search.baseline"
 NUMBER_KEY = "unet_search.trial_number"  # Optuna's trial number, in every trial config
@@ -507,11 +506,12 @@ def _settings(raw: Any, base: RunConfig, source: str) -> SearchSettings:
     allowed = {f.name for f in SearchSettings.__dataclass_fields__.values()}
     _only_keys(raw, allowed, source, "search.")
     metric = raw.get("metric", "val_dice")
-    if metric not in METRICS:
-        raise _err(source, "search.metric", f"must be one of {sorted(METRICS)}", metric)
-    mode = raw.get("mode", METRICS[metric])
-    if mode != METRICS[metric]:
-        raise _err(source, "search.mode", f"must be {METRICS[metric]!r} for {metric}", mode)
+    searchable = sorted(name for name, m in METRICS.items() if m.searchable)
+    if metric not in searchable:
+        raise _err(source, "search.metric", f"must be one of {searchable}", metric)
+    mode = raw.get("mode", METRICS[metric].mode)
+    if mode != METRICS[metric].mode:
+        raise _err(source, "search.mode", f"must be {METRICS[metric].mode!r} for {metric}", mode)
     ints = {"num_samples": (1, 100_000), "seed": (0, 2**31)}
     for key, (lo, hi) in ints.items():
         value = raw.get(key, getattr(SearchSettings, key))

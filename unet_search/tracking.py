@@ -23,7 +23,22 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from unet_search.config import MAXIMIZE, UserError
+from unet_search.config import METRICS, UserError
+from unet_search.tags import (
+    TAG_ALIAS,
+    TAG_BASELINE,
+    TAG_CODE_VERSION,
+    TAG_DECISION,
+    TAG_ERROR,
+    TAG_FINGERPRINT,
+    TAG_KIND,
+    TAG_OUTCOME,
+    TAG_PARENT,
+    TAG_REGISTERED,
+    TAG_SEARCH_ID,
+    TAG_TRIAL_ID,
+    TAG_TRIAL_NUMBER,
+)
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -77,22 +92,8 @@ __all__ = [
     "ui_hint",
 ]
 
-TAG_FINGERPRINT = "unet_search.data_fingerprint"
-TAG_CODE_VERSION = "unet_search.code_version"
-TAG_SEARCH_ID = "unet_search.search_id"
-TAG_TRIAL_ID = "unet_search.trial_id"
-TAG_KIND = "unet_search.kind"  # "search" on a search's parent run
-TAG_TRIAL_NUMBER = "unet_search.trial_number"  # Optuna's trial number
-TAG_OUTCOME = "unet_search.outcome"  # finished | stopped_early | failed (a trial's end)
-TAG_ERROR = "unet_search.error"  # a failed trial's exception (the traceback: error.txt)
-TAG_BASELINE = "unet_search.baseline"  # the baseline preset's name, on the baseline trial
-# On a search's parent run, once its best model is registered:
-TAG_REGISTERED = "unet_search.registered_version"
-TAG_ALIAS = "unet_search.registered_alias"  # champion | challenger
-TAG_DECISION = "unet_search.champion_decision"  # why the alias went where it did
 SEARCH_STATE_FILE = "search_state.json"  # parent-run artifact: what resume and report need
 SEARCH_LOG_DIR = "logs"  # parent-run artifact folder: the search's log (<search>.log)
-TAG_PARENT = "mlflow.parentRunId"
 _BATCH = 100  # MLflow's per-request limit on params
 
 
@@ -356,7 +357,8 @@ def search_trials(uri: str, search_id: str) -> tuple[str, list[TrialRow], dict[s
         for r in children
     ]
     held_out = {k: v for k, v in parent.data.metrics.items() if "test_" in k}
-    return metric, rank_trials(rows, "max" if MAXIMIZE.get(metric, True) else "min"), held_out
+    mode = METRICS[metric].mode if metric in METRICS else "max"
+    return metric, rank_trials(rows, mode), held_out
 
 
 def run_status(uri: str, run_id: str) -> str:

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from unet_search import RAY_ENV, tracking
+from unet_search import RAY_ENV, tags, tracking
 from unet_search.config import RunConfig, TrainConfig, UserError, code_version
 from unet_search.data import DatasetArrays
 from unet_search.engine import (
@@ -512,7 +512,7 @@ def run_training(
         tags={
             tracking.TAG_FINGERPRINT: arrays.fingerprint,
             tracking.TAG_CODE_VERSION: code_version(),
-            "unet_search.data_layout": arrays.layout,
+            tags.TAG_DATA_LAYOUT: arrays.layout,
             "ray.num_workers": str(cfg.train.num_workers),
         },
     )

@@ -1,0 +1,34 @@
+"""Every MLflow tag name unet-search writes or reads: runs, a search's parent run, and
+registered model versions (one place; tracking, registry, search, worker and report import
+them from here)."""
+
+from __future__ import annotations
+
+PREFIX = "unet_search."
+# Every run
+TAG_CODE_VERSION = "unet_search.code_version"
+TAG_SEARCH_ID = "unet_search.search_id"
+TAG_TRIAL_ID = "unet_search.trial_id"
+TAG_TRIAL_NUMBER = "unet_search.trial_number"  # Optuna's trial number
+TAG_OUTCOME = "unet_search.outcome"  # finished | stopped_early | failed (a trial's end)
+TAG_ERROR = "unet_search.error"  # a failed trial's exception (the traceback: error.txt)
+TAG_BASELINE = "unet_search.baseline"  # the baseline preset's name, on the baseline trial
+TAG_DATA_LAYOUT = "unet_search.data_layout"  # dsb2018 | images_masks
+TAG_PARENT = "mlflow.parentRunId"
+# A search's parent run
+TAG_KIND = "unet_search.kind"  # "search"
+TAG_BEST_TRIAL = "unet_search.best_trial_id"
+TAG_BEST_RUN = "unet_search.best_run_id"
+TAG_REGISTERED = "unet_search.registered_version"  # once its best model is registered
+TAG_ALIAS = "unet_search.registered_alias"  # champion | challenger
+TAG_DECISION = "unet_search.champion_decision"  # why the alias went where it did
+# Runs and registered versions: what data and split they were scored on
+TAG_FINGERPRINT = "unet_search.data_fingerprint"  # the data and the split
+TAG_DATA = "unet_search.data_id"  # the data alone: its files' contents and the classes
+TAG_SPLIT = "unet_search.split"  # val=0.2 test=0.1 seed=0
+# Registered versions
+TAG_METRIC = "unet_search.metric"
+TAG_VALUE = "unet_search.metric_value"
+TAG_MODE = "unet_search.mode"
+TAG_RUN_ID = "unet_search.run_id"  # the best trial's run
+# ... and unet_search.<score> for each held-out test score (unet_search.test_dice, ...)
