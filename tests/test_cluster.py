@@ -225,13 +225,21 @@ def _started_by_the_fixture(walk: Walk, command: readme.Command) -> None:
 
 # The submitted search: one trial of 2 epochs, a DDP run of 2 workers of 1 CPU, so on both
 # nodes (1 CPU each) whatever the timing (single-worker trials may all reuse one node's
-# process when they run one after another); `ray job submit`'s: 2 trials of 1 epoch.
+# process when they run one after another); `ray job submit`'s: one trial of 1 epoch.
 FIFO = ("--set", "search.scheduler.type=fifo", "--set", "search.scheduler.grace_period=1")
 FULL = (
     *("--set", "epochs=2", "--set", "search.num_samples=1", "--set", "search.baseline=none"),
     *("--set", "num_workers=2", *FIFO),
 )
-SMALL = ("--set", "epochs=1", "--set", "search.num_samples=2", *FIFO)
+SMALL = (
+    "--set",
+    "epochs=1",
+    "--set",
+    "search.num_samples=1",
+    "--set",
+    "search.baseline=none",
+    *FIFO,
+)
 HANDLERS: dict[str, Callable[[Walk, readme.Command], Any]] = {
     "source ": lambda walk, command: walk.shell.keep(command),
     "cluster/local/start.sh": _started_by_the_fixture,
@@ -336,7 +344,7 @@ def test_the_readme_ray_job_submit_succeeds_and_registers_on_the_server(walk: Wa
     out = walk.first("ray job submit")
     assert re.search(r"Job 'raysubmit_\w+' succeeded", out), out[-3000:]
     name, run = _closing(out, walk)
-    assert f"search {name}: 2 trials" in out
+    assert f"search {name}: 1 trials" in out
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(walk.shell.value("$MLFLOW_TRACKING_URI"))

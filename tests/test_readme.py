@@ -178,6 +178,11 @@ def test_the_tour_searches_and_closes_with_where_everything_is(tour: Tour) -> No
     assert logged.read_text() == log.read_text()  # the progress lines, Ray's and Tune's
     assert re.search(r"unet_search.live: \[\d\d:\d\d\] trials: .*2 finished", log.read_text())
     assert "model unet-quick v1 is the new champion" in out
+    # 24 images: 2 held out by default, scored once at the end beside Otsu on the same images
+    held_out = re.search(r"^held-out test  test_dice (\S+)  test_iou .* on 2 images: ", out, re.M)
+    parent = client.get_run(run_id).data.metrics
+    assert held_out and float(held_out[1]) == pytest.approx(parent["test_dice"], abs=1e-4)
+    assert "otsu_test_dice" in parent
 
 
 @pytest.mark.slow

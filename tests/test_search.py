@@ -219,6 +219,7 @@ def test_end_to_end_search_with_a_ddp_trial(
     assert len(table) == 4 and table[1].split()[0] == out.best.name.split()[0]
     assert table[3].startswith(f"held-out test  test_dice {test_dice:.4f}  test_iou ")
     assert table[3].endswith("on 4 images: the best trial's kept model, images no choice saw")
+    assert f'<span id="held-out">test_dice {test_dice:.4f}' in out.report.read_text()
 
     # A downstream app in a fresh process: pyfunc and unet_search.load_model, odd sizes.
     code = (
