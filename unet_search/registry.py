@@ -192,7 +192,7 @@ def champion_lock(
         if time.monotonic() > deadline:
             raise UserError(
                 f"registered model {lock}: another registration has held the champion lock "
-                f"for over {wait_s:.0f} s; nothing was changed (delete it if no search is "
+                f"for over {wait_s:.0f} s; no alias was moved (delete the lock if no search is "
                 "registering)."
             )
         time.sleep(0.05 + 0.1 * random.random())
