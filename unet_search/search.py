@@ -19,7 +19,7 @@ import re
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ from unet_search.worker import (
     WorkerContext,
     build_trainer,
     init_ray,
+    ray_hooks,
     run_recipe,
 )
 
@@ -206,22 +207,6 @@ def _in_process(cfg: RunConfig) -> bool:
     return cfg.train.num_workers == 1 and cfg.train.gpus_per_worker == 0
 
 
-def _tune_report(metrics: dict[str, float], directory: str | None) -> None:
-    tune.report(
-        metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None
-    )
-
-
-@contextlib.contextmanager
-def _tune_checkpoint_dir() -> Iterator[str | None]:
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        yield None
-        return
-    with checkpoint.as_directory() as directory:
-        yield directory
-
-
 def saved_trials(experiment_dir: Path) -> list[dict[str, Any]]:
     """The trials (``trial_id``, ``status``, ``config``, ..., and ``last_result``: the
     result ``resume`` continues from) of Tune's saved experiment state in
@@ -303,14 +288,15 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
         "tracking_patience_s": ctx.patience_s,
     }
     if _in_process(cfg):
+        report, checkpoint_dir = ray_hooks(tune.report, tune.Checkpoint, tune.get_checkpoint)
         run_recipe(
             recipe_config,
             WorkerContext(
                 rank=0,
                 world=1,
                 device=torch.device("cpu"),
-                report=_tune_report,
-                checkpoint_dir=_tune_checkpoint_dir,
+                report=report,
+                checkpoint_dir=checkpoint_dir,
                 prepare_model=lambda m: m,
                 prepare_loader=lambda d: d,
             ),

@@ -330,30 +330,44 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
     fit(state, cfg, train_loader, val, build_loss(cfg.loss), device, report)
 
 
-@contextlib.contextmanager
-def _train_checkpoint_dir() -> Iterator[str | None]:
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        yield None
-        return
-    with checkpoint.as_directory() as directory:
-        yield directory
+def ray_hooks(
+    report: Callable[..., None], checkpoint_type: Any, get_checkpoint: Callable[[], Any]
+) -> tuple[
+    Callable[[dict[str, float], str | None], None],
+    Callable[[], contextlib.AbstractContextManager[str | None]],
+]:
+    """A :class:`WorkerContext`'s ``report`` and ``checkpoint_dir`` over Ray Train's API
+    (``ray.train.report``, ``ray.train.Checkpoint``, ``ray.train.get_checkpoint``) or Tune's
+    (``tune.report``, ...): the same three calls under two names, written once."""
 
+    def send(metrics: dict[str, float], directory: str | None) -> None:
+        checkpoint = checkpoint_type.from_directory(directory) if directory else None
+        report(metrics, checkpoint=checkpoint)
 
-def _train_report(metrics: dict[str, float], directory: str | None) -> None:
-    checkpoint = ray.train.Checkpoint.from_directory(directory) if directory else None
-    ray.train.report(metrics, checkpoint=checkpoint)
+    @contextlib.contextmanager
+    def checkpoint_dir() -> Iterator[str | None]:
+        checkpoint = get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as directory:
+            yield directory
+
+    return send, checkpoint_dir
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train per-worker function: the recipe in a DDP worker group."""
     train_ctx = ray.train.get_context()
+    report, checkpoint_dir = ray_hooks(
+        ray.train.report, ray.train.Checkpoint, ray.train.get_checkpoint
+    )
     ctx = WorkerContext(
         rank=train_ctx.get_world_rank(),
         world=train_ctx.get_world_size(),
         device=ray.train.torch.get_device(),
-        report=_train_report,
-        checkpoint_dir=_train_checkpoint_dir,
+        report=report,
+        checkpoint_dir=checkpoint_dir,
         prepare_model=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
         prepare_loader=lambda d: ray.train.torch.prepare_data_loader(d, move_to_device=False),
     )
