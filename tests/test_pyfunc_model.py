@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import tarfile
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
@@ -46,3 +50,31 @@ def test_the_logged_model_is_code_and_weights_never_a_pickle(logged: str) -> Non
     assert {"model.safetensors", "model_config.json", "pyfunc_model.py", "MLmodel"} <= files
     assert not [name for name in files if name.endswith((".pkl", ".pickle", ".pt"))]
     assert "python_model.pkl" not in (local / "MLmodel").read_text()
+
+
+def _dice(mask: np.ndarray, truth: np.ndarray) -> float:
+    return float(2 * (mask.astype(bool) & truth.astype(bool)).sum() / (mask.sum() + truth.sum()))
+
+
+def test_a_model_registered_before_the_subpackages_still_loads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """tests/fixtures/pyfunc_model_16a26c8 (see its README): logged by the flat-layout code.
+    Its ``pyfunc_model.py`` imports ``unet_search.inference``; in a process that has today's
+    package imported that name resolves in today's package (MLflow only puts the model's
+    code copy on ``sys.path``), so it must still be there."""
+    import unet_search
+
+    fixture = Path(__file__).parent / "fixtures" / "pyfunc_model_16a26c8"
+    want = np.load(fixture / "expected.npz")
+    with tarfile.open(fixture / "model.tar.gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    images = [want["image0"], want["image1"]]
+    masks = unet_search.load_model(str(tmp_path / "model")).predict(images)
+    for mask, key in zip(masks, ("0", "1"), strict=True):
+        assert (mask == want[f"mask{key}"]).all()
+        assert _dice(mask, want[f"truth{key}"]) > 0.65
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_model prepends the code copy
+    model = mlflow.pyfunc.load_model(str(tmp_path / "model"))
+    for image, key in zip(images, ("0", "1"), strict=True):
+        assert (model.predict(image[None])[0] == want[f"mask{key}"]).all()
