@@ -41,7 +41,7 @@ def header(title: str) -> None:
 
 def synthetic(root: Path, n: int, size: int, seed: int = 0) -> Path:
     """A synthetic nuclei dataset (made once per root)."""
-    from unet_search.synthetic import make_synthetic
+    from unet_search.data.synthetic import make_synthetic
 
     out = root / f"synth-{n}-{size}-{seed}"
     if not out.exists():
@@ -70,16 +70,16 @@ def space(raw: dict[str, Any]) -> Any:
     """A search space given as a dict, validated as its YAML file would be (keys in order)."""
     import yaml
 
-    from unet_search.spaces import load_space_text
+    from unet_search.space.load import load_space_text
 
     return load_space_text(yaml.safe_dump(raw, sort_keys=False), f"{raw['name']}.yaml")
 
 
 def search(raw: dict[str, Any], data: Path, work: Path, **options: Any) -> Any:
     """The real search of space ``raw`` on ``data`` (work dir ``work``); ``options`` go to
-    :func:`unet_search.search.run_search` (callbacks, stopper)."""
-    from unet_search.data import load_dataset
-    from unet_search.search import run_search
+    :func:`unet_search.search.driver.run_search` (callbacks, stopper)."""
+    from unet_search.data.dataset import load_dataset
+    from unet_search.search.driver import run_search
 
     spec = space(raw)
     arrays = load_dataset(data, spec.base_config().data)

@@ -26,13 +26,19 @@ import optuna
 import ray
 from ray import tune
 
-from unet_search import tracking
-from unet_search.search import (
-    PruningAwareOptunaSearch,
-    SearchContext,
-    _tuner,
+from unet_search.core.tags import TAG_KIND, TAG_SEARCH_ID, TAG_TRIAL_ID
+from unet_search.distributed.trainer import init_ray
+from unet_search.search.context import SearchContext
+from unet_search.search.driver import _tuner
+from unet_search.search.searcher import PruningAwareOptunaSearch
+from unet_search.tracking.client import (
+    create_run,
+    ensure_experiment,
+    log_metrics,
+    open_child_run,
+    resolve_tracking_uri,
 )
-from unet_search.worker import init_ray
+from unet_search.tracking.read import find_child_runs
 
 SPACE = {
     "name": "bookkeeping",
@@ -54,18 +60,18 @@ def plain_trial(config: dict[str, Any], sleep: float) -> None:
 def search_trial(config: dict[str, Any], ctx: SearchContext, sleep: float) -> None:
     """What trial_main does around training: open the trial's MLflow run, log, report."""
     trial_id = tune.get_context().get_trial_id()
-    run_id = tracking.open_child_run(
+    run_id = open_child_run(
         ctx.tracking_uri,
         ctx.experiment_id,
         ctx.parent_run_id,
         name=f"t{trial_id}",
         params=config,
-        tags={tracking.TAG_SEARCH_ID: ctx.search_id, tracking.TAG_TRIAL_ID: trial_id},
+        tags={TAG_SEARCH_ID: ctx.search_id, TAG_TRIAL_ID: trial_id},
     )
     time.sleep(sleep)
     value = float(config.get("dropout", 0.1))
     metrics = {"val_dice": value, "best_val_dice": value, "epoch": 1.0, "finished": 1.0}
-    tracking.log_metrics(ctx.tracking_uri, run_id, metrics, step=1)
+    log_metrics(ctx.tracking_uri, run_id, metrics, step=1)
     tune.report(metrics)
 
 
@@ -85,15 +91,15 @@ def run_plain(trials: int, sleep: float, cpus: int, storage: str) -> float:
 
 def run_search_like(trials: int, sleep: float, cpus: int, work: Path) -> float:
     spec = _common.space({**SPACE, "search": {**SPACE["search"], "num_samples": trials}})
-    uri = tracking.resolve_tracking_uri(work)
-    experiment = tracking.ensure_experiment(uri, spec.name, work)
+    uri = resolve_tracking_uri(work)
+    experiment = ensure_experiment(uri, spec.name, work)
     search_id = f"bookkeeping-{int(time.time())}"
-    parent = tracking.create_run(
+    parent = create_run(
         uri,
         experiment,
         search_id,
         {},
-        {tracking.TAG_SEARCH_ID: search_id, tracking.TAG_KIND: "search"},
+        {TAG_SEARCH_ID: search_id, TAG_KIND: "search"},
     )
     ctx = SearchContext(spec, search_id, uri, experiment, parent, str(work / "ray"), "-", "-")
     searcher = PruningAwareOptunaSearch(
@@ -109,7 +115,7 @@ def run_search_like(trials: int, sleep: float, cpus: int, work: Path) -> float:
     start = time.perf_counter()
     tuner.fit()
     elapsed = time.perf_counter() - start
-    runs = tracking.find_child_runs(uri, experiment, search_id)
+    runs = find_child_runs(uri, experiment, search_id)
     assert len(runs) == trials, f"{len(runs)} MLflow runs for {trials} trials"
     return elapsed
 

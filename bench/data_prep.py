@@ -19,10 +19,10 @@ from typing import Any
 import _common
 import ray
 
-from unet_search.config import RunConfig
-from unet_search.data import load_dataset
-from unet_search.engine import build_loaders
-from unet_search.worker import init_ray
+from unet_search.core.config import RunConfig
+from unet_search.data.dataset import load_dataset
+from unet_search.distributed.trainer import init_ray
+from unet_search.train.engine import build_loaders
 
 N_IMAGES, SIZE, TRIALS = 200, 256, 8
 CONFIG = {"patch_size": 128, "batch_size": 8, "val_fraction": 0.2, "loader_workers": 0}

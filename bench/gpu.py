@@ -21,11 +21,11 @@ from typing import Any
 import _common
 import torch
 
-from unet_search.config import RunConfig
-from unet_search.data import load_dataset
-from unet_search.engine import build_loaders
-from unet_search.losses import build_loss
-from unet_search.models import build_model
+from unet_search.core.config import RunConfig
+from unet_search.data.dataset import load_dataset
+from unet_search.models.build import build_model
+from unet_search.train.engine import build_loaders
+from unet_search.train.losses import build_loss
 
 
 def steps_per_s(

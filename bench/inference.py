@@ -17,13 +17,13 @@ import mlflow
 import numpy as np
 import torch
 
-from unet_search.config import RunConfig
-from unet_search.inference import load_model
-from unet_search.models import build_model, mirror_pad, save_model_dir
-from unet_search.registry import PACKAGE_DIR, PYFUNC_FILE, SIGNATURE
-from unet_search.sliding import tile_starts
-from unet_search.transforms import to_tensor
-from unet_search.worker import preprocessing_of
+from unet_search.core.config import RunConfig
+from unet_search.models.build import build_model, save_model_dir
+from unet_search.models.unet import mirror_pad
+from unet_search.serve.export import PACKAGE_DIR, PYFUNC_FILE, SIGNATURE
+from unet_search.serve.inference import load_model
+from unet_search.train.sliding import preprocessing_of, tile_starts
+from unet_search.train.transforms import to_tensor
 
 CASES = {  # name: run config
     "plain unet (seed_keras) @64": {"preset": "seed_keras", "image_size": 64},

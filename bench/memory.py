@@ -21,7 +21,7 @@ from pathlib import Path
 
 import _common
 
-from unet_search.synthetic import make_synthetic
+from unet_search.data.synthetic import make_synthetic
 
 FIXED = {
     "patch_size": 64,

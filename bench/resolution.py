@@ -21,16 +21,17 @@ import _common
 import numpy as np
 import torch
 
-from unet_search.config import DataConfig, RunConfig
-from unet_search.data import load_dataset
-from unet_search.engine import build_loaders, fit, new_training_state, seed_everything
-from unet_search.inference import load_model
-from unet_search.losses import build_loss
-from unet_search.metrics import otsu_mask
-from unet_search.models import build_model, save_model_dir
-from unet_search.plan import data_stats, make_plan, parse_budget
-from unet_search.synthetic import make_synthetic
-from unet_search.worker import preprocessing_of
+from unet_search.core.config import RunConfig
+from unet_search.core.sections import DataConfig
+from unet_search.data.dataset import load_dataset
+from unet_search.data.synthetic import make_synthetic
+from unet_search.models.build import build_model, save_model_dir
+from unet_search.serve.inference import load_model
+from unet_search.train.engine import build_loaders, fit, new_training_state, seed_everything
+from unet_search.train.losses import build_loss
+from unet_search.train.metrics import otsu_mask
+from unet_search.train.plan import data_stats, make_plan, parse_budget
+from unet_search.train.sliding import preprocessing_of
 
 CPU = torch.device("cpu")
 MODEL = {"depth": 3, "base_filters": 16, "batch_size": 8, "lr": 3e-3, "aug_strength": 0.3}

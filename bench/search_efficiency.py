@@ -29,7 +29,7 @@ import _common
 import yaml
 from ray import tune
 
-from unet_search.worker import init_ray
+from unet_search.distributed.trainer import init_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = 16

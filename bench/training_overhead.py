@@ -23,12 +23,12 @@ import _common
 import torch
 from mlflow.tracking import MlflowClient
 
-from unet_search.config import RunConfig
-from unet_search.data import load_dataset
-from unet_search.engine import build_loaders, seed_everything, validate
-from unet_search.losses import build_loss
-from unet_search.models import build_model
-from unet_search.worker import init_ray, run_training
+from unet_search.core.config import RunConfig
+from unet_search.data.dataset import load_dataset
+from unet_search.distributed.trainer import init_ray, run_training
+from unet_search.models.build import build_model
+from unet_search.train.engine import build_loaders, seed_everything, validate
+from unet_search.train.losses import build_loss
 
 N_IMAGES, SIZE = 200, 64
 FIXED = {
@@ -88,7 +88,7 @@ def search_trial(data: Path, work: Path, fixed: dict[str, Any], epochs: int) -> 
 
 
 def _n_train(cfg: RunConfig) -> int:
-    from unet_search.data import split_indices
+    from unet_search.data.split import split_indices
 
     return len(split_indices(N_IMAGES, cfg.data).train)
 

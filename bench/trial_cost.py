@@ -27,7 +27,7 @@ from typing import Any
 import _common
 from ray import tune
 
-from unet_search.worker import init_ray
+from unet_search.distributed.trainer import init_ray
 
 FIXED = {
     "patch_size": 32,

@@ -28,7 +28,7 @@ os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 synthetic images, 48 px high, DSB2018 layout (read-only for tests)."""
-    from unet_search.synthetic import make_synthetic
+    from unet_search.data.synthetic import make_synthetic
 
     out = tmp_path_factory.mktemp("synth") / "data"
     make_synthetic(out, n=12, size=48, seed=7)
@@ -49,7 +49,7 @@ def ray_local() -> Iterator[None]:
     """A real local Ray, started once for the whole session."""
     import ray
 
-    from unet_search.worker import init_ray
+    from unet_search.distributed.trainer import init_ray
 
     init_ray()
     yield
@@ -132,7 +132,7 @@ class MlflowServer:
 class WatchedSearch:
     """A finished real search plus what Ray's Prometheus endpoints exported while it ran."""
 
-    outcome: Any  # unet_search.search.SearchOutcome
+    outcome: Any  # unet_search.search.outcome.SearchOutcome
     home: Path
     uri: str
     targets: tuple[str, ...]  # host:port of every node's metrics endpoint
@@ -164,10 +164,10 @@ def watched_search(ray_local: None, tmp_path_factory: pytest.TempPathFactory) ->
     import ray
     import yaml
 
-    from unet_search.data import load_dataset
-    from unet_search.search import run_search
-    from unet_search.spaces import load_space
-    from unet_search.synthetic import make_synthetic
+    from unet_search.data.dataset import load_dataset
+    from unet_search.data.synthetic import make_synthetic
+    from unet_search.search.driver import run_search
+    from unet_search.space.load import load_space
 
     root = tmp_path_factory.mktemp("watched")
     home, data = root / "home", root / "data"
@@ -291,12 +291,12 @@ class TrainedModel:
 def trained_model(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     import torch
 
-    from unet_search.config import RunConfig
-    from unet_search.data import load_dataset
-    from unet_search.engine import build_loaders, fit, new_training_state, seed_everything
-    from unet_search.losses import build_loss
-    from unet_search.models import build_model, save_model_dir
-    from unet_search.worker import preprocessing_of
+    from unet_search.core.config import RunConfig
+    from unet_search.data.dataset import load_dataset
+    from unet_search.models.build import build_model, save_model_dir
+    from unet_search.train.engine import build_loaders, fit, new_training_state, seed_everything
+    from unet_search.train.losses import build_loss
+    from unet_search.train.sliding import preprocessing_of
 
     cfg = RunConfig.from_dict(
         {

@@ -1,22 +1,24 @@
 """The package's layers, checked by reading every module's imports (issue 16's contract).
 
-Lowest first; a module imports only its own layer and lower ones:
+Each subpackage is a layer; lowest first, a module imports only its own layer and lower ones:
 
-    core         config, tags
-    data         data, synthetic
-    models       models
-    train        transforms, losses, metrics, engine, sliding, plan, visualize
-    tracking     tracking, registry
-    serve        inference, pyfunc_model (the search scores its test split through it)
-    distributed  worker
-    search       spaces, asha, live (the spec, the schedulers, the live view)
-    report       report (it reads the spec; the search driver writes it at a search's end)
-    driver       search
-    cli          cli, jobs
+    core         typed config, errors, the metrics table, tag names, the work dir
+    data         scan, decode, cache + fingerprint, split, synthetic data
+    models       the architectures and the one way to build, save and load them
+    train        transforms, losses, metrics, engine, sliding-window prediction, planner
+    tracking     MLflow: client writes, outage handling, read models, registry
+    distributed  the worker recipe (in a trial or a Ray Train worker), the TorchTrainer
+    serve        load_model / Predictor, the pyfunc, logging a model for the registry
+    space        the search space: spec, validation, loading and planning
+    report       the HTML report (it reads the space; the search writes it at its end)
+    search       Tune + Optuna: searcher, schedulers, trial, callbacks, state, driver
+    cli          the command line and cluster jobs
 
-`models` and `train` (and below) import neither Ray nor MLflow: arrays from the object store
-are handed to them by the worker. Nothing imports `cli`. The package's ``__init__`` only
-re-exports (``load_model``, lazily) and is not a layer."""
+`data`, `models` and `train` (and `core`) import neither Ray nor MLflow: arrays from the
+object store are handed to them by the worker. Nothing imports `cli`. The package's
+``__init__`` only sets process defaults and re-exports ``load_model`` (lazily), and
+``unet_search/inference.py`` only re-exports :mod:`unet_search.serve.inference` for models
+registered before the subpackages: neither is a layer, and both are checked to stay thin."""
 
 from __future__ import annotations
 
@@ -27,84 +29,120 @@ import pytest
 
 PACKAGE = Path(__file__).parents[1] / "unet_search"
 LAYERS = (
-    ("core", ("config", "tags")),
-    ("data", ("data", "synthetic")),
-    ("models", ("models",)),
-    ("train", ("transforms", "losses", "metrics", "engine", "sliding", "plan", "visualize")),
-    ("tracking", ("tracking", "registry")),
-    ("serve", ("inference", "pyfunc_model")),
-    ("distributed", ("worker",)),
-    ("search", ("spaces", "asha", "live")),
-    ("report", ("report",)),
-    ("driver", ("search",)),
-    ("cli", ("cli", "jobs")),
+    "core",
+    "data",
+    "models",
+    "train",
+    "tracking",
+    "distributed",
+    "serve",
+    "space",
+    "report",
+    "search",
+    "cli",
 )
-LEVEL = {module: level for level, (_, modules) in enumerate(LAYERS) for module in modules}
-NO_RAY_OR_MLFLOW_UP_TO = 3  # core .. train
+LEVEL = {layer: level for level, layer in enumerate(LAYERS)}
+NO_RAY_OR_MLFLOW_UP_TO = LEVEL["train"]
+SHIMS = {"__init__": {"unet_search.serve.inference"}, "inference": {"unet_search.serve.inference"}}
 
 
 def _imports(source: str) -> list[tuple[str, int]]:
-    """(module, line) of every import in ``source``: ``unet_search.x`` as ``x``, others as
-    their top-level package; imports inside functions count too."""
+    """(what, line) of every import in ``source``: ``unet_search.<layer>...`` as the layer,
+    others as their top-level package; imports inside functions count too."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "unet_search":
+            parts = node.module.split(".")
+            if parts[0] == "unet_search" and len(parts) == 1:
                 found += [(alias.name, node.lineno) for alias in node.names]
-            elif node.module.startswith("unet_search."):
-                found.append((node.module.split(".")[1], node.lineno))
+            elif parts[0] == "unet_search":
+                found.append((parts[1], node.lineno))
             else:
-                found.append((node.module.split(".")[0], node.lineno))
+                found.append((parts[0], node.lineno))
         elif isinstance(node, ast.Import):
-            found += [(alias.name.split(".")[0], node.lineno) for alias in node.names]
+            for alias in node.names:
+                parts = alias.name.split(".")
+                found.append((parts[1] if parts[0] == "unet_search" else parts[0], node.lineno))
     return found
 
 
-def violations(module: str, source: str) -> list[str]:
-    """What in ``module``'s ``source`` breaks the contract, one line each."""
+def violations(where: str, layer: str, source: str) -> list[str]:
+    """What in the module ``where`` (in ``layer``) breaks the contract, one line each."""
     out = []
-    level = LEVEL[module]
+    level = LEVEL[layer]
     for name, line in _imports(source):
-        if name in LEVEL and LEVEL[name] > level:
-            out.append(
-                f"{module}.py:{line} imports {name} ({LAYERS[LEVEL[name]][0]}), a layer above "
-                f"its own ({LAYERS[level][0]})"
-            )
+        if name == "cli" and layer != "cli":
+            out.append(f"{where}:{line} imports cli")
+        elif name in LEVEL and LEVEL[name] > level:
+            out.append(f"{where}:{line} imports {name}, a layer above its own ({layer})")
         if name in ("ray", "mlflow") and level <= NO_RAY_OR_MLFLOW_UP_TO:
-            out.append(f"{module}.py:{line} imports {name} in layer {LAYERS[level][0]}")
-        if name == "cli" and module != "cli":
-            out.append(f"{module}.py:{line} imports cli")
+            out.append(f"{where}:{line} imports {name} in layer {layer}")
     return out
 
 
-def test_every_module_has_a_layer() -> None:
-    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
-    assert modules == set(LEVEL), (modules - set(LEVEL), set(LEVEL) - modules)
+def _modules() -> list[tuple[str, str, Path]]:
+    """(where, layer, path) of every module in a subpackage."""
+    return [
+        (str(path.relative_to(PACKAGE.parent)), path.parent.name, path)
+        for path in sorted(PACKAGE.glob("*/*.py"))
+    ]
+
+
+def test_every_module_is_in_a_layer_and_the_top_level_holds_only_shims() -> None:
+    assert {path.parent.name for _, _, path in _modules()} == set(LAYERS)
+    assert {p.stem for p in PACKAGE.glob("*.py")} == set(SHIMS)
+    assert not list(PACKAGE.glob("*/*/*.py")), "one level of subpackages"
 
 
 def test_no_module_imports_a_higher_layer_ray_or_mlflow_below_tracking_or_the_cli() -> None:
     found = [
         line
-        for path in sorted(PACKAGE.glob("*.py"))
-        if path.stem != "__init__"
-        for line in violations(path.stem, path.read_text(encoding="utf-8"))
+        for where, layer, path in _modules()
+        for line in violations(where, layer, path.read_text(encoding="utf-8"))
     ]
     assert found == []
 
 
+@pytest.mark.parametrize("stem", sorted(SHIMS))
+def test_the_top_level_modules_only_re_export(stem: str) -> None:
+    tree = ast.parse((PACKAGE / f"{stem}.py").read_text(encoding="utf-8"))
+    ours = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("unet_search")
+    }
+    assert ours == SHIMS[stem]
+    classes = [node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
+    functions = [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)]
+    assert not classes and all(len(f.body) <= 3 for f in functions)
+
+
 @pytest.mark.parametrize(
-    ("module", "source", "expected"),
+    ("layer", "source", "expected"),
     [
-        ("engine", "import ray\n", "engine.py:1 imports ray in layer train"),
-        ("models", "def f():\n    import mlflow.pyfunc\n", "models.py:2 imports mlflow"),
+        ("train", "import ray\n", "train/x.py:1 imports ray in layer train"),
+        ("models", "def f():\n    import mlflow.pyfunc\n", "models/x.py:2 imports mlflow"),
         (
             "tracking",
-            "from unet_search.search import run_search\n",
-            "tracking.py:1 imports search (driver), a layer above its own (tracking)",
+            "from unet_search.search.driver import run_search\n",
+            "tracking/x.py:1 imports search, a layer above its own (tracking)",
         ),
-        ("data", "from unet_search import plan\n", "imports plan (train), a layer above"),
-        ("report", "from unet_search.cli import main\n", "report.py:1 imports cli"),
+        ("data", "from unet_search.train import plan\n", "imports train, a layer above"),
+        ("data", "import unet_search.models.build\n", "imports models, a layer above"),
+        ("report", "from unet_search.cli import main\n", "report/x.py:1 imports cli"),
+        ("search", "from unet_search import cli\n", "search/x.py:1 imports cli"),
     ],
 )
-def test_a_planted_violation_is_found(module: str, source: str, expected: str) -> None:
-    assert any(expected in line for line in violations(module, source)), violations(module, source)
+def test_a_planted_violation_is_found(layer: str, source: str, expected: str) -> None:
+    found = violations(f"{layer}/x.py", layer, source)
+    assert any(expected in line for line in found), found
+
+
+def test_the_real_tree_with_one_planted_import_fails() -> None:
+    """The contract check on today's engine with a Ray import added at its top."""
+    engine = (PACKAGE / "train" / "engine.py").read_text(encoding="utf-8")
+    assert violations("train/engine.py", "train", engine) == []
+    planted = "from unet_search.search.trial import trial_main\n" + engine
+    assert violations("train/engine.py", "train", planted) == [
+        "train/engine.py:1 imports search, a layer above its own (train)"
+    ]

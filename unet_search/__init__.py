@@ -35,7 +35,7 @@ def load_model(  # type: ignore[no-untyped-def]
     uri: str, device: str = "cpu", tracking_uri: str | None = None
 ):
     """``unet_search.load_model("models:/NAME@champion").predict(images)`` -> masks at the
-    images' original sizes. See :func:`unet_search.inference.load_model`."""
-    from unet_search.inference import load_model as _load
+    images' original sizes. See :func:`unet_search.serve.inference.load_model`."""
+    from unet_search.serve.inference import load_model as _load
 
     return _load(uri, device, tracking_uri)

@@ -1,0 +1,325 @@
+"""The console script as a user runs it: real subprocesses, real Ray, real SQLite MLflow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from unet_search.distributed.faults import FAULT_ENV
+from unet_search.models.build import load_model_dir
+from unet_search.space.load import load_space
+
+EXE = str(Path(sys.executable).with_name("unet-search"))
+
+
+def run(
+    *args: str,
+    home: Path,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **(env or {}), "UNET_SEARCH_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [EXE, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def assert_user_error(proc: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ")
+    assert fragment in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["make-data", "check-data", "plan", "train", "models", "search", "best", "predict"],
+)
+def test_every_subcommand_has_help_with_an_example(command: str, tmp_path: Path) -> None:
+    proc = run(command, "--help", home=tmp_path)
+    assert proc.returncode == 0
+    assert "example: unet-search " + command in proc.stdout
+
+
+def test_usage_error_exits_2(tmp_path: Path) -> None:
+    assert run("train", home=tmp_path).returncode == 2  # --data missing
+    assert run("frobnicate", home=tmp_path).returncode == 2
+
+
+def test_models_lists_presets_with_exact_counts(tmp_path: Path) -> None:
+    proc = run("models", home=tmp_path)
+    assert proc.returncode == 0
+    assert "seed_keras" in proc.stdout and "1,941,105" in proc.stdout
+    assert "original_unet" in proc.stdout and "31,030,658" in proc.stdout
+    assert "mobilenet_v2" in proc.stdout and "unetplusplus" in proc.stdout
+
+
+def test_make_data_refuses_a_non_empty_folder(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert_user_error(run("make-data", "synthetic", str(out), home=tmp_path), "not empty")
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_check_data_summary_and_errors(synth_dir: Path, tmp_path: Path) -> None:
+    proc = run("check-data", str(synth_dir), home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "images       12" in proc.stdout and "fingerprint" in proc.stdout
+    bad = tmp_path / "bad"
+    (bad / "images").mkdir(parents=True)
+    (bad / "masks").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(bad / "images" / "a.png")
+    assert_user_error(
+        run("check-data", str(bad), home=tmp_path / "h2"), "a.png: image has no mask"
+    )
+    assert not (tmp_path / "h2").exists()  # nothing written for bad data
+
+
+def test_train_rejects_bad_config_before_anything_starts(synth_dir: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert_user_error(
+        run("train", "--data", str(synth_dir), "--set", "depht=3", home=home),
+        "unknown key `depht`",
+    )
+    assert_user_error(
+        run("train", "--data", str(synth_dir), "--set", "arch=unetplusplus", home=home),
+        "needs an smp encoder",
+    )
+    assert not home.exists()
+
+
+@pytest.mark.slow
+def test_train_two_ddp_workers_end_to_end_a_killed_worker_resumes_in_the_same_run(
+    synth_dir: Path, tmp_path: Path
+) -> None:
+    home, marker = tmp_path / "home", tmp_path / "killed"
+    proc = run(
+        "train",
+        "--data",
+        str(synth_dir),
+        "--workers",
+        "2",
+        "--experiment",
+        "e2e",
+        "--set",
+        "epochs=2",
+        "--set",
+        "patch_size=32",
+        "--set",
+        "patches_per_epoch=8",
+        "--set",
+        "depth=2",
+        "--set",
+        "base_filters=8",
+        "--set",
+        "val_fraction=0.25",
+        "--set",
+        "num_sample_images=3",
+        "--set",
+        "normalization=auto",
+        "--set",
+        "batch_size=auto",
+        "--set",
+        "max_failures=1",
+        home=home,
+        env={FAULT_ENV: f"epoch=1,marker={marker}"},  # a worker dies after epoch 1, once
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "run id" in proc.stdout and "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+    planned = dict(
+        line.split()[:2] for line in proc.stdout.splitlines() if line.startswith(("norm", "batch"))
+    )
+    assert planned["batch_size"] == "8"  # the cpu-quick budget's
+    assert planned["normalization"] in ("zscore", "dataset")
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([experiment.experiment_id])
+    assert marker.exists()  # a worker really died after epoch 1
+    assert len(runs) == 1  # the restarted worker group logs to the same run
+    run_ = runs[0]
+    assert run_.info.status == "FINISHED"
+    assert run_.info.run_id in proc.stdout
+    assert run_.data.params["num_workers"] == "2" and run_.data.params["encoder"] == "none"
+    assert run_.data.params["normalization"] == planned["normalization"]  # resolved, logged
+    assert run_.data.params["batch_size"] == "8"
+    assert run_.data.tags["ray.world_size"] == "2"
+    check = run(
+        "check-data",
+        str(synth_dir),
+        "--set",
+        "val_fraction=0.25",
+        home=home,
+    )
+    assert run_.data.tags["unet_search.data_fingerprint"] in check.stdout
+    for key in (
+        "train_loss",
+        "val_loss",
+        "val_dice",
+        "val_iou",
+        "val_dsb_score",
+        "images_per_s",
+        "epoch_s",
+        "lr",
+    ):
+        history = client.get_metric_history(run_.info.run_id, key)
+        # once each: epoch 1 was not re-run, training resumed from its checkpoint
+        assert sorted(m.step for m in history) == [1, 2], key
+    dice = [m.value for m in client.get_metric_history(run_.info.run_id, "val_dice")]
+    assert all(0.0 <= d <= 1.0 for d in dice)
+    assert run_.data.metrics["best_val_dice"] == pytest.approx(max(dice))
+
+    local = Path(client.download_artifacts(run_.info.run_id, "", str(tmp_path / "art")))
+    with Image.open(local / "samples" / "predictions.png") as png:
+        assert png.size[1] > 3 * 160  # three samples, one row each
+    model, meta = load_model_dir(local / "best_model")
+    pre = meta["preprocessing"]
+    assert (pre["input_mode"], pre["patch_size"], pre["tile_overlap"]) == ("patch", [32, 32], 0.5)
+    assert pre["normalization"] == planned["normalization"]
+    assert model(torch.zeros(1, 3, 40, 52)).shape == (1, 1, 40, 52)
+
+
+def test_plan_prints_each_value_with_its_reason_and_writes_a_space(
+    synth_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "nuclei.yaml"
+    proc = run("plan", str(synth_dir), "--out", str(out), home=tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
+    # images of median 48x60 px (synth_dir): the patch fits them (rounded up to 16s), and
+    # the epoch keeps cpu-quick's pixels (128 patches of 96 px)
+    assert lines["patch_size"].split()[1] == "48x64" and "smaller than" in lines["patch_size"]
+    assert lines["patches_per_epoch"].split()[1] == "384"
+    assert lines["scale"].split()[1] == "1" and "own pixels" in lines["scale"]
+    assert lines["depth"].split()[1] == "3..3"
+    space = load_space(out)
+    assert space.base_config().data.patch_size == (48, 64)
+    assert {(p.low, p.high) for p in space.params if p.name == "depth"} == {(3, 3)}
+    before = out.read_text()
+    again = run("plan", str(synth_dir), "--out", str(out), home=tmp_path / "home")
+    assert_user_error(again, "already exists")
+    assert out.read_text() == before  # nothing overwritten
+    assert_user_error(
+        run("plan", str(synth_dir), "--budget", "tpu", home=tmp_path / "home"),
+        "must be cpu-quick, cpu or gpu-<GiB",
+    )
+
+
+def test_search_rejects_a_bad_space_before_anything_starts(
+    synth_dir: Path, tmp_path: Path
+) -> None:
+    space = tmp_path / "bad.yaml"
+    space.write_text("name: bad\nparams:\n  depth: {type: int, low: 5, high: 3}\n")
+    home = tmp_path / "home"
+    proc = run("search", "--space", str(space), "--data", str(synth_dir), home=home)
+    assert_user_error(proc, "`low <= high` must hold, but got (low=5, high=3)")
+    assert str(space) in proc.stderr
+    assert not home.exists()
+
+
+def test_best_of_an_unknown_search_is_a_user_error(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert_user_error(run("best", "nope-1", home=home), "no MLflow store here yet")
+    assert not home.exists()  # a read-only command creates nothing
+    from unet_search.tracking.client import ensure_experiment
+
+    ensure_experiment(f"sqlite:///{home / 'mlflow.db'}", "x", home)
+    assert_user_error(run("best", "nope-1", home=home), "no search named 'nope-1'")
+
+
+def test_predict_writes_masks_at_original_sizes(tmp_path: Path) -> None:
+    from unet_search.core.sections import ModelConfig
+    from unet_search.models.build import build_model, save_model_dir
+
+    cfg = ModelConfig(depth=2, base_filters=4)
+    save_model_dir(
+        tmp_path / "model",
+        build_model(cfg, 1),
+        cfg,
+        1,
+        {
+            "image_size": 32,
+            "normalization": "unit",
+            "in_channels": 3,
+            "num_classes": 1,
+            "threshold": 0.5,
+        },
+    )
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((37, 53, 3), np.uint8)).save(images / "a.png")
+    Image.fromarray(np.zeros((20, 11), np.uint16)).save(images / "b.png")
+    (images / "notes.txt").write_text("not an image")
+    # --output is the user's path as given: relative to where the command runs, never to
+    # the work dir (UNET_SEARCH_HOME)
+    (tmp_path / "here").mkdir()
+    proc = run(
+        "predict",
+        "--model",
+        str(tmp_path / "model"),
+        "--input",
+        str(images),
+        "--output",
+        "masks",
+        home=tmp_path / "home",
+        cwd=tmp_path / "here",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "wrote 2 mask(s) to masks"
+    out = tmp_path / "here" / "masks"
+    sizes = {p.name: Image.open(p).size for p in sorted(out.iterdir())}
+    assert sizes == {"a.png": (53, 37), "b.png": (11, 20)}
+    assert not (tmp_path / "home" / "masks").exists()
+    assert_user_error(
+        run(
+            "predict",
+            "--model",
+            str(tmp_path / "images"),
+            "--input",
+            str(images),
+            "--output",
+            str(out),
+            home=tmp_path / "home",
+        ),
+        "is not a unet-search model",
+    )
+
+
+def test_a_relative_storage_inside_a_ray_job_is_refused_before_anything_starts(
+    synth_dir: Path, tmp_path: Path
+) -> None:
+    """Inside a Ray job a relative path would point into the job's working_dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UNET_SEARCH_", "MLFLOW_"))}
+    env["RAY_JOB_CONFIG_JSON_ENV_VAR"] = '{"runtime_env": {}}'
+    space = Path(__file__).parents[2] / "search_spaces" / "quick.yaml"
+    for verb in (["search", "--space", str(space), "--data", str(synth_dir)], ["resume", "q-1"]):
+        proc = subprocess.run(
+            [EXE, *verb, "--storage", "runs"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=300,
+            check=False,
+        )
+        assert_user_error(proc, "--storage / UNET_SEARCH_STORAGE 'runs': must be an absolute")
+        assert proc.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # nothing written

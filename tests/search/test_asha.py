@@ -1,0 +1,168 @@
+"""ASHA's rungs and ranking, and the schedulers saving Tune's state before a trial starts
+(the searches that pause, promote and stop trials are in test_search.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from unet_search.search.asha import (
+    TIE_BREAK,
+    DurableFIFO,
+    PromotingASHA,
+    SavesNewTrials,
+    TieBreakingASHA,
+    milestones,
+    rank_value,
+)
+
+
+def test_rungs_are_grace_times_powers_of_the_reduction_below_max_t() -> None:
+    assert milestones(1, 3, 6) == [1, 3]
+    assert milestones(1, 3, 9) == [1, 3]  # a rung at max_t would only end the trial
+    assert milestones(2, 2, 6) == [2, 4]
+    assert milestones(1, 2, 16) == [1, 2, 4, 8]
+    assert milestones(3, 2, 3) == []
+
+
+def test_rank_value_breaks_exact_ties_by_soft_dice_and_nothing_else() -> None:
+    zero_low = {"best_val_dice": 0.0, TIE_BREAK: 0.10}
+    zero_high = {"best_val_dice": 0.0, TIE_BREAK: 0.30}
+    small = {"best_val_dice": 0.001, TIE_BREAK: 0.0}
+    ranked = sorted(
+        [zero_high, small, zero_low], key=lambda r: -rank_value(r, "best_val_dice", "max")
+    )
+    assert ranked == [small, zero_high, zero_low]
+    # Minimised metrics: lower is better, the soft Dice still breaks ties upwards.
+    a = rank_value({"best_val_loss": 0.5, TIE_BREAK: 0.2}, "best_val_loss", "min")
+    b = rank_value({"best_val_loss": 0.5, TIE_BREAK: 0.4}, "best_val_loss", "min")
+    c = rank_value({"best_val_loss": 0.4, TIE_BREAK: 0.0}, "best_val_loss", "min")
+    assert c > b > a
+    assert b == pytest.approx(-0.5 + 0.4e-6)
+    assert rank_value({"val_dice": 0.3}, "best_val_dice", "max") is None
+
+
+@pytest.mark.parametrize("kind", ["fifo", "asha", "asha_stopping"])
+def test_every_trial_is_in_the_saved_state_before_it_starts(
+    ray_local: None, tmp_path: Path, kind: str
+) -> None:
+    from ray import tune
+
+    def in_saved_state(config: dict[str, Any]) -> None:
+        """Reports whether Tune's saved experiment state (what `resume` restores) names this
+        trial within 3 s of its start, as a search's trial checks before it opens its MLflow
+        run. Tune alone saves every 10 s or more. (Defined here so that Ray ships it by
+        value: the workers cannot import the tests.)"""
+        from unet_search.search.state import await_recorded
+
+        found = await_recorded(Path(config["dir"]), tune.get_context().get_trial_id(), 3.0)
+        tune.report({"saved": float(found), "best_val_dice": 0.5, TIE_BREAK: 0.5})
+
+    metric = {"metric": "best_val_dice", "mode": "max"}
+    rungs = {"max_t": 1, "grace_period": 1, "reduction_factor": 2}  # one step, no rung
+    scheduler: SavesNewTrials = {
+        "fifo": lambda: DurableFIFO(),
+        "asha": lambda: PromotingASHA(**metric, **rungs, num_samples=6),
+        "asha_stopping": lambda: TieBreakingASHA(
+            time_attr="training_iteration", **metric, **rungs
+        ),
+    }[kind]()
+    results = tune.Tuner(
+        in_saved_state,
+        param_space={"dir": str(tmp_path / "exp"), "x": tune.uniform(0, 1)},
+        tune_config=tune.TuneConfig(
+            num_samples=6, scheduler=scheduler, max_concurrent_trials=1, reuse_actors=True
+        ),
+        run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0),
+    ).fit()
+    assert [r.metrics["saved"] for r in results] == [1.0] * 6
+
+
+def _watched_asha(
+    max_t: int, num_samples: int, paused: list[str], resumed: list[str]
+) -> PromotingASHA:
+    """ASHA with rungs at 1, 2, 4, ... below ``max_t``; pauses and resumes recorded."""
+    return PromotingASHA(
+        metric="best_val_dice",
+        mode="max",
+        max_t=max_t,
+        grace_period=1,
+        reduction_factor=2,
+        num_samples=num_samples,
+        on_pause=paused.append,
+        on_resume=resumed.append,
+    )
+
+
+def test_resume_pauses_trials_restored_at_a_rung_again_and_the_rung_decides_anew() -> None:
+    """Tune keeps no scheduler state and resumes paused trials as pending: `resume` must not
+    let every trial that waited at a rung (an ASHA loser, maybe) train on."""
+    from ray.tune.experiment import Trial
+
+    from unet_search.space.spec import BASELINE_ATTR
+
+    paused: list[str] = []
+    resumed: list[str] = []
+    asha = _watched_asha(8, 6, paused, resumed)  # rungs 1, 2, 4
+
+    def restored(done: int, dice: float, finished: bool = False, baseline: bool = False) -> Trial:
+        trial = Trial("fn", config={BASELINE_ATTR: True} if baseline else {}, stub=True)
+        trial.run_metadata.last_result = {
+            "training_iteration": done,
+            "best_val_dice": dice,
+            TIE_BREAK: dice,
+        }
+        trial.set_status(Trial.TERMINATED if finished else Trial.PENDING)
+        return trial
+
+    done_8 = restored(8, 0.9, finished=True)
+    at_2_good, at_2_bad = restored(2, 0.5), restored(2, 0.2)
+    at_3 = restored(3, 0.4)  # between rungs: it passed rung 2, it goes on
+    at_1 = restored(1, 0.1)
+    baseline = restored(2, 0.05, baseline=True)  # never paused
+    trials = [done_8, at_2_good, at_2_bad, at_3, at_1, baseline]
+    for trial in trials:
+        asha.on_trial_add(None, trial)
+    status = [t.status for t in trials]
+    assert status == ["TERMINATED", "PAUSED", "PAUSED", "PENDING", "PAUSED", "PENDING"]
+    assert paused == [at_2_good.trial_id, at_2_bad.trial_id, at_1.trial_id]
+    assert resumed == [at_3.trial_id, baseline.trial_id]
+
+    # What choose_trial_to_run does first once every restored trial is back: rung 2 holds
+    # 0.9, 0.5, 0.4, 0.2 (not the baseline) -> its best 2 are done_8 (passed it) and
+    # at_2_good, promoted;
+    # rung 1's best 3 (0.9, 0.5, 0.4) have all passed it: at_1 waits, as does at_2_bad.
+    asha._promote_waiting()
+    assert resumed[2:] == [at_2_good.trial_id]
+    assert "2 paused" in asha.debug_string()
+
+
+def test_the_baseline_never_counts_at_a_rung() -> None:
+    """A reference, not a competitor: a weak baseline reaching a rung must not promote the
+    trial waiting there (it would with the baseline counted: the best 1 of 2)."""
+    from ray.tune.experiment import Trial
+
+    from unet_search.space.spec import BASELINE_ATTR
+
+    paused: list[str] = []
+    resumed: list[str] = []
+    asha = _watched_asha(4, 4, paused, resumed)  # rungs 1, 2
+    trial = Trial("fn", config={}, stub=True)
+    baseline = Trial("fn", config={BASELINE_ATTR: True}, stub=True)
+    for t in (trial, baseline):
+        asha.on_trial_add(None, t)
+
+    def result(done: int, dice: float) -> dict:
+        return {"training_iteration": done, "best_val_dice": dice, TIE_BREAK: dice}
+
+    assert asha.on_trial_result(None, trial, result(1, 0.5)) == "PAUSE"  # alone at rung 1
+    for epoch in (1, 2, 3):
+        assert asha.on_trial_result(None, baseline, result(epoch, 0.1)) == "CONTINUE"
+    assert asha.on_trial_result(None, baseline, result(4, 0.1)) == "STOP"  # its last epoch
+    assert paused == [trial.trial_id] and resumed == []  # still waiting for a competitor
+    rival = Trial("fn", config={}, stub=True)
+    asha.on_trial_add(None, rival)
+    assert asha.on_trial_result(None, rival, result(1, 0.2)) == "PAUSE"
+    assert resumed == [trial.trial_id]  # the best 1 of the 2 competitors

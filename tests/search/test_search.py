@@ -1,0 +1,526 @@
+"""Real searches: Ray Tune + Optuna + ASHA on a session Ray, runs in a real SQLite MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import TINY, asha_space
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+from PIL import Image
+
+from unet_search.core.sections import DataConfig
+from unet_search.core.tags import TAG_KIND, TAG_SEARCH_ID, TAG_TRIAL_ID
+from unet_search.data.dataset import load_dataset
+from unet_search.data.synthetic import make_synthetic
+from unet_search.search.driver import run_search
+from unet_search.search.outcome import SearchOutcome
+from unet_search.serve.inference import load_model
+from unet_search.space.load import load_space
+from unet_search.space.spec import BASELINE_ATTR
+from unet_search.tracking.read import search_trials
+from unet_search.train.engine import val_indices
+from unet_search.train.metrics import dice_iou_per_image
+
+pytestmark = pytest.mark.slow
+# quick.yaml: tests/test_readme.py runs it (shrunk) as the README's tour does.
+SPACES = sorted(
+    p
+    for p in Path(__file__).parents[2].joinpath("search_spaces").glob("*.yaml")
+    if p.stem != "quick"
+)
+
+
+@pytest.fixture(scope="module")
+def search_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("search") / "data"
+    make_synthetic(out, n=16, size=64, seed=3)
+    return out
+
+
+def _search(
+    tmp_path: Path,
+    data: Path,
+    workdir: Path,
+    raw: dict,
+    overrides: list[str] = (),
+    **kwargs: object,
+) -> SearchOutcome:
+    path = tmp_path / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    spec = load_space(path, overrides)
+    arrays = load_dataset(data, spec.base_config().data, workdir / "cache")
+    return run_search(spec, arrays, data, workdir, **kwargs)
+
+
+def _client(workdir: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+
+
+def test_end_to_end_search_with_a_ddp_trial(
+    ray_local: None,
+    search_data: Path,
+    workdir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    raw = {
+        "name": "e2e",
+        "model_name": "unet-e2e",
+        "fixed": {**TINY, "epochs": 2, "dsb_every": 2, "depth": 2, "test_fraction": 0.25},
+        "params": {
+            "num_workers": {"type": "choice", "values": [1, 2]},
+            "base_filters": {"type": "choice", "values": [4, 8]},
+        },
+        "search": {"num_samples": 3, "seed": 1, "scheduler": {"type": "fifo"}},
+    }
+    out = _search(tmp_path, search_data, workdir, raw)
+
+    assert out.search_id == "e2e-1"
+    assert [t.status for t in out.trials] == ["FINISHED"] * 3
+    assert [t.index for t in out.trials] == [0, 1, 2]
+    assert out.trials[0].baseline and out.baseline is out.trials[0]
+    assert sorted(t.params.get("num_workers") for t in out.trials[1:]) == [1, 2]
+
+    client = _client(workdir)
+    parents = client.search_runs([out.experiment_id], f"tags.`{TAG_KIND}` = 'search'")
+    assert [p.info.run_id for p in parents] == [out.parent_run_id]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["num_trials"] == 3
+    assert parent.data.metrics["best_val_dice"] == pytest.approx(out.best.value)
+    assert "baseline_val_dice" in parent.data.metrics
+    assert {a.path for a in client.list_artifacts(out.parent_run_id)} >= {
+        "space.yaml",
+        "summary.csv",
+        "summary.json",
+    }
+    children = client.search_runs(
+        [out.experiment_id], f"tags.`{TAG_SEARCH_ID}` = 'e2e-1' and tags.`{TAG_TRIAL_ID}` != ''"
+    )
+    assert len(children) == 3
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {out.parent_run_id}
+    assert {c.info.status for c in children} == {"FINISHED"}
+    names = sorted(c.info.run_name for c in children)
+    assert names[0] == "t000 baseline seed_keras" and names[1].startswith("t001 unet scratch d2")
+    world_sizes = sorted(c.data.tags["ray.world_size"] for c in children)
+    assert world_sizes == ["1", "1", "2"]  # the 2-worker trial really ran as DDP on Ray Train
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_dice")]
+        assert sorted(steps) == [1, 2]
+        assert child.data.tags[TAG_TRIAL_ID]
+
+    reg = out.registration
+    assert reg is not None and (reg.name, reg.version, reg.alias) == ("unet-e2e", "1", "champion")
+    version = client.get_model_version_by_alias("unet-e2e", "champion")
+    assert (
+        version.tags["unet_search.data_fingerprint"]
+        == load_dataset(search_data, DataConfig(val_fraction=0.25, test_fraction=0.25)).fingerprint
+    )
+    assert version.tags["unet_search.trial_id"] == out.best.trial_id
+    assert version.run_id == out.parent_run_id  # the model is logged in the search's run
+    assert float(version.tags["unet_search.metric_value"]) == pytest.approx(out.best.value)
+    # The number on the champion is the number you get: its validation images predicted
+    # through load_model score the registered value.
+    spec = load_space(tmp_path / "e2e.yaml")
+    cfg = spec.base_config()
+    arrays = load_dataset(search_data, cfg.data)
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    champion = load_model("models:/unet-e2e@champion", tracking_uri=uri)
+    indices = [int(i) for i in val_indices(cfg, arrays)]
+    masks = champion.predict([arrays.image(i) for i in indices])
+    dices = [
+        float(
+            dice_iou_per_image(
+                torch.from_numpy(m[None]).long(),
+                torch.from_numpy(arrays.mask(i)[None]).long(),
+                1,
+            )[0][0]
+        )
+        for m, i in zip(masks, indices, strict=True)
+    ]
+    assert float(np.mean(dices)) == pytest.approx(out.best.value, abs=1e-3)
+
+    # The held-out test split: named in split.json, seen by no trial, scored once at the end;
+    # the version carries the Dice `unet-search predict` gives on those images.
+    split = json.loads(
+        Path(client.download_artifacts(out.parent_run_id, "split.json", str(tmp_path))).read_text()
+    )
+    assert [len(split[part]) for part in ("train", "val", "test")] == [8, 4, 4]
+    assert sorted([*split["train"], *split["val"], *split["test"]]) == sorted(arrays.names)
+    assert split["val"] == [arrays.names[i] for i in indices]
+    test_dice = float(version.tags["unet_search.test_dice"])
+    assert parent.data.metrics["test_dice"] == pytest.approx(test_dice)
+    assert {"test_iou", "test_dsb_score", "otsu_test_dice"} <= set(parent.data.metrics)
+    assert float(version.tags["unet_search.test_dsb_score"]) == pytest.approx(
+        parent.data.metrics["test_dsb_score"]
+    )
+    images = tmp_path / "test_images"
+    images.mkdir()
+    for name in split["test"]:
+        (images / f"{name}.png").write_bytes(
+            (search_data / name / "images" / f"{name}.png").read_bytes()
+        )
+    from unet_search.cli.app import main
+
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                "models:/unet-e2e@champion",
+                "--input",
+                str(images),
+                "--output",
+                str(tmp_path / "test_masks"),
+            ]
+        )
+        == 0
+    )
+    predicted = [
+        float(
+            dice_iou_per_image(
+                torch.from_numpy(
+                    np.asarray(Image.open(tmp_path / "test_masks" / f"{name}.png")) > 0
+                )[None].long(),
+                torch.from_numpy(arrays.mask(arrays.names.index(name))[None]).long(),
+                1,
+            )[0][0]
+        )
+        for name in split["test"]
+    ]
+    assert float(np.mean(predicted)) == pytest.approx(test_dice, abs=1e-3)
+
+    study_trials = out.study.trials
+    assert [t.state for t in study_trials] == [TrialState.COMPLETE] * 3
+    assert study_trials[0].user_attrs[BASELINE_ATTR] and study_trials[0].params == {}
+    assert search_trials(f"sqlite:///{workdir / 'mlflow.db'}", "e2e-1")[1][
+        0
+    ].value == pytest.approx(out.best.value)
+
+    shown = capsys.readouterr().out  # the live view: concise lines, no Tune tables
+    assert "Trial status" not in shown and "trial_main_" not in shown
+    assert f"search e2e-1: Ray's own log is {workdir / 'logs' / 'e2e-1.log'}" in shown
+    progress = [line for line in shown.splitlines() if "] trials: " in line]
+    assert (
+        progress[-1]
+        .split("] ", 1)[1]
+        .startswith("trials: 0 running, 3 finished, 0 stopped early, 0 failed | best val_dice ")
+    )
+    assert f"({out.best.name})" in progress[-1]
+    assert (workdir / "logs" / "e2e-1.log").exists()
+    assert main(["best", "e2e-1", "--top", "2"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 4 and table[1].split()[0] == out.best.name.split()[0]
+    assert table[3].startswith(f"held-out test  test_dice {test_dice:.4f}  test_iou ")
+    assert table[3].endswith("on 4 images: the best trial's kept model, images no choice saw")
+    assert f'<span id="held-out">test_dice {test_dice:.4f}' in out.report.read_text()
+
+    # A downstream app in a fresh process: pyfunc and unet_search.load_model, odd sizes.
+    code = (
+        "import json, numpy as np, mlflow, unet_search\n"
+        "from unet_search import load_model\n"
+        "imgs = np.random.default_rng(0).integers(0, 255, (2, 97, 131, 3), dtype=np.uint8)\n"
+        "pyf = mlflow.pyfunc.load_model('models:/unet-e2e@champion').predict(imgs)\n"
+        "own = load_model('models:/unet-e2e@champion').predict([imgs[0], imgs[1, :40, :33]])\n"
+        "print(json.dumps({'pyfunc': list(pyf.shape), 'own': [list(m.shape) for m in own],"
+        " 'same': bool((pyf[0] == own[0]).all())}))\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shapes = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert shapes == {"pyfunc": [2, 97, 131], "own": [[97, 131], [40, 33]], "same": True}
+
+
+def _asha_search(
+    tmp_path: Path, data: Path, workdir: Path, capsys: pytest.CaptureFixture[str], scheduler: str
+) -> tuple[SearchOutcome, str]:
+    """The search of :func:`_asha_space` and its live view's last line."""
+    out = _search(tmp_path, data, workdir, asha_space(f"asha-{scheduler}", scheduler))
+    assert [t.params["lr"] for t in out.trials] == [0.01, 1e-7, 0.01]
+    return out, [ln for ln in capsys.readouterr().out.splitlines() if "] trials: " in ln][-1]
+
+
+def _stopped_early(workdir: Path, out: SearchOutcome) -> list[str]:
+    runs = _client(workdir).search_runs(
+        [out.experiment_id], "tags.unet_search.outcome = 'stopped_early'"
+    )
+    assert all(r.info.status == "KILLED" for r in runs)
+    return sorted(r.info.run_id for r in runs)
+
+
+def test_tunes_stopping_asha_stops_a_hopeless_trial_and_optuna_sees_it_pruned(
+    ray_local: None,
+    search_data: Path,
+    workdir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Tune's rule decides when a trial reaches the rung (epoch 2): the hopeless trial is below
+    # the cutoff of [good, hopeless] and stops; the third (as good as the first) goes on.
+    out, last = _asha_search(tmp_path, search_data, workdir, capsys, "asha_stopping")
+    assert [t.status for t in out.trials] == ["FINISHED", "KILLED", "FINISHED"]
+    assert "0 running, 2 finished, 1 stopped early, 0 failed" in last
+    assert [t.epochs for t in out.trials] == [4, 2, 4]
+    assert _stopped_early(workdir, out) == [out.trials[1].run_id]
+    # The report draws the stopped trial too (parallel coordinates, best so far).
+    assert out.report is not None and "1 stopped early" in out.report.read_text()
+    states = [t.state for t in out.study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
+    pruned = out.study.trials[1]
+    assert list(pruned.intermediate_values) == [1, 2]  # every epoch up to the stop
+    assert pruned.value == pruned.intermediate_values[2]  # Optuna's rule for PRUNED trials
+    # Same seed, same config, same data: trials 0 and 2 are identical (reproducible trials).
+    assert out.trials[0].value == out.trials[2].value
+    assert out.study.trials[0].value == pytest.approx(out.trials[0].value)
+    assert out.best is not None and out.best.status == "FINISHED"
+
+
+def test_asha_pauses_at_the_rung_promotes_the_best_and_stops_the_rest(
+    ray_local: None,
+    search_data: Path,
+    workdir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # ASHA as its paper has it: trial 0 reaches the rung alone (a rung of 1 promotes
+    # floor(1/2) = 0) and pauses; the hopeless trial 1 reaches it and pauses; now trial 0 is
+    # the best half of 2 and resumes from its checkpoint to epoch 4. Trial 2 (the same
+    # config, the same values) reaches the rung third: floor(3/2) = 1 promotion, already
+    # made, and an equal value does not displace the earlier trial. Nothing left to run or
+    # promote: the paused trials 1 and 2 are stopped early.
+    out, last = _asha_search(tmp_path, search_data, workdir, capsys, "asha")
+    assert [t.status for t in out.trials] == ["FINISHED", "KILLED", "KILLED"]
+    assert [t.epochs for t in out.trials] == [4, 2, 2]
+    assert "0 running, 1 finished, 2 stopped early, 0 failed" in last
+    assert _stopped_early(workdir, out) == sorted(t.run_id for t in out.trials[1:])
+    # The paused-and-resumed trial kept one MLflow run with each epoch logged once.
+    history = _client(workdir).get_metric_history(out.trials[0].run_id, "val_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    states = [t.state for t in out.study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
+    first, hopeless, third = out.study.trials
+    assert list(hopeless.intermediate_values) == list(third.intermediate_values) == [1, 2]
+    assert hopeless.value == hopeless.intermediate_values[2]
+    # Reproducible: trial 2 has trial 0's values at the epochs both trained.
+    assert third.intermediate_values == {k: first.intermediate_values[k] for k in (1, 2)}
+    assert first.value == pytest.approx(out.trials[0].value)
+    assert out.best is not None and out.best.trial_id == out.trials[0].trial_id
+
+
+def test_asha_never_pauses_the_baseline(
+    ray_local: None, search_data: Path, workdir: Path, tmp_path: Path
+) -> None:
+    # One trial at a time, a rung at epoch 1 (reduction 2): the baseline reaches it alone,
+    # where any other trial pauses (floor(1/2) = 0 promotions). It is the reference every
+    # result is compared with, so it trains on: both its epochs before the next trial starts.
+    raw = {
+        "name": "asha-base",
+        "fixed": {**TINY, "epochs": 2},
+        "params": {"lr": {"type": "choice", "values": [0.01]}},
+        "search": {
+            "num_samples": 2,
+            "baseline": "seed_keras",
+            "max_concurrent_trials": 1,
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        },
+    }
+    out = _search(tmp_path, search_data, workdir, raw)
+    baseline, other = out.trials
+    assert baseline.baseline and (baseline.status, baseline.epochs) == ("FINISHED", 2)
+    client = _client(workdir)
+    ours = client.get_metric_history(baseline.run_id, "val_dice")
+    theirs = client.get_metric_history(other.run_id, "val_dice")
+    assert sorted(m.step for m in ours) == [1, 2]
+    assert max(m.timestamp for m in ours) < min(m.timestamp for m in theirs)
+
+
+def test_a_worse_search_registers_a_challenger_and_keeps_the_champion(
+    ray_local: None, search_data: Path, workdir: Path, tmp_path: Path
+) -> None:
+    base = {
+        "model_name": "unet-gate",
+        "fixed": {**TINY, "epochs": 3, "depth": 2, "base_filters": 8, "dice_weight": 1.0},
+        "search": {"num_samples": 1, "baseline": "none", "scheduler": {"type": "fifo"}},
+    }
+    good = _search(
+        tmp_path,
+        search_data,
+        workdir,
+        {**base, "name": "gate", "params": {"lr": {"type": "choice", "values": [0.01]}}},
+    )
+    bad = _search(
+        tmp_path,
+        search_data,
+        workdir,
+        {**base, "name": "gate", "params": {"lr": {"type": "choice", "values": [1e-7]}}},
+        ["threshold=0.99"],
+    )
+    assert good.search_id == "gate-1" and bad.search_id == "gate-2"
+    assert good.best.value > bad.best.value
+    assert (good.registration.alias, bad.registration.alias) == ("champion", "challenger")
+    client = _client(workdir)
+    assert str(client.get_model_version_by_alias("unet-gate", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("unet-gate", "challenger").version) == "2"
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
+def test_every_shipped_space_starts(
+    ray_local: None, search_data: Path, workdir: Path, path: Path
+) -> None:
+    shrink = [
+        "image_size=32",
+        "patch_size=32",
+        "patches_per_epoch=8",
+        "epochs=1",
+        "val_fraction=0.25",
+        "num_workers=1",
+        "cpus_per_worker=1",
+        "gpus_per_worker=0",
+        "loader_workers=0",
+        "search.scheduler.grace_period=1",
+        "search.max_concurrent_trials=1",
+    ]
+    # One trial each: seed_baseline's is the baseline; the others' a sampled one (the
+    # baseline trains in seed_baseline's search and in the other tests).
+    alone = path.stem == "seed_baseline"
+    sets = [*shrink, "search.num_samples=1", *([] if alone else ["search.baseline=none"])]
+    if path.stem == "full":  # seed 0 draws a 26M-parameter UNet++ (51 s on CPU); seed 25 a
+        sets.append("search.seed=25")  # plain depth-4 UNet: the check is that the space runs
+    spec = load_space(path, sets)
+    arrays = load_dataset(search_data, spec.base_config().data, workdir / "cache")
+    out = run_search(spec, arrays, search_data, workdir)
+    assert len(out.trials) == spec.settings.num_samples
+    assert all(t.status == "FINISHED" for t in out.trials)
+    assert out.trials[0].baseline == alone
+    assert out.registration is not None and out.registration.alias == "champion"
+
+
+def test_a_trial_no_node_can_place_fails_at_once(
+    ray_local: None, search_data: Path, workdir: Path, tmp_path: Path
+) -> None:
+    from unet_search.distributed.trainer import ResourceError
+
+    raw = {
+        "name": "gpu",
+        "fixed": {**TINY, "epochs": 1, "gpus_per_worker": 1},
+        "params": {"lr": {"type": "choice", "values": [0.01]}},
+    }
+    with pytest.raises(ResourceError, match="no node of the Ray cluster has more than 0 GPUs"):
+        _search(tmp_path, search_data, workdir, raw)
+    raw = {
+        "name": "cpu",
+        "fixed": {**TINY, "epochs": 1},
+        "params": {"num_workers": {"type": "int", "low": 1, "high": 3}},
+    }
+    with pytest.raises(ResourceError, match="a trial can ask for 3 CPUs"):
+        _search(tmp_path, search_data, workdir, raw)
+    assert not (workdir / "ray_results").exists()  # nothing started
+
+
+def test_three_classes_end_to_end_train_search_register_predict(
+    ray_local: None, workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Class-index masks through `train`, `search` (registration included) and `predict`:
+    per-class Dice logged each epoch, `val_dice` their images' mean, class indices back at
+    the images' own sizes, scoring what the registered version says."""
+    from unet_search.cli.app import main
+
+    data = tmp_path / "three"
+    make_synthetic(data, n=12, size=40, max_size=56, object_px=8, style="fluorescence", classes=3)
+    common = ["--set", "num_classes=3", "--set", "patch_size=32", "--set", "val_fraction=0.25"]
+    common += [
+        "--set",
+        "dsb_every=0",
+        "--set",
+        "num_sample_images=2",
+        "--set",
+        "test_fraction=0.25",
+    ]
+    assert main(["train", "--data", str(data), *common, "--set", "epochs=1"]) == 0
+    final = json.loads(capsys.readouterr().out.split("final        ", 1)[1].splitlines()[0])
+    assert {"val_dice_c1", "val_dice_c2"} <= set(final) and 0 <= final["val_dice_c2"] <= 1
+
+    space = tmp_path / "three.yaml"
+    # ~48 steps of a small net: ~0.8 val_dice (measured), the seed baseline at ~0.1
+    fixed = {"epochs": 3, "patches_per_epoch": 128, "batch_size": 8, "lr": 0.01, "image_size": 32}
+    fixed.update(depth=2, base_filters=8)
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "name": "three",
+                "model_name": "unet-three",
+                "fixed": fixed,
+                "params": {"loss": {"type": "choice", "values": ["bce", "mix"]}},
+                "search": {"num_samples": 2, "seed": 0, "scheduler": {"type": "fifo"}},
+            }
+        )
+    )
+    assert main(["search", "--space", str(space), "--data", str(data), *common]) == 0
+    out = capsys.readouterr().out
+    assert "model unet-three v1 is the new champion" in out, out[-3000:]
+    assert "Otsu" not in out  # no plain threshold for three classes
+    client = _client(workdir)
+    version = client.get_model_version_by_alias("unet-three", "champion")
+    best = client.get_run(version.tags["unet_search.run_id"])
+    per_class = [best.data.metrics[f"val_dice_c{k}"] for k in (1, 2)]
+    assert all(0 < v <= 1 for v in per_class)
+    parent = client.get_run(version.run_id)
+    split = json.loads(
+        Path(client.download_artifacts(version.run_id, "split.json", str(tmp_path))).read_text()
+    )
+    images, masks = tmp_path / "test_images", tmp_path / "test_masks"
+    images.mkdir()
+    for name in split["test"]:
+        (images / f"{name}.png").write_bytes((data / "images" / f"{name}.png").read_bytes())
+    model = "models:/unet-three@champion"
+    assert main(["predict", "--model", model, "--input", str(images), "--output", str(masks)]) == 0
+    arrays = load_dataset(data, DataConfig(num_classes=3, val_fraction=0.25, test_fraction=0.25))
+    dices = []
+    for name in split["test"]:
+        predicted = np.asarray(Image.open(masks / f"{name}.png"))
+        truth = arrays.mask(arrays.names.index(name))
+        assert predicted.shape == truth.shape and set(np.unique(predicted)) <= {0, 1, 2}
+        pred, target = (torch.from_numpy(a.astype(np.int64))[None] for a in (predicted, truth))
+        dices.append(float(dice_iou_per_image(pred, target, 3)[0][0]))
+    test_dice = float(version.tags["unet_search.test_dice"])
+    assert float(np.mean(dices)) == pytest.approx(test_dice, abs=1e-3)
+    assert parent.data.metrics["test_dice"] == pytest.approx(test_dice)
+    assert (
+        "test_dsb_score" not in parent.data.metrics and "otsu_test_dice" not in parent.data.metrics
+    )
+    assert test_dice > 0.5  # the stains tell the classes apart: a trained model finds them
+
+
+def test_storage_is_the_users_path_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--storage (or UNET_SEARCH_STORAGE) is where Ray keeps the search: a relative folder is
+    relative to where the command runs (never to the work dir), a URI stays as written."""
+    from unet_search.search.driver import _storage_root
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("UNET_SEARCH_STORAGE", raising=False)
+    home = tmp_path / "home"
+    assert _storage_root(home, "runs") == str(tmp_path / "runs")
+    assert _storage_root(home, "s3://bucket/runs") == "s3://bucket/runs"
+    assert _storage_root(home, None) == str(home / "ray_results")
+    monkeypatch.setenv("UNET_SEARCH_STORAGE", "shared/ray")
+    assert _storage_root(home, None) == str(tmp_path / "shared" / "ray")

@@ -1,0 +1,81 @@
+"""The MLflow pyfunc of a unet-search model (models-from-code), logged and loaded for real."""
+
+from __future__ import annotations
+
+import sys
+import tarfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import TrainedModel
+
+from unet_search.serve.export import log_and_register
+from unet_search.serve.inference import Predictor
+from unet_search.tracking.client import create_run, ensure_experiment
+from unet_search.tracking.registry import download_model
+
+
+@pytest.fixture(scope="module")
+def logged(trained_model: TrainedModel, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The trained model logged and registered as a search registers it; its models:/ URI."""
+    root = tmp_path_factory.mktemp("pyfunc")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    run = create_run(uri, ensure_experiment(uri, "pyfunc", root), "r", {}, {})
+    log_and_register(uri, run, trained_model.path, "unet-pyfunc", "val_dice", 0.5, "max", {})
+    return uri
+
+
+def test_the_pyfunc_segments_as_the_predictor_does(
+    logged: str, trained_model: TrainedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", logged)
+    model = mlflow.pyfunc.load_model("models:/unet-pyfunc/1")
+    arrays = trained_model.arrays
+    predictor = Predictor.from_dir(trained_model.path)
+    same = np.stack([arrays.image(0)[:40, :44], arrays.image(1)[:40, :44]])
+    masks = model.predict(same)  # (N, H, W, 3) uint8 -> (N, H, W) uint8
+    assert masks.shape == (2, 40, 44) and masks.dtype == np.uint8
+    expected = predictor.predict(list(same))
+    assert all((m == e).all() for m, e in zip(masks, expected, strict=True))
+    assert masks.any()  # a trained model finds nuclei in them
+    other = model.predict(arrays.image(1)[None, :30, :35])  # any size, call by call
+    assert other.shape == (1, 30, 35)
+    assert (other[0] == predictor.predict([arrays.image(1)[:30, :35]])[0]).all()
+
+
+def test_the_logged_model_is_code_and_weights_never_a_pickle(logged: str) -> None:
+    local = download_model("models:/unet-pyfunc/1", logged)
+    files = {p.name for p in local.rglob("*") if p.is_file()}
+    assert {"model.safetensors", "model_config.json", "pyfunc_model.py", "MLmodel"} <= files
+    assert not [name for name in files if name.endswith((".pkl", ".pickle", ".pt"))]
+    assert "python_model.pkl" not in (local / "MLmodel").read_text()
+
+
+def _dice(mask: np.ndarray, truth: np.ndarray) -> float:
+    return float(2 * (mask.astype(bool) & truth.astype(bool)).sum() / (mask.sum() + truth.sum()))
+
+
+def test_a_model_registered_before_the_subpackages_still_loads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """tests/fixtures/pyfunc_model_16a26c8 (see its README): logged by the flat-layout code.
+    Its ``pyfunc_model.py`` imports ``unet_search.inference``; in a process that has today's
+    package imported that name resolves in today's package (MLflow only puts the model's
+    code copy on ``sys.path``), so it must still be there."""
+    import unet_search
+
+    fixture = Path(__file__).parents[1] / "fixtures" / "pyfunc_model_16a26c8"
+    want = np.load(fixture / "expected.npz")
+    with tarfile.open(fixture / "model.tar.gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    images = [want["image0"], want["image1"]]
+    masks = unet_search.load_model(str(tmp_path / "model")).predict(images)
+    for mask, key in zip(masks, ("0", "1"), strict=True):
+        assert (mask == want[f"mask{key}"]).all()
+        assert _dice(mask, want[f"truth{key}"]) > 0.65
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_model prepends the code copy
+    model = mlflow.pyfunc.load_model(str(tmp_path / "model"))
+    for image, key in zip(images, ("0", "1"), strict=True):
+        assert (model.predict(image[None])[0] == want[f"mask{key}"]).all()

@@ -1,0 +1,274 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from unet_search.core.errors import ConfigError
+from unet_search.space.load import load_space, make_sampler
+from unet_search.space.spec import BASELINE_ATTR, NUMBER_KEY, SearchSettings
+
+SPACES = sorted(Path(__file__).parents[2].joinpath("search_spaces").glob("*.yaml"))
+
+
+def _write(tmp_path: Path, raw: dict | str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _space(**overrides: object) -> dict:
+    raw: dict = {
+        "name": "t",
+        "fixed": {"image_size": 32, "epochs": 2},
+        "params": {
+            "encoder": {"type": "choice", "values": ["none", "resnet18"]},
+            "upsampling": [
+                {"type": "choice", "values": ["transpose"], "when": {"encoder": "none"}},
+                {"type": "choice", "values": ["nearest"], "when": {"encoder": ["resnet18"]}},
+            ],
+            "depth": {"type": "int", "low": 3, "high": 4},
+            "lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+        },
+        "search": {"num_samples": 4, "metric": "val_dice"},
+    }
+    for key, value in overrides.items():
+        section, _, leaf = key.partition("__")
+        if leaf:
+            if value is None:
+                raw[section].pop(leaf, None)
+            else:
+                raw[section][leaf] = value
+        else:
+            raw[section] = value
+    return raw
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
+def test_shipped_spaces_are_valid(path: Path) -> None:
+    spec = load_space(path)
+    assert spec.name == path.stem
+    assert spec.settings.num_samples >= 1
+    assert spec.source == path.read_text()
+
+
+def test_full_space_is_a_real_cluster_search() -> None:
+    spec = load_space(Path(__file__).parents[2] / "search_spaces" / "full.yaml")
+    names = {p.name for p in spec.params}
+    assert {
+        "arch",
+        "encoder",
+        "depth",
+        "base_filters",
+        "dropout",
+        "upsampling",
+        "dice_weight",
+        "lr",
+        "weight_decay",
+        "batch_size",
+        "aug_strength",
+    } <= names
+    archs = next(p for p in spec.params if p.name == "arch").values
+    assert set(archs) == {"unet", "unetplusplus", "attention_unet"}
+    assert spec.settings.num_samples >= 50
+    assert spec.base_config().train.gpus_per_worker >= 1
+
+
+def test_seed_baseline_space_is_the_keras_unet() -> None:
+    spec = load_space(Path(__file__).parents[2] / "search_spaces" / "seed_baseline.yaml")
+    cfg = spec.trial_run_config({BASELINE_ATTR: True})
+    assert (cfg.model.depth, cfg.model.base_filters, cfg.model.dropout_schedule) == (4, 16, "ramp")
+    assert (cfg.data.image_size, cfg.train.batch_size, cfg.train.epochs) == (128, 16, 25)
+    assert cfg.loss.loss == "bce" and spec.settings.num_samples == 1
+
+
+def test_define_by_run_samples_conditionally(tmp_path: Path) -> None:
+    spec = load_space(_write(tmp_path, _space()))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    for _ in range(12):
+        trial = study.ask()
+        constants = spec.define_by_run(trial)
+        cfg = spec.trial_run_config({**trial.params, **(constants or {})})
+        expected = "transpose" if cfg.model.encoder == "none" else "nearest"
+        assert cfg.model.upsampling == expected
+        assert 1e-4 <= cfg.optim.lr <= 1e-2 and cfg.model.depth in (3, 4)
+        assert constants == {NUMBER_KEY: trial.number}
+        study.tell(trial, 0.5)
+
+
+def test_baseline_trial_samples_nothing_and_keeps_search_budget(tmp_path: Path) -> None:
+    spec = load_space(_write(tmp_path, _space()))
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
+    trial = study.ask()
+    constants = spec.define_by_run(trial)
+    assert trial.params == {} and constants and constants[BASELINE_ATTR]
+    cfg = spec.trial_run_config(constants)
+    assert cfg.model.base_filters == 16 and cfg.model.dropout_schedule == "ramp"
+    assert cfg.data.image_size == 32 and cfg.train.epochs == 2  # the search's fixed settings
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"colour": "red"}, "`colour` is not a valid key"),
+        ({"search__num_sample": 3}, "`search.num_sample` is not a valid key"),
+        ({"search__num_samples": "3"}, "`search.num_samples` must be an integer"),
+        ({"search__metric": "dice"}, "`search.metric` must be one of"),
+        ({"search__mode": "min"}, "`search.mode` must be 'max' for val_dice"),
+        ({"search__baseline": "keras"}, "`search.baseline` must be `none` or a preset"),
+        ({"search__sampler": "grid"}, "`search.sampler` must be one of ['tpe', 'random']"),
+        ({"search__startup_trials": -1}, "`search.startup_trials` must be null or an integer"),
+        (
+            {"search__scheduler": {"type": "hyperband"}},
+            "must be one of ['asha', 'asha_stopping', 'fifo']",
+        ),
+        ({"search__scheduler": {"grace_period": 5}}, "must be <= epochs (2)"),
+        ({"search__scheduler": {"max_t": 9}}, "`search.scheduler.max_t` must be null or `epochs`"),
+        ({"search__scheduler": {"max_t": 1}}, "no trial would finish its training"),
+        (
+            {"search__metric": "val_dsb_score", "fixed__dsb_every": 0},
+            "but a trial has dsb_every=0, num_classes=1",
+        ),
+        (
+            {
+                "search__metric": "val_dsb_score",
+                "params__dsb_every": {"type": "choice", "values": [1, 2]},
+            },
+            "but a trial has dsb_every=2",
+        ),
+        (
+            {"search__metric": "val_dsb_score", "fixed__num_classes": 3},
+            "num_classes=3",
+        ),
+        (
+            {
+                "search__metric": "val_loss",
+                "search__mode": "min",
+                "params__dice_weight": {"type": "uniform", "low": 0, "high": 1},
+            },
+            "cannot be val_loss while `params.dice_weight` is searched",
+        ),
+        ({"params__depth": {"type": "int", "low": 4, "high": 3}}, "`low <= high` must hold"),
+        (
+            {"params__lr": {"type": "loguniform", "low": 0, "high": 1}},
+            "a log scale needs `low > 0`",
+        ),
+        (
+            {"params__lr": {"type": "uniform", "low": "a", "high": 1}},
+            "`params.lr.low` must be a number",
+        ),
+        (
+            {"params__depth": {"type": "int", "low": 2.5, "high": 4}},
+            "must be an integer for type int",
+        ),
+        ({"params__encoder": {"type": "choice", "values": []}}, "must be a non-empty list"),
+        ({"params__encoder": {"type": "choice", "values": ["none", "none"]}}, "must not repeat"),
+        (
+            {"params__depth": {"type": "normal", "low": 2, "high": 4}},
+            "`params.depth.type` must be one of",
+        ),
+        (
+            {"params__depth": {"type": "int", "low": 2, "high": 4, "mean": 3}},
+            "`params.depth.mean` is not a valid key",
+        ),
+        (
+            {
+                "params__dropout": {
+                    "type": "uniform",
+                    "low": 0,
+                    "high": 1,
+                    "when": {"arch": "unet"},
+                }
+            },
+            "names `arch`, which is not a parameter defined before it",
+        ),
+        (
+            {
+                "params__dropout": {
+                    "type": "uniform",
+                    "low": 0,
+                    "high": 0.5,
+                    "when": {"encoder": "vgg"},
+                }
+            },
+            "must use values `encoder` can take",
+        ),
+        (
+            {"params__epochz": {"type": "int", "low": 1, "high": 2}},
+            "`params.epochz` is not a run-config key",
+        ),
+        ({"params__image_size": {"type": "int", "low": 32, "high": 64}}, "is also in `fixed`"),
+        ({"params__dropout": {"type": "uniform", "low": 0, "high": 1.5}}, "value 1.5 is invalid"),
+        (
+            {"params__upsampling": {"type": "choice", "values": ["transpose", "nearest"]}},
+            "the combination {encoder: 'resnet18', upsampling: 'transpose'",
+        ),
+        ({"fixed__epochz": 3}, "unknown key `epochz`"),
+        ({"fixed__gpus_per_worker": -1}, "`train.gpus_per_worker` must be >= 0"),
+    ],
+)
+def test_every_validation_rule_names_the_key(
+    tmp_path: Path, overrides: dict, fragment: str
+) -> None:
+    path = _write(tmp_path, _space(**overrides))
+    with pytest.raises(ConfigError) as err:
+        load_space(path)
+    assert str(path) in str(err.value)
+    assert fragment in str(err.value)
+
+
+def test_a_space_whose_metric_can_rank_its_trials_loads(tmp_path: Path) -> None:
+    dsb = load_space(_write(tmp_path, _space(search__metric="val_dsb_score")))
+    assert dsb.base_config().train.early_stop_metric == "val_dsb_score"
+    loss = load_space(_write(tmp_path, _space(search__metric="val_loss", search__mode="min")))
+    assert loss.settings.metric == "val_loss"  # the loss is fixed: one objective
+    every = load_space(_write(tmp_path, _space(search__scheduler={"max_t": 2})))
+    assert every.settings.scheduler.max_t == 2
+
+
+def test_malformed_yaml_reports_its_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: t\nparams:\n  depth: {type: int, low: 2\nsearch: {}\n")
+    with pytest.raises(ConfigError, match=r"invalid YAML at line \d+"):
+        load_space(path)
+
+
+def test_overrides_shrink_a_space(tmp_path: Path) -> None:
+    path = _write(tmp_path, _space())
+    spec = load_space(
+        path, ["epochs=1", "search.num_samples=2", "search.scheduler.grace_period=1"]
+    )
+    assert spec.base_config().train.epochs == 1
+    assert spec.settings.num_samples == 2 and spec.settings.scheduler.grace_period == 1
+
+
+def test_sampler_setting_picks_a_seeded_optuna_sampler(tmp_path: Path) -> None:
+    def settings(**search: object) -> SearchSettings:
+        overrides = {f"search__{k}": v for k, v in search.items()}
+        return load_space(_write(tmp_path, _space(**overrides))).settings
+
+    def first_lrs(sampler: str, seed: int, **search: object) -> list[float]:
+        overrides = {f"search__{k}": v for k, v in search.items()}
+        raw = _space(search__sampler=sampler, search__seed=seed, **overrides)
+        spec = load_space(_write(tmp_path, raw))
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(spec.settings))
+        values = []
+        for _ in range(3):
+            trial = study.ask()
+            spec.define_by_run(trial)
+            values.append(trial.params["lr"])
+            study.tell(trial, 0.5)
+        return values
+
+    assert isinstance(make_sampler(settings()), optuna.samplers.TPESampler)  # the default
+    assert isinstance(make_sampler(settings(sampler="random")), optuna.samplers.RandomSampler)
+    assert first_lrs("random", 3) == first_lrs("random", 3)  # seeded: the same trials again
+    assert first_lrs("random", 3) != first_lrs("random", 4)
+    # TPE's random start: a quarter of the search, 2 to 10 trials, unless set.
+    assert [settings(num_samples=n).tpe_startup_trials for n in (3, 8, 16, 100)] == [2, 2, 4, 10]
+    assert settings(num_samples=100, startup_trials=0).tpe_startup_trials == 0
+    # The same seeded random start, then TPE models the results from the third trial on.
+    early, late = first_lrs("tpe", 5, startup_trials=2), first_lrs("tpe", 5, startup_trials=10)
+    assert early[:2] == late[:2] and early[2] != late[2]

@@ -1,0 +1,246 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from unet_search.core.config import RunConfig
+from unet_search.core.sections import DataConfig
+from unet_search.data.dataset import load_dataset
+from unet_search.data.synthetic import make_synthetic
+from unet_search.models.build import build_model, save_model_dir
+from unet_search.serve.inference import load_model
+from unet_search.train.engine import (
+    EarlyStopping,
+    TrainingState,
+    Validation,
+    build_loaders,
+    fit,
+    new_training_state,
+    seed_everything,
+    validate,
+)
+from unet_search.train.losses import build_loss
+from unet_search.train.sliding import preprocessing_of
+
+CPU = torch.device("cpu")
+
+
+def _setup(data: Path, cfg: RunConfig) -> tuple[TrainingState, DataLoader, Validation]:
+    arrays = load_dataset(data, cfg.data)
+    seed_everything(cfg.train.seed)
+    train, val = build_loaders(cfg, arrays, rank=0, world=1)
+    model = build_model(cfg.model, cfg.data.num_classes)
+    return new_training_state(model, cfg, len(train), CPU), train, val
+
+
+def _train(data: Path, leaves: dict) -> tuple[RunConfig, TrainingState]:
+    cfg = RunConfig.from_dict(
+        {
+            "depth": 3,
+            "base_filters": 8,
+            "epochs": 5,
+            "batch_size": 8,
+            "lr": 3e-3,
+            "val_fraction": 0.25,
+            "dsb_every": 0,
+            "aug_strength": 0.3,
+            **leaves,
+        }
+    )
+    state, train, val = _setup(data, cfg)
+    fit(state, cfg, train, val, build_loss(cfg.loss), CPU)
+    return cfg, state
+
+
+def _held_out_dice(
+    cfg: RunConfig, state: TrainingState, tmp: Path, images: list, truth: list
+) -> float:
+    """Dice of the kept weights on images no run saw, through the predictor `predict` uses."""
+    state.module.load_state_dict(state.best_state or state.module.state_dict())
+    save_model_dir(tmp, state.module, cfg.model, 1, preprocessing_of(cfg))
+    masks = load_model(tmp).predict(images)
+    dices = [2 * (m & t).sum() / (m.sum() + t.sum()) for m, t in zip(masks, truth, strict=True)]
+    return float(np.mean(dices))
+
+
+@pytest.mark.slow
+def test_patch_mode_beats_resize_mode_on_large_images_with_small_objects(tmp_path: Path) -> None:
+    """Nuclei ~10 px across in 200-400 px non-square images: trained on patches at their own
+    scale, a small UNet segments new images far better than trained on every image squashed
+    to 64 px, at the same epoch budget (measured: 0.85 vs 0.54 on the validation images)."""
+    torch.set_num_threads(2)
+    style = {"size": 200, "max_size": 400, "object_px": 10, "style": "fluorescence"}
+    make_synthetic(tmp_path / "d", n=12, seed=7, **style)
+    make_synthetic(tmp_path / "new", n=3, seed=8, **style)
+    new = load_dataset(tmp_path / "new", DataConfig())
+    images = [new.image(i) for i in range(len(new))]
+    truth = [new.mask(i) > 0 for i in range(len(new))]
+    patch_cfg, patch = _train(tmp_path / "d", {"patch_size": 64, "patches_per_epoch": 64})
+    resize_cfg, resize = _train(tmp_path / "d", {"input_mode": "resize", "image_size": 64})
+    patch_dice = _held_out_dice(patch_cfg, patch, tmp_path / "patch", images, truth)
+    resize_dice = _held_out_dice(resize_cfg, resize, tmp_path / "resize", images, truth)
+    assert patch_dice >= resize_dice + 0.05, (patch_dice, resize_dice)
+    assert patch_dice > 0.7
+
+
+def test_early_stopping_rules() -> None:
+    up = EarlyStopping("val_dice", patience=2)
+    assert [up.update(v, e) for e, v in enumerate([0.5, 0.6, 0.55, 0.58], 1)] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert up.should_stop and up.best == 0.6 and up.best_epoch == 2
+    down = EarlyStopping("val_loss", patience=0)
+    assert down.update(1.0, 1) and down.update(0.5, 2) and not down.update(0.7, 3)
+    assert not down.should_stop  # patience 0: never stops
+
+
+class RisingValidationLoss(torch.nn.Module):
+    """A loss whose validation value rises every epoch (training still gets a gradient):
+    early stopping must keep epoch 1 as the best and stop after `patience` more epochs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.evaluations = 0
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return logits.float().mean() * 0.0 + 1.0
+        self.evaluations += 1
+        return logits.float().mean() * 0.0 + float(self.evaluations)
+
+
+def test_fit_stops_early_and_keeps_best_weights(synth_dir: Path) -> None:
+    cfg = RunConfig.from_dict(
+        {
+            "patch_size": 32,
+            "patches_per_epoch": 8,
+            "depth": 2,
+            "base_filters": 4,
+            "epochs": 6,
+            "early_stop_patience": 2,
+            "early_stop_metric": "val_loss",
+            "val_fraction": 0.25,
+            "dsb_every": 0,
+        }
+    )
+    state, train, val = _setup(synth_dir, cfg)
+    history: list[dict[str, float]] = []
+    fit(state, cfg, train, val, RisingValidationLoss(), CPU, lambda m, s: history.append(m))
+    assert [m["epoch"] for m in history] == [1.0, 2.0, 3.0]  # best at 1, then 2 bad epochs
+    assert [m["finished"] for m in history] == [0.0, 0.0, 1.0]
+    assert state.early.best_epoch == 1 and state.best_metrics["epoch"] == 1.0
+    assert state.best_state is not None
+    assert history[-1]["best_val_loss"] == history[0]["val_loss"]
+
+
+def test_state_dict_round_trip_resumes_where_it_stopped(synth_dir: Path, tmp_path: Path) -> None:
+    cfg = RunConfig.from_dict(
+        {
+            "patch_size": 32,
+            "patches_per_epoch": 8,
+            "depth": 2,
+            "base_filters": 4,
+            "epochs": 3,
+            "val_fraction": 0.25,
+            "dsb_every": 0,
+        }
+    )
+    state, train, val = _setup(synth_dir, cfg)
+    fit(state, cfg.replace(epochs=2), train, val, build_loss(cfg.loss), CPU)
+    torch.save(state.state_dict(), tmp_path / "state.pt")
+    fresh, _, _ = _setup(synth_dir, cfg)
+    fresh.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert fresh.epoch == 2 and fresh.early.best == state.early.best
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            fresh.model.state_dict().values(), state.model.state_dict().values(), strict=True
+        )
+    )
+    epochs: list[float] = []
+    fit(fresh, cfg, train, val, build_loss(cfg.loss), CPU, lambda m, s: epochs.append(m["epoch"]))
+    assert epochs == [3.0]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "peak", "last"),
+    [("none", 1e-2, 1e-2), ("cosine", 1e-2, 1e-4), ("onecycle", 1e-2, None)],
+)
+def test_lr_schedules(schedule: str, peak: float, last: float | None) -> None:
+    from unet_search.core.sections import OptimConfig
+    from unet_search.train.engine import build_optimizer, build_scheduler
+
+    model = torch.nn.Linear(2, 1)
+    cfg = OptimConfig(lr=1e-2, lr_schedule=schedule)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    assert max(lrs) == pytest.approx(peak, rel=1e-3)
+    final = optimizer.param_groups[0]["lr"]
+    if last is not None:
+        assert final == pytest.approx(last, rel=1e-2)
+    else:
+        assert final < 1e-3 * peak  # annealed far below the peak
+        assert lrs[0] == pytest.approx(peak / 25)  # starts at max_lr / div_factor
+        assert lrs.index(max(lrs)) == pytest.approx(30, abs=1)  # warm-up over 30% of steps
+
+
+def _sharded_validate(rank: int, world: int, init: str, data: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        cfg = RunConfig.from_dict(SHARD_CFG)
+        arrays = load_dataset(Path(data), cfg.data)
+        _, val = build_loaders(cfg, arrays, rank=rank, world=world)
+        torch.manual_seed(0)
+        model = build_model(cfg.model, 1)
+        if rank > 0:  # as after a DDP step: equal weights, this rank's own BN statistics
+            for module in model.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.running_mean += 0.5
+                    module.running_var *= 3.0
+        metrics = validate(model, val, build_loss(cfg.loss), cfg, CPU, with_dsb=True)
+        if rank == 0:
+            torch.save(metrics, out)
+    finally:
+        dist.destroy_process_group()
+
+
+SHARD_CFG = {"depth": 2, "base_filters": 4, "patch_size": 32, "val_fraction": 0.5}
+
+
+def test_validation_sharded_over_ranks_equals_one_process(synth_dir: Path, tmp_path: Path) -> None:
+    """Each DDP rank scores its share of the whole validation images; the sums reduced over
+    the ranks give what one process scoring them all with rank 0's model (the one kept and
+    saved) gives, even where another rank's BatchNorm statistics drifted (they are rank 0's
+    for validation)."""
+    cfg = RunConfig.from_dict(SHARD_CFG)
+    arrays = load_dataset(synth_dir, cfg.data)
+    _, val = build_loaders(cfg, arrays, rank=0, world=1)
+    assert len(val.indices) == 6
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 1)
+    alone = validate(model, val, build_loss(cfg.loss), cfg, CPU, with_dsb=True)
+    out = tmp_path / "sharded.pt"
+    torch.multiprocessing.spawn(
+        _sharded_validate,
+        args=(2, f"file://{tmp_path / 'store'}", str(synth_dir), str(out)),
+        nprocs=2,
+    )
+    sharded = torch.load(out, weights_only=True)
+    assert sharded.keys() == alone.keys()
+    for key, value in alone.items():
+        assert sharded[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unet_search.core.errors import ConfigError
+from unet_search.core.sections import LossConfig
+from unet_search.train.losses import LOSSES, build_loss
+
+
+def _binary_case() -> tuple[torch.Tensor, torch.Tensor]:
+    target = torch.zeros(2, 4, 4, dtype=torch.long)
+    target[:, :2] = 1
+    logits = torch.where(target[:, None] > 0, 20.0, -20.0)
+    return logits, target
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_perfect_prediction_has_near_zero_loss(name: str) -> None:
+    logits, target = _binary_case()
+    loss = build_loss(LossConfig(loss=name))(logits, target)
+    assert loss.item() == pytest.approx(0.0, abs=1e-3)
+
+
+def test_bce_matches_hand_computed_value() -> None:
+    logits = torch.zeros(1, 1, 2, 2)  # p = 0.5 everywhere
+    target = torch.tensor([[[1, 0], [0, 1]]])
+    loss = build_loss(LossConfig(loss="bce"))(logits, target)
+    assert loss.item() == pytest.approx(math.log(2))
+
+
+def test_dice_loss_hand_computed() -> None:
+    # probabilities 1 on 2 of 4 true pixels, 0 elsewhere. With smoothing 1 in the Tversky
+    # form, dice = (2 TP + 2) / (|P| + |T| + 2) = (4 + 2) / (2 + 4 + 2).
+    target = torch.tensor([[[1, 1], [1, 1]]])
+    logits = torch.tensor([[[[50.0, 50.0], [-50.0, -50.0]]]])
+    loss = build_loss(LossConfig(loss="dice"))(logits, target)
+    assert loss.item() == pytest.approx(1 - 6 / 8, abs=1e-4)
+
+
+def test_mix_is_weighted_sum_of_dice_and_bce() -> None:
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 8, 8))
+    dice = build_loss(LossConfig(loss="dice"))(logits, target)
+    bce = build_loss(LossConfig(loss="bce"))(logits, target)
+    mix = build_loss(LossConfig(loss="mix", dice_weight=0.3))(logits, target)
+    assert mix.item() == pytest.approx(0.3 * dice.item() + 0.7 * bce.item(), rel=1e-5)
+
+
+def test_tversky_with_equal_weights_is_dice_and_focal_gamma0_is_bce() -> None:
+    torch.manual_seed(1)
+    logits, target = torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 8, 8))
+    tversky = build_loss(LossConfig(loss="tversky", tversky_alpha=0.5, tversky_beta=0.5))
+    assert tversky(logits, target).item() == pytest.approx(
+        build_loss(LossConfig(loss="dice"))(logits, target).item()
+    )
+    focal = build_loss(LossConfig(loss="focal", focal_gamma=0.0))
+    assert focal(logits, target).item() == pytest.approx(
+        build_loss(LossConfig(loss="bce"))(logits, target).item(), rel=1e-5
+    )
+
+
+def test_multiclass_uses_cross_entropy() -> None:
+    torch.manual_seed(2)
+    logits, target = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+    loss = build_loss(LossConfig(loss="bce"))(logits, target)
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, target).item())
+    assert build_loss(LossConfig(loss="mix"))(logits, target).item() > 0
+
+
+def test_unknown_loss_lists_valid_names() -> None:
+    with pytest.raises(ConfigError, match=r"must be one of \['bce', 'dice'"):
+        build_loss(LossConfig(loss="hinge"))

@@ -1,0 +1,178 @@
+"""The planner's rules (unet_search.train.plan) on datasets of known image and object sizes, and
+`auto` in search spaces and run configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from unet_search.core.config import run_leaves
+from unet_search.core.errors import ConfigError, UserError
+from unet_search.data.dataset import DatasetArrays
+from unet_search.space.load import load_space, plan_space
+from unet_search.space.spec import PROVISIONAL
+from unet_search.train.plan import data_stats, make_plan, parse_budget, plan_run, receptive_field
+
+QUICK = parse_budget("cpu-quick")
+
+
+def _discs(
+    n: int,
+    size: tuple[int, int],
+    diameter: float,
+    brightness: list[int] | None = None,
+    seed: int = 0,
+) -> DatasetArrays:
+    """``n`` images of ``size`` holding non-touching bright discs of ``diameter`` px on a
+    noisy dark background (``brightness``: each image's disc value)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    images, masks, labels = [], [], []
+    step = int(diameter * 1.6) + 2
+    for k in range(n):
+        label = np.zeros((h, w), np.uint16)
+        count = 0
+        for cy in range(step // 2, h - step // 2, step):
+            for cx in range(step // 2, w - step // 2, step):
+                if rng.random() < 0.5:
+                    count += 1
+                    label[(yy - cy) ** 2 + (xx - cx) ** 2 <= (diameter / 2) ** 2] = count
+        value = 200 if brightness is None else brightness[k]
+        grey = np.where(label > 0, value, 20) + rng.integers(0, 10, (h, w))
+        images.append(np.repeat(grey.clip(0, 255).astype(np.uint8)[..., None], 3, axis=2))
+        masks.append((label > 0).astype(np.uint8))
+        labels.append(label)
+    return DatasetArrays.of(images, masks, labels)
+
+
+def test_receptive_field_of_a_plain_unet() -> None:
+    # two 3x3 convs per level, a 2x2 pooling between levels
+    assert [receptive_field(d) for d in (2, 3, 4, 5)] == [32, 68, 140, 284]
+
+
+def test_small_objects_in_large_images_keep_their_scale_and_fill_the_budget() -> None:
+    stats = data_stats(_discs(4, (300, 500), 10))
+    assert stats.median_size == (300, 500)
+    assert stats.object_px == pytest.approx(10, abs=1.0)
+    plan = make_plan(stats, QUICK)
+    assert plan.scale == 1.0
+    assert plan.patch_size == (96, 96)  # the cpu-quick patch
+    assert (plan.depth_low, plan.depth_high, plan.depth) == (3, 4, 4)
+    assert (plan.batch_size, plan.patches_per_epoch) == (8, 128)
+    gpu = make_plan(stats, parse_budget("gpu-16"))
+    assert gpu.patch_size == (256, 256) and gpu.depth_high == 5
+    # half of 16 GiB at 4 KiB a pixel: 32 patches of 256 px; 250 steps an epoch
+    assert (gpu.batch_size, gpu.patches_per_epoch) == (32, 8000)
+    # 512-px patches from 40 GiB: the 300-px side is fitted to the image, rounded up
+    assert make_plan(stats, parse_budget("gpu-80")).patch_size == (320, 512)
+
+
+def test_large_objects_are_downsampled_and_need_a_deeper_net() -> None:
+    stats = data_stats(_discs(3, (600, 600), 80))
+    assert stats.object_px == pytest.approx(80, abs=2.0)
+    plan = make_plan(stats, QUICK)
+    assert plan.scale == pytest.approx(40 / stats.object_px, abs=0.01)
+    # objects of ~40 px: depth 3 sees 68 px < 2 objects, depth 4 sees 140 px
+    assert (plan.depth_low, plan.depth_high) == (4, 4)
+    assert "downsampled" in plan.reasons["scale"]
+
+
+def test_images_smaller_than_the_patch_get_a_fitted_patch_and_a_shallower_net() -> None:
+    stats = data_stats(_discs(6, (40, 56), 6))
+    plan = make_plan(stats, QUICK)
+    assert plan.patch_size == (48, 64)  # each side rounded up to a multiple of 2**4
+    assert plan.depth_high == 3  # a 48-px side keeps a 6-px bottleneck at depth 3, 3 at 4
+    assert plan.depth_low == 3
+    # the same pixels an epoch as 128 patches of 96 px, in whole batches
+    assert plan.patches_per_epoch == 384 and plan.patches_per_epoch % plan.batch_size == 0
+
+
+def test_normalization_follows_how_much_images_differ() -> None:
+    alike = data_stats(_discs(6, (64, 64), 8, brightness=[200] * 6))
+    differ = data_stats(_discs(6, (64, 64), 8, brightness=[60, 250, 90, 230, 70, 240]))
+    assert make_plan(alike, QUICK).normalization == "dataset"
+    assert make_plan(differ, QUICK).normalization == "zscore"
+    pretrained = make_plan(differ, QUICK, {"encoder_weights": "imagenet"})
+    assert pretrained.normalization == "default"
+
+
+def test_given_values_bind_the_plan_and_the_plan_is_deterministic() -> None:
+    arrays = _discs(4, (300, 500), 10)
+    assert make_plan(data_stats(arrays), QUICK) == make_plan(data_stats(arrays), QUICK)
+    given = make_plan(data_stats(arrays), QUICK, {"patch_size": (40, 40), "scale": 0.5})
+    assert given.patch_size == (40, 40) and given.scale == 0.5
+    assert given.depth_high == 3  # 40 is a multiple of 8, not of 16
+    deep = make_plan(data_stats(arrays), QUICK, {"depth_max": 5})
+    assert deep.patch_size == (96, 96) and all(s % 32 == 0 for s in deep.patch_size)
+    assert len(given.lines()) == 6 and all(given.reasons.values())
+
+
+def test_a_bad_budget_is_a_clear_error() -> None:
+    with pytest.raises(UserError, match="must be cpu-quick, cpu or gpu-<GiB"):
+        parse_budget("tpu-8")
+
+
+def _space(tmp_path: Path, fixed: dict, params: dict | None = None) -> Path:
+    raw = {
+        "name": "planned",
+        "fixed": {"epochs": 2, **fixed},
+        "params": params or {},
+        "search": {"num_samples": 2, "baseline": "seed_keras"},
+    }
+    path = tmp_path / "planned.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_auto_in_a_space_is_filled_from_the_plan(tmp_path: Path) -> None:
+    arrays = _discs(4, (300, 500), 10)
+    path = _space(
+        tmp_path,
+        {"patch_size": "auto", "normalization": "auto", "batch_size": 4},
+        {"depth": {"type": "int", "low": "auto", "high": "auto"}},
+    )
+    provisional = load_space(path)
+    assert provisional.auto == ("patch_size", "normalization", "depth.low", "depth.high")
+    assert provisional.plan is None
+    assert provisional.base_config().data.patch_size == (PROVISIONAL["patch_size"],) * 2
+    spec = plan_space(provisional, arrays)
+    assert spec.settings.budget == "cpu-quick"  # the default without a GPU, kept for resume
+    assert spec.plan is not None and spec.plan.batch_size == 4  # the given batch binds
+    cfg = spec.base_config()
+    assert cfg.data.patch_size == (96, 96) and cfg.data.normalization == "dataset"
+    assert cfg.train.batch_size == 4
+    (depth,) = spec.params
+    assert (depth.low, depth.high) == (3, 4)
+    baseline = spec.trial_run_config({"unet_search.baseline": True})
+    assert baseline.data.input_mode == "resize" and baseline.data.normalization == "default"
+    again = plan_space(load_space(path), arrays, "cpu-quick")
+    assert again.fixed == spec.fixed and again.params == spec.params
+    assert plan_space(spec, arrays) is spec  # planned once
+    gpu = plan_space(load_space(path), arrays, "gpu-16")
+    assert gpu.base_config().data.patch_size == (256, 256)
+    assert [(p.low, p.high) for p in gpu.params] == [(3, 5)]
+
+
+def test_auto_where_no_plan_fills_it_is_an_error_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"fixed.lr` cannot be `auto`"):
+        load_space(_space(tmp_path, {"lr": "auto"}))
+    bad = {"base_filters": {"type": "int", "low": "auto", "high": 32}}
+    with pytest.raises(ConfigError, match=r"params.base_filters.low` cannot be `auto`"):
+        load_space(_space(tmp_path, {}, bad))
+    with pytest.raises(ConfigError, match=r"search\.budget"):
+        load_space(_space(tmp_path, {}), ["search.budget=huge"])
+
+
+def test_train_config_auto_leaves_are_planned_and_given_ones_kept() -> None:
+    arrays = _discs(4, (300, 500), 10)
+    leaves, source = run_leaves(None, ["patch_size=auto", "depth=3", "normalization=auto"])
+    cfg, plan = plan_run(leaves, source, arrays, "cpu-quick")
+    assert plan is not None and cfg.model.depth == 3  # given: binds the patch (x8)
+    assert cfg.data.patch_size == (96, 96) and cfg.data.normalization == "dataset"
+    assert cfg.train.batch_size == 8  # not auto: the default, untouched
+    plain, none = plan_run(*run_leaves(None, ["patch_size=64"]), arrays)
+    assert none is None and plain.data.patch_size == (64, 64)

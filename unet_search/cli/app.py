@@ -1,0 +1,219 @@
+"""The ``unet-search`` parser and ``main``: every subcommand, its flags and examples; a
+``UserError`` becomes one line and exit code 1."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from unet_search.cli.commands import (
+    _budget_arg,
+    _config_args,
+    cmd_best,
+    cmd_check_data,
+    cmd_jobs,
+    cmd_make_data,
+    cmd_models,
+    cmd_plan,
+    cmd_predict,
+    cmd_report,
+    cmd_resume,
+    cmd_search,
+    cmd_submit,
+    cmd_train,
+)
+from unet_search.core.errors import UserError
+
+__all__ = ["EXAMPLES", "build_parser", "main"]
+
+
+EXAMPLES = {
+    "make-data": "example: unet-search make-data synthetic data/synth --n 200 --size 128",
+    "check-data": "example: unet-search check-data data/stage1_train --set val_fraction=0.2",
+    "train": (
+        "example: unet-search train --data data/synth --set preset=seed_keras "
+        "--set epochs=5 --workers 2"
+    ),
+    "models": "example: unet-search models",
+    "search": (
+        "example: unet-search search --space search_spaces/quick.yaml --data data/synth "
+        "--set epochs=2 --set search.num_samples=4"
+    ),
+    "best": "example: unet-search best quick-1 --top 5",
+    "report": "example: unet-search report quick-1   (then open the printed index.html)",
+    "submit": (
+        "example: unet-search submit --address http://127.0.0.1:8265 --space "
+        "search_spaces/quick.yaml --data /shared/data --wait"
+    ),
+    "jobs": "example: unet-search jobs logs raysubmit_XYZ",
+    "resume": "example: unet-search resume quick-3",
+    "plan": "example: unet-search plan data/nuclei --out search_spaces/nuclei.yaml",
+    "predict": (
+        "example: unet-search predict --model models:/unet-quick@champion "
+        "--input data/new_images --output masks/"
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unet-search",
+        description="Find the best UNet for your segmentation data with Ray, Optuna and MLflow.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name])
+
+    p = add("make-data", "write a synthetic nuclei-like dataset (DSB2018 layout, or multi-class)")
+    p.add_argument("kind", choices=["synthetic"])
+    p.add_argument("out", type=Path)
+    p.add_argument("--n", type=int, default=200, help="number of images (default 200)")
+    p.add_argument("--size", type=int, default=128, help="image height in pixels (default 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-size",
+        type=int,
+        help="draw each image's height and width from [--size, --max-size] (large, non-square)",
+    )
+    p.add_argument(
+        "--object-px",
+        type=float,
+        help="nuclei about this many pixels across, whatever the image size "
+        "(default: they grow with the image)",
+    )
+    p.add_argument(
+        "--style",
+        choices=["hard", "fluorescence"],
+        default="hard",
+        help="hard: built to defeat a plain threshold (default); fluorescence: bright nuclei "
+        "on a dark, uneven background, where Otsu is strong",
+    )
+    p.add_argument(
+        "--classes",
+        type=int,
+        choices=[2, 3, 4],
+        default=2,
+        help="2: binary, one mask per nucleus (DSB2018 layout, default); 3 or 4: each nucleus "
+        "one of the foreground classes, stained apart, class-index masks (images/masks layout)",
+    )
+    p.set_defaults(func=cmd_make_data)
+
+    p = add("check-data", "validate a dataset and print its summary and fingerprint")
+    p.add_argument("data", help="dataset folder, or an s3:// / gs:// URI")
+    _config_args(p)
+    p.set_defaults(func=cmd_check_data)
+
+    p = add("train", "train one configuration with Ray Train, tracked as one MLflow run")
+    p.add_argument("--data", required=True, help="dataset folder, or an s3:// / gs:// URI")
+    _config_args(p)
+    p.add_argument("--workers", type=int, help="Ray Train workers (DDP); sets num_workers")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker; sets gpus_per_worker")
+    p.add_argument("--experiment", default="unet-search-train", help="MLflow experiment name")
+    p.add_argument("--run-name", help="MLflow run name (default: from the architecture)")
+    _budget_arg(p)
+    p.set_defaults(func=cmd_train)
+
+    p = add("plan", "plan patch size, scale, depth, batch and normalization from a dataset")
+    p.add_argument("data", help="dataset folder, or an s3:// / gs:// URI")
+    _budget_arg(p)
+    p.add_argument("--out", type=Path, help="also write a search space with the plan (YAML)")
+    _config_args(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = add("models", "list architectures, presets (with parameter counts) and encoders")
+    p.set_defaults(func=cmd_models)
+
+    p = add("search", "search architectures and hyperparameters (Ray Tune, Optuna TPE, ASHA)")
+    p.add_argument("--space", type=Path, required=True, help="search space YAML")
+    p.add_argument("--data", required=True, help="dataset folder, or an s3:// / gs:// URI")
+    p.add_argument("--name", help="search name (default: <space name>-<n>, the first unused)")
+    p.add_argument("--model-name", help="registered model name (default: from the space)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a fixed setting (epochs=2) or a search setting (search.num_samples=4)",
+    )
+    p.add_argument(
+        "--storage",
+        help="Ray results path or URI every node can reach (default: "
+        "$UNET_SEARCH_STORAGE or the work dir)",
+    )
+    p.set_defaults(func=cmd_search)
+
+    p = add("resume", "continue an interrupted search where it stopped")
+    p.add_argument("name", help="search name, e.g. quick-3")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    p.add_argument("--storage", help="the storage the search ran with")
+    p.set_defaults(func=cmd_resume)
+
+    p = add("submit", "submit a search to a Ray cluster as a Ray job")
+    p.add_argument(
+        "--address",
+        help="Ray dashboard / Jobs API URL (default: "
+        "$UNET_SEARCH_DASHBOARD or http://127.0.0.1:8265)",
+    )
+    p.add_argument("--space", type=Path, required=True, help="search space YAML (shipped)")
+    p.add_argument("--data", required=True, help="dataset path on the cluster")
+    p.add_argument("--name", help="search name")
+    p.add_argument("--model-name", help="registered model name")
+    p.add_argument("--storage", help="Ray results path or URI every node can reach")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--wait", action="store_true", help="follow the logs; exit with the job")
+    p.set_defaults(func=cmd_submit)
+
+    p = add("jobs", "status, logs or stop of a submitted job")
+    p.add_argument("action", choices=["status", "logs", "stop"])
+    p.add_argument("job_id")
+    p.add_argument("--address", help="Ray dashboard / Jobs API URL")
+    p.set_defaults(func=cmd_jobs)
+
+    p = add("best", "print the best trials of a search")
+    p.add_argument("name", help="search name, e.g. quick-1")
+    p.add_argument("--top", type=int, default=10)
+    p.set_defaults(func=cmd_best)
+
+    p = add("report", "write the HTML report (and PNGs) of a search to <work dir>/reports/NAME")
+    p.add_argument("name", help="search name, e.g. quick-1")
+    p.add_argument("--log", action="store_true", help="also upload it to the search's MLflow run")
+    p.set_defaults(func=cmd_report)
+
+    p = add("predict", "write one mask PNG per input image with a registered model")
+    p.add_argument("--model", required=True, help="models:/NAME@champion, runs:/..., or a dir")
+    p.add_argument("--input", type=Path, required=True, help="an image file or a folder")
+    p.add_argument("--output", type=Path, required=True, help="folder for the mask PNGs")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        help="where the model runs (default: cuda when a GPU is visible, else cpu)",
+    )
+    p.add_argument(
+        "--tta",
+        choices=["none", "flips"],
+        help="test-time flips: average the logits of the image and its mirror images "
+        "(default: as the model was validated)",
+    )
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    for noisy in ("mlflow", "alembic"):  # their INFO lines (DB migrations...) are not news
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

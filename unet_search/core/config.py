@@ -1,0 +1,358 @@
+"""``RunConfig``: the whole configuration of one training run, built from YAML, flat or nested
+mappings, presets and ``--set key=value`` overrides; each value is checked by its section
+(:mod:`unet_search.core.sections`) and every error names the source, key, rule and value."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unet_search.core.errors import ConfigError, check, one_of
+from unet_search.core.sections import (
+    AUTO,
+    PLANNED_LEAVES,
+    AugmentConfig,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "SECTIONS",
+    "PRESETS",
+    "RunConfig",
+    "LEAF_SECTION",
+    "flat_leaves",
+    "parse_override",
+    "read_yaml",
+    "run_leaves",
+    "auto_leaves",
+    "provisional_config",
+    "load_run_config",
+    "build_run_config",
+]
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "augment": AugmentConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
+
+
+# Presets are flat leaf values applied before the file and the overrides.
+PRESETS: dict[str, dict[str, Any]] = {
+    # REFERENCE.md 1a: the Keras nuclei UNet on DSB2018 (1,941,105 parameters).
+    "seed_keras": {
+        "arch": "unet",
+        "encoder": "none",
+        "depth": 4,
+        "base_filters": 16,
+        "dropout": 0.3,
+        "dropout_schedule": "ramp",
+        "upsampling": "transpose",
+        "batchnorm": False,
+        "padding": "same",
+        "in_channels": 3,
+        "num_classes": 1,
+        "input_mode": "resize",
+        "image_size": 128,
+        "normalization": "default",  # x / 255
+        "loss": "bce",
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        "lr_schedule": "none",
+        "grad_clip": 0.0,
+        "batch_size": 16,
+        "epochs": 25,
+        "early_stop_patience": 2,
+        "early_stop_metric": "val_loss",
+        "val_fraction": 0.1,
+        "aug_strength": 0.0,
+    },
+    # REFERENCE.md 1b: a smaller 3-level variant, 8 -> 16 -> 32 filters, 2-channel output.
+    "seed_small": {
+        "arch": "unet",
+        "encoder": "none",
+        "depth": 2,
+        "base_filters": 8,
+        "dropout": 0.0,
+        "upsampling": "transpose",
+        "batchnorm": False,
+        "padding": "same",
+        "num_classes": 2,
+        "loss": "mix",
+    },
+    # REFERENCE.md 1c: Ronneberger et al. 2015 (31,030,658 parameters, 1 channel, 2 classes).
+    "original_unet": {
+        "arch": "unet",
+        "encoder": "none",
+        "depth": 4,
+        "base_filters": 64,
+        "dropout": 0.0,
+        "upsampling": "transpose",
+        "batchnorm": False,
+        "padding": "valid",
+        "in_channels": 1,
+        "num_classes": 2,
+    },
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole resolved configuration of one training run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        data, model, train = self.data, self.model, self.train
+        if train.early_stop_metric == "val_dsb_score":
+            check(
+                train.dsb_every == 1 and data.num_classes <= 2,
+                "train.early_stop_metric",
+                "val_dsb_score needs the DSB2018 score every epoch of a binary task "
+                "(`train.dsb_every: 1`, `data.num_classes` <= 2), so the kept epoch is chosen "
+                f"among them all; dsb_every is {train.dsb_every}, num_classes {data.num_classes}",
+                train.early_stop_metric,
+            )
+        if data.input_mode == "patch" and model.padding == "same":
+            multiple = 2**model.depth
+            check(
+                all(side % multiple == 0 for side in data.patch_size),
+                "data.patch_size",
+                f"must be a multiple of 2**depth = {multiple} (model.depth {model.depth})",
+                list(data.patch_size),
+            )
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain dict (YAML/JSON-ready: sizes are lists)."""
+        return {
+            name: {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
+            for name, section in dataclasses.asdict(self).items()
+        }
+
+    def flat(self) -> dict[str, Any]:
+        """Leaf name -> value, e.g. ``{"encoder": "resnet34", "epochs": 20, ...}``."""
+        return {k: v for section in self.to_dict().values() for k, v in section.items()}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], *, source: str = "config") -> RunConfig:
+        """Build from nested sections and/or flat leaf keys (plus an optional ``preset``)."""
+        return _build(_normalize(raw, source), source)
+
+    def replace(self, **leaves: Any) -> RunConfig:
+        """A copy with some leaf values changed (validated)."""
+        merged = self.flat()
+        merged.update(_normalize(leaves, "replace"))
+        return _build(merged, "replace")
+
+
+LEAF_SECTION: dict[str, str] = {
+    f.name: section for section, klass in SECTIONS.items() for f in dataclasses.fields(klass)
+}
+
+
+def flat_leaves(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Nested or flat mapping -> flat ``{leaf: value}`` (presets expanded, keys checked)."""
+    return _normalize(raw, source)
+
+
+def _normalize(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Nested or flat mapping -> flat ``{leaf: value}`` with presets expanded first."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of keys to values, "
+            f"but got {type(raw).__name__}."
+        )
+    flat: dict[str, Any] = {}
+    preset = raw.get("preset")
+    if preset is not None:
+        one_of(f"{source}: preset", preset, PRESETS)
+        flat.update(PRESETS[preset])
+    for key, value in raw.items():
+        if key == "preset":
+            continue
+        # `loss` is both a section and a leaf: a mapping means the section.
+        if key in SECTIONS and (isinstance(value, Mapping) or key not in LEAF_SECTION):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: `{key}` must be a mapping, but got {value!r}.")
+            for leaf, leaf_value in value.items():
+                _check_leaf(leaf, source, section=key)
+                flat[leaf] = leaf_value
+        else:
+            _check_leaf(key, source)
+            flat[key] = value
+    return flat
+
+
+def _check_leaf(leaf: str, source: str, section: str | None = None) -> None:
+    valid = (
+        sorted(f.name for f in dataclasses.fields(SECTIONS[section]))
+        if section
+        else sorted([*SECTIONS, *LEAF_SECTION, "preset"])
+    )
+    if leaf not in valid:
+        where = f"`{section}.{leaf}`" if section else f"`{leaf}`"
+        raise ConfigError(f"{source}: unknown key {where}; valid keys are {valid}.")
+
+
+def _build(flat: Mapping[str, Any], source: str) -> RunConfig:
+    per_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for leaf, value in flat.items():
+        section = LEAF_SECTION[leaf]
+        per_section[section][leaf] = _coerce(SECTIONS[section], section, leaf, value, source)
+    try:
+        return RunConfig(**{name: SECTIONS[name](**vals) for name, vals in per_section.items()})
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+@functools.cache
+def _type_hints(klass: type) -> dict[str, Any]:
+    return typing.get_type_hints(klass)
+
+
+def _coerce(klass: type, section: str, leaf: str, value: Any, source: str) -> Any:
+    """Check a raw value against the field's annotated type; ints widen to floats."""
+    hint = _type_hints(klass)[leaf]
+    key = f"{source}: `{section}.{leaf}`"
+    if typing.get_origin(hint) is tuple:  # a size: one number (square) or [height, width]
+        sides = list(value) if isinstance(value, list | tuple) else [value, value]
+        if len(sides) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in sides):
+            return (sides[0], sides[1])
+        raise ConfigError(f"{key} must be one int or [height, width] ints, but got {value!r}.")
+    allowed = typing.get_args(hint) or (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                break
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
+    raise ConfigError(f"{key} must be {names}, but got {value!r}.")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"epochs=2"`` / ``"train.epochs=2"`` -> ``("epochs", 2)``; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set must look like key=value, but got {text!r}.")
+    if "." in key:
+        section, _, leaf = key.partition(".")
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"--set {key}: unknown section `{section}`; valid sections are {sorted(SECTIONS)}."
+            )
+        _check_leaf(leaf, "--set", section=section)
+        key = leaf
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def read_yaml(path: Path) -> Any:
+    """Read a YAML file; a missing file or a syntax error is a ConfigError with the line."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file does not exist.")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: must be UTF-8 text.") from None
+
+
+def run_leaves(
+    path: Path | None = None, overrides: Iterable[str] = (), **leaves: Any
+) -> tuple[dict[str, Any], str]:
+    """Defaults <- preset <- YAML file <- ``--set`` overrides <- keyword leaves, as flat
+    leaves (``auto`` values kept), and the source that names them in errors."""
+    flat: dict[str, Any] = {}
+    if path is not None:
+        raw = read_yaml(path)
+        flat.update(_normalize(raw if raw is not None else {}, str(path)))
+    for text in overrides:
+        key, value = parse_override(text)
+        if key == "preset":
+            flat.update(_normalize({"preset": value}, "--set"))
+        else:
+            _check_leaf(key, "--set")
+            flat[key] = value
+    flat.update({k: v for k, v in leaves.items() if v is not None})
+    return flat, str(path) if path else "--set"
+
+
+def auto_leaves(flat: Mapping[str, Any], source: str) -> tuple[str, ...]:
+    """The leaves set to ``auto``: only :data:`PLANNED_LEAVES` may be."""
+    auto = tuple(leaf for leaf, value in flat.items() if value == AUTO)
+    for leaf in auto:
+        if leaf not in PLANNED_LEAVES:
+            raise ConfigError(
+                f"{source}: `{LEAF_SECTION[leaf]}.{leaf}` cannot be `auto`; the plan fills "
+                f"only {list(PLANNED_LEAVES)}."
+            )
+    return auto
+
+
+def provisional_config(flat: Mapping[str, Any], source: str) -> RunConfig:
+    """The run config with its ``auto`` leaves at their defaults: every rule the plan cannot
+    change is checked before the data are read (an auto patch or depth drops the other too:
+    the plan makes them fit each other)."""
+    auto = auto_leaves(flat, source)
+    drop = set(auto) | ({"patch_size", "depth"} if {"patch_size", "depth"} & set(auto) else set())
+    for leaf in drop - set(auto):  # a given patch or depth: checked on its own
+        _build({leaf: flat[leaf], "padding": "valid"}, source)
+    return _build({k: v for k, v in flat.items() if k not in drop}, source)
+
+
+def load_run_config(
+    path: Path | None = None, overrides: Iterable[str] = (), **leaves: Any
+) -> RunConfig:
+    """Defaults <- preset <- YAML file <- ``--set`` overrides <- keyword leaves (no ``auto``:
+    see :func:`unet_search.train.plan.plan_run`)."""
+    flat, source = run_leaves(path, overrides, **leaves)
+    auto = auto_leaves(flat, source)
+    if auto:
+        raise ConfigError(
+            f"{source}: `{auto[0]}: auto` is planned from a dataset; give the data "
+            "(`unet-search train DATA`) or a value."
+        )
+    return _build(flat, source)
+
+
+def build_run_config(flat: Mapping[str, Any], source: str) -> RunConfig:
+    """A run config from flat leaves (validated)."""
+    return _build(flat, source)

@@ -1,0 +1,30 @@
+"""The errors a user can fix. The CLI prints their message (which names the file or key, the
+rule and the value received) and exits with 1, no traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["UserError", "ConfigError", "DataError"]
+
+
+class UserError(Exception):
+    """An error caused by the user's input; the CLI prints its message and exits with 1."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value or file breaks a rule; the message names the key and the rule."""
+
+
+def check(ok: bool, key: str, rule: str, value: object) -> None:
+    if not ok:
+        raise ConfigError(f"`{key}` {rule}, but got {value!r}.")
+
+
+def one_of(key: str, value: object, options: Iterable[object]) -> None:
+    options = list(options)
+    check(value in options, key, f"must be one of {options}", value)
+
+
+class DataError(UserError):
+    """The dataset breaks a rule; the message names the file(s) and the rule."""

@@ -1,0 +1,346 @@
+"""One worker's training run, the same in a trial process and in a Ray Train worker (the
+``TorchTrainer`` that starts the workers is :mod:`unet_search.distributed.trainer`).
+
+The per-worker function is a recipe: data from the object store -> loaders (distributed
+sampler) -> build_model -> prepare_model (DDP) -> resume from a checkpoint if any -> engine.fit,
+where each epoch rank 0 logs to MLflow, writes the checkpoint, and every rank calls
+``ray.train.report``. Every ``samples_every`` epochs rank 0 logs image | truth | prediction
+overlays of a fixed set of validation samples (the same for every trial of a search); at the
+end it logs the best model, the samples predicted by it and its inference time per image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from unet_search.core.config import RunConfig
+from unet_search.core.sections import TrainConfig
+from unet_search.data.dataset import DatasetArrays
+from unet_search.distributed.faults import maybe_fail
+from unet_search.models.build import build_model, count_parameters, save_model_dir
+from unet_search.tracking.client import log_artifacts
+from unet_search.tracking.outage import DEFAULT_PATIENCE_S, Outbox, with_patience
+from unet_search.train.engine import (
+    TrainingState,
+    build_loaders,
+    fit,
+    new_training_state,
+    seed_everything,
+    val_indices,
+)
+from unet_search.train.losses import build_loss
+from unet_search.train.metrics import logits_to_labels
+from unet_search.train.sliding import plan_of, predict_logits, preprocessing_of
+from unet_search.train.transforms import Normalization
+from unet_search.train.visualize import triptych
+
+__all__ = [
+    "STATE_FILE",
+    "UNSENT_FILE",
+    "SAMPLES_KEY",
+    "WorkerContext",
+    "run_recipe",
+    "ray_hooks",
+    "train_loop_per_worker",
+]
+
+
+STATE_FILE = "state.pt"
+
+
+UNSENT_FILE = "mlflow_unsent.json"  # in a checkpoint: logging the tracking server lacks
+
+
+SAMPLES_KEY = "val_predictions"  # MLflow image key: the fixed samples every few epochs
+
+
+def _node_ids(world: int) -> list[str]:
+    """The Ray node ids the ranks of this run are on, each once, in rank order (a
+    collective: every rank calls it)."""
+    mine = ray.get_runtime_context().get_node_id()
+    every: list[Any] = [mine]
+    if world > 1 and dist.is_available() and dist.is_initialized():
+        every = [None] * world
+        dist.all_gather_object(every, mine)
+    return list(dict.fromkeys(str(node) for node in every))
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """Where the recipe runs: a Ray Train worker (DDP) or a Tune trial process (one worker).
+
+    ``report(metrics, checkpoint_dir)`` hands an epoch to Ray; ``checkpoint_dir()`` returns
+    the directory of the checkpoint to resume from, if any (a context manager)."""
+
+    rank: int
+    world: int
+    device: torch.device
+    report: Callable[[dict[str, float], str | None], None]
+    checkpoint_dir: Callable[[], contextlib.AbstractContextManager[str | None]]
+    prepare_model: Callable[[torch.nn.Module], torch.nn.Module]
+    prepare_loader: Callable[[DataLoader[Any]], DataLoader[Any]]
+
+
+def _save_checkpoint(state: TrainingState, outbox: Outbox | None = None) -> str:
+    """The training state and the MLflow logging not yet sent (a restarted trial sends it)."""
+    directory = tempfile.mkdtemp(prefix="unet-search-ckpt-")
+    torch.save(state.state_dict(), Path(directory) / STATE_FILE)
+    unsent = outbox.pending() if outbox is not None else []
+    if unsent:
+        (Path(directory) / UNSENT_FILE).write_text(json.dumps(unsent), "utf-8")
+    return directory
+
+
+def _resume(state: TrainingState, ctx: WorkerContext, outbox: Outbox | None = None) -> None:
+    with ctx.checkpoint_dir() as directory:
+        if directory is None:
+            return
+        saved = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+        unsent = Path(directory) / UNSENT_FILE
+        if outbox is not None and unsent.is_file():
+            outbox.restore(json.loads(unsent.read_text("utf-8")))
+    state.load_state_dict(saved)
+
+
+def _sample_indices(cfg: RunConfig, arrays: DatasetArrays) -> np.ndarray:
+    """The fixed validation images every trial of a search shows."""
+    return val_indices(cfg, arrays)[: cfg.train.num_sample_images]
+
+
+def _predict_masks(
+    module: torch.nn.Module,
+    cfg: RunConfig,
+    arrays: DatasetArrays,
+    picks: np.ndarray,
+    norm: Normalization,
+) -> list[np.ndarray]:
+    """Whole-image labels of ``picks``, as ``predict`` segments them."""
+    plan = plan_of(cfg)
+    device = next(module.parameters()).device
+    out = []
+    for i in picks:
+        logits = predict_logits(
+            module, arrays.image(int(i)), plan, norm, cfg.model.in_channels, device
+        )
+        out.append(logits_to_labels(logits[None], cfg.train.threshold)[0].cpu().numpy())
+    return out
+
+
+def _sample_image(
+    module: torch.nn.Module,
+    cfg: RunConfig,
+    arrays: DatasetArrays,
+    picks: np.ndarray,
+    norm: Normalization,
+) -> np.ndarray | None:
+    """image | truth | prediction rows for the fixed ``picks``, or None without samples."""
+    if not len(picks):
+        return None
+    pred = _predict_masks(module, cfg, arrays, picks, norm)
+    return triptych(
+        [arrays.image(int(i)) for i in picks], [arrays.mask(int(i)) for i in picks], pred
+    )
+
+
+def _samples_due(tc: TrainConfig, epoch: int, finished: bool) -> bool:
+    return tc.num_sample_images > 0 and (
+        finished or (tc.samples_every > 0 and epoch % tc.samples_every == 0)
+    )
+
+
+def _inference_ms_per_image(
+    module: torch.nn.Module,
+    cfg: RunConfig,
+    arrays: DatasetArrays,
+    picks: np.ndarray,
+    norm: Normalization,
+    repeats: int = 3,
+) -> float:
+    """Median wall time per image of predicting ``picks`` whole (as ``predict`` does), after a
+    warm-up."""
+    _predict_masks(module, cfg, arrays, picks[:1], norm)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _predict_masks(module, cfg, arrays, picks, norm)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times)) / len(picks)
+
+
+def _log_final(
+    cfg: RunConfig,
+    arrays: DatasetArrays,
+    state: TrainingState,
+    outbox: Outbox,
+    picks: np.ndarray,
+    norm: Normalization,
+) -> None:
+    """Rank 0: the best weights as a model directory, image | truth | prediction overlays of
+    the fixed samples ``picks`` by the best weights, and their inference time per image."""
+    module = copy.deepcopy(state.module)  # the trained model stays as the checkpoint has it
+    if state.best_state is not None:
+        module.load_state_dict(state.best_state)
+    metrics = {"best_epoch": float(state.early.best_epoch)}
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model_dir(
+            Path(tmp) / "best_model",
+            module,
+            cfg.model,
+            cfg.data.num_classes,
+            preprocessing_of(cfg, norm),
+        )
+        picture = _sample_image(module, cfg, arrays, picks, norm)
+        if picture is not None:
+            (Path(tmp) / "samples").mkdir()
+            Image.fromarray(picture).save(Path(tmp) / "samples" / "predictions.png")
+            metrics["inference_ms_per_image"] = _inference_ms_per_image(
+                module, cfg, arrays, picks, norm
+            )
+        outbox.drain()  # every epoch's logging first, then the model
+        uri, run_id = outbox.uri, outbox.run_id
+        with_patience(
+            uri,
+            f"run {run_id}: the best model",
+            lambda: log_artifacts(uri, run_id, Path(tmp)),
+            outbox.patience_s,
+        )
+    outbox.log_metrics(metrics, step=state.epoch)
+    outbox.drain()
+
+
+def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
+    """The training recipe every worker runs. ``config`` holds ``run_config`` (dict),
+    ``dataset`` (ObjectRef of DatasetArrays, or the arrays), ``tracking_uri``, ``run_id``
+    and optionally ``fault`` (a fault-injection spec, see :func:`maybe_fail`) and
+    ``tracking_patience_s`` (how long an unreachable tracking server is waited for).
+
+    Rank 0's MLflow logging goes through an :class:`~unet_search.tracking.outage.Outbox`: while the
+    server is away training goes on, the unsent logging travels with each checkpoint, and
+    the run fails (checkpoint kept, for ``resume``) only after the patience runs out."""
+    cfg = RunConfig.from_dict(config["run_config"])
+    uri, run_id, rank, world, device = (
+        config["tracking_uri"],
+        config["run_id"],
+        ctx.rank,
+        ctx.world,
+        ctx.device,
+    )
+    torch.set_num_threads(cfg.train.cpus_per_worker)
+    seed_everything(cfg.train.seed + rank)
+    data = config["dataset"]
+    arrays: DatasetArrays = ray.get(data) if isinstance(data, ray.ObjectRef) else data
+    train_loader, val = build_loaders(cfg, arrays, rank, world)
+    model = build_model(cfg.model, cfg.data.num_classes).to(device)
+    if device.type == "cuda" and cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_loader = ctx.prepare_loader(train_loader)  # this rank's share of each epoch
+    # The schedule spans the steps this rank really takes.
+    state = new_training_state(ctx.prepare_model(model), cfg, len(train_loader), device)
+    patience = float(config.get("tracking_patience_s") or DEFAULT_PATIENCE_S)
+    outbox = Outbox(uri, run_id, patience)
+    _resume(state, ctx, outbox if rank == 0 else None)
+    nodes = _node_ids(world) if state.epoch == 0 else []  # every rank takes part
+    if rank == 0 and state.epoch == 0:
+        # Queued, sent with the first epoch: the other ranks would wait at the first step
+        # while rank 0 opens its MLflow connection (~2 s measured, bench/trial_cost.py).
+        outbox.log_params({"num_parameters": count_parameters(model)}, now=False)
+        outbox.set_tags(
+            {
+                "ray.world_size": world,
+                "ray.node_ip": ray.util.get_node_ip_address(),
+                "ray.node_id": ray.get_runtime_context().get_node_id(),
+                "ray.node_ids": ",".join(nodes),  # the nodes of all ranks
+            },
+            now=False,
+        )
+
+    # Rank 0 logs the overlays: the same fixed samples every epoch (and in every trial).
+    picks = _sample_indices(cfg, arrays) if rank == 0 else np.empty(0, np.int64)
+
+    def report(metrics: dict[str, float], st: TrainingState) -> None:
+        # Log before reporting: a failure between the two repeats an epoch's point in MLflow
+        # at the same step instead of losing it.
+        if rank == 0:
+            epoch, finished = int(metrics["epoch"]), bool(metrics["finished"])
+            outbox.log_metrics(metrics, step=epoch)
+            if _samples_due(cfg.train, epoch, finished):
+                picture = _sample_image(st.module, cfg, arrays, picks, val.normalization)
+                if picture is not None:
+                    outbox.log_image(picture, SAMPLES_KEY, epoch)
+            if finished:
+                # Before the last report: Tune may end a finished trial's process right
+                # after it, so nothing after fit() is guaranteed to run.
+                _log_final(cfg, arrays, st, outbox, picks, val.normalization)
+        directory = _save_checkpoint(st, outbox) if rank == 0 else None
+        try:
+            ctx.report(metrics, directory)  # Ray persists the checkpoint before returning
+        finally:
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)
+        if rank == 0:
+            outbox.check()  # after the checkpoint: nothing of this epoch is lost
+        maybe_fail(int(metrics["epoch"]), rank, world, cfg, config.get("fault"))
+
+    fit(state, cfg, train_loader, val, build_loss(cfg.loss), device, report)
+
+
+def ray_hooks(
+    report: Callable[..., None], checkpoint_type: Any, get_checkpoint: Callable[[], Any]
+) -> tuple[
+    Callable[[dict[str, float], str | None], None],
+    Callable[[], contextlib.AbstractContextManager[str | None]],
+]:
+    """A :class:`WorkerContext`'s ``report`` and ``checkpoint_dir`` over Ray Train's API
+    (``ray.train.report``, ``ray.train.Checkpoint``, ``ray.train.get_checkpoint``) or Tune's
+    (``tune.report``, ...): the same three calls under two names, written once."""
+
+    def send(metrics: dict[str, float], directory: str | None) -> None:
+        checkpoint = checkpoint_type.from_directory(directory) if directory else None
+        report(metrics, checkpoint=checkpoint)
+
+    @contextlib.contextmanager
+    def checkpoint_dir() -> Iterator[str | None]:
+        checkpoint = get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as directory:
+            yield directory
+
+    return send, checkpoint_dir
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train per-worker function: the recipe in a DDP worker group."""
+    train_ctx = ray.train.get_context()
+    report, checkpoint_dir = ray_hooks(
+        ray.train.report, ray.train.Checkpoint, ray.train.get_checkpoint
+    )
+    ctx = WorkerContext(
+        rank=train_ctx.get_world_rank(),
+        world=train_ctx.get_world_size(),
+        device=ray.train.torch.get_device(),
+        report=report,
+        checkpoint_dir=checkpoint_dir,
+        prepare_model=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
+        prepare_loader=lambda d: ray.train.torch.prepare_data_loader(d, move_to_device=False),
+    )
+    run_recipe(config, ctx)

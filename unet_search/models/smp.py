@@ -1,0 +1,105 @@
+"""segmentation_models_pytorch models (UNet, UNet++, scSE-attention UNet) on a named encoder,
+never downloading weights, with the encoder stages the decoder does not reach frozen out of
+DDP's way."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import nn
+
+from unet_search.core.errors import ConfigError
+from unet_search.core.sections import ModelConfig
+from unet_search.models.unet import mirror_pad, valid_input_size
+
+__all__ = ["SMP_UPSAMPLING", "SMP_ARCHS", "SCSE_REDUCTION", "smp_encoders", "SegmentationModel"]
+
+
+SMP_UPSAMPLING = ("nearest", "bilinear", "bicubic")
+
+
+# arch -> (smp class name, extra constructor keywords); encoder "none" = from scratch.
+SMP_ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
+    "unet": ("Unet", {}),
+    "unetplusplus": ("UnetPlusPlus", {}),
+    "attention_unet": ("Unet", {"decoder_attention_type": "scse"}),
+}
+
+
+SCSE_REDUCTION = 16
+
+
+@functools.cache
+def smp_encoders() -> tuple[str, ...]:
+    """Names of every encoder segmentation-models-pytorch offers."""
+    import segmentation_models_pytorch as smp
+
+    return tuple(sorted(smp.encoders.get_encoder_names()))
+
+
+class SegmentationModel(nn.Module):
+    """Wraps a network so that any (N, C, H, W) input gives (N, K, H, W) logits."""
+
+    def __init__(self, net: nn.Module, depth: int, padding: str) -> None:
+        super().__init__()
+        self.net, self.depth, self.padding = net, depth, padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if self.padding == "valid":
+            (in_h, m_h), (in_w, m_w) = (
+                valid_input_size(h, self.depth),
+                valid_input_size(w, self.depth),
+            )
+            x = mirror_pad(x, m_h, in_h - h - m_h, m_w, in_w - w - m_w)
+        else:
+            multiple = 2**self.depth
+            x = mirror_pad(x, 0, -h % multiple, 0, -w % multiple)
+        return self.net(x)[..., :h, :w]
+
+
+def _freeze_unreached(net: nn.Module, in_channels: int, depth: int) -> None:
+    """Freeze parameters that get no gradient (unused encoder stages with depth < 5, heads
+    like efficientnet's conv_head): DDP requires every trainable parameter to be used."""
+    was_training = net.training
+    net.eval()
+    side = 2 ** max(depth, 5) * 2
+    net(torch.zeros(1, in_channels, side, side)).float().sum().backward()
+    for param in net.parameters():
+        if param.grad is None:
+            param.requires_grad_(False)
+        param.grad = None
+    net.train(was_training)
+
+
+def build_smp(cfg: ModelConfig, classes: int) -> nn.Module:
+    import segmentation_models_pytorch as smp
+
+    class_name, extra = SMP_ARCHS[cfg.arch]
+    decoder_channels = [cfg.base_filters * 2 ** (cfg.depth - 1 - i) for i in range(cfg.depth)]
+    try:
+        net = getattr(smp, class_name)(
+            encoder_name=cfg.encoder,
+            encoder_depth=cfg.depth,
+            encoder_weights=cfg.encoder_weights,
+            decoder_use_norm="batchnorm" if cfg.batchnorm else False,
+            decoder_channels=decoder_channels,
+            decoder_interpolation=cfg.upsampling,
+            in_channels=cfg.in_channels,
+            classes=classes,
+            **extra,
+        )
+    except Exception as err:
+        if cfg.encoder_weights is None:
+            raise
+        raise ConfigError(
+            f"`model.encoder_weights` {cfg.encoder_weights!r} for encoder {cfg.encoder!r} are "
+            f"not available offline (no downloads at run time; put them in the Hugging Face "
+            f"cache first or set encoder_weights: null): {type(err).__name__}: {err}"
+        ) from None
+    if cfg.dropout > 0:
+        net.segmentation_head = nn.Sequential(nn.Dropout2d(cfg.dropout), net.segmentation_head)
+    _freeze_unreached(net, cfg.in_channels, cfg.depth)
+    return net

@@ -1,0 +1,54 @@
+"""What the report reads: a search's record from MLflow and its space, in one object."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from unet_search.core.metrics import METRICS
+from unet_search.space.load import load_space_text
+from unet_search.space.spec import SearchSpec
+from unet_search.tracking.read import (
+    SearchRecord,
+    TrialRecord,
+    read_search_state,
+    search_record,
+)
+
+__all__ = ["REPORT_ARTIFACT_DIR", "ReportData", "load_report_data"]
+
+
+REPORT_ARTIFACT_DIR = "report"
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """What the report needs: the search as MLflow holds it and its validated space."""
+
+    uri: str
+    record: SearchRecord
+    spec: SearchSpec
+    model_name: str
+
+    @property
+    def metric(self) -> str:
+        return self.spec.settings.metric
+
+    @property
+    def sign(self) -> float:
+        return 1.0 if METRICS[self.metric].maximize else -1.0
+
+    def value(self, trial: TrialRecord) -> float | None:
+        """A trial's best value of the search metric (the weights it kept)."""
+        value = trial.metrics.get(f"best_{self.metric}")
+        return None if value is None or math.isnan(value) else float(value)
+
+    def better(self, a: float, b: float) -> bool:
+        return self.sign * a > self.sign * b
+
+
+def load_report_data(uri: str, search_id: str) -> ReportData:
+    """The search ``search_id`` read back from MLflow (a UserError if there is none)."""
+    state = read_search_state(uri, search_id)
+    spec = load_space_text(state["space_source"], state["space_file"], state["overrides"])
+    return ReportData(uri, search_record(uri, search_id), spec, state["model_name"])

@@ -1,0 +1,271 @@
+"""The report's figures, drawn with matplotlib's object API (no pyplot state): best-so-far,
+parallel coordinates, fANOVA importance and trial cost."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from unet_search.report.data import ReportData
+from unet_search.space.spec import ParamSpec, SearchSpec
+from unet_search.tracking.read import TrialRecord
+
+__all__ = [
+    "OUTCOME_STYLE",
+    "BASELINE_COLOR",
+    "fig_best_so_far",
+    "sampled_params",
+    "fig_parallel",
+    "param_importances",
+    "fig_importance",
+    "fig_cost",
+]
+
+
+OUTCOME_STYLE = {
+    "finished": ("tab:blue", "o"),
+    "stopped_early": ("tab:orange", "v"),
+    "failed": ("tab:red", "x"),
+    "running": ("tab:gray", "."),
+}
+
+
+BASELINE_COLOR = "tab:green"
+
+
+def _running_best(data: ReportData, values: Sequence[float]) -> list[float]:
+    out: list[float] = []
+    for v in values:
+        out.append(v if not out or data.better(v, out[-1]) else out[-1])
+    return out
+
+
+def _mark_baseline(ax: Axes, data: ReportData) -> None:
+    base = next((t for t in data.record.trials if t.baseline), None)
+    value = None if base is None else data.value(base)
+    if base is not None and value is not None:
+        ax.axhline(value, color=BASELINE_COLOR, ls="--", lw=1, label=f"baseline {base.name}")
+
+
+def fig_best_so_far(data: ReportData) -> Figure:
+    """Left: each trial's value and the best so far by trial number. Right: the best value
+    seen so far against the total number of epochs trained (all trials, in time order)."""
+    fig = Figure(figsize=(12, 4.2), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    scored = [(t, v) for t in data.record.trials if (v := data.value(t)) is not None]
+    for outcome, (color, marker) in OUTCOME_STYLE.items():
+        pts = [(t.number, v) for t, v in scored if t.outcome == outcome and not t.baseline]
+        if pts:
+            ax1.scatter(*zip(*pts, strict=True), c=color, marker=marker, label=outcome, zorder=3)
+    for t, v in scored:
+        if t.baseline:
+            ax1.scatter([t.number], [v], c=BASELINE_COLOR, marker="*", s=160, zorder=4)
+    if scored:
+        best = _running_best(data, [v for _, v in scored])
+        ax1.step([t.number for t, _ in scored], best, where="post", c="k", label="best so far")
+    _mark_baseline(ax1, data)
+    ax1.set(xlabel="trial number", ylabel=f"best {data.metric}", title="Best so far by trial")
+    ax1.legend(fontsize=8, loc="lower right")
+    points = sorted(
+        (ts, v) for t in data.record.trials for ts, _, v in t.history if not math.isnan(v)
+    )
+    if points:
+        epochs = np.arange(1, len(points) + 1)
+        ax2.step(epochs, _running_best(data, [v for _, v in points]), where="post", c="k")
+        ax2.scatter(epochs, [v for _, v in points], s=6, c="tab:gray", alpha=0.5)
+    _mark_baseline(ax2, data)
+    ax2.set(
+        xlabel="total training epochs (all trials, in time order)",
+        ylabel=data.metric,
+        title="Best so far by training spent",
+    )
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def _searched(spec: SearchSpec) -> list[str]:
+    names: list[str] = []
+    for p in spec.params:
+        if p.name not in names:
+            names.append(p.name)
+    return names
+
+
+def sampled_params(spec: SearchSpec, trial: TrialRecord) -> dict[str, Any]:
+    """The parameters the space sampled for this trial (conditions applied), typed."""
+    chosen: dict[str, Any] = {}
+    for p in spec.params:
+        if p.name not in chosen and p.active(chosen) and p.name in trial.params:
+            chosen[p.name] = _typed(p, trial.params[p.name])
+    return chosen
+
+
+def _typed(p: ParamSpec, text: str) -> Any:
+    if p.type == "choice":
+        return next((v for v in p.values if str(v) == text), text)
+    if p.type == "int":
+        return int(float(text))
+    return float(text)
+
+
+def _axis(specs: list[ParamSpec]) -> tuple[str, list[Any], float, float, bool]:
+    """(kind, categories, low, high, log) of one parameter over all its alternatives."""
+    if specs[0].type == "choice":
+        values: list[Any] = []
+        for p in specs:
+            values += [v for v in p.values if v not in values]
+        return "choice", values, 0.0, float(max(len(values) - 1, 1)), False
+    log = any(p.log or p.type == "loguniform" for p in specs)
+    return specs[0].type, [], min(p.low for p in specs), max(p.high for p in specs), log
+
+
+def fig_parallel(data: ReportData) -> Figure:
+    """One line per scored non-baseline trial across the sampled parameters (scaled to
+    [0, 1]; categories evenly spaced) and the metric; colour = the metric."""
+    names = _searched(data.spec)
+    axes = {n: _axis([p for p in data.spec.params if p.name == n]) for n in names}
+    rows = [
+        (t, v, sampled_params(data.spec, t))
+        for t in data.record.trials
+        if not t.baseline and (v := data.value(t)) is not None
+    ]
+    fig = Figure(figsize=(max(8, 1.3 * (len(names) + 1)), 4.6), layout="constrained")
+    ax = fig.subplots()
+    if not rows:
+        ax.text(0.5, 0.5, "no scored trials", ha="center")
+        return fig
+    lo, hi = min(v for _, v, _ in rows), max(v for _, v, _ in rows)
+    norm = Normalize(lo, hi if hi > lo else lo + 1e-9)
+    cmap = colormaps["viridis"]
+    for t, v, chosen in rows:
+        ys = [_scaled(axes[n], chosen.get(n)) for n in names] + [float(norm(v))]
+        # An axis the trial did not sample (a condition ruled it out) is skipped, not a gap.
+        xs = [i for i, y in enumerate(ys) if not math.isnan(y)]
+        done = t.outcome == "finished"
+        ax.plot(
+            xs,
+            [ys[i] for i in xs],
+            marker="o",
+            ms=3,
+            color=cmap(float(norm(v))),
+            lw=1.6 if done else 1.0,
+            ls="-" if done else "--",
+            alpha=0.85,
+        )
+    for i, n in enumerate(names):
+        ax.axvline(i, color="k", lw=0.6)
+        kind, cats, a_lo, a_hi, _ = axes[n]
+        labels = [str(c) for c in cats] if kind == "choice" else [f"{a_lo:g}", f"{a_hi:g}"]
+        spots = np.linspace(0, 1, len(cats)) if kind == "choice" and len(cats) > 1 else [0, 1]
+        for y, label in zip(spots, labels, strict=False):
+            ax.text(i + 0.04, y, label, fontsize=7, va="center")
+    ax.axvline(len(names), color="k", lw=0.6)
+    ax.set_xticks(range(len(names) + 1), [*names, data.metric], rotation=20)
+    ax.set_yticks([])
+    ax.set_title("Parallel coordinates (solid: finished, dashed: stopped early)")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"best {data.metric}")
+    return fig
+
+
+def _scaled(axis: tuple[str, list[Any], float, float, bool], value: Any) -> float:
+    kind, cats, lo, hi, log = axis
+    if value is None:
+        return float("nan")  # not sampled in this trial (a condition ruled it out)
+    if kind == "choice":
+        return cats.index(value) / max(len(cats) - 1, 1) if value in cats else float("nan")
+    if log and lo > 0:
+        return (math.log(value) - math.log(lo)) / max(math.log(hi) - math.log(lo), 1e-12)
+    return (float(value) - lo) / max(hi - lo, 1e-12)
+
+
+def param_importances(data: ReportData) -> dict[str, float] | str:
+    """Optuna's fANOVA importances on the completed (finished, non-baseline) trials, rebuilt
+    as an Optuna study from MLflow; a string saying why when they cannot be computed."""
+    names = _searched(data.spec)
+    dists: dict[str, optuna.distributions.BaseDistribution] = {}
+    for n in names:
+        kind, cats, lo, hi, log = _axis([p for p in data.spec.params if p.name == n])
+        if kind == "choice":
+            dists[n] = optuna.distributions.CategoricalDistribution(cats)
+        elif kind == "int":
+            dists[n] = optuna.distributions.IntDistribution(int(lo), int(hi), log=log)
+        else:
+            dists[n] = optuna.distributions.FloatDistribution(lo, hi, log=log)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if data.sign > 0 else "minimize")
+    for t in data.record.trials:
+        value = data.value(t)
+        if t.baseline or t.outcome != "finished" or value is None:
+            continue
+        chosen = sampled_params(data.spec, t)
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=chosen, distributions={k: dists[k] for k in chosen}, value=value
+            )
+        )
+    if len(study.trials) < 2:
+        return f"needs at least 2 completed trials; this search has {len(study.trials)}."
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+            return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+    except (ValueError, RuntimeError) as err:
+        return f"Optuna could not compute importances: {err}"
+
+
+def fig_importance(importances: dict[str, float]) -> Figure:
+    fig = Figure(figsize=(7, 0.45 * len(importances) + 1.4), layout="constrained")
+    ax = fig.subplots()
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names], color="tab:blue")
+    ax.set(xlabel="importance (fANOVA, sums to 1)", title="Parameter importance")
+    return fig
+
+
+def fig_cost(data: ReportData) -> Figure:
+    """The metric against parameter count and against inference time per image."""
+    fig = Figure(figsize=(12, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    rows = [
+        (t, v)
+        for t in data.record.trials
+        if t.outcome == "finished" and (v := data.value(t)) is not None
+    ]
+    for ax, (key, label, log) in zip(
+        axes,
+        [
+            ("num_parameters", "trainable parameters", True),
+            ("inference_ms_per_image", "inference ms per image (trial's own worker)", False),
+        ],
+        strict=True,
+    ):
+        pts = [(x, v, t) for t, v in rows if (x := trial_cost(t, key)) is not None]
+        for x, v, t in pts:
+            color, marker = (BASELINE_COLOR, "*") if t.baseline else ("tab:blue", "o")
+            ax.scatter([x], [v], c=color, marker=marker, s=120 if t.baseline else 40)
+            tag = t.name.split(" ")[0]
+            ax.annotate(tag, (x, v), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if log and pts:
+            ax.set_xscale("log")
+        ax.set(xlabel=label, ylabel=f"best {data.metric}", title=f"{data.metric} vs {label}")
+    return fig
+
+
+def trial_cost(trial: TrialRecord, key: str) -> float | None:
+    raw = trial.params.get(key) if key == "num_parameters" else trial.metrics.get(key)
+    try:
+        return None if raw is None else float(raw)
+    except ValueError:
+        return None

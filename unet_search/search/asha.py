@@ -1,0 +1,382 @@
+"""Early stopping for a search: ASHA, as its paper describes it, and Tune's stopping variant.
+
+``asha`` (:class:`PromotingASHA`) is Algorithm 2 of Li et al., "A System for Massively
+Parallel Hyperparameter Tuning" (MLSys 2020): a trial that reaches a rung (``grace_period``
+x ``reduction_factor``^k epochs, below ``max_t``) pauses there, keeping its checkpoint. A
+paused trial is *promoted* (resumed) once it is among the best 1/``reduction_factor`` of all
+the trials that reached its rung, and promotions go before new trials. So no rung promotes
+more than a 1/``reduction_factor`` share of the trials that reached it, however early they
+came. When every trial of the search has started and nothing runs or can be promoted, the
+trials still paused are stopped (stopped early, as ASHA's losers).
+
+``asha_stopping`` is Ray Tune's ``AsyncHyperBandScheduler``: a trial reaching a rung goes on
+if it is in the top 1/``reduction_factor`` of the results the rung has *so far*, else it
+stops. It never pauses, but the first trials of a search face almost no competition: with 16
+trials, 2 at a time, it trained 0.52-0.67 of the full budget (``bench/search_efficiency.py``).
+
+The search's baseline trial (``search.baseline``) is never paused or stopped: it is the
+reference every result is compared with, so it trains its full epochs; it does not count at
+the rungs (a reference, not a competitor: a weak baseline would otherwise let a weak trial
+pass a rung). Both rank a rung by the search metric (each trial's best so far) and break
+exact ties with the best soft Dice so far: early in training many trials predict no
+foreground at all and score a Dice of exactly 0, and a rung of equal values says nothing
+about which to keep.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ray.tune import Callback, Checkpoint
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from unet_search.search.private import ASHAInternals, checkpoint_experiment
+from unet_search.space.spec import BASELINE_ATTR
+
+if TYPE_CHECKING:
+    from unet_search.space.spec import SearchSpec
+
+__all__ = [
+    "KEEP_CHECKPOINTS",
+    "PromotingASHA",
+    "SaveAfterCheckpoints",
+    "SavesNewTrials",
+    "TieBreakingASHA",
+    "make_scheduler",
+    "rank_value",
+]
+
+log = logging.getLogger(__name__)
+
+TIME_ATTR = "training_iteration"
+TIE_BREAK = "best_val_soft_dice"
+TIE_WEIGHT = 1e-6  # Dice values of distinct trials differ by far more than this
+
+
+def rank_value(result: dict[str, Any], metric: str, mode: str) -> float | None:
+    """The value a rung ranks a result by, larger is better: the metric (signed by ``mode``)
+    plus a millionth of the best soft Dice so far, which orders exact ties and nothing
+    else. None when the result lacks the metric."""
+    if metric not in result or result[metric] is None:
+        return None
+    value = float(result[metric]) * (1.0 if mode == "max" else -1.0)
+    return value + TIE_WEIGHT * float(result.get(TIE_BREAK) or 0.0)
+
+
+def is_baseline(trial: Trial) -> bool:
+    return bool((trial.config or {}).get(BASELINE_ATTR))
+
+
+class SavesNewTrials(TrialScheduler):
+    """Saves Tune's experiment state (its trials and the searcher's) as soon as new trials
+    are added, before any of them can start.
+
+    A trial opens its MLflow run as it starts; Tune on its own saves its state every 10 s or
+    more. A search driver killed in between left a run whose trial ``resume`` never heard of
+    (Optuna gave its number to a new trial) and that stayed RUNNING. Tune adds the trials
+    the searcher suggests, then asks the scheduler which trial to run (``choose_trial_to_run``)
+    before it starts any: the state saved there holds every trial that can open a run. Tune
+    copies it to the storage in the background (waiting for the copy cost ~50-100 ms of the
+    driver's loop per trial: 200 trivial trials went from 1.26x to 1.43x their minimum,
+    bench/bookkeeping.py); the trial waits until it is there before it opens its run
+    (:func:`unet_search.search.state.await_recorded`). During ``resume`` the restored trials are
+    added one by one; saving only when all are back keeps a partial list from overwriting
+    the full one.
+    """
+
+    _unsaved = False
+    _checkpointed = False
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        self._unsaved = True
+        super().on_trial_add(tune_controller, trial)
+
+    def checkpoint_registered(self) -> None:
+        """A trial's checkpoint is being registered (:class:`SaveAfterCheckpoints`)."""
+        self._checkpointed = True
+
+    def save_new_trials(self, tune_controller: Any) -> None:
+        if self._unsaved or self._checkpointed:
+            # The scheduler gets a wrapper that warns on each method it does not list;
+            # saving is the controller's own, so call it there. After a checkpoint, wait for
+            # the copy (see SaveAfterCheckpoints); new trials wait for it themselves.
+            checkpoint_experiment(tune_controller, wait=self._checkpointed)
+            self._unsaved = self._checkpointed = False
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        self.save_new_trials(tune_controller)
+        return super().choose_trial_to_run(tune_controller)
+
+
+KEEP_CHECKPOINTS = 2  # per trial; see SaveAfterCheckpoints
+
+
+class SaveAfterCheckpoints(Callback):
+    """Makes the scheduler save Tune's experiment state after every checkpoint a trial
+    registers, and wait until it is in the storage, with ``KEEP_CHECKPOINTS`` = 2 kept.
+
+    Tune deletes a trial's checkpoint beyond ``num_to_keep`` as it registers the next one,
+    and saves its state (which names the latest checkpoint) later, copying it to the storage
+    in the background. With one checkpoint kept, a driver killed in between left a state
+    naming a deleted checkpoint, and ``resume`` failed that trial ("Could not recover from
+    checkpoint as it does not exist on storage anymore"; 2 kills in 4 in the cluster test).
+    Saved after each registration, the stored state names checkpoint k before k + 1 is
+    registered, and k is deleted only when k + 2 is."""
+
+    def __init__(self, scheduler: SavesNewTrials) -> None:
+        self.scheduler = scheduler
+
+    def on_checkpoint(
+        self,
+        iteration: int,
+        trials: list[Trial],
+        trial: Trial,
+        checkpoint: Checkpoint,
+        **info: Any,
+    ) -> None:
+        # Tune registers the checkpoint right after its callbacks; the scheduler saves at
+        # the next step (choose_trial_to_run), before any other result is processed.
+        self.scheduler.checkpoint_registered()
+
+
+class DurableFIFO(SavesNewTrials, FIFOScheduler):
+    """First in, first out, with no early stopping (``fifo``)."""
+
+
+class TieBreakingASHA(SavesNewTrials, ASHAInternals):
+    """Ray Tune's asynchronous (stopping) ASHA, ranking rungs by :func:`rank_value`; the
+    baseline trial goes on and is left out of the rungs."""
+
+    def _ranked(self, result: dict[str, Any]) -> dict[str, Any]:
+        value = rank_value(result, self.rank_metric, self.rank_mode)
+        if value is None:
+            return result
+        # The parent multiplies by its own sign (+1 for max, -1 for min): undo ours first.
+        return {**result, self.rank_metric: value * (1.0 if self.rank_mode == "max" else -1.0)}
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
+        if is_baseline(trial):  # a reference, not a competitor: never in a rung's cutoff
+            going = result.get(TIME_ATTR, 0) < self.max_t
+            return TrialScheduler.CONTINUE if going else TrialScheduler.STOP
+        return str(super().on_trial_result(tune_controller, trial, self._ranked(result)))
+
+    def on_trial_complete(
+        self, tune_controller: Any, trial: Trial, result: dict[str, Any]
+    ) -> None:
+        if is_baseline(trial):
+            self.forget(trial.trial_id)
+            return
+        super().on_trial_complete(tune_controller, trial, self._ranked(result))
+
+
+def milestones(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
+    """The rungs: ``grace_period`` x ``reduction_factor``^k epochs, below ``max_t``."""
+    out, rung = [], grace_period
+    while rung < max_t:
+        out.append(rung)
+        rung *= reduction_factor
+    return out
+
+
+class PromotingASHA(SavesNewTrials, FIFOScheduler):
+    """ASHA with promotions (see the module docstring).
+
+    ``on_pause`` / ``on_resume`` tell the searcher which trials wait at a rung, so that they
+    do not count against its limit of concurrent trials (a paused trial holds no resources).
+    """
+
+    def __init__(
+        self,
+        *,
+        metric: str,
+        mode: str,
+        max_t: int,
+        grace_period: int,
+        reduction_factor: int,
+        num_samples: int,
+        on_pause: Callable[[str], None] | None = None,
+        on_resume: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self._rank_by = (metric, mode)
+        self._max_iterations, self._rf, self._num_samples = max_t, reduction_factor, num_samples
+        self._milestones = milestones(grace_period, reduction_factor, max_t)
+        # Per rung: trial id -> rank value when it got there (insertion order breaks ties),
+        # and the trials promoted from it.
+        self._rungs: list[dict[str, float]] = [{} for _ in self._milestones]
+        self._promoted: list[set[str]] = [set() for _ in self._milestones]
+        self._paused: dict[str, int] = {}  # trial id -> the rung it waits at
+        self._to_resume: list[str] = []  # promoted while paused, not restarted yet
+        self._added: set[str] = set()
+        self._restored_waiting = False  # resume re-paused trials at rungs: decide them
+        self._on_pause, self._on_resume = on_pause, on_resume
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True  # metric and mode are the search's, given at construction
+
+    def _top(self, rung: int) -> list[str]:
+        """The trials of ``rung`` that may be promoted: the best floor(n / reduction_factor)."""
+        recorded = self._rungs[rung]
+        order = sorted(recorded, key=lambda t: -recorded[t])  # stable: earlier wins a tie
+        return order[: len(recorded) // self._rf]
+
+    def _promotable(self, rung: int) -> list[str]:
+        return [t for t in self._top(rung) if t not in self._promoted[rung]]
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        self._added.add(trial.trial_id)
+        last = trial.last_result or {}
+        done, value = last.get(TIME_ATTR), rank_value(last, *self._rank_by)
+        if done is None or value is None:
+            return
+        # A trial restored by `resume`: it reached the rungs up to its epoch, ranked there by
+        # its best so far (its value at each rung was not kept), and passed those below it.
+        # A finished one only counts. An unfinished one that stopped exactly at a rung waits
+        # there again, paused, and the rung decides anew (Tune keeps no scheduler state and
+        # resumes paused trials as pending: it was paused there, or promoted and killed before
+        # its next epoch). Any other unfinished one goes on, as if promoted.
+        going_on = not trial.is_finished()
+        if is_baseline(trial):  # never in a rung: it goes on
+            if going_on and self._on_resume is not None:
+                self._on_resume(trial.trial_id)
+            return
+        waits = going_on and done in self._milestones
+        for rung, milestone in enumerate(self._milestones):
+            if milestone <= done:
+                self._rungs[rung].setdefault(trial.trial_id, value)
+                if milestone < done or (going_on and not waits):
+                    self._promoted[rung].add(trial.trial_id)
+        if waits:
+            trial.set_status(Trial.PAUSED)  # before Tune files it: it starts when promoted
+            self._wait_at(trial.trial_id, self._milestones.index(done))
+            self._restored_waiting = True
+        elif going_on and self._on_resume is not None:
+            self._on_resume(trial.trial_id)
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
+        done, value = result.get(TIME_ATTR), rank_value(result, *self._rank_by)
+        if done is None or value is None:
+            return TrialScheduler.CONTINUE
+        if done >= self._max_iterations:
+            return TrialScheduler.STOP
+        if is_baseline(trial):  # a reference, not a competitor: never in a rung's cutoff
+            return TrialScheduler.CONTINUE
+        reached = [
+            rung
+            for rung, milestone in enumerate(self._milestones)
+            if milestone <= done and trial.trial_id not in self._rungs[rung]
+        ]
+        if not reached:
+            return TrialScheduler.CONTINUE
+        for rung in reached:
+            self._rungs[rung][trial.trial_id] = value
+        rung = reached[-1]
+        if trial.trial_id in self._promotable(rung):
+            action = TrialScheduler.CONTINUE
+            self._promoted[rung].add(trial.trial_id)
+        else:
+            action = TrialScheduler.PAUSE
+            self._wait_at(trial.trial_id, rung)
+        self._promote_waiting()
+        return action
+
+    def _wait_at(self, trial_id: str, rung: int) -> None:
+        """``trial_id`` waits at ``rung`` (paused) until promoted; the searcher is told."""
+        self._paused[trial_id] = rung
+        if self._on_pause is not None:
+            self._on_pause(trial_id)
+
+    def _promote_waiting(self) -> None:
+        """Promote the paused trials that a new arrival made promotable, highest rung first.
+        Decided now, not when Tune next asks for a trial to run: the searcher must count
+        them as running at once, or it would start a new trial in their place."""
+        for rung in reversed(range(len(self._milestones))):
+            for trial_id in self._promotable(rung):
+                if self._paused.get(trial_id) == rung:
+                    self._promoted[rung].add(trial_id)
+                    del self._paused[trial_id]
+                    self._to_resume.append(trial_id)
+                    if self._on_resume is not None:
+                        self._on_resume(trial_id)
+
+    def on_trial_complete(
+        self, tune_controller: Any, trial: Trial, result: dict[str, Any]
+    ) -> None:
+        self.on_trial_remove(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+        self._paused.pop(trial.trial_id, None)
+        if trial.trial_id in self._to_resume:
+            self._to_resume.remove(trial.trial_id)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        self.save_new_trials(tune_controller)
+        if self._restored_waiting:  # every restored trial is back: their rungs are whole
+            self._restored_waiting = False
+            self._promote_waiting()
+        trials = tune_controller.get_trials()
+        by_id = {t.trial_id: t for t in trials}
+        for trial_id in self._to_resume:  # promotions first
+            trial = by_id.get(trial_id)
+            if trial is not None and trial.status == Trial.PAUSED:
+                self._to_resume.remove(trial_id)
+                return trial  # (one still saving its pause is asked for on a later step)
+        for trial in trials:
+            if trial.status == Trial.PENDING:
+                return trial
+        self._stop_the_rest(tune_controller, trials)
+        return None
+
+    def _stop_the_rest(self, tune_controller: Any, trials: list[Trial]) -> None:
+        """Every trial has started, nothing runs and nothing can be promoted: the trials
+        still paused are this search's losers."""
+        if len(self._added) < self._num_samples or not self._paused or self._to_resume:
+            return
+        if any(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials):
+            return
+        for trial in trials:
+            if trial.status == Trial.PAUSED and trial.trial_id in self._paused:
+                log.info("ASHA: stopping %s, not promoted from its rung", trial.trial_id)
+                del self._paused[trial.trial_id]
+                tune_controller.stop_trial(trial)
+
+    def debug_string(self) -> str:
+        rungs = ", ".join(
+            f"{m}: {len(r)} reached, {len(p)} promoted"
+            for m, r, p in zip(self._milestones, self._rungs, self._promoted, strict=True)
+        )
+        return f"ASHA (promotions) rungs {rungs}; {len(self._paused)} paused"
+
+
+def make_scheduler(spec: SearchSpec, searcher: Any) -> SavesNewTrials:
+    """The search's scheduler: ``fifo`` (no early stopping), ``asha`` (promotions) or
+    ``asha_stopping`` (Tune's asynchronous stopping rule)."""
+    settings = spec.settings
+    kind = settings.scheduler.type
+    if kind == "fifo":
+        return DurableFIFO()
+    max_t = settings.scheduler.max_t or spec.base_config().train.epochs
+    if kind == "asha_stopping":
+        return TieBreakingASHA(
+            time_attr=TIME_ATTR,
+            metric=spec.tune_metric,
+            mode=settings.mode,
+            max_t=max_t,
+            grace_period=settings.scheduler.grace_period,
+            reduction_factor=settings.scheduler.reduction_factor,
+        )
+    searcher.track_pauses()
+    return PromotingASHA(
+        metric=spec.tune_metric,
+        mode=settings.mode,
+        max_t=max_t,
+        grace_period=settings.scheduler.grace_period,
+        reduction_factor=settings.scheduler.reduction_factor,
+        num_samples=settings.num_samples,
+        on_pause=searcher.trial_paused,
+        on_resume=searcher.trial_resumed,
+    )

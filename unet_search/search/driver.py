@@ -1,0 +1,458 @@
+"""Ray Tune driver: Optuna TPE (seeded, define-by-run) + ASHA over training trials:
+``run_search`` and ``resume_search``, which share the tuner, storage and log routing.
+
+A trial is a thin driver. With one CPU worker it runs the training recipe inside the trial
+process (saving ~15 s of Train start-up); otherwise (several workers or a GPU) it builds a
+``TorchTrainer`` and forwards the workers' reports with ``TuneReportCallback``, holding no CPU
+itself. Every trial is an MLflow child run of the search's parent run, found again by its
+trial id when a trial restarts. Tune, ASHA and Optuna follow each trial's best value so far;
+trials stopped by ASHA reach Optuna as PRUNED (with their intermediate values), not as
+completed with a truncated value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+
+from unet_search.core.env import code_version, storage_setting
+from unet_search.core.errors import UserError
+from unet_search.core.tags import (
+    TAG_ALIAS,
+    TAG_CODE_VERSION,
+    TAG_DECISION,
+    TAG_FINGERPRINT,
+    TAG_KIND,
+    TAG_REGISTERED,
+    TAG_SEARCH_ID,
+)
+from unet_search.data.dataset import DatasetArrays
+from unet_search.data.split import split_names
+from unet_search.distributed.faults import FAULT_ENV
+from unet_search.distributed.trainer import ResourceError, init_ray
+from unet_search.search.asha import KEEP_CHECKPOINTS, SaveAfterCheckpoints, make_scheduler
+from unet_search.search.callbacks import TrialStatusCallback
+from unet_search.search.context import TRIAL_SLOT, SearchContext
+from unet_search.search.live import LiveView
+from unet_search.search.outcome import (
+    SPLIT_FILE,
+    SearchOutcome,
+    download_best_model,
+    log_summary,
+    pick_best,
+    register_best,
+    summaries,
+    test_scores,
+)
+from unet_search.search.searcher import PruningAwareOptunaSearch
+from unet_search.search.state import save_state
+from unet_search.search.trial import trainable, trial_run_name
+from unet_search.space.load import make_sampler, plan_space
+from unet_search.space.spec import NUMBER_KEY, RESOURCE_FIELDS, SearchSpec
+from unet_search.space.validate import check_name
+from unet_search.tracking.client import (
+    SEARCH_LOG_DIR,
+    create_run,
+    end_run,
+    ensure_experiment,
+    log_artifact,
+    log_text,
+    reopen_run,
+    resolve_tracking_uri,
+    run_status,
+    set_tags,
+)
+from unet_search.tracking.outage import TrackingUnavailable, require_reachable, tracking_patience
+from unet_search.tracking.read import find_parent_runs
+from unet_search.train.engine import otsu_val_dice
+
+__all__ = ["check_search_resources", "next_search_name", "run_search", "resume_search"]
+
+
+def check_search_resources(spec: SearchSpec) -> int:
+    """Fail at once when a trial could never be placed; return the CPUs of the cluster."""
+    total = ray.cluster_resources()
+    cpus, gpus_per_worker, gpus = spec.max_workers_cpus_gpus()
+    per_node_gpus = max(
+        (n.get("Resources", {}).get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")),
+        default=0.0,
+    )
+    if cpus > total.get("CPU", 0):
+        raise ResourceError(
+            f"space {spec.name}: a trial can ask for {cpus} CPUs (num_workers x "
+            f"cpus_per_worker), but the Ray cluster has {total.get('CPU', 0):g}."
+        )
+    if gpus_per_worker > per_node_gpus:
+        raise ResourceError(
+            f"space {spec.name}: `gpus_per_worker` = {gpus_per_worker:g}, but no "
+            f"node of the Ray cluster has more than {per_node_gpus:g} GPUs."
+        )
+    if gpus > total.get("GPU", 0):
+        raise ResourceError(
+            f"space {spec.name}: a trial can ask for {gpus:g} GPUs, but the Ray "
+            f"cluster has {total.get('GPU', 0):g}."
+        )
+    return int(total.get("CPU", 1))
+
+
+def _concurrency(spec: SearchSpec, total_cpus: int) -> int:
+    """Trials at once: as many as the smallest trial fits into the cluster's CPUs."""
+    if spec.settings.max_concurrent_trials:
+        return spec.settings.max_concurrent_trials
+    smallest = min(
+        (spec.base_config().replace(**c).train for c in spec.combinations(RESOURCE_FIELDS)),
+        key=lambda t: t.num_workers * t.cpus_per_worker,
+    )
+    return max(1, total_cpus // (smallest.num_workers * smallest.cpus_per_worker))
+
+
+def next_search_name(base: str, storage: str, uri: str, experiment_id: str) -> str:
+    """``<space>-1``, ``<space>-2``, ...: the first name no earlier search used."""
+    used = set(find_parent_runs(uri, experiment_id))
+    i = 1
+    while f"{base}-{i}" in used or (
+        "://" not in storage and Path(storage, f"{base}-{i}").exists()
+    ):
+        i += 1
+    return f"{base}-{i}"
+
+
+def _live_view(ctx: SearchContext) -> LiveView:
+    spec = ctx.spec
+
+    def name_of(trial: Any) -> str:
+        config = trial.config or {}
+        baseline = spec.settings.baseline if spec.is_baseline(config) else None
+        return trial_run_name(
+            int(config.get(NUMBER_KEY, 0)), spec.trial_run_config(config), baseline
+        )
+
+    return LiveView(
+        ctx.search_id, spec.settings.metric, spec.tune_metric, spec.settings.mode, name_of
+    )
+
+
+def _tuner(
+    ctx: SearchContext,
+    trainable: Any,
+    concurrency: int,
+    searcher: PruningAwareOptunaSearch,
+    callbacks: Sequence[tune.Callback] = (),
+    stopper: tune.Stopper | None = None,
+) -> tune.Tuner:
+    spec, settings = ctx.spec, ctx.spec.settings
+    scheduler = make_scheduler(spec, searcher)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=settings.num_samples,
+            max_concurrent_trials=concurrency,
+            time_budget_s=settings.time_budget_s,
+            # A trial's process is started once and reused by the next trial with the same
+            # resources: a fresh one costs ~3-5 s of imports (torch, MLflow, smp) per trial
+            # (bench/bookkeeping.py, bench/trial_cost.py). Each trial sets its own seeds,
+            # threads, model and MLflow run, so nothing carries over.
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=ctx.search_id,
+            storage_path=ctx.storage,
+            callbacks=[
+                TrialStatusCallback(ctx),
+                _live_view(ctx),
+                SaveAfterCheckpoints(scheduler),
+                *callbacks,
+            ],
+            stop=stopper,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+            verbose=0,  # LiveView prints the concise view; Ray's detail goes to the log
+        ),
+    )
+
+
+def _execute(
+    ctx: SearchContext,
+    tuner: tune.Tuner,
+    arrays: DatasetArrays,
+    model_name: str,
+    study: Callable[[], optuna.Study],
+    workdir: Path,
+    log: Path,
+) -> SearchOutcome:
+    """Run (or continue) the Tuner, then summarize, register, end the parent run, upload the
+    search's log and write the report (both also artifacts of the parent run: on a KubeRay
+    RayJob the cluster, and its disks, are gone after the search)."""
+    status: str | None = "FAILED"
+    try:
+        # TrialStatusCallback stops Tune with TrackingUnavailable when MLflow stays away.
+        results = tuner.fit()  # its last callback waited for the server (patience)
+        trials = summaries(results, ctx)
+        best = pick_best(trials, ctx.spec.settings.mode)
+        baseline = next((t for t in trials if t.baseline), None)
+        with tempfile.TemporaryDirectory() as tmp:
+            model = download_best_model(ctx, best, Path(tmp)) if best else None
+            test = test_scores(ctx, model, arrays) if model else {}
+            log_summary(ctx, trials, best, baseline, test)
+            registration = (
+                register_best(ctx, best, model_name, model, test) if best and model else None
+            )
+        if registration:
+            set_tags(
+                ctx.tracking_uri,
+                ctx.parent_run_id,
+                {
+                    TAG_REGISTERED: registration.version,
+                    TAG_ALIAS: registration.alias,
+                    TAG_DECISION: registration.reason,
+                },
+            )
+        status = "FINISHED"
+    except TrackingUnavailable as err:
+        status = None  # the parent run stays RUNNING: `resume` finishes the search
+        raise TrackingUnavailable(
+            f"search {ctx.search_id} stopped: {err}. Ray storage keeps the trials' checkpoints "
+            f"and the logging MLflow did not get: run `unet-search resume {ctx.search_id}` "
+            "once the server is back."
+        ) from None
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if status is not None:
+            end_run(ctx.tracking_uri, ctx.parent_run_id, status)
+            _upload_log(ctx, log)
+    return SearchOutcome(
+        ctx.search_id,
+        ctx.experiment_id,
+        ctx.parent_run_id,
+        ctx.spec.settings.metric,
+        tuple(trials),
+        best,
+        baseline,
+        registration,
+        study(),
+        ctx.otsu_val_dice,
+        test,
+        _auto_report(ctx, workdir),
+        log,
+    )
+
+
+def _upload_log(ctx: SearchContext, log: Path) -> None:
+    """The search's log as artifact ``logs/<search>.log`` of the parent run; a failed upload
+    only says so (the log stays on disk)."""
+    try:
+        log_artifact(ctx.tracking_uri, ctx.parent_run_id, log, SEARCH_LOG_DIR)
+    except Exception as err:  # the search's own outcome stands
+        print(
+            f"search {ctx.search_id}: its log could not be uploaded to MLflow "
+            f"({type(err).__name__}: {err}); it stays at {log}",
+            flush=True,
+        )
+
+
+def _auto_report(ctx: SearchContext, workdir: Path) -> Path | None:
+    """The search report, written to ``<work_dir>/reports/<search>/`` and logged to the parent
+    run. A report that cannot be drawn does not undo a finished search: it says so and how to
+    draw it again."""
+    from unet_search.report.page import write_report
+
+    try:
+        return write_report(
+            ctx.tracking_uri, ctx.search_id, workdir / "reports" / ctx.search_id, log=True
+        )
+    except Exception as err:  # the search itself has finished and is recorded
+        print(
+            f"search {ctx.search_id}: the report could not be written ({type(err).__name__}: "
+            f"{err}); run `unet-search report {ctx.search_id}` to try again",
+            flush=True,
+        )
+        return None
+
+
+def _storage_root(workdir: Path, storage: str | None) -> str:
+    """Where Ray results go: ``--storage`` / ``$UNET_SEARCH_STORAGE`` (a shared path or a
+    URI every node can reach), else the work directory."""
+    root = storage_setting(storage)
+    if root and "://" in root:
+        return root
+    return str(Path(root).resolve()) if root else str(workdir / "ray_results")
+
+
+def _route_ray_logs(workdir: Path, search_id: str) -> Path:
+    """Ray's and Tune's own log output goes to ``<work_dir>/logs/<search>.log`` (appended),
+    not the terminal, with the progress lines the terminal shows; returns the path, which
+    the CLI prints."""
+    path = workdir / "logs" / f"{search_id}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.unet_search = True  # type: ignore[attr-defined]
+    logging.getLogger("unet_search").setLevel(logging.INFO)
+    for name in ("ray", "ray.tune", "ray.train", "unet_search"):
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):  # Ray's console handler, or an earlier search's file
+            if type(old) is logging.StreamHandler or getattr(old, "unet_search", False):
+                logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.propagate = False
+    print(
+        f"search {search_id}: Ray's own log is {path}; the trials' worker logs are in the "
+        "Ray session logs (`ray logs cluster`, or the dashboard)",
+        flush=True,
+    )
+    return path
+
+
+def _context(
+    spec: SearchSpec, ids: tuple[str, str, str, str, str], arrays: DatasetArrays, fingerprint: str
+) -> SearchContext:
+    """The context of a search: ``ids`` = (search id, tracking URI, experiment id, parent run
+    id, storage root); this process's code version, fault setting and tracking patience."""
+    return SearchContext(
+        spec,
+        *ids,
+        fingerprint,
+        code_version(),
+        os.environ.get(FAULT_ENV),
+        tracking_patience(),
+        otsu_val_dice(arrays, spec.base_config()),
+        arrays.stats.get("data_id", ""),
+        arrays.stats.get("split", ""),
+    )
+
+
+def run_search(
+    spec: SearchSpec,
+    arrays: DatasetArrays,
+    data_dir: Path,
+    workdir: Path,
+    name: str | None = None,
+    model_name: str | None = None,
+    address: str | None = None,
+    storage: str | None = None,
+    overrides: Sequence[str] = (),
+    callbacks: Sequence[tune.Callback] = (),
+    stopper: tune.Stopper | None = None,
+) -> SearchOutcome:
+    """Run a whole search: trials on Ray Tune, runs in MLflow, the best model registered.
+    ``callbacks`` / ``stopper``: more Tune callbacks and a Tune stopper (the benchmarks time
+    trials and hold searches to an epoch budget with them)."""
+    if name is not None:
+        check_name(name, "search", "name")  # it names folders: never a path
+    spec = plan_space(spec, arrays)  # `auto` settings, from the data
+    if spec.plan is not None:
+        print(spec.plan.text(), flush=True)
+    init_ray(address, log_to_driver=False)
+    total_cpus = check_search_resources(spec)
+    slot = TRIAL_SLOT in ray.cluster_resources()
+    uri = resolve_tracking_uri(workdir)
+    require_reachable(uri)
+    experiment_id = ensure_experiment(uri, spec.name, workdir)
+    root = _storage_root(workdir, storage)
+    search_id = name or next_search_name(spec.name, root, uri, experiment_id)
+    model_name = model_name or spec.model_name
+    parent = create_run(
+        uri,
+        experiment_id,
+        search_id,
+        params={
+            "space": spec.name,
+            "num_samples": spec.settings.num_samples,
+            "metric": spec.settings.metric,
+            "baseline": spec.settings.baseline,
+            "data_dir": str(data_dir),
+            "seed": spec.settings.seed,
+            "storage": root,
+            **(spec.plan.params() if spec.plan is not None else {}),
+        },
+        tags={
+            TAG_SEARCH_ID: search_id,
+            TAG_KIND: "search",
+            TAG_FINGERPRINT: arrays.fingerprint,
+            TAG_CODE_VERSION: code_version(),
+        },
+    )
+    log_text(uri, parent, spec.source, "space.yaml")
+    parts = split_names(arrays.names, spec.base_config().data)  # image ids of each part
+    log_text(uri, parent, json.dumps(parts, indent=1), SPLIT_FILE)
+    if spec.plan is not None:
+        log_text(uri, parent, spec.plan.text(), "plan.txt")
+    log = _route_ray_logs(workdir, search_id)
+    ctx = _context(spec, (search_id, uri, experiment_id, parent, root), arrays, arrays.fingerprint)
+    save_state(ctx, data_dir, model_name, overrides)
+    searcher = PruningAwareOptunaSearch(
+        space=spec.define_by_run,
+        metric=spec.tune_metric,
+        mode=spec.settings.mode,
+        sampler=make_sampler(spec.settings),
+        enqueue_baseline=spec.settings.baseline is not None,
+    )
+    tuner = _tuner(
+        ctx,
+        trainable(ctx, ray.put(arrays), slot),
+        _concurrency(spec, total_cpus),
+        searcher,
+        callbacks,
+        stopper,
+    )
+    return _execute(ctx, tuner, arrays, model_name, lambda: searcher.study, workdir, log)
+
+
+def resume_search(
+    state: dict[str, Any],
+    spec: SearchSpec,
+    arrays: DatasetArrays,
+    workdir: Path,
+    address: str | None = None,
+    storage: str | None = None,
+) -> SearchOutcome:
+    """Continue an interrupted search: finished trials are kept, unfinished ones continue from
+    their last checkpoint, Optuna keeps its history, every trial keeps its one MLflow run and
+    the parent run is continued."""
+    if arrays.fingerprint != state["fingerprint"]:
+        raise UserError(
+            f"{state['data_dir']}: the data changed since search "
+            f"{state['search_id']} started (fingerprint {arrays.fingerprint} != "
+            f"{state['fingerprint']}); start a new search instead."
+        )
+    spec = plan_space(spec, arrays, state.get("budget"))  # the plan the search started with
+    init_ray(address, log_to_driver=False)
+    check_search_resources(spec)
+    slot = TRIAL_SLOT in ray.cluster_resources()
+    root = _storage_root(workdir, storage) if storage else str(state["storage"])
+    uri = state["tracking_uri"]
+    require_reachable(uri)
+    if run_status(uri, state["parent_run_id"]) == "FINISHED":
+        raise UserError(f"search {state['search_id']} already finished; nothing to resume.")
+    reopen_run(uri, state["parent_run_id"])
+    log = _route_ray_logs(workdir, state["search_id"])
+    ids = (state["search_id"], uri, state["experiment_id"], state["parent_run_id"], root)
+    ctx = _context(spec, ids, arrays, state["fingerprint"])
+    path = root.rstrip("/") + "/" + ctx.search_id
+    tuner = tune.Tuner.restore(
+        path,
+        trainable=trainable(ctx, ray.put(arrays), slot),
+        resume_unfinished=True,
+        resume_errored=True,
+    )
+
+    def study() -> optuna.Study:  # the searcher as Tune saved it at the end
+        searcher = PruningAwareOptunaSearch(
+            space=spec.define_by_run, metric=spec.tune_metric, mode=spec.settings.mode
+        )
+        searcher.restore_from_dir(path)
+        return searcher.study
+
+    return _execute(ctx, tuner, arrays, state["model_name"], study, workdir, log)

@@ -1,0 +1,103 @@
+"""Optuna TPE under Ray Tune that tells Optuna the truth about trials ASHA stopped (PRUNED,
+with their intermediate values) instead of a completed, truncated value."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from optuna.trial import TrialState
+from ray.air.constants import TRAINING_ITERATION
+
+from unet_search.search.private import OptunaSearchInternals
+from unet_search.space.spec import BASELINE_ATTR
+
+__all__ = ["PruningAwareOptunaSearch"]
+
+
+class PruningAwareOptunaSearch(OptunaSearchInternals):
+    """OptunaSearch that tells Optuna the truth about how a trial ended.
+
+    Ray's OptunaSearch tells every trial that ended without error as COMPLETE with its last
+    (truncated) value, so TPE learns from numbers that were cut short. Here a trial whose
+    last result lacks ``finished`` (it was stopped from outside, by ASHA) is PRUNED; Optuna
+    keeps its intermediate values (reported every epoch by ``on_trial_result``). A baseline
+    trial, if asked for, is enqueued first and samples nothing.
+
+    Under a scheduler that pauses trials (:func:`unet_search.search.asha.make_scheduler` calls
+    :meth:`track_pauses`) it limits its concurrent trials itself, Tune's ``ConcurrencyLimiter``
+    deferring to it: a trial paused at a rung holds no resources and does not count, or paused
+    trials would keep new ones from starting. A paused trial that ASHA never
+    promotes is stopped with no result and is PRUNED at its last reported value.
+    """
+
+    def __init__(self, *args: Any, enqueue_baseline: bool = False, **kwargs: Any) -> None:
+        self._enqueue_baseline = enqueue_baseline
+        self._pause_aware = False  # see track_pauses
+        self._max_concurrent = 0  # 0: no limit
+        self._live: set[str] = set()
+        self._paused: set[str] = set()
+        self._reported: set[str] = set()  # trials that reported an intermediate value
+        super().__init__(*args, **kwargs)
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        if not self._pause_aware:
+            return False  # Tune's ConcurrencyLimiter does it
+        self._max_concurrent = max_concurrent
+        return True
+
+    def track_pauses(self) -> None:
+        """The scheduler pauses trials and reports them to trial_paused / trial_resumed."""
+        self._pause_aware = True
+
+    def trial_paused(self, trial_id: str) -> None:
+        self._paused.add(trial_id)
+
+    def trial_resumed(self, trial_id: str) -> None:
+        self._paused.discard(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        super().on_trial_result(trial_id, result)
+        if result.get(self.metric) is not None:
+            self._reported.add(trial_id)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self._max_concurrent and len(self._live - self._paused) >= self._max_concurrent:
+            return None
+        suggestion = super().suggest(trial_id)
+        if suggestion is not None:
+            self._live.add(trial_id)
+        return suggestion
+
+    def on_study_created(self) -> None:
+        if self._enqueue_baseline:
+            self.study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
+            self._enqueue_baseline = False
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        self._live.discard(trial_id)
+        self._paused.discard(trial_id)
+        optuna_trial = self.optuna_trial(trial_id)
+        if self.was_told(trial_id) or optuna_trial is None:
+            return
+        value = None if result is None else result.get(self.metric)
+        if not error and result is None and trial_id in self._reported:
+            # Stopped while paused at a rung (Tune passes no result): pruned there.
+            state, value = TrialState.PRUNED, None
+        elif error or value is None:
+            state, value = TrialState.FAIL, None
+        elif result and result.get("finished"):
+            state = TrialState.COMPLETE
+        else:
+            # The result that made ASHA stop the trial never went through on_trial_result:
+            # record it, so Optuna holds every intermediate value up to the stop.
+            step = int(result.get(TRAINING_ITERATION, 0)) if result else 0
+            if step and value is not None:
+                with warnings.catch_warnings():  # Optuna ignores a step reported twice
+                    warnings.simplefilter("ignore")
+                    optuna_trial.report(float(value), step)
+            state, value = TrialState.PRUNED, None
+        self.study.tell(optuna_trial, value, state=state)
+        self.mark_told(trial_id)

@@ -1,0 +1,164 @@
+"""Predict masks with a saved or registered model, at each image's original size.
+
+``load_model("models:/NAME@champion")`` (or ``runs:/...``, or a local directory) returns a
+:class:`Predictor`. Loading reads JSON and safetensors only: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unet_search.core.errors import UserError
+from unet_search.data.dataset import DatasetArrays
+from unet_search.data.decode import read_image
+from unet_search.models.build import CONFIG_FILE, load_model_dir
+from unet_search.train.metrics import otsu_dice, score_masks
+from unet_search.train.sliding import RESIZE_BATCH, plan_of_preprocessing, predict_logits_many
+from unet_search.train.transforms import Normalization
+
+__all__ = ["ImageLike", "Predictor", "find_model_dir", "load_model", "score_images"]
+
+ImageLike = np.ndarray | str | Path
+
+
+def _as_rgb(item: ImageLike) -> np.ndarray:
+    if isinstance(item, str | Path):
+        return read_image(Path(item))
+    array = np.asarray(item)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise UserError(f"an image must be HxW, HxWx3 or HxWx4, but got shape {array.shape}.")
+    if array.dtype != np.uint8:
+        raise UserError(f"image arrays must be uint8, but got {array.dtype}.")
+    return np.ascontiguousarray(array[..., :3])
+
+
+class Predictor:
+    """A model plus its preprocessing: ``predict(images) -> masks`` at each image's size.
+
+    A patch-mode model predicts whole images with a Gaussian-weighted sliding window of its
+    training patch size (an unpadded UNet by overlap-tile); a resize-mode model (and every
+    model saved before patch mode) sees each image resized to its training square, its
+    logits resized back. Then a threshold (binary) or arg-max (multi-class), as the model was
+    trained: the same predictor its validation numbers were measured with
+    (:mod:`unet_search.train.sliding`).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        meta: dict[str, Any],
+        device: str | torch.device = "cpu",
+        tta: str | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.meta = meta
+        self.pre = meta["preprocessing"]
+        plan = plan_of_preprocessing(self.pre)
+        self.plan = plan if tta is None else replace(plan, tta=tta)
+
+    @classmethod
+    def from_dir(
+        cls, path: Path, device: str | torch.device = "cpu", tta: str | None = None
+    ) -> Predictor:
+        model, meta = load_model_dir(Path(path))
+        return cls(model, meta, device, tta)
+
+    @torch.no_grad()
+    def predict_logits(self, images: Sequence[ImageLike]) -> list[torch.Tensor]:
+        """Logits (K, H, W) per image at its original size (on the CPU)."""
+        norm = Normalization.of_preprocessing(self.pre)
+        channels = int(self.pre["in_channels"])
+        out: list[torch.Tensor] = []
+        for start in range(0, len(images), RESIZE_BATCH):  # decoded a batch at a time
+            rgb = [_as_rgb(item) for item in images[start : start + RESIZE_BATCH]]
+            out.extend(
+                logits.cpu()
+                for logits in predict_logits_many(
+                    self.model, rgb, self.plan, norm, channels, self.device
+                )
+            )
+        return out
+
+    def predict(self, images: Sequence[ImageLike] | np.ndarray) -> list[np.ndarray]:
+        """Masks (H, W) uint8 per image: 0/1 for binary models, class indices otherwise.
+
+        Args:
+            images: HxWx3 (or HxWx4, HxW) uint8 arrays or file paths, any sizes; or one
+                (N, H, W, 3) uint8 array.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        # sigmoid(x) > t  <=>  x > logit(t): no sigmoid over full-size maps (measured: 10-20%
+        # of predict's time for a small model, bench/inference.py).
+        cut = float(torch.logit(torch.tensor(float(self.pre["threshold"]), dtype=torch.float64)))
+        masks = []
+        for logit in self.predict_logits(list(images)):
+            if logit.shape[0] == 1:
+                masks.append((logit[0] > cut).numpy().astype(np.uint8))
+            else:
+                masks.append(logit.argmax(0).numpy().astype(np.uint8))
+        return masks
+
+
+def score_images(
+    predictor: Predictor, arrays: DatasetArrays, indices: Sequence[int], prefix: str
+) -> dict[str, float]:
+    """``<prefix>dice``, ``<prefix>iou`` (and ``<prefix>dsb_score`` for binary instance
+    truth) of the masks ``predictor`` gives for images ``indices`` of ``arrays``, exactly as
+    ``unet-search predict`` segments them: whole images at their original sizes; plus
+    ``otsu_<prefix>dice``, a plain Otsu threshold on the same images (binary tasks)."""
+    indices = [int(i) for i in indices]
+    num_classes = int(predictor.meta["num_classes"])
+    out: dict[str, float] = {}
+    for start in range(0, len(indices), RESIZE_BATCH):  # a batch of masks at a time
+        chunk = indices[start : start + RESIZE_BATCH]
+        masks = predictor.predict([arrays.image(i) for i in chunk])
+        for key, value in score_masks(masks, arrays, chunk, num_classes).items():
+            out[key] = out.get(key, 0.0) + value * len(chunk)
+    scores = {f"{prefix}{key}": value / max(len(indices), 1) for key, value in out.items()}
+    if num_classes <= 2:
+        scores[f"otsu_{prefix}dice"] = otsu_dice(arrays, indices)
+    return scores
+
+
+def find_model_dir(root: Path) -> Path:
+    """The folder holding ``model_config.json`` under ``root`` (an MLflow model or a dir)."""
+    if (root / CONFIG_FILE).is_file():
+        return root
+    found = sorted(root.rglob(CONFIG_FILE))
+    if not found:
+        raise UserError(f"{root}: is not a unet-search model (no {CONFIG_FILE} inside).")
+    return found[0].parent
+
+
+def load_model(
+    uri: str | Path,
+    device: str = "cpu",
+    tracking_uri: str | None = None,
+    tta: str | None = None,
+) -> Predictor:
+    """Load a predictor from ``models:/NAME@alias``, ``models:/NAME/VERSION``, ``runs:/...``
+    or a local directory. Registry and run URIs resolve in ``tracking_uri``, else
+    ``$MLFLOW_TRACKING_URI``, else the work dir's store, where ``unet-search search``
+    registered its models (as every other command reads it). ``tta`` (``none`` | ``flips``)
+    overrides the test-time augmentation the model was validated with."""
+    path = Path(str(uri))
+    if not path.exists():
+        from unet_search.tracking.registry import download_model
+
+        if tracking_uri is None and str(uri).startswith(("models:/", "runs:/")):
+            from unet_search.core.env import work_dir
+            from unet_search.tracking.client import resolve_tracking_uri
+
+            tracking_uri = resolve_tracking_uri(work_dir(), create=False)
+        path = download_model(str(uri), tracking_uri)
+    return Predictor.from_dir(find_model_dir(path), device, tta)

@@ -1,0 +1,34 @@
+"""MLflow models-from-code entry point: the pyfunc wrapper of a unet-search model.
+
+MLflow saves this file as code (no cloudpickle); loading runs it, which builds the model
+from ``model_config.json`` and loads ``model.safetensors``. ``predict`` takes an
+(N, H, W, 3) uint8 array (any N, H, W: the logged signature) and returns the (N, H, W) uint8
+masks at the input size. Images of different sizes are separate calls (or
+``unet_search.load_model``, which takes a list).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel, PythonModelContext
+
+from unet_search.serve.inference import Predictor, find_model_dir
+
+
+class UNetSearchPyfunc(PythonModel):
+    def load_context(self, context: PythonModelContext) -> None:
+        self.predictor = Predictor.from_dir(find_model_dir(Path(context.artifacts["model_dir"])))
+
+    # No type hints on predict: MLflow would infer a schema from them (and warn for `Any`);
+    # the explicit signature logged with the model is the contract.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        if hasattr(model_input, "to_numpy") and not isinstance(model_input, np.ndarray):
+            model_input = model_input.to_numpy()
+        masks = self.predictor.predict(model_input)
+        return np.stack(masks) if masks else np.zeros((0, 0, 0), np.uint8)
+
+
+mlflow.models.set_model(UNetSearchPyfunc())

@@ -1,0 +1,365 @@
+"""Search-space YAML -> a validated, frozen :class:`SearchSpec` and an Optuna define-by-run space.
+
+Schema (unknown keys are errors)::
+
+    name: quick                      # search and MLflow experiment name
+    model_name: unet-quick           # registered model name (default: unet-<name>)
+    description: ...
+    fixed: {patch_size: 96, epochs: 4, ...}   # any run-config key (flat or sections), preset;
+                                     # image_size: the square of resize-mode trials only
+    params:                          # searched, in order; `when` may only name earlier params
+      encoder: {type: choice, values: [none, resnet18]}
+      arch: {type: choice, values: [unet, unetplusplus], when: {encoder: [resnet18]}}
+      upsampling:                    # a list: alternatives under exclusive conditions
+        - {type: choice, values: [transpose, bilinear], when: {encoder: none}}
+        - {type: choice, values: [nearest, bilinear], when: {encoder: [resnet18]}}
+      lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}
+      depth: {type: int, low: 2, high: 4, step: 1}
+    search:
+      num_samples: 8                 # trials, the baseline included
+      metric: val_dice               # val_dice | val_iou | val_dsb_score | val_loss
+      mode: max
+      seed: 0
+      baseline: seed_keras           # a preset evaluated as Optuna's first trial, or none
+      sampler: tpe                   # tpe | random (random: a control to compare against)
+      startup_trials: null           # TPE's random start; null: num_samples // 4 in [2, 10]
+      max_concurrent_trials: null    # null: derived from the cluster
+      time_budget_s: null
+      scheduler: {type: asha, grace_period: 1, reduction_factor: 2, max_t: null}
+                                     # asha | asha_stopping | fifo (unet_search.search.asha)
+      budget: null                   # the plan's budget: cpu-quick | cpu | gpu-<GiB>; null:
+                                     # cpu-quick without GPUs (train.plan.default_budget)
+
+`auto` (in ``fixed``: scale, patch_size, depth, batch_size, patches_per_epoch, normalization;
+and as ``low`` / ``high`` of an int ``depth``) is filled from the dataset's plan
+(:mod:`unet_search.train.plan`); values the space gives bind the plan.
+
+Every reachable combination of choices (ints at both bounds, floats at both bounds) is
+validated before any trial starts, so an impossible combination (e.g. a transposed-conv
+decoder with an smp encoder) is an error naming the combination.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from unet_search.core.config import (
+    LEAF_SECTION,
+    PRESETS,
+    RunConfig,
+)
+from unet_search.core.sections import PLANNED_LEAVES
+from unet_search.train.plan import Plan
+
+__all__ = [
+    "PROVISIONAL",
+    "PARAM_TYPES",
+    "BASELINE_ATTR",
+    "NUMBER_KEY",
+    "MAX_COMBINATIONS",
+    "BASELINE_SECTIONS",
+    "BASELINE_LEAVES",
+    "MODEL_FIELDS",
+    "RESOURCE_FIELDS",
+    "ParamSpec",
+    "SchedulerSpec",
+    "SearchSettings",
+    "SearchSpec",
+]
+
+
+# Values `auto` settings take when a space is read without its data (checks, `submit`): they
+# pass every rule, and the real ones come from the dataset's plan before a trial runs.
+PROVISIONAL: dict[str, Any] = {
+    "scale": 1.0,
+    "patch_size": 128,
+    "depth": 4,
+    "batch_size": 8,
+    "patches_per_epoch": 256,
+    "normalization": "default",
+    "depth.low": 3,
+    "depth.high": 4,
+}
+
+
+PARAM_TYPES = ("choice", "int", "uniform", "loguniform")
+
+
+BASELINE_ATTR = "unet_search.baseline"
+
+
+NUMBER_KEY = "unet_search.trial_number"  # Optuna's trial number, in every trial config
+
+
+MAX_COMBINATIONS = 200_000
+
+
+# Only these sections of a baseline preset apply: the data, the budget and the resources of
+# the search stay, so the baseline is measured like every other trial.
+BASELINE_SECTIONS = ("model", "loss", "optim", "augment")
+
+
+BASELINE_LEAVES = ("input_mode", "image_size", "normalization", "early_stop_metric")
+
+
+MODEL_FIELDS = {leaf for leaf, section in LEAF_SECTION.items() if section == "model"}
+
+
+MODEL_FIELDS.add("num_classes")
+
+
+RESOURCE_FIELDS = {"num_workers", "cpus_per_worker", "gpus_per_worker"}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One searched dimension (or one conditional alternative of it)."""
+
+    name: str  # the run-config field it sets
+    key: str  # the Optuna parameter name (unique)
+    type: str
+    values: tuple[Any, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+    step: float | None = None
+    log: bool = False
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    def active(self, chosen: Mapping[str, Any]) -> bool:
+        """Whether all ``when`` conditions hold for the values chosen so far."""
+        return all(chosen.get(name) in allowed for name, allowed in self.when)
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.type == "choice":
+            return trial.suggest_categorical(self.key, list(self.values))
+        if self.type == "int":
+            return trial.suggest_int(
+                self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+            )
+        return trial.suggest_float(
+            self.key,
+            self.low,
+            self.high,
+            step=self.step,
+            log=self.type == "loguniform" or self.log,
+        )
+
+    def probe_values(self) -> tuple[Any, ...]:
+        """Values that exercise validity: every choice, both bounds of a range."""
+        if self.type == "choice":
+            return self.values
+        if self.type == "int":
+            return (int(self.low), int(self.high))
+        return (self.low, self.high)
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    type: str = "asha"  # asha (promotions) | asha_stopping (Tune's) | fifo (none)
+    grace_period: int = 1
+    reduction_factor: int = 2
+    max_t: int | None = None  # None: the trials' epochs
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    num_samples: int = 8
+    metric: str = "val_dice"
+    mode: str = "max"
+    seed: int = 0
+    baseline: str | None = "seed_keras"
+    sampler: str = "tpe"  # tpe (Optuna's TPE) | random (a control: the benchmarks compare)
+    startup_trials: int | None = None  # TPE's random start (None: see tpe_startup_trials)
+    max_concurrent_trials: int | None = None
+    time_budget_s: float | None = None
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    budget: str | None = None  # the plan's compute budget (unet_search.train.plan); None: default
+
+    @property
+    def tpe_startup_trials(self) -> int:
+        """Trials TPE samples at random before it models the results: ``startup_trials``,
+        or a quarter of the search (2 to 10). Optuna's fixed 10 left an 8-trial search random
+        throughout, and a budget of ~16 full trials mostly random."""
+        if self.startup_trials is not None:
+            return self.startup_trials
+        return max(2, min(10, self.num_samples // 4))
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A validated search space."""
+
+    name: str
+    model_name: str
+    description: str
+    source: str  # the YAML text, logged as an artifact
+    fixed: tuple[tuple[str, Any], ...]  # flat run-config leaves (preset expanded)
+    params: tuple[ParamSpec, ...]
+    settings: SearchSettings
+    # Settings given as `auto` (fixed leaves; `<param key>.low` / `.high` of a searched depth)
+    # and the plan that filled them (None: provisional values, see PROVISIONAL).
+    auto: tuple[str, ...] = ()
+    plan: Plan | None = None
+
+    def with_plan(self, plan: Plan) -> SearchSpec:
+        """This space with its ``auto`` settings set to ``plan``'s values (unchecked: see
+        :func:`unet_search.space.load.plan_space`)."""
+        fixed = dict(self.fixed)
+        for leaf in self.auto:
+            if leaf in PLANNED_LEAVES:
+                value = plan.value(leaf)
+                fixed[leaf] = list(value) if isinstance(value, tuple) else value
+        params = tuple(
+            dataclasses.replace(
+                p,
+                low=plan.depth_low if f"{p.key}.low" in self.auto else p.low,
+                high=plan.depth_high if f"{p.key}.high" in self.auto else p.high,
+            )
+            for p in self.params
+        )
+        settings = dataclasses.replace(self.settings, budget=plan.budget)
+        spec = dataclasses.replace(
+            self, fixed=tuple(sorted(fixed.items())), params=params, settings=settings, plan=plan
+        )
+        return spec
+
+    def plan_given(self) -> dict[str, Any]:
+        """What binds the plan: every planned setting the space fixes (explicitly or by
+        default) and does not search, the largest explicit searched depth, and the encoder
+        weights (see :func:`unet_search.train.plan.make_plan`)."""
+        searched = {p.name for p in self.params}
+        flat = self.base_config().flat()
+        given: dict[str, Any] = {
+            leaf: flat[leaf]
+            for leaf in PLANNED_LEAVES
+            if leaf not in self.auto and leaf not in searched
+        }
+        highs = [
+            int(p.high)
+            for p in self.params
+            if p.name == "depth" and p.type == "int" and f"{p.key}.high" not in self.auto
+        ]
+        highs += [int(v) for p in self.params if p.name == "depth" for v in p.values]
+        if "depth" in searched and highs:
+            given["depth_max"] = max(highs)
+        if "encoder_weights" not in searched:
+            given["encoder_weights"] = flat["encoder_weights"]
+        return given
+
+    @property
+    def fixed_dict(self) -> dict[str, Any]:
+        return dict(self.fixed)
+
+    def run_config(self, leaves: Mapping[str, Any], source: str | None = None) -> RunConfig:
+        """A trial's run config from its leaves. In a space, ``image_size`` is the square of
+        resize-mode trials (the seed baseline): a patch-mode trial does not use it. The kept
+        weights follow the search metric unless ``early_stop_metric`` says otherwise."""
+        leaves = dict(leaves)
+        if leaves.get("input_mode", "patch") == "patch":
+            leaves.pop("image_size", None)
+        leaves.setdefault("early_stop_metric", self.settings.metric)
+        return RunConfig.from_dict(leaves, source=source or f"space {self.name}")
+
+    def base_config(self) -> RunConfig:
+        """The fixed settings alone (what every trial shares)."""
+        return self.run_config(self.fixed_dict, f"space {self.name}: fixed")
+
+    def define_by_run(self, trial: optuna.Trial) -> dict[str, Any] | None:
+        """Optuna define-by-run space. The baseline trial samples nothing (so TPE learns
+        nothing false from it) and returns its whole config as constants."""
+        if trial.user_attrs.get(BASELINE_ATTR):
+            return {BASELINE_ATTR: True, NUMBER_KEY: trial.number}
+        chosen: dict[str, Any] = {}
+        for param in self.params:
+            if param.active(chosen):
+                chosen[param.name] = param.suggest(trial)
+        return {NUMBER_KEY: trial.number}
+
+    def assignments(self, trial_config: Mapping[str, Any]) -> dict[str, Any]:
+        """Tune's trial config (Optuna keys) -> run-config leaves."""
+        by_key = {p.key: p.name for p in self.params}
+        return {by_key[k]: v for k, v in trial_config.items() if k in by_key}
+
+    def baseline_leaves(self) -> dict[str, Any]:
+        """What the baseline preset sets: its model, loss, optimizer and augmentation, its
+        input mode and square, and the epoch it keeps (the Keras seed: resize to 128, keep
+        the best val_loss). ``fixed.image_size`` overrides its square."""
+        preset = PRESETS[self.settings.baseline or ""]
+        leaves = {
+            k: v
+            for k, v in preset.items()
+            if LEAF_SECTION[k] in BASELINE_SECTIONS or k in BASELINE_LEAVES
+        }
+        if "image_size" in self.fixed_dict and "image_size" in leaves:
+            leaves["image_size"] = self.fixed_dict["image_size"]
+        return leaves
+
+    def trial_run_config(self, trial_config: Mapping[str, Any]) -> RunConfig:
+        """The full run config of a trial: fixed <- sampled (or fixed <- baseline preset)."""
+        leaves = dict(self.fixed_dict)
+        if trial_config.get(BASELINE_ATTR):
+            leaves.update(self.baseline_leaves())
+        else:
+            leaves.update(self.assignments(trial_config))
+        return self.run_config(leaves)
+
+    def is_baseline(self, trial_config: Mapping[str, Any]) -> bool:
+        return bool(trial_config.get(BASELINE_ATTR))
+
+    @property
+    def tune_metric(self) -> str:
+        """Tune, ASHA and Optuna follow each trial's best value so far (the kept weights)."""
+        return f"best_{self.settings.metric}"
+
+    def _closure(self, names: set[str]) -> set[str]:
+        """``names`` plus every parameter their conditions depend on (transitively)."""
+        out, changed = set(names), True
+        while changed:
+            changed = False
+            for param in self.params:
+                if param.name in out:
+                    for other, _ in param.when:
+                        if other not in out:
+                            out.add(other)
+                            changed = True
+        return out
+
+    def combinations(self, fields: set[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Every reachable assignment of probe values of the parameters that set ``fields``
+        (default: all) and those their conditions depend on, walking the conditions in
+        order. Other parameters are left out (they take their fixed or default value)."""
+        wanted = self._closure(fields) if fields is not None else {p.name for p in self.params}
+
+        def walk(i: int, chosen: dict[str, Any]) -> Iterator[dict[str, Any]]:
+            if i == len(self.params):
+                yield dict(chosen)
+                return
+            param = self.params[i]
+            if param.name not in wanted or not param.active(chosen) or param.name in chosen:
+                yield from walk(i + 1, chosen)
+                return
+            for value in param.probe_values():
+                chosen[param.name] = value
+                yield from walk(i + 1, chosen)
+                del chosen[param.name]
+
+        yield from walk(0, {})
+
+    def max_workers_cpus_gpus(self) -> tuple[int, float, float]:
+        """The largest CPUs and GPUs any single trial (one worker / all workers) can ask."""
+        worst = (0, 0.0, 0.0)
+        for combo in itertools.islice(self.combinations(RESOURCE_FIELDS), MAX_COMBINATIONS):
+            cfg = self.base_config().replace(**combo)
+            tc = cfg.train
+            worst = (
+                max(worst[0], tc.num_workers * tc.cpus_per_worker),
+                max(worst[1], tc.gpus_per_worker),
+                max(worst[2], tc.num_workers * tc.gpus_per_worker),
+            )
+        return worst

@@ -1,0 +1,112 @@
+"""Loss registry: ``bce``, ``dice``, ``focal``, ``tversky`` and ``mix`` (Dice + BCE / CE).
+
+Every loss takes logits (N, K, H, W) and integer targets (N, H, W); ``K = 1`` means binary
+(sigmoid), ``K >= 2`` multi-class (softmax). Binary "bce" is cross-entropy in the K >= 2 case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unet_search.core.errors import ConfigError
+from unet_search.core.sections import IGNORE, LossConfig
+
+__all__ = ["LOSSES", "SegmentationLoss", "build_loss"]
+
+EPS = 1.0
+
+
+def _probs_and_onehot(
+    logits: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K, H, W) probabilities and a float one-hot (or 0/1) target of the same shape."""
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits), target.unsqueeze(1).float()
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    return torch.softmax(logits, dim=1), onehot
+
+
+def _mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of per-pixel (N, 1 or K, H, W) values over the valid (N, 1, H, W) pixels."""
+    weights = valid.expand_as(values)
+    return (values * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def _cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    if logits.shape[1] == 1:
+        ce = F.binary_cross_entropy_with_logits(
+            logits, target.unsqueeze(1).float(), reduction="none"
+        )
+    else:
+        ce = F.cross_entropy(logits, target, reduction="none").unsqueeze(1)
+    return _mean(ce, valid)
+
+
+def _tversky(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, alpha: float, beta: float
+) -> torch.Tensor:
+    """1 - (TP + 1) / (TP + alpha FP + beta FN + 1), soft, over the batch's valid pixels,
+    averaged over channels; alpha = beta = 0.5 is the soft Dice loss."""
+    probs, truth = _probs_and_onehot(logits.float(), target)
+    probs, truth = probs * valid, truth * valid
+    dims = (0, 2, 3)
+    tp = (probs * truth).sum(dims)
+    fp = (probs * (1 - truth)).sum(dims)
+    fn = ((1 - probs) * truth).sum(dims)
+    return (1 - (tp + EPS) / (tp + alpha * fp + beta * fn + EPS)).mean()
+
+
+def _dice(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    return _tversky(logits, target, valid, 0.5, 0.5)
+
+
+def _focal(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    if logits.shape[1] == 1:
+        truth = target.unsqueeze(1).float()
+        ce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none")
+    else:
+        ce = F.cross_entropy(logits, target, reduction="none").unsqueeze(1)
+    p_true = torch.exp(-ce)
+    return _mean((1 - p_true) ** gamma * ce, valid)
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, LossConfig], torch.Tensor]
+LOSSES: dict[str, LossFn] = {
+    "bce": lambda x, y, v, c: _cross_entropy(x, y, v),
+    "dice": lambda x, y, v, c: _dice(x, y, v),
+    "focal": lambda x, y, v, c: _focal(x, y, v, c.focal_gamma),
+    "tversky": lambda x, y, v, c: _tversky(x, y, v, c.tversky_alpha, c.tversky_beta),
+    "mix": lambda x, y, v, c: (
+        c.dice_weight * _dice(x, y, v) + (1 - c.dice_weight) * _cross_entropy(x, y, v)
+    ),
+}
+
+
+class SegmentationLoss(nn.Module):
+    """A registry loss as a module: ``loss(logits (N,K,H,W), target (N,H,W) int) -> scalar``.
+
+    Target pixels equal to :data:`~unet_search.core.sections.IGNORE` (padding) count nowhere."""
+
+    def __init__(self, cfg: LossConfig) -> None:
+        super().__init__()
+        self.cfg, self.fn = cfg, LOSSES[cfg.loss]
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = target != IGNORE
+        target = torch.where(valid, target, torch.zeros_like(target))
+        return self.fn(logits.float(), target, valid.unsqueeze(1).float(), self.cfg)
+
+
+def build_loss(cfg: LossConfig) -> SegmentationLoss:
+    """The loss a config names; an unknown name lists the valid ones."""
+    if cfg.loss not in LOSSES:
+        raise ConfigError(f"`loss.loss` must be one of {sorted(LOSSES)}, but got {cfg.loss!r}.")
+    return SegmentationLoss(cfg)

@@ -1,0 +1,470 @@
+"""Settings planned from the dataset's fingerprint, within a compute budget (nnU-Net's idea:
+the data's own numbers decide the pixel scale, the patch, the depth and the normalization).
+
+The rules, each printed with its reason by ``unet-search plan DIR``:
+
+- ``scale``: 1.0 (the data's own pixels) unless the median object is larger than
+  :data:`LARGE_OBJECT_PX` across; then downsampled so it becomes :data:`TARGET_OBJECT_PX`
+  (never below 0.25, never shrinking the median image's short side under 64 px).
+- ``patch_size``: the budget's patch (a square of ``budget.patch_side``), shrunk to the median
+  image (scaled) where images are smaller, a multiple of ``2**depth``.
+- ``depth`` bounds: at most the budget's depth, and as deep as keeps the bottleneck at least
+  :data:`BOTTLENECK_PX` px (nnU-Net); at least the depth whose receptive field covers twice
+  the median object (and never below 3 where the patch allows).
+- ``batch_size``: the budget's on CPUs; on a GPU what its memory holds at
+  :data:`GPU_BYTES_PER_PIXEL` bytes a pixel, in [2, 64].
+- ``patches_per_epoch``: the budget's pixels per epoch over the patch's pixels, whole batches.
+- ``normalization``: ``zscore`` (per image) when the images' brightness or contrast differ (the
+  spread of per-image means or stds above :data:`SPREAD_LIMIT` of the dataset's std), else
+  ``dataset`` (one mean and std for all); ``default`` when pre-trained weights are asked for.
+
+Deterministic: the same data, budget and given values always give the same plan.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import yaml
+from scipy import ndimage
+
+from unet_search.core.config import RunConfig, auto_leaves, build_run_config, provisional_config
+from unet_search.core.errors import UserError
+from unet_search.core.sections import AUTO, PLANNED_LEAVES, DataConfig
+from unet_search.data.dataset import DatasetArrays
+from unet_search.data.decode import EIGHT_CONNECTED
+from unet_search.data.split import split_indices
+from unet_search.train.transforms import image_histograms, moments
+
+__all__ = [
+    "BUDGETS",
+    "Budget",
+    "DataStats",
+    "Plan",
+    "data_stats",
+    "default_budget",
+    "make_plan",
+    "parse_budget",
+    "plan_run",
+    "receptive_field",
+]
+
+LARGE_OBJECT_PX = 64.0
+TARGET_OBJECT_PX = 40.0
+MIN_SCALE = 0.25
+MIN_SCALED_SIDE = 64
+BOTTLENECK_PX = 4
+MIN_DEPTH, MAX_DEPTH, PREFERRED_MIN_DEPTH = 2, 5, 3
+SPREAD_LIMIT = 0.5
+GPU_BYTES_PER_PIXEL = 4096  # a base-32 UNet's activations, gradients and optimizer, fp32
+GPU_MEMORY_SHARE = 0.5  # the planned batch uses at most half the GPU's memory
+GPU_STEPS_PER_EPOCH = 250  # nnU-Net's epoch
+STATS_IMAGES = 200  # object sizes and intensities from at most this many images
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a run may spend: its largest patch, its batch, pixels per epoch, depth."""
+
+    name: str
+    patch_side: int
+    batch_size: int | None  # None: from the GPU's memory
+    epoch_pixels: int  # CPU: pixels trained on per epoch (patches_per_epoch x patch pixels)
+    max_depth: int
+    gpu_gib: float = 0.0  # GPU: an epoch is GPU_STEPS_PER_EPOCH batches
+
+    def patches_per_epoch(self, patch: tuple[int, int], batch: int) -> tuple[int, str]:
+        if self.gpu_gib:
+            return GPU_STEPS_PER_EPOCH * batch, (
+                f"{GPU_STEPS_PER_EPOCH} steps of {batch} patches an epoch (nnU-Net)"
+            )
+        pixels = patch[0] * patch[1]
+        count = max(batch, round(self.epoch_pixels / pixels / batch) * batch)
+        return count, (
+            f"the {self.name} budget's {self.epoch_pixels / 1e6:.2f} M pixels an epoch over "
+            f"{pixels} px a patch, whole batches of {batch}"
+        )
+
+    def batch_for(self, patch: tuple[int, int]) -> tuple[int, str]:
+        if self.batch_size is not None:
+            return self.batch_size, f"the {self.name} budget's batch"
+        fits = (
+            GPU_MEMORY_SHARE * self.gpu_gib * 2**30 / (GPU_BYTES_PER_PIXEL * patch[0] * patch[1])
+        )
+        batch = int(min(64, max(2, fits)))
+        return batch, (
+            f"{GPU_MEMORY_SHARE:.0%} of {self.gpu_gib:g} GiB at {GPU_BYTES_PER_PIXEL} B a pixel "
+            f"holds {fits:.0f} patches (kept in [2, 64])"
+        )
+
+
+BUDGETS: dict[str, Budget] = {
+    # A quick search on 2 CPU cores: 128 patches of 96 px per epoch, a few minutes in all.
+    "cpu-quick": Budget("cpu-quick", 96, 8, 128 * 96 * 96, 4),
+    "cpu": Budget("cpu", 128, 8, 512 * 128 * 128, 5),
+}
+BUDGET_RULE = "must be cpu-quick, cpu or gpu-<GiB of GPU memory> (e.g. gpu-24)"
+
+
+def parse_budget(text: str) -> Budget:
+    """``cpu-quick`` | ``cpu`` | ``gpu-<GiB>``: a GPU budget plans 256-px patches (512 px from
+    40 GiB), the batch its memory holds and nnU-Net's 250 steps an epoch."""
+    if text in BUDGETS:
+        return BUDGETS[text]
+    head, _, gib = text.partition("-")
+    try:
+        memory = float(gib)
+    except ValueError:
+        memory = 0.0
+    if head != "gpu" or not 1.0 <= memory <= 4096.0:
+        raise UserError(f"--budget {text!r}: {BUDGET_RULE}.")
+    side = 512 if memory >= 40 else 256
+    return Budget(f"gpu-{memory:g}", side, None, 0, MAX_DEPTH, memory)
+
+
+def default_budget(uses_gpus: bool = False) -> Budget:
+    """``cpu-quick`` without a GPU; with one (visible here, or asked for by the run config on
+    a cluster whose GPUs this process may not see) a budget of the local GPU's memory, or 16
+    GiB when none is visible."""
+    import torch
+
+    if torch.cuda.is_available():
+        gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+        return parse_budget(f"gpu-{math.floor(gib)}")
+    return parse_budget("gpu-16") if uses_gpus else BUDGETS["cpu-quick"]
+
+
+@dataclass(frozen=True)
+class DataStats:
+    """The dataset's fingerprint as the planner reads it."""
+
+    count: int
+    median_size: tuple[int, int]  # (height, width), per axis
+    min_size: tuple[int, int]
+    object_px: float | None  # median equivalent diameter of the objects; None: no objects
+    objects: int
+    foreground: float  # share of foreground pixels
+    mean: tuple[float, ...]  # per channel, pixel values in [0, 1]
+    std: tuple[float, ...]
+    mean_spread: float  # std of per-image mean brightness / dataset std
+    std_spread: float  # std of per-image contrast (std) / dataset std
+    held_out: int = 0  # test images left out of the statistics
+
+    def lines(self) -> list[str]:
+        obj = "none" if self.object_px is None else f"{self.object_px:.1f} px"
+        held = f"; {self.held_out} test images not read" if self.held_out else ""
+        return [
+            f"images             {self.count} (median {self.median_size[0]}x"
+            f"{self.median_size[1]}, smallest {self.min_size[0]}x{self.min_size[1]}{held})",
+            f"objects            {self.objects} in the images read, median diameter {obj}",
+            f"foreground         {self.foreground:.3f} of pixels",
+            "intensity          mean "
+            + " ".join(f"{v:.3f}" for v in self.mean)
+            + ", std "
+            + " ".join(f"{v:.3f}" for v in self.std)
+            + f" (per-image spread: means {self.mean_spread:.2f}, stds {self.std_spread:.2f})",
+        ]
+
+
+LEVELS = np.arange(256, dtype=np.float64) / 255.0  # an 8-bit value in [0, 1]
+
+
+def _picked(pool: np.ndarray) -> list[int]:
+    """At most :data:`STATS_IMAGES` images of ``pool``, evenly spread (deterministic)."""
+    if len(pool) <= STATS_IMAGES:
+        return [int(i) for i in pool]
+    return sorted({int(pool[int(k)]) for k in np.linspace(0, len(pool) - 1, STATS_IMAGES)})
+
+
+def data_stats(arrays: DatasetArrays, data: DataConfig | None = None) -> DataStats:
+    """Image sizes (all images), object sizes (instance labels, or the mask's connected
+    components), foreground share and intensity statistics (of at most 200 images). With
+    ``data``, its split's test images are left out: a plan is a choice, and no choice sees
+    the test images."""
+    pool = np.arange(len(arrays))
+    if data is not None:
+        split = split_indices(len(arrays), data)
+        pool = np.sort(np.concatenate([split.train, split.val]))
+    sizes = arrays.sizes[pool]
+    picks = _picked(pool)
+    diameters: list[np.ndarray] = []
+    means, stds, fg, pixels = [], [], 0, 0
+    sums, squares = np.zeros(3), np.zeros(3)
+    for i in picks:
+        mask, labels = arrays.mask(i), arrays.instances(i)
+        if labels is None:
+            labels = ndimage.label(mask > 0, structure=EIGHT_CONNECTED)[0]
+        areas = np.bincount(labels.ravel())[1:]
+        areas = areas[areas > 0]
+        diameters.append(2.0 * np.sqrt(areas / math.pi))
+        fg += int((mask > 0).sum())
+        pixels += mask.size
+        channels, grey = image_histograms(arrays.image(i))  # exact, no float copy
+        sums += channels @ LEVELS
+        squares += channels @ LEVELS**2
+        means.append(float((channels @ LEVELS).sum()) / (3 * mask.size))
+        stds.append(moments(grey, 1 / 765)[1])
+    mean = sums / pixels
+    std = np.sqrt(np.maximum(squares / pixels - mean**2, 0.0))
+    scale = max(float(std.mean()), 1e-6)
+    all_d = np.concatenate(diameters) if diameters else np.empty(0)
+    return DataStats(
+        count=len(pool),
+        median_size=(int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1]))),
+        min_size=(int(sizes[:, 0].min()), int(sizes[:, 1].min())),
+        object_px=round(float(np.median(all_d)), 2) if len(all_d) else None,
+        objects=len(all_d),
+        foreground=round(fg / max(pixels, 1), 4),
+        mean=tuple(round(float(v), 4) for v in mean),
+        std=tuple(round(float(v), 4) for v in std),
+        mean_spread=round(float(np.std(means)) / scale, 3),
+        std_spread=round(float(np.std(stds)) / scale, 3),
+        held_out=len(arrays) - len(pool),
+    )
+
+
+def receptive_field(depth: int) -> int:
+    """Receptive field (px) of a plain UNet's bottleneck: two 3x3 convolutions per level and
+    a 2x2 pooling between levels (the decoder adds more)."""
+    field_px, jump = 1, 1
+    for level in range(depth + 1):
+        field_px += 2 * 2 * jump  # two 3x3 convolutions
+        if level < depth:
+            field_px += jump  # a 2x2 pooling
+            jump *= 2
+    return field_px
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, round(value / multiple) * multiple)
+
+
+def _ceil_to(value: float, multiple: int) -> int:
+    return max(multiple, math.ceil(value / multiple) * multiple)
+
+
+def _divides(patch: tuple[int, int], depth: int) -> bool:
+    return all(side % 2**depth == 0 for side in patch)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Planned values, each with the reason printed next to it."""
+
+    budget: str
+    stats: DataStats
+    scale: float
+    patch_size: tuple[int, int]
+    depth: int  # a fixed depth: the deepest the rules allow
+    depth_low: int
+    depth_high: int
+    batch_size: int
+    patches_per_epoch: int
+    normalization: str
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def value(self, leaf: str) -> Any:
+        """The planned value of a run-config leaf (one of PLANNED_LEAVES)."""
+        return getattr(self, leaf)
+
+    def params(self) -> dict[str, Any]:
+        """A search's parent run logs its plan as params (each trial logs its resolved
+        config)."""
+        return {
+            "plan.budget": self.budget,
+            "plan.object_px": self.stats.object_px,
+            "plan.scale": self.scale,
+            "plan.patch_size": list(self.patch_size),
+            "plan.depth": f"{self.depth_low}..{self.depth_high}",
+            "plan.batch_size": self.batch_size,
+            "plan.patches_per_epoch": self.patches_per_epoch,
+            "plan.normalization": self.normalization,
+        }
+
+    def text(self) -> str:
+        """The fingerprint and every value with its reason, as ``unet-search plan`` prints."""
+        return "\n".join([f"budget             {self.budget}", *self.stats.lines(), *self.lines()])
+
+    def lines(self) -> list[str]:
+        shown = {
+            "scale": f"{self.scale:g}",
+            "patch_size": f"{self.patch_size[0]}x{self.patch_size[1]}",
+            "depth": f"{self.depth_low}..{self.depth_high} (fixed: {self.depth})",
+            "batch_size": str(self.batch_size),
+            "patches_per_epoch": str(self.patches_per_epoch),
+            "normalization": self.normalization,
+        }
+        return [f"{leaf:18s} {shown[leaf]:12s} {self.reasons[leaf]}" for leaf in PLANNED_LEAVES]
+
+    def space_yaml(self, name: str) -> str:
+        """A quick search space with the planned values (``--out FILE.yaml``)."""
+        space = {
+            "name": name,
+            "model_name": f"unet-{name}",
+            "description": f"Planned by `unet-search plan` ({self.budget} budget).",
+            "fixed": {
+                "patch_size": list(self.patch_size),
+                "scale": self.scale,
+                "normalization": self.normalization,
+                "batch_size": self.batch_size,
+                "patches_per_epoch": self.patches_per_epoch,
+                "epochs": 6,
+                "val_fraction": 0.2,
+                "num_workers": 1,
+            },
+            "params": {
+                "encoder": {"type": "choice", "values": ["none", "resnet18"]},
+                "depth": {"type": "int", "low": self.depth_low, "high": self.depth_high},
+                "upsampling": [
+                    {
+                        "type": "choice",
+                        "values": ["transpose", "bilinear"],
+                        "when": {"encoder": "none"},
+                    },
+                    {
+                        "type": "choice",
+                        "values": ["nearest", "bilinear"],
+                        "when": {"encoder": "resnet18"},
+                    },
+                ],
+                "base_filters": {"type": "choice", "values": [16, 32]},
+                "dice_weight": {"type": "uniform", "low": 0.2, "high": 0.8},
+                "lr": {"type": "loguniform", "low": 1.0e-3, "high": 1.0e-2},
+            },
+            "search": {
+                "num_samples": 8,
+                "metric": "val_dice",
+                "baseline": "seed_keras",
+                "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
+            },
+        }
+        header = "".join(f"# {line}\n" for line in [*self.stats.lines(), *self.lines()])
+        return header + yaml.safe_dump(space, sort_keys=False)
+
+
+def make_plan(stats: DataStats, budget: Budget, given: Mapping[str, Any] | None = None) -> Plan:
+    """The plan for ``stats`` within ``budget``. ``given`` holds values the user set (they
+    bind the others): ``scale``, ``patch_size`` ((h, w)), ``depth`` (fixed), ``depth_max``
+    (the largest searched depth), ``batch_size``, ``encoder_weights``."""
+    given = {k: v for k, v in (given or {}).items() if v is not None and v != AUTO}
+    why: dict[str, str] = {}
+
+    # Pixel scale: only large objects are downsampled.
+    d = stats.object_px
+    if "scale" in given:
+        scale, why["scale"] = float(given["scale"]), "given"
+    elif d is not None and d > LARGE_OBJECT_PX:
+        floor = max(MIN_SCALE, MIN_SCALED_SIDE / max(min(stats.median_size), 1))
+        scale = round(min(1.0, max(TARGET_OBJECT_PX / d, floor)), 2)
+        why["scale"] = (
+            f"median object {d:.0f} px > {LARGE_OBJECT_PX:.0f}: downsampled to ~{d * scale:.0f} "
+            f"px (at least {MIN_SCALE}, the median image's short side >= {MIN_SCALED_SIDE})"
+        )
+    else:
+        scale = 1.0
+        why["scale"] = (
+            "no objects found: the data's own pixels"
+            if d is None
+            else f"median object {d:.1f} px <= {LARGE_OBJECT_PX:.0f}: the data's own pixels"
+        )
+    obj = None if d is None else d * scale
+    median = tuple(max(1, round(side * scale)) for side in stats.median_size)
+
+    # The patch: a multiple of 2**depth for the deepest depth that may run.
+    fixed_depth = given.get("depth")
+    top = int(fixed_depth or given.get("depth_max") or budget.max_depth)
+    multiple = 2**top
+    if "patch_size" in given:
+        patch = tuple(int(v) for v in given["patch_size"])
+        why["patch_size"] = "given"
+    else:
+        # Square, unless the images are narrower: then each side fits them (rounded up).
+        patch = tuple(
+            min(_round_to(budget.patch_side, multiple), _ceil_to(side, multiple))
+            for side in median
+        )
+        smaller = patch != (budget.patch_side, budget.patch_side)
+        why["patch_size"] = (
+            f"the median image ({median[0]}x{median[1]} px scaled) is smaller than the "
+            f"{budget.name} budget's {budget.patch_side}-px patch: fitted to it, a multiple "
+            f"of 2**{top}"
+            if smaller
+            else f"the {budget.name} budget's patch (images are {median[0]}x{median[1]} px "
+            f"scaled), a multiple of 2**{top}"
+        )
+        if obj is not None and min(patch) < 2 * obj:
+            why["patch_size"] += f"; narrower than 2 objects ({obj:.0f} px): a larger budget helps"
+    patch = (int(patch[0]), int(patch[1]))
+
+    # Depth: the bottleneck keeps BOTTLENECK_PX px; the receptive field covers the object.
+    allowed = [
+        k
+        for k in range(MIN_DEPTH, MAX_DEPTH + 1)
+        if k <= max(top, MIN_DEPTH) and min(patch) / 2**k >= BOTTLENECK_PX and _divides(patch, k)
+    ] or [MIN_DEPTH]
+    high = max(allowed)
+    need = 2 * obj if obj is not None else 0.0
+    covering = [k for k in allowed if receptive_field(k) >= need and k >= PREFERRED_MIN_DEPTH]
+    low = min(covering) if covering else high
+    depth = int(fixed_depth) if fixed_depth is not None else high
+    if not covering:
+        reach = f"no depth's receptive field covers 2 objects ({need:.0f} px) here: the deepest"
+    elif obj is None:
+        reach = f"no objects to cover: at least {PREFERRED_MIN_DEPTH}"
+    else:
+        reach = f"receptive field {receptive_field(low)} px covers 2 objects ({need:.0f} px)" + (
+            f" (at least {PREFERRED_MIN_DEPTH})" if low == PREFERRED_MIN_DEPTH else ""
+        )
+    why["depth"] = (
+        f"<= {high}: the bottleneck of a {min(patch)}-px patch keeps >= {BOTTLENECK_PX} px"
+        f" (budget depth {budget.max_depth}); >= {low}: {reach}"
+        + ("; fixed: given" if fixed_depth is not None else "; fixed: the deepest")
+    )
+
+    if "batch_size" in given:
+        batch, why["batch_size"] = int(given["batch_size"]), "given"
+    else:
+        batch, why["batch_size"] = budget.batch_for(patch)
+    per_epoch, why["patches_per_epoch"] = budget.patches_per_epoch(patch, batch)
+
+    spread = max(stats.mean_spread, stats.std_spread)
+    if given.get("encoder_weights"):
+        norm = "default"
+        why["normalization"] = "pre-trained encoder weights expect ImageNet statistics"
+    elif spread > SPREAD_LIMIT:
+        norm = "zscore"
+        why["normalization"] = (
+            f"images differ in brightness or contrast (spread {spread:.2f} of the dataset std "
+            f"> {SPREAD_LIMIT}): each image by its own mean and std"
+        )
+    else:
+        norm = "dataset"
+        why["normalization"] = (
+            f"images share one intensity range (spread {spread:.2f} <= {SPREAD_LIMIT}): the "
+            "training images' mean and std"
+        )
+    return Plan(budget.name, stats, scale, patch, depth, low, high, batch, per_epoch, norm, why)
+
+
+def plan_run(
+    flat: Mapping[str, Any], source: str, arrays: DatasetArrays, budget: str | None = None
+) -> tuple[RunConfig, Plan | None]:
+    """A run config (``train``) with its ``auto`` leaves filled from ``arrays``' plan within
+    ``budget`` (None: :func:`default_budget`); the other planned leaves bind the plan."""
+    auto = auto_leaves(flat, source)
+    if not auto:
+        return build_run_config(flat, source), None
+    provisional = provisional_config(flat, source)
+    known = provisional.flat()  # drops a given patch or depth too
+    given = {leaf: flat.get(leaf, known[leaf]) for leaf in PLANNED_LEAVES if leaf not in auto}
+    given["encoder_weights"] = known["encoder_weights"]
+    if isinstance(given.get("patch_size"), int):
+        given["patch_size"] = (given["patch_size"], given["patch_size"])
+    chosen = parse_budget(budget) if budget else default_budget(known["gpus_per_worker"] > 0)
+    plan = make_plan(data_stats(arrays, provisional.data), chosen, given)
+    resolved = {**flat, **{leaf: plan.value(leaf) for leaf in auto}}
+    return build_run_config(resolved, source), plan

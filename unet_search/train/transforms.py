@@ -1,0 +1,385 @@
+"""albumentations pipelines, normalization and the torch Datasets of training items (patches at
+the data's own scale, or whole images resized to one square)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from unet_search.core.config import RunConfig
+from unet_search.core.sections import IGNORE, AugmentConfig
+from unet_search.data.dataset import DatasetArrays
+from unet_search.data.split import split_indices
+
+NEAREST = cv2.INTER_NEAREST
+
+__all__ = [
+    "NORMALIZATIONS",
+    "Normalization",
+    "PatchDataset",
+    "ResizeDataset",
+    "image_statistics",
+    "item_rng",
+    "resize_image",
+    "normalization_for",
+    "to_tensor",
+    "train_pipeline",
+]
+
+# name -> (mean, std) applied to pixel values scaled to [0, 1].
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # x / 255, as the Keras seed does
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # pre-trained encoders
+}
+ZSCORE_MIN_STD = 1.0 / 255.0  # a flat image is not blown up to noise
+STATS_PIXELS = 4_000_000  # at most this many training pixels give the dataset statistics
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How pixel values scaled to [0, 1] become the model's input.
+
+    ``unit`` (x / 255), ``imagenet`` and ``dataset`` (the training images' per-channel mean
+    and std) subtract ``mean`` and divide by ``std``; ``zscore`` uses each image's own
+    per-channel statistics (nnU-Net's rule for non-CT images), so brightness and contrast that
+    vary between images do not reach the model. With one input channel the grey image (the
+    channel mean) is normalized, by the first ``mean`` / ``std`` value."""
+
+    name: str
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+    @classmethod
+    def named(cls, name: str) -> Normalization:
+        """A normalization that needs no data: ``unit``, ``imagenet`` or ``zscore``."""
+        if name == "zscore":
+            return cls(name)
+        mean, std = NORMALIZATIONS[name]
+        return cls(name, mean, std)
+
+    @classmethod
+    def of_preprocessing(cls, pre: Mapping[str, Any]) -> Normalization:
+        """From a saved model's ``preprocessing`` (older models: unit or imagenet, with or
+        without their statistics written out)."""
+        name = str(pre["normalization"])
+        if "mean" not in pre or name == "zscore":
+            return cls.named(name)
+        return cls(name, tuple(pre["mean"]), tuple(pre["std"]))
+
+
+def normalization_for(cfg: RunConfig, arrays: DatasetArrays | None = None) -> Normalization:
+    """``data.normalization`` of a run: ``default`` is ImageNet statistics for pre-trained
+    encoders and x/255 for models trained from scratch; ``dataset`` measures the training
+    split of ``arrays`` (deterministic: every rank and trial gets the same numbers)."""
+    name = cfg.data.normalization
+    if name == "default":
+        return Normalization.named("imagenet" if cfg.model.encoder_weights else "unit")
+    if name != "dataset":
+        return Normalization.named(name)
+    if arrays is None:
+        raise ValueError("normalization: dataset needs the dataset's arrays")
+    train_idx = split_indices(len(arrays), cfg.data).train
+    mean, std = dataset_statistics(arrays, train_idx, grey=cfg.model.in_channels == 1)
+    return Normalization("dataset", mean, std)
+
+
+def dataset_statistics(
+    arrays: DatasetArrays, indices: Sequence[int] | np.ndarray, grey: bool = False
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (of pixel values in [0, 1]) over the images ``indices``, from
+    an evenly strided subset of at most :data:`STATS_PIXELS` pixels; ``grey``: of the channel
+    mean, repeated for the three channels."""
+    total = int(sum(int(arrays.sizes[i].prod()) for i in indices))
+    stride = max(1, total // STATS_PIXELS)
+    picked = (
+        np.concatenate([arrays.image(int(i)).reshape(-1, 3)[::stride] for i in indices]).astype(
+            np.float64
+        )
+        / 255.0
+    )
+    if grey:
+        picked = np.repeat(picked.mean(axis=1, keepdims=True), 3, axis=1)
+    mean = picked.mean(axis=0)
+    std = np.maximum(picked.std(axis=0), ZSCORE_MIN_STD)
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
+def train_pipeline(cfg: AugmentConfig, seed: int | None = None, square: bool = True) -> A.Compose:
+    """Flips, rot90 (square items only: it would swap a non-square patch's height and width),
+    affine, brightness/contrast (+ optional elastic), scaled by strength.
+
+    Masks use nearest-neighbour interpolation and the same geometric transform as the image.
+    ``seed`` makes the random draws reproducible (albumentations 2 has its own generator).
+    """
+    s = cfg.aug_strength
+    if s == 0.0:
+        return A.Compose([], seed=seed)
+    reflect = cv2.BORDER_REFLECT_101
+    steps: list[Any] = [
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        *([A.RandomRotate90(p=0.5)] if square else []),
+        A.Affine(
+            scale=(1.0 - 0.25 * s, 1.0 + 0.25 * s),
+            translate_percent=(-0.1 * s, 0.1 * s),
+            rotate=(-45.0 * s, 45.0 * s),
+            shear=(-10.0 * s, 10.0 * s),
+            interpolation=cv2.INTER_LINEAR,
+            mask_interpolation=cv2.INTER_NEAREST,
+            border_mode=reflect,
+            p=0.3 + 0.5 * s,
+        ),
+        A.RandomBrightnessContrast(
+            brightness_limit=0.3 * s, contrast_limit=0.3 * s, p=0.3 + 0.5 * s
+        ),
+    ]
+    if cfg.elastic:
+        steps.append(
+            A.ElasticTransform(
+                alpha=30.0 * s,
+                sigma=5.0,
+                border_mode=reflect,
+                mask_interpolation=cv2.INTER_NEAREST,
+                p=0.3,
+            )
+        )
+    return A.Compose(steps, seed=seed)
+
+
+def image_histograms(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(3, 256) counts of each channel's values and (766,) counts of the channel sum of an
+    (H, W, 3) uint8 image: exact statistics of any image without a float copy of it (a
+    4000 x 4000 image would take 384 MB as float64)."""
+    image = np.asarray(image)
+    channels = np.stack([np.bincount(image[..., c].ravel(), minlength=256) for c in range(3)])
+    total = image[..., 0].astype(np.uint16) + image[..., 1] + image[..., 2]
+    return channels, np.bincount(total.ravel(), minlength=766)
+
+
+def moments(counts: np.ndarray, scale: float) -> tuple[float, float]:
+    """Mean and std of values ``k * scale`` counted ``counts[k]`` times."""
+    values = np.arange(len(counts), dtype=np.float64) * scale
+    n = max(int(counts.sum()), 1)
+    mean = float(counts @ values) / n
+    return mean, math.sqrt(max(float(counts @ (values - mean) ** 2) / n, 0.0))
+
+
+def image_statistics(image: np.ndarray, in_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (values in [0, 1]; of the channel mean when ``in_channels``
+    is 1) of a whole (H, W, 3) uint8 image: what ``zscore`` normalizes by. A patch is
+    normalized by its whole image's statistics, as ``predict`` normalizes the whole image,
+    never by its own (a background patch would be blown up to noise)."""
+    channels, grey = image_histograms(image)
+    stats = (
+        [moments(grey, 1 / 765)] if in_channels == 1 else [moments(c, 1 / 255) for c in channels]
+    )
+    mean = torch.tensor([m for m, _ in stats], dtype=torch.float32)
+    std = torch.tensor([max(sd, ZSCORE_MIN_STD) for _, sd in stats], dtype=torch.float32)
+    return mean, std
+
+
+def to_tensor(
+    image: np.ndarray,
+    normalization: Normalization | str,
+    in_channels: int,
+    statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (C, H, W) float32 normalized; C = 1 takes the channel mean.
+    ``statistics``: the whole image's (``zscore`` of a patch; default: ``image``'s own)."""
+    norm = Normalization.named(normalization) if isinstance(normalization, str) else normalization
+    # np.array copies: arrays from Ray's object store are read-only.
+    x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
+    if in_channels == 1:
+        x = x.mean(dim=0, keepdim=True)
+    if norm.name == "zscore":
+        mean, std = statistics or image_statistics(image, in_channels)
+    else:
+        mean = torch.tensor(norm.mean[: x.shape[0]], dtype=torch.float32)
+        std = torch.tensor(norm.std[: x.shape[0]], dtype=torch.float32)
+    return ((x - mean[:, None, None]) / std[:, None, None]).contiguous()
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, C) uint8 -> ``size`` (height, width): area averaging when it shrinks both
+    sides, else bilinear (the rule ``predict`` has always used, so older models predict as
+    before; the training data are resized by it too)."""
+    h, w = image.shape[:2]
+    shrink = size[0] < h and size[1] < w
+    return cv2.resize(
+        image, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    )
+
+
+def item_rng(seed: int, epoch: int, item: int) -> np.random.Generator:
+    """The random stream of one training item: differs per epoch and item (hence per rank and
+    per loader worker, which draw different items) and repeats exactly for the same seed."""
+    return np.random.default_rng([seed, epoch, item])
+
+
+def _augment(
+    pipeline: A.Compose | None, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    if pipeline is None or not len(pipeline.transforms):
+        return image, mask
+    pipeline.set_random_seed(int(rng.integers(2**31)))
+    out = pipeline(image=image, mask=mask)
+    return out["image"], out["mask"]
+
+
+def _sample(
+    image: np.ndarray,
+    mask: np.ndarray,
+    normalization: Normalization,
+    in_channels: int,
+    statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    return {
+        "image": to_tensor(image, normalization, in_channels, statistics),
+        "mask": torch.from_numpy(np.array(mask, dtype=np.int64)),
+    }
+
+
+class _EpochDataset(Dataset[dict[str, torch.Tensor]]):
+    """Training items whose randomness follows (seed, epoch, item): see :func:`item_rng`."""
+
+    def __init__(
+        self,
+        arrays: DatasetArrays,
+        indices: Sequence[int] | np.ndarray,
+        *,
+        normalization: Normalization | str,
+        in_channels: int,
+        pipeline: A.Compose | None,
+        seed: int,
+    ) -> None:
+        self.arrays, self.indices = arrays, [int(i) for i in indices]
+        self.normalization = (
+            Normalization.named(normalization) if isinstance(normalization, str) else normalization
+        )
+        self.in_channels = in_channels
+        self.pipeline, self.seed, self.epoch = pipeline, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called before each epoch (loader workers are started anew with the new value)."""
+        self.epoch = epoch
+
+
+class ResizeDataset(_EpochDataset):
+    """Resize mode (the Keras seed): each training image squashed to one square, augmented.
+    One epoch is one pass over the training images."""
+
+    def __init__(
+        self,
+        arrays: DatasetArrays,
+        indices: Sequence[int] | np.ndarray,
+        *,
+        size: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(arrays, indices, **kwargs)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        i = self.indices[item]
+        image = resize_image(self.arrays.image(i), (self.size, self.size))
+        mask = cv2.resize(self.arrays.mask(i), (self.size, self.size), interpolation=NEAREST)
+        image, mask = _augment(self.pipeline, item_rng(self.seed, self.epoch, item), image, mask)
+        return _sample(image, mask, self.normalization, self.in_channels)
+
+
+FG_POINTS = 4096  # foreground pixels remembered per image for fg_oversample
+
+
+class PatchDataset(_EpochDataset):
+    """Patch mode: ``length`` random patches of ``patch`` pixels at the data's own scale
+    (images resampled by ``scale``) per epoch, a ``fg_oversample`` share of them centred on
+    a foreground pixel (nnU-Net, MONAI's RandCropByPosNegLabel). An image smaller than a
+    patch is mirror-padded; its padded pixels are :data:`IGNORE` in the mask (no loss)."""
+
+    def __init__(
+        self,
+        arrays: DatasetArrays,
+        indices: Sequence[int] | np.ndarray,
+        *,
+        patch: tuple[int, int],
+        scale: float,
+        fg_oversample: float,
+        length: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(arrays, indices, **kwargs)
+        self.patch, self.scale, self.fg_oversample, self.length = (
+            patch,
+            scale,
+            fg_oversample,
+            length,
+        )
+        # The region of the original image that becomes one patch.
+        self.region = (
+            max(1, round(patch[0] / scale)),
+            max(1, round(patch[1] / scale)),
+        )
+        self.foreground = [self._fg_points(i) for i in self.indices] if fg_oversample else []
+        # zscore: each patch by its whole image's statistics, as predict normalizes
+        self.statistics = (
+            [image_statistics(self.arrays.image(i), self.in_channels) for i in self.indices]
+            if self.normalization.name == "zscore"
+            else []
+        )
+
+    def _fg_points(self, i: int) -> np.ndarray:
+        flat = np.flatnonzero(self.arrays.mask(i))
+        if len(flat) > FG_POINTS:  # a fixed subset: the same for every epoch and rank
+            flat = np.random.default_rng(i).choice(flat, FG_POINTS, replace=False)
+        return flat
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _corner(self, rng: np.random.Generator, k: int, size: tuple[int, int]) -> tuple[int, int]:
+        """Top-left of the region: around a foreground pixel, or anywhere; inside the image
+        wherever it is large enough."""
+        (h, w), (rh, rw) = size, self.region
+        points = self.foreground[k] if self.foreground else None
+        if points is not None and len(points) and rng.random() < self.fg_oversample:
+            y, x = divmod(int(points[rng.integers(len(points))]), w)
+            top, left = y - rh // 2, x - rw // 2
+        else:
+            top, left = (
+                int(rng.integers(max(h - rh, 0) + 1)),
+                int(rng.integers(max(w - rw, 0) + 1)),
+            )
+        return min(max(top, 0), max(h - rh, 0)), min(max(left, 0), max(w - rw, 0))
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        rng = item_rng(self.seed, self.epoch, item)
+        k = int(rng.integers(len(self.indices)))
+        i = self.indices[k]
+        image, mask = self.arrays.image(i), self.arrays.mask(i)
+        top, left = self._corner(rng, k, image.shape[:2])
+        rh, rw = self.region
+        image, mask = (
+            image[top : top + rh, left : left + rw],
+            mask[top : top + rh, left : left + rw],
+        )
+        pad_h, pad_w = rh - image.shape[0], rw - image.shape[1]
+        if pad_h or pad_w:  # an image smaller than the region
+            image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101)
+            mask = cv2.copyMakeBorder(mask, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=IGNORE)
+        if self.region != self.patch:
+            image = resize_image(image, self.patch)
+            mask = cv2.resize(mask, (self.patch[1], self.patch[0]), interpolation=NEAREST)
+        image, mask = _augment(self.pipeline, rng, np.ascontiguousarray(image), mask)
+        statistics = self.statistics[k] if self.statistics else None
+        return _sample(image, mask, self.normalization, self.in_channels, statistics)
