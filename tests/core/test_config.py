@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from unet_search.core.errors import ConfigError
 
 
 def test_leaf_names_are_unique_across_sections() -> None:
-    total = sum(len(dataclasses.fields(klass)) for klass in SECTIONS.values())
+    total = sum(len(klass.model_fields) for klass in SECTIONS.values())
     assert len(LEAF_SECTION) == total
 
 
@@ -140,3 +139,27 @@ def test_keeping_the_dsb_epoch_needs_the_dsb_score_every_epoch() -> None:
             RunConfig.from_dict({"early_stop_metric": "val_dsb_score", **leaves})
     cfg = RunConfig.from_dict({"early_stop_metric": "val_dsb_score", "num_classes": 2})
     assert cfg.train.dsb_every == 1
+
+
+def test_sections_are_frozen_strict_pydantic_models_that_speak_our_errors() -> None:
+    """A section built directly checks like one read from YAML; frozen; unknown keys refused."""
+    from pydantic import ValidationError
+
+    from unet_search.core.sections import DataConfig, ModelConfig
+
+    with pytest.raises(ConfigError, match=r"^`model.depth` must be in \[2, 5\], but got 9\.$"):
+        ModelConfig(depth=9)
+    with pytest.raises(ConfigError, match=r"`model.dept` is not a valid key here"):
+        ModelConfig(dept=3)  # type: ignore[call-arg]
+    with pytest.raises(
+        ConfigError, match=r"`data.patch_size` must be one int or \[height, width\]"
+    ):
+        DataConfig(patch_size=[64, 64, 3])  # type: ignore[arg-type]
+    cfg = RunConfig.from_dict({"patch_size": 64, "lr": 1})
+    assert cfg.data.patch_size == (64, 64) and cfg.optim.lr == 1.0
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.model.depth = 3  # type: ignore[misc]
+    assert cfg.data.with_values(val_fraction=0.3).val_fraction == 0.3
+    with pytest.raises(ConfigError, match=r"`data\.val_fraction` must be in"):
+        cfg.data.with_values(val_fraction=3)
+    assert hash(cfg) == hash(RunConfig.from_dict(cfg.to_dict())) and {cfg: 1}[cfg] == 1

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -236,15 +235,15 @@ def test_split_is_deterministic_disjoint_and_complete() -> None:
     assert (len(train), len(val), len(test)) == (35, 10, 5)
     assert sorted([*train, *val, *test]) == list(range(50))
     # the test images do not depend on the validation split (a plan reads the same images)
-    other_val = split_indices(50, replace(cfg, val_fraction=0.3))
+    other_val = split_indices(50, cfg.with_values(val_fraction=0.3))
     assert other_val.test.tolist() == test.tolist() and len(other_val.val) == 15
-    assert len(split_indices(50, replace(cfg, test_fraction=0.0)).test) == 0
-    assert split_indices(50, replace(cfg, split_seed=4)).val.tolist() != val.tolist()
+    assert len(split_indices(50, cfg.with_values(test_fraction=0.0)).test) == 0
+    assert split_indices(50, cfg.with_values(split_seed=4)).val.tolist() != val.tolist()
     # fewer than 20 images: no test split unless asked for
     assert len(split_indices(19, cfg).test) == 0
-    assert len(split_indices(19, replace(cfg, test_fraction=0.1)).test) == 2
+    assert len(split_indices(19, cfg.with_values(test_fraction=0.1)).test) == 2
     with pytest.raises(DataError, match=r"2 image\(s\) are too few .* test_fraction=0.4"):
-        split_indices(2, replace(cfg, val_fraction=0.4, test_fraction=0.4))
+        split_indices(2, cfg.with_values(val_fraction=0.4, test_fraction=0.4))
 
 
 def test_the_test_split_is_named_in_split_json_order(tmp_path: Path) -> None:

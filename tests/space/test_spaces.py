@@ -115,12 +115,24 @@ def test_baseline_trial_samples_nothing_and_keeps_search_budget(tmp_path: Path) 
     [
         ({"colour": "red"}, "`colour` is not a valid key"),
         ({"search__num_sample": 3}, "`search.num_sample` is not a valid key"),
-        ({"search__num_samples": "3"}, "`search.num_samples` must be an integer"),
+        ({"search__num_samples": "3"}, "`search.num_samples` must be int, but got '3'"),
+        ({"search__num_samples": 0}, "`search.num_samples` must be in [1, 100000], but got 0"),
+        ({"search__seed": True}, "`search.seed` must be int, but got True"),
+        ({"search__time_budget_s": -5}, "`search.time_budget_s` must be > 0, but got -5"),
+        ({"search__max_concurrent_trials": 0}, "`search.max_concurrent_trials` must be >= 1"),
+        (
+            {"search__scheduler": {"reduction_factor": 2.5}},
+            "`search.scheduler.reduction_factor` must be int, but got 2.5",
+        ),
+        (
+            {"search__scheduler": {"grace": 1}},
+            "`search.scheduler.grace` is not a valid key; valid keys are ['grace_period',",
+        ),
         ({"search__metric": "dice"}, "`search.metric` must be one of"),
         ({"search__mode": "min"}, "`search.mode` must be 'max' for val_dice"),
         ({"search__baseline": "keras"}, "`search.baseline` must be `none` or a preset"),
         ({"search__sampler": "grid"}, "`search.sampler` must be one of ['tpe', 'random']"),
-        ({"search__startup_trials": -1}, "`search.startup_trials` must be null or an integer"),
+        ({"search__startup_trials": -1}, "`search.startup_trials` must be >= 0, but got -1"),
         (
             {"search__scheduler": {"type": "hyperband"}},
             "must be one of ['asha', 'asha_stopping', 'fifo']",
@@ -151,14 +163,30 @@ def test_baseline_trial_samples_nothing_and_keeps_search_budget(tmp_path: Path) 
             },
             "cannot be val_loss while `params.dice_weight` is searched",
         ),
-        ({"params__depth": {"type": "int", "low": 4, "high": 3}}, "`low <= high` must hold"),
+        (
+            {"params__depth": {"type": "int", "low": 4, "high": 3}},
+            "`params.depth` needs `low <= high`, but got [4, 3]",
+        ),
         (
             {"params__lr": {"type": "loguniform", "low": 0, "high": 1}},
-            "a log scale needs `low > 0`",
+            "`params.lr.low` must be > 0 on a log scale (loguniform), but got 0",
         ),
         (
             {"params__lr": {"type": "uniform", "low": "a", "high": 1}},
-            "`params.lr.low` must be a number",
+            "`params.lr.low` must be int or float, but got 'a'",
+        ),
+        (
+            {"params__lr": {"type": "loguniform", "low": 0.1, "high": 1, "step": 0.1}},
+            "`params.lr.step` cannot be combined with a log scale, but got 0.1",
+        ),
+        (
+            {"params__lr": {"type": "uniform", "low": 0.1, "high": 1, "step": -1}},
+            "`params.lr.step` must be a positive number, but got -1",
+        ),
+        ({"params__encoder": {"type": "choice"}}, "`params.encoder.values` is required"),
+        (
+            {"params__encoder": {"type": "choice", "values": ["none"], "low": 1}},
+            "`params.encoder.low` is not a valid key here; valid keys are ['type', 'values'",
         ),
         (
             {"params__depth": {"type": "int", "low": 2.5, "high": 4}},

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from unet_search.core.errors import ConfigError
-from unet_search.core.sections import LossConfig
+from unet_search.core.sections import IGNORE, LossConfig
 from unet_search.train.losses import LOSSES, build_loss
 
 
@@ -74,3 +74,42 @@ def test_multiclass_uses_cross_entropy() -> None:
 def test_unknown_loss_lists_valid_names() -> None:
     with pytest.raises(ConfigError, match=r"must be one of \['bce', 'dice'"):
         build_loss(LossConfig(loss="hinge"))
+
+
+def test_where_smp_losses_differ_ours_are_kept_and_where_they_agree_smps_is_used() -> None:
+    """The measured reasons behind losses.py's choice (see its docstring)."""
+    from segmentation_models_pytorch import losses as smp_losses
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8)
+    target = (torch.rand(2, 8, 8) > 0.6).long()
+    target[0, :2] = IGNORE  # padding rows
+
+    def ours(name: str, x: torch.Tensor, y: torch.Tensor) -> float:
+        return float(build_loss(LossConfig(loss=name, focal_gamma=2.0))(x, y))
+
+    focal = smp_losses.FocalLoss("binary", gamma=2.0, ignore_index=IGNORE)(logits, target)
+    valid = (target != IGNORE).unsqueeze(1)
+    bce = F.binary_cross_entropy_with_logits(
+        logits[valid], target.unsqueeze(1)[valid].float(), reduction="none"
+    )
+    by_hand = float(((1 - torch.exp(-bce)) ** 2 * bce).mean())
+    assert ours("focal", logits, target) == pytest.approx(float(focal), abs=1e-6)
+    assert ours("focal", logits, target) == pytest.approx(by_hand, abs=1e-6)
+    # Dice: the same as smp's smooth=1 with foreground present ...
+    dice = smp_losses.DiceLoss("binary", smooth=1.0, ignore_index=IGNORE)(logits, target)
+    assert ours("dice", logits, target) == pytest.approx(float(dice), abs=1e-5)
+    # ... but on a patch without foreground smp's is 0: nothing pushes false positives down.
+    empty = torch.zeros_like(target)
+    assert float(smp_losses.DiceLoss("binary", smooth=1.0)(logits, empty)) == 0.0
+    assert ours("dice", logits, empty) > 0.9
+    # BCE: smp's averages over the ignored pixels too.
+    smp_bce = smp_losses.SoftBCEWithLogitsLoss(ignore_index=IGNORE)(
+        logits, target.unsqueeze(1).float()
+    )
+    assert ours("bce", logits, target) == pytest.approx(float(bce.mean()), abs=1e-6)
+    assert abs(float(smp_bce) - float(bce.mean())) > 0.05
+    # Multi-class focal: smp's is one-vs-rest sigmoids, ours the softmax's cross-entropy.
+    many, classes = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+    smp_focal = smp_losses.FocalLoss("multiclass", gamma=2.0)(many, classes)
+    assert abs(ours("focal", many, classes) - float(smp_focal)) > 0.1

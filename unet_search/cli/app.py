@@ -6,12 +6,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from unet_search.cli.commands import (
-    _budget_arg,
-    _config_args,
     cmd_best,
     cmd_check_data,
     cmd_jobs,
@@ -58,17 +56,34 @@ EXAMPLES = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="unet-search",
-        description="Find the best UNet for your segmentation data with Ray, Optuna and MLflow.",
+Parser = argparse.ArgumentParser
+SET_HELP = (
+    "override any config field, e.g. epochs=2 or model.depth=3; preset=seed_keras applies a preset"
+)
+DATA_HELP = "dataset folder, or an s3:// / gs:// URI"
+ADDRESS_HELP = "Ray cluster address (default: $RAY_ADDRESS or local)"
+
+
+def _overrides(p: Parser, help_text: str | None = None) -> None:
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name])
 
-    p = add("make-data", "write a synthetic nuclei-like dataset (DSB2018 layout, or multi-class)")
+def _config_args(p: Parser) -> None:
+    p.add_argument("--config", type=Path, help="run config YAML (sections or flat keys)")
+    _overrides(p, SET_HELP)
+
+
+def _budget_arg(p: Parser) -> None:
+    p.add_argument(
+        "--budget",
+        help="compute budget of the plan that fills `auto` settings: cpu-quick | cpu | "
+        "gpu-<GiB> (default: cpu-quick without a GPU, else the GPU's memory)",
+    )
+
+
+def _make_data_args(p: Parser) -> None:
     p.add_argument("kind", choices=["synthetic"])
     p.add_argument("out", type=Path)
     p.add_argument("--n", type=int, default=200, help="number of images (default 200)")
@@ -100,61 +115,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="2: binary, one mask per nucleus (DSB2018 layout, default); 3 or 4: each nucleus "
         "one of the foreground classes, stained apart, class-index masks (images/masks layout)",
     )
-    p.set_defaults(func=cmd_make_data)
 
-    p = add("check-data", "validate a dataset and print its summary and fingerprint")
-    p.add_argument("data", help="dataset folder, or an s3:// / gs:// URI")
+
+def _check_data_args(p: Parser) -> None:
+    p.add_argument("data", help=DATA_HELP)
     _config_args(p)
-    p.set_defaults(func=cmd_check_data)
 
-    p = add("train", "train one configuration with Ray Train, tracked as one MLflow run")
-    p.add_argument("--data", required=True, help="dataset folder, or an s3:// / gs:// URI")
+
+def _train_args(p: Parser) -> None:
+    p.add_argument("--data", required=True, help=DATA_HELP)
     _config_args(p)
     p.add_argument("--workers", type=int, help="Ray Train workers (DDP); sets num_workers")
     p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker; sets gpus_per_worker")
     p.add_argument("--experiment", default="unet-search-train", help="MLflow experiment name")
     p.add_argument("--run-name", help="MLflow run name (default: from the architecture)")
     _budget_arg(p)
-    p.set_defaults(func=cmd_train)
 
-    p = add("plan", "plan patch size, scale, depth, batch and normalization from a dataset")
-    p.add_argument("data", help="dataset folder, or an s3:// / gs:// URI")
+
+def _plan_args(p: Parser) -> None:
+    p.add_argument("data", help=DATA_HELP)
     _budget_arg(p)
     p.add_argument("--out", type=Path, help="also write a search space with the plan (YAML)")
     _config_args(p)
-    p.set_defaults(func=cmd_plan)
 
-    p = add("models", "list architectures, presets (with parameter counts) and encoders")
-    p.set_defaults(func=cmd_models)
 
-    p = add("search", "search architectures and hyperparameters (Ray Tune, Optuna TPE, ASHA)")
+def _search_args(p: Parser) -> None:
     p.add_argument("--space", type=Path, required=True, help="search space YAML")
-    p.add_argument("--data", required=True, help="dataset folder, or an s3:// / gs:// URI")
+    p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--name", help="search name (default: <space name>-<n>, the first unused)")
     p.add_argument("--model-name", help="registered model name (default: from the space)")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a fixed setting (epochs=2) or a search setting (search.num_samples=4)",
-    )
+    p.add_argument("--address", help=ADDRESS_HELP)
+    _overrides(p, "override a fixed setting (epochs=2) or a search setting (search.num_samples=4)")
     p.add_argument(
         "--storage",
         help="Ray results path or URI every node can reach (default: "
         "$UNET_SEARCH_STORAGE or the work dir)",
     )
-    p.set_defaults(func=cmd_search)
 
-    p = add("resume", "continue an interrupted search where it stopped")
+
+def _resume_args(p: Parser) -> None:
     p.add_argument("name", help="search name, e.g. quick-3")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    p.add_argument("--address", help=ADDRESS_HELP)
     p.add_argument("--storage", help="the storage the search ran with")
-    p.set_defaults(func=cmd_resume)
 
-    p = add("submit", "submit a search to a Ray cluster as a Ray job")
+
+def _submit_args(p: Parser) -> None:
     p.add_argument(
         "--address",
         help="Ray dashboard / Jobs API URL (default: "
@@ -165,27 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="search name")
     p.add_argument("--model-name", help="registered model name")
     p.add_argument("--storage", help="Ray results path or URI every node can reach")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _overrides(p)
     p.add_argument("--wait", action="store_true", help="follow the logs; exit with the job")
-    p.set_defaults(func=cmd_submit)
 
-    p = add("jobs", "status, logs or stop of a submitted job")
+
+def _jobs_args(p: Parser) -> None:
     p.add_argument("action", choices=["status", "logs", "stop"])
     p.add_argument("job_id")
     p.add_argument("--address", help="Ray dashboard / Jobs API URL")
-    p.set_defaults(func=cmd_jobs)
 
-    p = add("best", "print the best trials of a search")
+
+def _best_args(p: Parser) -> None:
     p.add_argument("name", help="search name, e.g. quick-1")
     p.add_argument("--top", type=int, default=10)
-    p.set_defaults(func=cmd_best)
 
-    p = add("report", "write the HTML report (and PNGs) of a search to <work dir>/reports/NAME")
+
+def _report_args(p: Parser) -> None:
     p.add_argument("name", help="search name, e.g. quick-1")
     p.add_argument("--log", action="store_true", help="also upload it to the search's MLflow run")
-    p.set_defaults(func=cmd_report)
 
-    p = add("predict", "write one mask PNG per input image with a registered model")
+
+def _predict_args(p: Parser) -> None:
     p.add_argument("--model", required=True, help="models:/NAME@champion, runs:/..., or a dir")
     p.add_argument("--input", type=Path, required=True, help="an image file or a folder")
     p.add_argument("--output", type=Path, required=True, help="folder for the mask PNGs")
@@ -200,7 +205,73 @@ def build_parser() -> argparse.ArgumentParser:
         help="test-time flips: average the logits of the image and its mirror images "
         "(default: as the model was validated)",
     )
-    p.set_defaults(func=cmd_predict)
+
+
+def _no_args(p: Parser) -> None:
+    del p
+
+
+# name -> (help, its arguments, the function that runs it), in the order `--help` lists them
+SUBCOMMANDS: dict[
+    str, tuple[str, Callable[[Parser], None], Callable[[argparse.Namespace], int]]
+] = {
+    "make-data": (
+        "write a synthetic nuclei-like dataset (DSB2018 layout, or multi-class)",
+        _make_data_args,
+        cmd_make_data,
+    ),
+    "check-data": (
+        "validate a dataset and print its summary and fingerprint",
+        _check_data_args,
+        cmd_check_data,
+    ),
+    "train": (
+        "train one configuration with Ray Train, tracked as one MLflow run",
+        _train_args,
+        cmd_train,
+    ),
+    "plan": (
+        "plan patch size, scale, depth, batch and normalization from a dataset",
+        _plan_args,
+        cmd_plan,
+    ),
+    "models": (
+        "list architectures, presets (with parameter counts) and encoders",
+        _no_args,
+        cmd_models,
+    ),
+    "search": (
+        "search architectures and hyperparameters (Ray Tune, Optuna TPE, ASHA)",
+        _search_args,
+        cmd_search,
+    ),
+    "resume": ("continue an interrupted search where it stopped", _resume_args, cmd_resume),
+    "submit": ("submit a search to a Ray cluster as a Ray job", _submit_args, cmd_submit),
+    "jobs": ("status, logs or stop of a submitted job", _jobs_args, cmd_jobs),
+    "best": ("print the best trials of a search", _best_args, cmd_best),
+    "report": (
+        "write the HTML report (and PNGs) of a search to <work dir>/reports/NAME",
+        _report_args,
+        cmd_report,
+    ),
+    "predict": (
+        "write one mask PNG per input image with a registered model",
+        _predict_args,
+        cmd_predict,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unet-search",
+        description="Find the best UNet for your segmentation data with Ray, Optuna and MLflow.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_arguments, run) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name])
+        add_arguments(p)
+        p.set_defaults(func=run)
     return parser
 
 

@@ -31,27 +31,6 @@ __all__ = [
 ]
 
 
-def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="run config YAML (sections or flat keys)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config field, e.g. epochs=2 or model.depth=3; "
-        "preset=seed_keras applies a preset",
-    )
-
-
-def _budget_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--budget",
-        help="compute budget of the plan that fills `auto` settings: cpu-quick | cpu | "
-        "gpu-<GiB> (default: cpu-quick without a GPU, else the GPU's memory)",
-    )
-
-
 def cmd_make_data(args: argparse.Namespace) -> int:
     from unet_search.data.synthetic import make_synthetic
 

@@ -4,18 +4,15 @@ mappings, presets and ``--set key=value`` overrides; each value is checked by it
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import math
-import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
+from pydantic import Field, model_validator
 
-from unet_search.core.errors import ConfigError, check, one_of
+from unet_search.core.errors import ConfigError, one_of
+from unet_search.core.schema import Frozen, broken
 from unet_search.core.sections import (
     AUTO,
     PLANNED_LEAVES,
@@ -43,7 +40,7 @@ __all__ = [
 ]
 
 
-SECTIONS: dict[str, type] = {
+SECTIONS: dict[str, type[Frozen]] = {
     "data": DataConfig,
     "augment": AugmentConfig,
     "model": ModelConfig,
@@ -113,42 +110,47 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Frozen):
     """The whole resolved configuration of one training run."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
         data, model, train = self.data, self.model, self.train
-        if train.early_stop_metric == "val_dsb_score":
-            check(
-                train.dsb_every == 1 and data.num_classes <= 2,
+        if train.early_stop_metric == "val_dsb_score" and not (
+            train.dsb_every == 1 and data.num_classes <= 2
+        ):
+            raise broken(
                 "train.early_stop_metric",
                 "val_dsb_score needs the DSB2018 score every epoch of a binary task "
                 "(`train.dsb_every: 1`, `data.num_classes` <= 2), so the kept epoch is chosen "
                 f"among them all; dsb_every is {train.dsb_every}, num_classes {data.num_classes}",
                 train.early_stop_metric,
             )
-        if data.input_mode == "patch" and model.padding == "same":
-            multiple = 2**model.depth
-            check(
-                all(side % multiple == 0 for side in data.patch_size),
+        multiple = 2**model.depth
+        if (
+            data.input_mode == "patch"
+            and model.padding == "same"
+            and any(side % multiple for side in data.patch_size)
+        ):
+            raise broken(
                 "data.patch_size",
                 f"must be a multiple of 2**depth = {multiple} (model.depth {model.depth})",
                 list(data.patch_size),
             )
+        return self
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Nested plain dict (YAML/JSON-ready: sizes are lists)."""
         return {
             name: {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
-            for name, section in dataclasses.asdict(self).items()
+            for name, section in self.model_dump().items()
         }
 
     def flat(self) -> dict[str, Any]:
@@ -168,7 +170,7 @@ class RunConfig:
 
 
 LEAF_SECTION: dict[str, str] = {
-    f.name: section for section, klass in SECTIONS.items() for f in dataclasses.fields(klass)
+    leaf: section for section, klass in SECTIONS.items() for leaf in klass.model_fields
 }
 
 
@@ -207,7 +209,7 @@ def _normalize(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 def _check_leaf(leaf: str, source: str, section: str | None = None) -> None:
     valid = (
-        sorted(f.name for f in dataclasses.fields(SECTIONS[section]))
+        sorted(SECTIONS[section].model_fields)
         if section
         else sorted([*SECTIONS, *LEAF_SECTION, "preset"])
     )
@@ -219,44 +221,12 @@ def _check_leaf(leaf: str, source: str, section: str | None = None) -> None:
 def _build(flat: Mapping[str, Any], source: str) -> RunConfig:
     per_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for leaf, value in flat.items():
-        section = LEAF_SECTION[leaf]
-        per_section[section][leaf] = _coerce(SECTIONS[section], section, leaf, value, source)
+        per_section[LEAF_SECTION[leaf]][leaf] = value
     try:
-        return RunConfig(**{name: SECTIONS[name](**vals) for name, vals in per_section.items()})
+        sections: dict[str, Any] = {n: SECTIONS[n](**vals) for n, vals in per_section.items()}
+        return RunConfig(**sections)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
-
-
-@functools.cache
-def _type_hints(klass: type) -> dict[str, Any]:
-    return typing.get_type_hints(klass)
-
-
-def _coerce(klass: type, section: str, leaf: str, value: Any, source: str) -> Any:
-    """Check a raw value against the field's annotated type; ints widen to floats."""
-    hint = _type_hints(klass)[leaf]
-    key = f"{source}: `{section}.{leaf}`"
-    if typing.get_origin(hint) is tuple:  # a size: one number (square) or [height, width]
-        sides = list(value) if isinstance(value, list | tuple) else [value, value]
-        if len(sides) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in sides):
-            return (sides[0], sides[1])
-        raise ConfigError(f"{key} must be one int or [height, width] ints, but got {value!r}.")
-    allowed = typing.get_args(hint) or (hint,)
-    if value is None and type(None) in allowed:
-        return None
-    for kind in allowed:
-        if kind is bool and isinstance(value, bool):
-            return value
-        if kind is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(float(value)):
-                break
-            return float(value)
-        if kind is str and isinstance(value, str):
-            return value
-    names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
-    raise ConfigError(f"{key} must be {names}, but got {value!r}.")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -1,17 +1,19 @@
-"""The six sections of a run configuration (data, augment, model, loss, optim, train): frozen
-dataclasses, each checking its own values (:mod:`unet_search.core.config` builds them).
+"""The six sections of a run configuration (data, augment, model, loss, optim, train):
+frozen pydantic models (:mod:`unet_search.core.schema`), each field with its type and rule
+(:mod:`unet_search.core.config` builds them into a ``RunConfig``).
 
-A run configuration has six sections (data, augment, model, loss, optim, train). Every leaf
-name is unique across sections, so a flat ``--set epochs=2`` or an MLflow param ``encoder``
-maps one to one onto a field; ``--set train.epochs=2`` works too.
+Every leaf name is unique across sections, so a flat ``--set epochs=2`` or an MLflow param
+``encoder`` maps one to one onto a field; ``--set train.epochs=2`` works too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated, Any, Self
 
-from unet_search.core.errors import check, one_of
+from pydantic import BeforeValidator, model_validator
+
 from unet_search.core.metrics import VAL_METRICS
+from unet_search.core.schema import Frozen, at_least, between, broken, choice, rule
 
 __all__ = [
     "IGNORE",
@@ -55,71 +57,66 @@ PLANNED_LEAVES = (
 RESIZE_DEFAULT = 128  # resize mode's square when `image_size` is not given (the Keras seed)
 
 
-@dataclass(frozen=True)
-class DataConfig:
+def _size(value: Any) -> Any:
+    """A size: one int (a square) or [height, width] ints."""
+    sides = list(value) if isinstance(value, list | tuple) else [value, value]
+    if len(sides) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in sides):
+        return (sides[0], sides[1])
+    raise broken("", "must be one int or [height, width] ints", value)
+
+
+Size = Annotated[
+    tuple[int, int],
+    BeforeValidator(_size),
+    rule(
+        "must be one side or [height, width], each in [16, 4096]",
+        lambda size: all(16 <= side <= 4096 for side in size),
+    ),
+]
+Fraction = Annotated[float, between(0, 1)]
+
+
+class DataConfig(Frozen):
     """How the dataset is read and shown to the model, and the validation split.
 
     ``input_mode: patch`` (the default) trains on random ``patch_size`` patches at the data's
     own pixel scale (times ``scale``) and predicts whole images with a sliding window;
     ``input_mode: resize`` squashes every image to one ``image_size`` square (the Keras seed)."""
 
-    input_mode: str = "patch"
-    patch_size: tuple[int, int] = (128, 128)  # (height, width); a number means a square
-    scale: float = 1.0  # images are resampled by this factor before the model (patch mode)
-    normalization: str = "default"  # default | unit | imagenet | zscore | dataset
-    image_size: int | None = None  # resize mode only; None there means 128
-    num_classes: int = 1  # 1: binary foreground (sigmoid); C >= 2: class indices 0..C-1
-    val_fraction: float = 0.1
+    section = "data"
+    input_mode: Annotated[str, choice(INPUT_MODES)] = "patch"
+    patch_size: Size = (128, 128)  # (height, width); a number means a square
+    # images are resampled by this factor before the model (patch mode)
+    scale: Annotated[float, between(0.05, 4.0)] = 1.0
+    normalization: Annotated[str, choice(NORMALIZATION_NAMES)] = "default"
+    image_size: Annotated[int, between(16, 4096)] | None = None  # resize mode; None: 128
+    # 1: binary foreground (sigmoid); C >= 2: class indices 0..C-1
+    num_classes: Annotated[int, between(1, 255)] = 1
+    val_fraction: Annotated[float, between(0, 1, low_open=True, high_open=True)] = 0.1
     # Held out from every choice of a search, scored once at its end; None: 0.1 of a
     # dataset of at least 20 images, else none (unet_search.data.split.test_fraction_of).
     test_fraction: float | None = None
     split_seed: int = 0
 
-    def __post_init__(self) -> None:
-        one_of("data.input_mode", self.input_mode, INPUT_MODES)
-        check(
-            all(16 <= side <= 4096 for side in self.patch_size),
-            "data.patch_size",
-            "must be one side or [height, width], each in [16, 4096]",
-            list(self.patch_size),
-        )
-        check(0.05 <= self.scale <= 4.0, "data.scale", "must be in [0.05, 4]", self.scale)
-        one_of("data.normalization", self.normalization, NORMALIZATION_NAMES)
-        if self.image_size is not None:
-            check(
-                self.input_mode == "resize",
+    @model_validator(mode="after")
+    def _fits(self) -> Self:
+        if self.image_size is not None and self.input_mode != "resize":
+            raise broken(
                 "data.image_size",
                 "belongs to input_mode: resize (every image squashed to one square); in "
                 "patch mode the model sees patches of `data.patch_size` at the data's own "
                 "scale: set patch_size instead, or input_mode: resize",
                 self.image_size,
             )
-            check(
-                16 <= self.image_size <= 4096,
-                "data.image_size",
-                "must be in [16, 4096]",
-                self.image_size,
-            )
-        check(
-            1 <= self.num_classes <= 255,
-            "data.num_classes",
-            "must be in [1, 255]",
-            self.num_classes,
-        )
-        check(
-            0.0 < self.val_fraction < 1.0,
-            "data.val_fraction",
-            "must be in (0, 1)",
-            self.val_fraction,
-        )
-        if self.test_fraction is not None:
-            check(
-                0.0 <= self.test_fraction < 1.0 and self.val_fraction + self.test_fraction < 1,
+        test = self.test_fraction
+        if test is not None and not (0.0 <= test < 1.0 and self.val_fraction + test < 1):
+            raise broken(
                 "data.test_fraction",
                 f"must be in [0, 1) and leave training images beside val_fraction "
                 f"{self.val_fraction}",
-                self.test_fraction,
+                test,
             )
+        return self
 
     @property
     def square(self) -> int:
@@ -127,186 +124,93 @@ class DataConfig:
         return self.image_size or RESIZE_DEFAULT
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Frozen):
     """Training augmentation; ``aug_strength`` 0 turns it off, 1 is the strongest."""
 
-    aug_strength: float = 0.5
+    section = "augment"
+    aug_strength: Fraction = 0.5
     elastic: bool = False
 
-    def __post_init__(self) -> None:
-        check(
-            0.0 <= self.aug_strength <= 1.0,
-            "augment.aug_strength",
-            "must be in [0, 1]",
-            self.aug_strength,
-        )
 
-
-@dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Frozen):
     """Architecture; names are checked against the registries in ``models.py``."""
 
+    section = "model"
     arch: str = "unet"
     encoder: str = "none"  # "none": the from-scratch UNet; else an smp encoder name
     encoder_weights: str | None = None
-    depth: int = 4  # number of poolings (plain UNet) / encoder_depth (smp)
-    base_filters: int = 16
-    dropout: float = 0.0
-    dropout_schedule: str = "constant"  # constant | ramp (the Keras seed's 1/3, 2/3, 1 ramp)
+    depth: Annotated[int, between(2, 5)] = 4  # poolings (plain UNet) / encoder_depth (smp)
+    base_filters: Annotated[int, between(1, 1024)] = 16
+    dropout: Annotated[float, between(0, 1, high_open=True)] = 0.0
+    # constant | ramp (the Keras seed's 1/3, 2/3, 1 ramp)
+    dropout_schedule: Annotated[str, choice(["constant", "ramp"])] = "constant"
     upsampling: str = "transpose"
     batchnorm: bool = True
-    padding: str = "same"
-    in_channels: int = 3
-
-    def __post_init__(self) -> None:
-        check(2 <= self.depth <= 5, "model.depth", "must be in [2, 5]", self.depth)
-        check(
-            1 <= self.base_filters <= 1024,
-            "model.base_filters",
-            "must be in [1, 1024]",
-            self.base_filters,
-        )
-        check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)", self.dropout)
-        one_of("model.dropout_schedule", self.dropout_schedule, ["constant", "ramp"])
-        one_of("model.padding", self.padding, ["same", "valid"])
-        one_of("model.in_channels", self.in_channels, [1, 3])
+    padding: Annotated[str, choice(["same", "valid"])] = "same"
+    in_channels: Annotated[int, choice([1, 3])] = 3
 
 
-@dataclass(frozen=True)
-class LossConfig:
+class LossConfig(Frozen):
     """Loss; ``mix`` is ``dice_weight * dice + (1 - dice_weight) * bce`` (CE if multi-class)."""
 
+    section = "loss"
     loss: str = "mix"
-    dice_weight: float = 0.5
-    focal_gamma: float = 2.0
+    dice_weight: Fraction = 0.5
+    focal_gamma: Annotated[float, at_least(0)] = 2.0
     tversky_alpha: float = 0.3
     tversky_beta: float = 0.7
 
-    def __post_init__(self) -> None:
-        check(
-            0.0 <= self.dice_weight <= 1.0,
-            "loss.dice_weight",
-            "must be in [0, 1]",
-            self.dice_weight,
-        )
-        check(self.focal_gamma >= 0.0, "loss.focal_gamma", "must be >= 0", self.focal_gamma)
-        check(
-            self.tversky_alpha >= 0
-            and self.tversky_beta >= 0
-            and self.tversky_alpha + self.tversky_beta > 0,
-            "loss.tversky_alpha",
-            "and `tversky_beta` must be >= 0 with a positive sum",
-            (self.tversky_alpha, self.tversky_beta),
-        )
+    @model_validator(mode="after")
+    def _tversky(self) -> Self:
+        alpha, beta = self.tversky_alpha, self.tversky_beta
+        if not (alpha >= 0 and beta >= 0 and alpha + beta > 0):
+            raise broken(
+                "loss.tversky_alpha",
+                "and `tversky_beta` must be >= 0 with a positive sum",
+                (alpha, beta),
+            )
+        return self
 
 
-@dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(Frozen):
     """Optimizer and learning-rate schedule."""
 
+    section = "optim"
     optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    lr: Annotated[float, between(0, 10, low_open=True)] = 1e-3
+    weight_decay: Annotated[float, at_least(0)] = 1e-4
     lr_schedule: str = "cosine"
-    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
-
-    def __post_init__(self) -> None:
-        check(0.0 < self.lr <= 10.0, "optim.lr", "must be in (0, 10]", self.lr)
-        check(self.weight_decay >= 0.0, "optim.weight_decay", "must be >= 0", self.weight_decay)
-        check(self.grad_clip >= 0.0, "optim.grad_clip", "must be >= 0", self.grad_clip)
+    grad_clip: Annotated[float, at_least(0)] = 1.0  # max gradient norm; 0: no clipping
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Frozen):
     """Epoch loop, early stopping, evaluation and resources of one training run."""
 
-    epochs: int = 20
-    batch_size: int = 8
+    section = "train"
+    epochs: Annotated[int, between(1, 100_000)] = 20
+    batch_size: Annotated[int, between(1, 4096)] = 8
     seed: int = 0
-    threshold: float = 0.5
-    early_stop_patience: int = 0  # 0 turns early stopping off
-    early_stop_metric: str = "val_dice"
-    dsb_every: int = 1  # compute the DSB2018 instance score every N epochs (0: never)
-    num_sample_images: int = 4
-    samples_every: int = 5  # log prediction overlays every N epochs (0: only the final one)
-    num_workers: int = 1
-    cpus_per_worker: int = 1
-    gpus_per_worker: float = 0.0
-    amp: str = "bf16"  # on GPU only: bf16 | fp16 | off
+    threshold: Annotated[float, between(0, 1, low_open=True, high_open=True)] = 0.5
+    early_stop_patience: Annotated[int, at_least(0)] = 0  # 0 turns early stopping off
+    early_stop_metric: Annotated[str, choice(VAL_METRICS)] = "val_dice"
+    # compute the DSB2018 instance score every N epochs (0: never)
+    dsb_every: Annotated[int, at_least(0)] = 1
+    num_sample_images: Annotated[int, between(0, 64)] = 4
+    # log prediction overlays every N epochs (0: only the final one)
+    samples_every: Annotated[int, at_least(0)] = 5
+    num_workers: Annotated[int, at_least(1)] = 1
+    cpus_per_worker: Annotated[int, at_least(1)] = 1
+    gpus_per_worker: Annotated[float, at_least(0)] = 0.0
+    amp: Annotated[str, choice(["bf16", "fp16", "off"])] = "bf16"  # on GPU only
     channels_last: bool = True  # on GPU only
-    max_failures: int = 2
-    loader_workers: int = 0
+    max_failures: Annotated[int, at_least(0)] = 2
+    loader_workers: Annotated[int, at_least(0)] = 0
     # Patch mode: patches per epoch over all ranks (an epoch is the same learning for any
     # image size), and the share of them centred on a foreground pixel (nnU-Net's 0.33).
-    patches_per_epoch: int = 256
-    fg_oversample: float = 0.33
+    patches_per_epoch: Annotated[int, between(1, 10_000_000)] = 256
+    fg_oversample: Fraction = 0.33
     # Whole-image prediction (validation and predict): tile overlap and test-time flips.
-    tile_overlap: float = 0.5
-    tta: str = "none"
-    val_max_images: int = 200  # validation scores at most this many images (0: all)
-
-    def __post_init__(self) -> None:
-        check(1 <= self.epochs <= 100_000, "train.epochs", "must be in [1, 100000]", self.epochs)
-        check(
-            1 <= self.batch_size <= 4096,
-            "train.batch_size",
-            "must be in [1, 4096]",
-            self.batch_size,
-        )
-        check(0.0 < self.threshold < 1.0, "train.threshold", "must be in (0, 1)", self.threshold)
-        check(
-            self.early_stop_patience >= 0,
-            "train.early_stop_patience",
-            "must be >= 0",
-            self.early_stop_patience,
-        )
-        one_of("train.early_stop_metric", self.early_stop_metric, VAL_METRICS)
-        check(self.dsb_every >= 0, "train.dsb_every", "must be >= 0", self.dsb_every)
-        check(
-            0 <= self.num_sample_images <= 64,
-            "train.num_sample_images",
-            "must be in [0, 64]",
-            self.num_sample_images,
-        )
-        check(self.samples_every >= 0, "train.samples_every", "must be >= 0", self.samples_every)
-        check(self.num_workers >= 1, "train.num_workers", "must be >= 1", self.num_workers)
-        check(
-            self.cpus_per_worker >= 1,
-            "train.cpus_per_worker",
-            "must be >= 1",
-            self.cpus_per_worker,
-        )
-        check(
-            self.gpus_per_worker >= 0,
-            "train.gpus_per_worker",
-            "must be >= 0",
-            self.gpus_per_worker,
-        )
-        one_of("train.amp", self.amp, ["bf16", "fp16", "off"])
-        check(self.max_failures >= 0, "train.max_failures", "must be >= 0", self.max_failures)
-        check(
-            self.loader_workers >= 0, "train.loader_workers", "must be >= 0", self.loader_workers
-        )
-        check(
-            1 <= self.patches_per_epoch <= 10_000_000,
-            "train.patches_per_epoch",
-            "must be in [1, 10000000]",
-            self.patches_per_epoch,
-        )
-        check(
-            0.0 <= self.fg_oversample <= 1.0,
-            "train.fg_oversample",
-            "must be in [0, 1]",
-            self.fg_oversample,
-        )
-        check(
-            0.0 <= self.tile_overlap < 1.0,
-            "train.tile_overlap",
-            "must be in [0, 1)",
-            self.tile_overlap,
-        )
-        one_of("train.tta", self.tta, ["none", "flips"])
-        check(
-            self.val_max_images >= 0, "train.val_max_images", "must be >= 0", self.val_max_images
-        )
+    tile_overlap: Annotated[float, between(0, 1, high_open=True)] = 0.5
+    tta: Annotated[str, choice(["none", "flips"])] = "none"
+    # validation scores at most this many images (0: all)
+    val_max_images: Annotated[int, at_least(0)] = 200

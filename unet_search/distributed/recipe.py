@@ -226,23 +226,35 @@ def _log_final(
     outbox.drain()
 
 
+def _log_start(outbox: Outbox, model: torch.nn.Module, world: int, nodes: list[str]) -> None:
+    """The run's size and placement. Queued, sent with the first epoch: the other ranks would
+    wait at the first step while rank 0 opens its MLflow connection (~2 s measured,
+    bench/trial_cost.py)."""
+    outbox.log_params({"num_parameters": count_parameters(model)}, now=False)
+    outbox.set_tags(
+        {
+            "ray.world_size": world,
+            "ray.node_ip": ray.util.get_node_ip_address(),
+            "ray.node_id": ray.get_runtime_context().get_node_id(),
+            "ray.node_ids": ",".join(nodes),  # the nodes of all ranks
+        },
+        now=False,
+    )
+
+
 def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
     """The training recipe every worker runs. ``config`` holds ``run_config`` (dict),
     ``dataset`` (ObjectRef of DatasetArrays, or the arrays), ``tracking_uri``, ``run_id``
     and optionally ``fault`` (a fault-injection spec, see :func:`maybe_fail`) and
     ``tracking_patience_s`` (how long an unreachable tracking server is waited for).
 
-    Rank 0's MLflow logging goes through an :class:`~unet_search.tracking.outage.Outbox`: while the
-    server is away training goes on, the unsent logging travels with each checkpoint, and
-    the run fails (checkpoint kept, for ``resume``) only after the patience runs out."""
+    Rank 0's MLflow logging goes through an :class:`~unet_search.tracking.outage.Outbox`:
+    while the server is away training goes on, the unsent logging travels with each
+    checkpoint, and the run fails (checkpoint kept, for ``resume``) only after the patience
+    runs out."""
     cfg = RunConfig.from_dict(config["run_config"])
-    uri, run_id, rank, world, device = (
-        config["tracking_uri"],
-        config["run_id"],
-        ctx.rank,
-        ctx.world,
-        ctx.device,
-    )
+    uri, run_id = config["tracking_uri"], config["run_id"]
+    rank, world, device = ctx.rank, ctx.world, ctx.device
     torch.set_num_threads(cfg.train.cpus_per_worker)
     seed_everything(cfg.train.seed + rank)
     data = config["dataset"]
@@ -259,18 +271,7 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
     _resume(state, ctx, outbox if rank == 0 else None)
     nodes = _node_ids(world) if state.epoch == 0 else []  # every rank takes part
     if rank == 0 and state.epoch == 0:
-        # Queued, sent with the first epoch: the other ranks would wait at the first step
-        # while rank 0 opens its MLflow connection (~2 s measured, bench/trial_cost.py).
-        outbox.log_params({"num_parameters": count_parameters(model)}, now=False)
-        outbox.set_tags(
-            {
-                "ray.world_size": world,
-                "ray.node_ip": ray.util.get_node_ip_address(),
-                "ray.node_id": ray.get_runtime_context().get_node_id(),
-                "ray.node_ids": ",".join(nodes),  # the nodes of all ranks
-            },
-            now=False,
-        )
+        _log_start(outbox, model, world, nodes)
 
     # Rank 0 logs the overlays: the same fixed samples every epoch (and in every trial).
     picks = _sample_indices(cfg, arrays) if rank == 0 else np.empty(0, np.int64)

@@ -333,6 +333,45 @@ def _context(
     )
 
 
+def _parent_run(
+    spec: SearchSpec,
+    arrays: DatasetArrays,
+    data_dir: Path,
+    uri: str,
+    experiment_id: str,
+    search_id: str,
+    root: str,
+) -> str:
+    """The search's parent run, with its space, split and plan."""
+    parent = create_run(
+        uri,
+        experiment_id,
+        search_id,
+        params={
+            "space": spec.name,
+            "num_samples": spec.settings.num_samples,
+            "metric": spec.settings.metric,
+            "baseline": spec.settings.baseline,
+            "data_dir": str(data_dir),
+            "seed": spec.settings.seed,
+            "storage": root,
+            **(spec.plan.params() if spec.plan is not None else {}),
+        },
+        tags={
+            TAG_SEARCH_ID: search_id,
+            TAG_KIND: "search",
+            TAG_FINGERPRINT: arrays.fingerprint,
+            TAG_CODE_VERSION: code_version(),
+        },
+    )
+    log_text(uri, parent, spec.source, "space.yaml")
+    parts = split_names(arrays.names, spec.base_config().data)  # image ids of each part
+    log_text(uri, parent, json.dumps(parts, indent=1), SPLIT_FILE)
+    if spec.plan is not None:
+        log_text(uri, parent, spec.plan.text(), "plan.txt")
+    return parent
+
+
 def run_search(
     spec: SearchSpec,
     arrays: DatasetArrays,
@@ -363,32 +402,7 @@ def run_search(
     root = _storage_root(workdir, storage)
     search_id = name or next_search_name(spec.name, root, uri, experiment_id)
     model_name = model_name or spec.model_name
-    parent = create_run(
-        uri,
-        experiment_id,
-        search_id,
-        params={
-            "space": spec.name,
-            "num_samples": spec.settings.num_samples,
-            "metric": spec.settings.metric,
-            "baseline": spec.settings.baseline,
-            "data_dir": str(data_dir),
-            "seed": spec.settings.seed,
-            "storage": root,
-            **(spec.plan.params() if spec.plan is not None else {}),
-        },
-        tags={
-            TAG_SEARCH_ID: search_id,
-            TAG_KIND: "search",
-            TAG_FINGERPRINT: arrays.fingerprint,
-            TAG_CODE_VERSION: code_version(),
-        },
-    )
-    log_text(uri, parent, spec.source, "space.yaml")
-    parts = split_names(arrays.names, spec.base_config().data)  # image ids of each part
-    log_text(uri, parent, json.dumps(parts, indent=1), SPLIT_FILE)
-    if spec.plan is not None:
-        log_text(uri, parent, spec.plan.text(), "plan.txt")
+    parent = _parent_run(spec, arrays, data_dir, uri, experiment_id, search_id, root)
     log = _route_ray_logs(workdir, search_id)
     ctx = _context(spec, (search_id, uri, experiment_id, parent, root), arrays, arrays.fingerprint)
     save_state(ctx, data_dir, model_name, overrides)

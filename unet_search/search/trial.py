@@ -49,11 +49,7 @@ def _in_process(cfg: RunConfig) -> bool:
     return cfg.train.num_workers == 1 and cfg.train.gpus_per_worker == 0
 
 
-def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.ObjectRef]) -> None:
-    """One trial: open (or reopen) its MLflow run, then train in-process or on Ray Train."""
-    spec = ctx.spec
-    cfg = spec.trial_run_config(config)
-    trial_id = tune.get_context().get_trial_id()
+def _await_recorded(ctx: SearchContext, trial_id: str) -> None:
     # A shared folder can be read here; a storage URI (s3://...) is not checked.
     if "://" not in ctx.storage and not await_recorded(
         Path(ctx.storage) / ctx.search_id, trial_id, RECORD_TIMEOUT_S
@@ -64,15 +60,21 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
             trial_id,
             RECORD_TIMEOUT_S,
         )
+
+
+def _open_run(ctx: SearchContext, config: dict[str, Any], cfg: RunConfig, trial_id: str) -> str:
+    """The trial's MLflow child run (the same one again when the trial restarts)."""
+    spec = ctx.spec
     baseline = spec.settings.baseline if spec.is_baseline(config) else None
-    run_id = with_patience(
+    number = int(config.get(NUMBER_KEY, 0))
+    return with_patience(
         ctx.tracking_uri,
         f"trial {trial_id}: its run",
         lambda: open_child_run(
             ctx.tracking_uri,
             ctx.experiment_id,
             ctx.parent_run_id,
-            name=trial_run_name(int(config.get(NUMBER_KEY, 0)), cfg, baseline),
+            name=trial_run_name(number, cfg, baseline),
             params={
                 **cfg.flat(),
                 "baseline": baseline or "no",
@@ -81,7 +83,7 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
             tags={
                 TAG_SEARCH_ID: ctx.search_id,
                 TAG_TRIAL_ID: trial_id,
-                TAG_TRIAL_NUMBER: str(int(config.get(NUMBER_KEY, 0))),
+                TAG_TRIAL_NUMBER: str(number),
                 TAG_FINGERPRINT: ctx.fingerprint,
                 TAG_CODE_VERSION: ctx.code_version,
                 **({TAG_BASELINE: baseline} if baseline else {}),
@@ -89,28 +91,34 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
         ),
         ctx.patience_s,
     )
-    recipe_config = {
-        "run_config": cfg.to_dict(),
-        "dataset": dataset[0],
-        "tracking_uri": ctx.tracking_uri,
-        "run_id": run_id,
-        "fault": ctx.fault,
-        "tracking_patience_s": ctx.patience_s,
-    }
+
+
+def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.ObjectRef]) -> None:
+    """One trial: open (or reopen) its MLflow run, then train in-process or on Ray Train."""
+    cfg = ctx.spec.trial_run_config(config)
+    trial_id = tune.get_context().get_trial_id()
+    _await_recorded(ctx, trial_id)
+    run_id = _open_run(ctx, config, cfg, trial_id)
     if _in_process(cfg):
         report, checkpoint_dir = ray_hooks(tune.report, tune.Checkpoint, tune.get_checkpoint)
-        run_recipe(
-            recipe_config,
-            WorkerContext(
-                rank=0,
-                world=1,
-                device=torch.device("cpu"),
-                report=report,
-                checkpoint_dir=checkpoint_dir,
-                prepare_model=lambda m: m,
-                prepare_loader=lambda d: d,
-            ),
+        recipe_config = {
+            "run_config": cfg.to_dict(),
+            "dataset": dataset[0],
+            "tracking_uri": ctx.tracking_uri,
+            "run_id": run_id,
+            "fault": ctx.fault,
+            "tracking_patience_s": ctx.patience_s,
+        }
+        context = WorkerContext(
+            rank=0,
+            world=1,
+            device=torch.device("cpu"),
+            report=report,
+            checkpoint_dir=checkpoint_dir,
+            prepare_model=lambda m: m,
+            prepare_loader=lambda d: d,
         )
+        run_recipe(recipe_config, context)
         return
     trainer = build_trainer(
         cfg,

@@ -44,16 +44,19 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Self
 
 import optuna
+from pydantic import BeforeValidator, Field, model_validator
 
 from unet_search.core.config import (
     LEAF_SECTION,
     PRESETS,
     RunConfig,
 )
+from unet_search.core.metrics import METRICS
+from unet_search.core.schema import Frozen, at_least, between, broken, choice, rule
 from unet_search.core.sections import PLANNED_LEAVES
 from unet_search.train.plan import Plan
 
@@ -117,6 +120,54 @@ MODEL_FIELDS.add("num_classes")
 RESOURCE_FIELDS = {"num_workers", "cpus_per_worker", "gpus_per_worker"}
 
 
+def _unique(values: list[Any]) -> bool:
+    return len({repr(v) for v in values}) == len(values)
+
+
+def _plain(values: list[Any]) -> bool:
+    return not any(isinstance(v, dict | list) for v in values)
+
+
+class ChoiceParam(Frozen):
+    """A searched choice as a space file gives it (``when`` is checked against the earlier
+    parameters by :func:`unet_search.space.validate.parse_params`)."""
+
+    type: Literal["choice"]
+    values: Annotated[
+        list[Any],
+        rule("must be a non-empty list", bool),
+        rule("must not repeat a value", _unique),
+        rule("must hold plain values", _plain),
+    ]
+    when: Any = None
+
+
+class RangeParam(Frozen):
+    """A searched int or float range as a space file gives it."""
+
+    type: Literal["int", "uniform", "loguniform"]
+    low: int | float
+    high: int | float
+    step: Annotated[int | float, rule("must be a positive number", lambda v: v > 0)] | None = None
+    when: Any = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if self.type == "int":
+            for bound in ("low", "high"):
+                if not isinstance(getattr(self, bound), int):
+                    raise broken(
+                        f".{bound}", "must be an integer for type int", getattr(self, bound)
+                    )
+        if self.low > self.high:
+            raise broken("", "needs `low <= high`", [self.low, self.high])
+        if self.type == "loguniform" and self.low <= 0:
+            raise broken(".low", "must be > 0 on a log scale (loguniform)", self.low)
+        if self.step is not None and self.type == "loguniform":
+            raise broken(".step", "cannot be combined with a log scale", self.step)
+        return self
+
+
 @dataclass(frozen=True)
 class ParamSpec:
     """One searched dimension (or one conditional alternative of it)."""
@@ -159,27 +210,62 @@ class ParamSpec:
         return (self.low, self.high)
 
 
-@dataclass(frozen=True)
-class SchedulerSpec:
-    type: str = "asha"  # asha (promotions) | asha_stopping (Tune's) | fifo (none)
-    grace_period: int = 1
-    reduction_factor: int = 2
+SAMPLERS = ("tpe", "random")
+SEARCHABLE = sorted(name for name, metric in METRICS.items() if metric.searchable)
+
+
+SCHEDULERS = ("asha", "asha_stopping", "fifo")  # see unet_search.search.asha
+
+
+def _no_baseline(value: Any) -> Any:
+    return None if value == "none" else value
+
+
+class SchedulerSpec(Frozen):
+    """The trial scheduler (``search.scheduler``); the rules that need the trials' epochs are
+    :func:`unet_search.space.validate.check_scheduler`'s."""
+
+    section = "search.scheduler"
+    type: Annotated[str, choice(SCHEDULERS)] = "asha"  # asha | asha_stopping | fifo
+    grace_period: Annotated[int, at_least(1)] = 1
+    reduction_factor: Annotated[int, at_least(2)] = 2
     max_t: int | None = None  # None: the trials' epochs
 
 
-@dataclass(frozen=True)
-class SearchSettings:
-    num_samples: int = 8
-    metric: str = "val_dice"
+class SearchSettings(Frozen):
+    """The ``search`` section of a space: how many trials, ranked by what, sampled how."""
+
+    section = "search"
+    num_samples: Annotated[int, between(1, 100_000)] = 8
+    metric: Annotated[str, choice(SEARCHABLE)] = "val_dice"
     mode: str = "max"
-    seed: int = 0
-    baseline: str | None = "seed_keras"
-    sampler: str = "tpe"  # tpe (Optuna's TPE) | random (a control: the benchmarks compare)
-    startup_trials: int | None = None  # TPE's random start (None: see tpe_startup_trials)
-    max_concurrent_trials: int | None = None
-    time_budget_s: float | None = None
-    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    seed: Annotated[int, between(0, 2**31)] = 0
+    baseline: Annotated[
+        str | None,
+        BeforeValidator(_no_baseline),
+        rule(f"must be `none` or a preset {sorted(PRESETS)}", lambda v: v in (None, *PRESETS)),
+    ] = "seed_keras"
+    sampler: Annotated[str, choice(SAMPLERS)] = "tpe"  # random: a control to compare against
+    startup_trials: Annotated[int, at_least(0)] | None = None  # see tpe_startup_trials
+    max_concurrent_trials: Annotated[int, at_least(1)] | None = None
+    time_budget_s: Annotated[float, rule("must be > 0", lambda v: v > 0)] | None = None
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     budget: str | None = None  # the plan's compute budget (unet_search.train.plan); None: default
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_of_metric(cls, raw: Any) -> Any:
+        """The mode follows the metric; another is an error (not silently reversed)."""
+        if isinstance(raw, dict) and "mode" not in raw and raw.get("metric") in METRICS:
+            return {**raw, "mode": METRICS[raw["metric"]].mode}
+        return raw
+
+    @model_validator(mode="after")
+    def _mode(self) -> Self:
+        wanted = METRICS[self.metric].mode
+        if self.mode != wanted:
+            raise broken("search.mode", f"must be {wanted!r} for {self.metric}", self.mode)
+        return self
 
     @property
     def tpe_startup_trials(self) -> int:
@@ -223,7 +309,7 @@ class SearchSpec:
             )
             for p in self.params
         )
-        settings = dataclasses.replace(self.settings, budget=plan.budget)
+        settings = self.settings.with_values(budget=plan.budget)
         spec = dataclasses.replace(
             self, fixed=tuple(sorted(fixed.items())), params=params, settings=settings, plan=plan
         )

@@ -9,25 +9,25 @@ from typing import Any
 
 from unet_search.core.config import (
     LEAF_SECTION,
-    PRESETS,
     RunConfig,
 )
 from unet_search.core.errors import ConfigError, UserError
-from unet_search.core.metrics import METRICS
 from unet_search.models.build import validate_model_config
 from unet_search.space.spec import (
     BASELINE_ATTR,
     MAX_COMBINATIONS,
     MODEL_FIELDS,
     PARAM_TYPES,
+    ChoiceParam,
     ParamSpec,
+    RangeParam,
     SchedulerSpec,
     SearchSettings,
     SearchSpec,
 )
 from unet_search.train.plan import parse_budget
 
-__all__ = ["SAMPLERS", "SCHEDULERS", "LOSS_FIELDS", "NAME_RULE", "check_name"]
+__all__ = ["LOSS_FIELDS", "NAME_RULE", "check_name", "check_scheduler", "parse_settings"]
 
 
 def space_error(source: str, key: str, rule: str, value: object = ...) -> ConfigError:
@@ -54,39 +54,16 @@ def _param(
     if kind not in PARAM_TYPES:
         raise space_error(source, f"{where}.type", f"must be one of {list(PARAM_TYPES)}", kind)
     key = name if index is None else f"{name}:{index}"
+    model = ChoiceParam if kind == "choice" else RangeParam
+    try:
+        checked = model.validated(raw, where)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
     when = _when(raw.get("when", {}), where, earlier, source)
-    if kind == "choice":
-        values = raw.get("values")
-        if not isinstance(values, list) or not values:
-            raise space_error(source, f"{where}.values", "must be a non-empty list", values)
-        if len({repr(v) for v in values}) != len(values):
-            raise space_error(source, f"{where}.values", "must not repeat a value", values)
-        if any(isinstance(v, dict | list) for v in values):
-            raise space_error(source, f"{where}.values", "must hold plain values", values)
-        return ParamSpec(name, key, kind, values=tuple(values), when=when)
-    for bound in ("low", "high"):
-        value = raw.get(bound)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise space_error(source, f"{where}.{bound}", "must be a number", value)
-        if kind == "int" and not isinstance(value, int):
-            raise space_error(source, f"{where}.{bound}", "must be an integer for type int", value)
-    low, high = raw["low"], raw["high"]
-    if low > high:
-        raise ConfigError(
-            f"{source}: `{where}`: `low <= high` must hold, but got (low={low}, high={high})."
-        )
-    log = bool(raw.get(False)) or kind == "loguniform"
-    if log and low <= 0:
-        raise ConfigError(
-            f"{source}: `{where}`: a log scale needs `low > 0`, but got (low={low})."
-        )
-    step = raw.get("step")
-    if step is not None and (
-        isinstance(step, bool) or not isinstance(step, int | float) or step <= 0
-    ):
-        raise space_error(source, f"{where}.step", "must be a positive number", step)
-    if step is not None and log:
-        raise space_error(source, f"{where}.step", "cannot be combined with a log scale", step)
+    if isinstance(checked, ChoiceParam):
+        return ParamSpec(name, key, kind, values=tuple(checked.values), when=when)
+    log = kind == "loguniform"
+    low, high, step = checked.low, checked.high, checked.step
     return ParamSpec(name, key, kind, low=low, high=high, step=step, log=log, when=when)
 
 
@@ -154,61 +131,17 @@ def parse_params(raw: Any, fixed: set[str], source: str) -> tuple[ParamSpec, ...
     return tuple(out)
 
 
-SAMPLERS = ("tpe", "random")
-
-
-SCHEDULERS = ("asha", "asha_stopping", "fifo")  # see unet_search.search.asha
-
-
 def parse_settings(raw: Any, base: RunConfig, source: str) -> SearchSettings:
+    """The ``search`` section (:class:`SearchSettings`'s rules), its scheduler checked against
+    the trials' epochs."""
     raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
         raise space_error(source, "search", "must be a mapping", raw)
-    allowed = {f.name for f in SearchSettings.__dataclass_fields__.values()}
-    only_keys(raw, allowed, source, "search.")
-    metric = raw.get("metric", "val_dice")
-    searchable = sorted(name for name, m in METRICS.items() if m.searchable)
-    if metric not in searchable:
-        raise space_error(source, "search.metric", f"must be one of {searchable}", metric)
-    mode = raw.get("mode", METRICS[metric].mode)
-    if mode != METRICS[metric].mode:
-        raise space_error(
-            source, "search.mode", f"must be {METRICS[metric].mode!r} for {metric}", mode
-        )
-    ints = {"num_samples": (1, 100_000), "seed": (0, 2**31)}
-    for key, (lo, hi) in ints.items():
-        value = raw.get(key, getattr(SearchSettings, key))
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise space_error(
-                source, f"search.{key}", f"must be an integer in [{lo}, {hi}]", value
-            )
-    concurrent = raw.get("max_concurrent_trials")
-    if concurrent is not None and (not isinstance(concurrent, int) or concurrent < 1):
-        raise space_error(
-            source, "search.max_concurrent_trials", "must be null or an integer >= 1", concurrent
-        )
-    budget = raw.get("time_budget_s")
-    if budget is not None and (not isinstance(budget, int | float) or budget <= 0):
-        raise space_error(
-            source, "search.time_budget_s", "must be null or a positive number", budget
-        )
-    baseline = raw.get("baseline", "seed_keras")
-    if baseline in ("none", None):
-        baseline = None
-    elif baseline not in PRESETS:
-        raise space_error(
-            source, "search.baseline", f"must be `none` or a preset {sorted(PRESETS)}", baseline
-        )
-    sampler = raw.get("sampler", "tpe")
-    if sampler not in SAMPLERS:
-        raise space_error(source, "search.sampler", f"must be one of {list(SAMPLERS)}", sampler)
-    startup = raw.get("startup_trials")
-    if startup is not None and (
-        isinstance(startup, bool) or not isinstance(startup, int) or startup < 0
-    ):
-        raise space_error(
-            source, "search.startup_trials", "must be null or an integer >= 0", startup
-        )
+    only_keys(raw, set(SearchSettings.model_fields), source, "search.")
+    scheduler = {"type": "asha"} if raw.get("scheduler") is None else raw["scheduler"]
+    if not isinstance(scheduler, Mapping):
+        raise space_error(source, "search.scheduler", "must be a mapping", scheduler)
+    only_keys(scheduler, set(SchedulerSpec.model_fields), source, "search.scheduler.")
     plan_budget = raw.get("budget")
     if plan_budget is not None:
         try:
@@ -217,43 +150,21 @@ def parse_settings(raw: Any, base: RunConfig, source: str) -> SearchSettings:
             raise space_error(
                 source, "search.budget", str(err).partition(": ")[2].rstrip(".")
             ) from None
-    return SearchSettings(
-        raw.get("num_samples", 8),
-        metric,
-        mode,
-        raw.get("seed", 0),
-        baseline,
-        sampler,
-        startup,
-        concurrent,
-        budget,
-        _scheduler(raw.get("scheduler"), base, source),
-        None if plan_budget is None else str(plan_budget),
-    )
+    try:
+        values = {**raw, "scheduler": SchedulerSpec(**scheduler)}
+        if plan_budget is not None:
+            values["budget"] = str(plan_budget)
+        settings = SearchSettings(**values)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    check_scheduler(settings.scheduler, base.train.epochs, source)
+    return settings
 
 
-def _scheduler(raw: Any, base: RunConfig, source: str) -> SchedulerSpec:
-    raw = {"type": "asha"} if raw is None else raw
-    if not isinstance(raw, Mapping):
-        raise space_error(source, "search.scheduler", "must be a mapping", raw)
-    only_keys(
-        raw, {"type", "grace_period", "reduction_factor", "max_t"}, source, "search.scheduler."
-    )
-    kind = raw.get("type", "asha")
-    if kind not in SCHEDULERS:
-        raise space_error(
-            source, "search.scheduler.type", f"must be one of {list(SCHEDULERS)}", kind
-        )
-    grace, factor = raw.get("grace_period", 1), raw.get("reduction_factor", 2)
-    max_t = raw.get("max_t")
-    epochs = base.train.epochs
-    if not isinstance(grace, int) or isinstance(grace, bool) or grace < 1:
-        raise space_error(
-            source, "search.scheduler.grace_period", "must be an integer >= 1", grace
-        )
-    if not isinstance(factor, int | float) or isinstance(factor, bool) or factor < 2:
-        raise space_error(source, "search.scheduler.reduction_factor", "must be >= 2", factor)
-    if max_t is not None and (isinstance(max_t, bool) or max_t != epochs):
+def check_scheduler(scheduler: SchedulerSpec, epochs: int, source: str) -> None:
+    """``max_t`` and the grace period against the trials' ``epochs``."""
+    max_t = scheduler.max_t
+    if max_t is not None and max_t != epochs:
         raise space_error(
             source,
             "search.scheduler.max_t",
@@ -261,11 +172,13 @@ def _scheduler(raw: Any, base: RunConfig, source: str) -> SchedulerSpec:
             "fewer no trial would finish its training and nothing would be registered",
             max_t,
         )
-    if grace > epochs:
+    if scheduler.grace_period > epochs:
         raise space_error(
-            source, "search.scheduler.grace_period", f"must be <= epochs ({epochs})", grace
+            source,
+            "search.scheduler.grace_period",
+            f"must be <= epochs ({epochs})",
+            scheduler.grace_period,
         )
-    return SchedulerSpec(kind, grace, int(factor), max_t)
 
 
 LOSS_FIELDS = ("loss", "dice_weight", "focal_gamma", "tversky_alpha", "tversky_beta")

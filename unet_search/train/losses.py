@@ -2,6 +2,13 @@
 
 Every loss takes logits (N, K, H, W) and integer targets (N, H, W); ``K = 1`` means binary
 (sigmoid), ``K >= 2`` multi-class (softmax). Binary "bce" is cross-entropy in the K >= 2 case.
+
+``segmentation_models_pytorch.losses`` is used where it is the same function: the binary
+focal loss. The others differ, so they stay ours (``tests/train/test_losses.py`` measures
+each difference): smp's Dice and Tversky give 0 for a class absent from the batch (no
+gradient against false positives on a patch without nuclei; ours, soft over the batch with
++1 smoothing, equals smp's ``smooth=1`` whenever the class is present), smp's BCE averages
+over ignored (padding) pixels too, and its multi-class focal loss is one-vs-rest sigmoids.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from segmentation_models_pytorch import losses as smp_losses
 from torch import nn
 
 from unet_search.core.errors import ConfigError
@@ -69,11 +77,11 @@ def _dice(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> to
 def _focal(
     logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, gamma: float
 ) -> torch.Tensor:
-    if logits.shape[1] == 1:
-        truth = target.unsqueeze(1).float()
-        ce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none")
-    else:
-        ce = F.cross_entropy(logits, target, reduction="none").unsqueeze(1)
+    if logits.shape[1] == 1:  # smp's binary focal loss is this function: use it
+        ignored = torch.where(valid[:, 0] > 0, target, torch.full_like(target, IGNORE))
+        return smp_losses.FocalLoss("binary", gamma=gamma, ignore_index=IGNORE)(logits, ignored)
+    # smp's multi-class focal loss is one-vs-rest sigmoids: ours is the softmax's.
+    ce = F.cross_entropy(logits, target, reduction="none").unsqueeze(1)
     p_true = torch.exp(-ce)
     return _mean((1 - p_true) ** gamma * ce, valid)
 

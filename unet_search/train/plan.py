@@ -38,7 +38,7 @@ from unet_search.core.sections import AUTO, PLANNED_LEAVES, DataConfig
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.decode import EIGHT_CONNECTED
 from unet_search.data.split import split_indices
-from unet_search.train.transforms import image_histograms, moments
+from unet_search.train.transforms import image_histograms, moments, scaled_size
 
 __all__ = [
     "BUDGETS",
@@ -346,61 +346,69 @@ class Plan:
         return header + yaml.safe_dump(space, sort_keys=False)
 
 
-def make_plan(stats: DataStats, budget: Budget, given: Mapping[str, Any] | None = None) -> Plan:
-    """The plan for ``stats`` within ``budget``. ``given`` holds values the user set (they
-    bind the others): ``scale``, ``patch_size`` ((h, w)), ``depth`` (fixed), ``depth_max``
-    (the largest searched depth), ``batch_size``, ``encoder_weights``."""
-    given = {k: v for k, v in (given or {}).items() if v is not None and v != AUTO}
-    why: dict[str, str] = {}
-
-    # Pixel scale: only large objects are downsampled.
+def _plan_scale(stats: DataStats, given: Mapping[str, Any], why: dict[str, str]) -> float:
+    """Pixel scale: only large objects are downsampled."""
     d = stats.object_px
     if "scale" in given:
-        scale, why["scale"] = float(given["scale"]), "given"
-    elif d is not None and d > LARGE_OBJECT_PX:
+        why["scale"] = "given"
+        return float(given["scale"])
+    if d is not None and d > LARGE_OBJECT_PX:
         floor = max(MIN_SCALE, MIN_SCALED_SIDE / max(min(stats.median_size), 1))
         scale = round(min(1.0, max(TARGET_OBJECT_PX / d, floor)), 2)
         why["scale"] = (
             f"median object {d:.0f} px > {LARGE_OBJECT_PX:.0f}: downsampled to ~{d * scale:.0f} "
             f"px (at least {MIN_SCALE}, the median image's short side >= {MIN_SCALED_SIDE})"
         )
-    else:
-        scale = 1.0
-        why["scale"] = (
-            "no objects found: the data's own pixels"
-            if d is None
-            else f"median object {d:.1f} px <= {LARGE_OBJECT_PX:.0f}: the data's own pixels"
-        )
-    obj = None if d is None else d * scale
-    median = tuple(max(1, round(side * scale)) for side in stats.median_size)
+        return scale
+    why["scale"] = (
+        "no objects found: the data's own pixels"
+        if d is None
+        else f"median object {d:.1f} px <= {LARGE_OBJECT_PX:.0f}: the data's own pixels"
+    )
+    return 1.0
 
-    # The patch: a multiple of 2**depth for the deepest depth that may run.
-    fixed_depth = given.get("depth")
-    top = int(fixed_depth or given.get("depth_max") or budget.max_depth)
+
+def _plan_patch(
+    median: tuple[int, ...],
+    obj: float | None,
+    budget: Budget,
+    given: Mapping[str, Any],
+    top: int,
+    why: dict[str, str],
+) -> tuple[int, int]:
+    """The patch: a multiple of 2**``top``, the deepest depth that may run."""
     multiple = 2**top
     if "patch_size" in given:
-        patch = tuple(int(v) for v in given["patch_size"])
         why["patch_size"] = "given"
-    else:
-        # Square, unless the images are narrower: then each side fits them (rounded up).
-        patch = tuple(
-            min(_round_to(budget.patch_side, multiple), _ceil_to(side, multiple))
-            for side in median
-        )
-        smaller = patch != (budget.patch_side, budget.patch_side)
-        why["patch_size"] = (
-            f"the median image ({median[0]}x{median[1]} px scaled) is smaller than the "
-            f"{budget.name} budget's {budget.patch_side}-px patch: fitted to it, a multiple "
-            f"of 2**{top}"
-            if smaller
-            else f"the {budget.name} budget's patch (images are {median[0]}x{median[1]} px "
-            f"scaled), a multiple of 2**{top}"
-        )
-        if obj is not None and min(patch) < 2 * obj:
-            why["patch_size"] += f"; narrower than 2 objects ({obj:.0f} px): a larger budget helps"
-    patch = (int(patch[0]), int(patch[1]))
+        return int(given["patch_size"][0]), int(given["patch_size"][1])
+    # Square, unless the images are narrower: then each side fits them (rounded up).
+    patch = tuple(
+        min(_round_to(budget.patch_side, multiple), _ceil_to(side, multiple)) for side in median
+    )
+    smaller = patch != (budget.patch_side, budget.patch_side)
+    why["patch_size"] = (
+        f"the median image ({median[0]}x{median[1]} px scaled) is smaller than the "
+        f"{budget.name} budget's {budget.patch_side}-px patch: fitted to it, a multiple "
+        f"of 2**{top}"
+        if smaller
+        else f"the {budget.name} budget's patch (images are {median[0]}x{median[1]} px "
+        f"scaled), a multiple of 2**{top}"
+    )
+    if obj is not None and min(patch) < 2 * obj:
+        why["patch_size"] += f"; narrower than 2 objects ({obj:.0f} px): a larger budget helps"
+    return int(patch[0]), int(patch[1])
 
-    # Depth: the bottleneck keeps BOTTLENECK_PX px; the receptive field covers the object.
+
+def _plan_depth(
+    patch: tuple[int, int],
+    obj: float | None,
+    top: int,
+    fixed_depth: int | None,
+    budget: Budget,
+    why: dict[str, str],
+) -> tuple[int, int, int]:
+    """(depth, low, high): the bottleneck keeps BOTTLENECK_PX px; the receptive field covers
+    two objects."""
     allowed = [
         k
         for k in range(MIN_DEPTH, MAX_DEPTH + 1)
@@ -424,29 +432,46 @@ def make_plan(stats: DataStats, budget: Budget, given: Mapping[str, Any] | None 
         f" (budget depth {budget.max_depth}); >= {low}: {reach}"
         + ("; fixed: given" if fixed_depth is not None else "; fixed: the deepest")
     )
+    return depth, low, high
 
+
+def _plan_normalization(stats: DataStats, given: Mapping[str, Any], why: dict[str, str]) -> str:
+    spread = max(stats.mean_spread, stats.std_spread)
+    if given.get("encoder_weights"):
+        why["normalization"] = "pre-trained encoder weights expect ImageNet statistics"
+        return "default"
+    if spread > SPREAD_LIMIT:
+        why["normalization"] = (
+            f"images differ in brightness or contrast (spread {spread:.2f} of the dataset std "
+            f"> {SPREAD_LIMIT}): each image by its own mean and std"
+        )
+        return "zscore"
+    why["normalization"] = (
+        f"images share one intensity range (spread {spread:.2f} <= {SPREAD_LIMIT}): the "
+        "training images' mean and std"
+    )
+    return "dataset"
+
+
+def make_plan(stats: DataStats, budget: Budget, given: Mapping[str, Any] | None = None) -> Plan:
+    """The plan for ``stats`` within ``budget``. ``given`` holds values the user set (they
+    bind the others): ``scale``, ``patch_size`` ((h, w)), ``depth`` (fixed), ``depth_max``
+    (the largest searched depth), ``batch_size``, ``encoder_weights``."""
+    given = {k: v for k, v in (given or {}).items() if v is not None and v != AUTO}
+    why: dict[str, str] = {}
+    scale = _plan_scale(stats, given, why)
+    obj = None if stats.object_px is None else stats.object_px * scale
+    median = scaled_size(stats.median_size, scale)
+    fixed_depth = given.get("depth")
+    top = int(fixed_depth or given.get("depth_max") or budget.max_depth)
+    patch = _plan_patch(median, obj, budget, given, top, why)
+    depth, low, high = _plan_depth(patch, obj, top, fixed_depth, budget, why)
     if "batch_size" in given:
         batch, why["batch_size"] = int(given["batch_size"]), "given"
     else:
         batch, why["batch_size"] = budget.batch_for(patch)
     per_epoch, why["patches_per_epoch"] = budget.patches_per_epoch(patch, batch)
-
-    spread = max(stats.mean_spread, stats.std_spread)
-    if given.get("encoder_weights"):
-        norm = "default"
-        why["normalization"] = "pre-trained encoder weights expect ImageNet statistics"
-    elif spread > SPREAD_LIMIT:
-        norm = "zscore"
-        why["normalization"] = (
-            f"images differ in brightness or contrast (spread {spread:.2f} of the dataset std "
-            f"> {SPREAD_LIMIT}): each image by its own mean and std"
-        )
-    else:
-        norm = "dataset"
-        why["normalization"] = (
-            f"images share one intensity range (spread {spread:.2f} <= {SPREAD_LIMIT}): the "
-            "training images' mean and std"
-        )
+    norm = _plan_normalization(stats, given, why)
     return Plan(budget.name, stats, scale, patch, depth, low, high, batch, per_epoch, norm, why)
 
 

@@ -34,7 +34,13 @@ from torch import nn
 from unet_search.core.config import RunConfig
 from unet_search.core.sections import RESIZE_DEFAULT
 from unet_search.models.unet import mirror_pad, valid_input_size
-from unet_search.train.transforms import Normalization, normalization_for, resize_image, to_tensor
+from unet_search.train.transforms import (
+    Normalization,
+    normalization_for,
+    resize_image,
+    scaled_size,
+    to_tensor,
+)
 
 __all__ = [
     "RESIZE_BATCH",
@@ -45,7 +51,6 @@ __all__ = [
     "plan_of_preprocessing",
     "predict_logits",
     "predict_logits_many",
-    "scaled_size",
     "tile_starts",
 ]
 
@@ -220,10 +225,6 @@ def model_input(image: np.ndarray, plan: PredictPlan) -> np.ndarray:
     if plan.scale != 1.0:
         return resize_image(image, scaled_size((h, w), plan.scale))
     return image
-
-
-def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
-    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def _flip_averaged(

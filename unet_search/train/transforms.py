@@ -207,6 +207,13 @@ def to_tensor(
     return ((x - mean[:, None, None]) / std[:, None, None]).contiguous()
 
 
+# The one resolution policy: how images and masks are resized and resampled by a scale, for
+# the training patches, the resize-mode squares and what ``predict`` feeds the model
+# (:func:`unet_search.train.sliding.model_input`). Padding is mirror padding for images
+# (``BORDER_REFLECT_101`` here, ``mirror_pad`` in the models: the same reflection) and
+# ``IGNORE`` for masks.
+
+
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(H, W, C) uint8 -> ``size`` (height, width): area averaging when it shrinks both
     sides, else bilinear (the rule ``predict`` has always used, so older models predict as
@@ -216,6 +223,21 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(
         image, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
     )
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) class indices -> ``size`` (height, width), nearest neighbour."""
+    return cv2.resize(mask, (size[1], size[0]), interpolation=NEAREST)
+
+
+def scaled_size(size: Sequence[float], scale: float) -> tuple[int, int]:
+    """An image of ``size`` (height, width) resampled by ``scale``."""
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def region_size(patch: tuple[int, int], scale: float) -> tuple[int, int]:
+    """The region of an original image that becomes a ``patch`` at ``scale``."""
+    return max(1, round(patch[0] / scale)), max(1, round(patch[1] / scale))
 
 
 def item_rng(seed: int, epoch: int, item: int) -> np.random.Generator:
@@ -293,7 +315,7 @@ class ResizeDataset(_EpochDataset):
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         i = self.indices[item]
         image = resize_image(self.arrays.image(i), (self.size, self.size))
-        mask = cv2.resize(self.arrays.mask(i), (self.size, self.size), interpolation=NEAREST)
+        mask = resize_mask(self.arrays.mask(i), (self.size, self.size))
         image, mask = _augment(self.pipeline, item_rng(self.seed, self.epoch, item), image, mask)
         return _sample(image, mask, self.normalization, self.in_channels)
 
@@ -326,10 +348,7 @@ class PatchDataset(_EpochDataset):
             length,
         )
         # The region of the original image that becomes one patch.
-        self.region = (
-            max(1, round(patch[0] / scale)),
-            max(1, round(patch[1] / scale)),
-        )
+        self.region = region_size(patch, scale)
         self.foreground = [self._fg_points(i) for i in self.indices] if fg_oversample else []
         # zscore: each patch by its whole image's statistics, as predict normalizes
         self.statistics = (
@@ -379,7 +398,7 @@ class PatchDataset(_EpochDataset):
             mask = cv2.copyMakeBorder(mask, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=IGNORE)
         if self.region != self.patch:
             image = resize_image(image, self.patch)
-            mask = cv2.resize(mask, (self.patch[1], self.patch[0]), interpolation=NEAREST)
+            mask = resize_mask(mask, self.patch)
         image, mask = _augment(self.pipeline, rng, np.ascontiguousarray(image), mask)
         statistics = self.statistics[k] if self.statistics else None
         return _sample(image, mask, self.normalization, self.in_channels, statistics)
