@@ -84,9 +84,11 @@ fit(state, cfg, train, val, build_loss(cfg.loss), cpu)
 
 def _run(tree: Path, code: str) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    out = subprocess.run(  # run from the tree: `python -c` puts the current folder first
+        [sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True
     )
+    if out.returncode:
+        raise SystemExit(f"{tree}: {out.stderr[-2000:]}")
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 

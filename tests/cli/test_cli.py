@@ -230,7 +230,7 @@ def test_search_rejects_a_bad_space_before_anything_starts(
     space.write_text("name: bad\nparams:\n  depth: {type: int, low: 5, high: 3}\n")
     home = tmp_path / "home"
     proc = run("search", "--space", str(space), "--data", str(synth_dir), home=home)
-    assert_user_error(proc, "`low <= high` must hold, but got (low=5, high=3)")
+    assert_user_error(proc, "`params.depth` needs `low <= high`, but got [5, 3]")
     assert str(space) in proc.stderr
     assert not home.exists()
 

@@ -40,11 +40,13 @@ def test_preprocessing_records_what_inference_needs() -> None:
 def test_the_training_code_imports_mlflow_only_where_it_logs() -> None:
     """Of a trial's Ray Train workers only rank 0 logs: the others import the training code
     (unet_search.distributed) and must not pay MLflow's import (~0.7 s each) as the trial
-    starts."""
+    starts. Nor does a worker import smp (timm, torchvision: 2.6 s) before it builds an smp
+    model or uses smp's focal loss."""
     code = (
         "import json, sys\n"
         "def mlflow(): return sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow')\n"
         "import unet_search.distributed.recipe, unet_search.distributed.trainer\n"
+        "assert not {'segmentation_models_pytorch', 'timm'} & set(sys.modules)\n"
         "before = mlflow()\n"
         "from unet_search.tracking.client import end_run\n"
         "try:\n"

@@ -17,7 +17,6 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from segmentation_models_pytorch import losses as smp_losses
 from torch import nn
 
 from unet_search.core.errors import ConfigError
@@ -78,8 +77,12 @@ def _focal(
     logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, gamma: float
 ) -> torch.Tensor:
     if logits.shape[1] == 1:  # smp's binary focal loss is this function: use it
+        # Imported here: smp's package import pulls timm and torchvision (2.6 s), which a
+        # worker that trains a from-scratch UNet with another loss never needs.
+        from segmentation_models_pytorch.losses import FocalLoss
+
         ignored = torch.where(valid[:, 0] > 0, target, torch.full_like(target, IGNORE))
-        return smp_losses.FocalLoss("binary", gamma=gamma, ignore_index=IGNORE)(logits, ignored)
+        return FocalLoss("binary", gamma=gamma, ignore_index=IGNORE)(logits, ignored)
     # smp's multi-class focal loss is one-vs-rest sigmoids: ours is the softmax's.
     ce = F.cross_entropy(logits, target, reduction="none").unsqueeze(1)
     p_true = torch.exp(-ce)
