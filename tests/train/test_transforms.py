@@ -225,7 +225,7 @@ def test_loader_workers_draw_new_patches_each_epoch_and_repeat_for_the_seed() ->
     arrays = _arrays((90, 70), (60, 120))
 
     def epochs() -> list[torch.Tensor]:
-        data = _patches(arrays, length=8, pipeline=train_pipeline(AugmentConfig(1.0)))
+        data = _patches(arrays, length=8, pipeline=train_pipeline(AugmentConfig(aug_strength=1.0)))
         loader = DataLoader(data, batch_size=4, num_workers=2)
         out = []
         for epoch in (1, 2):
