@@ -11,7 +11,7 @@ from typing import Any, Self
 import yaml
 from pydantic import Field, model_validator
 
-from unet_search.core.errors import ConfigError, one_of
+from unet_search.core.errors import ConfigError
 from unet_search.core.schema import Frozen, broken
 from unet_search.core.sections import (
     AUTO,
@@ -189,7 +189,10 @@ def _normalize(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     preset = raw.get("preset")
     if preset is not None:
-        one_of(f"{source}: preset", preset, PRESETS)
+        if preset not in PRESETS:
+            raise ConfigError(
+                f"`{source}: preset` must be one of {list(PRESETS)}, but got {preset!r}."
+            )
         flat.update(PRESETS[preset])
     for key, value in raw.items():
         if key == "preset":

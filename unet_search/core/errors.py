@@ -3,8 +3,6 @@ rule and the value received) and exits with 1, no traceback."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 __all__ = ["UserError", "ConfigError", "DataError"]
 
 
@@ -14,16 +12,6 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A configuration value or file breaks a rule; the message names the key and the rule."""
-
-
-def check(ok: bool, key: str, rule: str, value: object) -> None:
-    if not ok:
-        raise ConfigError(f"`{key}` {rule}, but got {value!r}.")
-
-
-def one_of(key: str, value: object, options: Iterable[object]) -> None:
-    options = list(options)
-    check(value in options, key, f"must be one of {options}", value)
 
 
 class DataError(UserError):
