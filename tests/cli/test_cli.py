@@ -63,12 +63,30 @@ def test_usage_error_exits_2(tmp_path: Path) -> None:
     assert run("frobnicate", home=tmp_path).returncode == 2
 
 
-def test_models_lists_presets_with_exact_counts(tmp_path: Path) -> None:
+def test_models_lists_presets_and_options_with_exact_counts(tmp_path: Path) -> None:
     proc = run("models", home=tmp_path)
     assert proc.returncode == 0
     assert "seed_keras" in proc.stdout and "1,941,105" in proc.stdout
     assert "original_unet" in proc.stdout and "31,030,658" in proc.stdout
     assert "mobilenet_v2" in proc.stdout and "unetplusplus" in proc.stdout
+    rows = {
+        tuple(line.split()[:2]): int(line.split()[2].replace(",", ""))
+        for line in proc.stdout.splitlines()
+        if line.startswith("  ") and line.split()[0].endswith(":")
+    }
+    # the reference UNet is seed_keras with batch norm: +2 per channel, -1 conv bias each
+    # (1472 channels in its 18 3x3 convs)
+    plain = rows[("block:", "plain")]
+    assert plain == 1_941_105 + 1472
+    assert rows[("pooling:", "max")] == rows[("attention:", "none")] == plain
+    assert rows[("pooling:", "avg")] == plain  # pooling has no weights
+    # a strided conv per level: 9 c^2 + c, c = 16, 32, 64, 128
+    assert rows[("pooling:", "strided")] == plain + sum(9 * c * c + c for c in (16, 32, 64, 128))
+    assert rows[("block:", "separable")] < plain / 4 < plain < rows[("block:", "residual")]
+    for option in ("dilated", "aspp", "transformer"):
+        assert rows[("bottleneck:", option)] > plain
+    assert rows[("attention:", "gate")] > rows[("attention:", "scse")] > plain
+    assert ("arch:", "unet3plus") in rows and "tu-<a timm model>" in proc.stdout
 
 
 def test_make_data_refuses_a_non_empty_folder(tmp_path: Path) -> None:
@@ -126,7 +144,13 @@ def test_train_two_ddp_workers_end_to_end_a_killed_worker_resumes_in_the_same_ru
         "--set",
         "patches_per_epoch=8",
         "--set",
-        "depth=2",
+        "arch=unet3plus",  # UNet 3+'s full-scale skips under DDP (every parameter used)
+        "--set",
+        "upsampling=bilinear",
+        "--set",
+        "unet3plus_channels=4",
+        "--set",
+        "depth=3",
         "--set",
         "base_filters=8",
         "--set",
@@ -159,6 +183,7 @@ def test_train_two_ddp_workers_end_to_end_a_killed_worker_resumes_in_the_same_ru
     assert run_.info.status == "FINISHED"
     assert run_.info.run_id in proc.stdout
     assert run_.data.params["num_workers"] == "2" and run_.data.params["encoder"] == "none"
+    assert run_.data.params["arch"] == "unet3plus"
     assert run_.data.params["normalization"] == planned["normalization"]  # resolved, logged
     assert run_.data.params["batch_size"] == "8"
     assert run_.data.tags["ray.world_size"] == "2"

@@ -55,8 +55,20 @@ def test_plain_unet_shapes(depth: int, upsampling: str, padding: str) -> None:
         assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 64, 64)
 
 
-@pytest.mark.parametrize("arch", ["unet", "unetplusplus", "attention_unet"])
-@pytest.mark.parametrize(("encoder", "depth"), [("resnet18", 3), ("mobilenet_v2", 5)])
+SMP_CASES = [
+    (arch, encoder, depth)
+    for arch in ("unet", "unetplusplus", "attention_unet")
+    for encoder, depth in (
+        ("resnet18", 3),
+        ("mobilenet_v2", 5),
+        ("mit_b0", 4),
+        ("tu-mobilenetv3_small_050", 3),
+    )
+    if not (arch == "unetplusplus" and encoder == "mit_b0")  # a config error, tested below
+]
+
+
+@pytest.mark.parametrize(("arch", "encoder", "depth"), SMP_CASES)
 def test_smp_architectures_shapes_and_ddp_safe_parameters(
     arch: str, encoder: str, depth: int
 ) -> None:
@@ -88,14 +100,14 @@ def test_scse_attention_changes_the_decoder() -> None:
 @pytest.mark.parametrize(
     ("cfg", "fragment"),
     [
-        (ModelConfig(arch="segnet"), "`model.arch` must be one of ['attention_unet', 'unet'"),
+        (ModelConfig(arch="segnet"), "`model.arch` must be one of ['attention_unet', 'unet', "),
         (ModelConfig(arch="unetplusplus"), "needs an smp encoder"),
         (ModelConfig(encoder="resnet18", upsampling="transpose"), "no transposed conv there"),
-        (ModelConfig(encoder="resnet999"), "`model.encoder` must be 'none' or an smp encoder"),
+        (ModelConfig(encoder="resnet999"), "`model.encoder` must be 'none', an smp encoder or"),
         (ModelConfig(upsampling="bicubic"), "for the from-scratch UNet"),
         (
             ModelConfig(encoder="resnet18", padding="valid", upsampling="nearest"),
-            "only for the from-scratch UNet",
+            "`model.padding` must be 'same' with an smp encoder",
         ),
         (ModelConfig(encoder="resnet18", depth=2, upsampling="nearest"), "must be in [3, 5]"),
         (ModelConfig(encoder_weights="imagenet"), "needs a pre-trained encoder"),
@@ -103,7 +115,45 @@ def test_scse_attention_changes_the_decoder() -> None:
             ModelConfig(
                 arch="attention_unet", encoder="resnet18", base_filters=8, upsampling="nearest"
             ),
-            "must be >= 16 for 'attention_unet'",
+            "`model.base_filters` must be >= 16 for smp's scSE attention",
+        ),
+        (
+            ModelConfig(encoder="resnet18", upsampling="nearest", attention="gate"),
+            "`model.attention` must be one of ['none', 'scse'] with an smp encoder",
+        ),
+        (
+            ModelConfig(encoder="resnet18", upsampling="nearest", pooling="strided"),
+            "`model.pooling` must be 'max' with an smp encoder",
+        ),
+        (
+            ModelConfig(arch="unetplusplus", encoder="mit_b0", upsampling="nearest"),
+            "cannot feed 'unetplusplus'",
+        ),
+        (
+            ModelConfig(encoder="tu-vit_tiny_patch16_224", upsampling="nearest"),
+            "must be a timm model smp can use at depth 4 (smp says ValueError: Unsupported",
+        ),
+        (
+            ModelConfig(encoder="tu-no_such_net", upsampling="nearest"),
+            "(smp says RuntimeError: Unknown model (no_such_net))",
+        ),
+        (ModelConfig(arch="unet3plus", upsampling="bilinear", depth=2), "in [3, 4, 5] for 'unet3"),
+        (ModelConfig(arch="unet3plus"), "`model.upsampling` must be 'bilinear' or 'nearest' for"),
+        (
+            ModelConfig(arch="unet3plus", upsampling="bilinear", padding="valid"),
+            "`model.padding` must be 'same' for 'unet3plus'",
+        ),
+        (
+            ModelConfig(arch="unet3plus", upsampling="bilinear", attention="gate"),
+            "`model.attention` must be one of ['none', 'scse'] for 'unet3plus'",
+        ),
+        (
+            ModelConfig(arch="unet3plus", encoder="resnet18", upsampling="bilinear"),
+            "`model.arch` must be one of ['unet', 'unetplusplus'] with an smp encoder",
+        ),
+        (
+            ModelConfig(padding="valid", bottleneck="aspp"),
+            "`model.bottleneck` must be one of ['plain'] with `padding: valid`",
         ),
     ],
 )

@@ -31,6 +31,7 @@ from unet_search.train.engine import val_indices
 from unet_search.train.metrics import dice_iou_per_image
 
 pytestmark = pytest.mark.slow
+VARIANT_KEYS = ("arch", "block", "pooling", "bottleneck", "attention")
 # quick.yaml: tests/test_readme.py runs it (shrunk) as the README's tour does.
 SPACES = sorted(
     p
@@ -75,7 +76,17 @@ def test_end_to_end_search_with_a_ddp_trial(
     raw = {
         "name": "e2e",
         "model_name": "unet-e2e",
-        "fixed": {**TINY, "epochs": 2, "dsb_every": 2, "depth": 2, "test_fraction": 0.25},
+        "fixed": {
+            **TINY,
+            "epochs": 2,
+            "dsb_every": 2,
+            "depth": 2,
+            "test_fraction": 0.25,
+            # the variants train under DDP too (every parameter used); the baseline stays plain
+            "block": "residual",
+            "bottleneck": "aspp",
+            "attention": "gate",
+        },
         "params": {
             "num_workers": {"type": "choice", "values": [1, 2]},
             "base_filters": {"type": "choice", "values": [4, 8]},
@@ -110,7 +121,14 @@ def test_end_to_end_search_with_a_ddp_trial(
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {out.parent_run_id}
     assert {c.info.status for c in children} == {"FINISHED"}
     names = sorted(c.info.run_name for c in children)
-    assert names[0] == "t000 baseline seed_keras" and names[1].startswith("t001 unet scratch d2")
+    assert names[0] == "t000 baseline seed_keras"
+    assert names[1].startswith("t001 unet scratch d2") and " residual+aspp+gate" in names[1]
+    for child in children:
+        baseline = child.info.run_name == names[0]
+        variant = [child.data.params[k] for k in ("block", "bottleneck", "attention")]
+        assert variant == (
+            ["plain", "plain", "none"] if baseline else ["residual", "aspp", "gate"]
+        )
     world_sizes = sorted(c.data.tags["ray.world_size"] for c in children)
     assert world_sizes == ["1", "1", "2"]  # the 2-worker trial really ran as DDP on Ray Train
     for child in children:
@@ -402,8 +420,13 @@ def test_every_shipped_space_starts(
     # baseline trains in seed_baseline's search and in the other tests).
     alone = path.stem == "seed_baseline"
     sets = [*shrink, "search.num_samples=1", *([] if alone else ["search.baseline=none"])]
-    if path.stem == "full":  # seed 0 draws a 26M-parameter UNet++ (51 s on CPU); seed 25 a
-        sets.append("search.seed=25")  # plain depth-4 UNet: the check is that the space runs
+    # full.yaml's seed 0 draws a mit_b1 UNet, seed 10 a 64-channel UNet 3+ (45 s on CPU);
+    # seed 34 a depth-4 UNet on mobilenet_v2: the check is that the space runs.
+    # variants.yaml's seed 6 draws two from-scratch UNet 3+ variants (asserted below).
+    sets += {
+        "full": ["search.seed=34"],
+        "variants": ["search.seed=6", "search.num_samples=2"],
+    }.get(path.stem, [])
     spec = load_space(path, sets)
     arrays = load_dataset(search_data, spec.base_config().data, workdir / "cache")
     out = run_search(spec, arrays, search_data, workdir)
@@ -411,6 +434,16 @@ def test_every_shipped_space_starts(
     assert all(t.status == "FINISHED" for t in out.trials)
     assert out.trials[0].baseline == alone
     assert out.registration is not None and out.registration.alias == "champion"
+    if path.stem == "variants":
+        client = _client(workdir)
+        drawn = sorted(
+            tuple(client.get_run(t.run_id).data.params[k] for k in VARIANT_KEYS)
+            for t in out.trials
+        )
+        assert drawn == [  # what its seed draws (deterministic): two UNet 3+ variants
+            ("unet3plus", "residual", "strided", "plain", "none"),
+            ("unet3plus", "separable", "avg", "aspp", "scse"),
+        ]
 
 
 def test_a_trial_no_node_can_place_fails_at_once(

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import TrainedModel
 
+from unet_search.core.sections import ModelConfig
 from unet_search.serve.export import log_and_register
 from unet_search.serve.inference import Predictor
 from unet_search.tracking.client import create_run, ensure_experiment
@@ -79,3 +80,23 @@ def test_a_model_registered_before_the_subpackages_still_loads(
     model = mlflow.pyfunc.load_model(str(tmp_path / "model"))
     for image, key in zip(images, ("0", "1"), strict=True):
         assert (model.predict(image[None])[0] == want[f"mask{key}"]).all()
+
+
+def test_an_attention_unet_model_saved_before_the_attention_option_still_loads(
+    tmp_path: Path,
+) -> None:
+    """tests/fixtures/attention_unet_9f76b77 (see its README): ``arch: attention_unet`` on
+    mobilenet_v2, saved before issue 17 made attention an option. Today it reads as ``unet``
+    + ``attention: scse``, the same smp model: same weights, same masks."""
+    fixture = Path(__file__).parents[1] / "fixtures" / "attention_unet_9f76b77"
+    want = np.load(fixture / "expected.npz")
+    with tarfile.open(fixture / "model.tar.gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    predictor = Predictor.from_dir(tmp_path / "model")
+    assert predictor.meta["model"]["arch"] == "attention_unet"  # as it was saved
+    cfg = ModelConfig(**predictor.meta["model"])
+    assert (cfg.arch, cfg.attention, cfg.encoder) == ("unet", "scse", "mobilenet_v2")
+    masks = predictor.predict([want["image0"], want["image1"]])
+    for mask, key in zip(masks, ("0", "1"), strict=True):
+        assert (mask == want[f"mask{key}"]).all()
+        assert _dice(mask, want[f"truth{key}"]) > 0.55

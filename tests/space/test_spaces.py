@@ -70,8 +70,15 @@ def test_full_space_is_a_real_cluster_search() -> None:
         "batch_size",
         "aug_strength",
     } <= names
-    archs = next(p for p in spec.params if p.name == "arch").values
-    assert set(archs) == {"unet", "unetplusplus", "attention_unet"}
+    assert {"block", "pooling", "bottleneck", "attention", "transformer_layers"} <= names
+    archs = {v for p in spec.params if p.name == "arch" for v in p.values}
+    assert archs == {"unet", "unetplusplus", "unet3plus"}
+    searched = {
+        p.name: {v for q in spec.params if q.name == p.name for v in q.values} for p in spec.params
+    }
+    assert searched["bottleneck"] == {"plain", "dilated", "aspp", "transformer"}
+    assert searched["attention"] == {"none", "gate", "scse"}
+    assert {"vgg11", "mit_b1", "tu-convnext_tiny", "none"} <= searched["encoder"]
     assert spec.settings.num_samples >= 50
     assert spec.base_config().train.gpus_per_worker >= 1
 

@@ -71,6 +71,19 @@ def test_small_objects_in_large_images_keep_their_scale_and_fill_the_budget() ->
     assert make_plan(stats, parse_budget("gpu-80")).patch_size == (320, 512)
 
 
+def test_a_transformer_bottleneck_keeps_its_token_limit() -> None:
+    stats = data_stats(_discs(4, (300, 500), 10))
+    budget = parse_budget("gpu-80")  # 320 x 512 patches
+    plain = make_plan(stats, budget)
+    planned = make_plan(stats, budget, {"transformer": True})
+    assert plain.patch_size == planned.patch_size == (320, 512)
+    assert plain.depth_low == 3 and planned.depth_low == 4  # depth 3: 40 x 64 tokens > 1024
+    assert "transformer bottleneck holds <= 1024 tokens" in planned.reasons["depth"]
+    shallow = make_plan(stats, budget, {"transformer": True, "depth_max": 3})
+    assert shallow.patch_size == (256, 256)  # 32 x 32 tokens at depth 3
+    assert (shallow.depth_low, shallow.depth_high) == (3, 3)
+
+
 def test_large_objects_are_downsampled_and_need_a_deeper_net() -> None:
     stats = data_stats(_discs(3, (600, 600), 80))
     assert stats.object_px == pytest.approx(80, abs=2.0)

@@ -167,18 +167,28 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from unet_search.core.config import PRESETS
-    from unet_search.models.build import ARCHITECTURES, preset_parameter_count
+    from unet_search.models.build import (
+        ARCHITECTURES,
+        REFERENCE_MODEL,
+        option_parameter_counts,
+        preset_parameter_count,
+    )
     from unet_search.models.smp import smp_encoders
 
     print("architectures (model.arch):")
     for name, text in ARCHITECTURES.items():
         print(f"  {name:16s} {text}")
+    ref = ", ".join(f"{k} {v}" for k, v in REFERENCE_MODEL.items())
+    print(f"\nfrom-scratch options, trainable parameters on unet ({ref}, 3 channels, binary):")
+    for field, value, count, text in option_parameter_counts():
+        print(f"  {field + ':':12s}{value:12s}{count:>12,}  {text}")
     print("\npresets (--set preset=NAME), trainable parameters:")
     for name in PRESETS:
         print(f"  {name:16s} {preset_parameter_count(name):>12,}")
     encoders = smp_encoders()
     print(
-        f"\nencoders (model.encoder): none (from scratch) or one of {len(encoders)} smp encoders:"
+        f"\nencoders (model.encoder): none (from scratch), tu-<a timm model> or one of "
+        f"{len(encoders)} smp encoders:"
     )
     for i in range(0, len(encoders), 6):
         print("  " + "  ".join(encoders[i : i + 6]))

@@ -15,6 +15,7 @@ from unet_search.core.errors import ConfigError
 from unet_search.core.schema import Frozen, broken
 from unet_search.core.sections import (
     AUTO,
+    MAX_BOTTLENECK_TOKENS,
     PLANNED_LEAVES,
     AugmentConfig,
     DataConfig,
@@ -22,6 +23,7 @@ from unet_search.core.sections import (
     ModelConfig,
     OptimConfig,
     TrainConfig,
+    bottleneck_side,
 )
 
 __all__ = [
@@ -50,12 +52,18 @@ SECTIONS: dict[str, type[Frozen]] = {
 }
 
 
+# The seeds' UNets have none of the variant options: a preset pins them (a baseline trial in
+# a space that fixes `block: residual` is still the classic UNet).
+CLASSIC = {"block": "plain", "pooling": "max", "bottleneck": "plain", "attention": "none"}
+
+
 # Presets are flat leaf values applied before the file and the overrides.
 PRESETS: dict[str, dict[str, Any]] = {
     # REFERENCE.md 1a: the Keras nuclei UNet on DSB2018 (1,941,105 parameters).
     "seed_keras": {
         "arch": "unet",
         "encoder": "none",
+        **CLASSIC,
         "depth": 4,
         "base_filters": 16,
         "dropout": 0.3,
@@ -85,6 +93,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "seed_small": {
         "arch": "unet",
         "encoder": "none",
+        **CLASSIC,
         "depth": 2,
         "base_filters": 8,
         "dropout": 0.0,
@@ -98,6 +107,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "original_unet": {
         "arch": "unet",
         "encoder": "none",
+        **CLASSIC,
         "depth": 4,
         "base_filters": 64,
         "dropout": 0.0,
@@ -133,6 +143,16 @@ class RunConfig(Frozen):
                 f"among them all; dsb_every is {train.dsb_every}, num_classes {data.num_classes}",
                 train.early_stop_metric,
             )
+        if model.bottleneck == "transformer":
+            side = bottleneck_side(data, model.depth)
+            if side[0] * side[1] > MAX_BOTTLENECK_TOKENS:
+                raise broken(
+                    "model.bottleneck",
+                    f"'transformer' holds at most {MAX_BOTTLENECK_TOKENS} tokens, but the "
+                    f"training input over 2**depth ({model.depth}) leaves a {side[0]} x "
+                    f"{side[1]} bottleneck: deepen the model or use a smaller patch",
+                    model.bottleneck,
+                )
         multiple = 2**model.depth
         if (
             data.input_mode == "patch"
@@ -163,15 +183,29 @@ class RunConfig(Frozen):
         return _build(_normalize(raw, source), source)
 
     def replace(self, **leaves: Any) -> RunConfig:
-        """A copy with some leaf values changed (validated)."""
-        merged = self.flat()
-        merged.update(_normalize(leaves, "replace"))
-        return _build(merged, "replace")
+        """A copy with some leaf values changed (validated; the sections they leave alone
+        are shared, not validated again: a search space checks thousands of these)."""
+        changed: dict[str, dict[str, Any]] = {}
+        for leaf, value in _normalize(leaves, "replace").items():
+            changed.setdefault(LEAF_SECTION[leaf], {})[leaf] = value
+        try:
+            sections = {
+                name: getattr(self, name).with_values(**changed[name])
+                if name in changed
+                else getattr(self, name)
+                for name in SECTIONS
+            }
+            return RunConfig(**sections)
+        except ConfigError as err:
+            raise ConfigError(f"replace: {err}") from None
 
 
 LEAF_SECTION: dict[str, str] = {
     leaf: section for section, klass in SECTIONS.items() for leaf in klass.model_fields
 }
+
+
+TOP_KEYS = frozenset([*SECTIONS, *LEAF_SECTION, "preset"])  # what a flat mapping may name
 
 
 def flat_leaves(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -211,11 +245,9 @@ def _normalize(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 
 def _check_leaf(leaf: str, source: str, section: str | None = None) -> None:
-    valid = (
-        sorted(SECTIONS[section].model_fields)
-        if section
-        else sorted([*SECTIONS, *LEAF_SECTION, "preset"])
-    )
+    if (LEAF_SECTION.get(leaf) == section) if section else (leaf in TOP_KEYS):
+        return
+    valid = sorted(SECTIONS[section].model_fields) if section else sorted(TOP_KEYS)
     if leaf not in valid:
         where = f"`{section}.{leaf}`" if section else f"`{leaf}`"
         raise ConfigError(f"{source}: unknown key {where}; valid keys are {valid}.")

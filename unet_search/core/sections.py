@@ -22,6 +22,12 @@ __all__ = [
     "AUTO",
     "PLANNED_LEAVES",
     "RESIZE_DEFAULT",
+    "BLOCKS",
+    "POOLINGS",
+    "BOTTLENECKS",
+    "ATTENTIONS",
+    "MAX_BOTTLENECK_TOKENS",
+    "bottleneck_side",
     "DataConfig",
     "AugmentConfig",
     "ModelConfig",
@@ -52,6 +58,16 @@ PLANNED_LEAVES = (
     "patches_per_epoch",
     "normalization",
 )
+
+
+# The from-scratch UNet's options (REFERENCE.md 1d-1e; unet_search.models.blocks builds them).
+BLOCKS = ("plain", "residual", "separable")
+POOLINGS = ("max", "avg", "strided")
+BOTTLENECKS = ("plain", "dilated", "aspp", "transformer")
+ATTENTIONS = ("none", "gate", "scse")
+# A transformer bottleneck attends over every pair of its tokens: memory grows with their
+# square. 1024 tokens = a 32 x 32 bottleneck (a 256-px patch at depth 3, 512 px at depth 4).
+MAX_BOTTLENECK_TOKENS = 1024
 
 
 RESIZE_DEFAULT = 128  # resize mode's square when `image_size` is not given (the Keras seed)
@@ -124,6 +140,13 @@ class DataConfig(Frozen):
         return self.image_size or RESIZE_DEFAULT
 
 
+def bottleneck_side(data: DataConfig, depth: int) -> tuple[int, int]:
+    """(height, width) of a same-padded UNet's bottleneck for the training input (a patch,
+    or resize mode's square): each side over ``2**depth``, rounded up (inputs are padded)."""
+    sides = data.patch_size if data.input_mode == "patch" else (data.square, data.square)
+    return (-(-sides[0] // 2**depth), -(-sides[1] // 2**depth))
+
+
 class AugmentConfig(Frozen):
     """Training augmentation; ``aug_strength`` 0 turns it off, 1 is the strongest."""
 
@@ -133,7 +156,14 @@ class AugmentConfig(Frozen):
 
 
 class ModelConfig(Frozen):
-    """Architecture; names are checked against the registries in ``models.py``."""
+    """Architecture; names and combinations are checked against the registries in
+    :mod:`unet_search.models.build` (``validate_model_config``).
+
+    The from-scratch UNet (encoder ``none``) takes every variant of REFERENCE.md 1d-1e:
+    ``block`` (plain, residual, depthwise-separable), ``pooling`` (max, avg, a stride-2 conv),
+    ``bottleneck`` (plain, dilated rates 1-2-4, ASPP, a transformer), ``attention`` (none,
+    Attention U-Net gates on the skips, scSE in the decoder) and ``arch: unet3plus``. The
+    old ``arch: attention_unet`` is read as ``unet`` + ``attention: scse`` (the same model)."""
 
     section = "model"
     arch: str = "unet"
@@ -148,6 +178,41 @@ class ModelConfig(Frozen):
     batchnorm: bool = True
     padding: Annotated[str, choice(["same", "valid"])] = "same"
     in_channels: Annotated[int, choice([1, 3])] = 3
+    block: Annotated[str, choice(BLOCKS)] = "plain"
+    pooling: Annotated[str, choice(POOLINGS)] = "max"
+    bottleneck: Annotated[str, choice(BOTTLENECKS)] = "plain"
+    attention: Annotated[str, choice(ATTENTIONS)] = "none"
+    transformer_layers: Annotated[int, between(1, 24)] = 2
+    transformer_heads: Annotated[int, between(1, 64)] = 4
+    transformer_width: Annotated[int, between(4, 4096)] = 128  # token width (TransUNet's D)
+    unet3plus_channels: Annotated[int, between(1, 1024)] = 64  # per full-scale skip (paper: 64)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_arch(cls, raw: Any) -> Any:
+        """``attention_unet`` (before the attention option): ``unet`` with scSE attention."""
+        if isinstance(raw, dict) and raw.get("arch") == "attention_unet":
+            if raw.get("attention", "scse") not in ("none", "scse"):
+                raise broken(
+                    "model.attention",
+                    "must be 'scse' or left out with `arch: attention_unet` (which is `unet` "
+                    "with `attention: scse`)",
+                    raw["attention"],
+                )
+            raw = {**raw, "arch": "unet", "attention": "scse"}
+        return raw
+
+    @model_validator(mode="after")
+    def _transformer(self) -> Self:
+        width, heads = self.transformer_width, self.transformer_heads
+        if width % 4 or width % heads:
+            raise broken(
+                "model.transformer_width",
+                f"must be a multiple of 4 (2-D sine position codes) and of "
+                f"`transformer_heads` ({heads})",
+                width,
+            )
+        return self
 
 
 class LossConfig(Frozen):

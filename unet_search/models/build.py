@@ -9,28 +9,35 @@ mirror-padded input of an unpadded "valid" UNet) and crops the output back.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from unet_search.core.config import RunConfig
 from unet_search.core.errors import ConfigError
-from unet_search.core.sections import ModelConfig
+from unet_search.core.sections import MAX_BOTTLENECK_TOKENS, ModelConfig
+from unet_search.models.blocks import SCSE_REDUCTION
 from unet_search.models.smp import (
-    SCSE_REDUCTION,
+    SMP_ARCHS,
     SMP_UPSAMPLING,
     SegmentationModel,
     build_smp,
     smp_encoders,
 )
 from unet_search.models.unet import PLAIN_UPSAMPLING, PlainUNet
+from unet_search.models.unet3plus import UNET3PLUS_DEPTHS, UNet3Plus
 
 __all__ = [
     "SCRATCH_ARCHS",
     "ARCHITECTURES",
+    "OPTIONS",
+    "REFERENCE_MODEL",
+    "option_parameter_counts",
     "MODEL_FILE",
     "CONFIG_FILE",
     "out_channels",
@@ -43,14 +50,47 @@ __all__ = [
 ]
 
 
-SCRATCH_ARCHS = ("unet",)
+SCRATCH_ARCHS = ("unet", "unet3plus")
+SMP_ONLY_ARCHS = ("unetplusplus",)
 
 
 ARCHITECTURES: dict[str, str] = {
-    "unet": "UNet: from scratch (encoder none) or with an smp encoder",
+    "unet": "UNet: from scratch (encoder none, every variant option) or on an smp encoder",
     "unetplusplus": "UNet++ (nested skips), smp encoder required",
-    "attention_unet": "UNet with scSE attention in the decoder, smp encoder required",
+    "unet3plus": "UNet 3+ (full-scale skips), from scratch, depth 3-5",
+    "attention_unet": "the old name of unet + attention: scse (still read everywhere)",
 }
+
+
+# The from-scratch options and what each is (REFERENCE.md 1d-1e); `unet-search models`.
+OPTIONS: dict[str, dict[str, str]] = {
+    "block": {
+        "plain": "two 3x3 convs (the seeds)",
+        "residual": "two 3x3 convs + identity shortcut (1x1 projection where channels change)",
+        "separable": "depthwise 3x3 + pointwise 1x1 for each conv",
+    },
+    "pooling": {
+        "max": "2x2 max pooling",
+        "avg": "2x2 average pooling",
+        "strided": "stride-2 3x3 conv",
+    },
+    "bottleneck": {
+        "plain": "the level's block",
+        "dilated": "3x3 convs at rates 1, 2, 4",
+        "aspp": "block + DeepLab v3 ASPP (rates fitted to the map, image pooling)",
+        "transformer": f"block + TransUNet transformer (<= {MAX_BOTTLENECK_TOKENS} tokens)",
+    },
+    "attention": {
+        "none": "plain skips",
+        "gate": "Attention U-Net gates on every skip",
+        "scse": "scSE before and after each decoder block",
+    },
+}
+SMP_ATTENTIONS = ("none", "scse")
+UNET3PLUS_ATTENTIONS = ("none", "scse")
+VALID_BOTTLENECKS = ("plain",)
+# smp architectures an encoder family cannot feed (smp refuses them at construction).
+SMP_REFUSED = {("unetplusplus", "mit_b"): "UNet++ has no Mix Transformer (mit_b*) support in smp"}
 
 
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "model_config.json"
@@ -61,59 +101,138 @@ def out_channels(num_classes: int) -> int:
     return 1 if num_classes == 1 else num_classes
 
 
-def validate_model_config(cfg: ModelConfig) -> None:
-    """Check names and combinations against the registries without building anything."""
-    if cfg.arch not in ARCHITECTURES:
-        raise ConfigError(
-            f"`model.arch` must be one of {sorted(ARCHITECTURES)}, but got {cfg.arch!r}."
+def _rule(key: str, text: str, value: object) -> ConfigError:
+    return ConfigError(f"`model.{key}` {text}, but got {value!r}.")
+
+
+def _validate_scratch(cfg: ModelConfig) -> None:
+    if cfg.encoder_weights is not None:
+        raise _rule(
+            "encoder_weights",
+            "needs a pre-trained encoder, but `model.encoder` is 'none'",
+            cfg.encoder_weights,
         )
-    if cfg.encoder == "none":
-        if cfg.arch not in SCRATCH_ARCHS:
-            raise ConfigError(
-                f"`model.arch` {cfg.arch!r} needs an smp encoder: set "
-                "`model.encoder` (e.g. resnet18, mobilenet_v2); only 'unet' is "
-                "built from scratch."
+    if cfg.arch == "unet3plus":
+        if cfg.depth not in UNET3PLUS_DEPTHS:
+            raise _rule("depth", f"must be in {list(UNET3PLUS_DEPTHS)} for 'unet3plus'", cfg.depth)
+        if cfg.upsampling not in ("bilinear", "nearest"):
+            raise _rule(
+                "upsampling",
+                "must be 'bilinear' or 'nearest' for 'unet3plus' (its full-scale skips are "
+                "resampled, there is no transposed conv)",
+                cfg.upsampling,
             )
-        if cfg.upsampling not in PLAIN_UPSAMPLING:
-            raise ConfigError(
-                f"`model.upsampling` must be one of {list(PLAIN_UPSAMPLING)} for "
-                f"the from-scratch UNet, but got {cfg.upsampling!r}."
+        if cfg.padding != "same":
+            raise _rule(
+                "padding",
+                "must be 'same' for 'unet3plus' (full-scale skips meet at equal sizes, no crop)",
+                cfg.padding,
             )
-        if cfg.encoder_weights is not None:
-            raise ConfigError(
-                "`model.encoder_weights` needs a pre-trained encoder, but "
-                "`model.encoder` is 'none'."
+        if cfg.attention not in UNET3PLUS_ATTENTIONS:
+            raise _rule(
+                "attention",
+                f"must be one of {list(UNET3PLUS_ATTENTIONS)} for "
+                "'unet3plus' (attention gates sit on UNet skips)",
+                cfg.attention,
             )
-        return
-    if cfg.encoder not in smp_encoders():
-        raise ConfigError(
-            f"`model.encoder` must be 'none' or an smp encoder, but got "
-            f"{cfg.encoder!r}; run `unet-search models` for the list."
+    elif cfg.upsampling not in PLAIN_UPSAMPLING:
+        raise _rule(
+            "upsampling",
+            f"must be one of {list(PLAIN_UPSAMPLING)} for the from-scratch UNet",
+            cfg.upsampling,
         )
+    if cfg.padding == "valid" and cfg.bottleneck not in VALID_BOTTLENECKS:
+        raise _rule(
+            "bottleneck",
+            f"must be one of {list(VALID_BOTTLENECKS)} with `padding: "
+            "valid` (dilated, ASPP and transformer bottlenecks are same-padded)",
+            cfg.bottleneck,
+        )
+
+
+@functools.cache
+def _timm_encoder_error(name: str, depth: int, in_channels: int) -> str | None:
+    """Why smp cannot build timm encoder ``name`` (``tu-``) at ``depth``, asked of smp itself
+    (an unknown model, a downsampling pattern the UNet decoder cannot take); None: it can."""
+    import segmentation_models_pytorch as smp
+
+    for device in ("meta", "cpu"):  # meta: no weights initialized (fast)
+        try:
+            with torch.device(device):
+                smp.encoders.get_encoder(name, in_channels=in_channels, depth=depth, weights=None)
+        except Exception as err:
+            if device == "meta" and "meta" in str(err):  # its init reads a value: build it
+                continue
+            return f"{type(err).__name__}: {err}"
+        return None
+    return None
+
+
+def _validate_smp(cfg: ModelConfig) -> None:
+    if cfg.arch not in SMP_ARCHS:
+        raise _rule(
+            "arch",
+            f"must be one of {sorted(SMP_ARCHS)} with an smp encoder ('unet3plus' "
+            "is from scratch: encoder 'none')",
+            cfg.arch,
+        )
+    if cfg.encoder.startswith("tu-"):
+        if cfg.depth < 3:
+            raise _rule("depth", "must be in [3, 5] with an smp encoder", cfg.depth)
+        why = _timm_encoder_error(cfg.encoder, cfg.depth, cfg.in_channels)
+        if why is not None:
+            raise _rule(
+                "encoder",
+                f"must be a timm model smp can use at depth {cfg.depth} (smp says {why})",
+                cfg.encoder,
+            )
+    elif cfg.encoder not in smp_encoders():
+        raise _rule(
+            "encoder",
+            "must be 'none', an smp encoder or 'tu-' + a timm model; run "
+            "`unet-search models` for the list",
+            cfg.encoder,
+        )
+    for (arch, family), why in SMP_REFUSED.items():
+        if cfg.arch == arch and cfg.encoder.startswith(family):
+            raise _rule("encoder", f"cannot feed {arch!r}: {why}", cfg.encoder)
     if cfg.upsampling not in SMP_UPSAMPLING:
-        raise ConfigError(
-            f"`model.upsampling` must be one of {list(SMP_UPSAMPLING)} for smp "
-            f"decoders (no transposed conv there), but got {cfg.upsampling!r}."
+        raise _rule(
+            "upsampling",
+            f"must be one of {list(SMP_UPSAMPLING)} for smp decoders (no transposed conv there)",
+            cfg.upsampling,
         )
     if cfg.depth < 3:
-        raise ConfigError(
-            f"`model.depth` must be in [3, 5] with an smp encoder, but got {cfg.depth}."
-        )
-    for key, value, plain_only in (
-        ("padding", cfg.padding, "valid"),
-        ("dropout_schedule", cfg.dropout_schedule, "ramp"),
+        raise _rule("depth", "must be in [3, 5] with an smp encoder", cfg.depth)
+    for key, default in (
+        ("padding", "same"),
+        ("dropout_schedule", "constant"),
+        ("block", "plain"),
+        ("pooling", "max"),
+        ("bottleneck", "plain"),
     ):
-        if value == plain_only:
-            raise ConfigError(
-                f"`model.{key}` {value!r} exists only for the from-scratch UNet "
-                f"(encoder 'none'), but `model.encoder` is {cfg.encoder!r}."
+        value = getattr(cfg, key)
+        if value != default:
+            raise _rule(
+                key,
+                f"must be {default!r} with an smp encoder (the option is the from-scratch "
+                f"UNet's, encoder 'none'; `model.encoder` is {cfg.encoder!r})",
+                value,
             )
-    if cfg.arch == "attention_unet" and cfg.base_filters < SCSE_REDUCTION:
-        # scSE squeezes channels by 16: fewer decoder channels build but fail at forward time.
-        raise ConfigError(
-            f"`model.base_filters` must be >= {SCSE_REDUCTION} for "
-            f"'attention_unet' (scSE reduces channels by {SCSE_REDUCTION}), but "
-            f"got {cfg.base_filters}."
+    if cfg.attention not in SMP_ATTENTIONS:
+        raise _rule(
+            "attention",
+            f"must be one of {list(SMP_ATTENTIONS)} with an smp encoder "
+            "(attention gates are built for the from-scratch UNet)",
+            cfg.attention,
+        )
+    if cfg.attention == "scse" and cfg.base_filters < SCSE_REDUCTION:
+        # smp's scSE squeezes channels by 16: fewer decoder channels build but fail at forward.
+        raise _rule(
+            "base_filters",
+            f"must be >= {SCSE_REDUCTION} for smp's scSE attention (it "
+            f"reduces channels by {SCSE_REDUCTION})",
+            cfg.base_filters,
         )
     if cfg.base_filters * 2 ** (cfg.depth - 1) > 4096:
         raise ConfigError(
@@ -122,22 +241,33 @@ def validate_model_config(cfg: ModelConfig) -> None:
         )
 
 
+def validate_model_config(cfg: ModelConfig) -> None:
+    """Check names and combinations against the registries without building anything (a
+    ``tu-`` timm encoder is built once, by smp, to ask whether it fits)."""
+    if cfg.arch not in ARCHITECTURES:
+        raise _rule("arch", f"must be one of {sorted(ARCHITECTURES)}", cfg.arch)
+    if cfg.encoder == "none":
+        if cfg.arch in SMP_ONLY_ARCHS:
+            raise _rule(
+                "arch",
+                "needs an smp encoder: set `model.encoder` (e.g. resnet18, "
+                f"mobilenet_v2); only {list(SCRATCH_ARCHS)} are built from scratch",
+                cfg.arch,
+            )
+        _validate_scratch(cfg)
+    else:
+        _validate_smp(cfg)
+
+
 def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationModel:
     """Build the model a config describes; raises ConfigError for invalid combinations."""
     validate_model_config(cfg)
     classes = out_channels(num_classes)
-    if cfg.encoder == "none":
-        net: nn.Module = PlainUNet(
-            cfg.in_channels,
-            classes,
-            cfg.depth,
-            cfg.base_filters,
-            cfg.dropout,
-            cfg.dropout_schedule,
-            cfg.upsampling,
-            cfg.batchnorm,
-            cfg.padding,
-        )
+    net: nn.Module
+    if cfg.arch == "unet3plus":
+        net = UNet3Plus(cfg, classes)
+    elif cfg.encoder == "none":
+        net = PlainUNet(cfg, classes)
     else:
         net = build_smp(cfg, classes)
     return SegmentationModel(net, cfg.depth, cfg.padding)
@@ -146,6 +276,31 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationModel:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# The configuration `unet-search models` counts each option on (one option changed at a time).
+REFERENCE_MODEL: dict[str, Any] = {
+    "depth": 4,
+    "base_filters": 16,
+    "batchnorm": True,
+    "upsampling": "transpose",
+}
+
+
+def option_parameter_counts() -> list[tuple[str, str, int, str]]:
+    """(field, value, trainable parameters, what it is) of every from-scratch option and of
+    ``unet3plus``, each on :data:`REFERENCE_MODEL` with that one field changed."""
+    rows = []
+    for field, values in OPTIONS.items():
+        for value, text in values.items():
+            changed: dict[str, Any] = {**REFERENCE_MODEL, field: value}
+            cfg = ModelConfig(**changed)
+            rows.append((field, value, count_parameters(build_model(cfg, 1)), text))
+    cfg = ModelConfig(**{**REFERENCE_MODEL, "arch": "unet3plus", "upsampling": "bilinear"})
+    rows.append(
+        ("arch", "unet3plus", count_parameters(build_model(cfg, 1)), ARCHITECTURES["unet3plus"])
+    )
+    return rows
 
 
 def preset_parameter_count(name: str) -> int:

@@ -1,11 +1,11 @@
-"""segmentation_models_pytorch models (UNet, UNet++, scSE-attention UNet) on a named encoder,
+"""segmentation_models_pytorch models (UNet, UNet++, with or without scSE decoder attention) on
+a named encoder (smp's own, or ``tu-`` + a timm model),
 never downloading weights, with the encoder stages the decoder does not reach frozen out of
 DDP's way."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import torch
 from torch import nn
@@ -14,21 +14,14 @@ from unet_search.core.errors import ConfigError
 from unet_search.core.sections import ModelConfig
 from unet_search.models.unet import mirror_pad, valid_input_size
 
-__all__ = ["SMP_UPSAMPLING", "SMP_ARCHS", "SCSE_REDUCTION", "smp_encoders", "SegmentationModel"]
+__all__ = ["SMP_UPSAMPLING", "SMP_ARCHS", "smp_encoders", "SegmentationModel"]
 
 
 SMP_UPSAMPLING = ("nearest", "bilinear", "bicubic")
 
 
-# arch -> (smp class name, extra constructor keywords); encoder "none" = from scratch.
-SMP_ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
-    "unet": ("Unet", {}),
-    "unetplusplus": ("UnetPlusPlus", {}),
-    "attention_unet": ("Unet", {"decoder_attention_type": "scse"}),
-}
-
-
-SCSE_REDUCTION = 16
+# arch -> smp class name (attention_unet is read as unet + attention: scse by ModelConfig).
+SMP_ARCHS: dict[str, str] = {"unet": "Unet", "unetplusplus": "UnetPlusPlus"}
 
 
 @functools.cache
@@ -77,7 +70,8 @@ def _freeze_unreached(net: nn.Module, in_channels: int, depth: int) -> None:
 def build_smp(cfg: ModelConfig, classes: int) -> nn.Module:
     import segmentation_models_pytorch as smp
 
-    class_name, extra = SMP_ARCHS[cfg.arch]
+    class_name = SMP_ARCHS[cfg.arch]
+    attention = None if cfg.attention == "none" else cfg.attention
     decoder_channels = [cfg.base_filters * 2 ** (cfg.depth - 1 - i) for i in range(cfg.depth)]
     try:
         net = getattr(smp, class_name)(
@@ -89,7 +83,7 @@ def build_smp(cfg: ModelConfig, classes: int) -> nn.Module:
             decoder_interpolation=cfg.upsampling,
             in_channels=cfg.in_channels,
             classes=classes,
-            **extra,
+            decoder_attention_type=attention,
         )
     except Exception as err:
         if cfg.encoder_weights is None:

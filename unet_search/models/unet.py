@@ -1,5 +1,6 @@
-"""The plain UNet of the seed designs: ``same`` (padded) or ``valid`` (unpadded, Ronneberger's
-overlap-tile) convolutions, batch norm, dropout, transposed-conv or interpolating decoders."""
+"""The from-scratch UNet of the seed designs: ``same`` (padded) or ``valid`` (unpadded,
+Ronneberger's overlap-tile) convolutions, batch norm, dropout, transposed-conv or interpolating
+decoders, and the variants of REFERENCE.md 1d-1e (:mod:`unet_search.models.blocks`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PLAIN_UPSAMPLING", "dropout_rates", "PlainUNet", "valid_input_size", "mirror_pad"]
+from unet_search.core.sections import ModelConfig
+from unet_search.models.blocks import (
+    SCSE,
+    AttentionGate,
+    bottleneck_block,
+    center_crop,
+    conv_block,
+    downsample,
+    he_init,
+)
+
+__all__ = [
+    "PLAIN_UPSAMPLING",
+    "dropout_rates",
+    "level_widths",
+    "contracting_path",
+    "encode",
+    "PlainUNet",
+    "valid_input_size",
+    "mirror_pad",
+]
 
 
 PLAIN_UPSAMPLING = ("transpose", "bilinear", "nearest")
@@ -25,22 +46,6 @@ def dropout_rates(depth: int, dropout: float, schedule: str) -> list[float]:
     return [round(dropout * math.ceil((i + 1) / 2) / top, 6) for i in range(depth + 1)]
 
 
-def _conv_block(
-    cin: int, cout: int, dropout: float, batchnorm: bool, padding: str
-) -> nn.Sequential:
-    """conv3x3 -> [BN] -> ReLU -> [dropout] -> conv3x3 -> [BN] -> ReLU (Keras: dropout between)."""
-    pad = 1 if padding == "same" else 0
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(((cin, cout), (cout, cout))):
-        layers.append(nn.Conv2d(a, b, 3, padding=pad, bias=not batchnorm))
-        if batchnorm:
-            layers.append(nn.BatchNorm2d(b))
-        layers.append(nn.ReLU(inplace=True))
-        if i == 0 and dropout > 0:
-            layers.append(nn.Dropout(dropout))
-    return nn.Sequential(*layers)
-
-
 def _upsampler(cin: int, mode: str) -> nn.Module:
     """2x upsampling that halves the channels: a 2x2 transposed conv, or interpolation + conv."""
     if mode == "transpose":
@@ -53,61 +58,90 @@ def _upsampler(cin: int, mode: str) -> nn.Module:
     return nn.Sequential(resize, nn.Conv2d(cin, cin // 2, kernel_size=3, padding=1))
 
 
-def _center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    top, left = (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2
-    return x[..., top : top + size[0], left : left + size[1]]
+def level_widths(cfg: ModelConfig) -> list[int]:
+    """Filters of levels 0..depth: ``base_filters * 2**level``."""
+    return [cfg.base_filters * 2**i for i in range(cfg.depth + 1)]
+
+
+def contracting_path(cfg: ModelConfig, padding: str) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """``down``: ``depth`` levels of ``cfg.block`` then the bottleneck; ``pools``: the
+    downsamplings between them (the encoder of both from-scratch architectures)."""
+    depth, bn = cfg.depth, cfg.batchnorm
+    widths, rates = level_widths(cfg), dropout_rates(depth, cfg.dropout, cfg.dropout_schedule)
+    ins = [cfg.in_channels, *widths]
+    down = nn.ModuleList(
+        conv_block(cfg.block, ins[i], widths[i], rates[i], bn, padding) for i in range(depth)
+    )
+    shape = (cfg.transformer_width, cfg.transformer_heads, cfg.transformer_layers)
+    down.append(
+        bottleneck_block(
+            cfg.bottleneck, cfg.block, ins[depth], widths[depth], rates[depth], bn, padding, shape
+        )
+    )
+    return down, nn.ModuleList(downsample(cfg.pooling, widths[i]) for i in range(depth))
+
+
+def encode(down: nn.ModuleList, pools: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every level's output of a :func:`contracting_path`, the bottleneck's last."""
+    out = []
+    for level, block in enumerate(down):
+        x = block(x)
+        out.append(x)
+        if level < len(pools):
+            x = pools[level](x)
+    return out
 
 
 class PlainUNet(nn.Module):
-    """The classic UNet (REFERENCE.md 1a-1c), faithful to Ronneberger et al. and the Keras seed.
+    """The classic UNet (REFERENCE.md 1a-1c), faithful to Ronneberger et al. and the Keras seed,
+    with the variants of 1d-1e as options (all default to the classic one).
 
-    ``depth`` poolings, ``base_filters * 2**level`` filters, two 3x3 convs per level, skips
-    concatenated (center-cropped with ``padding='valid'``), a 1x1 head. He-normal init.
+    ``depth`` downsamplings, ``base_filters * 2**level`` filters, two 3x3 convs per level
+    (``block``), skips concatenated (center-cropped with ``padding='valid'``, gated by
+    Attention U-Net gates with ``attention='gate'``), scSE before and after each decoder
+    block with ``attention='scse'`` (smp's placement), a 1x1 head. He-normal init.
     Input (N, in_channels, H, W) with H, W fitting the depth (see SegmentationModel).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        classes: int,
-        depth: int,
-        base_filters: int,
-        dropout: float,
-        dropout_schedule: str,
-        upsampling: str,
-        batchnorm: bool,
-        padding: str,
-    ) -> None:
+    def __init__(self, cfg: ModelConfig, classes: int) -> None:
         super().__init__()
-        widths = [base_filters * 2**i for i in range(depth + 1)]
-        rates = dropout_rates(depth, dropout, dropout_schedule)
-        self.down = nn.ModuleList(
-            _conv_block(cin, cout, rates[i], batchnorm, padding)
-            for i, (cin, cout) in enumerate(zip([in_channels, *widths], widths, strict=False))
-        )
-        self.pool = nn.MaxPool2d(2)
+        depth, bn, padding = cfg.depth, cfg.batchnorm, cfg.padding
+        widths, rates = level_widths(cfg), dropout_rates(depth, cfg.dropout, cfg.dropout_schedule)
+        self.down, self.pools = contracting_path(cfg, padding)
         levels = list(reversed(range(depth)))
-        self.up = nn.ModuleList(_upsampler(widths[i + 1], upsampling) for i in levels)
+        self.up = nn.ModuleList(_upsampler(widths[i + 1], cfg.upsampling) for i in levels)
         self.dec = nn.ModuleList(
-            _conv_block(widths[i + 1], widths[i], rates[i], batchnorm, padding) for i in levels
+            conv_block(cfg.block, widths[i + 1], widths[i], rates[i], bn, padding) for i in levels
         )
+        self.gates = nn.ModuleList(
+            AttentionGate(widths[i], widths[i + 1]) if cfg.attention == "gate" else nn.Identity()
+            for i in levels
+        )
+        scse = cfg.attention == "scse"
+        self.scse_in = nn.ModuleList(
+            SCSE(widths[i + 1]) if scse else nn.Identity() for i in levels
+        )
+        self.scse_out = nn.ModuleList(SCSE(widths[i]) if scse else nn.Identity() for i in levels)
         self.head = nn.Conv2d(widths[0], classes, kernel_size=1)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for level, block in enumerate(self.down):
-            x = block(x)
-            if level < len(self.up):
-                skips.append(x)
-                x = self.pool(x)
-        for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
-            x = up(x)
-            x = dec(torch.cat([_center_crop(skip, (x.shape[-2], x.shape[-1])), x], dim=1))
+        *skips, x = encode(self.down, self.pools, x)
+        stages = zip(
+            self.up,
+            self.dec,
+            self.gates,
+            self.scse_in,
+            self.scse_out,
+            reversed(skips),
+            strict=True,
+        )
+        for up, dec, gate, scse_in, scse_out, skip in stages:
+            g, x = x, up(x)
+            skip = center_crop(skip, (x.shape[-2], x.shape[-1]))
+            if isinstance(gate, AttentionGate):
+                skip = gate(skip, g)
+            x = scse_out(dec(scse_in(torch.cat([skip, x], dim=1))))
         return self.head(x)
 
 

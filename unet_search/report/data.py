@@ -50,5 +50,8 @@ class ReportData:
 def load_report_data(uri: str, search_id: str) -> ReportData:
     """The search ``search_id`` read back from MLflow (a UserError if there is none)."""
     state = read_search_state(uri, search_id)
-    spec = load_space_text(state["space_source"], state["space_file"], state["overrides"])
+    # the search ran it: read it back without walking its model combinations again
+    spec = load_space_text(
+        state["space_source"], state["space_file"], state["overrides"], combinations=False
+    )
     return ReportData(uri, search_record(uri, search_id), spec, state["model_name"])

@@ -14,7 +14,7 @@ __all__ = ["TRIAL_SLOT", "ARCH_SHORT", "SearchContext"]
 TRIAL_SLOT = "trial_slot"
 
 
-ARCH_SHORT = {"unet": "unet", "unetplusplus": "unet++", "attention_unet": "att-unet"}
+ARCH_SHORT = {"unet": "unet", "unetplusplus": "unet++", "unet3plus": "unet3+"}
 
 
 @dataclass(frozen=True)

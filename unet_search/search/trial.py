@@ -36,13 +36,20 @@ __all__ = ["trial_run_name", "trial_main"]
 
 
 def trial_run_name(index: int, cfg: RunConfig, baseline: str | None) -> str:
-    """A name a person can read, e.g. ``t007 unet++ resnet34 d4 f32``."""
+    """A name a person can read, e.g. ``t007 unet++ resnet34 d4 f32`` or
+    ``t008 unet scratch d3 f16 residual+aspp+gate`` (the options that are not the default)."""
     if baseline:
         return f"t{index:03d} baseline {baseline}"
     m = cfg.model
     encoder = "scratch" if m.encoder == "none" else m.encoder
     workers = f" x{cfg.train.num_workers}" if cfg.train.num_workers > 1 else ""
-    return f"t{index:03d} {ARCH_SHORT[m.arch]} {encoder} d{m.depth} f{m.base_filters}{workers}"
+    options = [m.block, m.pooling, m.bottleneck, m.attention]
+    variant = "+".join(v for v in options if v not in ("plain", "max", "none"))
+    variant = f" {variant}" if variant else ""
+    return (
+        f"t{index:03d} {ARCH_SHORT[m.arch]} {encoder} d{m.depth} f{m.base_filters}"
+        f"{variant}{workers}"
+    )
 
 
 def _in_process(cfg: RunConfig) -> bool:

@@ -73,10 +73,18 @@ def _apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> None:
             raw["fixed"] = fixed
 
 
-def load_space(path: Path, overrides: Iterable[str] = (), plan: Plan | None = None) -> SearchSpec:
+def load_space(
+    path: Path,
+    overrides: Iterable[str] = (),
+    plan: Plan | None = None,
+    *,
+    combinations: bool = True,
+) -> SearchSpec:
     """Read and validate a search-space YAML (plus ``--set`` overrides); raises ConfigError
     naming the file, the key and the rule. Settings given as ``auto`` take ``plan``'s values,
-    or provisional ones without a plan (``spec.auto`` names them: plan, then load again)."""
+    or provisional ones without a plan (``spec.auto`` names them: plan, then load again).
+    ``combinations=False`` skips the walk over every model combination (seconds for a large
+    space, and smp's import): for a space a search already ran, read back for its report."""
     path = Path(path)
     raw = read_yaml(path)
     source = str(path)
@@ -112,7 +120,8 @@ def load_space(path: Path, overrides: Iterable[str] = (), plan: Plan | None = No
         settings=parse_settings(raw.get("search"), base, source),
         auto=auto,
     )
-    check_combinations(spec, source)
+    if combinations:
+        check_combinations(spec, source)
     return spec
 
 
@@ -179,13 +188,15 @@ def _fill_auto(leaves: dict[str, Any], raw: dict[str, Any], source: str) -> tupl
     return tuple(auto)
 
 
-def load_space_text(text: str, file_name: str, overrides: Iterable[str] = ()) -> SearchSpec:
+def load_space_text(
+    text: str, file_name: str, overrides: Iterable[str] = (), *, combinations: bool = True
+) -> SearchSpec:
     """:func:`load_space` of a space saved as text (e.g. a search's ``space.yaml`` read back
     from MLflow); ``file_name`` (``<space name>.yaml``) names it in errors and gives the name."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(file_name).name
         path.write_text(text, encoding="utf-8")
-        return load_space(path, overrides)
+        return load_space(path, overrides, combinations=combinations)
 
 
 def _explicit_leaves(raw: Mapping[str, Any]) -> set[str]:

@@ -317,8 +317,9 @@ class SearchSpec:
 
     def plan_given(self) -> dict[str, Any]:
         """What binds the plan: every planned setting the space fixes (explicitly or by
-        default) and does not search, the largest explicit searched depth, and the encoder
-        weights (see :func:`unet_search.train.plan.make_plan`)."""
+        default) and does not search, the largest explicit searched depth, the encoder
+        weights and whether a transformer bottleneck may run (see
+        :func:`unet_search.train.plan.make_plan`)."""
         searched = {p.name for p in self.params}
         flat = self.base_config().flat()
         given: dict[str, Any] = {
@@ -336,6 +337,11 @@ class SearchSpec:
             given["depth_max"] = max(highs)
         if "encoder_weights" not in searched:
             given["encoder_weights"] = flat["encoder_weights"]
+        given["transformer"] = (
+            any("transformer" in p.values for p in self.params if p.name == "bottleneck")
+            if "bottleneck" in searched
+            else flat["bottleneck"] == "transformer"
+        )
         return given
 
     @property

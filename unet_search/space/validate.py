@@ -240,6 +240,10 @@ def check_name(name: object, source: str, key: str) -> str:
     return name
 
 
+# Leaves SearchSpec.run_config treats specially (it is not a plain replace for these).
+RUN_CONFIG_RULES = frozenset({"input_mode", "image_size", "early_stop_metric"})
+
+
 def check_combinations(spec: SearchSpec, source: str) -> None:
     """Every parameter alone at each probe value (a value out of its field's range), then the
     product of the model fields, which interact (arch x encoder x upsampling x depth ...)."""
@@ -254,15 +258,19 @@ def check_combinations(spec: SearchSpec, source: str) -> None:
                     f"{source}: `params.{param.name}` value {value!r} is "
                     f"invalid: {str(err).removeprefix('x: ')}"
                 ) from None
+    shared = spec.run_config(base, source="combination")
     for count, combo in enumerate(spec.combinations(MODEL_FIELDS)):
         if count >= MAX_COMBINATIONS:
             break
         try:
-            cfg = spec.run_config({**base, **combo}, source="combination")
+            if combo.keys() & RUN_CONFIG_RULES:
+                cfg = spec.run_config({**base, **combo}, source="combination")
+            else:  # the same config, its untouched sections not validated again
+                cfg = shared.replace(**combo)
             validate_model_config(cfg.model)
         except ConfigError as err:
             shown = ", ".join(f"{k}: {v!r}" for k, v in combo.items())
-            message = str(err).removeprefix("combination: ")
+            message = str(err).removeprefix("combination: ").removeprefix("replace: ")
             raise ConfigError(
                 f"{source}: the combination {{{shown}}} is impossible: "
                 f"{message} Restrict it with `when`."

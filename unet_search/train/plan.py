@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from unet_search.core.config import RunConfig, auto_leaves, build_run_config, provisional_config
 from unet_search.core.errors import UserError
-from unet_search.core.sections import AUTO, PLANNED_LEAVES, DataConfig
+from unet_search.core.sections import AUTO, MAX_BOTTLENECK_TOKENS, PLANNED_LEAVES, DataConfig
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.decode import EIGHT_CONNECTED
 from unet_search.data.split import split_indices
@@ -382,9 +382,10 @@ def _plan_patch(
         why["patch_size"] = "given"
         return int(given["patch_size"][0]), int(given["patch_size"][1])
     # Square, unless the images are narrower: then each side fits them (rounded up).
-    patch = tuple(
-        min(_round_to(budget.patch_side, multiple), _ceil_to(side, multiple)) for side in median
-    )
+    side_cap = budget.patch_side
+    if given.get("transformer"):  # its bottleneck at depth `top` holds <= the token limit
+        side_cap = min(side_cap, math.isqrt(MAX_BOTTLENECK_TOKENS) * multiple)
+    patch = tuple(min(_round_to(side_cap, multiple), _ceil_to(side, multiple)) for side in median)
     smaller = patch != (budget.patch_side, budget.patch_side)
     why["patch_size"] = (
         f"the median image ({median[0]}x{median[1]} px scaled) is smaller than the "
@@ -399,6 +400,10 @@ def _plan_patch(
     return int(patch[0]), int(patch[1])
 
 
+def _tokens(patch: tuple[int, int], depth: int) -> int:
+    return -(-patch[0] // 2**depth) * -(-patch[1] // 2**depth)
+
+
 def _plan_depth(
     patch: tuple[int, int],
     obj: float | None,
@@ -406,13 +411,17 @@ def _plan_depth(
     fixed_depth: int | None,
     budget: Budget,
     why: dict[str, str],
+    transformer: bool = False,
 ) -> tuple[int, int, int]:
     """(depth, low, high): the bottleneck keeps BOTTLENECK_PX px; the receptive field covers
     two objects."""
     allowed = [
         k
         for k in range(MIN_DEPTH, MAX_DEPTH + 1)
-        if k <= max(top, MIN_DEPTH) and min(patch) / 2**k >= BOTTLENECK_PX and _divides(patch, k)
+        if k <= max(top, MIN_DEPTH)
+        and min(patch) / 2**k >= BOTTLENECK_PX
+        and _divides(patch, k)
+        and (not transformer or _tokens(patch, k) <= MAX_BOTTLENECK_TOKENS)
     ] or [MIN_DEPTH]
     high = max(allowed)
     need = 2 * obj if obj is not None else 0.0
@@ -427,6 +436,8 @@ def _plan_depth(
         reach = f"receptive field {receptive_field(low)} px covers 2 objects ({need:.0f} px)" + (
             f" (at least {PREFERRED_MIN_DEPTH})" if low == PREFERRED_MIN_DEPTH else ""
         )
+    if transformer:
+        reach += f"; a transformer bottleneck holds <= {MAX_BOTTLENECK_TOKENS} tokens"
     why["depth"] = (
         f"<= {high}: the bottleneck of a {min(patch)}-px patch keeps >= {BOTTLENECK_PX} px"
         f" (budget depth {budget.max_depth}); >= {low}: {reach}"
@@ -456,7 +467,8 @@ def _plan_normalization(stats: DataStats, given: Mapping[str, Any], why: dict[st
 def make_plan(stats: DataStats, budget: Budget, given: Mapping[str, Any] | None = None) -> Plan:
     """The plan for ``stats`` within ``budget``. ``given`` holds values the user set (they
     bind the others): ``scale``, ``patch_size`` ((h, w)), ``depth`` (fixed), ``depth_max``
-    (the largest searched depth), ``batch_size``, ``encoder_weights``."""
+    (the largest searched depth), ``batch_size``, ``encoder_weights``, ``transformer`` (a
+    transformer bottleneck may run: depths and patch keep its token limit)."""
     given = {k: v for k, v in (given or {}).items() if v is not None and v != AUTO}
     why: dict[str, str] = {}
     scale = _plan_scale(stats, given, why)
@@ -465,7 +477,8 @@ def make_plan(stats: DataStats, budget: Budget, given: Mapping[str, Any] | None 
     fixed_depth = given.get("depth")
     top = int(fixed_depth or given.get("depth_max") or budget.max_depth)
     patch = _plan_patch(median, obj, budget, given, top, why)
-    depth, low, high = _plan_depth(patch, obj, top, fixed_depth, budget, why)
+    transformer = bool(given.get("transformer"))
+    depth, low, high = _plan_depth(patch, obj, top, fixed_depth, budget, why, transformer)
     if "batch_size" in given:
         batch, why["batch_size"] = int(given["batch_size"]), "given"
     else:
@@ -487,6 +500,7 @@ def plan_run(
     known = provisional.flat()  # drops a given patch or depth too
     given = {leaf: flat.get(leaf, known[leaf]) for leaf in PLANNED_LEAVES if leaf not in auto}
     given["encoder_weights"] = known["encoder_weights"]
+    given["transformer"] = known["bottleneck"] == "transformer"
     if isinstance(given.get("patch_size"), int):
         given["patch_size"] = (given["patch_size"], given["patch_size"])
     chosen = parse_budget(budget) if budget else default_budget(known["gpus_per_worker"] > 0)
