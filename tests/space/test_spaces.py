@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import optuna
@@ -8,9 +9,15 @@ import yaml
 
 from unet_search.core.errors import ConfigError
 from unet_search.space.load import load_space, make_sampler
-from unet_search.space.spec import BASELINE_ATTR, NUMBER_KEY, SearchSettings
+from unet_search.space.spec import BASELINE_ATTR, NUMBER_KEY, SearchSettings, SearchSpec
 
 SPACES = sorted(Path(__file__).parents[2].joinpath("search_spaces").glob("*.yaml"))
+
+
+@functools.cache
+def _shipped(path: Path) -> SearchSpec:
+    """A shipped space, loaded once for this module (full.yaml walks 40,000 combinations)."""
+    return load_space(path)
 
 
 def _write(tmp_path: Path, raw: dict | str) -> Path:
@@ -48,14 +55,14 @@ def _space(**overrides: object) -> dict:
 
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
 def test_shipped_spaces_are_valid(path: Path) -> None:
-    spec = load_space(path)
+    spec = _shipped(path)
     assert spec.name == path.stem
     assert spec.settings.num_samples >= 1
     assert spec.source == path.read_text()
 
 
 def test_full_space_is_a_real_cluster_search() -> None:
-    spec = load_space(Path(__file__).parents[2] / "search_spaces" / "full.yaml")
+    spec = _shipped(Path(__file__).parents[2] / "search_spaces" / "full.yaml")
     names = {p.name for p in spec.params}
     assert {
         "arch",
@@ -84,7 +91,7 @@ def test_full_space_is_a_real_cluster_search() -> None:
 
 
 def test_seed_baseline_space_is_the_keras_unet() -> None:
-    spec = load_space(Path(__file__).parents[2] / "search_spaces" / "seed_baseline.yaml")
+    spec = _shipped(Path(__file__).parents[2] / "search_spaces" / "seed_baseline.yaml")
     cfg = spec.trial_run_config({BASELINE_ATTR: True})
     assert (cfg.model.depth, cfg.model.base_filters, cfg.model.dropout_schedule) == (4, 16, "ramp")
     assert (cfg.data.image_size, cfg.train.batch_size, cfg.train.epochs) == (128, 16, 25)
@@ -307,3 +314,21 @@ def test_sampler_setting_picks_a_seeded_optuna_sampler(tmp_path: Path) -> None:
     # The same seeded random start, then TPE models the results from the third trial on.
     early, late = first_lrs("tpe", 5, startup_trials=2), first_lrs("tpe", 5, startup_trials=10)
     assert early[:2] == late[:2] and early[2] != late[2]
+
+
+def test_a_searched_patch_is_combined_with_the_model_rules(tmp_path: Path) -> None:
+    """A transformer bottleneck's token limit (and 2**depth) read the patch: a searched patch
+    size is walked with the model settings, so a trial could never fail on it mid-search."""
+    raw = _space(
+        fixed={"epochs": 2, "bottleneck": "transformer"},
+        params={
+            "patch_size": {"type": "choice", "values": [128, 256, 512]},
+            "depth": {"type": "int", "low": 3, "high": 5},  # alone, each value passes
+        },
+    )
+    with pytest.raises(ConfigError) as err:
+        load_space(_write(tmp_path, raw))
+    assert "the combination {patch_size: 512, depth: 3} is impossible" in str(err.value)
+    assert "'transformer' holds at most 1024 tokens" in str(err.value)
+    raw["params"]["patch_size"]["values"] = [128, 256]  # 16x16 and 32x32 tokens
+    assert load_space(_write(tmp_path, raw)).params[0].values == (128, 256)

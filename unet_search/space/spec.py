@@ -111,10 +111,15 @@ BASELINE_SECTIONS = ("model", "loss", "optim", "augment")
 BASELINE_LEAVES = ("input_mode", "image_size", "normalization", "early_stop_metric")
 
 
-MODEL_FIELDS = {leaf for leaf, section in LEAF_SECTION.items() if section == "model"}
-
-
-MODEL_FIELDS.add("num_classes")
+# The fields whose searched values are checked in every combination (check_combinations):
+# the model's, and the data's that model rules read (classes; a patch must fit 2**depth and
+# a transformer's token limit). A model field that no rule combines with another (a dropout
+# rate, batch norm on or off, transformer layers, UNet 3+ skip width) is checked alone:
+# crossing it with the rest would multiply the walk (full.yaml: ~24x) and check nothing more.
+ALONE_FIELDS = {"dropout", "batchnorm", "transformer_layers", "unet3plus_channels"}
+MODEL_FIELDS = {
+    leaf for leaf, section in LEAF_SECTION.items() if section == "model"
+} - ALONE_FIELDS | {"num_classes", "patch_size"}
 
 
 RESOURCE_FIELDS = {"num_workers", "cpus_per_worker", "gpus_per_worker"}
