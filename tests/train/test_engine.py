@@ -87,6 +87,19 @@ def test_patch_mode_beats_resize_mode_on_large_images_with_small_objects(tmp_pat
     assert patch_dice > 0.7
 
 
+def test_a_last_batch_of_one_is_dropped_so_a_1x1_bottleneck_trains(synth_dir: Path) -> None:
+    """32-px patches at depth 5 leave a 1 x 1 bottleneck: batch norm fails on a batch of one
+    (one value per channel). 9 patches in batches of 4 would end with one: it is dropped."""
+    leaves = {"patch_size": 32, "depth": 5, "batch_size": 4, "patches_per_epoch": 9}
+    cfg, state = _train(synth_dir, {**leaves, "epochs": 1, "base_filters": 2})
+    assert state.epoch == 1
+    _, train, _ = _setup(synth_dir, cfg)
+    assert [len(batch["image"]) for batch in train] == [4, 4]
+    even = cfg.replace(patches_per_epoch=10)  # a last batch of 2 is kept
+    _, train, _ = _setup(synth_dir, even)
+    assert [len(batch["image"]) for batch in train] == [4, 4, 2]
+
+
 def test_early_stopping_rules() -> None:
     up = EarlyStopping("val_dice", patience=2)
     assert [up.update(v, e) for e, v in enumerate([0.5, 0.6, 0.55, 0.58], 1)] == [

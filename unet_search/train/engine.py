@@ -365,9 +365,13 @@ def build_loaders(
         )
     else:
         train_set = ResizeDataset(arrays, train_idx, size=cfg.data.square, **common)
+    # A last batch of one sample is dropped: batch norm cannot normalize one value per channel
+    # (a 1 x 1 bottleneck, e.g. 32-px patches at depth 5), and one sample is a noisy step.
+    per_rank = -(-len(train_set) // world)  # Ray Train's DistributedSampler pads to this
     train = DataLoader(
         train_set,
         batch_size=cfg.train.batch_size,
+        drop_last=per_rank > 1 and per_rank % cfg.train.batch_size == 1,
         shuffle=cfg.data.input_mode == "resize",  # patches are random already
         num_workers=cfg.train.loader_workers,
         generator=torch.Generator().manual_seed(seed),
