@@ -28,6 +28,7 @@ from unet_search.core.sections import (
 
 __all__ = [
     "SECTIONS",
+    "CLASSIC",
     "PRESETS",
     "RunConfig",
     "LEAF_SECTION",
@@ -144,7 +145,7 @@ class RunConfig(Frozen):
                 train.early_stop_metric,
             )
         if model.bottleneck == "transformer":
-            side = bottleneck_side(data, model.depth)
+            side = bottleneck_side(data.input_size, model.depth)
             if side[0] * side[1] > MAX_BOTTLENECK_TOKENS:
                 raise broken(
                     "model.bottleneck",
@@ -248,9 +249,8 @@ def _check_leaf(leaf: str, source: str, section: str | None = None) -> None:
     if (LEAF_SECTION.get(leaf) == section) if section else (leaf in TOP_KEYS):
         return
     valid = sorted(SECTIONS[section].model_fields) if section else sorted(TOP_KEYS)
-    if leaf not in valid:
-        where = f"`{section}.{leaf}`" if section else f"`{leaf}`"
-        raise ConfigError(f"{source}: unknown key {where}; valid keys are {valid}.")
+    where = f"`{section}.{leaf}`" if section else f"`{leaf}`"
+    raise ConfigError(f"{source}: unknown key {where}; valid keys are {valid}.")
 
 
 def _build(flat: Mapping[str, Any], source: str) -> RunConfig:

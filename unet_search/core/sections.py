@@ -139,12 +139,16 @@ class DataConfig(Frozen):
         """The side every image is resized to in resize mode."""
         return self.image_size or RESIZE_DEFAULT
 
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """What the model trains on: a patch, or resize mode's square."""
+        return self.patch_size if self.input_mode == "patch" else (self.square, self.square)
 
-def bottleneck_side(data: DataConfig, depth: int) -> tuple[int, int]:
-    """(height, width) of a same-padded UNet's bottleneck for the training input (a patch,
-    or resize mode's square): each side over ``2**depth``, rounded up (inputs are padded)."""
-    sides = data.patch_size if data.input_mode == "patch" else (data.square, data.square)
-    return (-(-sides[0] // 2**depth), -(-sides[1] // 2**depth))
+
+def bottleneck_side(size: tuple[int, int], depth: int) -> tuple[int, int]:
+    """(height, width) of a same-padded UNet's bottleneck for an input of ``size``: each side
+    over ``2**depth``, rounded up (inputs are padded to a multiple)."""
+    return (-(-size[0] // 2**depth), -(-size[1] // 2**depth))
 
 
 class AugmentConfig(Frozen):

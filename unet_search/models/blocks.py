@@ -16,6 +16,7 @@ from torch import nn
 
 __all__ = [
     "conv_block",
+    "conv_norm_relu",
     "downsample",
     "bottleneck_block",
     "aspp_rates",
@@ -49,6 +50,24 @@ def _conv3x3(
     ]
 
 
+def _norm_relu(
+    channels: int, batchnorm: bool, groupnorm: bool = False, relu: bool = True
+) -> list[nn.Module]:
+    """[BN (or a one-group GroupNorm)] -> [ReLU]: what follows a conv."""
+    norm: list[nn.Module] = []
+    if batchnorm:
+        norm.append(nn.GroupNorm(1, channels) if groupnorm else nn.BatchNorm2d(channels))
+    return [*norm, *([nn.ReLU(inplace=True)] if relu else [])]
+
+
+def conv_norm_relu(cin: int, cout: int, batchnorm: bool, dilation: int = 1) -> nn.Sequential:
+    """A same-padded 3x3 conv (at ``dilation``) -> [BN] -> ReLU."""
+    return nn.Sequential(
+        *_conv3x3(cin, cout, not batchnorm, dilation, False, dilation),
+        *_norm_relu(cout, batchnorm),
+    )
+
+
 def _plain(
     cin: int,
     cout: int,
@@ -63,10 +82,7 @@ def _plain(
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(((cin, cout), (cout, cout))):
         layers += _conv3x3(a, b, not batchnorm, pad, separable)
-        if batchnorm:
-            layers.append(nn.BatchNorm2d(b))
-        if i == 0 or last_relu:
-            layers.append(nn.ReLU(inplace=True))
+        layers += _norm_relu(b, batchnorm, relu=i == 0 or last_relu)
         if i == 0 and dropout > 0:
             layers.append(nn.Dropout(dropout))
     return layers
@@ -122,13 +138,6 @@ def aspp_rates(side: int) -> tuple[int, ...]:
     16 -> (3, 6, 9), 32 -> (6, 12, 17)."""
     cap = max(1, side - 1)
     return tuple(min(cap, max(1, round(r * side / DEEPLAB_MAP))) for r in DEEPLAB_RATES)
-
-
-def _norm_relu(channels: int, batchnorm: bool, groupnorm: bool = False) -> list[nn.Module]:
-    if not batchnorm:
-        return [nn.ReLU(inplace=True)]
-    norm = nn.GroupNorm(1, channels) if groupnorm else nn.BatchNorm2d(channels)
-    return [norm, nn.ReLU(inplace=True)]
 
 
 class ASPP(nn.Module):
@@ -229,7 +238,7 @@ def bottleneck_block(
     dropout: float,
     batchnorm: bool,
     padding: str,
-    transformer: tuple[int, int, int] = (128, 4, 2),
+    transformer: tuple[int, int, int],
 ) -> nn.Module:
     """The lowest level: ``plain`` (the level's block), ``dilated`` (three 3x3 convs at
     rates 1, 2, 4), or the level's block followed by ``aspp`` or a ``transformer``
@@ -237,17 +246,7 @@ def bottleneck_block(
     if kind == "dilated":
         layers: list[nn.Module] = []
         for i, rate in enumerate(DILATED_RATES):
-            layers.append(
-                nn.Conv2d(
-                    cin if i == 0 else cout,
-                    cout,
-                    3,
-                    padding=rate,
-                    dilation=rate,
-                    bias=not batchnorm,
-                )
-            )
-            layers += _norm_relu(cout, batchnorm)
+            layers += conv_norm_relu(cin if i == 0 else cout, cout, batchnorm, rate)
             if i == 0 and dropout > 0:
                 layers.append(nn.Dropout(dropout))
         return nn.Sequential(*layers)
@@ -276,7 +275,7 @@ class AttentionGate(nn.Module):
         self.psi = nn.Conv2d(inter, 1, 1)
 
     def coefficients(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        gate = F.interpolate(self.phi(g), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        gate = interpolation(self.phi(g), (x.shape[-2], x.shape[-1]), "bilinear")
         return torch.sigmoid(self.psi(F.relu(self.theta(x) + gate)))
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from unet_search.core.config import RunConfig
+from unet_search.core.config import CLASSIC, RunConfig
 from unet_search.core.errors import ConfigError
 from unet_search.core.sections import MAX_BOTTLENECK_TOKENS, ModelConfig
 from unet_search.models.blocks import SCSE_REDUCTION
@@ -87,6 +87,13 @@ OPTIONS: dict[str, dict[str, str]] = {
     },
 }
 SMP_ATTENTIONS = ("none", "scse")
+# The from-scratch UNet's own settings: with an smp encoder each must keep the classic value
+# (attention is checked against SMP_ATTENTIONS: scSE works there too).
+SCRATCH_ONLY = {
+    "padding": "same",
+    "dropout_schedule": "constant",
+    **{k: v for k, v in CLASSIC.items() if k != "attention"},
+}
 UNET3PLUS_ATTENTIONS = ("none", "scse")
 VALID_BOTTLENECKS = ("plain",)
 # smp architectures an encoder family cannot feed (smp refuses them at construction).
@@ -176,9 +183,9 @@ def _validate_smp(cfg: ModelConfig) -> None:
             "is from scratch: encoder 'none')",
             cfg.arch,
         )
+    if cfg.depth < 3:  # before a tu- encoder is asked of smp at that depth
+        raise _rule("depth", "must be in [3, 5] with an smp encoder", cfg.depth)
     if cfg.encoder.startswith("tu-"):
-        if cfg.depth < 3:
-            raise _rule("depth", "must be in [3, 5] with an smp encoder", cfg.depth)
         why = _timm_encoder_error(cfg.encoder, cfg.depth, cfg.in_channels)
         if why is not None:
             raise _rule(
@@ -202,15 +209,7 @@ def _validate_smp(cfg: ModelConfig) -> None:
             f"must be one of {list(SMP_UPSAMPLING)} for smp decoders (no transposed conv there)",
             cfg.upsampling,
         )
-    if cfg.depth < 3:
-        raise _rule("depth", "must be in [3, 5] with an smp encoder", cfg.depth)
-    for key, default in (
-        ("padding", "same"),
-        ("dropout_schedule", "constant"),
-        ("block", "plain"),
-        ("pooling", "max"),
-        ("bottleneck", "plain"),
-    ):
+    for key, default in SCRATCH_ONLY.items():
         value = getattr(cfg, key)
         if value != default:
             raise _rule(

@@ -16,20 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from unet_search.core.sections import ModelConfig
-from unet_search.models.blocks import SCSE, he_init, interpolation
+from unet_search.models.blocks import SCSE, conv_norm_relu, he_init, interpolation
 from unet_search.models.unet import contracting_path, dropout_rates, encode, level_widths
 
 __all__ = ["UNet3Plus", "UNET3PLUS_DEPTHS"]
 
 
 UNET3PLUS_DEPTHS = (3, 4, 5)
-
-
-def _branch(cin: int, cout: int, batchnorm: bool) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=not batchnorm)]
-    if batchnorm:
-        layers.append(nn.BatchNorm2d(cout))
-    return nn.Sequential(*layers, nn.ReLU(inplace=True))
 
 
 class UNet3Plus(nn.Module):
@@ -49,8 +42,8 @@ class UNet3Plus(nn.Module):
         for i in reversed(range(depth)):
             sources = [widths[j] for j in range(i + 1)]
             sources += [widths[depth] if k == depth else fused for k in range(i + 1, depth + 1)]
-            self.branches[str(i)] = nn.ModuleList(_branch(s, c, bn) for s in sources)
-            fuse: list[nn.Module] = [*_branch(fused, fused, bn)]
+            self.branches[str(i)] = nn.ModuleList(conv_norm_relu(s, c, bn) for s in sources)
+            fuse: list[nn.Module] = [*conv_norm_relu(fused, fused, bn)]
             if rates[i] > 0:
                 fuse.append(nn.Dropout(rates[i]))
             if cfg.attention == "scse":

@@ -14,7 +14,7 @@ from ray import tune
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from unet_search.core.config import RunConfig
+from unet_search.core.config import CLASSIC, RunConfig
 from unet_search.core.tags import (
     TAG_BASELINE,
     TAG_CODE_VERSION,
@@ -43,8 +43,7 @@ def trial_run_name(index: int, cfg: RunConfig, baseline: str | None) -> str:
     m = cfg.model
     encoder = "scratch" if m.encoder == "none" else m.encoder
     workers = f" x{cfg.train.num_workers}" if cfg.train.num_workers > 1 else ""
-    options = [m.block, m.pooling, m.bottleneck, m.attention]
-    variant = "+".join(v for v in options if v not in ("plain", "max", "none"))
+    variant = "+".join(getattr(m, k) for k, v in CLASSIC.items() if getattr(m, k) != v)
     variant = f" {variant}" if variant else ""
     return (
         f"t{index:03d} {ARCH_SHORT[m.arch]} {encoder} d{m.depth} f{m.base_filters}"

@@ -34,7 +34,13 @@ from scipy import ndimage
 
 from unet_search.core.config import RunConfig, auto_leaves, build_run_config, provisional_config
 from unet_search.core.errors import UserError
-from unet_search.core.sections import AUTO, MAX_BOTTLENECK_TOKENS, PLANNED_LEAVES, DataConfig
+from unet_search.core.sections import (
+    AUTO,
+    MAX_BOTTLENECK_TOKENS,
+    PLANNED_LEAVES,
+    DataConfig,
+    bottleneck_side,
+)
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.decode import EIGHT_CONNECTED
 from unet_search.data.split import split_indices
@@ -400,10 +406,6 @@ def _plan_patch(
     return int(patch[0]), int(patch[1])
 
 
-def _tokens(patch: tuple[int, int], depth: int) -> int:
-    return -(-patch[0] // 2**depth) * -(-patch[1] // 2**depth)
-
-
 def _plan_depth(
     patch: tuple[int, int],
     obj: float | None,
@@ -421,7 +423,7 @@ def _plan_depth(
         if k <= max(top, MIN_DEPTH)
         and min(patch) / 2**k >= BOTTLENECK_PX
         and _divides(patch, k)
-        and (not transformer or _tokens(patch, k) <= MAX_BOTTLENECK_TOKENS)
+        and (not transformer or math.prod(bottleneck_side(patch, k)) <= MAX_BOTTLENECK_TOKENS)
     ] or [MIN_DEPTH]
     high = max(allowed)
     need = 2 * obj if obj is not None else 0.0
