@@ -273,6 +273,7 @@ def asha_space(name: str, scheduler: str) -> dict:
             "baseline": "none",
             "max_concurrent_trials": 1,
             "scheduler": {"type": scheduler, "grace_period": 2, "reduction_factor": 2},
+            "default_trial": False,  # the draws above are TPE's
         },
     }
 

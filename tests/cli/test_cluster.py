@@ -31,6 +31,8 @@ EXE = str(Path(sys.executable).with_name("unet-search"))
 SHRINK = [
     *("--set", "patch_size=32", "--set", "patches_per_epoch=8", "--set", "image_size=32"),
     *("--set", "val_fraction=0.25", "--set", "dsb_every=0"),
+    # a shrunk search: no compute budget, and a champion whatever Otsu scores
+    *("--set", "search.compute=null", "--set", "search.champion_must_beat_otsu=false"),
 ]
 STATE_PLACEHOLDER = "/tmp/us-cluster"  # cluster/README.md's state folder
 

@@ -26,6 +26,8 @@ from readme import README, Command, Shell, block, checkout_like, python_block, w
 SEARCH_SHRINK = (
     *("--set", "patch_size=32", "--set", "patches_per_epoch=8", "--set", "image_size=32"),
     *("--set", "val_fraction=0.25", "--set", "dsb_every=0"),
+    # a shrunk search: no compute budget, and a champion whatever Otsu scores
+    *("--set", "search.compute=null", "--set", "search.champion_must_beat_otsu=false"),
     *("--set", "epochs=1", "--set", "search.num_samples=2"),
     *("--set", "search.scheduler.type=fifo", "--set", "search.scheduler.grace_period=1"),
 )

@@ -166,3 +166,72 @@ def test_the_baseline_never_counts_at_a_rung() -> None:
     asha.on_trial_add(None, rival)
     assert asha.on_trial_result(None, rival, result(1, 0.2)) == "PAUSE"
     assert resumed == [trial.trial_id]  # the best 1 of the 2 competitors
+
+
+def test_a_trial_alone_at_its_rung_is_promoted_when_nothing_else_can_run() -> None:
+    """A rung that one trial reached promotes nobody (floor(1/2) = 0): with nothing left to
+    run, the best paused trial of the highest rung trains on until one trial (not the
+    baseline) has trained to max_t; only then are the paused trials stopped."""
+    from ray.tune.experiment import Trial
+
+    from unet_search.space.spec import BASELINE_ATTR
+
+    paused: list[str] = []
+    resumed: list[str] = []
+    asha = _watched_asha(4, 3, paused, resumed)  # rungs 1, 2
+    baseline = Trial("fn", config={BASELINE_ATTR: True}, stub=True)
+    low, high = Trial("fn", config={}, stub=True), Trial("fn", config={}, stub=True)
+    trials = [baseline, low, high]
+    for t in trials:
+        asha.on_trial_add(None, t)
+
+    def result(done: int, dice: float) -> dict:
+        return {"training_iteration": done, "best_val_dice": dice, TIE_BREAK: dice}
+
+    assert asha.on_trial_result(None, baseline, result(4, 0.0)) == "STOP"
+    assert asha.on_trial_result(None, low, result(1, 0.3)) == "PAUSE"  # alone at rung 1
+    # `high` is the best 1 of 2 at rung 1: promoted; then alone at rung 2, it pauses.
+    assert asha.on_trial_result(None, high, result(1, 0.6)) == "CONTINUE"
+    assert asha.on_trial_result(None, high, result(2, 0.7)) == "PAUSE"
+    baseline.set_status(Trial.TERMINATED)
+    for t in (low, high):
+        t.set_status(Trial.PAUSED)
+    assert asha._left_over(trials) == (high, [])  # the highest rung's best goes on
+    asha._train_on(high.trial_id)  # what choose_trial_to_run does with it
+    assert resumed[-1] == high.trial_id
+    high.set_status(Trial.RUNNING)
+    assert asha._left_over(trials) == (None, [])  # something runs
+    assert asha.on_trial_result(None, high, result(4, 0.8)) == "STOP"  # trained to max_t
+    high.set_status(Trial.TERMINATED)
+    assert asha._left_over(trials) == (None, [low])  # now the losers are stopped
+
+
+def test_a_spent_budget_starts_no_trial_and_promotes_none() -> None:
+    """Once the exploring budget is spent (``exhausted``) nothing is promoted from a rung
+    and no new trial starts, but the search still ends with a trial trained to max_t."""
+    from ray.tune.experiment import Trial
+
+    spent = [False]
+    asha = PromotingASHA(
+        metric="best_val_dice",
+        mode="max",
+        max_t=4,
+        grace_period=1,
+        reduction_factor=2,
+        num_samples=10,
+        exhausted=lambda: spent[0],
+    )
+    first, second = Trial("fn", config={}, stub=True), Trial("fn", config={}, stub=True)
+    for t in (first, second):
+        asha.on_trial_add(None, t)
+    row = {"best_val_dice": 0.5, TIE_BREAK: 0.5}
+    assert asha.on_trial_result(None, first, {"training_iteration": 1, **row}) == "PAUSE"
+    spent[0] = True
+    # The best of 2 at rung 1, but the budget is spent: it pauses too.
+    better = {"best_val_dice": 0.9, TIE_BREAK: 0.9}
+    assert asha.on_trial_result(None, second, {"training_iteration": 1, **better}) == "PAUSE"
+    assert first.trial_id not in asha._to_resume
+    for t in (first, second):
+        t.set_status(Trial.PAUSED)
+    # Only 2 of 10 trials were added, but the budget ends exploring: the best trains on.
+    assert asha._left_over([first, second]) == (second, [])

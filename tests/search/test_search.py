@@ -20,6 +20,7 @@ from PIL import Image
 from unet_search.core.sections import DataConfig
 from unet_search.core.tags import TAG_KIND, TAG_SEARCH_ID, TAG_TRIAL_ID
 from unet_search.data.dataset import load_dataset
+from unet_search.data.split import split_indices
 from unet_search.data.synthetic import make_synthetic
 from unet_search.search.driver import run_search
 from unet_search.search.outcome import SearchOutcome
@@ -91,7 +92,14 @@ def test_end_to_end_search_with_a_ddp_trial(
             "num_workers": {"type": "choice", "values": [1, 2]},
             "base_filters": {"type": "choice", "values": [4, 8]},
         },
-        "search": {"num_samples": 3, "seed": 1, "scheduler": {"type": "fifo"}},
+        "search": {
+            "num_samples": 3,
+            "seed": 1,
+            "scheduler": {"type": "fifo"},
+            # sampled (the DDP trial), and registered as champion whatever Otsu scores
+            "default_trial": False,
+            "champion_must_beat_otsu": False,
+        },
     }
     out = _search(tmp_path, search_data, workdir, raw)
 
@@ -376,7 +384,12 @@ def test_a_worse_search_registers_a_challenger_and_keeps_the_champion(
     base = {
         "model_name": "unet-gate",
         "fixed": {**TINY, "epochs": 3, "depth": 2, "base_filters": 8, "dice_weight": 1.0},
-        "search": {"num_samples": 1, "baseline": "none", "scheduler": {"type": "fifo"}},
+        "search": {
+            "num_samples": 1,
+            "baseline": "none",
+            "scheduler": {"type": "fifo"},
+            "champion_must_beat_otsu": False,  # the gate between two searches is tested
+        },
     }
     good = _search(
         tmp_path,
@@ -415,6 +428,9 @@ def test_every_shipped_space_starts(
         "loader_workers=0",
         "search.scheduler.grace_period=1",
         "search.max_concurrent_trials=1",
+        # what each space draws, and its champion, are checked, not the default or Otsu
+        "search.default_trial=false",
+        "search.champion_must_beat_otsu=false",
     ]
     # One trial each: seed_baseline's is the baseline; the others' a sampled one (the
     # baseline trains in seed_baseline's search and in the other tests).
@@ -557,3 +573,105 @@ def test_storage_is_the_users_path_as_given(
     assert _storage_root(home, None) == str(home / "ray_results")
     monkeypatch.setenv("UNET_SEARCH_STORAGE", "shared/ray")
     assert _storage_root(home, None) == str(tmp_path / "shared" / "ray")
+
+
+def _asha_small(name: str, num_samples: int, **search: object) -> dict:
+    """A small ASHA search, as users try first: the baseline, the planned default and
+    ``num_samples`` - 2 sampled trials, a rung every epoch (reduction 2), 3 epochs each."""
+    return {
+        "name": name,
+        "model_name": f"unet-{name}",
+        "fixed": {**TINY, "epochs": 3, "depth": 2, "base_filters": 8},
+        "params": {"lr": {"type": "loguniform", "low": 3.0e-3, "high": 3.0e-2}},
+        "search": {
+            "num_samples": num_samples,
+            "seed": 4,
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+            **search,
+        },
+    }
+
+
+def test_a_two_trial_asha_search_registers_a_trained_model_not_the_baseline(
+    ray_local: None, search_data: Path, workdir: Path, tmp_path: Path
+) -> None:
+    # The baseline and the planned default: the default reaches each rung alone (the baseline
+    # does not count), where floor(1/2) = 0 are promoted; with nothing else to run it trains
+    # on to max_t instead of being stopped (before, the baseline was the only finished trial
+    # and was registered).
+    out = _search(tmp_path, search_data, workdir, _asha_small("small2", 2))
+    baseline, default = out.trials
+    assert baseline.baseline and default.default
+    assert (default.status, default.epochs) == ("FINISHED", 3)
+    assert out.best is not None and out.best.trial_id == default.trial_id
+    assert out.registration is not None
+    version = _client(workdir).get_model_version("unet-small2", out.registration.version)
+    assert version.tags["unet_search.run_id"] == default.run_id
+
+
+def test_a_small_search_with_a_compute_budget_ends_with_a_final_fit_that_is_registered(
+    ray_local: None, search_data: Path, workdir: Path, tmp_path: Path
+) -> None:
+    raw = _asha_small("final", 3, compute={"epochs": 10})
+    raw["fixed"]["test_fraction"] = 0.2
+    out = _search(tmp_path, search_data, workdir, raw)
+    client = _client(workdir)
+
+    # Trial 1 is the planned default (tagged, and Optuna knows it as its enqueued trial 1).
+    assert [t.index for t in out.trials] == [0, 1, 2]
+    baseline, default, sampled = out.trials
+    assert baseline.baseline and default.default and not sampled.default
+    assert client.get_run(default.run_id).data.tags["unet_search.default"] == "true"
+    assert "unet_search.default" not in client.get_run(sampled.run_id).data.tags
+    study_trial = out.study.trials[1]
+    assert study_trial.user_attrs.get("unet_search.default") is True
+    assert study_trial.params == {"lr": 3.0e-3}  # train's 1e-3, clipped into the space
+
+    # The final fit: a child run of the parent, trained from the best exploring trial's kept
+    # weights for the epochs left; the epochs of every run but the baseline's add up to 10.
+    final, plan = out.final, out.final_plan
+    assert final is not None and plan is not None and plan.source is not None
+    assert plan.source.status == "FINISHED" and plan.source.epochs == 3
+    run = client.get_run(final.run_id)
+    assert run.data.tags["unet_search.final_fit"] == "true"
+    assert run.data.tags["mlflow.parentRunId"] == out.parent_run_id
+    assert run.info.run_name == f"final {plan.source.name}"
+    assert run.data.params["lr"] == str(plan.source.params["lr"])
+    assert run.data.params["epochs"] == str(final.epochs)
+    epochs = {
+        t.run_id: int(client.get_run(t.run_id).data.metrics["epoch"])
+        for t in (*out.trials, final)
+        if not t.baseline
+    }
+    assert sum(epochs.values()) == 10 and epochs[final.run_id] == final.epochs >= 4
+    history = client.get_metric_history(final.run_id, "val_dice")
+    assert sorted(m.step for m in history) == list(range(1, final.epochs + 1))
+    parent = client.get_run(out.parent_run_id).data.metrics
+    assert parent["explore_epochs"] + parent["final_fit_epochs"] == 10
+
+    # Its kept weights are what is registered and scored on the held-out test images: the
+    # version's test_dice is the Dice `predict` gets on them.
+    assert out.best is final and out.registration is not None
+    version = client.get_model_version("unet-final", out.registration.version)
+    assert version.tags["unet_search.run_id"] == final.run_id
+    data = load_space(tmp_path / "final.yaml").base_config().data
+    arrays = load_dataset(search_data, data)
+    test = [int(i) for i in split_indices(len(arrays), data).test]
+    assert len(test) == 3
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    model = load_model(f"models:/unet-final/{out.registration.version}", tracking_uri=uri)
+    masks = model.predict([arrays.image(i) for i in test])
+    dices = [
+        dice_iou_per_image(
+            torch.from_numpy(m[None]).long(), torch.from_numpy(arrays.mask(i)[None]).long(), 1
+        )[0][0]
+        for m, i in zip(masks, test, strict=True)
+    ]
+    test_dice = float(version.tags["unet_search.test_dice"])
+    assert test_dice == pytest.approx(float(np.mean(dices)), abs=1e-3)
+
+    # The Otsu rule decides its alias: champion only with a validation Dice above Otsu's.
+    beats = final.value >= out.otsu_val_dice
+    assert out.registration.alias == ("champion" if beats else "challenger")
+    if not beats:
+        assert "below a plain Otsu threshold's" in out.registration.reason

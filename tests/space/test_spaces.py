@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 
 import optuna
@@ -248,6 +249,20 @@ def test_baseline_trial_samples_nothing_and_keeps_search_budget(tmp_path: Path) 
             {"params__upsampling": {"type": "choice", "values": ["transpose", "nearest"]}},
             "the combination {encoder: 'resnet18', upsampling: 'transpose'",
         ),
+        ({"search__compute": {}}, "`search.compute` needs `epochs` or `hours` (or both)"),
+        ({"search__compute": {"epochs": 0}}, "`search.compute.epochs` must be >= 1, but got 0"),
+        ({"search__compute": {"epoch": 9}}, "`search.compute.epoch` is not a valid key"),
+        (
+            {"search__compute": {"epochs": 3}, "search__final_fit": 0.6},
+            "`search.compute.epochs` must leave the exploring trials (0.4 of it, 1 epochs) at "
+            "least one whole trial (`epochs` = 2), but got 3",
+        ),
+        (
+            {"search__compute": {"hours": 1}, "search__time_budget_s": 60},
+            "`search.compute.hours` cannot be combined with `search.time_budget_s`",
+        ),
+        ({"search__final_fit": 1.0}, "`search.final_fit` must be in [0, 0.9], but got 1.0"),
+        ({"search__final_fit_start": "warm"}, "`search.final_fit_start` must be one of"),
         ({"fixed__epochz": 3}, "unknown key `epochz`"),
         ({"fixed__gpus_per_worker": -1}, "`train.gpus_per_worker` must be >= 0"),
     ],
@@ -332,3 +347,40 @@ def test_a_searched_patch_is_combined_with_the_model_rules(tmp_path: Path) -> No
     assert "'transformer' holds at most 1024 tokens" in str(err.value)
     raw["params"]["patch_size"]["values"] = [128, 256]  # 16x16 and 32x32 tokens
     assert load_space(_write(tmp_path, raw)).params[0].values == (128, 256)
+
+
+def test_the_planned_default_is_trains_defaults_moved_into_the_space(tmp_path: Path) -> None:
+    """Each searched parameter at the run config's default where the space allows it, else
+    at its nearest allowed value (a numeric choice on a log scale, a range clipped); a
+    conditional parameter only where its condition holds."""
+    from unet_search.core.config import RunConfig
+    from unet_search.space.spec import DEFAULT_ATTR, nearest_allowed
+
+    defaults = RunConfig().flat()
+    assert (defaults["encoder"], defaults["lr"], defaults["depth"]) == ("none", 1e-3, 4)
+    raw = _space(
+        params__lr={"type": "loguniform", "low": 2e-3, "high": 1e-2},
+        params__base_filters={"type": "choice", "values": [8, 64]},
+        params__dropout={"type": "uniform", "low": 0.1, "high": 0.3},
+    )
+    spec = load_space(_write(tmp_path, raw))
+    assert spec.default_params() == {
+        "encoder": "none",
+        "upsampling:0": "transpose",  # resnet18's alternative is not active
+        "depth": 4,
+        "lr": 2e-3,  # clipped into the range
+        "base_filters": 8,  # 16 is nearer 8 than 64 on a log scale (and absolutely)
+        "dropout": 0.1,
+    }
+    # Enqueued, Optuna asks for exactly these values and the trial says it is the default.
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(spec.default_params(), user_attrs={DEFAULT_ATTR: True})
+    trial = study.ask()
+    config = spec.define_by_run(trial)
+    assert config is not None and config[DEFAULT_ATTR] and spec.is_default(config)
+    assert trial.params == spec.default_params()
+    choice = spec.params[0]  # encoder
+    assert nearest_allowed(choice, "vgg11") == "none"  # not numeric: the first value
+    lr_choice = dataclass_replace(spec.params[-2], type="choice", values=(1e-7, 1e-2))
+    assert nearest_allowed(lr_choice, 1e-3) == 1e-2  # a decade away, not four
+    assert nearest_allowed(dataclass_replace(lr_choice, values=(-1.0, 0.5)), 0.0) == 0.5

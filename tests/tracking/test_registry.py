@@ -216,3 +216,19 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_a_vetoed_version_is_a_challenger_even_as_the_first_of_its_name(store) -> None:
+    """The Otsu rule (unet_search.search.outcome.otsu_veto) vetoes the champion alias: the
+    version is registered, as challenger, with the veto as its reason; a champion stays."""
+    client = MlflowClient(store[0])
+    why = "its val_dice 0.4000 is below a plain Otsu threshold's 0.8000"
+    first = promote(client, "unet-test", _version(client, 0.40, test=0.40), veto=why)
+    assert (first.alias, first.reason, first.previous_version) == ("challenger", why, None)
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias("unet-test", "champion")
+    good = promote(client, "unet-test", _version(client, 0.85, test=0.85))
+    assert (good.alias, good.reason) == ("champion", "no champion yet")
+    better = promote(client, "unet-test", _version(client, 0.95, test=0.95), veto=why)
+    assert (better.alias, better.previous_value) == ("challenger", 0.85)
+    assert str(client.get_model_version_by_alias("unet-test", "champion").version) == "2"

@@ -262,6 +262,7 @@ def _report(out: Any, mode: str, workdir: Path) -> None:
             f"best {metric} {out.best.value:.4f} ({out.best.name}) vs seed baseline "
             f"{out.baseline.value:.4f}: {out.best.value - out.baseline.value:+.4f}"
         )
+    _print_final_and_default(out)
     if out.otsu_val_dice is not None:
         versus = ""
         if out.best and out.best.value is not None and metric == "val_dice":
@@ -272,8 +273,10 @@ def _report(out: Any, mode: str, workdir: Path) -> None:
     if reg is not None:
         verb = "is the new champion" if reg.alias == "champion" else "registered as challenger"
         print(f"model {reg.name} v{reg.version} {verb}: {reg.reason}")
+        # A first version that lost the gate (to Otsu) leaves the name without a champion.
+        alias = "champion" if reg.alias == "champion" or reg.previous_version else reg.alias
         print(
-            f"predict      unet-search predict --model models:/{reg.name}@champion "
+            f"predict      unet-search predict --model models:/{reg.name}@{alias} "
             "--input IMAGES --output MASKS"
         )
     # Also artifacts of the search's MLflow run: a job's driver node (a KubeRay RayJob's
@@ -350,6 +353,26 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     except RuntimeError as err:  # an unknown job id and the like
         raise UserError(f"job {args.job_id}: {err}") from None
     return 0
+
+
+def _print_final_and_default(out: Any) -> None:
+    """The final fit (what it trained, against the trial it started from), a best that is
+    the planned default configuration, and a search that trained nothing to register."""
+    metric, final, plan = out.metric, out.final, out.final_plan
+    if final is not None and plan is not None and plan.source is not None:
+        source = plan.source
+        print(
+            f"final fit {final.name}: {final.epochs} epochs, {metric} {final.value:.4f} "
+            f"(the trial it trained on: {source.value:.4f})"
+        )
+    chosen = plan.source if final is not None and plan is not None else out.best
+    if chosen is not None and chosen.default:
+        print("the best configuration is the planned default (search.default_trial)")
+    if out.best is None:
+        print(
+            "no trial but the seed baseline trained to the end (every other trial failed or "
+            "was stopped): nothing is registered"
+        )
 
 
 def _print_trials(trials: Sequence[Any], metric: str) -> None:

@@ -13,6 +13,8 @@ TAG_TRIAL_NUMBER = "unet_search.trial_number"  # Optuna's trial number
 TAG_OUTCOME = "unet_search.outcome"  # finished | stopped_early | failed (a trial's end)
 TAG_ERROR = "unet_search.error"  # a failed trial's exception (the traceback: error.txt)
 TAG_BASELINE = "unet_search.baseline"  # the baseline preset's name, on the baseline trial
+TAG_DEFAULT = "unet_search.default"  # "true" on the planned default configuration's trial
+TAG_FINAL_FIT = "unet_search.final_fit"  # "true" on a search's final fit
 TAG_DATA_LAYOUT = "unet_search.data_layout"  # dsb2018 | images_masks
 TAG_PARENT = "mlflow.parentRunId"
 # A search's parent run

@@ -29,14 +29,15 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 from PIL import Image
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from unet_search.core.config import RunConfig
 from unet_search.core.sections import TrainConfig
 from unet_search.data.dataset import DatasetArrays
 from unet_search.distributed.faults import maybe_fail
-from unet_search.models.build import build_model, count_parameters, save_model_dir
-from unet_search.tracking.client import log_artifacts
+from unet_search.models.build import MODEL_FILE, build_model, count_parameters, save_model_dir
+from unet_search.tracking.client import download_artifacts, log_artifacts
 from unet_search.tracking.outage import DEFAULT_PATIENCE_S, Outbox, with_patience
 from unet_search.train.engine import (
     TrainingState,
@@ -118,6 +119,18 @@ def _resume(state: TrainingState, ctx: WorkerContext, outbox: Outbox | None = No
         if outbox is not None and unsent.is_file():
             outbox.restore(json.loads(unsent.read_text("utf-8")))
     state.load_state_dict(saved)
+
+
+def _warm_start(model: torch.nn.Module, uri: str, run_id: str, patience_s: float) -> None:
+    """``model`` takes the kept weights (``best_model``) of run ``run_id``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = with_patience(
+            uri,
+            f"run {run_id}: its kept weights",
+            lambda: download_artifacts(uri, run_id, "best_model", Path(tmp)),
+            patience_s,
+        )
+        model.load_state_dict(load_file(str(path / MODEL_FILE)))
 
 
 def _sample_indices(cfg: RunConfig, arrays: DatasetArrays) -> np.ndarray:
@@ -245,8 +258,9 @@ def _log_start(outbox: Outbox, model: torch.nn.Module, world: int, nodes: list[s
 def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
     """The training recipe every worker runs. ``config`` holds ``run_config`` (dict),
     ``dataset`` (ObjectRef of DatasetArrays, or the arrays), ``tracking_uri``, ``run_id``
-    and optionally ``fault`` (a fault-injection spec, see :func:`maybe_fail`) and
-    ``tracking_patience_s`` (how long an unreachable tracking server is waited for).
+    and optionally ``fault`` (a fault-injection spec, see :func:`maybe_fail`),
+    ``tracking_patience_s`` (how long an unreachable tracking server is waited for) and
+    ``init_run`` (a run whose kept weights training starts from: a search's final fit).
 
     Rank 0's MLflow logging goes through an :class:`~unet_search.tracking.outage.Outbox`:
     while the server is away training goes on, the unsent logging travels with each
@@ -260,13 +274,16 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
     data = config["dataset"]
     arrays: DatasetArrays = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     train_loader, val = build_loaders(cfg, arrays, rank, world)
-    model = build_model(cfg.model, cfg.data.num_classes).to(device)
+    model = build_model(cfg.model, cfg.data.num_classes)
+    patience = float(config.get("tracking_patience_s") or DEFAULT_PATIENCE_S)
+    if config.get("init_run"):  # before DDP wraps it; a checkpoint (resume) overrides it
+        _warm_start(model, uri, str(config["init_run"]), patience)
+    model = model.to(device)
     if device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_loader = ctx.prepare_loader(train_loader)  # this rank's share of each epoch
     # The schedule spans the steps this rank really takes.
     state = new_training_state(ctx.prepare_model(model), cfg, len(train_loader), device)
-    patience = float(config.get("tracking_patience_s") or DEFAULT_PATIENCE_S)
     outbox = Outbox(uri, run_id, patience)
     _resume(state, ctx, outbox if rank == 0 else None)
     nodes = _node_ids(world) if state.epoch == 0 else []  # every rank takes part

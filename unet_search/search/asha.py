@@ -6,8 +6,12 @@ x ``reduction_factor``^k epochs, below ``max_t``) pauses there, keeping its chec
 paused trial is *promoted* (resumed) once it is among the best 1/``reduction_factor`` of all
 the trials that reached its rung, and promotions go before new trials. So no rung promotes
 more than a 1/``reduction_factor`` share of the trials that reached it, however early they
-came. When every trial of the search has started and nothing runs or can be promoted, the
-trials still paused are stopped (stopped early, as ASHA's losers).
+came. When every trial of the search has started (or the exploring budget is spent) and
+nothing runs or can be promoted, the trials still paused are stopped (stopped early, as
+ASHA's losers), but never before one trial that is not the baseline has trained to ``max_t``:
+a rung that one trial reached promotes nobody (floor(1 / reduction_factor) = 0), so a small
+search would otherwise end with no trained model but the baseline. Until one has, the best
+paused trial of the highest rung is promoted instead.
 
 ``asha_stopping`` is Ray Tune's ``AsyncHyperBandScheduler``: a trial reaching a rung goes on
 if it is in the top 1/``reduction_factor`` of the results the rung has *so far*, else it
@@ -199,6 +203,7 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         num_samples: int,
         on_pause: Callable[[str], None] | None = None,
         on_resume: Callable[[str], None] | None = None,
+        exhausted: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__()
         self._rank_by = (metric, mode)
@@ -212,7 +217,10 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         self._to_resume: list[str] = []  # promoted while paused, not restarted yet
         self._added: set[str] = set()
         self._restored_waiting = False  # resume re-paused trials at rungs: decide them
+        self._trained: set[str] = set()  # trials (not the baseline) that trained to the end
         self._on_pause, self._on_resume = on_pause, on_resume
+        # The searcher's exploring budget is spent: no new trials, no promotions from rungs.
+        self._exhausted = exhausted or (lambda: False)
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return True  # metric and mode are the search's, given at construction
@@ -244,6 +252,8 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
             if going_on and self._on_resume is not None:
                 self._on_resume(trial.trial_id)
             return
+        if trial.is_finished() and trial.status == Trial.TERMINATED and last.get("finished"):
+            self._trained.add(trial.trial_id)
         waits = going_on and done in self._milestones
         for rung, milestone in enumerate(self._milestones):
             if milestone <= done:
@@ -261,10 +271,12 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         done, value = result.get(TIME_ATTR), rank_value(result, *self._rank_by)
         if done is None or value is None:
             return TrialScheduler.CONTINUE
+        if is_baseline(trial):  # a reference, not a competitor: never in a rung's cutoff
+            return TrialScheduler.STOP if done >= self._max_iterations else TrialScheduler.CONTINUE
+        if done >= self._max_iterations or result.get("finished"):
+            self._trained.add(trial.trial_id)
         if done >= self._max_iterations:
             return TrialScheduler.STOP
-        if is_baseline(trial):  # a reference, not a competitor: never in a rung's cutoff
-            return TrialScheduler.CONTINUE
         reached = [
             rung
             for rung, milestone in enumerate(self._milestones)
@@ -275,7 +287,7 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         for rung in reached:
             self._rungs[rung][trial.trial_id] = value
         rung = reached[-1]
-        if trial.trial_id in self._promotable(rung):
+        if trial.trial_id in self._promotable(rung) and not self._exhausted():
             action = TrialScheduler.CONTINUE
             self._promoted[rung].add(trial.trial_id)
         else:
@@ -293,15 +305,26 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
     def _promote_waiting(self) -> None:
         """Promote the paused trials that a new arrival made promotable, highest rung first.
         Decided now, not when Tune next asks for a trial to run: the searcher must count
-        them as running at once, or it would start a new trial in their place."""
+        them as running at once, or it would start a new trial in their place. Once the
+        exploring budget is spent nothing is promoted (see :meth:`_left_over`)."""
+        if self._exhausted():
+            return
         for rung in reversed(range(len(self._milestones))):
             for trial_id in self._promotable(rung):
                 if self._paused.get(trial_id) == rung:
-                    self._promoted[rung].add(trial_id)
-                    del self._paused[trial_id]
-                    self._to_resume.append(trial_id)
-                    if self._on_resume is not None:
-                        self._on_resume(trial_id)
+                    self._promote(trial_id, rung)
+
+    def _train_on(self, trial_id: str) -> None:
+        """Promote ``trial_id`` from its rung, to be run now (not queued)."""
+        self._promote(trial_id, self._paused[trial_id])
+        self._to_resume.remove(trial_id)
+
+    def _promote(self, trial_id: str, rung: int) -> None:
+        self._promoted[rung].add(trial_id)
+        del self._paused[trial_id]
+        self._to_resume.append(trial_id)
+        if self._on_resume is not None:
+            self._on_resume(trial_id)
 
     def on_trial_complete(
         self, tune_controller: Any, trial: Trial, result: dict[str, Any]
@@ -325,24 +348,40 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
             if trial is not None and trial.status == Trial.PAUSED:
                 self._to_resume.remove(trial_id)
                 return trial  # (one still saving its pause is asked for on a later step)
-        for trial in trials:
-            if trial.status == Trial.PENDING:
-                return trial
-        self._stop_the_rest(tune_controller, trials)
-        return None
+        if not self._exhausted():
+            for trial in trials:
+                if trial.status == Trial.PENDING:
+                    return trial
+        finish, stop = self._left_over(trials)
+        for trial in stop:
+            log.info("ASHA: stopping %s, not promoted from its rung", trial.trial_id)
+            del self._paused[trial.trial_id]
+            tune_controller.stop_trial(trial)
+        if finish is not None:
+            log.info("ASHA: promoting %s so that one trial trains to the end", finish.trial_id)
+            self._train_on(finish.trial_id)
+        return finish
 
-    def _stop_the_rest(self, tune_controller: Any, trials: list[Trial]) -> None:
-        """Every trial has started, nothing runs and nothing can be promoted: the trials
-        still paused are this search's losers."""
-        if len(self._added) < self._num_samples or not self._paused or self._to_resume:
-            return
+    def _left_over(self, trials: list[Trial]) -> tuple[Trial | None, list[Trial]]:
+        """When every trial has started (or the exploring budget is spent), nothing runs and
+        nothing can be promoted: (the paused trial to train on, the paused trials to stop).
+        The paused trials are this search's losers, but until one trial (not the baseline)
+        has trained to the end, the best of the highest rung goes on instead: a search ends
+        with its best trained, however small it is."""
+        started_all = len(self._added) >= self._num_samples or self._exhausted()
+        if not started_all or not self._paused or self._to_resume:
+            return None, []
         if any(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials):
-            return
-        for trial in trials:
-            if trial.status == Trial.PAUSED and trial.trial_id in self._paused:
-                log.info("ASHA: stopping %s, not promoted from its rung", trial.trial_id)
-                del self._paused[trial.trial_id]
-                tune_controller.stop_trial(trial)
+            return None, []
+        waiting = [t for t in trials if t.status == Trial.PAUSED and t.trial_id in self._paused]
+        if self._trained or not waiting:
+            return None, waiting
+
+        def height(trial: Trial) -> tuple[int, float]:
+            rung = self._paused[trial.trial_id]
+            return rung, self._rungs[rung][trial.trial_id]
+
+        return max(waiting, key=height), []
 
     def debug_string(self) -> str:
         rungs = ", ".join(
@@ -379,4 +418,5 @@ def make_scheduler(spec: SearchSpec, searcher: Any) -> SavesNewTrials:
         num_samples=settings.num_samples,
         on_pause=searcher.trial_paused,
         on_resume=searcher.trial_resumed,
+        exhausted=searcher.exhausted,
     )

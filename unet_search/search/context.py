@@ -36,3 +36,8 @@ class SearchContext:
     otsu_val_dice: float | None = None
     data_id: str = ""  # the data alone, and the split (unet_search.data.split.split_text)
     split: str = ""
+    experiment: str = ""  # the Tune experiment the trials are in ("": the search id)
+
+    @property
+    def tune_experiment(self) -> str:
+        return self.experiment or self.search_id

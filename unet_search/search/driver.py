@@ -12,10 +12,12 @@ completed with a truncated value.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,10 +44,12 @@ from unet_search.distributed.trainer import ResourceError, init_ray
 from unet_search.search.asha import KEEP_CHECKPOINTS, SaveAfterCheckpoints, make_scheduler
 from unet_search.search.callbacks import TrialStatusCallback
 from unet_search.search.context import TRIAL_SLOT, SearchContext
+from unet_search.search.final import FINAL_SUFFIX, FinalPlan, plan_final_fit, run_final_fit
 from unet_search.search.live import LiveView
 from unet_search.search.outcome import (
     SPLIT_FILE,
     SearchOutcome,
+    TrialSummary,
     download_best_model,
     log_summary,
     pick_best,
@@ -53,7 +57,7 @@ from unet_search.search.outcome import (
     summaries,
     test_scores,
 )
-from unet_search.search.searcher import PruningAwareOptunaSearch
+from unet_search.search.searcher import ExploreBudget, PruningAwareOptunaSearch
 from unet_search.search.state import save_state
 from unet_search.search.trial import trainable, trial_run_name
 from unet_search.space.load import make_sampler, plan_space
@@ -68,6 +72,7 @@ from unet_search.tracking.client import (
     log_text,
     reopen_run,
     resolve_tracking_uri,
+    run_start_s,
     run_status,
     set_tags,
 )
@@ -184,26 +189,32 @@ def _tuner(
 def _execute(
     ctx: SearchContext,
     tuner: tune.Tuner,
+    trainable: Any,
     arrays: DatasetArrays,
     model_name: str,
     study: Callable[[], optuna.Study],
     workdir: Path,
     log: Path,
 ) -> SearchOutcome:
-    """Run (or continue) the Tuner, then summarize, register, end the parent run, upload the
-    search's log and write the report (both also artifacts of the parent run: on a KubeRay
-    RayJob the cluster, and its disks, are gone after the search)."""
+    """Run (or continue) the Tuner and the final fit, then summarize, register, end the
+    parent run, upload the search's log and write the report (both also artifacts of the
+    parent run: on a KubeRay RayJob the cluster, and its disks, are gone after the search)."""
     status: str | None = "FAILED"
     try:
         # TrialStatusCallback stops Tune with TrackingUnavailable when MLflow stays away.
         results = tuner.fit()  # its last callback waited for the server (patience)
         trials = summaries(results, ctx)
-        best = pick_best(trials, ctx.spec.settings.mode)
+        explored = pick_best(trials, ctx.spec.settings.mode)
+        started = run_start_s(ctx.tracking_uri, ctx.parent_run_id)
+        plan = plan_final_fit(ctx, trials, explored, results, started)
+        final = _final_fit(ctx, trainable, plan, results)
+        best = final or explored
         baseline = next((t for t in trials if t.baseline), None)
         with tempfile.TemporaryDirectory() as tmp:
             model = download_best_model(ctx, best, Path(tmp)) if best else None
             test = test_scores(ctx, model, arrays) if model else {}
-            log_summary(ctx, trials, best, baseline, test)
+            everything = trials + ([final] if final else [])
+            log_summary(ctx, everything, best, baseline, test, _compute_metrics(plan, final))
             registration = (
                 register_best(ctx, best, model_name, model, test) if best and model else None
             )
@@ -246,7 +257,51 @@ def _execute(
         test,
         _auto_report(ctx, workdir),
         log,
+        plan,
+        final,
     )
+
+
+def _final_fit(
+    ctx: SearchContext, trainable: Any, plan: FinalPlan | None, results: tune.ResultGrid
+) -> TrialSummary | None:
+    """Run the final fit ``plan`` asks for, saying what it trains; None without one (or when
+    it failed: the best exploring trial is registered then, and the search says so)."""
+    if plan is None:
+        return None
+    if not plan.runs:
+        print(f"search {ctx.search_id}: no final fit: {plan.why}", flush=True)
+        return None
+    assert plan.source is not None
+    start = (
+        f"from {plan.source.name}'s kept weights"
+        if ctx.spec.settings.final_fit_start == "kept"
+        else "from scratch"
+    )
+    print(
+        f"search {ctx.search_id}: final fit of {plan.source.name}, {plan.epochs} epochs {start} "
+        f"(the exploring trials spent {plan.explored_epochs})",
+        flush=True,
+    )
+    live = _live_view(dataclasses.replace(ctx, search_id=ctx.search_id + FINAL_SUFFIX))
+    final = run_final_fit(ctx, trainable, plan, results, live)
+    if final is None:
+        print(
+            f"search {ctx.search_id}: the final fit failed (see its MLflow run); the best "
+            f"exploring trial {plan.source.name} is registered instead",
+            flush=True,
+        )
+    return final
+
+
+def _compute_metrics(plan: FinalPlan | None, final: TrialSummary | None) -> dict[str, float]:
+    """The compute a search with ``search.compute`` spent, for its parent run."""
+    if plan is None:
+        return {}
+    return {
+        "explore_epochs": float(plan.explored_epochs),
+        "final_fit_epochs": float(final.epochs if final else 0),
+    }
 
 
 def _upload_log(ctx: SearchContext, log: Path) -> None:
@@ -372,6 +427,28 @@ def _parent_run(
     return parent
 
 
+def _default_trial(spec: SearchSpec) -> dict[str, Any] | None:
+    """The planned default configuration's Optuna parameters (``search.default_trial``), or
+    None: turned off, or not a valid configuration of this space (said, not fatal)."""
+    if not spec.settings.default_trial:
+        return None
+    params = spec.default_params()
+    try:
+        spec.trial_run_config(params)
+    except UserError as err:
+        print(f"space {spec.name}: no planned default trial: {err}", flush=True)
+        return None
+    return params
+
+
+def _explore_budget(spec: SearchSpec) -> ExploreBudget | None:
+    """What the exploring trials may spend of ``search.compute`` (None: no limit)."""
+    settings = spec.settings
+    if settings.compute is None:
+        return None
+    return ExploreBudget(settings.explore_epochs, settings.explore_seconds, time.time())
+
+
 def run_search(
     spec: SearchSpec,
     arrays: DatasetArrays,
@@ -412,16 +489,12 @@ def run_search(
         mode=spec.settings.mode,
         sampler=make_sampler(spec.settings),
         enqueue_baseline=spec.settings.baseline is not None,
+        enqueue_default=_default_trial(spec),
+        budget=_explore_budget(spec),
     )
-    tuner = _tuner(
-        ctx,
-        trainable(ctx, ray.put(arrays), slot),
-        _concurrency(spec, total_cpus),
-        searcher,
-        callbacks,
-        stopper,
-    )
-    return _execute(ctx, tuner, arrays, model_name, lambda: searcher.study, workdir, log)
+    run = trainable(ctx, ray.put(arrays), slot)
+    tuner = _tuner(ctx, run, _concurrency(spec, total_cpus), searcher, callbacks, stopper)
+    return _execute(ctx, tuner, run, arrays, model_name, lambda: searcher.study, workdir, log)
 
 
 def resume_search(
@@ -455,12 +528,8 @@ def resume_search(
     ids = (state["search_id"], uri, state["experiment_id"], state["parent_run_id"], root)
     ctx = _context(spec, ids, arrays, state["fingerprint"])
     path = root.rstrip("/") + "/" + ctx.search_id
-    tuner = tune.Tuner.restore(
-        path,
-        trainable=trainable(ctx, ray.put(arrays), slot),
-        resume_unfinished=True,
-        resume_errored=True,
-    )
+    run = trainable(ctx, ray.put(arrays), slot)
+    tuner = tune.Tuner.restore(path, trainable=run, resume_unfinished=True, resume_errored=True)
 
     def study() -> optuna.Study:  # the searcher as Tune saved it at the end
         searcher = PruningAwareOptunaSearch(
@@ -469,4 +538,4 @@ def resume_search(
         searcher.restore_from_dir(path)
         return searcher.study
 
-    return _execute(ctx, tuner, arrays, state["model_name"], study, workdir, log)
+    return _execute(ctx, tuner, run, arrays, state["model_name"], study, workdir, log)

@@ -29,7 +29,7 @@ from unet_search.data.split import split_indices
 from unet_search.search.context import SearchContext
 from unet_search.serve.export import log_and_register
 from unet_search.serve.inference import Predictor, find_model_dir, score_images
-from unet_search.space.spec import NUMBER_KEY
+from unet_search.space.spec import FINAL_ATTR, NUMBER_KEY
 from unet_search.tracking.client import download_artifacts, log_artifacts, log_metrics, set_tags
 from unet_search.tracking.read import child_run_names
 from unet_search.tracking.registry import Registration
@@ -51,6 +51,8 @@ class TrialSummary:
     baseline: bool
     run_id: str | None
     params: dict[str, Any]
+    default: bool = False  # the planned default configuration (search.default_trial)
+    final: bool = False  # the final fit (unet_search.search.final)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,10 @@ class SearchOutcome:
     test: dict[str, float]
     report: Path | None  # the HTML report, when it could be written
     log: Path  # the progress lines plus Ray's and Tune's log (also a parent-run artifact)
+    # The final fit (search.compute): what it trained from and for, and its run (None: none
+    # ran, or it failed: `best` is then the best exploring trial)
+    final_plan: Any = None  # unet_search.search.final.FinalPlan
+    final: TrialSummary | None = None
 
 
 def summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary]:
@@ -92,17 +98,37 @@ def summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary
                 ctx.spec.is_baseline(result.config or {}),
                 run_id,
                 ctx.spec.assignments(result.config or {}),
+                ctx.spec.is_default(result.config or {}),
+                bool((result.config or {}).get(FINAL_ATTR)),
             )
         )
     return sorted(out, key=lambda t: t.index)
 
 
 def pick_best(trials: list[TrialSummary], mode: str) -> TrialSummary | None:
+    """The best finished trial; None when other trials ran but none of them finished (they
+    failed, or were stopped): the baseline is a reference, the best only when it really
+    beats a trained candidate (or when it is the search's only trial)."""
     # Only finished trials logged their best model (ASHA ends the others mid-way).
     scored = [t for t in trials if t.value is not None and t.run_id and t.status == "FINISHED"]
-    if not scored:
+    others = any(not t.baseline for t in trials)
+    if not scored or (others and all(t.baseline for t in scored)):
         return None
     return (max if mode == "max" else min)(scored, key=lambda t: t.value or 0.0)
+
+
+def otsu_veto(ctx: SearchContext, best: TrialSummary) -> str | None:
+    """Why ``best`` must not be champion: on a binary ``val_dice`` search, a validation Dice
+    below a plain Otsu threshold's on the same images (``search.champion_must_beat_otsu``)."""
+    settings, otsu = ctx.spec.settings, ctx.otsu_val_dice
+    if not settings.champion_must_beat_otsu or settings.metric != "val_dice":
+        return None
+    if otsu is None or best.value is None or best.value >= otsu:
+        return None
+    return (
+        f"its val_dice {best.value:.4f} is below a plain Otsu threshold's {otsu:.4f} on the "
+        "same validation images, so it is not champion (search.champion_must_beat_otsu)"
+    )
 
 
 def log_summary(
@@ -111,7 +137,10 @@ def log_summary(
     best: TrialSummary | None,
     baseline: TrialSummary | None,
     test: dict[str, float],
+    extra: dict[str, float] | None = None,
 ) -> None:
+    """The trials' summary (``summary.json``, ``summary.csv``) and the search's metrics on
+    its parent run; ``extra``: more metrics (the compute spent by exploring and final fit)."""
     metric = ctx.spec.settings.metric
     with tempfile.TemporaryDirectory() as tmp:
         rows = [asdict(t) for t in trials]
@@ -124,7 +153,7 @@ def log_summary(
         ]
         (Path(tmp) / "summary.csv").write_text(header + "\n".join(lines) + "\n")
         log_artifacts(ctx.tracking_uri, ctx.parent_run_id, Path(tmp))
-    metrics: dict[str, float] = {"num_trials": float(len(trials)), **test}
+    metrics: dict[str, float] = {"num_trials": float(len(trials)), **test, **(extra or {})}
     if ctx.otsu_val_dice is not None:  # a plain threshold on the same images
         metrics["otsu_val_dice"] = ctx.otsu_val_dice
     for status in ("FINISHED", "KILLED", "FAILED"):
@@ -193,4 +222,5 @@ def register_best(
             TAG_CODE_VERSION: ctx.code_version,
         },
         test=test,
+        veto=otsu_veto(ctx, best),
     )

@@ -3,16 +3,35 @@ with their intermediate values) instead of a completed, truncated value."""
 
 from __future__ import annotations
 
+import time
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 from optuna.trial import TrialState
 from ray.air.constants import TRAINING_ITERATION
+from ray.tune.search import Searcher
 
 from unet_search.search.private import OptunaSearchInternals
-from unet_search.space.spec import BASELINE_ATTR
+from unet_search.space.spec import BASELINE_ATTR, DEFAULT_ATTR
 
-__all__ = ["PruningAwareOptunaSearch"]
+__all__ = ["ExploreBudget", "PruningAwareOptunaSearch"]
+
+
+@dataclass(frozen=True)
+class ExploreBudget:
+    """What the exploring trials may spend (``search.compute`` less the final fit's share):
+    training epochs summed over the trials that are not the baseline, and/or wall-clock
+    seconds from ``started`` (a Unix time). None: no limit of that kind."""
+
+    epochs: int | None = None
+    seconds: float | None = None
+    started: float = 0.0
+
+    def spent(self, epochs: int, now: float) -> bool:
+        return (self.epochs is not None and epochs >= self.epochs) or (
+            self.seconds is not None and now - self.started >= self.seconds
+        )
 
 
 class PruningAwareOptunaSearch(OptunaSearchInternals):
@@ -29,10 +48,25 @@ class PruningAwareOptunaSearch(OptunaSearchInternals):
     deferring to it: a trial paused at a rung holds no resources and does not count, or paused
     trials would keep new ones from starting. A paused trial that ASHA never
     promotes is stopped with no result and is PRUNED at its last reported value.
+
+    ``enqueue_default`` (Optuna parameters) is the planned default configuration, enqueued
+    right after the baseline and tagged ``DEFAULT_ATTR``: TPE learns from it like any trial.
+    With a ``budget`` it suggests no trial once the exploring trials have spent it (it counts
+    each trial's epochs from its results; Tune saves the count with the searcher).
     """
 
-    def __init__(self, *args: Any, enqueue_baseline: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        enqueue_baseline: bool = False,
+        enqueue_default: dict[str, Any] | None = None,
+        budget: ExploreBudget | None = None,
+        **kwargs: Any,
+    ) -> None:
         self._enqueue_baseline = enqueue_baseline
+        self._enqueue_default = enqueue_default
+        self._budget = budget
+        self._epochs: dict[str, int] = {}  # trial id -> epochs trained (not the baseline)
         self._pause_aware = False  # see track_pauses
         self._max_concurrent = 0  # 0: no limit
         self._live: set[str] = set()
@@ -60,8 +94,27 @@ class PruningAwareOptunaSearch(OptunaSearchInternals):
         super().on_trial_result(trial_id, result)
         if result.get(self.metric) is not None:
             self._reported.add(trial_id)
+        self._count_epochs(trial_id, result)
+
+    def _count_epochs(self, trial_id: str, result: dict[str, Any]) -> None:
+        optuna_trial = self.optuna_trial(trial_id)
+        if optuna_trial is None or optuna_trial.user_attrs.get(BASELINE_ATTR):
+            return
+        done = int(result.get("epoch") or result.get(TRAINING_ITERATION) or 0)
+        self._epochs[trial_id] = max(self._epochs.get(trial_id, 0), done)
+
+    @property
+    def epochs_trained(self) -> int:
+        """Epochs the trials that are not the baseline have trained, summed."""
+        return sum(self._epochs.values())
+
+    def exhausted(self) -> bool:
+        """Whether the exploring budget is spent (False without one)."""
+        return self._budget is not None and self._budget.spent(self.epochs_trained, time.time())
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.exhausted():
+            return Searcher.FINISHED  # type: ignore[return-value]  # Tune's own marker
         if self._max_concurrent and len(self._live - self._paused) >= self._max_concurrent:
             return None
         suggestion = super().suggest(trial_id)
@@ -73,6 +126,9 @@ class PruningAwareOptunaSearch(OptunaSearchInternals):
         if self._enqueue_baseline:
             self.study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
             self._enqueue_baseline = False
+        if self._enqueue_default is not None:
+            self.study.enqueue_trial(self._enqueue_default, user_attrs={DEFAULT_ATTR: True})
+            self._enqueue_default = None
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -82,6 +138,8 @@ class PruningAwareOptunaSearch(OptunaSearchInternals):
         optuna_trial = self.optuna_trial(trial_id)
         if self.was_told(trial_id) or optuna_trial is None:
             return
+        if result is not None:
+            self._count_epochs(trial_id, result)
         value = None if result is None else result.get(self.metric)
         if not error and result is None and trial_id in self._reported:
             # Stopped while paused at a rung (Tune passes no result): pruned there.

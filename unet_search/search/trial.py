@@ -18,6 +18,8 @@ from unet_search.core.config import CLASSIC, RunConfig
 from unet_search.core.tags import (
     TAG_BASELINE,
     TAG_CODE_VERSION,
+    TAG_DEFAULT,
+    TAG_FINAL_FIT,
     TAG_FINGERPRINT,
     TAG_SEARCH_ID,
     TAG_TRIAL_ID,
@@ -28,7 +30,7 @@ from unet_search.distributed.recipe import WorkerContext, ray_hooks, run_recipe
 from unet_search.distributed.trainer import build_trainer
 from unet_search.search.context import ARCH_SHORT, TRIAL_SLOT, SearchContext
 from unet_search.search.state import RECORD_TIMEOUT_S, await_recorded
-from unet_search.space.spec import NUMBER_KEY, SearchSpec
+from unet_search.space.spec import FINAL_ATTR, NUMBER_KEY, SearchSpec
 from unet_search.tracking.client import open_child_run
 from unet_search.tracking.outage import with_patience
 
@@ -58,7 +60,7 @@ def _in_process(cfg: RunConfig) -> bool:
 def _await_recorded(ctx: SearchContext, trial_id: str) -> None:
     # A shared folder can be read here; a storage URI (s3://...) is not checked.
     if "://" not in ctx.storage and not await_recorded(
-        Path(ctx.storage) / ctx.search_id, trial_id, RECORD_TIMEOUT_S
+        Path(ctx.storage) / ctx.tune_experiment, trial_id, RECORD_TIMEOUT_S
     ):
         logging.getLogger(__name__).warning(
             "trial %s: not in the search's saved state after %.0f s; `resume` after a killed "
@@ -73,6 +75,11 @@ def _open_run(ctx: SearchContext, config: dict[str, Any], cfg: RunConfig, trial_
     spec = ctx.spec
     baseline = spec.settings.baseline if spec.is_baseline(config) else None
     number = int(config.get(NUMBER_KEY, 0))
+    final = bool(config.get(FINAL_ATTR))
+    name = trial_run_name(number, cfg, baseline)
+    role = {TAG_FINAL_FIT: "true"} if final else {}
+    if spec.is_default(config) and not final:
+        role = {TAG_DEFAULT: "true"}
     return with_patience(
         ctx.tracking_uri,
         f"trial {trial_id}: its run",
@@ -80,7 +87,7 @@ def _open_run(ctx: SearchContext, config: dict[str, Any], cfg: RunConfig, trial_
             ctx.tracking_uri,
             ctx.experiment_id,
             ctx.parent_run_id,
-            name=trial_run_name(number, cfg, baseline),
+            name=f"final {name}" if final else name,
             params={
                 **cfg.flat(),
                 "baseline": baseline or "no",
@@ -93,6 +100,7 @@ def _open_run(ctx: SearchContext, config: dict[str, Any], cfg: RunConfig, trial_
                 TAG_FINGERPRINT: ctx.fingerprint,
                 TAG_CODE_VERSION: ctx.code_version,
                 **({TAG_BASELINE: baseline} if baseline else {}),
+                **role,
             },
         ),
         ctx.patience_s,
@@ -105,6 +113,7 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
     trial_id = tune.get_context().get_trial_id()
     _await_recorded(ctx, trial_id)
     run_id = _open_run(ctx, config, cfg, trial_id)
+    init_run = (config.get(FINAL_ATTR) or {}).get("init_run")  # a final fit's start
     if _in_process(cfg):
         report, checkpoint_dir = ray_hooks(tune.report, tune.Checkpoint, tune.get_checkpoint)
         recipe_config = {
@@ -114,6 +123,7 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
             "run_id": run_id,
             "fault": ctx.fault,
             "tracking_patience_s": ctx.patience_s,
+            "init_run": init_run,
         }
         context = WorkerContext(
             rank=0,
@@ -136,6 +146,7 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
         worker_env={FAULT_ENV: ctx.fault} if ctx.fault else None,
         callbacks=[TuneReportCallback()],
         tracking_patience_s=ctx.patience_s,
+        init_run=init_run,
     )
     trainer.fit()
 

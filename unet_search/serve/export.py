@@ -65,10 +65,11 @@ def log_and_register(
     mode: str,
     tags: dict[str, str],
     test: Mapping[str, float] | None = None,
+    veto: str | None = None,
 ) -> Registration:
     """Log ``model_dir`` as a pyfunc model in run ``run_id``, register it as ``name`` (tagged
     with ``tags``, the metric, its value and mode, and the ``test`` scores as
-    ``unet_search.<key>``) and :func:`promote` it."""
+    ``unet_search.<key>``) and :func:`promote` it (``veto``: why it must not be champion)."""
     client = MlflowClient(tracking_uri)
     # log_model needs the fluent active run; resuming leaves it FINISHED on exit (the caller
     # sets the run's final status afterwards).
@@ -91,4 +92,4 @@ def log_and_register(
                 pip_requirements=_requirements(),
             )
         version = mlflow.register_model(info.model_uri, name, tags=all_tags)
-    return promote(client, name, str(version.version))
+    return promote(client, name, str(version.version), veto)

@@ -29,6 +29,11 @@ Schema (unknown keys are errors)::
                                      # asha | asha_stopping | fifo (unet_search.search.asha)
       budget: null                   # the plan's budget: cpu-quick | cpu | gpu-<GiB>; null:
                                      # cpu-quick without GPUs (train.plan.default_budget)
+      compute: {epochs: 40}          # the search's compute (epochs and/or hours), split
+      final_fit: 0.5                 # between exploring and a final fit of the best (share)
+      final_fit_start: kept          # kept: from the best trial's kept weights | scratch
+      default_trial: true            # the planned default configuration is trial 1
+      champion_must_beat_otsu: true  # a val_dice below Otsu's is registered as challenger
 
 `auto` (in ``fixed``: scale, patch_size, depth, batch_size, patches_per_epoch, normalization;
 and as ``low`` / ``high`` of an int ``depth``) is filled from the dataset's plan
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Self
@@ -64,12 +70,15 @@ __all__ = [
     "PROVISIONAL",
     "PARAM_TYPES",
     "BASELINE_ATTR",
+    "DEFAULT_ATTR",
+    "FINAL_ATTR",
     "NUMBER_KEY",
     "MAX_COMBINATIONS",
     "BASELINE_SECTIONS",
     "BASELINE_LEAVES",
     "MODEL_FIELDS",
     "RESOURCE_FIELDS",
+    "ComputeSpec",
     "ParamSpec",
     "SchedulerSpec",
     "SearchSettings",
@@ -95,6 +104,13 @@ PARAM_TYPES = ("choice", "int", "uniform", "loguniform")
 
 
 BASELINE_ATTR = "unet_search.baseline"
+
+
+DEFAULT_ATTR = "unet_search.default"  # the planned default configuration's trial
+
+
+# A final fit's trial config: {"epochs": E, "init_run": run id or None} (search.final).
+FINAL_ATTR = "unet_search.final_fit"
 
 
 NUMBER_KEY = "unet_search.trial_number"  # Optuna's trial number, in every trial config
@@ -215,6 +231,29 @@ class ParamSpec:
         return (self.low, self.high)
 
 
+def nearest_allowed(param: ParamSpec, wanted: Any) -> Any:
+    """``wanted`` where ``param`` allows it, else its nearest allowed value: a range clips
+    (an int onto its step), a numeric choice takes the closest value (on a log scale when
+    every value is positive: 1e-3 is nearer 1e-2 than 1e-7), any other choice its first."""
+    if param.type == "choice":
+        values = list(param.values)
+        if wanted in values:
+            return wanted
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if len(numbers) < len(values) or isinstance(wanted, bool):
+            return values[0]
+        if not isinstance(wanted, int | float):
+            return values[0]
+        if wanted > 0 and all(v > 0 for v in numbers):
+            return min(numbers, key=lambda v: abs(math.log(v) - math.log(wanted)))
+        return min(numbers, key=lambda v: abs(v - wanted))
+    value = min(max(float(wanted), param.low), param.high)
+    if param.type == "int":
+        step = int(param.step or 1)
+        return int(param.low) + step * round((value - param.low) / step)
+    return value
+
+
 SAMPLERS = ("tpe", "random")
 SEARCHABLE = sorted(name for name, metric in METRICS.items() if metric.searchable)
 
@@ -237,6 +276,29 @@ class SchedulerSpec(Frozen):
     max_t: int | None = None  # None: the trials' epochs
 
 
+class ComputeSpec(Frozen):
+    """The search's compute (``search.compute``): training epochs of the planned patches,
+    summed over every trial but the seed baseline and the final fit, and/or wall-clock hours
+    from the search's start (``time_budget_s`` is Tune's hard stop of the trials; ``hours``
+    ends exploring gracefully and leaves the final fit its share)."""
+
+    section = "search.compute"
+    epochs: Annotated[int, at_least(1)] | None = None
+    hours: Annotated[float, rule("must be > 0", lambda v: v > 0)] | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> Self:
+        if self.epochs is None and self.hours is None:
+            raise broken("search.compute", "needs `epochs` or `hours` (or both)", {})
+        return self
+
+
+FINAL_FIT_SHARE = 0.5  # of search.compute, see SearchSettings.final_fit
+
+
+FINAL_FIT_STARTS = ("kept", "scratch")  # see unet_search.search.final
+
+
 class SearchSettings(Frozen):
     """The ``search`` section of a space: how many trials, ranked by what, sampled how."""
 
@@ -256,6 +318,14 @@ class SearchSettings(Frozen):
     time_budget_s: Annotated[float, rule("must be > 0", lambda v: v > 0)] | None = None
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     budget: str | None = None  # the plan's compute budget (unet_search.train.plan); None: default
+    compute: ComputeSpec | None = None  # None: no final fit, the trials' epochs as given
+    # The share of `compute` the final fit of the best configuration gets (the rest explores).
+    final_fit: Annotated[float, between(0.0, 0.9)] = FINAL_FIT_SHARE
+    # The final fit starts from the best trial's kept weights, or from scratch.
+    final_fit_start: Annotated[str, choice(FINAL_FIT_STARTS)] = "kept"
+    default_trial: bool = True  # the planned default configuration is a candidate (trial 1)
+    # On a binary val_dice search a model below Otsu's validation Dice is only a challenger.
+    champion_must_beat_otsu: bool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -271,6 +341,21 @@ class SearchSettings(Frozen):
         if self.mode != wanted:
             raise broken("search.mode", f"must be {wanted!r} for {self.metric}", self.mode)
         return self
+
+    @property
+    def explore_epochs(self) -> int | None:
+        """The epochs of ``compute.epochs`` the exploring trials may spend (None: no limit);
+        the final fit gets what they leave."""
+        if self.compute is None or self.compute.epochs is None:
+            return None
+        return round(self.compute.epochs * (1.0 - self.final_fit))
+
+    @property
+    def explore_seconds(self) -> float | None:
+        """The wall-clock seconds of ``compute.hours`` the exploring trials may take."""
+        if self.compute is None or self.compute.hours is None:
+            return None
+        return self.compute.hours * 3600.0 * (1.0 - self.final_fit)
 
     @property
     def tpe_startup_trials(self) -> int:
@@ -376,7 +461,27 @@ class SearchSpec:
         for param in self.params:
             if param.active(chosen):
                 chosen[param.name] = param.suggest(trial)
+        if trial.user_attrs.get(DEFAULT_ATTR):
+            return {DEFAULT_ATTR: True, NUMBER_KEY: trial.number}
         return {NUMBER_KEY: trial.number}
+
+    def default_params(self) -> dict[str, Any]:
+        """The planned default configuration inside this space, as Optuna parameters: what
+        ``unet-search train`` would use with every planned value ``auto`` (the fixed values;
+        each searched parameter at the run config's default, a searched depth at the plan's
+        depth), each moved to the space's nearest allowed value where the space does not
+        allow it (:func:`nearest_allowed`)."""
+        flat = self.base_config().flat()
+        chosen: dict[str, Any] = {}
+        out: dict[str, Any] = {}
+        for param in self.params:
+            if not param.active(chosen) or param.name in chosen:
+                continue
+            wanted = flat[param.name]
+            if param.name == "depth" and self.plan is not None:
+                wanted = self.plan.depth
+            chosen[param.name] = out[param.key] = nearest_allowed(param, wanted)
+        return out
 
     def assignments(self, trial_config: Mapping[str, Any]) -> dict[str, Any]:
         """Tune's trial config (Optuna keys) -> run-config leaves."""
@@ -404,10 +509,16 @@ class SearchSpec:
             leaves.update(self.baseline_leaves())
         else:
             leaves.update(self.assignments(trial_config))
+        final = trial_config.get(FINAL_ATTR)
+        if final:  # the final fit's own epochs (unet_search.search.final)
+            leaves["epochs"] = int(final["epochs"])
         return self.run_config(leaves)
 
     def is_baseline(self, trial_config: Mapping[str, Any]) -> bool:
         return bool(trial_config.get(BASELINE_ATTR))
+
+    def is_default(self, trial_config: Mapping[str, Any]) -> bool:
+        return bool(trial_config.get(DEFAULT_ATTR))
 
     @property
     def tune_metric(self) -> str:

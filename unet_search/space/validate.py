@@ -19,6 +19,7 @@ from unet_search.space.spec import (
     MODEL_FIELDS,
     PARAM_TYPES,
     ChoiceParam,
+    ComputeSpec,
     ParamSpec,
     RangeParam,
     SchedulerSpec,
@@ -27,7 +28,14 @@ from unet_search.space.spec import (
 )
 from unet_search.train.plan import parse_budget
 
-__all__ = ["LOSS_FIELDS", "NAME_RULE", "check_name", "check_scheduler", "parse_settings"]
+__all__ = [
+    "LOSS_FIELDS",
+    "NAME_RULE",
+    "check_compute",
+    "check_name",
+    "check_scheduler",
+    "parse_settings",
+]
 
 
 def space_error(source: str, key: str, rule: str, value: object = ...) -> ConfigError:
@@ -150,15 +158,48 @@ def parse_settings(raw: Any, base: RunConfig, source: str) -> SearchSettings:
             raise space_error(
                 source, "search.budget", str(err).partition(": ")[2].rstrip(".")
             ) from None
+    compute = raw.get("compute")
+    if compute is not None and not isinstance(compute, Mapping):
+        raise space_error(source, "search.compute", "must be a mapping", compute)
+    if compute is not None:
+        only_keys(compute, set(ComputeSpec.model_fields), source, "search.compute.")
     try:
         values = {**raw, "scheduler": SchedulerSpec(**scheduler)}
+        if compute is not None:
+            values["compute"] = ComputeSpec(**compute)
         if plan_budget is not None:
             values["budget"] = str(plan_budget)
         settings = SearchSettings(**values)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     check_scheduler(settings.scheduler, base.train.epochs, source)
+    check_compute(settings, base.train.epochs, source)
     return settings
+
+
+def check_compute(settings: SearchSettings, epochs: int, source: str) -> None:
+    """``search.compute`` must leave the exploring trials one whole trial (``epochs``) and
+    its ``hours`` cannot sit beside Tune's hard ``time_budget_s``."""
+    compute = settings.compute
+    if compute is None:
+        return
+    if compute.hours is not None and settings.time_budget_s is not None:
+        raise space_error(
+            source,
+            "search.compute.hours",
+            "cannot be combined with `search.time_budget_s` (Tune's hard stop of the trials, "
+            "which would cut the final fit short); give one of them",
+            compute.hours,
+        )
+    exploring = settings.explore_epochs
+    if exploring is not None and exploring < epochs:
+        raise space_error(
+            source,
+            "search.compute.epochs",
+            f"must leave the exploring trials ({1 - settings.final_fit:g} of it, "
+            f"{exploring} epochs) at least one whole trial (`epochs` = {epochs})",
+            compute.epochs,
+        )
 
 
 def check_scheduler(scheduler: SchedulerSpec, epochs: int, source: str) -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "open_child_run",
     "log_text",
     "download_artifacts",
+    "run_start_s",
     "run_status",
     "reopen_run",
 ]
@@ -215,6 +216,11 @@ def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
 def download_artifacts(uri: str, run_id: str, path: str, dst: Path) -> Path:
     """Download a run's artifact folder to ``dst``; returns the local path."""
     return Path(mlflow_client(uri).download_artifacts(run_id, path, str(dst)))
+
+
+def run_start_s(uri: str, run_id: str) -> float:
+    """When a run started (Unix seconds)."""
+    return float(mlflow_client(uri).get_run(run_id).info.start_time) / 1000.0
 
 
 def run_status(uri: str, run_id: str) -> str:

@@ -111,8 +111,14 @@ def _compared(new: Mapping[str, str], old: Mapping[str, str]) -> tuple[str, floa
     return metric, float(new[TAG_VALUE]), float(old.get(TAG_VALUE, "nan"))
 
 
-def _decide(new: Mapping[str, str], current: ModelVersion | None) -> tuple[str, float | None, str]:
-    """(alias, the champion's compared value, reason) for a version tagged ``new``."""
+def _decide(
+    new: Mapping[str, str], current: ModelVersion | None, veto: str | None = None
+) -> tuple[str, float | None, str]:
+    """(alias, the champion's compared value, reason) for a version tagged ``new``; a
+    ``veto`` (why it must not be champion) makes it a challenger whatever the champion."""
+    if veto is not None:
+        value = None if current is None else float(current.tags.get(TAG_VALUE, "nan"))
+        return CHALLENGER, value, veto
     if current is None:
         return CHAMPION, None, "no champion yet"
     old, version = current.tags, current.version
@@ -180,17 +186,20 @@ def champion_lock(
             client.delete_registered_model(lock)
 
 
-def promote(client: MlflowClient, name: str, version: str) -> Registration:
+def promote(
+    client: MlflowClient, name: str, version: str, veto: str | None = None
+) -> Registration:
     """Give version ``version`` of ``name`` the alias ``champion`` if it beats the current
     champion on the same data, split, metric and mode (their test values when both have
-    them), else ``challenger``: read, decided and set under :func:`champion_lock`."""
+    them), else ``challenger``: read, decided and set under :func:`champion_lock`. With a
+    ``veto`` (the reason) it is a challenger, the first version of a name too."""
     new = client.get_model_version(name, version).tags
     with champion_lock(client, name):
         try:
             current: ModelVersion | None = client.get_model_version_by_alias(name, CHAMPION)
         except MlflowException:
             current = None
-        alias, old_value, reason = _decide(new, current)
+        alias, old_value, reason = _decide(new, current, veto)
         client.set_registered_model_alias(name, alias, version)
     previous = None if current is None else str(current.version)
     return Registration(name, str(version), alias, previous, old_value, reason)

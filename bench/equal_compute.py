@@ -1,0 +1,119 @@
+"""Benchmark 12, equal compute: is the search worth its compute? On the same data and the same
+training epochs of the planned patches (quick.yaml's ``search.compute``), side by side:
+
+(a) ``default``: one planned default configuration trained for the whole budget (every
+    planned value ``auto``, each searched parameter at ``train``'s default: the search's
+    trial 1 alone, ``epochs`` = the budget, no scheduler);
+(b) ``random``: random search without early stopping (FIFO) plus the same final fit;
+(c) ``search``: the product's search, quick.yaml as shipped (TPE + ASHA + final fit).
+
+Each arm is a real search (local Ray, SQLite MLflow) in a fresh work dir; its registered
+model is scored on the held-out test images through the predict path (``test_dice``,
+``test_dsb_score``), beside Otsu on the same images. Data: both synthetic styles
+(fluorescence-like, hard) and large non-square images; ``--seeds`` seeds each (the data's
+and the search's). The targets (issue 24): (c) >= (a) + 0.01 test Dice in the median, and
+(c) >= (b). Several hours on 2 cores at quick's 24 epochs: shrink with ``--seeds 1``,
+``--kinds fluorescence`` or ``--epochs``.
+
+    python bench/equal_compute.py [--seeds 3] [--kinds fluorescence hard large] [--epochs 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import _common
+
+from unet_search.data.dataset import load_dataset
+from unet_search.data.synthetic import make_synthetic
+from unet_search.search.driver import run_search
+from unet_search.space.load import load_space
+
+QUICK = _common.ROOT / "search_spaces" / "quick.yaml"
+KINDS = {  # make_synthetic settings: 40 images (4 held out for the test split)
+    "fluorescence": {"size": 200, "max_size": 400, "object_px": 12, "style": "fluorescence"},
+    "hard": {"size": 200, "max_size": 400, "object_px": 12, "style": "hard"},
+    "large": {"size": 480, "max_size": 800, "object_px": 14, "style": "fluorescence"},
+}
+
+
+def arms(epochs: int) -> dict[str, list[str]]:
+    """Each arm's overrides of quick.yaml, at the same compute (``epochs``)."""
+    budget = f"search.compute={{epochs: {epochs}}}"
+    return {
+        "default": [
+            f"epochs={epochs}",
+            "search.num_samples=1",
+            "search.baseline=none",
+            "search.compute=null",
+            "search.scheduler.type=fifo",
+            "search.scheduler.grace_period=1",
+        ],
+        "random": [budget, "search.sampler=random", "search.scheduler.type=fifo"],
+        "search": [budget],
+    }
+
+
+def run_arm(data: Path, overrides: list[str], seed: int, home: Path) -> dict[str, float]:
+    """One arm's search; the registered model's held-out scores and the epochs spent."""
+    spec = load_space(
+        QUICK, [*overrides, f"search.seed={seed}", "search.champion_must_beat_otsu=false"]
+    )
+    arrays = load_dataset(data, spec.base_config().data, home / "cache")
+    start = time.perf_counter()
+    out = run_search(spec, arrays, data, home)
+    seconds = time.perf_counter() - start
+    trained = sum(t.epochs for t in out.trials if not t.baseline)
+    trained += out.final.epochs if out.final else 0
+    return {**out.test, "epochs": float(trained), "seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
+    parser.add_argument("--epochs", type=int, default=24, help="the compute of every arm")
+    args = parser.parse_args()
+    _common.header("equal compute: planned default vs random search vs the search")
+    rows: dict[tuple[str, str], list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for kind in args.kinds:
+            for seed in range(args.seeds):
+                data = root / f"{kind}-{seed}"
+                make_synthetic(data, n=40, seed=100 + seed, **KINDS[kind])  # type: ignore[arg-type]
+                for arm, overrides in arms(args.epochs).items():
+                    home = root / f"home-{kind}-{seed}-{arm}"
+                    scores = run_arm(data, overrides, seed, home)
+                    rows.setdefault((kind, arm), []).append(scores)
+                    print(
+                        f"{kind:12s} seed {seed} {arm:8s} test_dice {scores['test_dice']:.4f} "
+                        f"dsb {scores.get('test_dsb_score', float('nan')):.4f} otsu "
+                        f"{scores['otsu_test_dice']:.4f} epochs {scores['epochs']:.0f} "
+                        f"{scores['seconds']:.0f} s",
+                        flush=True,
+                    )
+    print("\n| data | arm | median test Dice | median DSB | Otsu | epochs | s |")
+    print("|---|---|---|---|---|---|---|")
+    for (kind, arm), scores in rows.items():
+
+        def med(key: str, scores: list[dict[str, float]] = scores) -> float:
+            return statistics.median(s.get(key, float("nan")) for s in scores)
+
+        print(
+            f"| {kind} | {arm} | {med('test_dice'):.4f} | {med('test_dsb_score'):.4f} | "
+            f"{med('otsu_test_dice'):.4f} | {med('epochs'):.0f} | {med('seconds'):.0f} |"
+        )
+    for kind in args.kinds:
+        search = [s["test_dice"] for s in rows[(kind, "search")]]
+        for other in ("default", "random"):
+            gains = [a - b["test_dice"] for a, b in zip(search, rows[(kind, other)], strict=True)]
+            print(f"{kind}: search - {other} test Dice, median {statistics.median(gains):+.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The final fit: the best configuration of a search trains on with the compute the exploring
+trials left (``search.compute``, ``search.final_fit``).
+
+Exploring ranks configurations on short trials (``epochs`` each, cut shorter by ASHA); the
+final fit turns what it learned into the model that is registered. It starts from the best
+trial's kept weights with a schedule of its own over the epochs left (``final_fit_start:
+kept``, the default: measured better at equal compute, bench/equal_compute.py) or from
+scratch with the long schedule (``scratch``). It is a Tune experiment of its own
+(``<search>-final``, one trial, no searcher: Optuna ranks the exploring trials only), so
+``resume`` continues it from its checkpoint, and a child run of the search's parent run
+tagged ``unet_search.final_fit``, validated every epoch like every trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+from ray import tune
+
+from unet_search.search.asha import KEEP_CHECKPOINTS, DurableFIFO, SaveAfterCheckpoints
+from unet_search.search.callbacks import TrialStatusCallback
+from unet_search.search.context import SearchContext
+from unet_search.search.outcome import TrialSummary, summaries
+from unet_search.space.spec import FINAL_ATTR
+
+__all__ = ["FinalPlan", "FINAL_SUFFIX", "plan_final_fit", "run_final_fit"]
+
+
+FINAL_SUFFIX = "-final"  # the final fit's Tune experiment: <search id>-final
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalPlan:
+    """What the final fit does, or why there is none (``epochs`` 0 and ``why``)."""
+
+    epochs: int
+    source: TrialSummary | None  # the exploring trial whose configuration trains on
+    explored_epochs: int  # what the exploring trials spent (the baseline not counted)
+    why: str = ""
+
+    @property
+    def runs(self) -> bool:
+        return self.epochs > 0 and self.source is not None
+
+
+def explored_epochs(trials: list[TrialSummary]) -> int:
+    """Epochs the exploring trials trained, summed (the seed baseline is a reference)."""
+    return sum(t.epochs for t in trials if not t.baseline and not t.final)
+
+
+def plan_final_fit(
+    ctx: SearchContext,
+    trials: list[TrialSummary],
+    best: TrialSummary | None,
+    results: tune.ResultGrid,
+    started_s: float,
+) -> FinalPlan | None:
+    """The final fit of ``best`` within ``search.compute``: the epochs the exploring trials
+    left, and with ``hours`` no more than the time left allows at ``best``'s seconds per
+    epoch (``started_s``: the search's start, Unix time). None without ``search.compute``."""
+    settings = ctx.spec.settings
+    compute = settings.compute
+    if compute is None:
+        return None
+    spent = explored_epochs(trials)
+    if best is None:
+        return FinalPlan(0, None, spent, "no exploring trial finished")
+    left = math.inf if compute.epochs is None else compute.epochs - spent
+    if compute.hours is not None:
+        seconds_left = compute.hours * 3600.0 - (time.time() - started_s)
+        left = min(left, math.floor(seconds_left / max(_seconds_per_epoch(results, best), 1e-3)))
+    epochs = max(0, int(left))
+    if epochs == 0:
+        return FinalPlan(0, best, spent, "the exploring trials spent the whole compute")
+    return FinalPlan(epochs, best, spent)
+
+
+def _seconds_per_epoch(results: tune.ResultGrid, trial: TrialSummary) -> float:
+    """Wall seconds an epoch of ``trial`` took (training, validation and logging)."""
+    for result in results:  # type: ignore[attr-defined]  # ResultGrid is iterable
+        metrics = result.metrics or {}
+        if metrics.get("trial_id") == trial.trial_id and metrics.get("training_iteration"):
+            return float(metrics["time_total_s"]) / float(metrics["training_iteration"])
+    return 60.0
+
+
+def _final_config(ctx: SearchContext, plan: FinalPlan, results: tune.ResultGrid) -> dict[str, Any]:
+    """The source trial's Tune config with the final fit's epochs and starting weights."""
+    assert plan.source is not None
+    source = next(
+        r.config
+        for r in results  # type: ignore[attr-defined]  # ResultGrid is iterable
+        if (r.metrics or {}).get("trial_id") == plan.source.trial_id
+    )
+    start = ctx.spec.settings.final_fit_start
+    init_run = plan.source.run_id if start == "kept" else None
+    return {**(source or {}), FINAL_ATTR: {"epochs": plan.epochs, "init_run": init_run}}
+
+
+def run_final_fit(
+    ctx: SearchContext,
+    trainable: Any,
+    plan: FinalPlan,
+    results: tune.ResultGrid,
+    live: tune.Callback,
+) -> TrialSummary | None:
+    """Train the final fit (or continue it after ``resume``); its summary, None if it
+    failed."""
+    path = ctx.storage.rstrip("/") + "/" + ctx.search_id + FINAL_SUFFIX
+    final_ctx = dataclasses.replace(ctx, experiment=ctx.search_id + FINAL_SUFFIX)
+    scheduler = DurableFIFO()
+    callbacks = [TrialStatusCallback(final_ctx), live, SaveAfterCheckpoints(scheduler)]
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(
+            path, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_final_config(ctx, plan, results),
+            tune_config=tune.TuneConfig(num_samples=1, scheduler=scheduler),
+            run_config=tune.RunConfig(
+                name=final_ctx.experiment,
+                storage_path=ctx.storage,
+                callbacks=callbacks,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+                verbose=0,
+            ),
+        )
+    final = summaries(tuner.fit(), ctx)
+    done = [t for t in final if t.status == "FINISHED" and t.value is not None and t.run_id]
+    return done[0] if done else None
