@@ -207,8 +207,9 @@ def test_a_trial_alone_at_its_rung_is_promoted_when_nothing_else_can_run() -> No
 
 
 def test_a_spent_budget_starts_no_trial_and_promotes_none() -> None:
-    """Once the exploring budget is spent (``exhausted``) nothing is promoted from a rung
-    and no new trial starts, but the search still ends with a trial trained to max_t."""
+    """Once the exploring budget is spent (``exhausted``; the searcher then samples no new
+    trial) nothing is promoted from a rung, but the search still ends with a trial trained
+    to max_t."""
     from ray.tune.experiment import Trial
 
     spent = [False]

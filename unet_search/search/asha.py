@@ -348,10 +348,11 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
             if trial is not None and trial.status == Trial.PAUSED:
                 self._to_resume.remove(trial_id)
                 return trial  # (one still saving its pause is asked for on a later step)
-        if not self._exhausted():
-            for trial in trials:
-                if trial.status == Trial.PENDING:
-                    return trial
+        # A trial added before the budget was spent still runs: left pending, it would keep
+        # the search from ever ending (the searcher adds no more once it is spent).
+        for trial in trials:
+            if trial.status == Trial.PENDING:
+                return trial
         finish, stop = self._left_over(trials)
         for trial in stop:
             log.info("ASHA: stopping %s, not promoted from its rung", trial.trial_id)
