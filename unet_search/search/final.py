@@ -78,23 +78,27 @@ def plan_final_fit(
     return FinalPlan(epochs, best, spent)
 
 
+def _result_of(results: tune.ResultGrid, trial: TrialSummary) -> Any:
+    """The Tune result of ``trial``."""
+    return next(
+        r
+        for r in results  # type: ignore[attr-defined]  # ResultGrid is iterable
+        if (r.metrics or {}).get("trial_id") == trial.trial_id
+    )
+
+
 def _seconds_per_epoch(results: tune.ResultGrid, trial: TrialSummary) -> float:
     """Wall seconds an epoch of ``trial`` took (training, validation and logging)."""
-    for result in results:  # type: ignore[attr-defined]  # ResultGrid is iterable
-        metrics = result.metrics or {}
-        if metrics.get("trial_id") == trial.trial_id and metrics.get("training_iteration"):
-            return float(metrics["time_total_s"]) / float(metrics["training_iteration"])
-    return 60.0
+    metrics = _result_of(results, trial).metrics or {}
+    if not metrics.get("training_iteration"):
+        return 60.0
+    return float(metrics["time_total_s"]) / float(metrics["training_iteration"])
 
 
 def _final_config(ctx: SearchContext, plan: FinalPlan, results: tune.ResultGrid) -> dict[str, Any]:
     """The source trial's Tune config with the final fit's epochs and starting weights."""
     assert plan.source is not None
-    source = next(
-        r.config
-        for r in results  # type: ignore[attr-defined]  # ResultGrid is iterable
-        if (r.metrics or {}).get("trial_id") == plan.source.trial_id
-    )
+    source = _result_of(results, plan.source).config
     start = ctx.spec.settings.final_fit_start
     init_run = plan.source.run_id if start == "kept" else None
     return {**(source or {}), FINAL_ATTR: {"epochs": plan.epochs, "init_run": init_run}}

@@ -240,9 +240,7 @@ def nearest_allowed(param: ParamSpec, wanted: Any) -> Any:
         if wanted in values:
             return wanted
         numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-        if len(numbers) < len(values) or isinstance(wanted, bool):
-            return values[0]
-        if not isinstance(wanted, int | float):
+        if len(numbers) < len(values) or isinstance(wanted, bool | str):
             return values[0]
         if wanted > 0 and all(v > 0 for v in numbers):
             return min(numbers, key=lambda v: abs(math.log(v) - math.log(wanted)))
