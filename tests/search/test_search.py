@@ -598,11 +598,14 @@ def test_a_two_trial_asha_search_registers_a_trained_model_not_the_baseline(
     # The baseline and the planned default: the default reaches each rung alone (the baseline
     # does not count), where floor(1/2) = 0 are promoted; with nothing else to run it trains
     # on to max_t instead of being stopped (before, the baseline was the only finished trial
-    # and was registered).
+    # and was registered), without a pause at each rung: it is the one that would go on.
     out = _search(tmp_path, search_data, workdir, _asha_small("small2", 2))
     baseline, default = out.trials
     assert baseline.baseline and default.default
     assert (default.status, default.epochs) == ("FINISHED", 3)
+    (result,) = (workdir / "ray_results" / out.search_id).glob(f"*{default.trial_id}*/result.json")
+    rows = [json.loads(line) for line in result.read_text().splitlines()]
+    assert [r["iterations_since_restore"] for r in rows] == [1, 2, 3]  # never restarted
     assert out.best is not None and out.best.trial_id == default.trial_id
     assert out.registration is not None
     version = _client(workdir).get_model_version("unet-small2", out.registration.version)
