@@ -15,7 +15,14 @@ from scipy import ndimage
 from unet_search.core.errors import DataError
 from unet_search.data.scan import Sample
 
-__all__ = ["EIGHT_CONNECTED", "MAX_PIXELS", "decode_image", "read_image"]
+__all__ = [
+    "decode_image",
+    "decode_sample",
+    "EIGHT_CONNECTED",
+    "instance_labels",
+    "MAX_PIXELS",
+    "read_image",
+]
 
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # instances: touching diagonally is touching

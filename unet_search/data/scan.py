@@ -9,11 +9,12 @@ from pathlib import Path
 from unet_search.core.errors import DataError
 
 __all__ = [
+    "DatasetIndex",
     "IMAGE_SUFFIXES",
     "MASK_SUFFIXES",
     "MAX_ERRORS_SHOWN",
+    "raise_if",
     "Sample",
-    "DatasetIndex",
     "scan_dataset",
 ]
 

@@ -11,7 +11,7 @@ import torch
 
 from unet_search.core.config import RunConfig
 
-__all__ = ["FAULT_ENV"]
+__all__ = ["FAULT_ENV", "maybe_fail"]
 
 
 FAULT_ENV = "UNET_SEARCH_FAULT"

@@ -15,20 +15,21 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "ASPP",
+    "aspp_rates",
+    "AttentionGate",
+    "bottleneck_block",
+    "center_crop",
     "conv_block",
     "conv_norm_relu",
+    "DILATED_RATES",
     "downsample",
-    "bottleneck_block",
-    "aspp_rates",
-    "ASPP",
-    "TransformerBottleneck",
-    "AttentionGate",
-    "SCSE",
-    "center_crop",
     "he_init",
     "interpolation",
+    "SCSE",
     "SCSE_REDUCTION",
-    "DILATED_RATES",
+    "sine_positions",
+    "TransformerBottleneck",
 ]
 
 
@@ -88,7 +89,7 @@ def _plain(
     return layers
 
 
-class ResidualBlock(nn.Module):
+class _ResidualBlock(nn.Module):
     """ResUNet's level: the two 3x3 convs plus an identity shortcut (a 1x1 projection, with
     BN when the block has it, where the channels change), ReLU after the sum. With valid
     padding the shortcut is center-cropped to the convs' output."""
@@ -113,7 +114,7 @@ def conv_block(
     is the Sequential of the seeds (its parameter names are those of registered models)."""
     pad = 1 if padding == "same" else 0
     if kind == "residual":
-        return ResidualBlock(cin, cout, dropout, batchnorm, pad)
+        return _ResidualBlock(cin, cout, dropout, batchnorm, pad)
     return nn.Sequential(*_plain(cin, cout, dropout, batchnorm, pad, kind == "separable"))
 
 

@@ -14,7 +14,7 @@ from unet_search.core.errors import ConfigError
 from unet_search.core.sections import ModelConfig
 from unet_search.models.unet import mirror_pad, valid_input_size
 
-__all__ = ["SMP_UPSAMPLING", "SMP_ARCHS", "smp_encoders", "SegmentationModel"]
+__all__ = ["build_smp", "SegmentationModel", "SMP_ARCHS", "smp_encoders", "SMP_UPSAMPLING"]
 
 
 SMP_UPSAMPLING = ("nearest", "bilinear", "bicubic")

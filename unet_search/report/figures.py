@@ -21,14 +21,15 @@ from unet_search.space.spec import ParamSpec, SearchSpec
 from unet_search.tracking.read import TrialRecord
 
 __all__ = [
-    "OUTCOME_STYLE",
     "BASELINE_COLOR",
     "fig_best_so_far",
-    "sampled_params",
-    "fig_parallel",
-    "param_importances",
-    "fig_importance",
     "fig_cost",
+    "fig_importance",
+    "fig_parallel",
+    "OUTCOME_STYLE",
+    "param_importances",
+    "sampled_params",
+    "trial_cost",
 ]
 
 

@@ -45,13 +45,16 @@ if TYPE_CHECKING:
     from unet_search.space.spec import SearchSpec
 
 __all__ = [
+    "DurableFIFO",
+    "is_baseline",
     "KEEP_CHECKPOINTS",
+    "make_scheduler",
+    "milestones",
     "PromotingASHA",
+    "rank_value",
     "SaveAfterCheckpoints",
     "SavesNewTrials",
     "TieBreakingASHA",
-    "make_scheduler",
-    "rank_value",
 ]
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from unet_search.search.context import SearchContext
 from unet_search.search.outcome import TrialSummary, summaries
 from unet_search.space.spec import FINAL_ATTR
 
-__all__ = ["FinalPlan", "FINAL_SUFFIX", "plan_final_fit", "run_final_fit"]
+__all__ = ["explored_epochs", "FINAL_SUFFIX", "FinalPlan", "plan_final_fit", "run_final_fit"]
 
 
 FINAL_SUFFIX = "-final"  # the final fit's Tune experiment: <search id>-final

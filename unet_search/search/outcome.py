@@ -34,7 +34,18 @@ from unet_search.tracking.client import download_artifacts, log_artifacts, log_m
 from unet_search.tracking.read import child_run_names
 from unet_search.tracking.registry import Registration
 
-__all__ = ["SPLIT_FILE", "TrialSummary", "SearchOutcome"]
+__all__ = [
+    "download_best_model",
+    "log_summary",
+    "otsu_veto",
+    "pick_best",
+    "register_best",
+    "SearchOutcome",
+    "SPLIT_FILE",
+    "summaries",
+    "test_scores",
+    "TrialSummary",
+]
 
 
 SPLIT_FILE = "split.json"  # the parent run's {"train": [...], "val": [...], "test": [...]}

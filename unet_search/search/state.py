@@ -12,7 +12,7 @@ from unet_search.search.context import SearchContext
 from unet_search.search.private import saved_trials
 from unet_search.tracking.client import SEARCH_STATE_FILE, log_text
 
-__all__ = ["RECORD_TIMEOUT_S", "saved_trials", "await_recorded"]
+__all__ = ["await_recorded", "RECORD_TIMEOUT_S", "save_state", "saved_trials"]
 
 
 RECORD_TIMEOUT_S = 30.0  # see await_recorded: normally the state is there at once

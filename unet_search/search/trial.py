@@ -34,7 +34,7 @@ from unet_search.space.spec import FINAL_ATTR, NUMBER_KEY, SearchSpec
 from unet_search.tracking.client import open_child_run
 from unet_search.tracking.outage import with_patience
 
-__all__ = ["trial_run_name", "trial_main"]
+__all__ = ["trainable", "trial_main", "trial_run_name"]
 
 
 def trial_run_name(index: int, cfg: RunConfig, baseline: str | None) -> str:

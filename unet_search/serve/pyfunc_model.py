@@ -10,6 +10,7 @@ masks at the input size. Images of different sizes are separate calls (or
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -22,9 +23,15 @@ class UNetSearchPyfunc(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         self.predictor = Predictor.from_dir(find_model_dir(Path(context.artifacts["model_dir"])))
 
-    # No type hints on predict: MLflow would infer a schema from them (and warn for `Any`);
-    # the explicit signature logged with the model is the contract.
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+    # An ndarray hint: MLflow infers no schema from it (the explicit signature logged with
+    # the model is the contract) and no longer warns at each log_model that predict is
+    # untyped. A pandas frame (a client's JSON read as records) is still taken.
+    def predict(
+        self,
+        context: PythonModelContext | None,
+        model_input: np.ndarray,
+        params: dict[str, Any] | None = None,
+    ) -> np.ndarray:
         if hasattr(model_input, "to_numpy") and not isinstance(model_input, np.ndarray):
             model_input = model_input.to_numpy()
         masks = self.predictor.predict(model_input)

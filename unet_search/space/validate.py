@@ -29,12 +29,16 @@ from unet_search.space.spec import (
 from unet_search.train.plan import parse_budget
 
 __all__ = [
-    "LOSS_FIELDS",
-    "NAME_RULE",
+    "check_combinations",
     "check_compute",
     "check_name",
     "check_scheduler",
+    "LOSS_FIELDS",
+    "NAME_RULE",
+    "only_keys",
+    "parse_params",
     "parse_settings",
+    "space_error",
 ]
 
 

@@ -41,15 +41,16 @@ from unet_search.core.tags import (
 )
 
 __all__ = [
-    "CHAMPION",
     "CHALLENGER",
-    "LOCK_SUFFIX",
-    "Registration",
-    "champion_lock",
-    "promote",
     "Champion",
     "champion",
+    "CHAMPION",
+    "champion_lock",
     "download_model",
+    "fluent_tracking_uri",
+    "LOCK_SUFFIX",
+    "promote",
+    "Registration",
 ]
 
 

@@ -45,21 +45,22 @@ from unet_search.train.transforms import (
 )
 
 __all__ = [
-    "OPTIMIZERS",
-    "SCHEDULES",
-    "EarlyStopping",
-    "TrainingState",
-    "build_optimizer",
-    "Validation",
     "build_loaders",
+    "build_optimizer",
     "build_scheduler",
+    "EarlyStopping",
     "fit",
+    "new_training_state",
+    "OPTIMIZERS",
     "otsu_val_dice",
+    "SCHEDULES",
     "seed_everything",
     "set_epoch",
     "train_one_epoch",
+    "TrainingState",
     "val_indices",
     "validate",
+    "Validation",
 ]
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -106,7 +107,7 @@ def build_scheduler(
     return None
 
 
-def is_better(metric: str, new: float, old: float | None) -> bool:
+def _is_better(metric: str, new: float, old: float | None) -> bool:
     """Whether ``new`` improves on ``old`` (None: nothing yet) for a validation metric."""
     return old is None or (new > old if METRICS[metric].maximize else new < old)
 
@@ -123,7 +124,7 @@ class EarlyStopping:
 
     def update(self, value: float, epoch: int) -> bool:
         """Record an epoch's value; returns whether it is a new best."""
-        better = is_better(self.metric, value, self.best)
+        better = _is_better(self.metric, value, self.best)
         if better:
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
         else:

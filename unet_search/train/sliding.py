@@ -43,14 +43,15 @@ from unet_search.train.transforms import (
 )
 
 __all__ = [
-    "RESIZE_BATCH",
-    "PredictPlan",
     "gaussian_weights",
     "model_input",
     "plan_of",
     "plan_of_preprocessing",
     "predict_logits",
     "predict_logits_many",
+    "PredictPlan",
+    "preprocessing_of",
+    "RESIZE_BATCH",
     "tile_starts",
 ]
 

@@ -22,14 +22,17 @@ from unet_search.data.split import split_indices
 NEAREST = cv2.INTER_NEAREST
 
 __all__ = [
-    "NORMALIZATIONS",
-    "Normalization",
-    "PatchDataset",
-    "ResizeDataset",
+    "image_histograms",
     "image_statistics",
     "item_rng",
-    "resize_image",
+    "moments",
+    "Normalization",
     "normalization_for",
+    "NORMALIZATIONS",
+    "PatchDataset",
+    "resize_image",
+    "ResizeDataset",
+    "scaled_size",
     "to_tensor",
     "train_pipeline",
 ]
@@ -87,11 +90,11 @@ def normalization_for(cfg: RunConfig, arrays: DatasetArrays | None = None) -> No
     if arrays is None:
         raise ValueError("normalization: dataset needs the dataset's arrays")
     train_idx = split_indices(len(arrays), cfg.data).train
-    mean, std = dataset_statistics(arrays, train_idx, grey=cfg.model.in_channels == 1)
+    mean, std = _dataset_statistics(arrays, train_idx, grey=cfg.model.in_channels == 1)
     return Normalization("dataset", mean, std)
 
 
-def dataset_statistics(
+def _dataset_statistics(
     arrays: DatasetArrays, indices: Sequence[int] | np.ndarray, grey: bool = False
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std (of pixel values in [0, 1]) over the images ``indices``, from
@@ -225,7 +228,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     )
 
 
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(H, W) class indices -> ``size`` (height, width), nearest neighbour."""
     return cv2.resize(mask, (size[1], size[0]), interpolation=NEAREST)
 
@@ -235,7 +238,7 @@ def scaled_size(size: Sequence[float], scale: float) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def region_size(patch: tuple[int, int], scale: float) -> tuple[int, int]:
+def _region_size(patch: tuple[int, int], scale: float) -> tuple[int, int]:
     """The region of an original image that becomes a ``patch`` at ``scale``."""
     return max(1, round(patch[0] / scale)), max(1, round(patch[1] / scale))
 
@@ -315,7 +318,7 @@ class ResizeDataset(_EpochDataset):
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         i = self.indices[item]
         image = resize_image(self.arrays.image(i), (self.size, self.size))
-        mask = resize_mask(self.arrays.mask(i), (self.size, self.size))
+        mask = _resize_mask(self.arrays.mask(i), (self.size, self.size))
         image, mask = _augment(self.pipeline, item_rng(self.seed, self.epoch, item), image, mask)
         return _sample(image, mask, self.normalization, self.in_channels)
 
@@ -348,7 +351,7 @@ class PatchDataset(_EpochDataset):
             length,
         )
         # The region of the original image that becomes one patch.
-        self.region = region_size(patch, scale)
+        self.region = _region_size(patch, scale)
         self.foreground = [self._fg_points(i) for i in self.indices] if fg_oversample else []
         # zscore: each patch by its whole image's statistics, as predict normalizes
         self.statistics = (
@@ -398,7 +401,7 @@ class PatchDataset(_EpochDataset):
             mask = cv2.copyMakeBorder(mask, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=IGNORE)
         if self.region != self.patch:
             image = resize_image(image, self.patch)
-            mask = resize_mask(mask, self.patch)
+            mask = _resize_mask(mask, self.patch)
         image, mask = _augment(self.pipeline, rng, np.ascontiguousarray(image), mask)
         statistics = self.statistics[k] if self.statistics else None
         return _sample(image, mask, self.normalization, self.in_channels, statistics)
