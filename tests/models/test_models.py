@@ -138,7 +138,10 @@ def test_scse_attention_changes_the_decoder() -> None:
             "(smp says RuntimeError: Unknown model (no_such_net))",
         ),
         (ModelConfig(arch="unet3plus", upsampling="bilinear", depth=2), "in [3, 4, 5] for 'unet3"),
-        (ModelConfig(arch="unet3plus"), "`model.upsampling` must be 'bilinear' or 'nearest' for"),
+        (
+            ModelConfig(arch="unet3plus", upsampling="transpose"),  # set by the user: refused
+            "`model.upsampling` must be 'bilinear' or 'nearest' for",
+        ),
         (
             ModelConfig(arch="unet3plus", upsampling="bilinear", padding="valid"),
             "`model.padding` must be 'same' for 'unet3plus'",
@@ -161,6 +164,25 @@ def test_invalid_combinations_fail_at_config_time(cfg: ModelConfig, fragment: st
     with pytest.raises(ConfigError) as err:
         build_model(cfg, 1)
     assert fragment in str(err.value)
+
+
+def test_an_unset_upsampling_resolves_to_one_the_chosen_model_can_use() -> None:
+    """`--set arch=unet3plus` alone: the default `transpose` (the from-scratch UNet's) becomes
+    UNet 3+'s `bilinear`, an smp decoder's `nearest`, also when a config is changed later."""
+    from unet_search.core.config import RunConfig
+
+    assert ModelConfig().upsampling == "transpose"
+    assert ModelConfig(arch="unet3plus").upsampling == "bilinear"
+    assert ModelConfig(encoder="resnet18").upsampling == "nearest"
+    plain = RunConfig.from_dict({"depth": 3, "base_filters": 4})
+    assert plain.replace(arch="unet3plus").model.upsampling == "bilinear"
+    assert plain.replace(encoder="resnet18").model.upsampling == "nearest"
+    assert plain.replace(arch="unet3plus").replace(arch="unet").model.upsampling == "transpose"
+    model = build_model(RunConfig.from_dict({"arch": "unet3plus", "depth": 3}).model, 1)
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+    # A value that was set stays set: the same change keeps it, and the rule refuses it.
+    chosen = RunConfig.from_dict({"upsampling": "transpose"})
+    assert chosen.replace(arch="unet3plus").model.upsampling == "transpose"
 
 
 def test_pretrained_weights_unavailable_offline_is_a_clear_error() -> None:

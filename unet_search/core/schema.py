@@ -124,5 +124,8 @@ class Frozen(BaseModel):
         return ConfigError(f"`{key}` {text}, but got {value!r}.")
 
     def with_values(self, **changes: Any) -> Self:
-        """A copy with ``changes`` (validated, unlike pydantic's ``model_copy``)."""
-        return type(self)(**{**dict(self), **changes})
+        """A copy with ``changes`` (validated, unlike pydantic's ``model_copy``). Fields that
+        were never set stay unset, so that a default that depends on other fields (a model's
+        ``upsampling``) follows the changes."""
+        kept = {name: getattr(self, name) for name in self.model_fields_set}
+        return type(self)(**{**kept, **changes})

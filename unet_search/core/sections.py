@@ -207,6 +207,19 @@ class ModelConfig(Frozen):
         return raw
 
     @model_validator(mode="after")
+    def _default_upsampling(self) -> Self:
+        """The default ``transpose`` is the from-scratch UNet's: when it is not set, UNet 3+
+        (its full-scale skips are resampled) takes ``bilinear``, as its paper does, and an smp
+        decoder (no transposed conv) ``nearest``, as smp does. A value that was set is kept
+        and checked (``validate_model_config``)."""
+        if "upsampling" not in self.model_fields_set:
+            if self.arch == "unet3plus":
+                object.__setattr__(self, "upsampling", "bilinear")
+            elif self.encoder != "none":
+                object.__setattr__(self, "upsampling", "nearest")
+        return self
+
+    @model_validator(mode="after")
     def _transformer(self) -> Self:
         width, heads = self.transformer_width, self.transformer_heads
         if width % 4 or width % heads:
