@@ -33,6 +33,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from unet_search.core.config import RunConfig
+from unet_search.core.outcome import trained_to_the_end
 from unet_search.core.sections import TrainConfig
 from unet_search.data.dataset import DatasetArrays
 from unet_search.distributed.faults import maybe_fail
@@ -297,7 +298,7 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
         # Log before reporting: a failure between the two repeats an epoch's point in MLflow
         # at the same step instead of losing it.
         if rank == 0:
-            epoch, finished = int(metrics["epoch"]), bool(metrics["finished"])
+            epoch, finished = int(metrics["epoch"]), trained_to_the_end(metrics)
             outbox.log_metrics(metrics, step=epoch)
             if _samples_due(cfg.train, epoch, finished):
                 picture = _sample_image(st.module, cfg, arrays, picks, val.normalization)

@@ -16,6 +16,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from unet_search.core.outcome import Outcome
 from unet_search.report.data import ReportData
 from unet_search.space.spec import ParamSpec, SearchSpec
 from unet_search.tracking.read import TrialRecord
@@ -34,10 +35,10 @@ __all__ = [
 
 
 OUTCOME_STYLE = {
-    "finished": ("tab:blue", "o"),
-    "stopped_early": ("tab:orange", "v"),
-    "failed": ("tab:red", "x"),
-    "running": ("tab:gray", "."),
+    Outcome.FINISHED: ("tab:blue", "o"),
+    Outcome.STOPPED_EARLY: ("tab:orange", "v"),
+    Outcome.FAILED: ("tab:red", "x"),
+    Outcome.RUNNING: ("tab:gray", "."),
 }
 
 
@@ -153,7 +154,7 @@ def fig_parallel(data: ReportData) -> Figure:
         ys = [_scaled(axes[n], chosen.get(n)) for n in names] + [float(norm(v))]
         # An axis the trial did not sample (a condition ruled it out) is skipped, not a gap.
         xs = [i for i, y in enumerate(ys) if not math.isnan(y)]
-        done = t.outcome == "finished"
+        done = t.outcome == Outcome.FINISHED
         ax.plot(
             xs,
             [ys[i] for i in xs],
@@ -207,7 +208,7 @@ def param_importances(data: ReportData) -> dict[str, float] | str:
     study = optuna.create_study(direction="maximize" if data.sign > 0 else "minimize")
     for t in data.record.trials:
         value = data.value(t)
-        if t.baseline or t.outcome != "finished" or value is None:
+        if t.baseline or t.outcome != Outcome.FINISHED or value is None:
             continue
         chosen = sampled_params(data.spec, t)
         study.add_trial(
@@ -242,7 +243,7 @@ def fig_cost(data: ReportData) -> Figure:
     rows = [
         (t, v)
         for t in data.record.trials
-        if t.outcome == "finished" and (v := data.value(t)) is not None
+        if t.outcome == Outcome.FINISHED and (v := data.value(t)) is not None
     ]
     for ax, (key, label, log) in zip(
         axes,

@@ -24,6 +24,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from unet_search.core.metrics import METRICS
+from unet_search.core.outcome import Outcome
 from unet_search.core.tags import (
     TAG_ALIAS,
     TAG_BEST_RUN,
@@ -88,7 +89,9 @@ def _summary_rows(data: ReportData, champ: Champion | None) -> list[tuple[str, s
     trials = rec.trials
     counts = {o: sum(t.outcome == o for t in trials) for o in OUTCOME_STYLE}
     scored = [
-        (t, v) for t in trials if t.outcome == "finished" and (v := data.value(t)) is not None
+        (t, v)
+        for t in trials
+        if t.outcome == Outcome.FINISHED and (v := data.value(t)) is not None
     ]
     best = max(scored, key=lambda tv: data.sign * tv[1], default=None)
     base = next(((t, data.value(t)) for t in trials if t.baseline), None)

@@ -38,6 +38,7 @@ from ray.tune import Callback, Checkpoint
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from unet_search.core.outcome import trained_to_the_end
 from unet_search.search.private import ASHAInternals, checkpoint_experiment
 from unet_search.space.spec import BASELINE_ATTR
 
@@ -256,7 +257,7 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
             if going_on and self._on_resume is not None:
                 self._on_resume(trial.trial_id)
             return
-        if trial.is_finished() and trial.status == Trial.TERMINATED and last.get("finished"):
+        if trial.is_finished() and trial.status == Trial.TERMINATED and trained_to_the_end(last):
             self._trained.add(trial.trial_id)
         waits = going_on and done in self._milestones
         for rung, milestone in enumerate(self._milestones):
@@ -277,7 +278,7 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
             return TrialScheduler.CONTINUE
         if is_baseline(trial):  # a reference, not a competitor: never in a rung's cutoff
             return TrialScheduler.STOP if done >= self._max_iterations else TrialScheduler.CONTINUE
-        if done >= self._max_iterations or result.get("finished"):
+        if done >= self._max_iterations or trained_to_the_end(result):
             self._trained.add(trial.trial_id)
         if done >= self._max_iterations:
             return TrialScheduler.STOP

@@ -10,6 +10,7 @@ from typing import Any
 
 from ray import tune
 
+from unet_search.core.outcome import Outcome, outcome_of
 from unet_search.core.tags import TAG_ERROR, TAG_OUTCOME
 from unet_search.search.context import SearchContext
 from unet_search.tracking.client import end_run, log_text, set_tags
@@ -38,11 +39,11 @@ class TrialStatusCallback(tune.Callback):
         self.last_probe = 0.0
         self.gave_up: TrackingUnavailable | None = None
 
-    def _end(self, trial: Any, status: str, outcome: str, error: str | None = None) -> None:
-        ending = {TAG_OUTCOME: outcome}
+    def _end(self, trial: Any, outcome: Outcome, error: str | None = None) -> None:
+        ending = {TAG_OUTCOME: str(outcome)}
         if error:
             ending[TAG_ERROR] = _last_line(error)[:4000]
-        self.queue.append((trial.trial_id, status, ending, error))
+        self.queue.append((trial.trial_id, outcome.run_status, ending, error))
         self._flush()
 
     def _flush(self) -> bool:
@@ -93,13 +94,10 @@ class TrialStatusCallback(tune.Callback):
     def on_trial_complete(
         self, iteration: int, trials: list[Any], trial: Any, **info: Any
     ) -> None:
-        if (trial.last_result or {}).get("finished"):
-            self._end(trial, "FINISHED", "finished")
-        else:
-            self._end(trial, "KILLED", "stopped_early")
+        self._end(trial, outcome_of(trial.last_result))
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._end(trial, "FAILED", "failed", _trial_error(trial))
+        self._end(trial, Outcome.FAILED, _trial_error(trial))
 
 
 def _trial_error(trial: Any) -> str:

@@ -20,12 +20,14 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.util.metrics import Gauge
 
+from unet_search.core.outcome import Outcome, outcome_of
+
 _log = logging.getLogger(__name__)
 
 __all__ = ["METRIC_NAMES", "STATES", "LiveView", "SearchMetrics", "trial_state"]
 
 # The states a trial is counted in (the ``state`` label of ``unet_search_trials``).
-STATES = ("pending", "paused", "running", "finished", "stopped_early", "failed")
+STATES = ("pending", "paused", "running", *(str(o) for o in Outcome if o != Outcome.RUNNING))
 # Our metric names as Ray exports them (Ray prefixes ``ray_``); the dashboard test checks
 # that every one of them and every Ray metric the dashboard queries is really exported.
 METRIC_NAMES = {
@@ -44,10 +46,8 @@ def trial_state(trial: Trial) -> str:
         return "running"
     if trial.status == Trial.PAUSED:
         return "paused"
-    if trial.status == Trial.ERROR:
-        return "failed"
-    if trial.status == Trial.TERMINATED:
-        return "finished" if (trial.last_result or {}).get("finished") else "stopped_early"
+    if trial.status in (Trial.ERROR, Trial.TERMINATED):
+        return str(outcome_of(trial.last_result, failed=trial.status == Trial.ERROR))
     return "pending"
 
 
@@ -212,14 +212,14 @@ class LiveView(tune.Callback):
         # The result that made ASHA stop a trial never reaches on_trial_result.
         result = trial.last_result or {}
         self._track_best(trial, result)
-        self.ended[trial.trial_id] = "finished" if result.get("finished") else "stopped_early"
+        self.ended[trial.trial_id] = str(outcome_of(result))
         self.throughput.pop(trial.trial_id, None)
         self._update(trials, force_print=True)
 
     def on_trial_error(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
-        self.ended[trial.trial_id] = "failed"
+        self.ended[trial.trial_id] = str(Outcome.FAILED)
         self.throughput.pop(trial.trial_id, None)
         self._update(trials, force_print=True)
 

@@ -13,6 +13,7 @@ import optuna
 import torch
 from ray import tune
 
+from unet_search.core.outcome import outcome_of
 from unet_search.core.tags import (
     TAG_BEST_RUN,
     TAG_BEST_TRIAL,
@@ -95,7 +96,7 @@ def summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary
     for result in results:  # type: ignore[attr-defined]  # ResultGrid is iterable
         metrics = result.metrics or {}
         trial_id = str(metrics.get("trial_id") or Path(result.path).name)
-        status = "FAILED" if result.error else "FINISHED" if metrics.get("finished") else "KILLED"
+        status = outcome_of(metrics, failed=result.error is not None).run_status
         value = metrics.get(ctx.spec.tune_metric)
         run_id, name = runs.get(trial_id, (None, trial_id))
         out.append(

@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from ray.air.constants import TRAINING_ITERATION
 from ray.tune.search import Searcher
 
+from unet_search.core.outcome import trained_to_the_end
 from unet_search.search.private import OptunaSearchInternals
 from unet_search.space.spec import BASELINE_ATTR, DEFAULT_ATTR
 
@@ -146,7 +147,7 @@ class PruningAwareOptunaSearch(OptunaSearchInternals):
             state, value = TrialState.PRUNED, None
         elif error or value is None:
             state, value = TrialState.FAIL, None
-        elif result and result.get("finished"):
+        elif trained_to_the_end(result):
             state = TrialState.COMPLETE
         else:
             # The result that made ASHA stop the trial never went through on_trial_result:

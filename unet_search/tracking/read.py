@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from unet_search.core.errors import UserError
 from unet_search.core.metrics import METRICS
+from unet_search.core.outcome import Outcome
 from unet_search.core.tags import (
     TAG_KIND,
     TAG_OUTCOME,
@@ -176,9 +177,7 @@ class SearchRecord:
 def _outcome(status: str, tags: Mapping[str, str]) -> str:
     if tags.get(TAG_OUTCOME):
         return tags[TAG_OUTCOME]
-    return {"FINISHED": "finished", "KILLED": "stopped_early", "FAILED": "failed"}.get(
-        status, "running"
-    )
+    return str(Outcome.of_run_status(status))
 
 
 def _history(client: MlflowClient, run_id: str, key: str) -> tuple[tuple[int, int, float], ...]:

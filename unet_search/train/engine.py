@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from unet_search.core.config import RunConfig
 from unet_search.core.errors import ConfigError
 from unet_search.core.metrics import METRICS
+from unet_search.core.outcome import FINISHED_KEY
 from unet_search.core.sections import OptimConfig, TrainConfig
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.split import split_indices
@@ -455,7 +456,7 @@ def fit(
             )
             state.best_metrics = dict(metrics)
         metrics |= state.kept_metrics()
-        metrics["finished"] = float(epoch == cfg.train.epochs or state.early.should_stop)
+        metrics[FINISHED_KEY] = float(epoch == cfg.train.epochs or state.early.should_stop)
         if report is not None:
             report(metrics, state)
         if state.early.should_stop:

@@ -1,0 +1,56 @@
+"""How a trial ended, worked out in one place: the live view, the trials' MLflow runs, the
+search's summary, Optuna's record, ASHA and the readers of MLflow all ask :func:`outcome_of`.
+
+A trial that raised *failed*; one whose last result says its epochs (or its early stopping)
+ended it *finished*; any other ended trial was *stopped early* (ASHA stopped it at a rung).
+Its MLflow run ends FINISHED, KILLED or FAILED with the tag ``unet_search.outcome``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["FINISHED_KEY", "Outcome", "outcome_of", "trained_to_the_end"]
+
+FINISHED_KEY = "finished"  # the result key a training epoch sets to 1.0 on its last epoch
+
+
+class Outcome(enum.StrEnum):
+    """A trial's end (the value of the ``unet_search.outcome`` tag), or ``running``."""
+
+    FINISHED = "finished"
+    STOPPED_EARLY = "stopped_early"
+    FAILED = "failed"
+    RUNNING = "running"
+
+    @property
+    def run_status(self) -> str:
+        """The MLflow run status of a trial that ended so."""
+        return _RUN_STATUS[self]
+
+    @classmethod
+    def of_run_status(cls, status: str) -> Outcome:
+        """What an MLflow run's status says of its trial (a run that has not ended: running)."""
+        return next((o for o, s in _RUN_STATUS.items() if s == status), cls.RUNNING)
+
+
+_RUN_STATUS = {
+    Outcome.FINISHED: "FINISHED",
+    Outcome.STOPPED_EARLY: "KILLED",
+    Outcome.FAILED: "FAILED",
+    Outcome.RUNNING: "RUNNING",
+}
+
+
+def trained_to_the_end(result: Mapping[str, Any] | None) -> bool:
+    """Whether ``result`` is a trial's last epoch (its epochs, or early stopping, ended it)."""
+    return bool((result or {}).get(FINISHED_KEY))
+
+
+def outcome_of(result: Mapping[str, Any] | None, *, failed: bool = False) -> Outcome:
+    """How a trial that ended with ``result`` (its last reported metrics) ended."""
+    if failed:
+        return Outcome.FAILED
+    return Outcome.FINISHED if trained_to_the_end(result) else Outcome.STOPPED_EARLY
