@@ -16,9 +16,9 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from unet_search.cli.app import main
+from unet_search.core.tags import TAG_BASELINE
 from unet_search.report.data import load_report_data
 from unet_search.report.figures import param_importances
-from unet_search.space.spec import BASELINE_ATTR
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -97,7 +97,7 @@ def test_importances_rebuilt_from_mlflow_equal_optunas_on_the_live_study(
 ) -> None:
     out = watched_search.outcome
     live = optuna.create_study(direction="maximize")
-    live.add_trials([t for t in out.study.trials if not t.user_attrs.get(BASELINE_ATTR)])
+    live.add_trials([t for t in out.study.trials if not t.user_attrs.get(TAG_BASELINE)])
     assert len(live.trials) == 3
     expected = optuna.importance.get_param_importances(
         live, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)

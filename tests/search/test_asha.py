@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from unet_search.core.tags import TAG_BASELINE
 from unet_search.search.asha import (
     TIE_BREAK,
     DurableFIFO,
@@ -101,14 +102,12 @@ def test_resume_pauses_trials_restored_at_a_rung_again_and_the_rung_decides_anew
     let every trial that waited at a rung (an ASHA loser, maybe) train on."""
     from ray.tune.experiment import Trial
 
-    from unet_search.space.spec import BASELINE_ATTR
-
     paused: list[str] = []
     resumed: list[str] = []
     asha = _watched_asha(8, 6, paused, resumed)  # rungs 1, 2, 4
 
     def restored(done: int, dice: float, finished: bool = False, baseline: bool = False) -> Trial:
-        trial = Trial("fn", config={BASELINE_ATTR: True} if baseline else {}, stub=True)
+        trial = Trial("fn", config={TAG_BASELINE: True} if baseline else {}, stub=True)
         trial.run_metadata.last_result = {
             "training_iteration": done,
             "best_val_dice": dice,
@@ -144,13 +143,11 @@ def test_the_baseline_never_counts_at_a_rung() -> None:
     trial waiting there (it would with the baseline counted: the best 1 of 2)."""
     from ray.tune.experiment import Trial
 
-    from unet_search.space.spec import BASELINE_ATTR
-
     paused: list[str] = []
     resumed: list[str] = []
     asha = _watched_asha(4, 4, paused, resumed)  # rungs 1, 2
     trial = Trial("fn", config={}, stub=True)
-    baseline = Trial("fn", config={BASELINE_ATTR: True}, stub=True)
+    baseline = Trial("fn", config={TAG_BASELINE: True}, stub=True)
     for t in (trial, baseline):
         asha.on_trial_add(None, t)
 
@@ -174,12 +171,10 @@ def test_a_trial_alone_at_its_rung_is_promoted_when_nothing_else_can_run() -> No
     baseline) has trained to max_t; only then are the paused trials stopped."""
     from ray.tune.experiment import Trial
 
-    from unet_search.space.spec import BASELINE_ATTR
-
     paused: list[str] = []
     resumed: list[str] = []
     asha = _watched_asha(4, 3, paused, resumed)  # rungs 1, 2
-    baseline = Trial("fn", config={BASELINE_ATTR: True}, stub=True)
+    baseline = Trial("fn", config={TAG_BASELINE: True}, stub=True)
     low, high = Trial("fn", config={}, stub=True), Trial("fn", config={}, stub=True)
     trials = [baseline, low, high]
     for t in trials:

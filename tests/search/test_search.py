@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from PIL import Image
 
 from unet_search.core.sections import DataConfig
-from unet_search.core.tags import TAG_KIND, TAG_SEARCH_ID, TAG_TRIAL_ID
+from unet_search.core.tags import TAG_BASELINE, TAG_KIND, TAG_SEARCH_ID, TAG_TRIAL_ID
 from unet_search.data.dataset import load_dataset
 from unet_search.data.split import split_indices
 from unet_search.data.synthetic import make_synthetic
@@ -26,7 +26,6 @@ from unet_search.search.driver import run_search
 from unet_search.search.outcome import SearchOutcome
 from unet_search.serve.inference import load_model
 from unet_search.space.load import load_space
-from unet_search.space.spec import BASELINE_ATTR
 from unet_search.tracking.read import search_trials
 from unet_search.train.engine import val_indices
 from unet_search.train.metrics import dice_iou_per_image
@@ -227,7 +226,7 @@ def test_end_to_end_search_with_a_ddp_trial(
 
     study_trials = out.study.trials
     assert [t.state for t in study_trials] == [TrialState.COMPLETE] * 3
-    assert study_trials[0].user_attrs[BASELINE_ATTR] and study_trials[0].params == {}
+    assert study_trials[0].user_attrs[TAG_BASELINE] and study_trials[0].params == {}
     assert search_trials(f"sqlite:///{workdir / 'mlflow.db'}", "e2e-1")[1][
         0
     ].value == pytest.approx(out.best.value)

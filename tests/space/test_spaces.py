@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from unet_search.core.errors import ConfigError
+from unet_search.core.tags import TAG_BASELINE, TAG_DEFAULT, TAG_TRIAL_NUMBER
 from unet_search.space.load import load_space, make_sampler
-from unet_search.space.spec import BASELINE_ATTR, NUMBER_KEY, SearchSettings, SearchSpec
+from unet_search.space.spec import SearchSettings, SearchSpec, is_default
 
 SPACES = sorted(Path(__file__).parents[2].joinpath("search_spaces").glob("*.yaml"))
 
@@ -93,7 +94,7 @@ def test_full_space_is_a_real_cluster_search() -> None:
 
 def test_seed_baseline_space_is_the_keras_unet() -> None:
     spec = _shipped(Path(__file__).parents[2] / "search_spaces" / "seed_baseline.yaml")
-    cfg = spec.trial_run_config({BASELINE_ATTR: True})
+    cfg = spec.trial_run_config({TAG_BASELINE: True})
     assert (cfg.model.depth, cfg.model.base_filters, cfg.model.dropout_schedule) == (4, 16, "ramp")
     assert (cfg.data.image_size, cfg.train.batch_size, cfg.train.epochs) == (128, 16, 25)
     assert cfg.loss.loss == "bce" and spec.settings.num_samples == 1
@@ -109,17 +110,17 @@ def test_define_by_run_samples_conditionally(tmp_path: Path) -> None:
         expected = "transpose" if cfg.model.encoder == "none" else "nearest"
         assert cfg.model.upsampling == expected
         assert 1e-4 <= cfg.optim.lr <= 1e-2 and cfg.model.depth in (3, 4)
-        assert constants == {NUMBER_KEY: trial.number}
+        assert constants == {TAG_TRIAL_NUMBER: trial.number}
         study.tell(trial, 0.5)
 
 
 def test_baseline_trial_samples_nothing_and_keeps_search_budget(tmp_path: Path) -> None:
     spec = load_space(_write(tmp_path, _space()))
     study = optuna.create_study(direction="maximize")
-    study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
+    study.enqueue_trial({}, user_attrs={TAG_BASELINE: True})
     trial = study.ask()
     constants = spec.define_by_run(trial)
-    assert trial.params == {} and constants and constants[BASELINE_ATTR]
+    assert trial.params == {} and constants and constants[TAG_BASELINE]
     cfg = spec.trial_run_config(constants)
     assert cfg.model.base_filters == 16 and cfg.model.dropout_schedule == "ramp"
     assert cfg.data.image_size == 32 and cfg.train.epochs == 2  # the search's fixed settings
@@ -354,7 +355,7 @@ def test_the_planned_default_is_trains_defaults_moved_into_the_space(tmp_path: P
     at its nearest allowed value (a numeric choice on a log scale, a range clipped); a
     conditional parameter only where its condition holds."""
     from unet_search.core.config import RunConfig
-    from unet_search.space.spec import DEFAULT_ATTR, nearest_allowed
+    from unet_search.space.spec import nearest_allowed
 
     defaults = RunConfig().flat()
     assert (defaults["encoder"], defaults["lr"], defaults["depth"]) == ("none", 1e-3, 4)
@@ -374,10 +375,10 @@ def test_the_planned_default_is_trains_defaults_moved_into_the_space(tmp_path: P
     }
     # Enqueued, Optuna asks for exactly these values and the trial says it is the default.
     study = optuna.create_study(direction="maximize")
-    study.enqueue_trial(spec.default_params(), user_attrs={DEFAULT_ATTR: True})
+    study.enqueue_trial(spec.default_params(), user_attrs={TAG_DEFAULT: True})
     trial = study.ask()
     config = spec.define_by_run(trial)
-    assert config is not None and config[DEFAULT_ATTR] and spec.is_default(config)
+    assert config is not None and config[TAG_DEFAULT] and is_default(config)
     assert trial.params == spec.default_params()
     choice = spec.params[0]  # encoder
     assert nearest_allowed(choice, "vgg11") == "none"  # not numeric: the first value

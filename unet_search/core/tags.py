@@ -15,6 +15,9 @@ TAG_ERROR = "unet_search.error"  # a failed trial's exception (the traceback: er
 TAG_BASELINE = "unet_search.baseline"  # the baseline preset's name, on the baseline trial
 TAG_DEFAULT = "unet_search.default"  # "true" on the planned default configuration's trial
 TAG_FINAL_FIT = "unet_search.final_fit"  # "true" on a search's final fit
+# The same names are a trial's Tune config keys (and the enqueued trials' Optuna user
+# attributes): TAG_TRIAL_NUMBER, TAG_BASELINE and TAG_DEFAULT True, and TAG_FINAL_FIT
+# {"epochs": E, "init_run": a run id or None} on the final fit (search/final.py).
 TAG_DATA_LAYOUT = "unet_search.data_layout"  # dsb2018 | images_masks
 TAG_PARENT = "mlflow.parentRunId"
 # A search's parent run

@@ -40,14 +40,13 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from unet_search.core.outcome import trained_to_the_end
 from unet_search.search.private import ASHAInternals, checkpoint_experiment
-from unet_search.space.spec import BASELINE_ATTR
+from unet_search.space.spec import is_baseline
 
 if TYPE_CHECKING:
     from unet_search.space.spec import SearchSpec
 
 __all__ = [
     "DurableFIFO",
-    "is_baseline",
     "KEEP_CHECKPOINTS",
     "make_scheduler",
     "milestones",
@@ -75,8 +74,8 @@ def rank_value(result: dict[str, Any], metric: str, mode: str) -> float | None:
     return value + TIE_WEIGHT * float(result.get(TIE_BREAK) or 0.0)
 
 
-def is_baseline(trial: Trial) -> bool:
-    return bool((trial.config or {}).get(BASELINE_ATTR))
+def _baseline(trial: Trial) -> bool:
+    return is_baseline(trial.config)
 
 
 class SavesNewTrials(TrialScheduler):
@@ -167,7 +166,7 @@ class TieBreakingASHA(SavesNewTrials, ASHAInternals):
         return {**result, self.rank_metric: value * (1.0 if self.rank_mode == "max" else -1.0)}
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
-        if is_baseline(trial):  # a reference, not a competitor: never in a rung's cutoff
+        if _baseline(trial):  # a reference, not a competitor: never in a rung's cutoff
             going = result.get(TIME_ATTR, 0) < self.max_t
             return TrialScheduler.CONTINUE if going else TrialScheduler.STOP
         return str(super().on_trial_result(tune_controller, trial, self._ranked(result)))
@@ -175,7 +174,7 @@ class TieBreakingASHA(SavesNewTrials, ASHAInternals):
     def on_trial_complete(
         self, tune_controller: Any, trial: Trial, result: dict[str, Any]
     ) -> None:
-        if is_baseline(trial):
+        if _baseline(trial):
             self.forget(trial.trial_id)
             return
         super().on_trial_complete(tune_controller, trial, self._ranked(result))
@@ -253,7 +252,7 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         # resumes paused trials as pending: it was paused there, or promoted and killed before
         # its next epoch). Any other unfinished one goes on, as if promoted.
         going_on = not trial.is_finished()
-        if is_baseline(trial):  # never in a rung: it goes on
+        if _baseline(trial):  # never in a rung: it goes on
             if going_on and self._on_resume is not None:
                 self._on_resume(trial.trial_id)
             return
@@ -276,7 +275,7 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         done, value = result.get(TIME_ATTR), rank_value(result, *self._rank_by)
         if done is None or value is None:
             return TrialScheduler.CONTINUE
-        if is_baseline(trial):  # a reference, not a competitor: never in a rung's cutoff
+        if _baseline(trial):  # a reference, not a competitor: never in a rung's cutoff
             return TrialScheduler.STOP if done >= self._max_iterations else TrialScheduler.CONTINUE
         if done >= self._max_iterations or trained_to_the_end(result):
             self._trained.add(trial.trial_id)
@@ -313,7 +312,7 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
             return False
         if len(self._added) < self._num_samples and not self._exhausted():
             return False
-        others = [t for t in tune_controller.get_trials() if t is not trial and not is_baseline(t)]
+        others = [t for t in tune_controller.get_trials() if t is not trial and not _baseline(t)]
         if any(t.status in (Trial.RUNNING, Trial.PENDING) for t in others):
             return False
         height = (rung, self._rungs[rung][trial.trial_id])

@@ -36,6 +36,7 @@ from unet_search.core.tags import (
     TAG_KIND,
     TAG_REGISTERED,
     TAG_SEARCH_ID,
+    TAG_TRIAL_NUMBER,
 )
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.split import split_names
@@ -61,7 +62,7 @@ from unet_search.search.searcher import ExploreBudget, PruningAwareOptunaSearch
 from unet_search.search.state import save_state
 from unet_search.search.trial import trainable, trial_run_name
 from unet_search.space.load import make_sampler, plan_space
-from unet_search.space.spec import NUMBER_KEY, RESOURCE_FIELDS, SearchSpec
+from unet_search.space.spec import RESOURCE_FIELDS, SearchSpec, is_baseline
 from unet_search.space.validate import check_name
 from unet_search.tracking.client import (
     SEARCH_LOG_DIR,
@@ -136,9 +137,9 @@ def _live_view(ctx: SearchContext) -> LiveView:
 
     def name_of(trial: Any) -> str:
         config = trial.config or {}
-        baseline = spec.settings.baseline if spec.is_baseline(config) else None
+        baseline = spec.settings.baseline if is_baseline(config) else None
         return trial_run_name(
-            int(config.get(NUMBER_KEY, 0)), spec.trial_run_config(config), baseline
+            int(config.get(TAG_TRIAL_NUMBER, 0)), spec.trial_run_config(config), baseline
         )
 
     return LiveView(

@@ -20,11 +20,11 @@ from typing import Any
 
 from ray import tune
 
+from unet_search.core.tags import TAG_FINAL_FIT
 from unet_search.search.asha import KEEP_CHECKPOINTS, DurableFIFO, SaveAfterCheckpoints
 from unet_search.search.callbacks import TrialStatusCallback
 from unet_search.search.context import SearchContext
 from unet_search.search.outcome import TrialSummary, summaries
-from unet_search.space.spec import FINAL_ATTR
 
 __all__ = ["explored_epochs", "FINAL_SUFFIX", "FinalPlan", "plan_final_fit", "run_final_fit"]
 
@@ -101,7 +101,7 @@ def _final_config(ctx: SearchContext, plan: FinalPlan, results: tune.ResultGrid)
     source = _result_of(results, plan.source).config
     start = ctx.spec.settings.final_fit_start
     init_run = plan.source.run_id if start == "kept" else None
-    return {**(source or {}), FINAL_ATTR: {"epochs": plan.epochs, "init_run": init_run}}
+    return {**(source or {}), TAG_FINAL_FIT: {"epochs": plan.epochs, "init_run": init_run}}
 
 
 def run_final_fit(

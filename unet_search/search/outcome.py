@@ -19,18 +19,20 @@ from unet_search.core.tags import (
     TAG_BEST_TRIAL,
     TAG_CODE_VERSION,
     TAG_DATA,
+    TAG_FINAL_FIT,
     TAG_FINGERPRINT,
     TAG_RUN_ID,
     TAG_SEARCH_ID,
     TAG_SPLIT,
     TAG_TRIAL_ID,
+    TAG_TRIAL_NUMBER,
 )
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.split import split_indices
 from unet_search.search.context import SearchContext
 from unet_search.serve.export import log_and_register
 from unet_search.serve.inference import Predictor, find_model_dir, score_images
-from unet_search.space.spec import FINAL_ATTR, NUMBER_KEY
+from unet_search.space.spec import is_baseline, is_default
 from unet_search.tracking.client import download_artifacts, log_artifacts, log_metrics, set_tags
 from unet_search.tracking.read import child_run_names
 from unet_search.tracking.registry import Registration
@@ -101,17 +103,17 @@ def summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary
         run_id, name = runs.get(trial_id, (None, trial_id))
         out.append(
             TrialSummary(
-                int((result.config or {}).get(NUMBER_KEY, 0)),
+                int((result.config or {}).get(TAG_TRIAL_NUMBER, 0)),
                 trial_id,
                 name,
                 status,
                 None if value is None or result.error else float(value),
                 int(metrics.get("epoch", 0)),
-                ctx.spec.is_baseline(result.config or {}),
+                is_baseline(result.config),
                 run_id,
                 ctx.spec.assignments(result.config or {}),
-                ctx.spec.is_default(result.config or {}),
-                bool((result.config or {}).get(FINAL_ATTR)),
+                is_default(result.config),
+                bool((result.config or {}).get(TAG_FINAL_FIT)),
             )
         )
     return sorted(out, key=lambda t: t.index)

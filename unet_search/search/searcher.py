@@ -13,8 +13,8 @@ from ray.air.constants import TRAINING_ITERATION
 from ray.tune.search import Searcher
 
 from unet_search.core.outcome import trained_to_the_end
+from unet_search.core.tags import TAG_BASELINE, TAG_DEFAULT
 from unet_search.search.private import OptunaSearchInternals
-from unet_search.space.spec import BASELINE_ATTR, DEFAULT_ATTR
 
 __all__ = ["ExploreBudget", "PruningAwareOptunaSearch"]
 
@@ -51,7 +51,7 @@ class PruningAwareOptunaSearch(OptunaSearchInternals):
     promotes is stopped with no result and is PRUNED at its last reported value.
 
     ``enqueue_default`` (Optuna parameters) is the planned default configuration, enqueued
-    right after the baseline and tagged ``DEFAULT_ATTR``: TPE learns from it like any trial.
+    right after the baseline and tagged ``TAG_DEFAULT``: TPE learns from it like any trial.
     With a ``budget`` it suggests no trial once the exploring trials have spent it (it counts
     each trial's epochs from its results; Tune saves the count with the searcher).
     """
@@ -99,7 +99,7 @@ class PruningAwareOptunaSearch(OptunaSearchInternals):
 
     def _count_epochs(self, trial_id: str, result: dict[str, Any]) -> None:
         optuna_trial = self.optuna_trial(trial_id)
-        if optuna_trial is None or optuna_trial.user_attrs.get(BASELINE_ATTR):
+        if optuna_trial is None or optuna_trial.user_attrs.get(TAG_BASELINE):
             return
         done = int(result.get("epoch") or result.get(TRAINING_ITERATION) or 0)
         self._epochs[trial_id] = max(self._epochs.get(trial_id, 0), done)
@@ -125,10 +125,10 @@ class PruningAwareOptunaSearch(OptunaSearchInternals):
 
     def on_study_created(self) -> None:
         if self._enqueue_baseline:
-            self.study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
+            self.study.enqueue_trial({}, user_attrs={TAG_BASELINE: True})
             self._enqueue_baseline = False
         if self._enqueue_default is not None:
-            self.study.enqueue_trial(self._enqueue_default, user_attrs={DEFAULT_ATTR: True})
+            self.study.enqueue_trial(self._enqueue_default, user_attrs={TAG_DEFAULT: True})
             self._enqueue_default = None
 
     def on_trial_complete(

@@ -64,20 +64,19 @@ from unet_search.core.config import (
 from unet_search.core.metrics import METRICS
 from unet_search.core.schema import Frozen, at_least, between, broken, choice, rule
 from unet_search.core.sections import PLANNED_LEAVES
+from unet_search.core.tags import TAG_BASELINE, TAG_DEFAULT, TAG_FINAL_FIT, TAG_TRIAL_NUMBER
 from unet_search.train.plan import Plan
 
 __all__ = [
-    "BASELINE_ATTR",
     "BASELINE_LEAVES",
     "BASELINE_SECTIONS",
     "ChoiceParam",
+    "is_baseline",
+    "is_default",
     "ComputeSpec",
-    "DEFAULT_ATTR",
-    "FINAL_ATTR",
     "MAX_COMBINATIONS",
     "MODEL_FIELDS",
     "nearest_allowed",
-    "NUMBER_KEY",
     "PARAM_TYPES",
     "ParamSpec",
     "PROVISIONAL",
@@ -106,20 +105,17 @@ PROVISIONAL: dict[str, Any] = {
 PARAM_TYPES = ("choice", "int", "uniform", "loguniform")
 
 
-BASELINE_ATTR = "unet_search.baseline"
-
-
-DEFAULT_ATTR = "unet_search.default"  # the planned default configuration's trial
-
-
-# A final fit's trial config: {"epochs": E, "init_run": run id or None} (search.final).
-FINAL_ATTR = "unet_search.final_fit"
-
-
-NUMBER_KEY = "unet_search.trial_number"  # Optuna's trial number, in every trial config
-
-
 MAX_COMBINATIONS = 200_000
+
+
+def is_baseline(trial_config: Mapping[str, Any] | None) -> bool:
+    """Whether a trial's Tune config is the seed baseline's (``search.baseline``)."""
+    return bool((trial_config or {}).get(TAG_BASELINE))
+
+
+def is_default(trial_config: Mapping[str, Any] | None) -> bool:
+    """Whether a trial's Tune config is the planned default configuration's."""
+    return bool((trial_config or {}).get(TAG_DEFAULT))
 
 
 # Only these sections of a baseline preset apply: the data, the budget and the resources of
@@ -456,15 +452,15 @@ class SearchSpec:
     def define_by_run(self, trial: optuna.Trial) -> dict[str, Any] | None:
         """Optuna define-by-run space. The baseline trial samples nothing (so TPE learns
         nothing false from it) and returns its whole config as constants."""
-        if trial.user_attrs.get(BASELINE_ATTR):
-            return {BASELINE_ATTR: True, NUMBER_KEY: trial.number}
+        if trial.user_attrs.get(TAG_BASELINE):
+            return {TAG_BASELINE: True, TAG_TRIAL_NUMBER: trial.number}
         chosen: dict[str, Any] = {}
         for param in self.params:
             if param.active(chosen):
                 chosen[param.name] = param.suggest(trial)
-        if trial.user_attrs.get(DEFAULT_ATTR):
-            return {DEFAULT_ATTR: True, NUMBER_KEY: trial.number}
-        return {NUMBER_KEY: trial.number}
+        if trial.user_attrs.get(TAG_DEFAULT):
+            return {TAG_DEFAULT: True, TAG_TRIAL_NUMBER: trial.number}
+        return {TAG_TRIAL_NUMBER: trial.number}
 
     def default_params(self) -> dict[str, Any]:
         """The planned default configuration inside this space, as Optuna parameters: what
@@ -506,20 +502,14 @@ class SearchSpec:
     def trial_run_config(self, trial_config: Mapping[str, Any]) -> RunConfig:
         """The full run config of a trial: fixed <- sampled (or fixed <- baseline preset)."""
         leaves = dict(self.fixed_dict)
-        if trial_config.get(BASELINE_ATTR):
+        if trial_config.get(TAG_BASELINE):
             leaves.update(self.baseline_leaves())
         else:
             leaves.update(self.assignments(trial_config))
-        final = trial_config.get(FINAL_ATTR)
+        final = trial_config.get(TAG_FINAL_FIT)
         if final:  # the final fit's own epochs (unet_search.search.final)
             leaves["epochs"] = int(final["epochs"])
         return self.run_config(leaves)
-
-    def is_baseline(self, trial_config: Mapping[str, Any]) -> bool:
-        return bool(trial_config.get(BASELINE_ATTR))
-
-    def is_default(self, trial_config: Mapping[str, Any]) -> bool:
-        return bool(trial_config.get(DEFAULT_ATTR))
 
     @property
     def tune_metric(self) -> str:

@@ -12,9 +12,9 @@ from unet_search.core.config import (
     RunConfig,
 )
 from unet_search.core.errors import ConfigError, UserError
+from unet_search.core.tags import TAG_BASELINE
 from unet_search.models.build import validate_model_config
 from unet_search.space.spec import (
-    BASELINE_ATTR,
     MAX_COMBINATIONS,
     MODEL_FIELDS,
     PARAM_TYPES,
@@ -322,7 +322,7 @@ def check_combinations(spec: SearchSpec, source: str) -> None:
             ) from None
     if spec.settings.baseline is not None:
         try:
-            cfg = spec.trial_run_config({BASELINE_ATTR: True})
+            cfg = spec.trial_run_config({TAG_BASELINE: True})
             validate_model_config(cfg.model)
         except ConfigError as err:
             raise space_error(
