@@ -350,33 +350,6 @@ def test_asha_pauses_at_the_rung_promotes_the_best_and_stops_the_rest(
     assert out.best is not None and out.best.trial_id == out.trials[0].trial_id
 
 
-def test_asha_never_pauses_the_baseline(
-    ray_local: None, search_data: Path, workdir: Path, tmp_path: Path
-) -> None:
-    # One trial at a time, a rung at epoch 1 (reduction 2): the baseline reaches it alone,
-    # where any other trial pauses (floor(1/2) = 0 promotions). It is the reference every
-    # result is compared with, so it trains on: both its epochs before the next trial starts.
-    raw = {
-        "name": "asha-base",
-        "fixed": {**TINY, "epochs": 2},
-        "params": {"lr": {"type": "choice", "values": [0.01]}},
-        "search": {
-            "num_samples": 2,
-            "baseline": "seed_keras",
-            "max_concurrent_trials": 1,
-            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
-        },
-    }
-    out = _search(tmp_path, search_data, workdir, raw)
-    baseline, other = out.trials
-    assert baseline.baseline and (baseline.status, baseline.epochs) == ("FINISHED", 2)
-    client = _client(workdir)
-    ours = client.get_metric_history(baseline.run_id, "val_dice")
-    theirs = client.get_metric_history(other.run_id, "val_dice")
-    assert sorted(m.step for m in ours) == [1, 2]
-    assert max(m.timestamp for m in ours) < min(m.timestamp for m in theirs)
-
-
 def test_a_worse_search_registers_a_challenger_and_keeps_the_champion(
     ray_local: None, search_data: Path, workdir: Path, tmp_path: Path
 ) -> None:
@@ -594,20 +567,31 @@ def _asha_small(name: str, num_samples: int, **search: object) -> dict:
 def test_a_two_trial_asha_search_registers_a_trained_model_not_the_baseline(
     ray_local: None, search_data: Path, workdir: Path, tmp_path: Path
 ) -> None:
-    # The baseline and the planned default: the default reaches each rung alone (the baseline
-    # does not count), where floor(1/2) = 0 are promoted; with nothing else to run it trains
-    # on to max_t instead of being stopped (before, the baseline was the only finished trial
-    # and was registered), without a pause at each rung: it is the one that would go on.
-    out = _search(tmp_path, search_data, workdir, _asha_small("small2", 2))
+    # The baseline and the planned default, one at a time, a rung every epoch (reduction 2).
+    # The baseline reaches each rung alone, where any other trial would pause (floor(1/2) =
+    # 0 promotions): it is the reference every result is compared with, so it trains on, all
+    # its epochs before the default starts. The default then reaches each rung alone too (the
+    # baseline does not count); with nothing else to run it trains on to max_t instead of
+    # being stopped (before, the baseline was the only finished trial and was registered),
+    # without a pause at each rung: it is the one that would go on.
+    out = _search(
+        tmp_path, search_data, workdir, _asha_small("small2", 2, max_concurrent_trials=1)
+    )
     baseline, default = out.trials
     assert baseline.baseline and default.default
+    assert (baseline.status, baseline.epochs) == ("FINISHED", 3)
+    client = _client(workdir)
+    ours = client.get_metric_history(baseline.run_id, "val_dice")
+    theirs = client.get_metric_history(default.run_id, "val_dice")
+    assert sorted(m.step for m in ours) == [1, 2, 3]
+    assert max(m.timestamp for m in ours) < min(m.timestamp for m in theirs)
     assert (default.status, default.epochs) == ("FINISHED", 3)
     (result,) = (workdir / "ray_results" / out.search_id).glob(f"*{default.trial_id}*/result.json")
     rows = [json.loads(line) for line in result.read_text().splitlines()]
     assert [r["iterations_since_restore"] for r in rows] == [1, 2, 3]  # never restarted
     assert out.best is not None and out.best.trial_id == default.trial_id
     assert out.registration is not None
-    version = _client(workdir).get_model_version("unet-small2", out.registration.version)
+    version = client.get_model_version("unet-small2", out.registration.version)
     assert version.tags["unet_search.run_id"] == default.run_id
 
 
