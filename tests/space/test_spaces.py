@@ -158,18 +158,18 @@ def test_baseline_trial_samples_nothing_and_keeps_search_budget(tmp_path: Path) 
         ({"search__scheduler": {"max_t": 1}}, "no trial would finish its training"),
         (
             {"search__metric": "val_dsb_score", "fixed__dsb_every": 0},
-            "but a trial has dsb_every=0, num_classes=1",
+            "but dsb_every is 0, num_classes 1 in a trial",
         ),
         (
             {
                 "search__metric": "val_dsb_score",
                 "params__dsb_every": {"type": "choice", "values": [1, 2]},
             },
-            "but a trial has dsb_every=2",
+            "but dsb_every is 2, num_classes 1 in a trial",
         ),
         (
             {"search__metric": "val_dsb_score", "fixed__num_classes": 3},
-            "num_classes=3",
+            "num_classes 3 in a trial",
         ),
         (
             {

@@ -12,6 +12,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from unet_search.core.errors import ConfigError
+from unet_search.core.metrics import dsb_rule
 from unet_search.core.schema import Frozen, broken
 from unet_search.core.sections import (
     AUTO,
@@ -134,16 +135,9 @@ class RunConfig(Frozen):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         data, model, train = self.data, self.model, self.train
-        if train.early_stop_metric == "val_dsb_score" and not (
-            train.dsb_every == 1 and data.num_classes <= 2
-        ):
-            raise broken(
-                "train.early_stop_metric",
-                "val_dsb_score needs the DSB2018 score every epoch of a binary task "
-                "(`train.dsb_every: 1`, `data.num_classes` <= 2), so the kept epoch is chosen "
-                f"among them all; dsb_every is {train.dsb_every}, num_classes {data.num_classes}",
-                train.early_stop_metric,
-            )
+        why = dsb_rule(train.dsb_every, data.num_classes)
+        if train.early_stop_metric == "val_dsb_score" and why:
+            raise broken("train.early_stop_metric", why, train.early_stop_metric)
         if model.bottleneck == "transformer":
             side = bottleneck_side(data.input_size, model.depth)
             if side[0] * side[1] > MAX_BOTTLENECK_TOKENS:

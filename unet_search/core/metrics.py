@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Metric", "METRICS", "VAL_METRICS"]
+__all__ = ["better", "dsb_rule", "Metric", "METRICS", "sign", "VAL_METRICS"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Metric:
 METRICS: dict[str, Metric] = {
     "val_dice": Metric(True, test="test_dice"),
     "val_iou": Metric(True, test="test_iou"),
-    # needs the DSB score every epoch (dsb_every 1) on at most 2 classes: spaces, RunConfig
+    # needs the DSB score every epoch on at most 2 classes (dsb_rule: RunConfig, spaces)
     "val_dsb_score": Metric(True, test="test_dsb_score"),
     "val_loss": Metric(False),  # no test counterpart: the gate compares validation values
     "val_soft_dice": Metric(True, searchable=False),  # ASHA's tie-break, an early-stop option
@@ -34,3 +34,28 @@ METRICS: dict[str, Metric] = {
 
 
 VAL_METRICS = tuple(METRICS)
+
+
+def sign(mode: str) -> float:
+    """+1 for ``mode`` max, -1 for min: a signed value is larger when it is better."""
+    return 1.0 if mode == "max" else -1.0
+
+
+def better(mode: str, new: float, old: float | None) -> bool:
+    """Whether ``new`` beats ``old`` (None: nothing yet) under ``mode`` (max | min); a tie
+    does not."""
+    return old is None or sign(mode) * new > sign(mode) * old
+
+
+def dsb_rule(dsb_every: int, num_classes: int) -> str | None:
+    """Why a run with these settings cannot be ranked by ``val_dsb_score`` (as its early-stop
+    metric or its search's metric), or None: the kept epoch and the rungs compare every
+    epoch, so the DSB2018 score must be there every epoch (``dsb_every: 1``), and it scores
+    instances of a binary task (``num_classes`` <= 2)."""
+    if dsb_every == 1 and num_classes <= 2:
+        return None
+    return (
+        "val_dsb_score needs the DSB2018 instance score every epoch of a binary task "
+        f"(`dsb_every: 1`, `num_classes` <= 2), but dsb_every is {dsb_every}, "
+        f"num_classes {num_classes}"
+    )

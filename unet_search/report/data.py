@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from unet_search.core.metrics import METRICS
+from unet_search.core.metrics import METRICS, better, sign
 from unet_search.space.load import load_space_text
 from unet_search.space.spec import SearchSpec
 from unet_search.tracking.read import (
@@ -36,7 +36,7 @@ class ReportData:
 
     @property
     def sign(self) -> float:
-        return 1.0 if METRICS[self.metric].maximize else -1.0
+        return sign(METRICS[self.metric].mode)
 
     def value(self, trial: TrialRecord) -> float | None:
         """A trial's best value of the search metric (the weights it kept)."""
@@ -44,7 +44,7 @@ class ReportData:
         return None if value is None or math.isnan(value) else float(value)
 
     def better(self, a: float, b: float) -> bool:
-        return self.sign * a > self.sign * b
+        return better(METRICS[self.metric].mode, a, b)
 
 
 def load_report_data(uri: str, search_id: str) -> ReportData:

@@ -38,6 +38,7 @@ from ray.tune import Callback, Checkpoint
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from unet_search.core.metrics import sign
 from unet_search.core.outcome import trained_to_the_end
 from unet_search.search.private import ASHAInternals, checkpoint_experiment
 from unet_search.space.spec import is_baseline
@@ -70,7 +71,7 @@ def rank_value(result: dict[str, Any], metric: str, mode: str) -> float | None:
     else. None when the result lacks the metric."""
     if metric not in result or result[metric] is None:
         return None
-    value = float(result[metric]) * (1.0 if mode == "max" else -1.0)
+    value = float(result[metric]) * sign(mode)
     return value + TIE_WEIGHT * float(result.get(TIE_BREAK) or 0.0)
 
 
@@ -163,7 +164,7 @@ class TieBreakingASHA(SavesNewTrials, ASHAInternals):
         if value is None:
             return result
         # The parent multiplies by its own sign (+1 for max, -1 for min): undo ours first.
-        return {**result, self.rank_metric: value * (1.0 if self.rank_mode == "max" else -1.0)}
+        return {**result, self.rank_metric: value * sign(self.rank_mode)}
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
         if _baseline(trial):  # a reference, not a competitor: never in a rung's cutoff

@@ -4,8 +4,9 @@ trials left (``search.compute``, ``search.final_fit``).
 Exploring ranks configurations on short trials (``epochs`` each, cut shorter by ASHA); the
 final fit turns what it learned into the model that is registered. It starts from the best
 trial's kept weights with a schedule of its own over the epochs left (``final_fit_start:
-kept``, the default: measured better at equal compute, bench/equal_compute.py) or from
-scratch with the long schedule (``scratch``). It is a Tune experiment of its own
+kept``, the default: no epoch of the source trial is thrown away) or from scratch with
+the long schedule (``scratch``); which is better at equal compute is not measured yet
+(bench/equal_compute.py runs ``kept``). It is a Tune experiment of its own
 (``<search>-final``, one trial, no searcher: Optuna ranks the exploring trials only), so
 ``resume`` continues it from its checkpoint, and a child run of the search's parent run
 tagged ``unet_search.final_fit``, validated every epoch like every trial.

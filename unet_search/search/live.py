@@ -20,6 +20,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.util.metrics import Gauge
 
+from unet_search.core.metrics import sign
 from unet_search.core.outcome import Outcome, outcome_of
 
 _log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class LiveView(tune.Callback):
         publish_every_s: float = 2.0,
     ) -> None:
         self.metric, self.tune_metric = metric, tune_metric
-        self.sign = 1.0 if mode == "max" else -1.0
+        self.sign = sign(mode)
         self.name_of = name_of
         self.print_every_s, self.publish_every_s = print_every_s, publish_every_s
         self.metrics = SearchMetrics(search_id, metric)

@@ -13,6 +13,7 @@ import optuna
 import torch
 from ray import tune
 
+from unet_search.core.metrics import sign
 from unet_search.core.outcome import outcome_of
 from unet_search.core.tags import (
     TAG_BEST_RUN,
@@ -128,7 +129,7 @@ def pick_best(trials: list[TrialSummary], mode: str) -> TrialSummary | None:
     others = any(not t.baseline for t in trials)
     if not scored or (others and all(t.baseline for t in scored)):
         return None
-    return (max if mode == "max" else min)(scored, key=lambda t: t.value or 0.0)
+    return max(scored, key=lambda t: sign(mode) * (t.value or 0.0))
 
 
 def otsu_veto(ctx: SearchContext, best: TrialSummary) -> str | None:

@@ -12,6 +12,7 @@ from unet_search.core.config import (
     RunConfig,
 )
 from unet_search.core.errors import ConfigError, UserError
+from unet_search.core.metrics import dsb_rule
 from unet_search.core.tags import TAG_BASELINE
 from unet_search.models.build import validate_model_config
 from unet_search.space.spec import (
@@ -255,17 +256,12 @@ def _check_metric(spec: SearchSpec, source: str) -> None:
         trials.append({**spec.fixed_dict, **spec.baseline_leaves()})
     defaults = RunConfig().flat()
     for leaves in trials:
-        dsb_every = leaves.get("dsb_every", defaults["dsb_every"])
-        classes = leaves.get("num_classes", defaults["num_classes"])
-        if dsb_every != 1 or classes > 2:
-            raise space_error(
-                source,
-                "search.metric",
-                "val_dsb_score needs every trial to score DSB2018 instances every epoch "
-                f"(`dsb_every: 1`, `num_classes` <= 2), but a trial has dsb_every={dsb_every}, "
-                f"num_classes={classes}",
-                metric,
-            )
+        why = dsb_rule(
+            leaves.get("dsb_every", defaults["dsb_every"]),
+            leaves.get("num_classes", defaults["num_classes"]),
+        )
+        if why:
+            raise space_error(source, "search.metric", f"{why} in a trial", metric)
 
 
 NAME_RULE = "must be 1-100 letters, digits, '-' or '_' (it names folders and runs)"

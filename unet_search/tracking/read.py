@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unet_search.core.errors import UserError
-from unet_search.core.metrics import METRICS
+from unet_search.core.metrics import METRICS, sign
 from unet_search.core.outcome import Outcome
 from unet_search.core.tags import (
     TAG_KIND,
@@ -87,8 +87,8 @@ class TrialRow:
 
 def rank_trials(trials: Sequence[Any], mode: str) -> list[Any]:
     """Best first by ``.value`` (``mode`` max or min); trials without a value last."""
-    sign = -1.0 if mode == "max" else 1.0
-    return sorted(trials, key=lambda t: (t.value is None, sign * (t.value or 0.0)))
+    down = -sign(mode)
+    return sorted(trials, key=lambda t: (t.value is None, down * (t.value or 0.0)))
 
 
 def find_search(uri: str, search_id: str) -> str:

@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from unet_search.core.errors import UserError
-from unet_search.core.metrics import METRICS
+from unet_search.core.metrics import METRICS, better
 from unet_search.core.tags import PREFIX as TAG_PREFIX
 from unet_search.core.tags import (
     TAG_DATA,
@@ -72,10 +72,6 @@ class Registration:
     @property
     def uri(self) -> str:
         return f"models:/{self.name}@{self.alias}"
-
-
-def _beats(new: float, old: float, mode: str) -> bool:
-    return new > old if mode == "max" else new < old
 
 
 def _differences(new: Mapping[str, str], old: Mapping[str, str]) -> list[str]:
@@ -128,7 +124,7 @@ def _decide(
         value = float(old.get(TAG_VALUE, "nan"))
         return CHALLENGER, value, f"champion v{version} {'; '.join(differ)}: not comparable"
     key, value, old_value = _compared(new, old)
-    if _beats(value, old_value, new[TAG_MODE]):
+    if better(new[TAG_MODE], value, old_value):
         return (
             CHAMPION,
             old_value,

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from unet_search.core.config import RunConfig
 from unet_search.core.errors import ConfigError
-from unet_search.core.metrics import METRICS
+from unet_search.core.metrics import METRICS, better
 from unet_search.core.outcome import FINISHED_KEY
 from unet_search.core.sections import OptimConfig, TrainConfig
 from unet_search.data.dataset import DatasetArrays
@@ -108,11 +108,6 @@ def build_scheduler(
     return None
 
 
-def _is_better(metric: str, new: float, old: float | None) -> bool:
-    """Whether ``new`` improves on ``old`` (None: nothing yet) for a validation metric."""
-    return old is None or (new > old if METRICS[metric].maximize else new < old)
-
-
 @dataclass
 class EarlyStopping:
     """Tracks the best value of a metric; ``should_stop`` after ``patience`` bad epochs."""
@@ -125,12 +120,12 @@ class EarlyStopping:
 
     def update(self, value: float, epoch: int) -> bool:
         """Record an epoch's value; returns whether it is a new best."""
-        better = _is_better(self.metric, value, self.best)
-        if better:
+        improved = better(METRICS[self.metric].mode, value, self.best)
+        if improved:
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
         else:
             self.bad_epochs += 1
-        return better
+        return improved
 
     @property
     def should_stop(self) -> bool:
