@@ -16,6 +16,9 @@ and the search's). The targets (issue 24): (c) >= (a) + 0.01 test Dice in the me
 ``--kinds fluorescence`` or ``--epochs``.
 
     python bench/equal_compute.py [--seeds 3] [--kinds fluorescence hard large] [--epochs 24]
+        [--arms default random search]
+
+Run it from a checkout nobody edits: its trials import the package from the tree.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--epochs", type=int, default=24, help="the compute of every arm")
+    parser.add_argument("--arms", nargs="+", default=list(arms(24)), choices=list(arms(24)))
     args = parser.parse_args()
     _common.header("equal compute: planned default vs random search vs the search")
     rows: dict[tuple[str, str], list[dict[str, float]]] = {}
@@ -87,6 +91,8 @@ def main() -> None:
                 data = root / f"{kind}-{seed}"
                 make_synthetic(data, n=40, seed=100 + seed, **KINDS[kind])  # type: ignore[arg-type]
                 for arm, overrides in arms(args.epochs).items():
+                    if arm not in args.arms:
+                        continue
                     home = root / f"home-{kind}-{seed}-{arm}"
                     scores = run_arm(data, overrides, seed, home)
                     rows.setdefault((kind, arm), []).append(scores)
@@ -108,9 +114,9 @@ def main() -> None:
             f"| {kind} | {arm} | {med('test_dice'):.4f} | {med('test_dsb_score'):.4f} | "
             f"{med('otsu_test_dice'):.4f} | {med('epochs'):.0f} | {med('seconds'):.0f} |"
         )
-    for kind in args.kinds:
+    for kind in args.kinds if "search" in args.arms else []:
         search = [s["test_dice"] for s in rows[(kind, "search")]]
-        for other in ("default", "random"):
+        for other in (a for a in ("default", "random") if a in args.arms):
             gains = [a - b["test_dice"] for a, b in zip(search, rows[(kind, other)], strict=True)]
             print(f"{kind}: search - {other} test Dice, median {statistics.median(gains):+.4f}")
 
