@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 # Never reach a hub or an update server at run time: set before smp/timm/albumentations load.
-# Processes started by Ray get the same variables through the runtime env (see worker.py).
+# Processes started by Ray get the same variables through the runtime env (see
+# distributed/trainer.py, init_ray).
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
 # What every Ray process of ours gets (the driver's runtime env, a submitted job's env).
 RAY_ENV = {

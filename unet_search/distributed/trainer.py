@@ -51,7 +51,7 @@ def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     # A local cluster gets "trial_slot" resources: a search's TorchTrainer trial drivers hold
-    # one slot and no CPU (see search.py).
+    # one slot and no CPU (see search/trial.py, _resources).
     resources = {"trial_slot": 1000.0} if address == "local" else None
     env = dict(RAY_ENV)
     if os.environ.get("MLFLOW_TRACKING_URI"):

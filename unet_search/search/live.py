@@ -163,7 +163,7 @@ class LiveView(tune.Callback):
         if force_print or now - self.last_print >= self.print_every_s:
             line = self.line()
             print(line, flush=True)
-            _log.info(line)  # the search's log (search.py routes it there) keeps them too
+            _log.info(line)  # the search's log (search/driver.py's _route_ray_logs) keeps them too
             self.last_print = now
         running = {
             self.name_of(t): self.throughput[t.trial_id]
