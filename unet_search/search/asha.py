@@ -311,13 +311,22 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         nothing: it never enters a rung."""
         if tune_controller is None or self._trained or self._to_resume:
             return False
-        if len(self._added) < self._num_samples and not self._exhausted():
+        if not self._started_all():
             return False
         others = [t for t in tune_controller.get_trials() if t is not trial and not _baseline(t)]
         if any(t.status in (Trial.RUNNING, Trial.PENDING) for t in others):
             return False
         height = (rung, self._rungs[rung][trial.trial_id])
-        return all(height > (r, self._rungs[r][t]) for t, r in self._paused.items())
+        return all(height > self._height(t) for t in self._paused)
+
+    def _started_all(self) -> bool:
+        """Every trial of the search has started, or the exploring budget ends exploring."""
+        return len(self._added) >= self._num_samples or self._exhausted()
+
+    def _height(self, trial_id: str) -> tuple[int, float]:
+        """Where a paused trial waits: its rung, then its rank value there."""
+        rung = self._paused[trial_id]
+        return rung, self._rungs[rung][trial_id]
 
     def _wait_at(self, trial_id: str, rung: int) -> None:
         """``trial_id`` waits at ``rung`` (paused) until promoted; the searcher is told."""
@@ -392,20 +401,14 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         The paused trials are this search's losers, but until one trial (not the baseline)
         has trained to the end, the best of the highest rung goes on instead: a search ends
         with its best trained, however small it is."""
-        started_all = len(self._added) >= self._num_samples or self._exhausted()
-        if not started_all or not self._paused or self._to_resume:
+        if not self._started_all() or not self._paused or self._to_resume:
             return None, []
         if any(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials):
             return None, []
         waiting = [t for t in trials if t.status == Trial.PAUSED and t.trial_id in self._paused]
         if self._trained or not waiting:
             return None, waiting
-
-        def height(trial: Trial) -> tuple[int, float]:
-            rung = self._paused[trial.trial_id]
-            return rung, self._rungs[rung][trial.trial_id]
-
-        return max(waiting, key=height), []
+        return max(waiting, key=lambda t: self._height(t.trial_id)), []
 
     def debug_string(self) -> str:
         rungs = ", ".join(

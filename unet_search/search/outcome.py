@@ -20,7 +20,6 @@ from unet_search.core.tags import (
     TAG_BEST_TRIAL,
     TAG_CODE_VERSION,
     TAG_DATA,
-    TAG_FINAL_FIT,
     TAG_FINGERPRINT,
     TAG_RUN_ID,
     TAG_SEARCH_ID,
@@ -33,7 +32,7 @@ from unet_search.data.split import split_indices
 from unet_search.search.context import SearchContext
 from unet_search.serve.export import log_and_register
 from unet_search.serve.inference import Predictor, find_model_dir, score_images
-from unet_search.space.spec import is_baseline, is_default
+from unet_search.space.spec import final_fit_of, is_baseline, is_default
 from unet_search.tracking.client import download_artifacts, log_artifacts, log_metrics, set_tags
 from unet_search.tracking.read import child_run_names
 from unet_search.tracking.registry import Registration
@@ -114,7 +113,7 @@ def summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary
                 run_id,
                 ctx.spec.assignments(result.config or {}),
                 is_default(result.config),
-                bool((result.config or {}).get(TAG_FINAL_FIT)),
+                final_fit_of(result.config) is not None,
             )
         )
     return sorted(out, key=lambda t: t.index)

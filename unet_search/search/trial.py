@@ -30,7 +30,7 @@ from unet_search.distributed.recipe import WorkerContext, ray_hooks, run_recipe
 from unet_search.distributed.trainer import build_trainer
 from unet_search.search.context import ARCH_SHORT, TRIAL_SLOT, SearchContext
 from unet_search.search.state import RECORD_TIMEOUT_S, await_recorded
-from unet_search.space.spec import SearchSpec, is_baseline, is_default
+from unet_search.space.spec import SearchSpec, final_fit_of, is_baseline, is_default
 from unet_search.tracking.client import open_child_run
 from unet_search.tracking.outage import with_patience
 
@@ -75,7 +75,7 @@ def _open_run(ctx: SearchContext, config: dict[str, Any], cfg: RunConfig, trial_
     spec = ctx.spec
     baseline = spec.settings.baseline if is_baseline(config) else None
     number = int(config.get(TAG_TRIAL_NUMBER, 0))
-    final = bool(config.get(TAG_FINAL_FIT))
+    final = final_fit_of(config) is not None
     name = trial_run_name(number, cfg, baseline)
     role = {TAG_FINAL_FIT: "true"} if final else {}
     if is_default(config) and not final:
@@ -113,7 +113,7 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
     trial_id = tune.get_context().get_trial_id()
     _await_recorded(ctx, trial_id)
     run_id = _open_run(ctx, config, cfg, trial_id)
-    init_run = (config.get(TAG_FINAL_FIT) or {}).get("init_run")  # a final fit's start
+    init_run = (final_fit_of(config) or {}).get("init_run")  # a final fit's start
     if _in_process(cfg):
         report, checkpoint_dir = ray_hooks(tune.report, tune.Checkpoint, tune.get_checkpoint)
         recipe_config = {

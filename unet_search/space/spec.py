@@ -74,6 +74,7 @@ __all__ = [
     "is_baseline",
     "is_default",
     "ComputeSpec",
+    "final_fit_of",
     "MAX_COMBINATIONS",
     "MODEL_FIELDS",
     "nearest_allowed",
@@ -116,6 +117,12 @@ def is_baseline(trial_config: Mapping[str, Any] | None) -> bool:
 def is_default(trial_config: Mapping[str, Any] | None) -> bool:
     """Whether a trial's Tune config is the planned default configuration's."""
     return bool((trial_config or {}).get(TAG_DEFAULT))
+
+
+def final_fit_of(trial_config: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A final fit's ``{"epochs": E, "init_run": run id or None}`` (search/final.py), None
+    for any other trial's Tune config."""
+    return (trial_config or {}).get(TAG_FINAL_FIT) or None
 
 
 # Only these sections of a baseline preset apply: the data, the budget and the resources of
@@ -502,11 +509,11 @@ class SearchSpec:
     def trial_run_config(self, trial_config: Mapping[str, Any]) -> RunConfig:
         """The full run config of a trial: fixed <- sampled (or fixed <- baseline preset)."""
         leaves = dict(self.fixed_dict)
-        if trial_config.get(TAG_BASELINE):
+        if is_baseline(trial_config):
             leaves.update(self.baseline_leaves())
         else:
             leaves.update(self.assignments(trial_config))
-        final = trial_config.get(TAG_FINAL_FIT)
+        final = final_fit_of(trial_config)
         if final:  # the final fit's own epochs (unet_search.search.final)
             leaves["epochs"] = int(final["epochs"])
         return self.run_config(leaves)
