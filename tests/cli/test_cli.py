@@ -146,6 +146,10 @@ def test_train_two_ddp_workers_end_to_end_a_killed_worker_resumes_in_the_same_ru
         "--set",
         "arch=unet3plus",  # UNet 3+'s full-scale skips under DDP (every parameter used)
         "--set",
+        "block=residual",  # and the variants' modules
+        "--set",
+        "bottleneck=aspp",
+        "--set",
         "upsampling=bilinear",
         "--set",
         "unet3plus_channels=4",
@@ -184,6 +188,7 @@ def test_train_two_ddp_workers_end_to_end_a_killed_worker_resumes_in_the_same_ru
     assert run_.info.run_id in proc.stdout
     assert run_.data.params["num_workers"] == "2" and run_.data.params["encoder"] == "none"
     assert run_.data.params["arch"] == "unet3plus"
+    assert (run_.data.params["block"], run_.data.params["bottleneck"]) == ("residual", "aspp")
     assert run_.data.params["normalization"] == planned["normalization"]  # resolved, logged
     assert run_.data.params["batch_size"] == "8"
     assert run_.data.tags["ray.world_size"] == "2"

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,14 +164,18 @@ def _listening(port: int) -> list[str]:
 
 @dataclass
 class Walk:
-    """What each command of cluster/README.md's block printed."""
+    """What each command of cluster/README.md's block printed. The searches the block
+    submits run at the same time, as jobs on one cluster do (a command's result is then a
+    future, waited for when read): the cluster queues what its CPUs cannot run at once."""
 
     cluster: Cluster
     shell: readme.Shell
+    pool: ThreadPoolExecutor
     ran: dict[str, list[Any]] = field(default_factory=dict)
 
     def first(self, prefix: str) -> Any:
-        return self.ran[prefix][0]
+        result = self.ran[prefix][0]
+        return result.result() if isinstance(result, Future) else result
 
 
 def _ok(proc: subprocess.CompletedProcess[str], command: readme.Command) -> str:
@@ -193,8 +198,7 @@ def _jobs(walk: Walk, command: readme.Command) -> dict[str, Any]:
         text = head + action + tail.replace("JOB_ID", job_id)
         return _ok(walk.shell.run(readme.Command(text, command.where)), command)
 
-    job_id = _submitted(walk.first("unet-search submit"))
-    out: dict[str, Any] = {"status": jobs("status", job_id), "logs": jobs("logs", job_id)}
+    out: dict[str, Any] = {}
     submit = readme.find(readme.CLUSTER_README, "unet-search submit")
     background = walk.shell.start(
         submit, *SHRINK, *FULL, log=walk.cluster.state / "submit-stopped.log"
@@ -211,7 +215,8 @@ def _jobs(walk: Walk, command: readme.Command) -> dict[str, Any]:
         out["stopped_status"] = jobs("status", stopped)
     finally:
         background.stop()
-    return out
+    job_id = _submitted(walk.first("unet-search submit"))  # once the submit has ended
+    return {**out, "status": jobs("status", job_id), "logs": jobs("logs", job_id)}
 
 
 def _run(*extra: str) -> Callable[[Walk, readme.Command], str]:
@@ -219,6 +224,13 @@ def _run(*extra: str) -> Callable[[Walk, readme.Command], str]:
         return _ok(walk.shell.run(command, *extra), command)
 
     return run
+
+
+def _at_once(
+    handler: Callable[[Walk, readme.Command], Any],
+) -> Callable[[Walk, readme.Command], Future[Any]]:
+    """``handler`` started now, in the walk's pool; its result read later."""
+    return lambda walk, command: walk.pool.submit(handler, walk, command)
 
 
 def _started_by_the_fixture(walk: Walk, command: readme.Command) -> None:
@@ -245,9 +257,9 @@ SMALL = (
 HANDLERS: dict[str, Callable[[Walk, readme.Command], Any]] = {
     "source ": lambda walk, command: walk.shell.keep(command),
     "cluster/local/start.sh": _started_by_the_fixture,
-    "unet-search submit": _run(*SHRINK, *FULL),
-    "unet-search jobs": _jobs,
-    "ray job submit": _run(*SHRINK, *SMALL),
+    "unet-search submit": _at_once(_run(*SHRINK, *FULL)),
+    "unet-search jobs": _at_once(_jobs),
+    "ray job submit": _at_once(_run(*SHRINK, *SMALL)),
     "cluster/local/stop.sh": lambda walk, command: None,  # the last test of this module
 }
 
@@ -262,9 +274,12 @@ def walk(
     (folder / "data").mkdir()
     (folder / "data" / "synth").symlink_to(cluster_data, target_is_directory=True)
     shell = readme.Shell(folder, {STATE_PLACEHOLDER: str(local_cluster.state)})
-    result = Walk(local_cluster, shell)
-    block = readme.block(readme.CLUSTER_README, "cluster/local/start.sh")
-    readme.walk(block, HANDLERS, result, result.ran)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        result = Walk(local_cluster, shell, pool)
+        block = readme.block(readme.CLUSTER_README, "cluster/local/start.sh")
+        readme.walk(block, HANDLERS, result, result.ran)
+        for results in result.ran.values():  # every command has ended, or failed here
+            results[:] = [r.result() if isinstance(r, Future) else r for r in results]
     return result
 
 
@@ -418,25 +433,27 @@ def test_a_killed_search_driver_is_resumed_without_rerunning_or_duplicating(
     env = cluster
     finished: list = []
 
-    def two_finished() -> bool:
+    def one_finished() -> bool:
         finished[:] = [r for r in _runs(env, "kill-1") if r.info.status == "FINISHED"]
-        return len(finished) >= 2
+        return len(finished) >= 1
 
-    sets = ["epochs=3", "search.num_samples=4", "search.scheduler.type=fifo"]
+    # quick.yaml's baseline, planned default and one sampled trial, 2 epochs, two at a time:
+    # one finished before the kill, the others running or waiting.
+    sets = ["epochs=2", "search.num_samples=3", "search.scheduler.type=fifo"]
     quick = ROOT / "search_spaces" / "quick.yaml"
-    proc, saved = _kill_then_resume(env, quick, cluster_data, "kill-1", sets, two_finished)
+    proc, saved = _kill_then_resume(env, quick, cluster_data, "kill-1", sets, one_finished)
     before = {r.info.run_id for r in finished}
-    assert "search kill-1: 4 trials" in proc.stdout
+    assert "search kill-1: 3 trials" in proc.stdout
     runs = _runs(env, "kill-1")
-    assert len(runs) == 4  # exactly num_samples trials, one MLflow run each
-    assert len({r.data.tags["unet_search.trial_id"] for r in runs}) == 4
+    assert len(runs) == 3  # exactly num_samples trials, one MLflow run each
+    assert len({r.data.tags["unet_search.trial_id"] for r in runs}) == 3
     assert {r.info.status for r in runs} == {"FINISHED"}
     for run in runs:
         steps = _epochs(env, run)
         if run.info.run_id in before:  # finished before the kill: nothing re-run
-            assert steps == [1, 2, 3], run.info.run_name
+            assert steps == [1, 2], run.info.run_name
         else:
-            _resumed_where_saved(steps, 3, saved.get(run.data.tags["unet_search.trial_id"], 0))
+            _resumed_where_saved(steps, 2, saved.get(run.data.tags["unet_search.trial_id"], 0))
     assert before <= {r.info.run_id for r in runs}  # finished trials kept their runs
 
 

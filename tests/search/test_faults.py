@@ -67,7 +67,7 @@ def test_a_trial_that_raises_is_failed_everywhere_and_the_search_goes_on(
                 },
                 "params": {"base_filters": {"type": "choice", "values": [4, 8]}},
                 "search": {
-                    "num_samples": 4,
+                    "num_samples": 3,
                     "seed": 3,
                     "scheduler": {"type": "fifo"},
                     "default_trial": False,  # TPE's draws, some of them failing
@@ -83,7 +83,7 @@ def test_a_trial_that_raises_is_failed_everywhere_and_the_search_goes_on(
 
     failed = [t for t in out.trials if t.status == "FAILED"]
     fine = [t for t in out.trials if t.status == "FINISHED"]
-    assert len(out.trials) == 4 and failed and fine  # the search went on after the failure
+    assert len(out.trials) == 3 and failed and fine  # the search went on after the failure
     assert {t.params.get("base_filters") for t in failed} == {8}
     assert all(t.params.get("base_filters") != 8 for t in fine)
     assert all(t.value is None for t in failed)
@@ -105,10 +105,10 @@ def test_a_trial_that_raises_is_failed_everywhere_and_the_search_goes_on(
         assert 'File "' in text and "in maybe_fail" in text and "\x1b[" not in text
         assert [m.step for m in client.get_metric_history(t.run_id, "val_dice")] == [1]
 
-    # Seed 3 draws base_filters 8 for all three sampled trials: every trial but the
-    # baseline failed, and the baseline is a reference, not a model to register in their
+    # Seed 3 draws base_filters 8 for both sampled trials: every trial but the baseline
+    # failed, and the baseline is a reference, not a model to register in their
     # place (it was, before issue 24): nothing is registered.
-    assert [t.baseline for t in fine] == [True] and len(failed) == 3
+    assert [t.baseline for t in fine] == [True] and len(failed) == 2
     assert out.best is None and out.registration is None
     assert not client.search_registered_models()
     last = [line for line in capsys.readouterr().out.splitlines() if "] trials: " in line][-1]

@@ -66,7 +66,7 @@ def _client(workdir: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
 
 
-def test_end_to_end_search_with_a_ddp_trial(
+def test_end_to_end_search_registers_a_champion_that_scores_its_numbers(
     ray_local: None,
     search_data: Path,
     workdir: Path,
@@ -82,20 +82,21 @@ def test_end_to_end_search_with_a_ddp_trial(
             "dsb_every": 2,
             "depth": 2,
             "test_fraction": 0.25,
-            # the variants train under DDP too (every parameter used); the baseline stays plain
+            # the variants (under DDP in test_cli.py's killed-worker run); the baseline stays
+            # plain
             "block": "residual",
             "bottleneck": "aspp",
             "attention": "gate",
         },
         "params": {
-            "num_workers": {"type": "choice", "values": [1, 2]},
             "base_filters": {"type": "choice", "values": [4, 8]},
+            "lr": {"type": "loguniform", "low": 1.0e-3, "high": 1.0e-2},  # no two trials tie
         },
         "search": {
             "num_samples": 3,
             "seed": 1,
             "scheduler": {"type": "fifo"},
-            # sampled (the DDP trial), and registered as champion whatever Otsu scores
+            # sampled, and registered as champion whatever Otsu scores
             "default_trial": False,
             "champion_must_beat_otsu": False,
         },
@@ -106,7 +107,6 @@ def test_end_to_end_search_with_a_ddp_trial(
     assert [t.status for t in out.trials] == ["FINISHED"] * 3
     assert [t.index for t in out.trials] == [0, 1, 2]
     assert out.trials[0].baseline and out.baseline is out.trials[0]
-    assert sorted(t.params.get("num_workers") for t in out.trials[1:]) == [1, 2]
 
     client = _client(workdir)
     parents = client.search_runs([out.experiment_id], f"tags.`{TAG_KIND}` = 'search'")
@@ -136,8 +136,6 @@ def test_end_to_end_search_with_a_ddp_trial(
         assert variant == (
             ["plain", "plain", "none"] if baseline else ["residual", "aspp", "gate"]
         )
-    world_sizes = sorted(c.data.tags["ray.world_size"] for c in children)
-    assert world_sizes == ["1", "1", "2"]  # the 2-worker trial really ran as DDP on Ray Train
     for child in children:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_dice")]
         assert sorted(steps) == [1, 2]

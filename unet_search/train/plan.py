@@ -44,7 +44,7 @@ from unet_search.core.sections import (
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.decode import EIGHT_CONNECTED
 from unet_search.data.split import split_indices
-from unet_search.train.transforms import image_histograms, moments, scaled_size
+from unet_search.data.stats import image_histograms, moments, scaled_size
 
 __all__ = [
     "BUDGETS",

@@ -33,12 +33,12 @@ from torch import nn
 
 from unet_search.core.config import RunConfig
 from unet_search.core.sections import RESIZE_DEFAULT
+from unet_search.data.stats import scaled_size
 from unet_search.models.unet import mirror_pad, valid_input_size
 from unet_search.train.transforms import (
     Normalization,
     normalization_for,
     resize_image,
-    scaled_size,
     to_tensor,
 )
 

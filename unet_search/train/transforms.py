@@ -3,7 +3,6 @@ the data's own scale, or whole images resized to one square)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,21 +17,19 @@ from unet_search.core.config import RunConfig
 from unet_search.core.sections import IGNORE, AugmentConfig
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.split import split_indices
+from unet_search.data.stats import image_histograms, moments
 
 NEAREST = cv2.INTER_NEAREST
 
 __all__ = [
-    "image_histograms",
     "image_statistics",
     "item_rng",
-    "moments",
     "Normalization",
     "normalization_for",
     "NORMALIZATIONS",
     "PatchDataset",
     "resize_image",
     "ResizeDataset",
-    "scaled_size",
     "to_tensor",
     "train_pipeline",
 ]
@@ -157,24 +154,6 @@ def train_pipeline(cfg: AugmentConfig, seed: int | None = None, square: bool = T
     return A.Compose(steps, seed=seed)
 
 
-def image_histograms(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(3, 256) counts of each channel's values and (766,) counts of the channel sum of an
-    (H, W, 3) uint8 image: exact statistics of any image without a float copy of it (a
-    4000 x 4000 image would take 384 MB as float64)."""
-    image = np.asarray(image)
-    channels = np.stack([np.bincount(image[..., c].ravel(), minlength=256) for c in range(3)])
-    total = image[..., 0].astype(np.uint16) + image[..., 1] + image[..., 2]
-    return channels, np.bincount(total.ravel(), minlength=766)
-
-
-def moments(counts: np.ndarray, scale: float) -> tuple[float, float]:
-    """Mean and std of values ``k * scale`` counted ``counts[k]`` times."""
-    values = np.arange(len(counts), dtype=np.float64) * scale
-    n = max(int(counts.sum()), 1)
-    mean = float(counts @ values) / n
-    return mean, math.sqrt(max(float(counts @ (values - mean) ** 2) / n, 0.0))
-
-
 def image_statistics(image: np.ndarray, in_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std (values in [0, 1]; of the channel mean when ``in_channels``
     is 1) of a whole (H, W, 3) uint8 image: what ``zscore`` normalizes by. A patch is
@@ -231,11 +210,6 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(H, W) class indices -> ``size`` (height, width), nearest neighbour."""
     return cv2.resize(mask, (size[1], size[0]), interpolation=NEAREST)
-
-
-def scaled_size(size: Sequence[float], scale: float) -> tuple[int, int]:
-    """An image of ``size`` (height, width) resampled by ``scale``."""
-    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def _region_size(patch: tuple[int, int], scale: float) -> tuple[int, int]:
