@@ -229,12 +229,16 @@ def watched_search(ray_local: None, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def _final_states_seen(scrapes: list[dict[str, Any]], outcome: Any) -> bool:
-    last = scrapes[-1] if scrapes else {}
+    """Whether any scrape so far holds every trial finished. Any, not the last: the search
+    sets its gauges for the last time when its trials end, seconds before ``run_search``
+    returns (test scoring, registration, report), and unrefreshed gauges expire after 4 s,
+    so the last scrape may already lack them (the wait then ran its whole 40 s)."""
     return any(
         labels.get("search") == outcome.search_id
         and labels.get("state") == "finished"
         and value == len(outcome.trials)
-        for labels, value in last.get("ray_unet_search_trials", [])
+        for scrape in list(scrapes)
+        for labels, value in scrape.get("ray_unet_search_trials", [])
     )
 
 
