@@ -174,8 +174,12 @@ class Walk:
     ran: dict[str, list[Any]] = field(default_factory=dict)
 
     def first(self, prefix: str) -> Any:
-        result = self.ran[prefix][0]
-        return result.result() if isinstance(result, Future) else result
+        return _resolved(self.ran[prefix][0])
+
+
+def _resolved(result: Any) -> Any:
+    """A command's result, waiting for it if it was started at once (a future)."""
+    return result.result() if isinstance(result, Future) else result
 
 
 def _ok(proc: subprocess.CompletedProcess[str], command: readme.Command) -> str:
@@ -279,7 +283,7 @@ def walk(
         block = readme.block(readme.CLUSTER_README, "cluster/local/start.sh")
         readme.walk(block, HANDLERS, result, result.ran)
         for results in result.ran.values():  # every command has ended, or failed here
-            results[:] = [r.result() if isinstance(r, Future) else r for r in results]
+            results[:] = [_resolved(r) for r in results]
     return result
 
 

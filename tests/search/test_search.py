@@ -82,8 +82,8 @@ def test_end_to_end_search_registers_a_champion_that_scores_its_numbers(
             "dsb_every": 2,
             "depth": 2,
             "test_fraction": 0.25,
-            # the variants (under DDP in test_cli.py's killed-worker run); the baseline stays
-            # plain
+            # the variants (the residual block and ASPP also train under DDP in test_cli.py's
+            # killed-worker run); the baseline stays plain
             "block": "residual",
             "bottleneck": "aspp",
             "attention": "gate",

@@ -1,7 +1,8 @@
 """Exact pixel statistics of uint8 images, and the size an image takes at a scale: numpy
-only, so the planner, and every command that reads a search space, starts without torch,
-OpenCV or albumentations (``unet-search report`` imported them through the planner: 3.4 s of
-its 11 s)."""
+only, so the planner (and every command that reads a search space) does not import OpenCV
+and albumentations with the training transforms (``unet-search report`` imported them
+through the planner: 3.4 s of its 11 s). Torch still comes in through the space's model
+check (``models.build``)."""
 
 from __future__ import annotations
 
