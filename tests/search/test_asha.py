@@ -231,3 +231,50 @@ def test_a_spent_budget_starts_no_trial_and_promotes_none() -> None:
         t.set_status(Trial.PAUSED)
     # Only 2 of 10 trials were added, but the budget ends exploring: the best trains on.
     assert asha._left_over([first, second]) == (second, [])
+
+
+def test_with_a_final_fit_a_spent_budget_stops_every_trial_where_it_is() -> None:
+    """A search with a final fit keeps exploring to its share: the epoch that spends the
+    budget is the trial's last (counted before the decision, not after as Tune tells the
+    searcher), the paused trials stop where they wait (a promoted one not restarted yet
+    too), none trains on to max_t for it, and the baseline still trains its epochs."""
+    from ray.tune.experiment import Trial
+
+    counted: dict[str, int] = {}
+
+    def count(trial_id: str, result: dict) -> None:
+        counted[trial_id] = max(counted.get(trial_id, 0), result["training_iteration"])
+
+    asha = PromotingASHA(
+        metric="best_val_dice",
+        mode="max",
+        max_t=6,
+        grace_period=1,
+        reduction_factor=2,
+        num_samples=10,
+        exhausted=lambda: sum(counted.values()) >= 4,
+        count=count,
+        final_fit=True,
+    )
+    baseline = Trial("fn", config={TAG_BASELINE: True}, stub=True)
+    first, second, third = (Trial("fn", config={}, stub=True) for _ in range(3))
+    trials = [baseline, first, second, third]
+    for t in trials:
+        asha.on_trial_add(None, t)
+
+    def result(done: int, dice: float) -> dict:
+        return {"training_iteration": done, "best_val_dice": dice, TIE_BREAK: dice}
+
+    assert asha.on_trial_result(None, first, result(1, 0.3)) == "PAUSE"  # alone at rung 1
+    assert asha.on_trial_result(None, second, result(1, 0.9)) == "CONTINUE"  # best of 2
+    assert asha.on_trial_result(None, third, result(1, 0.6)) == "PAUSE"  # 2nd of 3
+    assert asha.on_trial_result(None, second, result(2, 0.95)) == "STOP"  # the 4th epoch
+    assert counted == {first.trial_id: 1, second.trial_id: 1 + 1, third.trial_id: 1}
+    assert asha.on_trial_result(None, baseline, result(2, 0.1)) == "CONTINUE"
+    assert asha.on_trial_result(None, baseline, result(6, 0.1)) == "STOP"  # its max_t
+    for t in (first, third):
+        t.set_status(Trial.PAUSED)
+    asha._promote(third.trial_id, 0)  # as if a later arrival promoted it just now
+    assert asha._no_longer_waiting(trials) == [first, third]
+    assert not asha._paused and not asha._to_resume and not asha._trained
+    assert asha._no_longer_waiting(trials) == []  # each is stopped once

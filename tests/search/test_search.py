@@ -596,7 +596,9 @@ def test_a_two_trial_asha_search_registers_a_trained_model_not_the_baseline(
 def test_a_small_search_with_a_compute_budget_ends_with_a_final_fit_that_is_registered(
     ray_local: None, search_data: Path, workdir: Path, tmp_path: Path
 ) -> None:
-    raw = _asha_small("final", 3, compute={"epochs": 10})
+    # 6 epochs: the exploring trials get 3 (final_fit 0.5), less than one 3-epoch trial
+    # after the other's first rung, so the budget runs out while they explore.
+    raw = _asha_small("final", 3, compute={"epochs": 6})
     raw["fixed"]["test_fraction"] = 0.2
     out = _search(tmp_path, search_data, workdir, raw)
     client = _client(workdir)
@@ -611,12 +613,19 @@ def test_a_small_search_with_a_compute_budget_ends_with_a_final_fit_that_is_regi
     assert study_trial.user_attrs.get("unet_search.default") is True
     assert study_trial.params == {"lr": 3.0e-3}  # train's 1e-3, clipped into the space
 
-    # The final fit: a child run of the parent, trained from the best exploring trial's kept
-    # weights for the epochs left; the epochs of every run but the baseline's add up to 10.
+    # Exploring keeps to its share: the epoch that spent it was the last (one more at most,
+    # from a trial that was training beside it), no exploring trial trained on to max_t
+    # (3) for it, and the final fit trains the best of them on from its checkpoint's kept
+    # weights, for the epochs left; the epochs of every run but the baseline's add up to 6.
     final, plan = out.final, out.final_plan
     assert final is not None and plan is not None and plan.source is not None
-    assert plan.source.status == "FINISHED" and plan.source.epochs == 3
+    assert plan.explored_epochs in (3, 4)
+    assert [(t.status, t.epochs <= 2) for t in (default, sampled)] == [("KILLED", True)] * 2
+    assert plan.source.value == max(default.value, sampled.value)
     run = client.get_run(final.run_id)
+    (trial_dir,) = (workdir / "ray_results" / out.search_id).glob(f"*{plan.source.trial_id}*")
+    start = Path(run.data.params["init_weights"])
+    assert start.parent == trial_dir and start.name.startswith("checkpoint_")
     assert run.data.tags["unet_search.final_fit"] == "true"
     assert run.data.tags["mlflow.parentRunId"] == out.parent_run_id
     assert run.info.run_name == f"final {plan.source.name}"
@@ -627,11 +636,11 @@ def test_a_small_search_with_a_compute_budget_ends_with_a_final_fit_that_is_regi
         for t in (*out.trials, final)
         if not t.baseline
     }
-    assert sum(epochs.values()) == 10 and epochs[final.run_id] == final.epochs >= 4
+    assert sum(epochs.values()) == 6 and epochs[final.run_id] == final.epochs >= 2
     history = client.get_metric_history(final.run_id, "val_dice")
     assert sorted(m.step for m in history) == list(range(1, final.epochs + 1))
     parent = client.get_run(out.parent_run_id).data.metrics
-    assert parent["explore_epochs"] + parent["final_fit_epochs"] == 10
+    assert parent["explore_epochs"] + parent["final_fit_epochs"] == 6
 
     # Its kept weights are what is registered and scored on the held-out test images: the
     # version's test_dice is the Dice `predict` gets on them.

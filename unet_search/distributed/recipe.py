@@ -134,6 +134,14 @@ def _warm_start(model: torch.nn.Module, uri: str, run_id: str, patience_s: float
         model.load_state_dict(load_file(str(path / MODEL_FILE)))
 
 
+def _warm_start_from_checkpoint(model: torch.nn.Module, path: str) -> None:
+    """``model`` takes the kept weights of a trial's checkpoint (``path``: a folder, or a
+    URI of the search's storage): its best epoch's, else its last epoch's."""
+    with ray.train.Checkpoint(path).as_directory() as directory:
+        saved = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(saved["best_state"] or saved["model"])
+
+
 def _sample_indices(cfg: RunConfig, arrays: DatasetArrays) -> np.ndarray:
     """The fixed validation images every trial of a search shows."""
     return val_indices(cfg, arrays)[: cfg.train.num_sample_images]
@@ -261,7 +269,8 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
     ``dataset`` (ObjectRef of DatasetArrays, or the arrays), ``tracking_uri``, ``run_id``
     and optionally ``fault`` (a fault-injection spec, see :func:`maybe_fail`),
     ``tracking_patience_s`` (how long an unreachable tracking server is waited for) and
-    ``init_run`` (a run whose kept weights training starts from: a search's final fit).
+    ``init_run`` / ``init_checkpoint`` (a run, or a Tune checkpoint's path or URI, whose
+    kept weights training starts from: a search's final fit).
 
     Rank 0's MLflow logging goes through an :class:`~unet_search.tracking.outage.Outbox`:
     while the server is away training goes on, the unsent logging travels with each
@@ -277,7 +286,10 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
     train_loader, val = build_loaders(cfg, arrays, rank, world)
     model = build_model(cfg.model, cfg.data.num_classes)
     patience = float(config.get("tracking_patience_s") or DEFAULT_PATIENCE_S)
-    if config.get("init_run"):  # before DDP wraps it; a checkpoint (resume) overrides it
+    # Before DDP wraps it; the run's own checkpoint (resume) overrides it.
+    if config.get("init_checkpoint"):
+        _warm_start_from_checkpoint(model, str(config["init_checkpoint"]))
+    elif config.get("init_run"):
         _warm_start(model, uri, str(config["init_run"]), patience)
     model = model.to(device)
     if device.type == "cuda" and cfg.train.channels_last:

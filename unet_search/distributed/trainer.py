@@ -93,12 +93,14 @@ def build_trainer(
     callbacks: list[Any] | None = None,
     tracking_patience_s: float | None = None,
     init_run: str | None = None,
+    init_checkpoint: str | None = None,
 ) -> ray.train.torch.TorchTrainer:
     """A TorchTrainer for one run: DDP over ``num_workers`` (gloo on CPU, NCCL on GPU).
 
     ``worker_env`` adds environment variables to the training workers only;
     ``tracking_patience_s`` defaults to this process's ``$UNET_SEARCH_TRACKING_PATIENCE_S``;
-    ``init_run``: the run whose kept weights (``best_model``) training starts from."""
+    ``init_run`` / ``init_checkpoint``: the run (its ``best_model``) or the trial checkpoint
+    whose kept weights training starts from."""
     tc = cfg.train
     use_gpu = tc.gpus_per_worker > 0
     resources: dict[str, float] = {"CPU": tc.cpus_per_worker}
@@ -114,6 +116,7 @@ def build_trainer(
             "fault": (worker_env or {}).get(FAULT_ENV) or os.environ.get(FAULT_ENV),
             "tracking_patience_s": tracking_patience_s or tracking_patience(),
             "init_run": init_run,
+            "init_checkpoint": init_checkpoint,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=tc.num_workers, use_gpu=use_gpu, resources_per_worker=resources

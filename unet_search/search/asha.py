@@ -12,7 +12,12 @@ ASHA's losers), but never before one trial that is not the baseline has trained 
 a rung that one trial reached promotes nobody (floor(1 / reduction_factor) = 0), so a small
 search would otherwise end with no trained model but the baseline. Until one has, the best
 paused trial of the highest rung is promoted instead; a trial that would be that one as it
-reaches its rung goes on without pausing.
+reaches its rung goes on without pausing. A search with a final fit (``search.compute`` and
+a ``search.final_fit`` share) keeps exploring to its share instead: once the exploring budget
+is spent, every trial (not the baseline) stops at its next result and every paused trial is
+stopped, none trained to ``max_t``; the final fit trains the best of them on from its
+checkpoint (:mod:`unet_search.search.final`), so the epochs the plan gave the final fit are
+not spent on an exploring trial.
 
 ``asha_stopping`` is Ray Tune's ``AsyncHyperBandScheduler``: a trial reaching a rung goes on
 if it is in the top 1/``reduction_factor`` of the results the rung has *so far*, else it
@@ -209,6 +214,8 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         on_pause: Callable[[str], None] | None = None,
         on_resume: Callable[[str], None] | None = None,
         exhausted: Callable[[], bool] | None = None,
+        count: Callable[[str, dict[str, Any]], None] | None = None,
+        final_fit: bool = False,
     ) -> None:
         super().__init__()
         self._rank_by = (metric, mode)
@@ -226,9 +233,18 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         self._on_pause, self._on_resume = on_pause, on_resume
         # The searcher's exploring budget is spent: no new trials, no promotions from rungs.
         self._exhausted = exhausted or (lambda: False)
+        # Counts a result's epochs towards the budget before the decision (Tune tells the
+        # searcher after the scheduler): the epoch that spends it is the last one trained.
+        self._count = count or (lambda trial_id, result: None)
+        self._final_fit = final_fit  # a final fit trains the best on (see _explored)
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return True  # metric and mode are the search's, given at construction
+
+    def _explored(self) -> bool:
+        """The exploring budget is spent and a final fit trains the best on: exploring ends
+        now, with no trial trained to ``max_t`` for it."""
+        return self._final_fit and self._exhausted()
 
     def _top(self, rung: int) -> list[str]:
         """The trials of ``rung`` that may be promoted: the best floor(n / reduction_factor)."""
@@ -278,9 +294,10 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
             return TrialScheduler.CONTINUE
         if _baseline(trial):  # a reference, not a competitor: never in a rung's cutoff
             return TrialScheduler.STOP if done >= self._max_iterations else TrialScheduler.CONTINUE
+        self._count(trial.trial_id, result)
         if done >= self._max_iterations or trained_to_the_end(result):
             self._trained.add(trial.trial_id)
-        if done >= self._max_iterations:
+        if done >= self._max_iterations or self._explored():
             return TrialScheduler.STOP
         reached = [
             rung
@@ -374,6 +391,9 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
             self._restored_waiting = False
             self._promote_waiting()
         trials = tune_controller.get_trials()
+        for spent in self._no_longer_waiting(trials):
+            log.info("ASHA: stopping %s, the exploring budget is spent", spent.trial_id)
+            tune_controller.stop_trial(spent)
         by_id = {t.trial_id: t for t in trials}
         for trial_id in self._to_resume:  # promotions first
             trial = by_id.get(trial_id)
@@ -394,6 +414,23 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
             log.info("ASHA: promoting %s so that one trial trains to the end", finish.trial_id)
             self._train_on(finish.trial_id)
         return finish
+
+    def _no_longer_waiting(self, trials: list[Trial]) -> list[Trial]:
+        """Once exploring is over (:meth:`_explored`), the paused trials to stop where they
+        wait, promoted or not (a promoted one not restarted yet too): the final fit
+        continues the best of them from its checkpoint. Empty before."""
+        if not self._explored():
+            return []
+        out = []
+        for trial in trials:
+            waits = trial.trial_id in self._paused or trial.trial_id in self._to_resume
+            if trial.status != Trial.PAUSED or not waits:
+                continue  # (one still saving its pause is stopped on a later step)
+            self._paused.pop(trial.trial_id, None)
+            if trial.trial_id in self._to_resume:
+                self._to_resume.remove(trial.trial_id)
+            out.append(trial)
+        return out
 
     def _left_over(self, trials: list[Trial]) -> tuple[Trial | None, list[Trial]]:
         """When every trial has started (or the exploring budget is spent), nothing runs and
@@ -446,4 +483,6 @@ def make_scheduler(spec: SearchSpec, searcher: Any) -> SavesNewTrials:
         on_pause=searcher.trial_paused,
         on_resume=searcher.trial_resumed,
         exhausted=searcher.exhausted,
+        count=searcher.count_epochs,
+        final_fit=settings.compute is not None and settings.final_fit > 0,
     )

@@ -45,7 +45,13 @@ from unet_search.distributed.trainer import ResourceError, init_ray
 from unet_search.search.asha import KEEP_CHECKPOINTS, SaveAfterCheckpoints, make_scheduler
 from unet_search.search.callbacks import TrialStatusCallback
 from unet_search.search.context import TRIAL_SLOT, SearchContext
-from unet_search.search.final import FINAL_SUFFIX, FinalPlan, plan_final_fit, run_final_fit
+from unet_search.search.final import (
+    FINAL_SUFFIX,
+    FinalPlan,
+    final_source,
+    plan_final_fit,
+    run_final_fit,
+)
 from unet_search.search.live import LiveView
 from unet_search.search.outcome import (
     SPLIT_FILE,
@@ -207,7 +213,8 @@ def _execute(
         trials = summaries(results, ctx)
         explored = pick_best(trials, ctx.spec.settings.mode)
         started = run_start_s(ctx.tracking_uri, ctx.parent_run_id)
-        plan = plan_final_fit(ctx, trials, explored, results, started)
+        source = final_source(trials, results, ctx.spec.settings.mode)
+        plan = plan_final_fit(ctx, trials, source, results, started)
         final = _final_fit(ctx, trainable, plan, results)
         best = final or explored
         baseline = next((t for t in trials if t.baseline), None)
@@ -289,7 +296,7 @@ def _final_fit(
     if final is None:
         print(
             f"search {ctx.search_id}: the final fit failed (see its MLflow run); the best "
-            f"exploring trial {plan.source.name} is registered instead",
+            "exploring trial that finished, if one did, is registered instead",
             flush=True,
         )
     return final

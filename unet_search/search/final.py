@@ -1,12 +1,13 @@
 """The final fit: the best configuration of a search trains on with the compute the exploring
 trials left (``search.compute``, ``search.final_fit``).
 
-Exploring ranks configurations on short trials (``epochs`` each, cut shorter by ASHA); the
-final fit turns what it learned into the model that is registered. It starts from the best
-trial's kept weights with a schedule of its own over the epochs left (``final_fit_start:
-kept``, the default: no epoch of the source trial is thrown away) or from scratch with
-the long schedule (``scratch``); which is better at equal compute is not measured yet
-(bench/equal_compute.py runs ``kept``). It is a Tune experiment of its own
+Exploring ranks configurations on short trials (``epochs`` each, cut shorter by ASHA, and
+stopped where they are once the exploring share is spent); the final fit turns what it
+learned into the model that is registered. Its source is the best exploring trial by its
+best value so far, finished or stopped, as long as it kept a checkpoint. It starts from
+that trial's kept weights (its checkpoint's best epoch) with a schedule of its own over the
+epochs left (``final_fit_start: kept``, the default: no epoch of the source trial is thrown
+away) or from scratch with the long schedule (``scratch``). It is a Tune experiment of its own
 (``<search>-final``, one trial, no searcher: Optuna ranks the exploring trials only), so
 ``resume`` continues it from its checkpoint, and a child run of the search's parent run
 tagged ``unet_search.final_fit``, validated every epoch like every trial.
@@ -20,17 +21,28 @@ import time
 from typing import Any
 
 from ray import tune
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
+from unet_search.core.metrics import sign
+from unet_search.core.outcome import Outcome
 from unet_search.core.tags import TAG_FINAL_FIT
 from unet_search.search.asha import KEEP_CHECKPOINTS, DurableFIFO, SaveAfterCheckpoints
 from unet_search.search.callbacks import TrialStatusCallback
 from unet_search.search.context import SearchContext
 from unet_search.search.outcome import TrialSummary, summaries
 
-__all__ = ["explored_epochs", "FINAL_SUFFIX", "FinalPlan", "plan_final_fit", "run_final_fit"]
+__all__ = [
+    "explored_epochs",
+    "FINAL_SUFFIX",
+    "final_source",
+    "FinalPlan",
+    "plan_final_fit",
+    "run_final_fit",
+]
 
 
 FINAL_SUFFIX = "-final"  # the final fit's Tune experiment: <search id>-final
+FINISHED = Outcome.FINISHED.run_status
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +64,41 @@ def explored_epochs(trials: list[TrialSummary]) -> int:
     return sum(t.epochs for t in trials if not t.baseline and not t.final)
 
 
+def _checkpoint_of(result: Any) -> str | None:
+    """Where a trial's last checkpoint is: a folder, or a URI of the search's storage. An
+    in-process trial's is Tune's; a TorchTrainer trial's is Ray Train's, which Tune only
+    hears of as ``checkpoint_path`` in the trial's metrics."""
+    checkpoint = result.checkpoint
+    if checkpoint is None:
+        path = (result.metrics or {}).get(CHECKPOINT_PATH_KEY)
+        return str(path) if path else None
+    kind = checkpoint.filesystem.type_name
+    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
+
+
+def final_source(
+    trials: list[TrialSummary], results: tune.ResultGrid, mode: str
+) -> TrialSummary | None:
+    """The exploring trial the final fit trains on: the best by its best value so far, of
+    those that kept weights (a checkpoint, or a logged best model); finished or stopped
+    early alike, since a search with a final fit stops its trials where the exploring
+    budget ends. Never the baseline (a reference) or a failed trial."""
+    checkpoints = {
+        str((r.metrics or {}).get("trial_id")): _checkpoint_of(r)
+        for r in results  # type: ignore[attr-defined]  # ResultGrid is iterable
+    }
+    candidates = [
+        t
+        for t in trials
+        if not t.baseline
+        and not t.final
+        and t.value is not None
+        and t.status != Outcome.FAILED.run_status
+        and (checkpoints.get(t.trial_id) or (t.status == FINISHED and t.run_id))
+    ]
+    return max(candidates, key=lambda t: sign(mode) * (t.value or 0.0), default=None)
+
+
 def plan_final_fit(
     ctx: SearchContext,
     trials: list[TrialSummary],
@@ -68,15 +115,16 @@ def plan_final_fit(
         return None
     spent = explored_epochs(trials)
     if best is None:
-        return FinalPlan(0, None, spent, "no exploring trial finished")
+        return FinalPlan(0, None, spent, "no exploring trial kept its weights")
     left = math.inf if compute.epochs is None else compute.epochs - spent
     if compute.hours is not None:
         seconds_left = compute.hours * 3600.0 - (time.time() - started_s)
         left = min(left, math.floor(seconds_left / max(_seconds_per_epoch(results, best), 1e-3)))
     epochs = max(0, int(left))
-    if epochs == 0:
+    if epochs == 0 and best.status == FINISHED:
         return FinalPlan(0, best, spent, "the exploring trials spent the whole compute")
-    return FinalPlan(epochs, best, spent)
+    # A best that stopped early has no logged model yet: one epoch more makes it one.
+    return FinalPlan(max(epochs, 1), best, spent)
 
 
 def _result_of(results: tune.ResultGrid, trial: TrialSummary) -> Any:
@@ -99,10 +147,15 @@ def _seconds_per_epoch(results: tune.ResultGrid, trial: TrialSummary) -> float:
 def _final_config(ctx: SearchContext, plan: FinalPlan, results: tune.ResultGrid) -> dict[str, Any]:
     """The source trial's Tune config with the final fit's epochs and starting weights."""
     assert plan.source is not None
-    source = _result_of(results, plan.source).config
-    start = ctx.spec.settings.final_fit_start
-    init_run = plan.source.run_id if start == "kept" else None
-    return {**(source or {}), TAG_FINAL_FIT: {"epochs": plan.epochs, "init_run": init_run}}
+    result = _result_of(results, plan.source)
+    start: dict[str, Any] = {"init_run": None, "init_checkpoint": None}
+    if ctx.spec.settings.final_fit_start == "kept":
+        checkpoint = _checkpoint_of(result)
+        if checkpoint:
+            start["init_checkpoint"] = checkpoint
+        else:  # a finished trial whose checkpoint is gone: its logged best model
+            start["init_run"] = plan.source.run_id
+    return {**(result.config or {}), TAG_FINAL_FIT: {"epochs": plan.epochs, **start}}
 
 
 def run_final_fit(

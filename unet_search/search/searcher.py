@@ -95,9 +95,11 @@ class PruningAwareOptunaSearch(OptunaSearchInternals):
         super().on_trial_result(trial_id, result)
         if result.get(self.metric) is not None:
             self._reported.add(trial_id)
-        self._count_epochs(trial_id, result)
+        self.count_epochs(trial_id, result)
 
-    def _count_epochs(self, trial_id: str, result: dict[str, Any]) -> None:
+    def count_epochs(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Count ``result``'s epochs towards the budget (at most once each: the scheduler
+        counts a result before it decides, Tune tells the searcher after)."""
         optuna_trial = self.optuna_trial(trial_id)
         if optuna_trial is None or optuna_trial.user_attrs.get(TAG_BASELINE):
             return
@@ -140,7 +142,7 @@ class PruningAwareOptunaSearch(OptunaSearchInternals):
         if self.was_told(trial_id) or optuna_trial is None:
             return
         if result is not None:
-            self._count_epochs(trial_id, result)
+            self.count_epochs(trial_id, result)
         value = None if result is None else result.get(self.metric)
         if not error and result is None and trial_id in self._reported:
             # Stopped while paused at a rung (Tune passes no result): pruned there.

@@ -75,7 +75,8 @@ def _open_run(ctx: SearchContext, config: dict[str, Any], cfg: RunConfig, trial_
     spec = ctx.spec
     baseline = spec.settings.baseline if is_baseline(config) else None
     number = int(config.get(TAG_TRIAL_NUMBER, 0))
-    final = final_fit_of(config) is not None
+    start = final_fit_of(config)
+    final = start is not None
     name = trial_run_name(number, cfg, baseline)
     role = {TAG_FINAL_FIT: "true"} if final else {}
     if is_default(config) and not final:
@@ -92,6 +93,7 @@ def _open_run(ctx: SearchContext, config: dict[str, Any], cfg: RunConfig, trial_
                 **cfg.flat(),
                 "baseline": baseline or "no",
                 "planned": ",".join(spec.auto) or "none",
+                **({"init_weights": _init_weights(start)} if start is not None else {}),
             },
             tags={
                 TAG_SEARCH_ID: ctx.search_id,
@@ -107,13 +109,24 @@ def _open_run(ctx: SearchContext, config: dict[str, Any], cfg: RunConfig, trial_
     )
 
 
+def _init_weights(final: dict[str, Any]) -> str:
+    """Where a final fit's weights start (its param ``init_weights``): the source trial's
+    checkpoint, its run's logged best model, or scratch."""
+    if final.get("init_checkpoint"):
+        return str(final["init_checkpoint"])
+    if final.get("init_run"):
+        return f"runs:/{final['init_run']}/best_model"
+    return "scratch"
+
+
 def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.ObjectRef]) -> None:
     """One trial: open (or reopen) its MLflow run, then train in-process or on Ray Train."""
     cfg = ctx.spec.trial_run_config(config)
     trial_id = tune.get_context().get_trial_id()
     _await_recorded(ctx, trial_id)
     run_id = _open_run(ctx, config, cfg, trial_id)
-    init_run = (final_fit_of(config) or {}).get("init_run")  # a final fit's start
+    final = final_fit_of(config) or {}  # a final fit's start: a run's or a checkpoint's weights
+    init_run, init_checkpoint = final.get("init_run"), final.get("init_checkpoint")
     if _in_process(cfg):
         report, checkpoint_dir = ray_hooks(tune.report, tune.Checkpoint, tune.get_checkpoint)
         recipe_config = {
@@ -124,6 +137,7 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
             "fault": ctx.fault,
             "tracking_patience_s": ctx.patience_s,
             "init_run": init_run,
+            "init_checkpoint": init_checkpoint,
         }
         context = WorkerContext(
             rank=0,
@@ -147,6 +161,7 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
         callbacks=[TuneReportCallback()],
         tracking_patience_s=ctx.patience_s,
         init_run=init_run,
+        init_checkpoint=init_checkpoint,
     )
     trainer.fit()
 

@@ -120,8 +120,8 @@ def is_default(trial_config: Mapping[str, Any] | None) -> bool:
 
 
 def final_fit_of(trial_config: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """A final fit's ``{"epochs": E, "init_run": run id or None}`` (search/final.py), None
-    for any other trial's Tune config."""
+    """A final fit's ``{"epochs": E, "init_run": run id or None, "init_checkpoint": a trial
+    checkpoint's path or None}`` (search/final.py), None for any other trial's Tune config."""
     return (trial_config or {}).get(TAG_FINAL_FIT) or None
 
 
