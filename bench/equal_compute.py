@@ -16,7 +16,9 @@ and the search's). The targets (issue 24): (c) >= (a) + 0.01 test Dice in the me
 ``--kinds fluorescence`` or ``--epochs``.
 
     python bench/equal_compute.py [--seeds 3] [--kinds fluorescence hard large] [--epochs 24]
-        [--arms default random search]
+        [--arms default random search] [--set search.final_fit=0.7 ...]
+
+``--set`` overrides quick.yaml in the two search arms (random and search), not the default.
 
 Run it from a checkout nobody edits: its trials import the package from the tree.
 """
@@ -81,6 +83,9 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--epochs", type=int, default=24, help="the compute of every arm")
     parser.add_argument("--arms", nargs="+", default=list(arms(24)), choices=list(arms(24)))
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="the search arms'"
+    )
     args = parser.parse_args()
     _common.header("equal compute: planned default vs random search vs the search")
     rows: dict[tuple[str, str], list[dict[str, float]]] = {}
@@ -94,7 +99,8 @@ def main() -> None:
                     if arm not in args.arms:
                         continue
                     home = root / f"home-{kind}-{seed}-{arm}"
-                    scores = run_arm(data, overrides, seed, home)
+                    extra = args.set if arm != "default" else []
+                    scores = run_arm(data, [*overrides, *extra], seed, home)
                     rows.setdefault((kind, arm), []).append(scores)
                     print(
                         f"{kind:12s} seed {seed} {arm:8s} test_dice {scores['test_dice']:.4f} "
