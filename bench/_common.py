@@ -77,9 +77,9 @@ def space(raw: dict[str, Any]) -> Any:
 
 def search(raw: dict[str, Any], data: Path, work: Path, **options: Any) -> Any:
     """The real search of space ``raw`` on ``data`` (work dir ``work``); ``options`` go to
-    :func:`unet_search.search.driver.run_search` (callbacks, stopper)."""
+    :func:`unet_search.finish.run.run_search` (callbacks, stopper)."""
     from unet_search.data.dataset import load_dataset
-    from unet_search.search.driver import run_search
+    from unet_search.finish.run import run_search
 
     spec = space(raw)
     arrays = load_dataset(data, spec.base_config().data)

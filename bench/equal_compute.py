@@ -35,7 +35,7 @@ import _common
 
 from unet_search.data.dataset import load_dataset
 from unet_search.data.synthetic import make_synthetic
-from unet_search.search.driver import run_search
+from unet_search.finish.run import run_search
 from unet_search.space.load import load_space
 
 QUICK = _common.ROOT / "search_spaces" / "quick.yaml"

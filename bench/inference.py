@@ -20,8 +20,9 @@ import torch
 from unet_search.core.config import RunConfig
 from unet_search.models.build import build_model, save_model_dir
 from unet_search.models.unet import mirror_pad
-from unet_search.serve.export import PACKAGE_DIR, PYFUNC_FILE, SIGNATURE
+from unet_search.serve.export import pyfunc_model
 from unet_search.serve.inference import load_model
+from unet_search.tracking.models import save_pyfunc
 from unet_search.train.sliding import preprocessing_of, tile_starts
 from unet_search.train.transforms import to_tensor
 
@@ -76,13 +77,7 @@ def measure(
                     predictor.model(batch)
 
         pyfunc_dir = Path(tmp) / "pyfunc"
-        mlflow.pyfunc.save_model(
-            str(pyfunc_dir),
-            python_model=str(PYFUNC_FILE),
-            artifacts={"model_dir": str(model_dir)},
-            code_paths=[str(PACKAGE_DIR)],
-            signature=SIGNATURE,
-        )
+        save_pyfunc(pyfunc_model(model_dir), pyfunc_dir)
         pyfunc = mlflow.pyfunc.load_model(str(pyfunc_dir))
         return _common.interleaved(
             {

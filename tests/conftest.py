@@ -166,7 +166,7 @@ def watched_search(ray_local: None, tmp_path_factory: pytest.TempPathFactory) ->
 
     from unet_search.data.dataset import load_dataset
     from unet_search.data.synthetic import make_synthetic
-    from unet_search.search.driver import run_search
+    from unet_search.finish.run import run_search
     from unet_search.space.load import load_space
 
     root = tmp_path_factory.mktemp("watched")

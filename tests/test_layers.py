@@ -8,11 +8,16 @@ Each subpackage is a layer; lowest first, a module imports only its own layer an
     train        transforms, losses, metrics, engine, sliding-window prediction, planner
     tracking     MLflow: client writes, outage handling, read models, registry
     distributed  the worker recipe (in a trial or a Ray Train worker), the TorchTrainer
-    serve        load_model / Predictor, the pyfunc, logging a model for the registry
     space        the search space: spec, validation, loading and planning
-    report       the HTML report (it reads the space; the search writes it at its end)
-    search       Tune + Optuna: searcher, schedulers, trial, callbacks, state, driver
+    search       Tune + Optuna: searcher, schedulers, trial, callbacks, state, the driver
+                 that sets a search up and explores it, the final fit
+    serve        load_model / Predictor, the pyfunc, what a registered model is
+    report       the HTML report (it reads the space and the runs)
+    finish       a whole search, start to end: test scoring, summary, registration, report
     cli          the command line and cluster jobs
+
+MLflow is called only from `tracking`; the one exception is `serve`'s pyfunc module, whose
+`PythonModel` MLflow loads (serve/pyfunc_model.py).
 
 `data`, `models` and `train` (and `core`) import neither Ray nor MLflow: arrays from the
 object store are handed to them by the worker. Nothing imports `cli`. The package's
@@ -35,12 +40,14 @@ LAYERS = (
     "train",
     "tracking",
     "distributed",
-    "serve",
     "space",
-    "report",
     "search",
+    "serve",
+    "report",
+    "finish",
     "cli",
 )
+MLFLOW_OUTSIDE_TRACKING = {"unet_search/serve/pyfunc_model.py"}
 LEVEL = {layer: level for level, layer in enumerate(LAYERS)}
 NO_RAY_OR_MLFLOW_UP_TO = LEVEL["train"]
 SHIMS = {"__init__": {"unet_search.serve.inference"}, "inference": {"unet_search.serve.inference"}}
@@ -77,6 +84,8 @@ def violations(where: str, layer: str, source: str) -> list[str]:
             out.append(f"{where}:{line} imports {name}, a layer above its own ({layer})")
         if name in ("ray", "mlflow") and level <= NO_RAY_OR_MLFLOW_UP_TO:
             out.append(f"{where}:{line} imports {name} in layer {layer}")
+        elif name == "mlflow" and layer != "tracking" and where not in MLFLOW_OUTSIDE_TRACKING:
+            out.append(f"{where}:{line} imports mlflow outside tracking")
     return out
 
 
@@ -124,13 +133,25 @@ def test_the_top_level_modules_only_re_export(stem: str) -> None:
         ("models", "def f():\n    import mlflow.pyfunc\n", "models/x.py:2 imports mlflow"),
         (
             "tracking",
-            "from unet_search.search.driver import run_search\n",
-            "tracking/x.py:1 imports search, a layer above its own (tracking)",
+            "from unet_search.finish.run import run_search\n",
+            "tracking/x.py:1 imports finish, a layer above its own (tracking)",
         ),
         ("data", "from unet_search.train import plan\n", "imports train, a layer above"),
         ("data", "import unet_search.models.build\n", "imports models, a layer above"),
         ("report", "from unet_search.cli import main\n", "report/x.py:1 imports cli"),
         ("search", "from unet_search import cli\n", "search/x.py:1 imports cli"),
+        (
+            "search",
+            "from unet_search.report.page import write_report\n",
+            "search/x.py:1 imports report, a layer above its own (search)",
+        ),
+        (
+            "search",
+            "def f():\n    from unet_search.serve import export\n",
+            "search/x.py:2 imports serve, a layer above its own (search)",
+        ),
+        ("serve", "from mlflow.tracking import MlflowClient\n", "imports mlflow outside tracking"),
+        ("finish", "import mlflow\n", "finish/x.py:1 imports mlflow outside tracking"),
     ],
 )
 def test_a_planted_violation_is_found(layer: str, source: str, expected: str) -> None:

@@ -20,8 +20,8 @@ from unet_search.data.dataset import load_dataset
 from unet_search.data.synthetic import make_synthetic
 from unet_search.distributed.faults import FAULT_ENV
 from unet_search.distributed.recipe import STATE_FILE, WorkerContext, _resume
+from unet_search.finish.run import run_search
 from unet_search.models.build import build_model, save_model_dir
-from unet_search.search.driver import run_search
 from unet_search.serve.inference import load_model
 from unet_search.space.load import load_space
 from unet_search.train.engine import new_training_state

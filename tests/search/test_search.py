@@ -22,8 +22,8 @@ from unet_search.core.tags import TAG_BASELINE, TAG_KIND, TAG_SEARCH_ID, TAG_TRI
 from unet_search.data.dataset import load_dataset
 from unet_search.data.split import split_indices
 from unet_search.data.synthetic import make_synthetic
-from unet_search.search.driver import run_search
-from unet_search.search.outcome import SearchOutcome
+from unet_search.finish.outcome import SearchOutcome
+from unet_search.finish.run import run_search
 from unet_search.serve.inference import load_model
 from unet_search.space.load import load_space
 from unet_search.tracking.read import search_trials

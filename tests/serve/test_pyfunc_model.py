@@ -61,6 +61,21 @@ def test_the_logged_model_is_code_and_weights_never_a_pickle(logged: str) -> Non
     assert "python_model.pkl" not in (local / "MLmodel").read_text()
 
 
+def test_the_logged_model_pins_what_the_package_declares_less_the_search(logged: str) -> None:
+    """Its requirements.txt is the package's own dependencies from its installed metadata
+    (not a list kept by hand, which had missed pydantic), pinned as installed; what only a
+    search or a report needs is left out."""
+    from importlib.metadata import version
+
+    local = download_model("models:/unet-pyfunc/1", logged)
+    pins = (local / "requirements.txt").read_text().split()
+    names = {p.split("==")[0] for p in pins}
+    assert f"pydantic=={version('pydantic')}" in pins
+    assert f"torch=={version('torch').split('+')[0]}" in pins
+    assert {"opencv-python-headless", "segmentation-models-pytorch", "mlflow"} <= names
+    assert not names & {"ray", "optuna", "matplotlib", "pytest"}
+
+
 def _dice(mask: np.ndarray, truth: np.ndarray) -> float:
     return float(2 * (mask.astype(bool) & truth.astype(bool)).sum() / (mask.sum() + truth.sum()))
 

@@ -198,7 +198,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     workdir = _job_work_dir(args.storage)  # a bad --storage fails before the heavy imports
     from unet_search.data.dataset import load_dataset, materialize
-    from unet_search.search.driver import run_search
+    from unet_search.finish.run import run_search
     from unet_search.space.load import load_space
     from unet_search.space.validate import check_name
 
@@ -295,7 +295,7 @@ def _report(out: Any, mode: str, workdir: Path) -> None:
 def cmd_resume(args: argparse.Namespace) -> int:
     workdir = _job_work_dir(args.storage)  # a bad --storage fails before the heavy imports
     from unet_search.data.dataset import load_dataset
-    from unet_search.search.driver import resume_search
+    from unet_search.finish.run import resume_search
     from unet_search.space.load import load_space_text
     from unet_search.space.validate import check_name
     from unet_search.tracking.client import resolve_tracking_uri

@@ -1,5 +1,7 @@
-"""Ray Tune driver: Optuna TPE (seeded, define-by-run) + ASHA over training trials:
-``run_search`` and ``resume_search``, which share the tuner, storage and log routing.
+"""Ray Tune driver: Optuna TPE (seeded, define-by-run) + ASHA over training trials.
+``start_search`` and ``restart_search`` (``resume``) set a search up, sharing the tuner,
+storage and log routing; ``explore`` runs its trials and the final fit. What ends a search
+(test scoring, registration, the report) is the layer above, :mod:`unet_search.finish`.
 
 A trial is a thin driver. With one CPU worker it runs the training recipe inside the trial
 process (saving ~15 s of Train start-up); otherwise (several workers or a GPU) it builds a
@@ -16,7 +18,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,12 +30,9 @@ from ray import tune
 from unet_search.core.env import code_version, storage_setting
 from unet_search.core.errors import UserError
 from unet_search.core.tags import (
-    TAG_ALIAS,
     TAG_CODE_VERSION,
-    TAG_DECISION,
     TAG_FINGERPRINT,
     TAG_KIND,
-    TAG_REGISTERED,
     TAG_SEARCH_ID,
     TAG_TRIAL_NUMBER,
 )
@@ -55,14 +53,9 @@ from unet_search.search.final import (
 from unet_search.search.live import LiveView
 from unet_search.search.outcome import (
     SPLIT_FILE,
-    SearchOutcome,
     TrialSummary,
-    download_best_model,
-    log_summary,
     pick_best,
-    register_best,
     summaries,
-    test_scores,
 )
 from unet_search.search.searcher import ExploreBudget, PruningAwareOptunaSearch
 from unet_search.search.state import save_state
@@ -71,23 +64,27 @@ from unet_search.space.load import make_sampler, plan_space
 from unet_search.space.spec import RESOURCE_FIELDS, SearchSpec, is_baseline
 from unet_search.space.validate import check_name
 from unet_search.tracking.client import (
-    SEARCH_LOG_DIR,
     create_run,
-    end_run,
     ensure_experiment,
-    log_artifact,
     log_text,
     reopen_run,
     resolve_tracking_uri,
     run_start_s,
     run_status,
-    set_tags,
 )
-from unet_search.tracking.outage import TrackingUnavailable, require_reachable, tracking_patience
+from unet_search.tracking.outage import require_reachable, tracking_patience
 from unet_search.tracking.read import find_parent_runs
 from unet_search.train.engine import otsu_val_dice
 
-__all__ = ["check_search_resources", "next_search_name", "run_search", "resume_search"]
+__all__ = [
+    "check_search_resources",
+    "explore",
+    "Explored",
+    "next_search_name",
+    "restart_search",
+    "start_search",
+    "Started",
+]
 
 
 def check_search_resources(spec: SearchSpec) -> int:
@@ -193,81 +190,64 @@ def _tuner(
     )
 
 
-def _execute(
-    ctx: SearchContext,
-    tuner: tune.Tuner,
-    trainable: Any,
-    arrays: DatasetArrays,
-    model_name: str,
-    study: Callable[[], optuna.Study],
-    workdir: Path,
-    log: Path,
-) -> SearchOutcome:
-    """Run (or continue) the Tuner and the final fit, then summarize, register, end the
-    parent run, upload the search's log and write the report (both also artifacts of the
-    parent run: on a KubeRay RayJob the cluster, and its disks, are gone after the search)."""
-    status: str | None = "FAILED"
-    try:
-        # TrialStatusCallback stops Tune with TrackingUnavailable when MLflow stays away.
-        results = tuner.fit()  # its last callback waited for the server (patience)
-        trials = summaries(results, ctx)
-        explored = pick_best(trials, ctx.spec.settings.mode)
-        started = run_start_s(ctx.tracking_uri, ctx.parent_run_id)
-        source = final_source(trials, results, ctx.spec.settings.mode)
-        plan = plan_final_fit(ctx, trials, source, results, started)
-        final = _final_fit(ctx, trainable, plan, results)
-        best = final or explored
-        baseline = next((t for t in trials if t.baseline), None)
-        with tempfile.TemporaryDirectory() as tmp:
-            model = download_best_model(ctx, best, Path(tmp)) if best else None
-            test = test_scores(ctx, model, arrays) if model else {}
-            everything = trials + ([final] if final else [])
-            log_summary(ctx, everything, best, baseline, test, _compute_metrics(plan, final))
-            registration = (
-                register_best(ctx, best, model_name, model, test) if best and model else None
-            )
-        if registration:
-            set_tags(
-                ctx.tracking_uri,
-                ctx.parent_run_id,
-                {
-                    TAG_REGISTERED: registration.version,
-                    TAG_ALIAS: registration.alias,
-                    TAG_DECISION: registration.reason,
-                },
-            )
-        status = "FINISHED"
-    except TrackingUnavailable as err:
-        status = None  # the parent run stays RUNNING: `resume` finishes the search
-        raise TrackingUnavailable(
-            f"search {ctx.search_id} stopped: {err}. Ray storage keeps the trials' checkpoints "
-            f"and the logging MLflow did not get: run `unet-search resume {ctx.search_id}` "
-            "once the server is back."
-        ) from None
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        if status is not None:
-            end_run(ctx.tracking_uri, ctx.parent_run_id, status)
-            _upload_log(ctx, log)
-    return SearchOutcome(
-        ctx.search_id,
-        ctx.experiment_id,
-        ctx.parent_run_id,
-        ctx.spec.settings.metric,
-        tuple(trials),
-        best,
-        baseline,
-        registration,
-        study(),
-        ctx.otsu_val_dice,
-        test,
-        _auto_report(ctx, workdir),
-        log,
-        plan,
-        final,
-    )
+@dataclasses.dataclass(frozen=True)
+class Started:
+    """A search ready to explore (a new one, or one ``resume`` continues): its context, its
+    Tuner and trial function, the model name it registers under, its Optuna study (read
+    after the Tuner ran), its work dir and its log, and its data (for the test split)."""
+
+    ctx: SearchContext
+    arrays: DatasetArrays
+    tuner: tune.Tuner
+    trainable: Any
+    model_name: str
+    study: Callable[[], optuna.Study]
+    workdir: Path
+    log: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Explored:
+    """What exploring and the final fit left: every trial's summary, the best (the final
+    fit, else the best finished exploring trial; None when nothing was trained), the
+    baseline, the final fit's plan and its run."""
+
+    trials: list[TrialSummary]
+    best: TrialSummary | None
+    baseline: TrialSummary | None
+    plan: FinalPlan | None
+    final: TrialSummary | None
+
+    @property
+    def everything(self) -> list[TrialSummary]:
+        """The exploring trials and the final fit."""
+        return self.trials + ([self.final] if self.final else [])
+
+    @property
+    def compute(self) -> dict[str, float]:
+        """The compute a search with ``search.compute`` spent, for its parent run."""
+        if self.plan is None:
+            return {}
+        return {
+            "explore_epochs": float(self.plan.explored_epochs),
+            "final_fit_epochs": float(self.final.epochs if self.final else 0),
+        }
+
+
+def explore(started: Started) -> Explored:
+    """Run (or continue) the Tuner, then the final fit. Raises TrackingUnavailable when
+    MLflow stays away (TrialStatusCallback stops Tune; its last callback waited for the
+    server, patience)."""
+    ctx = started.ctx
+    results = started.tuner.fit()
+    trials = summaries(results, ctx)
+    explored = pick_best(trials, ctx.spec.settings.mode)
+    began = run_start_s(ctx.tracking_uri, ctx.parent_run_id)
+    source = final_source(trials, results, ctx.spec.settings.mode)
+    plan = plan_final_fit(ctx, trials, source, results, began)
+    final = _final_fit(ctx, started.trainable, plan, results)
+    baseline = next((t for t in trials if t.baseline), None)
+    return Explored(trials, final or explored, baseline, plan, final)
 
 
 def _final_fit(
@@ -300,48 +280,6 @@ def _final_fit(
             flush=True,
         )
     return final
-
-
-def _compute_metrics(plan: FinalPlan | None, final: TrialSummary | None) -> dict[str, float]:
-    """The compute a search with ``search.compute`` spent, for its parent run."""
-    if plan is None:
-        return {}
-    return {
-        "explore_epochs": float(plan.explored_epochs),
-        "final_fit_epochs": float(final.epochs if final else 0),
-    }
-
-
-def _upload_log(ctx: SearchContext, log: Path) -> None:
-    """The search's log as artifact ``logs/<search>.log`` of the parent run; a failed upload
-    only says so (the log stays on disk)."""
-    try:
-        log_artifact(ctx.tracking_uri, ctx.parent_run_id, log, SEARCH_LOG_DIR)
-    except Exception as err:  # the search's own outcome stands
-        print(
-            f"search {ctx.search_id}: its log could not be uploaded to MLflow "
-            f"({type(err).__name__}: {err}); it stays at {log}",
-            flush=True,
-        )
-
-
-def _auto_report(ctx: SearchContext, workdir: Path) -> Path | None:
-    """The search report, written to ``<work_dir>/reports/<search>/`` and logged to the parent
-    run. A report that cannot be drawn does not undo a finished search: it says so and how to
-    draw it again."""
-    from unet_search.report.page import write_report
-
-    try:
-        return write_report(
-            ctx.tracking_uri, ctx.search_id, workdir / "reports" / ctx.search_id, log=True
-        )
-    except Exception as err:  # the search itself has finished and is recorded
-        print(
-            f"search {ctx.search_id}: the report could not be written ({type(err).__name__}: "
-            f"{err}); run `unet-search report {ctx.search_id}` to try again",
-            flush=True,
-        )
-        return None
 
 
 def _storage_root(workdir: Path, storage: str | None) -> str:
@@ -457,7 +395,7 @@ def _explore_budget(spec: SearchSpec) -> ExploreBudget | None:
     return ExploreBudget(settings.explore_epochs, settings.explore_seconds, time.time())
 
 
-def run_search(
+def start_search(
     spec: SearchSpec,
     arrays: DatasetArrays,
     data_dir: Path,
@@ -469,8 +407,9 @@ def run_search(
     overrides: Sequence[str] = (),
     callbacks: Sequence[tune.Callback] = (),
     stopper: tune.Stopper | None = None,
-) -> SearchOutcome:
-    """Run a whole search: trials on Ray Tune, runs in MLflow, the best model registered.
+) -> Started:
+    """Start a search: the plan, Ray, the parent run with its space, split and plan, the
+    saved state and the Tuner (:func:`unet_search.finish.run.run_search` runs it through).
     ``callbacks`` / ``stopper``: more Tune callbacks and a Tune stopper (the benchmarks time
     trials and hold searches to an epoch budget with them)."""
     if name is not None:
@@ -502,20 +441,20 @@ def run_search(
     )
     run = trainable(ctx, ray.put(arrays), slot)
     tuner = _tuner(ctx, run, _concurrency(spec, total_cpus), searcher, callbacks, stopper)
-    return _execute(ctx, tuner, run, arrays, model_name, lambda: searcher.study, workdir, log)
+    return Started(ctx, arrays, tuner, run, model_name, lambda: searcher.study, workdir, log)
 
 
-def resume_search(
+def restart_search(
     state: dict[str, Any],
     spec: SearchSpec,
     arrays: DatasetArrays,
     workdir: Path,
     address: str | None = None,
     storage: str | None = None,
-) -> SearchOutcome:
-    """Continue an interrupted search: finished trials are kept, unfinished ones continue from
-    their last checkpoint, Optuna keeps its history, every trial keeps its one MLflow run and
-    the parent run is continued."""
+) -> Started:
+    """An interrupted search, ready to continue: finished trials are kept, unfinished ones
+    continue from their last checkpoint, Optuna keeps its history, every trial keeps its one
+    MLflow run and the parent run is reopened."""
     if arrays.fingerprint != state["fingerprint"]:
         raise UserError(
             f"{state['data_dir']}: the data changed since search "
@@ -546,4 +485,4 @@ def resume_search(
         searcher.restore_from_dir(path)
         return searcher.study
 
-    return _execute(ctx, tuner, run, arrays, state["model_name"], study, workdir, log)
+    return Started(ctx, arrays, tuner, run, state["model_name"], study, workdir, log)

@@ -1,54 +1,23 @@
-"""The end of a search: trial summaries, the best trial, its model scored once on the held-out
-test split through ``predict``, the summary logged, the model registered."""
+"""What a search's trials came to: one summary per trial, read from Tune's results and the
+trials' MLflow runs, and the best of them. Scoring it on the test split and registering it
+is :mod:`unet_search.finish.outcome`'s."""
 
 from __future__ import annotations
 
-import json
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import optuna
-import torch
 from ray import tune
 
 from unet_search.core.metrics import sign
 from unet_search.core.outcome import outcome_of
-from unet_search.core.tags import (
-    TAG_BEST_RUN,
-    TAG_BEST_TRIAL,
-    TAG_CODE_VERSION,
-    TAG_DATA,
-    TAG_FINGERPRINT,
-    TAG_RUN_ID,
-    TAG_SEARCH_ID,
-    TAG_SPLIT,
-    TAG_TRIAL_ID,
-    TAG_TRIAL_NUMBER,
-)
-from unet_search.data.dataset import DatasetArrays
-from unet_search.data.split import split_indices
+from unet_search.core.tags import TAG_TRIAL_NUMBER
 from unet_search.search.context import SearchContext
-from unet_search.serve.export import log_and_register
-from unet_search.serve.inference import Predictor, find_model_dir, score_images
 from unet_search.space.spec import final_fit_of, is_baseline, is_default
-from unet_search.tracking.client import download_artifacts, log_artifacts, log_metrics, set_tags
 from unet_search.tracking.read import child_run_names
-from unet_search.tracking.registry import Registration
 
-__all__ = [
-    "download_best_model",
-    "log_summary",
-    "otsu_veto",
-    "pick_best",
-    "register_best",
-    "SearchOutcome",
-    "SPLIT_FILE",
-    "summaries",
-    "test_scores",
-    "TrialSummary",
-]
+__all__ = ["pick_best", "SPLIT_FILE", "summaries", "TrialSummary"]
 
 
 SPLIT_FILE = "split.json"  # the parent run's {"train": [...], "val": [...], "test": [...]}
@@ -67,29 +36,6 @@ class TrialSummary:
     params: dict[str, Any]
     default: bool = False  # the planned default configuration (search.default_trial)
     final: bool = False  # the final fit (unet_search.search.final)
-
-
-@dataclass(frozen=True)
-class SearchOutcome:
-    search_id: str
-    experiment_id: str
-    parent_run_id: str
-    metric: str
-    trials: tuple[TrialSummary, ...]
-    best: TrialSummary | None
-    baseline: TrialSummary | None
-    registration: Registration | None
-    study: optuna.Study
-    otsu_val_dice: float | None  # a plain Otsu threshold's Dice on the validation images
-    # The best model's scores on the held-out test images (test_dice, ..., otsu_test_dice);
-    # empty without a test split
-    test: dict[str, float]
-    report: Path | None  # the HTML report, when it could be written
-    log: Path  # the progress lines plus Ray's and Tune's log (also a parent-run artifact)
-    # The final fit (search.compute): what it trained from and for, and its run (None: none
-    # ran, or it failed: `best` is then the best exploring trial)
-    final_plan: Any = None  # unet_search.search.final.FinalPlan
-    final: TrialSummary | None = None
 
 
 def summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary]:
@@ -129,112 +75,3 @@ def pick_best(trials: list[TrialSummary], mode: str) -> TrialSummary | None:
     if not scored or (others and all(t.baseline for t in scored)):
         return None
     return max(scored, key=lambda t: sign(mode) * (t.value or 0.0))
-
-
-def otsu_veto(ctx: SearchContext, best: TrialSummary) -> str | None:
-    """Why ``best`` must not be champion: on a binary ``val_dice`` search, a validation Dice
-    below a plain Otsu threshold's on the same images (``search.champion_must_beat_otsu``)."""
-    settings, otsu = ctx.spec.settings, ctx.otsu_val_dice
-    if not settings.champion_must_beat_otsu or settings.metric != "val_dice":
-        return None
-    if otsu is None or best.value is None or best.value >= otsu:
-        return None
-    return (
-        f"its val_dice {best.value:.4f} is below a plain Otsu threshold's {otsu:.4f} on the "
-        "same validation images, so it is not champion (search.champion_must_beat_otsu)"
-    )
-
-
-def log_summary(
-    ctx: SearchContext,
-    trials: list[TrialSummary],
-    best: TrialSummary | None,
-    baseline: TrialSummary | None,
-    test: dict[str, float],
-    extra: dict[str, float] | None = None,
-) -> None:
-    """The trials' summary (``summary.json``, ``summary.csv``) and the search's metrics on
-    its parent run; ``extra``: more metrics (the compute spent by exploring and final fit)."""
-    metric = ctx.spec.settings.metric
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = [asdict(t) for t in trials]
-        (Path(tmp) / "summary.json").write_text(json.dumps(rows, indent=2, default=str))
-        header = "trial,name,status,best_" + metric + ",epochs,baseline,params\n"
-        lines = [
-            f"{t.index},{t.name},{t.status},{'' if t.value is None else f'{t.value:.6f}'},"
-            f'{t.epochs},{t.baseline},"{json.dumps(t.params)}"'
-            for t in trials
-        ]
-        (Path(tmp) / "summary.csv").write_text(header + "\n".join(lines) + "\n")
-        log_artifacts(ctx.tracking_uri, ctx.parent_run_id, Path(tmp))
-    metrics: dict[str, float] = {"num_trials": float(len(trials)), **test, **(extra or {})}
-    if ctx.otsu_val_dice is not None:  # a plain threshold on the same images
-        metrics["otsu_val_dice"] = ctx.otsu_val_dice
-    for status in ("FINISHED", "KILLED", "FAILED"):
-        metrics[f"trials_{status.lower()}"] = float(sum(t.status == status for t in trials))
-    if best and best.value is not None:
-        metrics[f"best_{metric}"] = best.value
-    if baseline and baseline.value is not None:
-        metrics[f"baseline_{metric}"] = baseline.value
-        if best and best.value is not None:
-            metrics[f"gain_over_baseline_{metric}"] = best.value - baseline.value
-    log_metrics(ctx.tracking_uri, ctx.parent_run_id, metrics, step=0)
-    if best:
-        set_tags(
-            ctx.tracking_uri,
-            ctx.parent_run_id,
-            {
-                TAG_BEST_TRIAL: best.trial_id,
-                TAG_BEST_RUN: best.run_id or "",
-            },
-        )
-
-
-def download_best_model(ctx: SearchContext, best: TrialSummary, tmp: Path) -> Path:
-    """The best trial's kept model (its ``best_model`` artifact), downloaded under ``tmp``."""
-    assert best.run_id is not None
-    return download_artifacts(ctx.tracking_uri, best.run_id, "best_model", tmp)
-
-
-def test_scores(ctx: SearchContext, model: Path, arrays: DatasetArrays) -> dict[str, float]:
-    """The kept model's scores on the held-out test images, segmented as ``unet-search
-    predict`` does (whole images at their original sizes), and Otsu's on the same images;
-    empty without a test split. Nothing in the search saw these images: this is the number
-    the registered version carries."""
-    test = split_indices(len(arrays), ctx.spec.base_config().data).test
-    if not len(test):
-        return {}
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    predictor = Predictor.from_dir(find_model_dir(model), device)
-    scores = score_images(predictor, arrays, [int(i) for i in test], "test_")
-    return {**scores, "test_images": float(len(test))}
-
-
-def register_best(
-    ctx: SearchContext,
-    best: TrialSummary,
-    model_name: str,
-    model: Path,
-    test: dict[str, float],
-) -> Registration:
-    assert best.run_id is not None and best.value is not None
-    return log_and_register(
-        ctx.tracking_uri,
-        ctx.parent_run_id,
-        model,
-        model_name,
-        ctx.spec.settings.metric,
-        best.value,
-        ctx.spec.settings.mode,
-        tags={
-            TAG_FINGERPRINT: ctx.fingerprint,
-            TAG_DATA: ctx.data_id,
-            TAG_SPLIT: ctx.split,
-            TAG_SEARCH_ID: ctx.search_id,
-            TAG_TRIAL_ID: best.trial_id,
-            TAG_RUN_ID: best.run_id,
-            TAG_CODE_VERSION: ctx.code_version,
-        },
-        test=test,
-        veto=otsu_veto(ctx, best),
-    )

@@ -1,16 +1,14 @@
-"""Log a trained model as an MLflow pyfunc (models-from-code, weights as safetensors, never a
-pickle), register it and hand it to the champion gate."""
+"""What a registered model is: the pyfunc (models-from-code, weights as safetensors, never a
+pickle) with the package as its code and its requirements pinned to what is installed,
+tagged with its metric and test scores and handed to the champion gate. The MLflow calls are
+:mod:`unet_search.tracking.models`'."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from importlib.metadata import requires, version
 from pathlib import Path
-
-import mlflow
-import numpy as np
-from mlflow.models.signature import ModelSignature
-from mlflow.tracking import MlflowClient
-from mlflow.types.schema import Schema, TensorSpec
 
 from unet_search.core.tags import PREFIX as TAG_PREFIX
 from unet_search.core.tags import (
@@ -18,9 +16,10 @@ from unet_search.core.tags import (
     TAG_MODE,
     TAG_VALUE,
 )
-from unet_search.tracking.registry import Registration, fluent_tracking_uri, promote
+from unet_search.tracking.models import PyfuncModel, log_and_register_pyfunc
+from unet_search.tracking.registry import Registration
 
-__all__ = ["PYFUNC_FILE", "PACKAGE_DIR", "SIGNATURE", "log_and_register"]
+__all__ = ["PYFUNC_FILE", "PACKAGE_DIR", "pyfunc_model", "log_and_register", "requirements"]
 
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
@@ -28,31 +27,36 @@ PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 
 PACKAGE_DIR = Path(__file__).parents[1]  # the whole package, logged as the model's code
 
-
-# (N, H, W, 3) uint8 in, (N, H, W) uint8 masks out: any batch size, height and width.
-SIGNATURE = ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
-    outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),
-)
+DISTRIBUTION = "unet-search"
+# What only a search, a report or the cluster needs: a served model never imports them.
+NOT_SERVED = frozenset({"ray", "optuna", "matplotlib"})
 
 
-def _requirements() -> list[str]:
-    from importlib.metadata import version
+def requirements() -> tuple[str, ...]:
+    """The served model's pip requirements: this package's own dependencies (its installed
+    metadata, not a list kept by hand), less what only a search needs, each pinned to the
+    version installed here, extras dropped (``mlflow[auth]`` -> ``mlflow``)."""
+    out = []
+    for line in requires(DISTRIBUTION) or []:
+        if "extra ==" in line:
+            continue  # an optional dependency (dev tools)
+        name = re.split(r"[\s\[<>=!~;]", line, maxsplit=1)[0]
+        if name.lower() not in NOT_SERVED:
+            out.append(f"{name}=={version(name).split('+')[0]}")
+    return tuple(out)
 
-    pins = [
-        "torch",
-        "segmentation-models-pytorch",
-        "safetensors",
-        "numpy",
-        "opencv-python-headless",
-        "pillow",
-        "tifffile",
-        "scipy",
-        "albumentations",
-        "pyyaml",
-        "mlflow",
-    ]
-    return [f"{name}=={version(name).split('+')[0]}" for name in pins]
+
+def pyfunc_model(model_dir: Path) -> PyfuncModel:
+    """The pyfunc of a trained model's folder: (N, H, W, 3) uint8 images in, (N, H, W) uint8
+    masks out, any batch size, height and width."""
+    return PyfuncModel(
+        python_model=PYFUNC_FILE,
+        artifacts={"model_dir": model_dir},
+        code_paths=(PACKAGE_DIR,),
+        requirements=requirements(),
+        inputs=("uint8", (-1, -1, -1, 3)),
+        outputs=("uint8", (-1, -1, -1)),
+    )
 
 
 def log_and_register(
@@ -69,10 +73,7 @@ def log_and_register(
 ) -> Registration:
     """Log ``model_dir`` as a pyfunc model in run ``run_id``, register it as ``name`` (tagged
     with ``tags``, the metric, its value and mode, and the ``test`` scores as
-    ``unet_search.<key>``) and :func:`promote` it (``veto``: why it must not be champion)."""
-    client = MlflowClient(tracking_uri)
-    # log_model needs the fluent active run; resuming leaves it FINISHED on exit (the caller
-    # sets the run's final status afterwards).
+    ``unet_search.<key>``) and promote it (``veto``: why it must not be champion)."""
     all_tags = {
         **tags,
         **{TAG_PREFIX + key: repr(float(v)) for key, v in (test or {}).items()},
@@ -80,16 +81,6 @@ def log_and_register(
         TAG_VALUE: repr(float(value)),
         TAG_MODE: mode,
     }
-    with fluent_tracking_uri(tracking_uri):
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(PYFUNC_FILE),
-                artifacts={"model_dir": str(model_dir)},
-                code_paths=[str(PACKAGE_DIR)],
-                signature=SIGNATURE,
-                input_example=np.zeros((1, 32, 32, 3), np.uint8),
-                pip_requirements=_requirements(),
-            )
-        version = mlflow.register_model(info.model_uri, name, tags=all_tags)
-    return promote(client, name, str(version.version), veto)
+    return log_and_register_pyfunc(
+        tracking_uri, run_id, pyfunc_model(model_dir), name, all_tags, veto
+    )

@@ -1,0 +1,84 @@
+"""MLflow's side of a logged model: a pyfunc (models-from-code) logged to a run, or saved to a
+folder, and registered. What the model is (its code file, weights, requirements, tensor
+shapes) is :mod:`unet_search.serve.export`'s: this module only makes the MLflow calls."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.models.signature import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Schema, TensorSpec
+
+from unet_search.tracking.registry import Registration, fluent_tracking_uri, promote
+
+__all__ = ["log_and_register_pyfunc", "PyfuncModel", "save_pyfunc"]
+
+
+@dataclass(frozen=True)
+class PyfuncModel:
+    """A pyfunc model to log: ``python_model`` (the models-from-code file), its
+    ``artifacts``, the ``code_paths`` shipped with it, its pinned ``requirements``, and its
+    input and output tensors (dtype, shape; -1 for any size: MLflow 3 fixes H and W to the
+    input example's otherwise)."""
+
+    python_model: Path
+    artifacts: Mapping[str, Path]
+    code_paths: tuple[Path, ...]
+    requirements: tuple[str, ...]
+    inputs: tuple[str, tuple[int, ...]]
+    outputs: tuple[str, tuple[int, ...]]
+
+    @property
+    def signature(self) -> ModelSignature:
+        (i_dtype, i_shape), (o_dtype, o_shape) = self.inputs, self.outputs
+        return ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(i_dtype), i_shape)]),
+            outputs=Schema([TensorSpec(np.dtype(o_dtype), o_shape)]),
+        )
+
+    @property
+    def example(self) -> np.ndarray:
+        """A small input: 32 px wherever the shape says any size."""
+        dtype, shape = self.inputs
+        size = [1 if i == 0 else (32 if s == -1 else s) for i, s in enumerate(shape)]
+        return np.zeros(size, dtype)
+
+    def _kwargs(self) -> dict[str, object]:
+        return {
+            "python_model": str(self.python_model),
+            "artifacts": {k: str(v) for k, v in self.artifacts.items()},
+            "code_paths": [str(p) for p in self.code_paths],
+            "signature": self.signature,
+            "pip_requirements": list(self.requirements),
+        }
+
+
+def save_pyfunc(model: PyfuncModel, path: Path) -> None:
+    """``model`` saved as an MLflow model folder at ``path`` (no run, no registry)."""
+    mlflow.pyfunc.save_model(str(path), **model._kwargs())
+
+
+def log_and_register_pyfunc(
+    tracking_uri: str,
+    run_id: str,
+    model: PyfuncModel,
+    name: str,
+    tags: Mapping[str, str],
+    veto: str | None = None,
+) -> Registration:
+    """Log ``model`` as artifact ``model`` of run ``run_id``, register it as ``name`` with
+    ``tags`` and :func:`promote` it (``veto``: why it must not be champion)."""
+    # log_model needs the fluent active run; resuming leaves it FINISHED on exit (the caller
+    # sets the run's final status afterwards).
+    with fluent_tracking_uri(tracking_uri):
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model", input_example=model.example, **model._kwargs()
+            )
+        version = mlflow.register_model(info.model_uri, name, tags=dict(tags))
+    return promote(MlflowClient(tracking_uri), name, str(version.version), veto)
