@@ -448,6 +448,8 @@ def test_a_killed_search_driver_is_resumed_without_rerunning_or_duplicating(
     proc, saved = _kill_then_resume(env, quick, cluster_data, "kill-1", sets, one_finished)
     before = {r.info.run_id for r in finished}
     assert "search kill-1: 3 trials" in proc.stdout
+    # The plan is handed on: resume reads the parent run's plan.json, it does not plan again.
+    assert "search kill-1: the plan it started with (plan.json of its run)" in proc.stdout
     runs = _runs(env, "kill-1")
     assert len(runs) == 3  # exactly num_samples trials, one MLflow run each
     assert len({r.data.tags["unet_search.trial_id"] for r in runs}) == 3

@@ -598,7 +598,7 @@ def test_a_small_search_with_a_compute_budget_ends_with_a_final_fit_that_is_regi
 ) -> None:
     # 6 epochs: the exploring trials get 3 (final_fit 0.5), less than one 3-epoch trial
     # after the other's first rung, so the budget runs out while they explore.
-    raw = _asha_small("final", 3, compute={"epochs": 6})
+    raw = _asha_small("final", 3, compute={"epochs": 6}, final_fit=0.5)
     raw["fixed"]["test_fraction"] = 0.2
     out = _search(tmp_path, search_data, workdir, raw)
     client = _client(workdir)
@@ -668,3 +668,51 @@ def test_a_small_search_with_a_compute_budget_ends_with_a_final_fit_that_is_regi
     assert out.registration.alias == ("champion" if beats else "challenger")
     if not beats:
         assert "below a plain Otsu threshold's" in out.registration.reason
+
+
+def test_resume_reads_the_plan_its_search_started_with_instead_of_planning_again(
+    search_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """plan.json on the parent run is what `resume` plans with: a plan whose values differ
+    from what planning the data again would give (written here by hand) is the one the
+    resumed space uses; a search from before plan.json is planned again; a plan.json that
+    is not one is a clear error naming it."""
+    from unet_search.core.errors import UserError
+    from unet_search.search.driver import _resumed_space
+    from unet_search.space.load import plan_space
+    from unet_search.tracking.client import create_run, ensure_experiment, log_text
+    from unet_search.train.plan import PLAN_FILE, Plan
+
+    raw = {
+        "name": "planned",
+        "fixed": {"patch_size": "auto", "patches_per_epoch": "auto", "epochs": 1},
+        "params": {"lr": {"type": "loguniform", "low": 1.0e-3, "high": 1.0e-2}},
+    }
+    path = tmp_path / "planned.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    spec = load_space(path)
+    arrays = load_dataset(search_data, spec.base_config().data)
+    planned = plan_space(spec, arrays)
+    assert planned.plan is not None
+    kept = Plan(**{**vars(planned.plan), "patches_per_epoch": 7, "patch_size": (48, 48)})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = ensure_experiment(uri, "planned", tmp_path)
+    state = {"tracking_uri": uri, "search_id": "planned-1", "budget": None}
+
+    with_plan = create_run(uri, experiment, "planned-1", {}, {})
+    log_text(uri, with_plan, kept.to_json(), PLAN_FILE)
+    resumed = _resumed_space(spec, arrays, {**state, "parent_run_id": with_plan})
+    assert resumed.plan == kept
+    train, data = resumed.base_config().train, resumed.base_config().data
+    assert (train.patches_per_epoch, data.patch_size) == (7, (48, 48))
+    assert "the plan it started with (plan.json of its run)" in capsys.readouterr().out
+
+    before = create_run(uri, experiment, "planned-2", {}, {})  # a search from before plan.json
+    again = _resumed_space(spec, arrays, {**state, "parent_run_id": before})
+    assert again.plan == planned.plan and again.plan.patches_per_epoch != 7
+    assert "planned again from the data (no plan.json)" in capsys.readouterr().out
+
+    broken = create_run(uri, experiment, "planned-3", {}, {})
+    log_text(uri, broken, '{"budget": "cpu-quick"}', PLAN_FILE)
+    with pytest.raises(UserError, match=r"plan\.json of search planned-1: not a plan written"):
+        _resumed_space(spec, arrays, {**state, "parent_run_id": broken})

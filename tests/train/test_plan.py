@@ -14,7 +14,8 @@ from unet_search.core.errors import ConfigError, UserError
 from unet_search.data.dataset import DatasetArrays
 from unet_search.space.load import load_space, plan_space
 from unet_search.space.spec import PROVISIONAL
-from unet_search.train.plan import data_stats, make_plan, parse_budget, plan_run, receptive_field
+from unet_search.train.fingerprint import data_stats
+from unet_search.train.plan import make_plan, parse_budget, plan_run, receptive_field
 
 QUICK = parse_budget("cpu-quick")
 

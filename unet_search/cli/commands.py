@@ -136,7 +136,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from unet_search.core.config import provisional_config, run_leaves
     from unet_search.core.env import work_dir
     from unet_search.data.dataset import load_dataset, materialize
-    from unet_search.train.plan import data_stats, default_budget, make_plan, parse_budget
+    from unet_search.train.fingerprint import data_stats
+    from unet_search.train.plan import default_budget, make_plan, parse_budget
 
     budget = parse_budget(args.budget) if args.budget else default_budget()
     out: Path | None = args.out

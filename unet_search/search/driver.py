@@ -67,6 +67,7 @@ from unet_search.tracking.client import (
     create_run,
     ensure_experiment,
     log_text,
+    read_text,
     reopen_run,
     resolve_tracking_uri,
     run_start_s,
@@ -75,6 +76,7 @@ from unet_search.tracking.client import (
 from unet_search.tracking.outage import require_reachable, tracking_patience
 from unet_search.tracking.read import find_parent_runs
 from unet_search.train.engine import otsu_val_dice
+from unet_search.train.plan import PLAN_FILE, Plan
 
 __all__ = [
     "check_search_resources",
@@ -370,7 +372,25 @@ def _parent_run(
     log_text(uri, parent, json.dumps(parts, indent=1), SPLIT_FILE)
     if spec.plan is not None:
         log_text(uri, parent, spec.plan.text(), "plan.txt")
+        log_text(uri, parent, spec.plan.to_json(), PLAN_FILE)  # what `resume` reads back
     return parent
+
+
+def _resumed_space(spec: SearchSpec, arrays: DatasetArrays, state: dict[str, Any]) -> SearchSpec:
+    """The space with the plan the search started with: its parent run's ``plan.json``, read
+    back, not planned again (a plan's rules may change between versions; the search's
+    trials must not). A search started before plan.json is planned again from the same
+    data and budget."""
+    if not spec.auto:
+        return spec
+    uri, parent = state["tracking_uri"], state["parent_run_id"]
+    search = state["search_id"]
+    text = read_text(uri, parent, PLAN_FILE)
+    if text is None:
+        print(f"search {search}: planned again from the data (no {PLAN_FILE})", flush=True)
+        return plan_space(spec, arrays, state.get("budget"))
+    print(f"search {search}: the plan it started with ({PLAN_FILE} of its run)", flush=True)
+    return spec.with_plan(Plan.from_json(text, f"{PLAN_FILE} of search {search}"))
 
 
 def _default_trial(spec: SearchSpec) -> dict[str, Any] | None:
@@ -461,13 +481,13 @@ def restart_search(
             f"{state['search_id']} started (fingerprint {arrays.fingerprint} != "
             f"{state['fingerprint']}); start a new search instead."
         )
-    spec = plan_space(spec, arrays, state.get("budget"))  # the plan the search started with
+    uri = state["tracking_uri"]
+    require_reachable(uri)
+    spec = _resumed_space(spec, arrays, state)  # the plan the search started with
     init_ray(address, log_to_driver=False)
     check_search_resources(spec)
     slot = TRIAL_SLOT in ray.cluster_resources()
     root = _storage_root(workdir, storage) if storage else str(state["storage"])
-    uri = state["tracking_uri"]
-    require_reachable(uri)
     if run_status(uri, state["parent_run_id"]) == "FINISHED":
         raise UserError(f"search {state['search_id']} already finished; nothing to resume.")
     reopen_run(uri, state["parent_run_id"])

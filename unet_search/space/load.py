@@ -31,7 +31,8 @@ from unet_search.space.validate import (
     parse_settings,
     space_error,
 )
-from unet_search.train.plan import Plan, data_stats, default_budget, make_plan, parse_budget
+from unet_search.train.fingerprint import data_stats
+from unet_search.train.plan import Plan, default_budget, make_plan, parse_budget
 
 __all__ = ["make_sampler", "load_space", "plan_space", "load_space_text"]
 

@@ -30,7 +30,7 @@ Schema (unknown keys are errors)::
       budget: null                   # the plan's budget: cpu-quick | cpu | gpu-<GiB>; null:
                                      # cpu-quick without GPUs (train.plan.default_budget)
       compute: {epochs: 40}          # the search's compute (epochs and/or hours), split
-      final_fit: 0.5                 # between exploring and a final fit of the best (share)
+      final_fit: 0.7                 # between exploring and a final fit of the best (share)
       final_fit_start: kept          # kept: from the best trial's kept weights | scratch
       default_trial: true            # the planned default configuration is trial 1
       champion_must_beat_otsu: true  # a val_dice below Otsu's is registered as challenger
@@ -297,7 +297,10 @@ class ComputeSpec(Frozen):
         return self
 
 
-FINAL_FIT_SHARE = 0.5  # of search.compute, see SearchSettings.final_fit
+# Of search.compute, see SearchSettings.final_fit. Measured (bench 12, 24 epochs, one seed):
+# 0.7 beat 0.5 on both synthetic styles (hard 0.9422 vs 0.9321, fluorescence 0.9802 vs
+# 0.9767 held-out Dice): at small budgets a trained-on winner is worth more than more trials.
+FINAL_FIT_SHARE = 0.7
 
 
 FINAL_FIT_STARTS = ("kept", "scratch")  # see unet_search.search.final

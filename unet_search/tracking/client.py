@@ -11,6 +11,7 @@ is honoured.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +43,7 @@ __all__ = [
     "now_ms",
     "open_child_run",
     "param_value",
+    "read_text",
     "reopen_run",
     "resolve_tracking_uri",
     "run_start_s",
@@ -215,6 +217,16 @@ def open_child_run(
 
 def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
     mlflow_client(uri).log_text(run_id, text, artifact_file)
+
+
+def read_text(uri: str, run_id: str, artifact_file: str) -> str | None:
+    """A run's text artifact (``log_text``'s), or None when the run has none of that name."""
+    client = mlflow_client(uri)
+    folder, _, name = artifact_file.rpartition("/")
+    if name not in {Path(f.path).name for f in client.list_artifacts(run_id, folder or None)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(client.download_artifacts(run_id, artifact_file, tmp)).read_text("utf-8")
 
 
 def download_artifacts(uri: str, run_id: str, path: str, dst: Path) -> Path:

@@ -23,14 +23,13 @@ Deterministic: the same data, budget and given values always give the same plan.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import yaml
-from scipy import ndimage
 
 from unet_search.core.config import RunConfig, auto_leaves, build_run_config, provisional_config
 from unet_search.core.errors import UserError
@@ -38,20 +37,17 @@ from unet_search.core.sections import (
     AUTO,
     MAX_BOTTLENECK_TOKENS,
     PLANNED_LEAVES,
-    DataConfig,
     bottleneck_side,
 )
 from unet_search.data.dataset import DatasetArrays
-from unet_search.data.decode import EIGHT_CONNECTED
-from unet_search.data.split import split_indices
-from unet_search.data.stats import image_histograms, moments, scaled_size
+from unet_search.data.stats import scaled_size
+from unet_search.train.fingerprint import DataStats, data_stats
 
 __all__ = [
     "BUDGETS",
+    "PLAN_FILE",
     "Budget",
-    "DataStats",
     "Plan",
-    "data_stats",
     "default_budget",
     "make_plan",
     "parse_budget",
@@ -59,6 +55,7 @@ __all__ = [
     "receptive_field",
 ]
 
+PLAN_FILE = "plan.json"  # the plan as a search's parent run keeps it
 LARGE_OBJECT_PX = 64.0
 TARGET_OBJECT_PX = 40.0
 MIN_SCALE = 0.25
@@ -69,7 +66,6 @@ SPREAD_LIMIT = 0.5
 GPU_BYTES_PER_PIXEL = 4096  # a base-32 UNet's activations, gradients and optimizer, fp32
 GPU_MEMORY_SHARE = 0.5  # the planned batch uses at most half the GPU's memory
 GPU_STEPS_PER_EPOCH = 250  # nnU-Net's epoch
-STATS_IMAGES = 200  # object sizes and intensities from at most this many images
 
 
 @dataclass(frozen=True)
@@ -144,95 +140,6 @@ def default_budget(uses_gpus: bool = False) -> Budget:
     return parse_budget("gpu-16") if uses_gpus else BUDGETS["cpu-quick"]
 
 
-@dataclass(frozen=True)
-class DataStats:
-    """The dataset's fingerprint as the planner reads it."""
-
-    count: int
-    median_size: tuple[int, int]  # (height, width), per axis
-    min_size: tuple[int, int]
-    object_px: float | None  # median equivalent diameter of the objects; None: no objects
-    objects: int
-    foreground: float  # share of foreground pixels
-    mean: tuple[float, ...]  # per channel, pixel values in [0, 1]
-    std: tuple[float, ...]
-    mean_spread: float  # std of per-image mean brightness / dataset std
-    std_spread: float  # std of per-image contrast (std) / dataset std
-    held_out: int = 0  # test images left out of the statistics
-
-    def lines(self) -> list[str]:
-        obj = "none" if self.object_px is None else f"{self.object_px:.1f} px"
-        held = f"; {self.held_out} test images not read" if self.held_out else ""
-        return [
-            f"images             {self.count} (median {self.median_size[0]}x"
-            f"{self.median_size[1]}, smallest {self.min_size[0]}x{self.min_size[1]}{held})",
-            f"objects            {self.objects} in the images read, median diameter {obj}",
-            f"foreground         {self.foreground:.3f} of pixels",
-            "intensity          mean "
-            + " ".join(f"{v:.3f}" for v in self.mean)
-            + ", std "
-            + " ".join(f"{v:.3f}" for v in self.std)
-            + f" (per-image spread: means {self.mean_spread:.2f}, stds {self.std_spread:.2f})",
-        ]
-
-
-LEVELS = np.arange(256, dtype=np.float64) / 255.0  # an 8-bit value in [0, 1]
-
-
-def _picked(pool: np.ndarray) -> list[int]:
-    """At most :data:`STATS_IMAGES` images of ``pool``, evenly spread (deterministic)."""
-    if len(pool) <= STATS_IMAGES:
-        return [int(i) for i in pool]
-    return sorted({int(pool[int(k)]) for k in np.linspace(0, len(pool) - 1, STATS_IMAGES)})
-
-
-def data_stats(arrays: DatasetArrays, data: DataConfig | None = None) -> DataStats:
-    """Image sizes (all images), object sizes (instance labels, or the mask's connected
-    components), foreground share and intensity statistics (of at most 200 images). With
-    ``data``, its split's test images are left out: a plan is a choice, and no choice sees
-    the test images."""
-    pool = np.arange(len(arrays))
-    if data is not None:
-        split = split_indices(len(arrays), data)
-        pool = np.sort(np.concatenate([split.train, split.val]))
-    sizes = arrays.sizes[pool]
-    picks = _picked(pool)
-    diameters: list[np.ndarray] = []
-    means, stds, fg, pixels = [], [], 0, 0
-    sums, squares = np.zeros(3), np.zeros(3)
-    for i in picks:
-        mask, labels = arrays.mask(i), arrays.instances(i)
-        if labels is None:
-            labels = ndimage.label(mask > 0, structure=EIGHT_CONNECTED)[0]
-        areas = np.bincount(labels.ravel())[1:]
-        areas = areas[areas > 0]
-        diameters.append(2.0 * np.sqrt(areas / math.pi))
-        fg += int((mask > 0).sum())
-        pixels += mask.size
-        channels, grey = image_histograms(arrays.image(i))  # exact, no float copy
-        sums += channels @ LEVELS
-        squares += channels @ LEVELS**2
-        means.append(float((channels @ LEVELS).sum()) / (3 * mask.size))
-        stds.append(moments(grey, 1 / 765)[1])
-    mean = sums / pixels
-    std = np.sqrt(np.maximum(squares / pixels - mean**2, 0.0))
-    scale = max(float(std.mean()), 1e-6)
-    all_d = np.concatenate(diameters) if diameters else np.empty(0)
-    return DataStats(
-        count=len(pool),
-        median_size=(int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1]))),
-        min_size=(int(sizes[:, 0].min()), int(sizes[:, 1].min())),
-        object_px=round(float(np.median(all_d)), 2) if len(all_d) else None,
-        objects=len(all_d),
-        foreground=round(fg / max(pixels, 1), 4),
-        mean=tuple(round(float(v), 4) for v in mean),
-        std=tuple(round(float(v), 4) for v in std),
-        mean_spread=round(float(np.std(means)) / scale, 3),
-        std_spread=round(float(np.std(stds)) / scale, 3),
-        held_out=len(arrays) - len(pool),
-    )
-
-
 def receptive_field(depth: int) -> int:
     """Receptive field (px) of a plain UNet's bottleneck: two 3x3 convolutions per level and
     a 2x2 pooling between levels (the decoder adds more)."""
@@ -276,6 +183,26 @@ class Plan:
     def value(self, leaf: str) -> Any:
         """The planned value of a run-config leaf (one of PLANNED_LEAVES)."""
         return getattr(self, leaf)
+
+    def to_json(self) -> str:
+        """``plan.json``: every planned value, its reason and the fingerprint it came from,
+        what a later stage (``resume``) reads back instead of planning again."""
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = PLAN_FILE) -> Plan:
+        """The plan :meth:`to_json` wrote; a clear error naming ``source`` if it is not one."""
+        try:
+            raw = json.loads(text)
+            stats = {
+                **raw["stats"],
+                **{k: tuple(raw["stats"][k]) for k in ("median_size", "min_size", "mean", "std")},
+            }
+            return cls(
+                **{**raw, "stats": DataStats(**stats), "patch_size": tuple(raw["patch_size"])}
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{source}: not a plan written by unet-search ({err})") from None
 
     def params(self) -> dict[str, Any]:
         """A search's parent run logs its plan as params (each trial logs its resolved
