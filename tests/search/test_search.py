@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -681,6 +682,7 @@ def test_resume_reads_the_plan_its_search_started_with_instead_of_planning_again
     from unet_search.search.driver import _resumed_space
     from unet_search.space.load import plan_space
     from unet_search.tracking.client import create_run, ensure_experiment, log_text
+    from unet_search.tracking.state import SearchState
     from unet_search.train.plan import PLAN_FILE, Plan
 
     raw = {
@@ -697,22 +699,24 @@ def test_resume_reads_the_plan_its_search_started_with_instead_of_planning_again
     kept = Plan(**{**vars(planned.plan), "patches_per_epoch": 7, "patch_size": (48, 48)})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment = ensure_experiment(uri, "planned", tmp_path)
-    state = {"tracking_uri": uri, "search_id": "planned-1", "budget": None}
+    state = SearchState(
+        "planned-1", "planned.yaml", "", (), str(search_data), "m", "", uri, experiment, "", ""
+    )
 
     with_plan = create_run(uri, experiment, "planned-1", {}, {})
     log_text(uri, with_plan, kept.to_json(), PLAN_FILE)
-    resumed = _resumed_space(spec, arrays, {**state, "parent_run_id": with_plan})
+    resumed = _resumed_space(spec, arrays, replace(state, parent_run_id=with_plan))
     assert resumed.plan == kept
     train, data = resumed.base_config().train, resumed.base_config().data
     assert (train.patches_per_epoch, data.patch_size) == (7, (48, 48))
     assert "the plan it started with (plan.json of its run)" in capsys.readouterr().out
 
     before = create_run(uri, experiment, "planned-2", {}, {})  # a search from before plan.json
-    again = _resumed_space(spec, arrays, {**state, "parent_run_id": before})
+    again = _resumed_space(spec, arrays, replace(state, parent_run_id=before))
     assert again.plan == planned.plan and again.plan.patches_per_epoch != 7
     assert "planned again from the data (no plan.json)" in capsys.readouterr().out
 
     broken = create_run(uri, experiment, "planned-3", {}, {})
     log_text(uri, broken, '{"budget": "cpu-quick"}', PLAN_FILE)
     with pytest.raises(UserError, match=r"plan\.json of search planned-1: not a plan written"):
-        _resumed_space(spec, arrays, {**state, "parent_run_id": broken})
+        _resumed_space(spec, arrays, replace(state, parent_run_id=broken))

@@ -301,14 +301,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from unet_search.space.validate import check_name
     from unet_search.tracking.client import resolve_tracking_uri
     from unet_search.tracking.outage import require_reachable
-    from unet_search.tracking.read import read_search_state
+    from unet_search.tracking.state import read_search_state
 
     check_name(args.name, "resume", "NAME")
     uri = resolve_tracking_uri(workdir, create=False)
     require_reachable(uri)
     state = read_search_state(uri, args.name)
-    spec = load_space_text(state["space_source"], state["space_file"], state["overrides"])
-    arrays = load_dataset(Path(state["data_dir"]), spec.base_config().data, workdir / "cache")
+    spec = load_space_text(state.space_source, state.space_file, state.overrides)
+    arrays = load_dataset(Path(state.data_dir), spec.base_config().data, workdir / "cache")
     _leave_job_working_dir(workdir)
     out = resume_search(state, spec, arrays, workdir, args.address, args.storage)
     _report(out, spec.settings.mode, workdir)

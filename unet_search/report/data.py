@@ -8,12 +8,8 @@ from dataclasses import dataclass
 from unet_search.core.metrics import METRICS, better, sign
 from unet_search.space.load import load_space_text
 from unet_search.space.spec import SearchSpec
-from unet_search.tracking.read import (
-    SearchRecord,
-    TrialRecord,
-    read_search_state,
-    search_record,
-)
+from unet_search.tracking.read import SearchRecord, TrialRecord, search_record
+from unet_search.tracking.state import read_search_state
 
 __all__ = ["REPORT_ARTIFACT_DIR", "ReportData", "load_report_data"]
 
@@ -52,6 +48,6 @@ def load_report_data(uri: str, search_id: str) -> ReportData:
     state = read_search_state(uri, search_id)
     # the search ran it: read it back without walking its model combinations again
     spec = load_space_text(
-        state["space_source"], state["space_file"], state["overrides"], combinations=False
+        state.space_source, state.space_file, state.overrides, combinations=False
     )
-    return ReportData(uri, search_record(uri, search_id), spec, state["model_name"])
+    return ReportData(uri, search_record(uri, search_id), spec, state.model_name)

@@ -75,6 +75,7 @@ from unet_search.tracking.client import (
 )
 from unet_search.tracking.outage import require_reachable, tracking_patience
 from unet_search.tracking.read import find_parent_runs
+from unet_search.tracking.state import SearchState
 from unet_search.train.engine import otsu_val_dice
 from unet_search.train.plan import PLAN_FILE, Plan
 
@@ -376,19 +377,18 @@ def _parent_run(
     return parent
 
 
-def _resumed_space(spec: SearchSpec, arrays: DatasetArrays, state: dict[str, Any]) -> SearchSpec:
+def _resumed_space(spec: SearchSpec, arrays: DatasetArrays, state: SearchState) -> SearchSpec:
     """The space with the plan the search started with: its parent run's ``plan.json``, read
     back, not planned again (a plan's rules may change between versions; the search's
     trials must not). A search started before plan.json is planned again from the same
     data and budget."""
     if not spec.auto:
         return spec
-    uri, parent = state["tracking_uri"], state["parent_run_id"]
-    search = state["search_id"]
+    uri, parent, search = state.tracking_uri, state.parent_run_id, state.search_id
     text = read_text(uri, parent, PLAN_FILE)
     if text is None:
         print(f"search {search}: planned again from the data (no {PLAN_FILE})", flush=True)
-        return plan_space(spec, arrays, state.get("budget"))
+        return plan_space(spec, arrays, state.budget)
     print(f"search {search}: the plan it started with ({PLAN_FILE} of its run)", flush=True)
     return spec.with_plan(Plan.from_json(text, f"{PLAN_FILE} of search {search}"))
 
@@ -465,7 +465,7 @@ def start_search(
 
 
 def restart_search(
-    state: dict[str, Any],
+    state: SearchState,
     spec: SearchSpec,
     arrays: DatasetArrays,
     workdir: Path,
@@ -475,25 +475,25 @@ def restart_search(
     """An interrupted search, ready to continue: finished trials are kept, unfinished ones
     continue from their last checkpoint, Optuna keeps its history, every trial keeps its one
     MLflow run and the parent run is reopened."""
-    if arrays.fingerprint != state["fingerprint"]:
+    if arrays.fingerprint != state.fingerprint:
         raise UserError(
-            f"{state['data_dir']}: the data changed since search "
-            f"{state['search_id']} started (fingerprint {arrays.fingerprint} != "
-            f"{state['fingerprint']}); start a new search instead."
+            f"{state.data_dir}: the data changed since search "
+            f"{state.search_id} started (fingerprint {arrays.fingerprint} != "
+            f"{state.fingerprint}); start a new search instead."
         )
-    uri = state["tracking_uri"]
+    uri = state.tracking_uri
     require_reachable(uri)
     spec = _resumed_space(spec, arrays, state)  # the plan the search started with
     init_ray(address, log_to_driver=False)
     check_search_resources(spec)
     slot = TRIAL_SLOT in ray.cluster_resources()
-    root = _storage_root(workdir, storage) if storage else str(state["storage"])
-    if run_status(uri, state["parent_run_id"]) == "FINISHED":
-        raise UserError(f"search {state['search_id']} already finished; nothing to resume.")
-    reopen_run(uri, state["parent_run_id"])
-    log = _route_ray_logs(workdir, state["search_id"])
-    ids = (state["search_id"], uri, state["experiment_id"], state["parent_run_id"], root)
-    ctx = _context(spec, ids, arrays, state["fingerprint"])
+    root = _storage_root(workdir, storage) if storage else state.storage
+    if run_status(uri, state.parent_run_id) == "FINISHED":
+        raise UserError(f"search {state.search_id} already finished; nothing to resume.")
+    reopen_run(uri, state.parent_run_id)
+    log = _route_ray_logs(workdir, state.search_id)
+    ids = (state.search_id, uri, state.experiment_id, state.parent_run_id, root)
+    ctx = _context(spec, ids, arrays, state.fingerprint)
     path = root.rstrip("/") + "/" + ctx.search_id
     run = trainable(ctx, ray.put(arrays), slot)
     tuner = tune.Tuner.restore(path, trainable=run, resume_unfinished=True, resume_errored=True)
@@ -505,4 +505,4 @@ def restart_search(
         searcher.restore_from_dir(path)
         return searcher.study
 
-    return Started(ctx, arrays, tuner, run, state["model_name"], study, workdir, log)
+    return Started(ctx, arrays, tuner, run, state.model_name, study, workdir, log)

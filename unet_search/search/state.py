@@ -3,14 +3,13 @@ wait for a trial's first record before its run starts."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from unet_search.search.context import SearchContext
 from unet_search.search.private import saved_trials
-from unet_search.tracking.client import SEARCH_STATE_FILE, log_text
+from unet_search.tracking.state import SearchState, write_search_state
 
 __all__ = ["await_recorded", "RECORD_TIMEOUT_S", "save_state", "saved_trials"]
 
@@ -38,19 +37,19 @@ def save_state(
     ctx: SearchContext, data_dir: Path, model_name: str, overrides: Sequence[str]
 ) -> None:
     """What `resume` needs, as an artifact of the search's parent run."""
-    state = {
-        "search_id": ctx.search_id,
-        "space_file": f"{ctx.spec.name}.yaml",
-        "space_source": ctx.spec.source,
-        "overrides": list(overrides),
-        "data_dir": str(data_dir),
-        "model_name": model_name,
-        "storage": ctx.storage,
-        "tracking_uri": ctx.tracking_uri,
-        "experiment_id": ctx.experiment_id,
-        "parent_run_id": ctx.parent_run_id,
-        "fingerprint": ctx.fingerprint,
-        "budget": ctx.spec.plan.budget if ctx.spec.plan is not None else None,
-    }
-    text = json.dumps(state, indent=2)
-    log_text(ctx.tracking_uri, ctx.parent_run_id, text, SEARCH_STATE_FILE)
+    write_search_state(
+        SearchState(
+            search_id=ctx.search_id,
+            space_file=f"{ctx.spec.name}.yaml",
+            space_source=ctx.spec.source,
+            overrides=tuple(overrides),
+            data_dir=str(data_dir),
+            model_name=model_name,
+            storage=ctx.storage,
+            tracking_uri=ctx.tracking_uri,
+            experiment_id=ctx.experiment_id,
+            parent_run_id=ctx.parent_run_id,
+            fingerprint=ctx.fingerprint,
+            budget=ctx.spec.plan.budget if ctx.spec.plan is not None else None,
+        )
+    )

@@ -3,11 +3,8 @@ log, everything the report and ``unet-search best`` show."""
 
 from __future__ import annotations
 
-import json
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unet_search.core.errors import UserError
@@ -20,7 +17,7 @@ from unet_search.core.tags import (
     TAG_TRIAL_ID,
     TAG_TRIAL_NUMBER,
 )
-from unet_search.tracking.client import SEARCH_STATE_FILE, mlflow_client, search_filter
+from unet_search.tracking.client import mlflow_client, read_text, search_filter
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -33,8 +30,7 @@ __all__ = [
     "TrialRow",
     "rank_trials",
     "find_search",
-    "read_text",
-    "read_search_state",
+    "require_text",
     "search_trials",
     "TrialRecord",
     "SearchRecord",
@@ -105,23 +101,12 @@ def find_search(uri: str, search_id: str) -> str:
     return str(parents[0].info.run_id)
 
 
-def read_text(uri: str, run_id: str, artifact_file: str) -> str:
-    """A text artifact of a run."""
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow_client(uri).download_artifacts(run_id, artifact_file, tmp)
-        except MlflowException:
-            raise UserError(f"run {run_id} has no {artifact_file} artifact.") from None
-        return Path(path).read_text(encoding="utf-8")
-
-
-def read_search_state(uri: str, search_id: str) -> dict[str, Any]:
-    """The saved state of a search (its parent run's ``search_state.json``); a UserError if
-    there is no such search."""
-    parent = find_search(uri, search_id)
-    return dict(json.loads(read_text(uri, parent, SEARCH_STATE_FILE)))
+def require_text(uri: str, run_id: str, artifact_file: str) -> str:
+    """A text artifact of a run; a UserError when the run has none of that name."""
+    text = read_text(uri, run_id, artifact_file)
+    if text is None:
+        raise UserError(f"run {run_id} has no {artifact_file} artifact.")
+    return text
 
 
 def search_trials(uri: str, search_id: str) -> tuple[str, list[TrialRow], dict[str, float]]:
