@@ -167,3 +167,13 @@ def test_the_real_tree_with_one_planted_import_fails() -> None:
     assert violations("train/engine.py", "train", planted) == [
         "train/engine.py:1 imports search, a layer above its own (train)"
     ]
+
+
+def test_no_module_is_over_500_lines() -> None:
+    """A module a newcomer can read in one sitting (issue 25): split by what it does."""
+    long = {
+        where: n
+        for where, _, path in _modules()
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > 500
+    }
+    assert long == {}

@@ -534,16 +534,16 @@ def test_storage_is_the_users_path_as_given(
 ) -> None:
     """--storage (or UNET_SEARCH_STORAGE) is where Ray keeps the search: a relative folder is
     relative to where the command runs (never to the work dir), a URI stays as written."""
-    from unet_search.search.driver import _storage_root
+    from unet_search.search.setup import storage_root
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("UNET_SEARCH_STORAGE", raising=False)
     home = tmp_path / "home"
-    assert _storage_root(home, "runs") == str(tmp_path / "runs")
-    assert _storage_root(home, "s3://bucket/runs") == "s3://bucket/runs"
-    assert _storage_root(home, None) == str(home / "ray_results")
+    assert storage_root(home, "runs") == str(tmp_path / "runs")
+    assert storage_root(home, "s3://bucket/runs") == "s3://bucket/runs"
+    assert storage_root(home, None) == str(home / "ray_results")
     monkeypatch.setenv("UNET_SEARCH_STORAGE", "shared/ray")
-    assert _storage_root(home, None) == str(tmp_path / "shared" / "ray")
+    assert storage_root(home, None) == str(tmp_path / "shared" / "ray")
 
 
 def _asha_small(name: str, num_samples: int, **search: object) -> dict:

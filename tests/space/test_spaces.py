@@ -11,7 +11,8 @@ import yaml
 from unet_search.core.errors import ConfigError
 from unet_search.core.tags import TAG_BASELINE, TAG_DEFAULT, TAG_TRIAL_NUMBER
 from unet_search.space.load import load_space, make_sampler
-from unet_search.space.spec import SearchSettings, SearchSpec, is_default
+from unet_search.space.settings import SearchSettings
+from unet_search.space.spec import SearchSpec, is_default
 
 SPACES = sorted(Path(__file__).parents[2].joinpath("search_spaces").glob("*.yaml"))
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ import optuna
 import ray
 from ray import tune
 
-from unet_search.core.env import code_version, storage_setting
+from unet_search.core.env import code_version
 from unet_search.core.errors import UserError
 from unet_search.core.tags import (
     TAG_CODE_VERSION,
@@ -39,7 +38,7 @@ from unet_search.core.tags import (
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.split import split_names
 from unet_search.distributed.faults import FAULT_ENV
-from unet_search.distributed.trainer import ResourceError, init_ray
+from unet_search.distributed.trainer import init_ray
 from unet_search.search.asha import KEEP_CHECKPOINTS, SaveAfterCheckpoints, make_scheduler
 from unet_search.search.callbacks import TrialStatusCallback
 from unet_search.search.context import TRIAL_SLOT, SearchContext
@@ -58,10 +57,17 @@ from unet_search.search.outcome import (
     summaries,
 )
 from unet_search.search.searcher import ExploreBudget, PruningAwareOptunaSearch
+from unet_search.search.setup import (
+    check_search_resources,
+    concurrency,
+    next_search_name,
+    route_ray_logs,
+    storage_root,
+)
 from unet_search.search.state import save_state
 from unet_search.search.trial import trainable, trial_run_name
 from unet_search.space.load import make_sampler, plan_space
-from unet_search.space.spec import RESOURCE_FIELDS, SearchSpec, is_baseline
+from unet_search.space.spec import SearchSpec, is_baseline
 from unet_search.space.validate import check_name
 from unet_search.tracking.client import (
     create_run,
@@ -74,68 +80,17 @@ from unet_search.tracking.client import (
     run_status,
 )
 from unet_search.tracking.outage import require_reachable, tracking_patience
-from unet_search.tracking.read import find_parent_runs
 from unet_search.tracking.state import SearchState
 from unet_search.train.engine import otsu_val_dice
 from unet_search.train.plan import PLAN_FILE, Plan
 
 __all__ = [
-    "check_search_resources",
     "explore",
     "Explored",
-    "next_search_name",
     "restart_search",
     "start_search",
     "Started",
 ]
-
-
-def check_search_resources(spec: SearchSpec) -> int:
-    """Fail at once when a trial could never be placed; return the CPUs of the cluster."""
-    total = ray.cluster_resources()
-    cpus, gpus_per_worker, gpus = spec.max_workers_cpus_gpus()
-    per_node_gpus = max(
-        (n.get("Resources", {}).get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")),
-        default=0.0,
-    )
-    if cpus > total.get("CPU", 0):
-        raise ResourceError(
-            f"space {spec.name}: a trial can ask for {cpus} CPUs (num_workers x "
-            f"cpus_per_worker), but the Ray cluster has {total.get('CPU', 0):g}."
-        )
-    if gpus_per_worker > per_node_gpus:
-        raise ResourceError(
-            f"space {spec.name}: `gpus_per_worker` = {gpus_per_worker:g}, but no "
-            f"node of the Ray cluster has more than {per_node_gpus:g} GPUs."
-        )
-    if gpus > total.get("GPU", 0):
-        raise ResourceError(
-            f"space {spec.name}: a trial can ask for {gpus:g} GPUs, but the Ray "
-            f"cluster has {total.get('GPU', 0):g}."
-        )
-    return int(total.get("CPU", 1))
-
-
-def _concurrency(spec: SearchSpec, total_cpus: int) -> int:
-    """Trials at once: as many as the smallest trial fits into the cluster's CPUs."""
-    if spec.settings.max_concurrent_trials:
-        return spec.settings.max_concurrent_trials
-    smallest = min(
-        (spec.base_config().replace(**c).train for c in spec.combinations(RESOURCE_FIELDS)),
-        key=lambda t: t.num_workers * t.cpus_per_worker,
-    )
-    return max(1, total_cpus // (smallest.num_workers * smallest.cpus_per_worker))
-
-
-def next_search_name(base: str, storage: str, uri: str, experiment_id: str) -> str:
-    """``<space>-1``, ``<space>-2``, ...: the first name no earlier search used."""
-    used = set(find_parent_runs(uri, experiment_id))
-    i = 1
-    while f"{base}-{i}" in used or (
-        "://" not in storage and Path(storage, f"{base}-{i}").exists()
-    ):
-        i += 1
-    return f"{base}-{i}"
 
 
 def _live_view(ctx: SearchContext) -> LiveView:
@@ -285,40 +240,6 @@ def _final_fit(
     return final
 
 
-def _storage_root(workdir: Path, storage: str | None) -> str:
-    """Where Ray results go: ``--storage`` / ``$UNET_SEARCH_STORAGE`` (a shared path or a
-    URI every node can reach), else the work directory."""
-    root = storage_setting(storage)
-    if root and "://" in root:
-        return root
-    return str(Path(root).resolve()) if root else str(workdir / "ray_results")
-
-
-def _route_ray_logs(workdir: Path, search_id: str) -> Path:
-    """Ray's and Tune's own log output goes to ``<work_dir>/logs/<search>.log`` (appended),
-    not the terminal, with the progress lines the terminal shows; returns the path, which
-    the CLI prints."""
-    path = workdir / "logs" / f"{search_id}.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.unet_search = True  # type: ignore[attr-defined]
-    logging.getLogger("unet_search").setLevel(logging.INFO)
-    for name in ("ray", "ray.tune", "ray.train", "unet_search"):
-        logger = logging.getLogger(name)
-        for old in list(logger.handlers):  # Ray's console handler, or an earlier search's file
-            if type(old) is logging.StreamHandler or getattr(old, "unet_search", False):
-                logger.removeHandler(old)
-        logger.addHandler(handler)
-        logger.propagate = False
-    print(
-        f"search {search_id}: Ray's own log is {path}; the trials' worker logs are in the "
-        "Ray session logs (`ray logs cluster`, or the dashboard)",
-        flush=True,
-    )
-    return path
-
-
 def _context(
     spec: SearchSpec, ids: tuple[str, str, str, str, str], arrays: DatasetArrays, fingerprint: str
 ) -> SearchContext:
@@ -443,11 +364,11 @@ def start_search(
     uri = resolve_tracking_uri(workdir)
     require_reachable(uri)
     experiment_id = ensure_experiment(uri, spec.name, workdir)
-    root = _storage_root(workdir, storage)
+    root = storage_root(workdir, storage)
     search_id = name or next_search_name(spec.name, root, uri, experiment_id)
     model_name = model_name or spec.model_name
     parent = _parent_run(spec, arrays, data_dir, uri, experiment_id, search_id, root)
-    log = _route_ray_logs(workdir, search_id)
+    log = route_ray_logs(workdir, search_id)
     ctx = _context(spec, (search_id, uri, experiment_id, parent, root), arrays, arrays.fingerprint)
     save_state(ctx, data_dir, model_name, overrides)
     searcher = PruningAwareOptunaSearch(
@@ -460,7 +381,7 @@ def start_search(
         budget=_explore_budget(spec),
     )
     run = trainable(ctx, ray.put(arrays), slot)
-    tuner = _tuner(ctx, run, _concurrency(spec, total_cpus), searcher, callbacks, stopper)
+    tuner = _tuner(ctx, run, concurrency(spec, total_cpus), searcher, callbacks, stopper)
     return Started(ctx, arrays, tuner, run, model_name, lambda: searcher.study, workdir, log)
 
 
@@ -487,11 +408,11 @@ def restart_search(
     init_ray(address, log_to_driver=False)
     check_search_resources(spec)
     slot = TRIAL_SLOT in ray.cluster_resources()
-    root = _storage_root(workdir, storage) if storage else state.storage
+    root = storage_root(workdir, storage) if storage else state.storage
     if run_status(uri, state.parent_run_id) == "FINISHED":
         raise UserError(f"search {state.search_id} already finished; nothing to resume.")
     reopen_run(uri, state.parent_run_id)
-    log = _route_ray_logs(workdir, state.search_id)
+    log = route_ray_logs(workdir, state.search_id)
     ids = (state.search_id, uri, state.experiment_id, state.parent_run_id, root)
     ctx = _context(spec, ids, arrays, state.fingerprint)
     path = root.rstrip("/") + "/" + ctx.search_id

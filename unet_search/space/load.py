@@ -22,7 +22,8 @@ from unet_search.core.config import (
 from unet_search.core.errors import ConfigError
 from unet_search.core.sections import AUTO, PLANNED_LEAVES
 from unet_search.data.dataset import DatasetArrays
-from unet_search.space.spec import PROVISIONAL, SearchSettings, SearchSpec
+from unet_search.space.settings import SearchSettings
+from unet_search.space.spec import PROVISIONAL, SearchSpec
 from unet_search.space.validate import (
     check_combinations,
     check_name,

@@ -15,16 +15,14 @@ from unet_search.core.errors import ConfigError, UserError
 from unet_search.core.metrics import dsb_rule
 from unet_search.core.tags import TAG_BASELINE
 from unet_search.models.build import validate_model_config
+from unet_search.space.settings import ComputeSpec, SchedulerSpec, SearchSettings
 from unet_search.space.spec import (
     MAX_COMBINATIONS,
     MODEL_FIELDS,
     PARAM_TYPES,
     ChoiceParam,
-    ComputeSpec,
     ParamSpec,
     RangeParam,
-    SchedulerSpec,
-    SearchSettings,
     SearchSpec,
 )
 from unet_search.train.plan import parse_budget
