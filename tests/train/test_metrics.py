@@ -115,3 +115,23 @@ def test_soft_dice_hand_computed_and_ranks_what_the_thresholded_dice_ties() -> N
     labels = torch.from_numpy(_square((4, 4), 0, 0, 2, 2) + _square((4, 4), 2, 2, 2, 2, 2))[None]
     sure = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float() * 50
     assert soft_dice_per_image(sure, labels).tolist() == pytest.approx([1.0])
+
+
+def test_the_scorer_averages_the_dsb_score_over_every_image() -> None:
+    """DSB2018's convention, for validation and the test split alike (one Scorer): the mean
+    over all images; an image with empty truth and empty prediction scores 1 and counts."""
+    from unet_search.train.metrics import Scorer
+
+    truth = np.zeros((16, 16), np.int64)
+    truth[2:6, 2:6] = 1
+    empty = np.zeros((16, 16), np.int64)
+    scorer = Scorer(1, with_dsb=True)
+    as_tensor = lambda a: torch.from_numpy(a)[None]  # noqa: E731
+    scorer.add(as_tensor(truth), as_tensor(truth), truth)  # found exactly: 1
+    scorer.add(as_tensor(empty), as_tensor(truth), truth)  # missed: 0
+    scorer.add(as_tensor(empty), as_tensor(empty), empty)  # nothing to find, nothing found: 1
+    assert scorer.means_of() == pytest.approx({"dice": 2 / 3, "iou": 2 / 3, "dsb_score": 2 / 3})
+    assert scorer.sums[3] == 3
+    # Ranks add their sums first: two halves give what one scorer of all gives.
+    halves = [a + b for a, b in zip([1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 2.0], strict=True)]
+    assert Scorer(1, with_dsb=True).means_of(halves) == scorer.means_of()

@@ -18,7 +18,7 @@ from unet_search.core.errors import UserError
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.decode import read_image
 from unet_search.models.build import CONFIG_FILE, load_model_dir
-from unet_search.train.metrics import otsu_dice, score_masks
+from unet_search.train.metrics import logits_to_labels, otsu_dice, score_masks
 from unet_search.train.sliding import RESIZE_BATCH, plan_of_preprocessing, predict_logits_many
 from unet_search.train.transforms import Normalization
 
@@ -97,15 +97,11 @@ class Predictor:
         """
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)
-        # sigmoid(x) > t  <=>  x > logit(t): no sigmoid over full-size maps (measured: 10-20%
-        # of predict's time for a small model, bench/inference.py).
-        cut = float(torch.logit(torch.tensor(float(self.pre["threshold"]), dtype=torch.float64)))
+        threshold = float(self.pre["threshold"])  # the one thresholding (train.metrics)
         masks = []
         for logit in self.predict_logits(list(images)):
-            if logit.shape[0] == 1:
-                masks.append((logit[0] > cut).numpy().astype(np.uint8))
-            else:
-                masks.append(logit.argmax(0).numpy().astype(np.uint8))
+            labels = logits_to_labels(logit[None], threshold)[0]
+            masks.append(labels.numpy().astype(np.uint8))
         return masks
 
 

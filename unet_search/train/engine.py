@@ -29,9 +29,8 @@ from unet_search.core.sections import OptimConfig, TrainConfig
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.split import split_indices
 from unet_search.train.metrics import (
+    Scorer,
     class_dice_sums,
-    dice_iou_per_image,
-    dsb_image_score,
     logits_to_labels,
     otsu_dice,
     soft_dice_per_image,
@@ -71,7 +70,22 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
         params, lr=c.lr, momentum=0.9, nesterov=True, weight_decay=c.weight_decay
     ),
 }
-SCHEDULES = ("none", "cosine", "onecycle")
+# Per-step LR schedules over a run's steps (a registry, as the optimizers): none, a cosine
+# down to 1% of the peak, or one cycle.
+SCHEDULES: dict[
+    str,
+    Callable[
+        [torch.optim.Optimizer, OptimConfig, int], torch.optim.lr_scheduler.LRScheduler | None
+    ],
+] = {
+    "none": lambda optimizer, cfg, steps: None,
+    "cosine": lambda optimizer, cfg, steps: torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=steps, eta_min=cfg.lr * 0.01
+    ),
+    "onecycle": lambda optimizer, cfg, steps: torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=steps
+    ),
+}
 
 
 def seed_everything(seed: int) -> None:
@@ -93,19 +107,12 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """A per-step LR schedule (``none`` | ``cosine`` | ``onecycle``) over ``total_steps``."""
+    """A per-step LR schedule (:data:`SCHEDULES`) over ``total_steps``."""
     if cfg.lr_schedule not in SCHEDULES:
         raise ConfigError(
             f"`optim.lr_schedule` must be one of {list(SCHEDULES)}, but got {cfg.lr_schedule!r}."
         )
-    steps = max(total_steps, 1)
-    if cfg.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=steps, eta_min=cfg.lr * 0.01
-        )
-    if cfg.lr_schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps)
-    return None
+    return SCHEDULES[cfg.lr_schedule](optimizer, cfg, max(total_steps, 1))
 
 
 @dataclass
@@ -288,7 +295,8 @@ def validate(
     and saved, so the number must be that model's."""
     module = getattr(model, "module", model)
     _broadcast_buffers(module)
-    sums = [0.0] * 6  # loss, dice, iou, dsb, n, soft dice
+    scorer = Scorer(cfg.data.num_classes, with_dsb and val.arrays.instance_pixels is not None)
+    sums = [0.0, 0.0]  # loss, soft Dice
     classes = max(cfg.data.num_classes - 1, 0) if cfg.data.num_classes > 2 else 0
     class_sums = [0.0] * (2 * classes)  # per foreground class: Dice sum, images scored
     for i in val.indices:
@@ -298,29 +306,16 @@ def validate(
             )[None].float()
         target = torch.from_numpy(val.arrays.mask(i).astype(np.int64)).to(device)[None]
         labels = logits_to_labels(logits, cfg.train.threshold)
-        dice, iou = dice_iou_per_image(labels, target, cfg.data.num_classes)
+        scorer.add(labels, target, val.arrays.instances(i))
         sums[0] += float(loss_fn(logits, target))
-        sums[1] += float(dice.sum())
-        sums[2] += float(iou.sum())
-        truth = val.arrays.instances(i)
-        if with_dsb and truth is not None:
-            sums[3] += dsb_image_score((labels[0] > 0).cpu().numpy(), truth)
-        sums[4] += 1
-        sums[5] += float(soft_dice_per_image(logits, target).sum())
+        sums[1] += float(soft_dice_per_image(logits, target).sum())
         if classes:
             dices, present = class_dice_sums(labels, target, cfg.data.num_classes)
             class_sums = [a + b for a, b in zip(class_sums, dices + present, strict=True)]
-    totals = _sum_over_ranks(sums + class_sums, device)
-    loss, dice_sum, iou_sum, dsb_sum, count, soft_sum = totals[:6]
-    count = max(count, 1)
-    out = {
-        "val_loss": loss / count,
-        "val_dice": dice_sum / count,
-        "val_iou": iou_sum / count,
-        "val_soft_dice": soft_sum / count,
-    }
-    if with_dsb:
-        out["val_dsb_score"] = dsb_sum / count
+    totals = _sum_over_ranks(scorer.sums + sums + class_sums, device)
+    scores, (loss, soft), count = scorer.means_of(totals[:4]), totals[4:6], max(totals[3], 1)
+    out = {"val_loss": loss / count, "val_soft_dice": soft / count}
+    out |= {f"val_{key}": value for key, value in scores.items()}
     for k in range(classes):  # a class in no image's truth or prediction: nothing missed
         scored = totals[6 + classes + k]
         out[f"val_dice_c{k + 1}"] = totals[6 + k] / scored if scored else 1.0
