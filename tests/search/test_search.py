@@ -642,6 +642,14 @@ def test_a_small_search_with_a_compute_budget_ends_with_a_final_fit_that_is_regi
     assert sorted(m.step for m in history) == list(range(1, final.epochs + 1))
     parent = client.get_run(out.parent_run_id).data.metrics
     assert parent["explore_epochs"] + parent["final_fit_epochs"] == 6
+    # The report says what the final fit trained, from where, with what the search spent.
+    assert out.report is not None
+    page = out.report.read_text()
+    shown = page.split('<span id="final-fit">', 1)[1].split("</span>", 1)[0]
+    assert shown.startswith(f"final {plan.source.name}: {final.value:.4f}, {final.epochs} epochs")
+    assert "from its source's kept weights" in shown
+    explored = f"the exploring trials spent {plan.explored_epochs} epochs"
+    assert f"{explored}, the final fit {final.epochs}" in shown
 
     # Its kept weights are what is registered and scored on the held-out test images: the
     # version's test_dice is the Dice `predict` gets on them.

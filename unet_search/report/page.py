@@ -114,6 +114,7 @@ def _summary_rows(data: ReportData, champ: Champion | None) -> list[tuple[str, s
     ]
     if best:
         rows.append(("best trial", f"{html.escape(best[0].name)}: {_fmt(best[1])}"))
+    rows += _compute_rows(data)
     if base:
         gain = ""
         if best and base[1] is not None:
@@ -146,6 +147,36 @@ def _summary_rows(data: ReportData, champ: Champion | None) -> list[tuple[str, s
                 "champion now",
                 f"{html.escape(champ.name)} v{champ.version}: {champ.metric} {_fmt(champ.value)}"
                 f" (search {html.escape(champ.search_id)})",
+            )
+        )
+    return rows
+
+
+def _compute_rows(data: ReportData) -> list[tuple[str, str]]:
+    """The planned default's result, and the final fit: what it trained on from where, for
+    how many of the search's epochs (``search.compute``)."""
+    rows = []
+    default = next((t for t in data.record.trials if t.default), None)
+    if default is not None:
+        rows.append(
+            ("planned default", f"{html.escape(default.name)}: {_fmt(data.value(default))}")
+        )
+    final = next((t for t in data.record.trials if t.final), None)
+    if final is not None:
+        start = final.params.get("init_weights", "scratch")
+        start = "from scratch" if start == "scratch" else "from its source's kept weights"
+        metrics = data.record.metrics
+        spent = ""
+        if "explore_epochs" in metrics:
+            spent = (
+                f"; the exploring trials spent {metrics['explore_epochs']:.0f} epochs, the "
+                f"final fit {metrics.get('final_fit_epochs', 0):.0f}"
+            )
+        rows.append(
+            (
+                "final fit",
+                f'<span id="final-fit">{html.escape(final.name)}: {_fmt(data.value(final))}, '
+                f"{final.params.get('epochs', '?')} epochs {start}{spent}</span>",
             )
         )
     return rows

@@ -11,6 +11,8 @@ from unet_search.core.errors import UserError
 from unet_search.core.metrics import METRICS, sign
 from unet_search.core.outcome import Outcome
 from unet_search.core.tags import (
+    TAG_DEFAULT,
+    TAG_FINAL_FIT,
     TAG_KIND,
     TAG_OUTCOME,
     TAG_SEARCH_ID,
@@ -143,6 +145,8 @@ class TrialRecord:
     params: dict[str, str]
     metrics: dict[str, float]  # latest value of each metric
     history: tuple[tuple[int, int, float], ...]  # (timestamp ms, epoch, value), one per epoch
+    default: bool = False  # the planned default configuration (unet_search.default)
+    final: bool = False  # the search's final fit (unet_search.final_fit)
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,8 @@ def search_record(uri: str, search_id: str, metric: str | None = None) -> Search
                 dict(r.data.params),
                 dict(r.data.metrics),
                 _history(client, r.info.run_id, metric),
+                r.data.tags.get(TAG_DEFAULT) == "true",
+                r.data.tags.get(TAG_FINAL_FIT) == "true",
             )
         )
     return SearchRecord(
