@@ -62,8 +62,8 @@ def measure(
                 [
                     to_tensor(
                         cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA),
-                        pre["normalization"],
-                        int(pre["in_channels"]),
+                        pre.normalization,
+                        pre.in_channels,
                     )
                     for img in images[i : i + 16]
                 ]

@@ -442,7 +442,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible to this process.")
     predictor = load_model(args.model, device=device, tta=args.tta)
-    binary = int(predictor.pre["num_classes"]) == 1
+    binary = predictor.pre.num_classes == 1
     args.output.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(files), 16):
         chunk = files[start : start + 16]

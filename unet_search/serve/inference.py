@@ -19,8 +19,7 @@ from unet_search.data.dataset import DatasetArrays
 from unet_search.data.decode import read_image
 from unet_search.models.build import CONFIG_FILE, load_model_dir
 from unet_search.train.metrics import logits_to_labels, otsu_dice, score_masks
-from unet_search.train.sliding import RESIZE_BATCH, plan_of_preprocessing, predict_logits_many
-from unet_search.train.transforms import Normalization
+from unet_search.train.sliding import RESIZE_BATCH, Preprocessing, predict_logits_many
 
 __all__ = ["ImageLike", "Predictor", "find_model_dir", "load_model", "score_images"]
 
@@ -61,9 +60,8 @@ class Predictor:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.meta = meta
-        self.pre = meta["preprocessing"]
-        plan = plan_of_preprocessing(self.pre)
-        self.plan = plan if tta is None else replace(plan, tta=tta)
+        self.pre = Preprocessing.from_dict(meta["preprocessing"], int(meta["num_classes"]))
+        self.plan = self.pre.plan if tta is None else replace(self.pre.plan, tta=tta)
 
     @classmethod
     def from_dir(
@@ -75,8 +73,7 @@ class Predictor:
     @torch.no_grad()
     def predict_logits(self, images: Sequence[ImageLike]) -> list[torch.Tensor]:
         """Logits (K, H, W) per image at its original size (on the CPU)."""
-        norm = Normalization.of_preprocessing(self.pre)
-        channels = int(self.pre["in_channels"])
+        norm, channels = self.pre.normalization, self.pre.in_channels
         out: list[torch.Tensor] = []
         for start in range(0, len(images), RESIZE_BATCH):  # decoded a batch at a time
             rgb = [_as_rgb(item) for item in images[start : start + RESIZE_BATCH]]
@@ -97,7 +94,7 @@ class Predictor:
         """
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)
-        threshold = float(self.pre["threshold"])  # the one thresholding (train.metrics)
+        threshold = self.pre.threshold  # the one thresholding (train.metrics)
         masks = []
         for logit in self.predict_logits(list(images)):
             labels = logits_to_labels(logit[None], threshold)[0]
@@ -113,7 +110,7 @@ def score_images(
     ``unet-search predict`` segments them: whole images at their original sizes; plus
     ``otsu_<prefix>dice``, a plain Otsu threshold on the same images (binary tasks)."""
     indices = [int(i) for i in indices]
-    num_classes = int(predictor.meta["num_classes"])
+    num_classes = predictor.pre.num_classes
     out: dict[str, float] = {}
     for start in range(0, len(indices), RESIZE_BATCH):  # a batch of masks at a time
         chunk = indices[start : start + RESIZE_BATCH]

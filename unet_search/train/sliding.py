@@ -47,6 +47,7 @@ __all__ = [
     "model_input",
     "plan_of",
     "plan_of_preprocessing",
+    "Preprocessing",
     "predict_logits",
     "predict_logits_many",
     "PredictPlan",
@@ -106,6 +107,31 @@ def plan_of_preprocessing(pre: dict[str, Any], batch_size: int = 8) -> PredictPl
         str(pre.get("tta", "none")),
         batch_size,
     )
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """A saved model's ``preprocessing`` (model_config.json), read once, typed: how images
+    are seen (the plan), normalized and thresholded. Written by :func:`preprocessing_of`
+    (the file keeps its keys: other tools read them); models saved before patch mode, or
+    before the statistics were written out, read as they were trained."""
+
+    plan: PredictPlan
+    normalization: Normalization
+    in_channels: int
+    num_classes: int
+    threshold: float
+
+    @classmethod
+    def from_dict(cls, pre: dict[str, Any], num_classes: int = 1) -> Preprocessing:
+        """``num_classes``: the model's, for models whose preprocessing lacks it."""
+        return cls(
+            plan_of_preprocessing(pre),
+            Normalization.of_preprocessing(pre),
+            int(pre.get("in_channels", 3)),
+            int(pre.get("num_classes", num_classes)),
+            float(pre.get("threshold", 0.5)),
+        )
 
 
 @functools.cache
