@@ -59,6 +59,8 @@ __all__ = [
     "UNSENT_FILE",
     "SAMPLES_KEY",
     "WorkerContext",
+    "RECIPE_KEY",
+    "RecipeInput",
     "run_recipe",
     "ray_hooks",
     "train_loop_per_worker",
@@ -68,10 +70,34 @@ __all__ = [
 STATE_FILE = "state.pt"
 
 
+RECIPE_KEY = "recipe"  # a TorchTrainer's train_loop_config: {RECIPE_KEY: RecipeInput}
+
+
 UNSENT_FILE = "mlflow_unsent.json"  # in a checkpoint: logging the tracking server lacks
 
 
 SAMPLES_KEY = "val_predictions"  # MLflow image key: the fixed samples every few epochs
+
+
+@dataclass(frozen=True)
+class RecipeInput:
+    """What the training recipe of every worker gets, built once by whoever starts the run
+    (a search's trial, in process or through a TorchTrainer, or ``unet-search train``).
+
+    ``dataset``: the ObjectRef of the DatasetArrays (or the arrays); ``fault``: a
+    fault-injection spec (:func:`maybe_fail`); ``tracking_patience_s``: how long an
+    unreachable tracking server is waited for; ``init_run`` / ``init_checkpoint``: a run, or
+    a trial checkpoint's path or URI, whose kept weights training starts from (a search's
+    final fit)."""
+
+    run_config: RunConfig
+    dataset: Any
+    tracking_uri: str
+    run_id: str
+    fault: str | None = None
+    tracking_patience_s: float = DEFAULT_PATIENCE_S
+    init_run: str | None = None
+    init_checkpoint: str | None = None
 
 
 def _node_ids(world: int) -> list[str]:
@@ -264,33 +290,27 @@ def _log_start(outbox: Outbox, model: torch.nn.Module, world: int, nodes: list[s
     )
 
 
-def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
-    """The training recipe every worker runs. ``config`` holds ``run_config`` (dict),
-    ``dataset`` (ObjectRef of DatasetArrays, or the arrays), ``tracking_uri``, ``run_id``
-    and optionally ``fault`` (a fault-injection spec, see :func:`maybe_fail`),
-    ``tracking_patience_s`` (how long an unreachable tracking server is waited for) and
-    ``init_run`` / ``init_checkpoint`` (a run, or a Tune checkpoint's path or URI, whose
-    kept weights training starts from: a search's final fit).
+def run_recipe(recipe: RecipeInput, ctx: WorkerContext) -> None:
+    """The training recipe every worker runs, on ``recipe``'s run config and data.
 
     Rank 0's MLflow logging goes through an :class:`~unet_search.tracking.outage.Outbox`:
     while the server is away training goes on, the unsent logging travels with each
     checkpoint, and the run fails (checkpoint kept, for ``resume``) only after the patience
     runs out."""
-    cfg = RunConfig.from_dict(config["run_config"])
-    uri, run_id = config["tracking_uri"], config["run_id"]
+    cfg, uri, run_id = recipe.run_config, recipe.tracking_uri, recipe.run_id
     rank, world, device = ctx.rank, ctx.world, ctx.device
     torch.set_num_threads(cfg.train.cpus_per_worker)
     seed_everything(cfg.train.seed + rank)
-    data = config["dataset"]
+    data = recipe.dataset
     arrays: DatasetArrays = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     train_loader, val = build_loaders(cfg, arrays, rank, world)
     model = build_model(cfg.model, cfg.data.num_classes)
-    patience = float(config.get("tracking_patience_s") or DEFAULT_PATIENCE_S)
+    patience = recipe.tracking_patience_s
     # Before DDP wraps it; the run's own checkpoint (resume) overrides it.
-    if config.get("init_checkpoint"):
-        _warm_start_from_checkpoint(model, str(config["init_checkpoint"]))
-    elif config.get("init_run"):
-        _warm_start(model, uri, str(config["init_run"]), patience)
+    if recipe.init_checkpoint:
+        _warm_start_from_checkpoint(model, recipe.init_checkpoint)
+    elif recipe.init_run:
+        _warm_start(model, uri, recipe.init_run, patience)
     model = model.to(device)
     if device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -328,7 +348,7 @@ def run_recipe(config: dict[str, Any], ctx: WorkerContext) -> None:
                 shutil.rmtree(directory, ignore_errors=True)
         if rank == 0:
             outbox.check()  # after the checkpoint: nothing of this epoch is lost
-        maybe_fail(int(metrics["epoch"]), rank, world, cfg, config.get("fault"))
+        maybe_fail(int(metrics["epoch"]), rank, world, cfg, recipe.fault)
 
     fit(state, cfg, train_loader, val, build_loss(cfg.loss), device, report)
 
@@ -374,4 +394,4 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         prepare_model=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
         prepare_loader=lambda d: ray.train.torch.prepare_data_loader(d, move_to_device=False),
     )
-    run_recipe(config, ctx)
+    run_recipe(config[RECIPE_KEY], ctx)

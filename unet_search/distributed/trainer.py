@@ -3,6 +3,7 @@ build the ``TorchTrainer`` (gloo on CPUs, NCCL on GPUs) and run ``unet-search tr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from unet_search.core.errors import UserError
 from unet_search.core.tags import TAG_CODE_VERSION, TAG_DATA_LAYOUT, TAG_FINGERPRINT
 from unet_search.data.dataset import DatasetArrays
 from unet_search.distributed.faults import FAULT_ENV
-from unet_search.distributed.recipe import train_loop_per_worker
+from unet_search.distributed.recipe import RECIPE_KEY, RecipeInput, train_loop_per_worker
 from unet_search.models.build import build_model, count_parameters
 from unet_search.tracking.client import (
     create_run,
@@ -83,41 +84,25 @@ def check_resources(cfg: RunConfig) -> None:
 
 
 def build_trainer(
-    cfg: RunConfig,
-    dataset_ref: ray.ObjectRef,
-    tracking_uri: str,
-    run_id: str,
+    recipe: RecipeInput,
     storage: Path,
     name: str,
     worker_env: dict[str, str] | None = None,
     callbacks: list[Any] | None = None,
-    tracking_patience_s: float | None = None,
-    init_run: str | None = None,
-    init_checkpoint: str | None = None,
 ) -> ray.train.torch.TorchTrainer:
-    """A TorchTrainer for one run: DDP over ``num_workers`` (gloo on CPU, NCCL on GPU).
-
-    ``worker_env`` adds environment variables to the training workers only;
-    ``tracking_patience_s`` defaults to this process's ``$UNET_SEARCH_TRACKING_PATIENCE_S``;
-    ``init_run`` / ``init_checkpoint``: the run (its ``best_model``) or the trial checkpoint
-    whose kept weights training starts from."""
-    tc = cfg.train
+    """A TorchTrainer for one run: DDP over ``num_workers`` (gloo on CPU, NCCL on GPU), each
+    worker running the recipe on ``recipe``. ``worker_env`` adds environment variables to
+    the training workers only; a fault-injection spec there (or in this process's
+    environment) reaches the recipe."""
+    tc = recipe.run_config.train
     use_gpu = tc.gpus_per_worker > 0
     resources: dict[str, float] = {"CPU": tc.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = tc.gpus_per_worker
+    fault = recipe.fault or (worker_env or {}).get(FAULT_ENV) or os.environ.get(FAULT_ENV)
     return ray.train.torch.TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "run_config": cfg.to_dict(),
-            "dataset": dataset_ref,
-            "tracking_uri": tracking_uri,
-            "run_id": run_id,
-            "fault": (worker_env or {}).get(FAULT_ENV) or os.environ.get(FAULT_ENV),
-            "tracking_patience_s": tracking_patience_s or tracking_patience(),
-            "init_run": init_run,
-            "init_checkpoint": init_checkpoint,
-        },
+        train_loop_config={RECIPE_KEY: dataclasses.replace(recipe, fault=fault)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=tc.num_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
@@ -173,9 +158,10 @@ def run_training(
             "ray.num_workers": str(cfg.train.num_workers),
         },
     )
-    trainer = build_trainer(
-        cfg, ray.put(arrays), uri, run_id, workdir / "ray_results", f"train-{run_id}", worker_env
+    recipe = RecipeInput(
+        cfg, ray.put(arrays), uri, run_id, tracking_patience_s=tracking_patience()
     )
+    trainer = build_trainer(recipe, workdir / "ray_results", f"train-{run_id}", worker_env)
     status = "FAILED"
     try:
         result = trainer.fit()

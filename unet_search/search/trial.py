@@ -26,7 +26,7 @@ from unet_search.core.tags import (
     TAG_TRIAL_NUMBER,
 )
 from unet_search.distributed.faults import FAULT_ENV
-from unet_search.distributed.recipe import WorkerContext, ray_hooks, run_recipe
+from unet_search.distributed.recipe import RecipeInput, WorkerContext, ray_hooks, run_recipe
 from unet_search.distributed.trainer import build_trainer
 from unet_search.search.context import ARCH_SHORT, TRIAL_SLOT, SearchContext
 from unet_search.search.state import RECORD_TIMEOUT_S, await_recorded
@@ -126,19 +126,18 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
     _await_recorded(ctx, trial_id)
     run_id = _open_run(ctx, config, cfg, trial_id)
     final = final_fit_of(config) or {}  # a final fit's start: a run's or a checkpoint's weights
-    init_run, init_checkpoint = final.get("init_run"), final.get("init_checkpoint")
+    recipe = RecipeInput(
+        cfg,
+        dataset[0],
+        ctx.tracking_uri,
+        run_id,
+        ctx.fault,
+        ctx.patience_s,
+        final.get("init_run"),
+        final.get("init_checkpoint"),
+    )
     if _in_process(cfg):
         report, checkpoint_dir = ray_hooks(tune.report, tune.Checkpoint, tune.get_checkpoint)
-        recipe_config = {
-            "run_config": cfg.to_dict(),
-            "dataset": dataset[0],
-            "tracking_uri": ctx.tracking_uri,
-            "run_id": run_id,
-            "fault": ctx.fault,
-            "tracking_patience_s": ctx.patience_s,
-            "init_run": init_run,
-            "init_checkpoint": init_checkpoint,
-        }
         context = WorkerContext(
             rank=0,
             world=1,
@@ -148,20 +147,14 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
             prepare_model=lambda m: m,
             prepare_loader=lambda d: d,
         )
-        run_recipe(recipe_config, context)
+        run_recipe(recipe, context)
         return
     trainer = build_trainer(
-        cfg,
-        dataset[0],
-        ctx.tracking_uri,
-        run_id,
+        recipe,
         Path(ctx.storage) / "train",
         f"{ctx.search_id}-{trial_id}",
         worker_env={FAULT_ENV: ctx.fault} if ctx.fault else None,
         callbacks=[TuneReportCallback()],
-        tracking_patience_s=ctx.patience_s,
-        init_run=init_run,
-        init_checkpoint=init_checkpoint,
     )
     trainer.fit()
 
