@@ -363,8 +363,8 @@ def _print_final_and_default(out: Any) -> None:
     if final is not None and plan is not None and plan.source is not None:
         source = plan.source
         print(
-            f"final fit {final.name}: {final.epochs} epochs, {metric} {final.value:.4f} "
-            f"(the trial it trained on: {source.value:.4f})"
+            f"final fit    {source.name}, {final.epochs} epochs in run {final.name!r}: "
+            f"{metric} {source.value:.4f} -> {final.value:.4f}"
         )
     chosen = plan.source if final is not None and plan is not None else out.best
     if chosen is not None and chosen.default:
