@@ -325,3 +325,32 @@ def test_unicode_and_spaces_in_names_work(tmp_path: Path) -> None:
     assert len(arrays) == 4 and arrays.pixels.shape == (4 * 20 * 23, 3)
     assert arrays.image(3).shape == (20, 23, 3)  # at its own size
     assert set(np.unique(arrays.mask_pixels)) <= {0, 1}
+
+
+def test_the_data_summary_reads_the_dict_caches_kept_before_it_was_typed() -> None:
+    """DatasetArrays.stats is a typed DataSummary; the cache keeps it as the dict it always
+    was, and a cache written before reads back the same."""
+    from unet_search.data.dataset import DataSummary
+
+    before = {
+        "count": 3,
+        "layout": "dsb2018",
+        "sizes": {"64x64": 2, "80x96": 1},
+        "min_size": [64, 64],
+        "max_size": [80, 96],
+        "foreground_ratio": 0.25,
+        "instances_per_image": 4.0,
+        "class_pixels": [9000, 3000],
+        "data_id": "d1",
+        "split": "s1",
+    }
+    summary = DataSummary.from_dict(before)
+    assert summary.sizes == (("64x64", 2), ("80x96", 1)) and summary.max_size == (80, 96)
+    assert (summary.data_id, summary.split, summary.instances_per_image) == ("d1", "s1", 4.0)
+    assert summary.to_dict() == {
+        **before,
+        "min_size": (64, 64),
+        "max_size": (80, 96),
+        "class_pixels": (9000, 3000),
+    }
+    assert DataSummary.from_dict(summary.to_dict()) == summary

@@ -78,13 +78,13 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         materialize(args.data, work_dir() / "cache"), cfg.data, work_dir() / "cache"
     )
     stats = arrays.stats
-    print(f"dataset      {args.data} ({stats['layout']} layout)")
-    print(f"images       {stats['count']}")
-    sizes = ", ".join(f"{k} x{v}" for k, v in list(stats["sizes"].items())[:8])
-    print(f"sizes        {sizes}{' ...' if len(stats['sizes']) > 8 else ''}")
-    print(f"foreground   {stats['foreground_ratio']:.3f} of pixels")
-    if stats.get("instances_per_image") is not None:
-        print(f"instances    {stats['instances_per_image']:.1f} per image")
+    print(f"dataset      {args.data} ({stats.layout} layout)")
+    print(f"images       {stats.count}")
+    sizes = ", ".join(f"{k} x{v}" for k, v in stats.sizes[:8])
+    print(f"sizes        {sizes}{' ...' if len(stats.sizes) > 8 else ''}")
+    print(f"foreground   {stats.foreground_ratio:.3f} of pixels")
+    if stats.instances_per_image is not None:
+        print(f"instances    {stats.instances_per_image:.1f} per image")
     data = cfg.data
     print(
         f"fingerprint  {arrays.fingerprint} (num_classes={data.num_classes}, "

@@ -22,7 +22,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "CACHE_VERSION",
     "log",
     "DatasetArrays",
+    "DataSummary",
     "content_hash",
     "data_id",
     "fingerprint",
@@ -52,6 +53,39 @@ CACHE_VERSION = 3
 
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What ``check-data`` prints and the registry compares: counts, sizes, foreground and
+    classes, and the data's identity (``data_id``: the files and how they are read;
+    ``split``: the split of its images). Kept in the cache as a plain dict."""
+
+    count: int = 0
+    layout: str = "images_masks"
+    sizes: tuple[tuple[str, int], ...] = ()  # ("HxW", images), most common first
+    min_size: tuple[int, int] = (0, 0)
+    max_size: tuple[int, int] = (0, 0)
+    foreground_ratio: float = 0.0
+    instances_per_image: float | None = None  # dsb2018 layout only
+    class_pixels: tuple[int, ...] = ()
+    data_id: str = ""
+    split: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "sizes": dict(self.sizes)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> DataSummary:
+        return cls(
+            **{
+                **raw,
+                "sizes": tuple((str(k), int(v)) for k, v in raw.get("sizes", {}).items()),
+                "min_size": tuple(raw.get("min_size", (0, 0))),
+                "max_size": tuple(raw.get("max_size", (0, 0))),
+                "class_pixels": tuple(raw.get("class_pixels", ())),
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -74,7 +108,7 @@ class DatasetArrays:
     sizes: np.ndarray
     fingerprint: str
     layout: str
-    stats: dict[str, Any]
+    stats: DataSummary
 
     def __len__(self) -> int:
         return len(self.names)
@@ -101,7 +135,7 @@ class DatasetArrays:
             sizes,
             meta.get("fingerprint", ""),
             meta.get("layout", "images_masks"),
-            meta.get("stats", {}),
+            meta.get("stats", DataSummary()),
         )
 
     @functools.cached_property
@@ -173,19 +207,19 @@ def _decode_all(
     sizes = np.array([image.shape[:2] for image, _, _ in samples], np.int64).reshape(n, 2)
     masks = np.concatenate([mask.ravel() for _, mask, _ in samples])
     size_counts = Counter(f"{h}x{w}" for h, w in sizes.tolist())
-    stats = {
-        "count": n,
-        "layout": index.layout,
-        "sizes": dict(size_counts.most_common()),
-        "min_size": [int(sizes[:, 0].min()), int(sizes[:, 1].min())],
-        "max_size": [int(sizes[:, 0].max()), int(sizes[:, 1].max())],
-        "foreground_ratio": float((masks > 0).mean()),
-        "instances_per_image": float(np.mean([labels.max() for _, _, labels in samples]))
+    stats = DataSummary(
+        count=n,
+        layout=index.layout,
+        sizes=tuple(size_counts.most_common()),
+        min_size=(int(sizes[:, 0].min()), int(sizes[:, 1].min())),
+        max_size=(int(sizes[:, 0].max()), int(sizes[:, 1].max())),
+        foreground_ratio=float((masks > 0).mean()),
+        instances_per_image=float(np.mean([labels.max() for _, _, labels in samples]))
         if dsb
         else None,
-        "class_pixels": np.bincount(masks, minlength=max(2, cfg.num_classes)).tolist(),
+        class_pixels=tuple(np.bincount(masks, minlength=max(2, cfg.num_classes)).tolist()),
         **identity,  # data_id and split: what the registry compares apart
-    }
+    )
     return DatasetArrays.of(
         [image for image, _, _ in samples],
         [mask for _, mask, _ in samples],
@@ -212,7 +246,11 @@ def _save_cache(path: Path, arrays: DatasetArrays) -> None:
         names=np.array(arrays.names),
         meta=np.array(
             json.dumps(
-                {"fingerprint": arrays.fingerprint, "layout": arrays.layout, "stats": arrays.stats}
+                {
+                    "fingerprint": arrays.fingerprint,
+                    "layout": arrays.layout,
+                    "stats": arrays.stats.to_dict(),
+                }
             )
         ),
         **extra,
@@ -232,9 +270,9 @@ def _load_cache(path: Path) -> DatasetArrays | None:
                 npz["sizes"],
                 meta["fingerprint"],
                 meta["layout"],
-                meta["stats"],
+                DataSummary.from_dict(meta["stats"]),
             )
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, TypeError):
         return None  # unreadable cache: decode again and overwrite it
 
 

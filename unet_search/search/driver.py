@@ -253,8 +253,8 @@ def _context(
         os.environ.get(FAULT_ENV),
         tracking_patience(),
         otsu_val_dice(arrays, spec.base_config()),
-        arrays.stats.get("data_id", ""),
-        arrays.stats.get("split", ""),
+        arrays.stats.data_id,
+        arrays.stats.split,
     )
 
 
