@@ -81,10 +81,9 @@ def test_every_trial_is_in_the_saved_state_before_it_starts(
     assert [r.metrics["saved"] for r in results] == [1.0] * 6
 
 
-def _watched_asha(
-    max_t: int, num_samples: int, paused: list[str], resumed: list[str]
-) -> PromotingASHA:
-    """ASHA with rungs at 1, 2, 4, ... below ``max_t``; pauses and resumes recorded."""
+def _asha(max_t: int, num_samples: int, **hooks: Any) -> PromotingASHA:
+    """ASHA on best_val_dice with rungs at 1, 2, 4, ... below ``max_t``; ``hooks``: its
+    pause, resume, budget and final-fit arguments."""
     return PromotingASHA(
         metric="best_val_dice",
         mode="max",
@@ -92,9 +91,20 @@ def _watched_asha(
         grace_period=1,
         reduction_factor=2,
         num_samples=num_samples,
-        on_pause=paused.append,
-        on_resume=resumed.append,
+        **hooks,
     )
+
+
+def _watched_asha(
+    max_t: int, num_samples: int, paused: list[str], resumed: list[str]
+) -> PromotingASHA:
+    """:func:`_asha` with its pauses and resumes recorded."""
+    return _asha(max_t, num_samples, on_pause=paused.append, on_resume=resumed.append)
+
+
+def _result(done: int, dice: float) -> dict:
+    """A trial's result after ``done`` epochs, its best Dice (and soft Dice) ``dice``."""
+    return {"training_iteration": done, "best_val_dice": dice, TIE_BREAK: dice}
 
 
 def test_resume_pauses_trials_restored_at_a_rung_again_and_the_rung_decides_anew() -> None:
@@ -151,17 +161,14 @@ def test_the_baseline_never_counts_at_a_rung() -> None:
     for t in (trial, baseline):
         asha.on_trial_add(None, t)
 
-    def result(done: int, dice: float) -> dict:
-        return {"training_iteration": done, "best_val_dice": dice, TIE_BREAK: dice}
-
-    assert asha.on_trial_result(None, trial, result(1, 0.5)) == "PAUSE"  # alone at rung 1
+    assert asha.on_trial_result(None, trial, _result(1, 0.5)) == "PAUSE"  # alone at rung 1
     for epoch in (1, 2, 3):
-        assert asha.on_trial_result(None, baseline, result(epoch, 0.1)) == "CONTINUE"
-    assert asha.on_trial_result(None, baseline, result(4, 0.1)) == "STOP"  # its last epoch
+        assert asha.on_trial_result(None, baseline, _result(epoch, 0.1)) == "CONTINUE"
+    assert asha.on_trial_result(None, baseline, _result(4, 0.1)) == "STOP"  # its last epoch
     assert paused == [trial.trial_id] and resumed == []  # still waiting for a competitor
     rival = Trial("fn", config={}, stub=True)
     asha.on_trial_add(None, rival)
-    assert asha.on_trial_result(None, rival, result(1, 0.2)) == "PAUSE"
+    assert asha.on_trial_result(None, rival, _result(1, 0.2)) == "PAUSE"
     assert resumed == [trial.trial_id]  # the best 1 of the 2 competitors
 
 
@@ -180,14 +187,11 @@ def test_a_trial_alone_at_its_rung_is_promoted_when_nothing_else_can_run() -> No
     for t in trials:
         asha.on_trial_add(None, t)
 
-    def result(done: int, dice: float) -> dict:
-        return {"training_iteration": done, "best_val_dice": dice, TIE_BREAK: dice}
-
-    assert asha.on_trial_result(None, baseline, result(4, 0.0)) == "STOP"
-    assert asha.on_trial_result(None, low, result(1, 0.3)) == "PAUSE"  # alone at rung 1
+    assert asha.on_trial_result(None, baseline, _result(4, 0.0)) == "STOP"
+    assert asha.on_trial_result(None, low, _result(1, 0.3)) == "PAUSE"  # alone at rung 1
     # `high` is the best 1 of 2 at rung 1: promoted; then alone at rung 2, it pauses.
-    assert asha.on_trial_result(None, high, result(1, 0.6)) == "CONTINUE"
-    assert asha.on_trial_result(None, high, result(2, 0.7)) == "PAUSE"
+    assert asha.on_trial_result(None, high, _result(1, 0.6)) == "CONTINUE"
+    assert asha.on_trial_result(None, high, _result(2, 0.7)) == "PAUSE"
     baseline.set_status(Trial.TERMINATED)
     for t in (low, high):
         t.set_status(Trial.PAUSED)
@@ -196,7 +200,7 @@ def test_a_trial_alone_at_its_rung_is_promoted_when_nothing_else_can_run() -> No
     assert resumed[-1] == high.trial_id
     high.set_status(Trial.RUNNING)
     assert asha._left_over(trials) == (None, [])  # something runs
-    assert asha.on_trial_result(None, high, result(4, 0.8)) == "STOP"  # trained to max_t
+    assert asha.on_trial_result(None, high, _result(4, 0.8)) == "STOP"  # trained to max_t
     high.set_status(Trial.TERMINATED)
     assert asha._left_over(trials) == (None, [low])  # now the losers are stopped
 
@@ -208,15 +212,7 @@ def test_a_spent_budget_starts_no_trial_and_promotes_none() -> None:
     from ray.tune.experiment import Trial
 
     spent = [False]
-    asha = PromotingASHA(
-        metric="best_val_dice",
-        mode="max",
-        max_t=4,
-        grace_period=1,
-        reduction_factor=2,
-        num_samples=10,
-        exhausted=lambda: spent[0],
-    )
+    asha = _asha(4, 10, exhausted=lambda: spent[0])
     first, second = Trial("fn", config={}, stub=True), Trial("fn", config={}, stub=True)
     for t in (first, second):
         asha.on_trial_add(None, t)
@@ -245,33 +241,20 @@ def test_with_a_final_fit_a_spent_budget_stops_every_trial_where_it_is() -> None
     def count(trial_id: str, result: dict) -> None:
         counted[trial_id] = max(counted.get(trial_id, 0), result["training_iteration"])
 
-    asha = PromotingASHA(
-        metric="best_val_dice",
-        mode="max",
-        max_t=6,
-        grace_period=1,
-        reduction_factor=2,
-        num_samples=10,
-        exhausted=lambda: sum(counted.values()) >= 4,
-        count=count,
-        final_fit=True,
-    )
+    asha = _asha(6, 10, exhausted=lambda: sum(counted.values()) >= 4, count=count, final_fit=True)
     baseline = Trial("fn", config={TAG_BASELINE: True}, stub=True)
     first, second, third = (Trial("fn", config={}, stub=True) for _ in range(3))
     trials = [baseline, first, second, third]
     for t in trials:
         asha.on_trial_add(None, t)
 
-    def result(done: int, dice: float) -> dict:
-        return {"training_iteration": done, "best_val_dice": dice, TIE_BREAK: dice}
-
-    assert asha.on_trial_result(None, first, result(1, 0.3)) == "PAUSE"  # alone at rung 1
-    assert asha.on_trial_result(None, second, result(1, 0.9)) == "CONTINUE"  # best of 2
-    assert asha.on_trial_result(None, third, result(1, 0.6)) == "PAUSE"  # 2nd of 3
-    assert asha.on_trial_result(None, second, result(2, 0.95)) == "STOP"  # the 4th epoch
+    assert asha.on_trial_result(None, first, _result(1, 0.3)) == "PAUSE"  # alone at rung 1
+    assert asha.on_trial_result(None, second, _result(1, 0.9)) == "CONTINUE"  # best of 2
+    assert asha.on_trial_result(None, third, _result(1, 0.6)) == "PAUSE"  # 2nd of 3
+    assert asha.on_trial_result(None, second, _result(2, 0.95)) == "STOP"  # the 4th epoch
     assert counted == {first.trial_id: 1, second.trial_id: 1 + 1, third.trial_id: 1}
-    assert asha.on_trial_result(None, baseline, result(2, 0.1)) == "CONTINUE"
-    assert asha.on_trial_result(None, baseline, result(6, 0.1)) == "STOP"  # its max_t
+    assert asha.on_trial_result(None, baseline, _result(2, 0.1)) == "CONTINUE"
+    assert asha.on_trial_result(None, baseline, _result(6, 0.1)) == "STOP"  # its max_t
     for t in (first, third):
         t.set_status(Trial.PAUSED)
     asha._promote(third.trial_id, 0)  # as if a later arrival promoted it just now
