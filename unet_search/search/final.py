@@ -23,13 +23,12 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
-from unet_search.core.metrics import sign
 from unet_search.core.outcome import Outcome
 from unet_search.core.tags import TAG_FINAL_FIT
 from unet_search.search.asha import KEEP_CHECKPOINTS, DurableFIFO, SaveAfterCheckpoints
 from unet_search.search.callbacks import TrialStatusCallback
 from unet_search.search.context import SearchContext
-from unet_search.search.outcome import TrialSummary, summaries
+from unet_search.search.outcome import TrialSummary, best_by_value, summaries
 
 __all__ = [
     "explored_epochs",
@@ -83,10 +82,6 @@ def final_source(
     those that kept weights (a checkpoint, or a logged best model); finished or stopped
     early alike, since a search with a final fit stops its trials where the exploring
     budget ends. Never the baseline (a reference) or a failed trial."""
-    checkpoints = {
-        str((r.metrics or {}).get("trial_id")): _checkpoint_of(r)
-        for r in results  # type: ignore[attr-defined]  # ResultGrid is iterable
-    }
     candidates = [
         t
         for t in trials
@@ -94,9 +89,9 @@ def final_source(
         and not t.final
         and t.value is not None
         and t.status != Outcome.FAILED.run_status
-        and (checkpoints.get(t.trial_id) or (t.status == FINISHED and t.run_id))
+        and (_checkpoint_of(_result_of(results, t)) or (t.status == FINISHED and t.run_id))
     ]
-    return max(candidates, key=lambda t: sign(mode) * (t.value or 0.0), default=None)
+    return best_by_value(candidates, mode)
 
 
 def plan_final_fit(

@@ -17,7 +17,7 @@ from unet_search.search.context import SearchContext
 from unet_search.space.spec import final_fit_of, is_baseline, is_default
 from unet_search.tracking.read import child_run_names
 
-__all__ = ["pick_best", "SPLIT_FILE", "summaries", "TrialSummary"]
+__all__ = ["best_by_value", "pick_best", "SPLIT_FILE", "summaries", "TrialSummary"]
 
 
 SPLIT_FILE = "split.json"  # the parent run's {"train": [...], "val": [...], "test": [...]}
@@ -74,4 +74,9 @@ def pick_best(trials: list[TrialSummary], mode: str) -> TrialSummary | None:
     others = any(not t.baseline for t in trials)
     if not scored or (others and all(t.baseline for t in scored)):
         return None
-    return max(scored, key=lambda t: sign(mode) * (t.value or 0.0))
+    return best_by_value(scored, mode)
+
+
+def best_by_value(trials: list[TrialSummary], mode: str) -> TrialSummary | None:
+    """The trial with the best value (``mode``: max or min); None for no trials."""
+    return max(trials, key=lambda t: sign(mode) * (t.value or 0.0), default=None)
