@@ -11,8 +11,9 @@ import yaml
 from unet_search.core.errors import ConfigError
 from unet_search.core.tags import TAG_BASELINE, TAG_DEFAULT, TAG_TRIAL_NUMBER
 from unet_search.space.load import load_space, make_sampler
+from unet_search.space.role import FinalStart, TrialRole
 from unet_search.space.settings import SearchSettings
-from unet_search.space.spec import SearchSpec, is_default
+from unet_search.space.spec import SearchSpec
 
 SPACES = sorted(Path(__file__).parents[2].joinpath("search_spaces").glob("*.yaml"))
 
@@ -95,7 +96,7 @@ def test_full_space_is_a_real_cluster_search() -> None:
 
 def test_seed_baseline_space_is_the_keras_unet() -> None:
     spec = _shipped(Path(__file__).parents[2] / "search_spaces" / "seed_baseline.yaml")
-    cfg = spec.trial_run_config({TAG_BASELINE: True})
+    cfg = spec.trial({TAG_BASELINE: True}).run
     assert (cfg.model.depth, cfg.model.base_filters, cfg.model.dropout_schedule) == (4, 16, "ramp")
     assert (cfg.data.image_size, cfg.train.batch_size, cfg.train.epochs) == (128, 16, 25)
     assert cfg.loss.loss == "bce" and spec.settings.num_samples == 1
@@ -107,7 +108,7 @@ def test_define_by_run_samples_conditionally(tmp_path: Path) -> None:
     for _ in range(12):
         trial = study.ask()
         constants = spec.define_by_run(trial)
-        cfg = spec.trial_run_config({**trial.params, **(constants or {})})
+        cfg = spec.trial({**trial.params, **(constants or {})}).run
         expected = "transpose" if cfg.model.encoder == "none" else "nearest"
         assert cfg.model.upsampling == expected
         assert 1e-4 <= cfg.optim.lr <= 1e-2 and cfg.model.depth in (3, 4)
@@ -122,9 +123,29 @@ def test_baseline_trial_samples_nothing_and_keeps_search_budget(tmp_path: Path) 
     trial = study.ask()
     constants = spec.define_by_run(trial)
     assert trial.params == {} and constants and constants[TAG_BASELINE]
-    cfg = spec.trial_run_config(constants)
+    parsed = spec.trial(constants)
+    assert parsed.role == TrialRole(trial.number, baseline=True)
+    cfg = parsed.run
     assert cfg.model.base_filters == 16 and cfg.model.dropout_schedule == "ramp"
     assert cfg.data.image_size == 32 and cfg.train.epochs == 2  # the search's fixed settings
+
+
+def test_a_final_fit_config_reads_back_its_role_its_start_and_its_own_epochs(
+    tmp_path: Path,
+) -> None:
+    spec = load_space(_write(tmp_path, _space()))
+    sampled = {"encoder": "none", "upsampling:0": "transpose", "lr": 3e-3, "depth": 3}
+    kept = FinalStart(7, init_checkpoint="/storage/s/t2/checkpoint_000001")
+    role = TrialRole(4, default=True, final=kept)
+    trial = spec.trial({**sampled, **role.keys()})
+    assert trial.role == role and trial.role.final is not None
+    assert trial.role.final.init_weights == "/storage/s/t2/checkpoint_000001"
+    # The source's searched values, the final fit's own epochs (the space fixes 2).
+    assert (trial.run.train.epochs, trial.run.optim.lr, trial.run.model.depth) == (7, 3e-3, 3)
+    assert trial.run.model.upsampling == "transpose"
+    assert FinalStart(7, init_run="abc").init_weights == "runs:/abc/best_model"
+    assert FinalStart(7).init_weights == "scratch"
+    assert TrialRole.of({}) == TrialRole() and TrialRole.of(None).final is None
 
 
 @pytest.mark.parametrize(
@@ -379,7 +400,8 @@ def test_the_planned_default_is_trains_defaults_moved_into_the_space(tmp_path: P
     study.enqueue_trial(spec.default_params(), user_attrs={TAG_DEFAULT: True})
     trial = study.ask()
     config = spec.define_by_run(trial)
-    assert config is not None and config[TAG_DEFAULT] and is_default(config)
+    assert config is not None and config[TAG_DEFAULT]
+    assert TrialRole.of(config) == TrialRole(trial.number, default=True)
     assert trial.params == spec.default_params()
     choice = spec.params[0]  # encoder
     assert nearest_allowed(choice, "vgg11") == "none"  # not numeric: the first value

@@ -161,7 +161,7 @@ def test_auto_in_a_space_is_filled_from_the_plan(tmp_path: Path) -> None:
     assert cfg.train.batch_size == 4
     (depth,) = spec.params
     assert (depth.low, depth.high) == (3, 4)
-    baseline = spec.trial_run_config({"unet_search.baseline": True})
+    baseline = spec.trial({"unet_search.baseline": True}).run
     assert baseline.data.input_mode == "resize" and baseline.data.normalization == "default"
     again = plan_space(load_space(path), arrays, "cpu-quick")
     assert again.fixed == spec.fixed and again.params == spec.params

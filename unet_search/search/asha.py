@@ -46,7 +46,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from unet_search.core.metrics import sign
 from unet_search.core.outcome import trained_to_the_end
 from unet_search.search.private import ASHAInternals, checkpoint_experiment
-from unet_search.space.spec import is_baseline
+from unet_search.space.role import TrialRole
 
 if TYPE_CHECKING:
     from unet_search.space.spec import SearchSpec
@@ -81,7 +81,7 @@ def rank_value(result: dict[str, Any], metric: str, mode: str) -> float | None:
 
 
 def _baseline(trial: Trial) -> bool:
-    return is_baseline(trial.config)
+    return TrialRole.of(trial.config).baseline
 
 
 class SavesNewTrials(TrialScheduler):

@@ -33,7 +33,6 @@ from unet_search.core.tags import (
     TAG_FINGERPRINT,
     TAG_KIND,
     TAG_SEARCH_ID,
-    TAG_TRIAL_NUMBER,
 )
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.split import split_names
@@ -67,7 +66,7 @@ from unet_search.search.setup import (
 from unet_search.search.state import save_state
 from unet_search.search.trial import trainable, trial_run_name
 from unet_search.space.load import make_sampler, plan_space
-from unet_search.space.spec import SearchSpec, is_baseline
+from unet_search.space.spec import SearchSpec
 from unet_search.space.validate import check_name
 from unet_search.tracking.client import (
     create_run,
@@ -97,11 +96,7 @@ def _live_view(ctx: SearchContext) -> LiveView:
     spec = ctx.spec
 
     def name_of(trial: Any) -> str:
-        config = trial.config or {}
-        baseline = spec.settings.baseline if is_baseline(config) else None
-        return trial_run_name(
-            int(config.get(TAG_TRIAL_NUMBER, 0)), spec.trial_run_config(config), baseline
-        )
+        return trial_run_name(spec.trial(trial.config or {}), spec.settings.baseline)
 
     return LiveView(
         ctx.search_id, spec.settings.metric, spec.tune_metric, spec.settings.mode, name_of
@@ -321,7 +316,7 @@ def _default_trial(spec: SearchSpec) -> dict[str, Any] | None:
         return None
     params = spec.default_params()
     try:
-        spec.trial_run_config(params)
+        spec.trial(params)
     except UserError as err:
         print(f"space {spec.name}: no planned default trial: {err}", flush=True)
         return None

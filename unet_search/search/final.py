@@ -24,11 +24,11 @@ from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
 from unet_search.core.outcome import Outcome
-from unet_search.core.tags import TAG_FINAL_FIT
 from unet_search.search.asha import KEEP_CHECKPOINTS, DurableFIFO, SaveAfterCheckpoints
 from unet_search.search.callbacks import TrialStatusCallback
 from unet_search.search.context import SearchContext
 from unet_search.search.outcome import TrialSummary, best_by_value, summaries
+from unet_search.space.role import FinalStart, TrialRole
 
 __all__ = [
     "explored_epochs",
@@ -143,14 +143,15 @@ def _final_config(ctx: SearchContext, plan: FinalPlan, results: tune.ResultGrid)
     """The source trial's Tune config with the final fit's epochs and starting weights."""
     assert plan.source is not None
     result = _result_of(results, plan.source)
-    start: dict[str, Any] = {"init_run": None, "init_checkpoint": None}
+    start = FinalStart(plan.epochs)  # from scratch
     if ctx.spec.settings.final_fit_start == "kept":
         checkpoint = _checkpoint_of(result)
         if checkpoint:
-            start["init_checkpoint"] = checkpoint
+            start = FinalStart(plan.epochs, init_checkpoint=checkpoint)
         else:  # a finished trial whose checkpoint is gone: its logged best model
-            start["init_run"] = plan.source.run_id
-    return {**(result.config or {}), TAG_FINAL_FIT: {"epochs": plan.epochs, **start}}
+            start = FinalStart(plan.epochs, init_run=plan.source.run_id)
+    role = dataclasses.replace(TrialRole.of(result.config), final=start)
+    return {**(result.config or {}), **role.keys()}
 
 
 def run_final_fit(

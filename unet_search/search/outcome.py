@@ -12,9 +12,8 @@ from ray import tune
 
 from unet_search.core.metrics import sign
 from unet_search.core.outcome import outcome_of
-from unet_search.core.tags import TAG_TRIAL_NUMBER
 from unet_search.search.context import SearchContext
-from unet_search.space.spec import final_fit_of, is_baseline, is_default
+from unet_search.space.role import TrialRole
 from unet_search.tracking.read import child_run_names
 
 __all__ = ["best_by_value", "pick_best", "SPLIT_FILE", "summaries", "TrialSummary"]
@@ -47,19 +46,20 @@ def summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary
         status = outcome_of(metrics, failed=result.error is not None).run_status
         value = metrics.get(ctx.spec.tune_metric)
         run_id, name = runs.get(trial_id, (None, trial_id))
+        role = TrialRole.of(result.config)
         out.append(
             TrialSummary(
-                int((result.config or {}).get(TAG_TRIAL_NUMBER, 0)),
+                role.number,
                 trial_id,
                 name,
                 status,
                 None if value is None or result.error else float(value),
                 int(metrics.get("epoch", 0)),
-                is_baseline(result.config),
+                role.baseline,
                 run_id,
                 ctx.spec.assignments(result.config or {}),
-                is_default(result.config),
-                final_fit_of(result.config) is not None,
+                role.default,
+                role.final is not None,
             )
         )
     return sorted(out, key=lambda t: t.index)

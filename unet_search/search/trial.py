@@ -30,27 +30,30 @@ from unet_search.distributed.recipe import RecipeInput, WorkerContext, ray_hooks
 from unet_search.distributed.trainer import build_trainer
 from unet_search.search.context import ARCH_SHORT, TRIAL_SLOT, SearchContext
 from unet_search.search.state import RECORD_TIMEOUT_S, await_recorded
-from unet_search.space.spec import SearchSpec, final_fit_of, is_baseline, is_default
+from unet_search.space.role import Trial
+from unet_search.space.spec import SearchSpec
 from unet_search.tracking.client import open_child_run
 from unet_search.tracking.outage import with_patience
 
 __all__ = ["trainable", "trial_main", "trial_run_name"]
 
 
-def trial_run_name(index: int, cfg: RunConfig, baseline: str | None) -> str:
+def trial_run_name(trial: Trial, baseline: str | None) -> str:
     """A name a person can read, e.g. ``t007 unet++ resnet34 d4 f32`` or
-    ``t008 unet scratch d3 f16 residual+aspp+gate`` (the options that are not the default)."""
-    if baseline:
+    ``t008 unet scratch d3 f16 residual+aspp+gate`` (the options that are not the default);
+    a final fit's is its source's with ``final`` before it. ``baseline``: the seed
+    baseline's preset, when ``trial`` is the baseline."""
+    index = trial.role.number
+    if trial.role.baseline:
         return f"t{index:03d} baseline {baseline}"
-    m = cfg.model
+    m, workers = trial.run.model, trial.run.train.num_workers
     encoder = "scratch" if m.encoder == "none" else m.encoder
-    workers = f" x{cfg.train.num_workers}" if cfg.train.num_workers > 1 else ""
     variant = "+".join(getattr(m, k) for k, v in CLASSIC.items() if getattr(m, k) != v)
-    variant = f" {variant}" if variant else ""
-    return (
+    name = (
         f"t{index:03d} {ARCH_SHORT[m.arch]} {encoder} d{m.depth} f{m.base_filters}"
-        f"{variant}{workers}"
+        f"{' ' + variant if variant else ''}{f' x{workers}' if workers > 1 else ''}"
     )
+    return f"final {name}" if trial.role.final is not None else name
 
 
 def _in_process(cfg: RunConfig) -> bool:
@@ -70,17 +73,11 @@ def _await_recorded(ctx: SearchContext, trial_id: str) -> None:
         )
 
 
-def _open_run(ctx: SearchContext, config: dict[str, Any], cfg: RunConfig, trial_id: str) -> str:
+def _open_run(ctx: SearchContext, trial: Trial, trial_id: str) -> str:
     """The trial's MLflow child run (the same one again when the trial restarts)."""
-    spec = ctx.spec
-    baseline = spec.settings.baseline if is_baseline(config) else None
-    number = int(config.get(TAG_TRIAL_NUMBER, 0))
-    start = final_fit_of(config)
-    final = start is not None
-    name = trial_run_name(number, cfg, baseline)
-    role = {TAG_FINAL_FIT: "true"} if final else {}
-    if is_default(config) and not final:
-        role = {TAG_DEFAULT: "true"}
+    spec, role = ctx.spec, trial.role
+    baseline = spec.settings.baseline if role.baseline else None
+    tags = {TAG_FINAL_FIT: "true"} if role.final else {TAG_DEFAULT: "true"} if role.default else {}
     return with_patience(
         ctx.tracking_uri,
         f"trial {trial_id}: its run",
@@ -88,53 +85,42 @@ def _open_run(ctx: SearchContext, config: dict[str, Any], cfg: RunConfig, trial_
             ctx.tracking_uri,
             ctx.experiment_id,
             ctx.parent_run_id,
-            name=f"final {name}" if final else name,
+            name=trial_run_name(trial, baseline),
             params={
-                **cfg.flat(),
+                **trial.run.flat(),
                 "baseline": baseline or "no",
                 "planned": ",".join(spec.auto) or "none",
-                **({"init_weights": _init_weights(start)} if start is not None else {}),
+                **({"init_weights": role.final.init_weights} if role.final else {}),
             },
             tags={
                 TAG_SEARCH_ID: ctx.search_id,
                 TAG_TRIAL_ID: trial_id,
-                TAG_TRIAL_NUMBER: str(number),
+                TAG_TRIAL_NUMBER: str(role.number),
                 TAG_FINGERPRINT: ctx.fingerprint,
                 TAG_CODE_VERSION: ctx.code_version,
                 **({TAG_BASELINE: baseline} if baseline else {}),
-                **role,
+                **tags,
             },
         ),
         ctx.patience_s,
     )
 
 
-def _init_weights(final: dict[str, Any]) -> str:
-    """Where a final fit's weights start (its param ``init_weights``): the source trial's
-    checkpoint, its run's logged best model, or scratch."""
-    if final.get("init_checkpoint"):
-        return str(final["init_checkpoint"])
-    if final.get("init_run"):
-        return f"runs:/{final['init_run']}/best_model"
-    return "scratch"
-
-
 def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.ObjectRef]) -> None:
     """One trial: open (or reopen) its MLflow run, then train in-process or on Ray Train."""
-    cfg = ctx.spec.trial_run_config(config)
+    trial = ctx.spec.trial(config)
+    cfg, final = trial.run, trial.role.final
     trial_id = tune.get_context().get_trial_id()
     _await_recorded(ctx, trial_id)
-    run_id = _open_run(ctx, config, cfg, trial_id)
-    final = final_fit_of(config) or {}  # a final fit's start: a run's or a checkpoint's weights
     recipe = RecipeInput(
         cfg,
         dataset[0],
         ctx.tracking_uri,
-        run_id,
+        _open_run(ctx, trial, trial_id),
         ctx.fault,
         ctx.patience_s,
-        final.get("init_run"),
-        final.get("init_checkpoint"),
+        final.init_run if final else None,  # a final fit starts from a run's weights
+        final.init_checkpoint if final else None,  # or a checkpoint's
     )
     if _in_process(cfg):
         report, checkpoint_dir = ray_hooks(tune.report, tune.Checkpoint, tune.get_checkpoint)
@@ -161,7 +147,7 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
 
 def _resources(spec: SearchSpec, slot: bool) -> Callable[[dict[Any, Any]], PlacementGroupFactory]:
     def resources(config: dict[Any, Any]) -> PlacementGroupFactory:
-        cfg = spec.trial_run_config(config)
+        cfg = spec.trial(config).run
         if _in_process(cfg):
             return PlacementGroupFactory([{"CPU": float(cfg.train.cpus_per_worker)}])
         # The driver holds no CPU, or a trial plus its workers can deadlock on small nodes.

@@ -63,7 +63,8 @@ from unet_search.core.config import (
 )
 from unet_search.core.schema import Frozen, broken, rule
 from unet_search.core.sections import PLANNED_LEAVES
-from unet_search.core.tags import TAG_BASELINE, TAG_DEFAULT, TAG_FINAL_FIT, TAG_TRIAL_NUMBER
+from unet_search.core.tags import TAG_BASELINE, TAG_DEFAULT
+from unet_search.space.role import Trial, TrialRole
 from unet_search.space.settings import SearchSettings
 from unet_search.train.plan import Plan
 
@@ -71,9 +72,6 @@ __all__ = [
     "BASELINE_LEAVES",
     "BASELINE_SECTIONS",
     "ChoiceParam",
-    "is_baseline",
-    "is_default",
-    "final_fit_of",
     "MAX_COMBINATIONS",
     "MODEL_FIELDS",
     "nearest_allowed",
@@ -104,22 +102,6 @@ PARAM_TYPES = ("choice", "int", "uniform", "loguniform")
 
 
 MAX_COMBINATIONS = 200_000
-
-
-def is_baseline(trial_config: Mapping[str, Any] | None) -> bool:
-    """Whether a trial's Tune config is the seed baseline's (``search.baseline``)."""
-    return bool((trial_config or {}).get(TAG_BASELINE))
-
-
-def is_default(trial_config: Mapping[str, Any] | None) -> bool:
-    """Whether a trial's Tune config is the planned default configuration's."""
-    return bool((trial_config or {}).get(TAG_DEFAULT))
-
-
-def final_fit_of(trial_config: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """A final fit's ``{"epochs": E, "init_run": run id or None, "init_checkpoint": a trial
-    checkpoint's path or None}`` (search/final.py), None for any other trial's Tune config."""
-    return (trial_config or {}).get(TAG_FINAL_FIT) or None
 
 
 # Only these sections of a baseline preset apply: the data, the budget and the resources of
@@ -344,14 +326,12 @@ class SearchSpec:
         """Optuna define-by-run space. The baseline trial samples nothing (so TPE learns
         nothing false from it) and returns its whole config as constants."""
         if trial.user_attrs.get(TAG_BASELINE):
-            return {TAG_BASELINE: True, TAG_TRIAL_NUMBER: trial.number}
+            return TrialRole(trial.number, baseline=True).keys()
         chosen: dict[str, Any] = {}
         for param in self.params:
             if param.active(chosen):
                 chosen[param.name] = param.suggest(trial)
-        if trial.user_attrs.get(TAG_DEFAULT):
-            return {TAG_DEFAULT: True, TAG_TRIAL_NUMBER: trial.number}
-        return {TAG_TRIAL_NUMBER: trial.number}
+        return TrialRole(trial.number, default=bool(trial.user_attrs.get(TAG_DEFAULT))).keys()
 
     def default_params(self) -> dict[str, Any]:
         """The planned default configuration inside this space, as Optuna parameters: what
@@ -390,17 +370,18 @@ class SearchSpec:
             leaves["image_size"] = self.fixed_dict["image_size"]
         return leaves
 
-    def trial_run_config(self, trial_config: Mapping[str, Any]) -> RunConfig:
-        """The full run config of a trial: fixed <- sampled (or fixed <- baseline preset)."""
+    def trial(self, trial_config: Mapping[str, Any]) -> Trial:
+        """A trial's Tune config parsed: its role and its full run config (fixed <- sampled,
+        or fixed <- the baseline preset; a final fit's own epochs)."""
+        role = TrialRole.of(trial_config)
         leaves = dict(self.fixed_dict)
-        if is_baseline(trial_config):
+        if role.baseline:
             leaves.update(self.baseline_leaves())
         else:
             leaves.update(self.assignments(trial_config))
-        final = final_fit_of(trial_config)
-        if final:  # the final fit's own epochs (unet_search.search.final)
-            leaves["epochs"] = int(final["epochs"])
-        return self.run_config(leaves)
+        if role.final is not None:
+            leaves["epochs"] = role.final.epochs
+        return Trial(role, self.run_config(leaves))
 
     @property
     def tune_metric(self) -> str:

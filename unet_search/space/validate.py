@@ -13,8 +13,8 @@ from unet_search.core.config import (
 )
 from unet_search.core.errors import ConfigError, UserError
 from unet_search.core.metrics import dsb_rule
-from unet_search.core.tags import TAG_BASELINE
 from unet_search.models.build import validate_model_config
+from unet_search.space.role import TrialRole
 from unet_search.space.settings import ComputeSpec, SchedulerSpec, SearchSettings
 from unet_search.space.spec import (
     MAX_COMBINATIONS,
@@ -316,7 +316,7 @@ def check_combinations(spec: SearchSpec, source: str) -> None:
             ) from None
     if spec.settings.baseline is not None:
         try:
-            cfg = spec.trial_run_config({TAG_BASELINE: True})
+            cfg = spec.trial(TrialRole(baseline=True).keys()).run
             validate_model_config(cfg.model)
         except ConfigError as err:
             raise space_error(
