@@ -24,6 +24,8 @@ import readme
 import yaml
 from conftest import asha_space
 
+from unet_search.distributed.faults import FAULT_ENV
+from unet_search.search.final import FINAL_SUFFIX
 from unet_search.search.private import saved_trials
 
 ROOT = Path(__file__).parents[2]
@@ -388,10 +390,12 @@ def _kill_then_resume(
     name: str,
     sets: list[str],
     ready: Callable[[], bool],
+    killed: Callable[[], None] = lambda: None,
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
-    """Start a search, SIGKILL its driver once ``ready()``, then resume it. Returns the
-    resume's output and, per trial id, the epoch Tune's saved state held at the kill: what
-    ``resume`` continues from (a trial may have trained further, unsaved, before the kill)."""
+    """Start a search, SIGKILL its driver once ``ready()``, call ``killed()``, then resume
+    it. Returns the resume's output and, per trial id, the epoch Tune's saved state held at
+    the kill: what ``resume`` continues from (a trial may have trained further, unsaved,
+    before the kill)."""
     sets = [arg for item in [*SHRINK[1::2], *sets] for arg in ("--set", item)]
     driver = subprocess.Popen(
         [EXE, "search", "--space", str(space), "--data", str(data), "--name", name, *sets],
@@ -405,9 +409,13 @@ def _kill_then_resume(
         time.sleep(1)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
+    killed()
+    storage = Path(env["UNET_SEARCH_STORAGE"])
     saved = {
         t["trial_id"]: int(t["last_result"].get("training_iteration", 0))
-        for t in saved_trials(Path(env["UNET_SEARCH_STORAGE"]) / name)
+        for experiment in (name, name + FINAL_SUFFIX)
+        if (storage / experiment).exists()
+        for t in saved_trials(storage / experiment)
     }
     resume = readme.find(readme.CLUSTER_README, "unet-search resume").argv  # ... NAME
     proc = _cli(env, *[name if arg == "NAME" else arg for arg in resume[1:]])
@@ -431,36 +439,62 @@ def _epochs(env: dict[str, str], run: Any) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_killed_search_driver_is_resumed_without_rerunning_or_duplicating(
-    cluster: dict[str, str], cluster_data: Path
+def test_a_search_killed_in_its_final_fit_is_resumed_without_rerunning_or_duplicating(
+    cluster: dict[str, str], cluster_data: Path, tmp_path: Path
 ) -> None:
-    env = cluster
-    finished: list = []
+    """The driver is killed while the final fit trains (held after its epoch 2 by fault
+    injection until the kill): `resume` keeps every exploring trial as it finished, continues
+    the final fit from its checkpoint in its one run, and registers that run's model."""
+    gate = tmp_path / "released"
+    env = {**cluster, FAULT_ENV: f"epoch=2,hold={gate},when=epochs:4"}
+    final_state = Path(env["UNET_SEARCH_STORAGE"]) / f"kill-1{FINAL_SUFFIX}"
 
-    def one_finished() -> bool:
-        finished[:] = [r for r in _runs(env, "kill-1") if r.info.status == "FINISHED"]
-        return len(finished) >= 1
+    def final_fit_held() -> bool:
+        saved = saved_trials(final_state) if final_state.exists() else []
+        return any(int(t["last_result"].get("training_iteration", 0)) >= 2 for t in saved)
 
-    # quick.yaml's baseline, planned default and one sampled trial, 2 epochs, two at a time:
-    # one finished before the kill, the others running or waiting.
-    sets = ["epochs=2", "search.num_samples=3", "search.scheduler.type=fifo"]
+    # quick.yaml's baseline, planned default and one sampled trial, 2 epochs each, then a
+    # final fit of 4: a compute of 8 epochs, half of it exploring (the baseline not counted).
+    sets = [
+        "epochs=2",
+        "search.num_samples=3",
+        "search.scheduler.type=fifo",
+        "search.compute={epochs: 8}",
+        "search.final_fit=0.5",
+    ]
     quick = ROOT / "search_spaces" / "quick.yaml"
-    proc, saved = _kill_then_resume(env, quick, cluster_data, "kill-1", sets, one_finished)
-    before = {r.info.run_id for r in finished}
+    proc, saved = _kill_then_resume(
+        env, quick, cluster_data, "kill-1", sets, final_fit_held, lambda: gate.touch()
+    )
     assert "search kill-1: 3 trials" in proc.stdout
     # The plan is handed on: resume reads the parent run's plan.json, it does not plan again.
     assert "search kill-1: the plan it started with (plan.json of its run)" in proc.stdout
     runs = _runs(env, "kill-1")
-    assert len(runs) == 3  # exactly num_samples trials, one MLflow run each
-    assert len({r.data.tags["unet_search.trial_id"] for r in runs}) == 3
+    finals = [r for r in runs if r.data.tags.get("unet_search.final_fit") == "true"]
+    assert len(runs) == 4 and len(finals) == 1  # num_samples trials and the final fit
+    assert len({r.data.tags["unet_search.trial_id"] for r in runs}) == 4
     assert {r.info.status for r in runs} == {"FINISHED"}
-    for run in runs:
-        steps = _epochs(env, run)
-        if run.info.run_id in before:  # finished before the kill: nothing re-run
-            assert steps == [1, 2], run.info.run_name
-        else:
-            _resumed_where_saved(steps, 2, saved.get(run.data.tags["unet_search.trial_id"], 0))
-    assert before <= {r.info.run_id for r in runs}  # finished trials kept their runs
+    (final,) = finals
+    for run in runs:  # the exploring trials had finished: nothing of them ran again
+        if run is not final:
+            assert _epochs(env, run) == [1, 2], run.info.run_name
+    final_id = final.data.tags["unet_search.trial_id"]
+    assert saved[final_id] == 2  # held after epoch 2, then resumed from that checkpoint
+    _resumed_where_saved(_epochs(env, final), 4, saved[final_id])
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    registered = [
+        v
+        for v in client.search_model_versions("name = 'unet-quick'")
+        if v.tags.get("unet_search.search_id") == "kill-1"
+    ]
+    assert len(registered) == 1, (proc.stdout[-3000:], [v.tags for v in registered])
+    (version,) = registered
+    assert version.tags["unet_search.run_id"] == final.info.run_id
+    # Registered on the final fit's kept weights: its best validation Dice.
+    best = max(m.value for m in client.get_metric_history(final.info.run_id, "val_dice"))
+    assert float(version.tags["unet_search.metric_value"]) == pytest.approx(best, abs=1e-6)
 
 
 @pytest.mark.slow

@@ -27,6 +27,9 @@ def maybe_fail(epoch: int, rank: int, world: int, cfg: RunConfig, spec: str | No
     - ``"epoch=N,raise=oom[,when=KEY:VALUE]"`` raises a (simulated) out-of-memory error
       right after epoch N's report, in every run whose config has KEY = VALUE (e.g.
       ``when=base_filters:8``), or in every run without ``when``.
+    - ``"epoch=N,hold=PATH[,when=KEY:VALUE]"`` holds the run right after epoch N's report
+      (its checkpoint kept) until the file PATH exists: a search can be killed at a chosen
+      point of a chosen run (``when=epochs:4``: the run whose ``epochs`` is 4).
 
     Ray Train V2 registers a reported checkpoint when its controller next polls the workers
     (every 2 s), so a failure within 2 s of a report can lose that report: the epoch is then
@@ -36,12 +39,17 @@ def maybe_fail(epoch: int, rank: int, world: int, cfg: RunConfig, spec: str | No
     fields = dict(part.split("=", 1) for part in spec.split(","))
     if int(fields["epoch"]) != epoch:
         return
+    key, _, value = fields.get("when", ":").partition(":")
+    applies = not key or str(cfg.flat().get(key)) == value
     if fields.get("raise") == "oom":
-        key, _, value = fields.get("when", ":").partition(":")
-        if not key or str(cfg.flat().get(key)) == value:
+        if applies:
             raise torch.OutOfMemoryError(
                 f"simulated out of memory after epoch {epoch} (fault injection {FAULT_ENV})"
             )
+        return
+    if "hold" in fields:
+        while applies and not Path(fields["hold"]).exists():
+            time.sleep(0.2)
         return
     marker = Path(fields["marker"])
     if not marker.exists():
