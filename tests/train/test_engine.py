@@ -210,6 +210,65 @@ def test_lr_schedules(schedule: str, peak: float, last: float | None) -> None:
         assert lrs.index(max(lrs)) == pytest.approx(30, abs=1)  # warm-up over 30% of steps
 
 
+@pytest.mark.parametrize(("schedule", "last"), [("cosine", 1e-4), ("none", 1e-2)])
+def test_a_warm_start_ramps_the_lr_up_over_its_first_epoch_then_follows_its_schedule(
+    schedule: str, last: float
+) -> None:
+    from unet_search.core.sections import OptimConfig
+    from unet_search.train.engine import WARM_UP_FROM, build_optimizer, build_scheduler
+
+    model = torch.nn.Linear(2, 1)
+    cfg = OptimConfig(lr=1e-2, lr_schedule=schedule)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps=100, warm_up_steps=10)
+    assert scheduler is not None
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(1e-2 * WARM_UP_FROM)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11], strict=True))  # rising
+    assert lrs[10] == pytest.approx(1e-2) and max(lrs) == pytest.approx(1e-2)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(last, rel=1e-2)
+    # The state round-trips (resume): a fresh schedule loaded at step 50 goes on the same.
+    fresh_opt = build_optimizer(torch.nn.Linear(2, 1), cfg)
+    fresh = build_scheduler(fresh_opt, cfg, total_steps=100, warm_up_steps=10)
+    assert fresh is not None
+    for _ in range(50):
+        fresh_opt.step()
+        fresh.step()
+    assert fresh_opt.param_groups[0]["lr"] == pytest.approx(lrs[50])
+
+
+def test_a_run_from_given_weights_never_keeps_worse_ones(synth_dir: Path) -> None:
+    """Trained weights, then a run from them at a learning rate that wrecks them: its kept
+    weights stay the ones it was given (epoch 0), with their validation values."""
+    from unet_search.train.engine import keep_the_start
+
+    cfg, trained = _train(synth_dir, {"patch_size": 32, "patches_per_epoch": 32, "epochs": 3})
+    wreck = cfg.replace(lr=10.0, grad_clip=0.0, epochs=2, lr_schedule="none")
+    state, train, val = _setup(synth_dir, wreck)
+    state.module.load_state_dict(trained.best_state)
+    start = keep_the_start(state, val, build_loss(cfg.loss), wreck, CPU)
+    assert start["val_dice"] == pytest.approx(trained.best_metrics["val_dice"], abs=1e-6)
+    assert start["val_dice"] > 0.5
+    seen: list[float] = []
+    fit(
+        state,
+        wreck,
+        train,
+        val,
+        build_loss(cfg.loss),
+        CPU,
+        lambda m, s: seen.append(m["val_dice"]),
+    )
+    assert max(seen) < start["val_dice"]  # every epoch worse than the start
+    assert state.early.best_epoch == 0 and state.best_metrics["val_dice"] == start["val_dice"]
+    assert state.best_state is not None
+    assert all(torch.equal(state.best_state[k], v) for k, v in trained.best_state.items())
+
+
 def _sharded_validate(rank: int, world: int, init: str, data: str, out: str) -> None:
     import torch.distributed as dist
 

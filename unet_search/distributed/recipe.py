@@ -44,6 +44,7 @@ from unet_search.train.engine import (
     TrainingState,
     build_loaders,
     fit,
+    keep_the_start,
     new_training_state,
     seed_everything,
     val_indices,
@@ -316,9 +317,13 @@ def run_recipe(recipe: RecipeInput, ctx: WorkerContext) -> None:
         model = model.to(memory_format=torch.channels_last)
     train_loader = ctx.prepare_loader(train_loader)  # this rank's share of each epoch
     # The schedule spans the steps this rank really takes.
-    state = new_training_state(ctx.prepare_model(model), cfg, len(train_loader), device)
+    warm = bool(recipe.init_checkpoint or recipe.init_run)
+    state = new_training_state(ctx.prepare_model(model), cfg, len(train_loader), device, warm)
     outbox = Outbox(uri, run_id, patience)
     _resume(state, ctx, outbox if rank == 0 else None)
+    loss_fn = build_loss(cfg.loss)
+    if warm and state.epoch == 0:  # the weights it was given are its best until beaten
+        keep_the_start(state, val, loss_fn, cfg, device)
     nodes = _node_ids(world) if state.epoch == 0 else []  # every rank takes part
     if rank == 0 and state.epoch == 0:
         _log_start(outbox, model, world, nodes)
@@ -350,7 +355,7 @@ def run_recipe(recipe: RecipeInput, ctx: WorkerContext) -> None:
             outbox.check()  # after the checkpoint: nothing of this epoch is lost
         maybe_fail(int(metrics["epoch"]), rank, world, cfg, recipe.fault)
 
-    fit(state, cfg, train_loader, val, build_loss(cfg.loss), device, report)
+    fit(state, cfg, train_loader, val, loss_fn, device, report)
 
 
 def ray_hooks(

@@ -50,6 +50,7 @@ __all__ = [
     "build_scheduler",
     "EarlyStopping",
     "fit",
+    "keep_the_start",
     "new_training_state",
     "OPTIMIZERS",
     "otsu_val_dice",
@@ -61,6 +62,7 @@ __all__ = [
     "val_indices",
     "validate",
     "Validation",
+    "WARM_UP_FROM",
 ]
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -70,6 +72,7 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
         params, lr=c.lr, momentum=0.9, nesterov=True, weight_decay=c.weight_decay
     ),
 }
+WARM_UP_FROM = 0.05  # a warm start's first LR, as a share of the peak
 # Per-step LR schedules over a run's steps (a registry, as the optimizers): none, a cosine
 # down to 1% of the peak, or one cycle.
 SCHEDULES: dict[
@@ -105,14 +108,26 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, warm_up_steps: int = 0
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """A per-step LR schedule (:data:`SCHEDULES`) over ``total_steps``."""
+    """A per-step LR schedule (:data:`SCHEDULES`) over ``total_steps``; with
+    ``warm_up_steps`` (a run that starts from trained weights) the LR first ramps up
+    linearly from 5% over those steps and the schedule spans the rest: a fresh optimizer at
+    the peak LR would jolt the weights it was given (``onecycle`` warms up on its own)."""
     if cfg.lr_schedule not in SCHEDULES:
         raise ConfigError(
             f"`optim.lr_schedule` must be one of {list(SCHEDULES)}, but got {cfg.lr_schedule!r}."
         )
-    return SCHEDULES[cfg.lr_schedule](optimizer, cfg, max(total_steps, 1))
+    total_steps = max(total_steps, 1)
+    if cfg.lr_schedule == "onecycle" or not 0 < warm_up_steps < total_steps:
+        return SCHEDULES[cfg.lr_schedule](optimizer, cfg, total_steps)
+    main = SCHEDULES[cfg.lr_schedule](optimizer, cfg, total_steps - warm_up_steps)
+    ramp = torch.optim.lr_scheduler.LinearLR(
+        optimizer, start_factor=WARM_UP_FROM, end_factor=1.0, total_iters=warm_up_steps
+    )
+    if main is None:
+        return ramp  # then constant at the peak
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], [warm_up_steps])
 
 
 @dataclass
@@ -388,16 +403,44 @@ def otsu_val_dice(arrays: DatasetArrays, cfg: RunConfig) -> float | None:
 
 
 def new_training_state(
-    model: nn.Module, cfg: RunConfig, steps_per_epoch: int, device: torch.device
+    model: nn.Module,
+    cfg: RunConfig,
+    steps_per_epoch: int,
+    device: torch.device,
+    warm_start: bool = False,
 ) -> TrainingState:
-    """Optimizer, schedule, early stopping (and an fp16 grad scaler on GPU) for a model."""
+    """Optimizer, schedule, early stopping (and an fp16 grad scaler on GPU) for a model;
+    ``warm_start`` (the model holds trained weights): the LR warms up over the first epoch."""
     optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch * cfg.train.epochs)
+    scheduler = build_scheduler(
+        optimizer,
+        cfg.optim,
+        steps_per_epoch * cfg.train.epochs,
+        steps_per_epoch if warm_start else 0,
+    )
     scaler = (
         torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.train.amp == "fp16" else None
     )
     early = EarlyStopping(cfg.train.early_stop_metric, cfg.train.early_stop_patience)
     return TrainingState(model, optimizer, scheduler, early, scaler)
+
+
+def keep_the_start(
+    state: TrainingState, val: Validation, loss_fn: nn.Module, cfg: RunConfig, device: torch.device
+) -> dict[str, float]:
+    """Validate the weights a run starts from (epoch 0) and keep them as its best so far: a
+    run from trained weights (a final fit) then never keeps worse weights than it was given.
+    Returns their validation metrics."""
+    metrics = validate(state.model, val, loss_fn, cfg, device, cfg.train.dsb_every > 0)
+    metrics["epoch"] = 0.0
+    keep = cfg.train.early_stop_metric
+    if keep in metrics:
+        state.early.best, state.early.best_epoch = metrics[keep], 0
+        state.best_state = copy.deepcopy(
+            {k: v.detach().cpu() for k, v in state.module.state_dict().items()}
+        )
+        state.best_metrics = dict(metrics)
+    return metrics
 
 
 def _dsb_due(tc: TrainConfig, epoch: int) -> bool:
