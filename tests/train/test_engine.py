@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -228,7 +229,7 @@ def test_a_warm_start_ramps_the_lr_up_over_its_first_epoch_then_follows_its_sche
         optimizer.step()
         scheduler.step()
     assert lrs[0] == pytest.approx(1e-2 * WARM_UP_FROM)
-    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11], strict=True))  # rising
+    assert all(a < b for a, b in itertools.pairwise(lrs[:11]))  # rising
     assert lrs[10] == pytest.approx(1e-2) and max(lrs) == pytest.approx(1e-2)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(last, rel=1e-2)
     # The state round-trips (resume): a fresh schedule loaded at step 50 goes on the same.
