@@ -234,7 +234,13 @@ def test_a_final_fit_config_reads_back_its_role_its_start_and_its_own_epochs(
         ({"params__encoder": {"type": "choice", "values": ["none", "none"]}}, "must not repeat"),
         (
             {"params__depth": {"type": "normal", "low": 2, "high": 4}},
-            "`params.depth.type` must be one of",
+            "`params.depth.type` must be one of ['choice', 'int', 'uniform', 'loguniform'], "
+            "but got 'normal'.",
+        ),
+        (  # the type is the union's tag: without it no parameter model applies
+            {"params__depth": {"low": 2, "high": 4}},
+            "`params.depth.type` must be one of ['choice', 'int', 'uniform', 'loguniform'], "
+            "but got None.",
         ),
         (
             {"params__depth": {"type": "int", "low": 2, "high": 4, "mean": 3}},

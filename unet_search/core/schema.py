@@ -15,12 +15,21 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
 from unet_search.core.errors import ConfigError
 
-__all__ = ["Frozen", "at_least", "between", "broken", "choice", "rule", "type_names"]
+__all__ = [
+    "Frozen",
+    "at_least",
+    "between",
+    "broken",
+    "choice",
+    "rule",
+    "type_names",
+    "validated_union",
+]
 
 RULE = "unet_search_rule"  # the pydantic error type of a broken rule of ours
 # The section a `Frozen.validated` call names (pydantic calls our __init__ itself).
@@ -129,3 +138,29 @@ class Frozen(BaseModel):
         ``upsampling``) follows the changes."""
         kept = {name: getattr(self, name) for name in self.model_fields_set}
         return type(self)(**{**kept, **changes})
+
+
+def validated_union(
+    adapter: TypeAdapter[Any], values: Any, where: str, tags: Iterable[str]
+) -> Any:
+    """``values`` validated as a discriminated union of :class:`Frozen` models (the one its
+    tag names; ``tags``: every tag), errors naming their keys under ``where`` as
+    :meth:`Frozen.validated`'s do; a missing or unknown tag: ```where.<tag>` must be one of
+    [...]``."""
+    token = _WHERE.set(where)
+    try:
+        return adapter.validate_python(values)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        ctx = first.get("ctx") or {}
+        if isinstance(ctx.get("error"), ConfigError):  # a member's own message
+            raise ctx["error"] from None
+        if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            tag = str(ctx["discriminator"]).strip("'")
+            got = values.get(tag) if isinstance(values, Mapping) else values
+            raise ConfigError(
+                f"`{where}.{tag}` must be one of {list(tags)}, but got {got!r}."
+            ) from None
+        raise ConfigError(f"`{where}` {first['msg']}.") from None
+    finally:
+        _WHERE.reset(token)

@@ -51,10 +51,10 @@ import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, get_args
 
 import optuna
-from pydantic import model_validator
+from pydantic import Field, TypeAdapter, model_validator
 
 from unet_search.core.config import (
     LEAF_SECTION,
@@ -81,6 +81,7 @@ __all__ = [
     "RangeParam",
     "RESOURCE_FIELDS",
     "SearchSpec",
+    "SPACE_PARAM",
 ]
 
 
@@ -96,9 +97,6 @@ PROVISIONAL: dict[str, Any] = {
     "depth.low": 3,
     "depth.high": 4,
 }
-
-
-PARAM_TYPES = ("choice", "int", "uniform", "loguniform")
 
 
 MAX_COMBINATIONS = 200_000
@@ -126,6 +124,10 @@ MODEL_FIELDS = {
 RESOURCE_FIELDS = {"num_workers", "cpus_per_worker", "gpus_per_worker"}
 
 
+# A parameter's `when`, checked: (earlier parameter, the values it must have), all of them.
+Conditions = tuple[tuple[str, tuple[Any, ...]], ...]
+
+
 def _unique(values: list[Any]) -> bool:
     return len({repr(v) for v in values}) == len(values)
 
@@ -146,6 +148,9 @@ class ChoiceParam(Frozen):
         rule("must hold plain values", _plain),
     ]
     when: Any = None
+
+    def spec(self, name: str, key: str, when: Conditions) -> ParamSpec:
+        return ParamSpec(name, key, self.type, values=tuple(self.values), when=when)
 
 
 class RangeParam(Frozen):
@@ -173,6 +178,23 @@ class RangeParam(Frozen):
             raise broken(".step", "cannot be combined with a log scale", self.step)
         return self
 
+    def spec(self, name: str, key: str, when: Conditions) -> ParamSpec:
+        log = self.type == "loguniform"
+        return ParamSpec(
+            name, key, self.type, low=self.low, high=self.high, step=self.step, log=log, when=when
+        )
+
+
+# One searched parameter of a space file: the model its `type` names (the discriminator).
+SPACE_PARAM: TypeAdapter[ChoiceParam | RangeParam] = TypeAdapter(
+    Annotated[ChoiceParam | RangeParam, Field(discriminator="type")]
+)
+PARAM_TYPES: tuple[str, ...] = tuple(
+    kind
+    for model in (ChoiceParam, RangeParam)
+    for kind in get_args(model.model_fields["type"].annotation)
+)
+
 
 @dataclass(frozen=True)
 class ParamSpec:
@@ -186,7 +208,7 @@ class ParamSpec:
     high: float = 0.0
     step: float | None = None
     log: bool = False
-    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    when: Conditions = ()
 
     def active(self, chosen: Mapping[str, Any]) -> bool:
         """Whether all ``when`` conditions hold for the values chosen so far."""

@@ -13,6 +13,7 @@ from unet_search.core.config import (
 )
 from unet_search.core.errors import ConfigError, UserError
 from unet_search.core.metrics import dsb_rule
+from unet_search.core.schema import validated_union
 from unet_search.models.build import validate_model_config
 from unet_search.space.role import TrialRole
 from unet_search.space.settings import ComputeSpec, SchedulerSpec, SearchSettings
@@ -20,9 +21,8 @@ from unet_search.space.spec import (
     MAX_COMBINATIONS,
     MODEL_FIELDS,
     PARAM_TYPES,
-    ChoiceParam,
+    SPACE_PARAM,
     ParamSpec,
-    RangeParam,
     SearchSpec,
 )
 from unet_search.train.plan import parse_budget
@@ -60,22 +60,12 @@ def _param(
     where = f"params.{name}" + (f"[{index}]" if index is not None else "")
     if not isinstance(raw, Mapping):
         raise space_error(source, where, "must be a mapping with a `type`", raw)
-    only_keys(raw, {"type", "values", "low", "high", "step", "when"}, source, f"{where}.")
-    kind = raw.get("type")
-    if kind not in PARAM_TYPES:
-        raise space_error(source, f"{where}.type", f"must be one of {list(PARAM_TYPES)}", kind)
-    key = name if index is None else f"{name}:{index}"
-    model = ChoiceParam if kind == "choice" else RangeParam
     try:
-        checked = model.validated(raw, where)
+        checked = validated_union(SPACE_PARAM, dict(raw), where, PARAM_TYPES)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
-    when = _when(raw.get("when", {}), where, earlier, source)
-    if isinstance(checked, ChoiceParam):
-        return ParamSpec(name, key, kind, values=tuple(checked.values), when=when)
-    log = kind == "loguniform"
-    low, high, step = checked.low, checked.high, checked.step
-    return ParamSpec(name, key, kind, low=low, high=high, step=step, log=log, when=when)
+    key = name if index is None else f"{name}:{index}"
+    return checked.spec(name, key, _when(raw.get("when", {}), where, earlier, source))
 
 
 def _when(
