@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,38 @@ def test_a_warm_start_ramps_the_lr_up_over_its_first_epoch_then_follows_its_sche
         fresh_opt.step()
         fresh.step()
     assert fresh_opt.param_groups[0]["lr"] == pytest.approx(lrs[50])
+
+
+def test_a_run_that_goes_on_from_another_continues_its_optimizer_and_lr(synth_dir: Path) -> None:
+    """``continue``: 2 epochs of a schedule spanning 8, then a run of 3 that goes on from
+    there: its optimizer's state is the first run's (Adam's step count goes on), its LR
+    starts where the first left it (no warm-up, no restart at the peak) and anneals to the
+    schedule's end over its own epochs."""
+    leaves = {"patch_size": 32, "patches_per_epoch": 16, "batch_size": 8, "lr": 1e-2}
+    first_cfg = RunConfig.from_dict(
+        {**leaves, "epochs": 2, "schedule_epochs": 8, "dsb_every": 0, "val_fraction": 0.25}
+    )
+    first, train, val = _setup(synth_dir, first_cfg)
+    fit(first, first_cfg, train, val, build_loss(first_cfg.loss), CPU)
+    left_at = first.optimizer.param_groups[0]["lr"]
+    assert 0.5e-2 < left_at < 1e-2  # a quarter into a cosine over 8 epochs: not annealed
+    steps = len(train) * 2
+    cfg = first_cfg.replace(epochs=3, schedule_epochs=0)
+    model = build_model(cfg.model, cfg.data.num_classes)
+    model.load_state_dict(first.module.state_dict())
+    saved = first.optimizer.state_dict()
+    state = new_training_state(model, cfg, len(train), CPU, True, saved)
+    adam = next(iter(state.optimizer.state.values()))
+    assert int(adam["step"]) == steps
+    lrs: list[float] = []
+    fit(state, cfg, train, val, build_loss(cfg.loss), CPU, lambda m, s: lrs.append(m["lr"]))
+    # After the first of its 3 epochs: a third down a cosine from where the first run left
+    # the LR (not from 5% of the peak, not from the peak) to 1% of the peak.
+    third = 1e-4 + (left_at - 1e-4) * (1 + math.cos(math.pi / 3)) / 2
+    assert lrs[0] == pytest.approx(third, rel=1e-3)
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4, rel=1e-2)
+    with pytest.raises(Exception, match="schedule_epochs"):
+        RunConfig.from_dict({"epochs": 4, "schedule_epochs": 2})
 
 
 def test_a_run_from_given_weights_never_keeps_worse_ones(synth_dir: Path) -> None:

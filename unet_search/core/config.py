@@ -135,6 +135,13 @@ class RunConfig(Frozen):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         data, model, train = self.data, self.model, self.train
+        if 0 < train.schedule_epochs < train.epochs:
+            raise broken(
+                "train.schedule_epochs",
+                f"must be 0 (the run's epochs) or at least `epochs` ({train.epochs}): a schedule "
+                "cannot end before its run",
+                train.schedule_epochs,
+            )
         why = dsb_rule(train.dsb_every, data.num_classes)
         if train.early_stop_metric == "val_dsb_score" and why:
             raise broken("train.early_stop_metric", why, train.early_stop_metric)

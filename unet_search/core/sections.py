@@ -270,6 +270,9 @@ class TrainConfig(Frozen):
 
     section = "train"
     epochs: Annotated[int, between(1, 100_000)] = 20
+    # The LR schedule spans this many epochs (0: `epochs`): a search's exploring trials span
+    # its whole compute, so that the best of them can go on as one long run (final fit).
+    schedule_epochs: Annotated[int, between(0, 100_000)] = 0
     batch_size: Annotated[int, between(1, 4096)] = 8
     seed: int = 0
     threshold: Annotated[float, between(0, 1, low_open=True, high_open=True)] = 0.5

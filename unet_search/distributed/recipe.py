@@ -89,7 +89,8 @@ class RecipeInput:
     fault-injection spec (:func:`maybe_fail`); ``tracking_patience_s``: how long an
     unreachable tracking server is waited for; ``init_run`` / ``init_checkpoint``: a run, or
     a trial checkpoint's path or URI, whose kept weights training starts from (a search's
-    final fit)."""
+    final fit); ``init_optimizer``: from the checkpoint's last weights and its optimizer
+    instead, going on where that run left off (``final_fit_start: continue``)."""
 
     run_config: RunConfig
     dataset: Any
@@ -99,6 +100,7 @@ class RecipeInput:
     tracking_patience_s: float = DEFAULT_PATIENCE_S
     init_run: str | None = None
     init_checkpoint: str | None = None
+    init_optimizer: bool = False
 
 
 def _node_ids(world: int) -> list[str]:
@@ -161,12 +163,19 @@ def _warm_start(model: torch.nn.Module, uri: str, run_id: str, patience_s: float
         model.load_state_dict(load_file(str(path / MODEL_FILE)))
 
 
-def _warm_start_from_checkpoint(model: torch.nn.Module, path: str) -> None:
+def _warm_start_from_checkpoint(
+    model: torch.nn.Module, path: str, go_on: bool = False
+) -> dict[str, Any] | None:
     """``model`` takes the kept weights of a trial's checkpoint (``path``: a folder, or a
-    URI of the search's storage): its best epoch's, else its last epoch's."""
+    URI of the search's storage): its best epoch's, else its last epoch's. ``go_on``: its
+    last epoch's, and the optimizer's state there is returned (else None)."""
     with ray.train.Checkpoint(path).as_directory() as directory:
         saved = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    if go_on:
+        model.load_state_dict(saved["model"])
+        return dict(saved["optimizer"])
     model.load_state_dict(saved["best_state"] or saved["model"])
+    return None
 
 
 def _sample_indices(cfg: RunConfig, arrays: DatasetArrays) -> np.ndarray:
@@ -308,8 +317,11 @@ def run_recipe(recipe: RecipeInput, ctx: WorkerContext) -> None:
     model = build_model(cfg.model, cfg.data.num_classes)
     patience = recipe.tracking_patience_s
     # Before DDP wraps it; the run's own checkpoint (resume) overrides it.
+    optimizer_state = None
     if recipe.init_checkpoint:
-        _warm_start_from_checkpoint(model, recipe.init_checkpoint)
+        optimizer_state = _warm_start_from_checkpoint(
+            model, recipe.init_checkpoint, recipe.init_optimizer
+        )
     elif recipe.init_run:
         _warm_start(model, uri, recipe.init_run, patience)
     model = model.to(device)
@@ -318,7 +330,9 @@ def run_recipe(recipe: RecipeInput, ctx: WorkerContext) -> None:
     train_loader = ctx.prepare_loader(train_loader)  # this rank's share of each epoch
     # The schedule spans the steps this rank really takes.
     warm = bool(recipe.init_checkpoint or recipe.init_run)
-    state = new_training_state(ctx.prepare_model(model), cfg, len(train_loader), device, warm)
+    state = new_training_state(
+        ctx.prepare_model(model), cfg, len(train_loader), device, warm, optimizer_state
+    )
     outbox = Outbox(uri, run_id, patience)
     _resume(state, ctx, outbox if rank == 0 else None)
     loss_fn = build_loss(cfg.loss)

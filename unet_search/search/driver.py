@@ -214,11 +214,11 @@ def _final_fit(
         print(f"search {ctx.search_id}: no final fit: {plan.why}", flush=True)
         return None
     assert plan.source is not None
-    start = (
-        f"from {plan.source.name}'s kept weights"
-        if ctx.spec.settings.final_fit_start == "kept"
-        else "from scratch"
-    )
+    start = {
+        "continue": f"going on from where {plan.source.name} stopped",
+        "kept": f"from {plan.source.name}'s kept weights",
+        "scratch": "from scratch",
+    }[ctx.spec.settings.final_fit_start]
     print(
         f"search {ctx.search_id}: final fit of {plan.source.name}, {plan.epochs} epochs {start} "
         f"(the exploring trials spent {plan.explored_epochs})",

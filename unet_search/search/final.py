@@ -143,11 +143,13 @@ def _final_config(ctx: SearchContext, plan: FinalPlan, results: tune.ResultGrid)
     """The source trial's Tune config with the final fit's epochs and starting weights."""
     assert plan.source is not None
     result = _result_of(results, plan.source)
+    how = ctx.spec.settings.final_fit_start
     start = FinalStart(plan.epochs)  # from scratch
-    if ctx.spec.settings.final_fit_start == "kept":
+    if how != "scratch":
         checkpoint = _checkpoint_of(result)
         if checkpoint:
-            start = FinalStart(plan.epochs, init_checkpoint=checkpoint)
+            go_on = how == "continue"
+            start = FinalStart(plan.epochs, init_checkpoint=checkpoint, optimizer=go_on)
         else:  # a finished trial whose checkpoint is gone: its logged best model
             start = FinalStart(plan.epochs, init_run=plan.source.run_id)
     role = dataclasses.replace(TrialRole.of(result.config), final=start)

@@ -121,6 +121,7 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
         ctx.patience_s,
         final.init_run if final else None,  # a final fit starts from a run's weights
         final.init_checkpoint if final else None,  # or a checkpoint's
+        bool(final and final.optimizer),  # and its optimizer (`continue`)
     )
     if _in_process(cfg):
         report, checkpoint_dir = ray_hooks(tune.report, tune.Checkpoint, tune.get_checkpoint)

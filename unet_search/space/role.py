@@ -25,6 +25,7 @@ class FinalStart:
     epochs: int
     init_run: str | None = None
     init_checkpoint: str | None = None
+    optimizer: bool = False  # the checkpoint's last weights and optimizer (`continue`)
 
     @property
     def init_weights(self) -> str:
@@ -56,7 +57,12 @@ class TrialRole:
             int(config.get(TAG_TRIAL_NUMBER, 0)),
             bool(config.get(TAG_BASELINE)),
             bool(config.get(TAG_DEFAULT)),
-            FinalStart(int(final["epochs"]), final.get("init_run"), final.get("init_checkpoint"))
+            FinalStart(
+                int(final["epochs"]),
+                final.get("init_run"),
+                final.get("init_checkpoint"),
+                bool(final.get("optimizer", False)),
+            )
             if final
             else None,
         )

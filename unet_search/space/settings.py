@@ -4,6 +4,7 @@ the sampler, the scheduler, the plan's budget, the compute and the final fit
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Self
 
 from pydantic import BeforeValidator, Field, model_validator
@@ -69,7 +70,7 @@ class ComputeSpec(Frozen):
 FINAL_FIT_SHARE = 0.7
 
 
-FINAL_FIT_STARTS = ("kept", "scratch")  # see unet_search.search.final
+FINAL_FIT_STARTS = ("continue", "kept", "scratch")  # see unet_search.search.final
 
 
 class SearchSettings(Frozen):
@@ -122,6 +123,18 @@ class SearchSettings(Frozen):
         if self.compute is None or self.compute.epochs is None:
             return None
         return round(self.compute.epochs * (1.0 - self.final_fit))
+
+    def schedule_epochs(self, epochs: int) -> int:
+        """The epochs an exploring trial's LR schedule spans: with a final fit that goes on
+        from where its source stopped (``final_fit_start: continue``) the search's whole
+        compute (``compute.epochs``, else ``epochs / (1 - final_fit)``), so that the best
+        exploring trial and its final fit are one long run, as the planned default trained
+        alone would be; else 0 (the trial's own epochs)."""
+        if self.compute is None or self.final_fit_start != "continue" or self.final_fit == 0:
+            return 0
+        if self.compute.epochs is not None:
+            return max(self.compute.epochs, epochs)
+        return math.ceil(epochs / (1.0 - self.final_fit))
 
     @property
     def explore_seconds(self) -> float | None:

@@ -403,7 +403,12 @@ class SearchSpec:
             leaves.update(self.assignments(trial_config))
         if role.final is not None:
             leaves["epochs"] = role.final.epochs
-        return Trial(role, self.run_config(leaves))
+        run = self.run_config(leaves)
+        if role.final is None and not role.baseline and "schedule_epochs" not in leaves:
+            span = self.settings.schedule_epochs(run.train.epochs)
+            if span:  # an exploring trial, the first part of a long run (settings.py)
+                run = self.run_config({**leaves, "schedule_epochs": span})
+        return Trial(role, run)
 
     @property
     def tune_metric(self) -> str:

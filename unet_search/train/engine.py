@@ -408,16 +408,22 @@ def new_training_state(
     steps_per_epoch: int,
     device: torch.device,
     warm_start: bool = False,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> TrainingState:
-    """Optimizer, schedule, early stopping (and an fp16 grad scaler on GPU) for a model;
-    ``warm_start`` (the model holds trained weights): the LR warms up over the first epoch."""
+    """Optimizer, schedule, early stopping (and an fp16 grad scaler on GPU) for a model.
+    The schedule spans ``train.schedule_epochs`` (0: ``epochs``). ``warm_start`` (the model
+    holds trained weights): the LR warms up over the first epoch. ``optimizer_state`` (a run
+    going on from another's weights and optimizer, a final fit's ``continue``): the
+    optimizer goes on where that run left it, and the schedule runs from its LR there, with
+    no warm-up, over this run's epochs."""
     optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(
-        optimizer,
-        cfg.optim,
-        steps_per_epoch * cfg.train.epochs,
-        steps_per_epoch if warm_start else 0,
-    )
+    span = steps_per_epoch * (cfg.train.schedule_epochs or cfg.train.epochs)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+        for group in optimizer.param_groups:  # the schedule's peak: where it was left
+            group["initial_lr"] = group["lr"]
+        warm_start, span = False, steps_per_epoch * cfg.train.epochs
+    scheduler = build_scheduler(optimizer, cfg.optim, span, steps_per_epoch if warm_start else 0)
     scaler = (
         torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.train.amp == "fp16" else None
     )
