@@ -1,4 +1,4 @@
-"""Training engine in plain PyTorch: epochs, validation, early stopping, optimizer, schedule.
+"""Training engine in plain PyTorch: epochs, validation, early stopping, training state.
 
 No Ray and no MLflow here: the Ray worker (and a unit test) call :func:`fit` with a
 ``report`` callback that receives each epoch's metrics and the training state.
@@ -22,10 +22,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from unet_search.core.config import RunConfig
-from unet_search.core.errors import ConfigError
 from unet_search.core.metrics import METRICS, better
 from unet_search.core.outcome import FINISHED_KEY
-from unet_search.core.sections import OptimConfig, TrainConfig
+from unet_search.core.sections import TrainConfig
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.split import split_indices
 from unet_search.train.metrics import (
@@ -35,6 +34,7 @@ from unet_search.train.metrics import (
     otsu_dice,
     soft_dice_per_image,
 )
+from unet_search.train.optim import build_optimizer, build_scheduler
 from unet_search.train.sliding import PredictPlan, plan_of, predict_logits
 from unet_search.train.transforms import (
     Normalization,
@@ -46,15 +46,11 @@ from unet_search.train.transforms import (
 
 __all__ = [
     "build_loaders",
-    "build_optimizer",
-    "build_scheduler",
     "EarlyStopping",
     "fit",
     "keep_the_start",
     "new_training_state",
-    "OPTIMIZERS",
     "otsu_val_dice",
-    "SCHEDULES",
     "seed_everything",
     "set_epoch",
     "train_one_epoch",
@@ -62,33 +58,7 @@ __all__ = [
     "val_indices",
     "validate",
     "Validation",
-    "WARM_UP_FROM",
 ]
-
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
-    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
-    "sgd": lambda params, c: torch.optim.SGD(
-        params, lr=c.lr, momentum=0.9, nesterov=True, weight_decay=c.weight_decay
-    ),
-}
-WARM_UP_FROM = 0.05  # a warm start's first LR, as a share of the peak
-# Per-step LR schedules over a run's steps (a registry, as the optimizers): none, a cosine
-# down to 1% of the peak, or one cycle.
-SCHEDULES: dict[
-    str,
-    Callable[
-        [torch.optim.Optimizer, OptimConfig, int], torch.optim.lr_scheduler.LRScheduler | None
-    ],
-] = {
-    "none": lambda optimizer, cfg, steps: None,
-    "cosine": lambda optimizer, cfg, steps: torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=steps, eta_min=cfg.lr * 0.01
-    ),
-    "onecycle": lambda optimizer, cfg, steps: torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=steps
-    ),
-}
 
 
 def seed_everything(seed: int) -> None:
@@ -96,38 +66,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The optimizer a config names, over the trainable parameters."""
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ConfigError(
-            f"`optim.optimizer` must be one of {sorted(OPTIMIZERS)}, but got {cfg.optimizer!r}."
-        )
-    return OPTIMIZERS[cfg.optimizer]([p for p in model.parameters() if p.requires_grad], cfg)
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, warm_up_steps: int = 0
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """A per-step LR schedule (:data:`SCHEDULES`) over ``total_steps``; with
-    ``warm_up_steps`` (a run that starts from trained weights) the LR first ramps up
-    linearly from 5% over those steps and the schedule spans the rest: a fresh optimizer at
-    the peak LR would jolt the weights it was given (``onecycle`` warms up on its own)."""
-    if cfg.lr_schedule not in SCHEDULES:
-        raise ConfigError(
-            f"`optim.lr_schedule` must be one of {list(SCHEDULES)}, but got {cfg.lr_schedule!r}."
-        )
-    total_steps = max(total_steps, 1)
-    if cfg.lr_schedule == "onecycle" or not 0 < warm_up_steps < total_steps:
-        return SCHEDULES[cfg.lr_schedule](optimizer, cfg, total_steps)
-    main = SCHEDULES[cfg.lr_schedule](optimizer, cfg, total_steps - warm_up_steps)
-    ramp = torch.optim.lr_scheduler.LinearLR(
-        optimizer, start_factor=WARM_UP_FROM, end_factor=1.0, total_iters=warm_up_steps
-    )
-    if main is None:
-        return ramp  # then constant at the peak
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], [warm_up_steps])
 
 
 @dataclass
