@@ -16,9 +16,10 @@ and the search's). The targets (issue 24): (c) >= (a) + 0.01 test Dice in the me
 ``--kinds fluorescence`` or ``--epochs``.
 
     python bench/equal_compute.py [--seeds 3] [--kinds fluorescence hard large] [--epochs 24]
-        [--arms default random search] [--set search.final_fit=0.7 ...]
+        [--arms default random search] [--set search.final_fit=0.7 ...] [--space FILE]
 
-``--set`` overrides quick.yaml in the two search arms (random and search), not the default.
+``--set`` overrides quick.yaml in the two search arms (random and search), not the default;
+``--space`` gives those two arms another space (the default arm is always quick.yaml's).
 
 Run it from a checkout nobody edits: its trials import the package from the tree.
 """
@@ -30,6 +31,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import _common
 
@@ -63,10 +65,13 @@ def arms(epochs: int) -> dict[str, list[str]]:
     }
 
 
-def run_arm(data: Path, overrides: list[str], seed: int, home: Path) -> dict[str, float]:
-    """One arm's search; the registered model's held-out scores and the epochs spent."""
+def run_arm(
+    data: Path, overrides: list[str], seed: int, home: Path, space: Path = QUICK
+) -> dict[str, Any]:
+    """One arm's search: the registered model's held-out scores, the epochs spent and the
+    name of the trial whose configuration won (the final fit's source)."""
     spec = load_space(
-        QUICK, [*overrides, f"search.seed={seed}", "search.champion_must_beat_otsu=false"]
+        space, [*overrides, f"search.seed={seed}", "search.champion_must_beat_otsu=false"]
     )
     arrays = load_dataset(data, spec.base_config().data, home / "cache")
     start = time.perf_counter()
@@ -74,7 +79,11 @@ def run_arm(data: Path, overrides: list[str], seed: int, home: Path) -> dict[str
     seconds = time.perf_counter() - start
     trained = sum(t.epochs for t in out.trials if not t.baseline)
     trained += out.final.epochs if out.final else 0
-    return {**out.test, "epochs": float(trained), "seconds": seconds}
+    source = (out.final_plan.source if out.final_plan else None) or out.best
+    winner = source.name if source else "-"
+    if source and source.default:
+        winner += " (the planned default)"
+    return {**out.test, "epochs": float(trained), "seconds": seconds, "winner": winner}
 
 
 def main() -> None:
@@ -86,9 +95,12 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="the search arms'"
     )
+    parser.add_argument(
+        "--space", type=Path, default=QUICK, help="the search arms' space (default quick.yaml)"
+    )
     args = parser.parse_args()
     _common.header("equal compute: planned default vs random search vs the search")
-    rows: dict[tuple[str, str], list[dict[str, float]]] = {}
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for kind in args.kinds:
@@ -99,21 +111,21 @@ def main() -> None:
                     if arm not in args.arms:
                         continue
                     home = root / f"home-{kind}-{seed}-{arm}"
-                    extra = args.set if arm != "default" else []
-                    scores = run_arm(data, [*overrides, *extra], seed, home)
+                    extra, space = (args.set, args.space) if arm != "default" else ([], QUICK)
+                    scores = run_arm(data, [*overrides, *extra], seed, home, space)
                     rows.setdefault((kind, arm), []).append(scores)
                     print(
                         f"{kind:12s} seed {seed} {arm:8s} test_dice {scores['test_dice']:.4f} "
                         f"dsb {scores.get('test_dsb_score', float('nan')):.4f} otsu "
                         f"{scores['otsu_test_dice']:.4f} epochs {scores['epochs']:.0f} "
-                        f"{scores['seconds']:.0f} s",
+                        f"{scores['seconds']:.0f} s  {scores['winner']}",
                         flush=True,
                     )
     print("\n| data | arm | median test Dice | median DSB | Otsu | epochs | s |")
     print("|---|---|---|---|---|---|---|")
     for (kind, arm), scores in rows.items():
 
-        def med(key: str, scores: list[dict[str, float]] = scores) -> float:
+        def med(key: str, scores: list[dict[str, Any]] = scores) -> float:
             return statistics.median(s.get(key, float("nan")) for s in scores)
 
         print(

@@ -7,6 +7,9 @@ Each side runs in fresh processes, in turn: ``before`` from a git worktree of ``
 after / before (1.0: no change; below 1: faster now).
 
     .venv/bin/python bench/layout.py [--before REV] [--repeats 5]
+
+A ``--before`` that already has the subpackages (e.g. 8e8ad2d, the last commit before issue 25's
+typed hand-offs) runs the same module names on both sides.
 """
 
 from __future__ import annotations
@@ -110,6 +113,10 @@ def main() -> None:
         data = synthetic(work, n=16, size=96)
         space = ROOT / "search_spaces" / "full.yaml"
         trees = {"before": old, "after": ROOT}
+        # A --before from after the subpackages (e.g. 8e8ad2d, before issue 25) is spelled
+        # in today's module names.
+        names = {"before": "after" if (old / "unet_search" / "core").is_dir() else "before"}
+        names["after"] = "after"
         jobs = {
             "worker import": (IMPORT_WORKER, "pass", "import_s"),
             "CLI import": (IMPORT_CLI, "pass", "import_s"),
@@ -121,7 +128,7 @@ def main() -> None:
             times: dict[str, list[float]] = {"before": [], "after": []}
             for _ in range(args.repeats):
                 for side, tree in trees.items():
-                    code = TIMED.format(imports=imports[side], body=body)
+                    code = TIMED.format(imports=imports[names[side]], body=body)
                     times[side].append(_run(tree, code)[measure])
             before, after = (statistics.median(times[s]) for s in ("before", "after"))
             print(
