@@ -130,8 +130,10 @@ def test_the_scorer_averages_the_dsb_score_over_every_image() -> None:
     scorer.add(as_tensor(truth), as_tensor(truth), truth)  # found exactly: 1
     scorer.add(as_tensor(empty), as_tensor(truth), truth)  # missed: 0
     scorer.add(as_tensor(empty), as_tensor(empty), empty)  # nothing to find, nothing found: 1
-    assert scorer.means_of() == pytest.approx({"dice": 2 / 3, "iou": 2 / 3, "dsb_score": 2 / 3})
-    assert scorer.sums[3] == 3
+    expected = {"dice": 2 / 3, "iou": 2 / 3, "dsb_score": 2 / 3, "ap50": 2 / 3}
+    assert scorer.means_of() == pytest.approx(expected)
+    assert scorer.sums[-1] == 3  # images
     # Ranks add their sums first: two halves give what one scorer of all gives.
-    halves = [a + b for a, b in zip([1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 2.0], strict=True)]
+    first, second = [1.0, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0, 2.0]
+    halves = [a + b for a, b in zip(first, second, strict=True)]
     assert Scorer(1, with_dsb=True).means_of(halves) == scorer.means_of()

@@ -12,7 +12,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from unet_search.core.errors import ConfigError
-from unet_search.core.metrics import dsb_rule
+from unet_search.core.metrics import INSTANCE_METRICS, dsb_rule
 from unet_search.core.schema import Frozen, broken
 from unet_search.core.sections import (
     AUTO,
@@ -142,8 +142,8 @@ class RunConfig(Frozen):
                 "cannot end before its run",
                 train.schedule_epochs,
             )
-        why = dsb_rule(train.dsb_every, data.num_classes)
-        if train.early_stop_metric == "val_dsb_score" and why:
+        why = dsb_rule(train.dsb_every, data.num_classes, train.early_stop_metric)
+        if train.early_stop_metric in INSTANCE_METRICS and why:
             raise broken("train.early_stop_metric", why, train.early_stop_metric)
         if model.bottleneck == "transformer":
             side = bottleneck_side(data.input_size, model.depth)

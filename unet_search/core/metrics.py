@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["better", "dsb_rule", "Metric", "METRICS", "sign", "VAL_METRICS"]
+__all__ = [
+    "better",
+    "dsb_rule",
+    "INSTANCE_METRICS",
+    "Metric",
+    "METRICS",
+    "sign",
+    "VAL_METRICS",
+]
 
 
 @dataclass(frozen=True)
@@ -28,12 +36,16 @@ METRICS: dict[str, Metric] = {
     "val_iou": Metric(True, test="test_iou"),
     # needs the DSB score every epoch on at most 2 classes (dsb_rule: RunConfig, spaces)
     "val_dsb_score": Metric(True, test="test_dsb_score"),
+    # instances matched at IoU 0.5: TP / (TP + FP + FN), computed with the DSB score
+    "val_ap50": Metric(True, test="test_ap50"),
     "val_loss": Metric(False),  # no test counterpart: the gate compares validation values
     "val_soft_dice": Metric(True, searchable=False),  # ASHA's tie-break, an early-stop option
 }
 
 
 VAL_METRICS = tuple(METRICS)
+# Scored on instances, every `dsb_every` epochs (dsb_rule says when they can rank runs).
+INSTANCE_METRICS = ("val_dsb_score", "val_ap50")
 
 
 def sign(mode: str) -> float:
@@ -47,15 +59,16 @@ def better(mode: str, new: float, old: float | None) -> bool:
     return old is None or sign(mode) * new > sign(mode) * old
 
 
-def dsb_rule(dsb_every: int, num_classes: int) -> str | None:
-    """Why a run with these settings cannot be ranked by ``val_dsb_score`` (as its early-stop
-    metric or its search's metric), or None: the kept epoch and the rungs compare every
-    epoch, so the DSB2018 score must be there every epoch (``dsb_every: 1``), and it scores
-    instances of a binary task (``num_classes`` <= 2)."""
+def dsb_rule(dsb_every: int, num_classes: int, metric: str = "val_dsb_score") -> str | None:
+    """Why a run with these settings cannot be ranked by an instance metric
+    (:data:`INSTANCE_METRICS`, as its early-stop metric or its search's metric), or None: the
+    kept epoch and the rungs compare every epoch, so the instance scores must be there every
+    epoch (``dsb_every: 1``), and they score instances of a binary task (``num_classes`` <=
+    2)."""
     if dsb_every == 1 and num_classes <= 2:
         return None
     return (
-        "val_dsb_score needs the DSB2018 instance score every epoch of a binary task "
+        f"{metric} needs the instance scores every epoch of a binary task "
         f"(`dsb_every: 1`, `num_classes` <= 2), but dsb_every is {dsb_every}, "
         f"num_classes {num_classes}"
     )

@@ -18,6 +18,8 @@ from unet_search.core.schema import Frozen, at_least, between, broken, choice, r
 __all__ = [
     "IGNORE",
     "INPUT_MODES",
+    "TARGET_CLASSES",
+    "TARGETS",
     "NORMALIZATION_NAMES",
     "AUTO",
     "PLANNED_LEAVES",
@@ -41,6 +43,12 @@ IGNORE = 255  # mask value of pixels that are padding, not data: no loss there
 
 
 INPUT_MODES = ("patch", "resize")
+
+
+# What the network learns from the truth (unet_search.data.targets): the mask itself, or for
+# binary tasks with instances, background / interior / boundary, so touching objects part.
+TARGETS = ("semantic", "boundary")
+TARGET_CLASSES = {"boundary": 3}  # the classes an instance target's network outputs
 
 
 # default: x/255, or ImageNet statistics for pre-trained encoders (see transforms.Normalization)
@@ -108,6 +116,7 @@ class DataConfig(Frozen):
     image_size: Annotated[int, between(16, 4096)] | None = None  # resize mode; None: 128
     # 1: binary foreground (sigmoid); C >= 2: class indices 0..C-1
     num_classes: Annotated[int, between(1, 255)] = 1
+    target: Annotated[str, choice(TARGETS)] = "semantic"
     val_fraction: Annotated[float, between(0, 1, low_open=True, high_open=True)] = 0.1
     # Held out from every choice of a search, scored once at its end; None: 0.1 of a
     # dataset of at least 20 images, else none (unet_search.data.split.test_fraction_of).
@@ -124,6 +133,13 @@ class DataConfig(Frozen):
                 "scale: set patch_size instead, or input_mode: resize",
                 self.image_size,
             )
+        if self.target != "semantic" and self.num_classes > 2:
+            raise broken(
+                "data.target",
+                f"{self.target!r} parts touching objects of a binary task (num_classes 1 or 2), "
+                f"but num_classes is {self.num_classes}: use target: semantic",
+                self.target,
+            )
         test = self.test_fraction
         if test is not None and not (0.0 <= test < 1.0 and self.val_fraction + test < 1):
             raise broken(
@@ -138,6 +154,12 @@ class DataConfig(Frozen):
     def square(self) -> int:
         """The side every image is resized to in resize mode."""
         return self.image_size or RESIZE_DEFAULT
+
+    @property
+    def network_classes(self) -> int:
+        """The classes the network outputs: the task's (``num_classes``), or the instance
+        target's (``boundary``: background, interior, boundary)."""
+        return TARGET_CLASSES.get(self.target, self.num_classes)
 
     @property
     def input_size(self) -> tuple[int, int]:

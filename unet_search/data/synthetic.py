@@ -152,7 +152,45 @@ def render_sample(
     return np.round(rgba * 255).astype(np.uint8), labels
 
 
-STYLES = ("hard", "fluorescence")
+STYLES = ("hard", "fluorescence", "epithelium")
+
+
+def _epithelium(
+    rng: np.random.Generator, shape: tuple[int, int], cell_px: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cells tiling the plane (a Voronoi tessellation of jittered grid points, about
+    ``cell_px`` across), parted by bright membranes one pixel thin, as in an epithelium
+    stained for its membranes; a few cells are missing (lumen: background). Returns the
+    (H, W) float32 grey image in [0, 1] and (H, W) int32 labels (membranes and lumen 0)."""
+    height, width = shape
+    step = max(cell_px, 4.0)
+    ys = np.arange(-step / 2, height + step, step)
+    xs = np.arange(-step / 2, width + step, step)
+    grid = np.stack(np.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
+    points = grid + rng.uniform(-0.35, 0.35, grid.shape) * step
+    # Nearest point of every pixel: the distance transform of the seed image finds it.
+    seeds = np.ones((height + 2 * int(step) + 2, width + 2 * int(step) + 2), bool)
+    offset = int(step) + 1
+    cells = np.round(points).astype(int) + offset
+    inside = (cells >= 0).all(1) & (cells[:, 0] < seeds.shape[0]) & (cells[:, 1] < seeds.shape[1])
+    cells = cells[inside]
+    seeds[cells[:, 0], cells[:, 1]] = False
+    ids = np.zeros(seeds.shape, np.int32)
+    ids[cells[:, 0], cells[:, 1]] = np.arange(1, len(cells) + 1)
+    _, (iy, ix) = ndimage.distance_transform_edt(seeds, return_indices=True)
+    labels = ids[iy, ix][offset : offset + height, offset : offset + width]
+    membrane = np.zeros(shape, bool)  # one pixel thin: where the right or lower cell differs
+    membrane[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    membrane[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    lumen = np.isin(labels, rng.choice(labels.max() + 1, max(1, labels.max() // 12)))
+    labels = np.where(membrane | lumen, 0, labels)
+    cell = (labels > 0).astype(np.float32)
+    shade = rng.uniform(0.15, 0.35, labels.max() + 1)[labels]  # each cell its own tone
+    texture = 0.08 * _smooth_noise(rng, shape, max(1.0, cell_px / 6))
+    image = cell * (shade + texture) + membrane * rng.uniform(0.55, 0.8) + lumen * 0.05
+    image = ndimage.gaussian_filter(image, rng.uniform(0.6, 1.0))
+    image = image + rng.normal(0, rng.uniform(0.02, 0.04), shape)
+    return np.clip(image, 0, 1).astype(np.float32), _relabel(labels)
 
 
 def render_scene(
@@ -164,10 +202,17 @@ def render_scene(
     not a nucleus, a quarter brightfield-like), built to defeat a global threshold.
     ``fluorescence``: bright nuclei on a dark, unevenly lit background, as in fluorescence
     microscopy, where Otsu's threshold is strong.
+    ``epithelium``: cells about ``object_px`` across tiling the plane, parted by bright
+    membranes one pixel thin (every cell touches its neighbours: a mask's connected
+    components are one blob).
 
     Returns (H, W, 4) uint8 RGBA and (H, W) int32 instance labels.
     """
     shape = (height, width)
+    if style == "epithelium":
+        grey, cells = _epithelium(rng, shape, object_px)
+        rgba = np.concatenate([grey[..., None].repeat(3, axis=2), np.ones((*shape, 1))], axis=2)
+        return np.round(rgba * 255).astype(np.uint8), cells
     r0 = object_px / 2.0
     texture = 1.0 - 0.35 * np.clip(_smooth_noise(rng, shape, max(1.0, r0 / 3)), 0, None)
     labels = np.zeros(shape, np.int32)

@@ -49,8 +49,8 @@ from unet_search.train.engine import (
     seed_everything,
     val_indices,
 )
+from unet_search.train.instances import foreground_labels
 from unet_search.train.losses import build_loss
-from unet_search.train.metrics import logits_to_labels
 from unet_search.train.sliding import plan_of, predict_logits, preprocessing_of
 from unet_search.train.transforms import Normalization
 from unet_search.train.visualize import triptych
@@ -198,7 +198,8 @@ def _predict_masks(
         logits = predict_logits(
             module, arrays.image(int(i)), plan, norm, cfg.model.in_channels, device
         )
-        out.append(logits_to_labels(logits[None], cfg.train.threshold)[0].cpu().numpy())
+        labels = foreground_labels(logits[None], cfg.data.target, cfg.train.threshold)
+        out.append(labels[0].cpu().numpy())
     return out
 
 
@@ -262,7 +263,7 @@ def _log_final(
             Path(tmp) / "best_model",
             module,
             cfg.model,
-            cfg.data.num_classes,
+            cfg.data.network_classes,
             preprocessing_of(cfg, norm),
         )
         picture = _sample_image(module, cfg, arrays, picks, norm)
@@ -314,7 +315,7 @@ def run_recipe(recipe: RecipeInput, ctx: WorkerContext) -> None:
     data = recipe.dataset
     arrays: DatasetArrays = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     train_loader, val = build_loaders(cfg, arrays, rank, world)
-    model = build_model(cfg.model, cfg.data.num_classes)
+    model = build_model(cfg.model, cfg.data.network_classes)
     patience = recipe.tracking_patience_s
     # Before DDP wraps it; the run's own checkpoint (resume) overrides it.
     optimizer_state = None

@@ -137,7 +137,7 @@ def run_training(
     worker_env: dict[str, str] | None = None,
 ) -> TrainOutcome:
     """One training run on Ray Train, tracked as one MLflow run (FINISHED/FAILED/KILLED)."""
-    num_parameters = count_parameters(build_model(cfg.model, cfg.data.num_classes))
+    num_parameters = count_parameters(build_model(cfg.model, cfg.data.network_classes))
     init_ray()
     check_resources(cfg)
     uri = resolve_tracking_uri(workdir)

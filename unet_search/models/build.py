@@ -305,7 +305,7 @@ def option_parameter_counts() -> list[tuple[str, str, int, str]]:
 def preset_parameter_count(name: str) -> int:
     """Trainable parameters of a preset from config.PRESETS."""
     cfg = RunConfig.from_dict({"preset": name})
-    return count_parameters(build_model(cfg.model, cfg.data.num_classes))
+    return count_parameters(build_model(cfg.model, cfg.data.network_classes))
 
 
 def save_model_dir(

@@ -18,7 +18,8 @@ from unet_search.core.errors import UserError
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.decode import read_image
 from unet_search.models.build import CONFIG_FILE, load_model_dir
-from unet_search.train.metrics import logits_to_labels, otsu_dice, score_masks
+from unet_search.train.instances import decode_instances, foreground_labels
+from unet_search.train.metrics import otsu_dice, score_masks
 from unet_search.train.sliding import RESIZE_BATCH, Preprocessing, predict_logits_many
 
 __all__ = ["ImageLike", "Predictor", "find_model_dir", "load_model", "score_images"]
@@ -85,37 +86,64 @@ class Predictor:
             )
         return out
 
-    def predict(self, images: Sequence[ImageLike] | np.ndarray) -> list[np.ndarray]:
-        """Masks (H, W) uint8 per image: 0/1 for binary models, class indices otherwise.
+    def predict(
+        self, images: Sequence[ImageLike] | np.ndarray, instances: bool = False
+    ) -> list[np.ndarray]:
+        """Masks (H, W) uint8 per image: 0/1 for binary models, class indices otherwise; with
+        ``instances``, (H, W) int32 instance labels instead (0 the background, 1..n the
+        objects), decoded as the model's target says (:mod:`unet_search.train.instances`).
 
         Args:
             images: HxWx3 (or HxWx4, HxW) uint8 arrays or file paths, any sizes; or one
                 (N, H, W, 3) uint8 array.
+            instances: return instance labels (binary models only).
         """
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)
-        threshold = self.pre.threshold  # the one thresholding (train.metrics)
-        masks = []
-        for logit in self.predict_logits(list(images)):
-            labels = logits_to_labels(logit[None], threshold)[0]
-            masks.append(labels.numpy().astype(np.uint8))
-        return masks
+        if instances and self.pre.num_classes > 2:
+            raise UserError(
+                f"instances are objects of a binary model, but this model has "
+                f"{self.pre.num_classes} classes: predict masks instead."
+            )
+        return [self._output(logit, instances) for logit in self.predict_logits(list(images))]
+
+    def predict_both(self, images: Sequence[ImageLike]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(mask, instances) per image from one forward pass each (binary models)."""
+        return [
+            (self._output(logit, False), self._output(logit, True))
+            for logit in self.predict_logits(list(images))
+        ]
+
+    def _output(self, logits: torch.Tensor, instances: bool) -> np.ndarray:
+        pre = self.pre  # the one thresholding and decoding (train.instances)
+        if instances:
+            return decode_instances(logits, pre.target, pre.threshold, pre.decoding)
+        return (
+            foreground_labels(logits[None], pre.target, pre.threshold)[0].numpy().astype(np.uint8)
+        )
 
 
 def score_images(
     predictor: Predictor, arrays: DatasetArrays, indices: Sequence[int], prefix: str
 ) -> dict[str, float]:
-    """``<prefix>dice``, ``<prefix>iou`` (and ``<prefix>dsb_score`` for binary instance
-    truth) of the masks ``predictor`` gives for images ``indices`` of ``arrays``, exactly as
-    ``unet-search predict`` segments them: whole images at their original sizes; plus
-    ``otsu_<prefix>dice``, a plain Otsu threshold on the same images (binary tasks)."""
+    """``<prefix>dice``, ``<prefix>iou`` (and ``<prefix>dsb_score``, ``<prefix>ap50`` of its
+    instances, for binary instance truth) of the masks ``predictor`` gives for images
+    ``indices`` of ``arrays``, exactly as ``unet-search predict`` segments them: whole
+    images at their original sizes; plus ``otsu_<prefix>dice``, a plain Otsu threshold on
+    the same images (binary tasks)."""
     indices = [int(i) for i in indices]
     num_classes = predictor.pre.num_classes
     out: dict[str, float] = {}
+    with_instances = num_classes <= 2 and arrays.instance_pixels is not None
     for start in range(0, len(indices), RESIZE_BATCH):  # a batch of masks at a time
         chunk = indices[start : start + RESIZE_BATCH]
-        masks = predictor.predict([arrays.image(i) for i in chunk])
-        for key, value in score_masks(masks, arrays, chunk, num_classes).items():
+        images = [arrays.image(i) for i in chunk]
+        if with_instances:  # the instances predict --output-kind instances gives
+            masks, objects = map(list, zip(*predictor.predict_both(images), strict=True))
+            scores = score_masks(masks, arrays, chunk, num_classes, objects)
+        else:
+            scores = score_masks(predictor.predict(images), arrays, chunk, num_classes)
+        for key, value in scores.items():
             out[key] = out.get(key, 0.0) + value * len(chunk)
     scores = {f"{prefix}{key}": value / max(len(indices), 1) for key, value in out.items()}
     if num_classes <= 2:

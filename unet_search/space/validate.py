@@ -12,7 +12,7 @@ from unet_search.core.config import (
     RunConfig,
 )
 from unet_search.core.errors import ConfigError, UserError
-from unet_search.core.metrics import dsb_rule
+from unet_search.core.metrics import INSTANCE_METRICS, dsb_rule
 from unet_search.core.schema import validated_union
 from unet_search.models.build import validate_model_config
 from unet_search.space.role import TrialRole
@@ -219,7 +219,8 @@ LOSS_FIELDS = ("loss", "dice_weight", "focal_gamma", "tversky_alpha", "tversky_b
 
 
 def _check_metric(spec: SearchSpec, source: str) -> None:
-    """Refuse a search metric that cannot rank its trials: ``val_dsb_score`` where a trial
+    """Refuse a search metric that cannot rank its trials: an instance metric
+    (``val_dsb_score``, ``val_ap50``) where a trial
     computes no DSB score every epoch (``dsb_every`` != 1) or has no instances (more than 2
     classes); ``val_loss`` when the loss itself is searched (each trial would be ranked on
     its own objective)."""
@@ -235,7 +236,7 @@ def _check_metric(spec: SearchSpec, source: str) -> None:
                 "val_dice, val_iou or val_dsb_score",
                 metric,
             )
-    if metric != "val_dsb_score":
+    if metric not in INSTANCE_METRICS:
         return
     trials = [
         {**spec.fixed_dict, **combo} for combo in spec.combinations({"dsb_every", "num_classes"})
@@ -247,6 +248,7 @@ def _check_metric(spec: SearchSpec, source: str) -> None:
         why = dsb_rule(
             leaves.get("dsb_every", defaults["dsb_every"]),
             leaves.get("num_classes", defaults["num_classes"]),
+            metric,
         )
         if why:
             raise space_error(source, "search.metric", f"{why} in a trial", metric)

@@ -215,7 +215,7 @@ def search_record(uri: str, search_id: str, metric: str | None = None) -> Search
     )
 
 
-TEST_KEYS = ("test_dice", "test_iou", "test_dsb_score")
+TEST_KEYS = ("test_dice", "test_iou", "test_dsb_score", "test_ap50")
 
 
 def held_out_text(scores: dict[str, float]) -> str | None:

@@ -27,13 +27,14 @@ from unet_search.core.outcome import FINISHED_KEY
 from unet_search.core.sections import TrainConfig
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.split import split_indices
-from unet_search.train.metrics import (
-    Scorer,
-    class_dice_sums,
-    logits_to_labels,
-    otsu_dice,
-    soft_dice_per_image,
+from unet_search.data.targets import target_arrays, target_map
+from unet_search.train.instances import (
+    Decoding,
+    decode_instances,
+    foreground_labels,
+    foreground_logits,
 )
+from unet_search.train.metrics import Scorer, class_dice_sums, otsu_dice, soft_dice_per_image
 from unet_search.train.optim import build_optimizer, build_scheduler
 from unet_search.train.sliding import PredictPlan, plan_of, predict_logits
 from unet_search.train.transforms import (
@@ -227,6 +228,7 @@ class Validation:
     plan: PredictPlan
     normalization: Normalization
     in_channels: int
+    decoding: Decoding = field(default_factory=Decoding)  # how instances are decoded
 
 
 @torch.no_grad()
@@ -252,26 +254,37 @@ def validate(
     sums = [0.0, 0.0]  # loss, soft Dice
     classes = max(cfg.data.num_classes - 1, 0) if cfg.data.num_classes > 2 else 0
     class_sums = [0.0] * (2 * classes)  # per foreground class: Dice sum, images scored
+    target, threshold = cfg.data.target, cfg.train.threshold
     for i in val.indices:
         with _autocast(device, cfg.train.amp):
             logits = predict_logits(
                 module, val.arrays.image(i), val.plan, val.normalization, val.in_channels, device
             )[None].float()
-        target = torch.from_numpy(val.arrays.mask(i).astype(np.int64)).to(device)[None]
-        labels = logits_to_labels(logits, cfg.train.threshold)
-        scorer.add(labels, target, val.arrays.instances(i))
-        sums[0] += float(loss_fn(logits, target))
-        sums[1] += float(soft_dice_per_image(logits, target).sum())
+        truth = val.arrays.mask(i)
+        goal = torch.from_numpy(
+            target_map(target, truth, val.arrays.instances(i)).astype(np.int64)
+        ).to(device)[None]
+        mask = torch.from_numpy(truth.astype(np.int64)).to(device)[None]
+        labels = foreground_labels(logits, target, threshold)
+        predicted = (
+            decode_instances(logits[0], target, threshold, val.decoding)
+            if scorer.with_dsb
+            else None
+        )
+        scorer.add(labels, mask, val.arrays.instances(i), predicted)
+        sums[0] += float(loss_fn(logits, goal))
+        sums[1] += float(soft_dice_per_image(foreground_logits(logits, target), mask).sum())
         if classes:
-            dices, present = class_dice_sums(labels, target, cfg.data.num_classes)
+            dices, present = class_dice_sums(labels, mask, cfg.data.num_classes)
             class_sums = [a + b for a, b in zip(class_sums, dices + present, strict=True)]
     totals = _sum_over_ranks(scorer.sums + sums + class_sums, device)
-    scores, (loss, soft), count = scorer.means_of(totals[:4]), totals[4:6], max(totals[3], 1)
-    out = {"val_loss": loss / count, "val_soft_dice": soft / count}
+    n = Scorer.SIZE
+    scores, (loss, soft), count = scorer.means_of(totals[:n]), totals[n : n + 2], totals[n - 1]
+    out = {"val_loss": loss / max(count, 1), "val_soft_dice": soft / max(count, 1)}
     out |= {f"val_{key}": value for key, value in scores.items()}
     for k in range(classes):  # a class in no image's truth or prediction: nothing missed
-        scored = totals[6 + classes + k]
-        out[f"val_dice_c{k + 1}"] = totals[6 + k] / scored if scored else 1.0
+        scored = totals[n + 2 + classes + k]
+        out[f"val_dice_c{k + 1}"] = totals[n + 2 + k] / scored if scored else 1.0
     return out
 
 
@@ -286,8 +299,8 @@ def val_indices(cfg: RunConfig, arrays: DatasetArrays) -> np.ndarray:
 def build_loaders(
     cfg: RunConfig, arrays: DatasetArrays, rank: int, world: int
 ) -> tuple[DataLoader[Any], Validation]:
-    """The training loader (patches, or resized images, by ``input_mode``) and this rank's
-    share of the validation images."""
+    """The training loader (patches, or resized images, by ``input_mode``, of the masks as
+    ``data.target`` has them) and this rank's share of the validation images."""
     train_idx = split_indices(len(arrays), cfg.data).train
     norm, channels, seed = normalization_for(cfg, arrays), cfg.model.in_channels, cfg.train.seed
     square = cfg.data.input_mode == "resize" or len(set(cfg.data.patch_size)) == 1
@@ -298,9 +311,10 @@ def build_loaders(
         "seed": seed,  # every rank the same: each draws other items (see item_rng)
     }
     train_set: Dataset[dict[str, torch.Tensor]]
+    learned = target_arrays(arrays, cfg.data.target)
     if cfg.data.input_mode == "patch":
         train_set = PatchDataset(
-            arrays,
+            learned,
             train_idx,
             patch=cfg.data.patch_size,
             scale=cfg.data.scale,
@@ -309,7 +323,7 @@ def build_loaders(
             **common,
         )
     else:
-        train_set = ResizeDataset(arrays, train_idx, size=cfg.data.square, **common)
+        train_set = ResizeDataset(learned, train_idx, size=cfg.data.square, **common)
     # A last batch of one sample is dropped: batch norm cannot normalize one value per channel
     # (a 1 x 1 bottleneck, e.g. 32-px patches at depth 5), and one sample is a noisy step.
     per_rank = -(-len(train_set) // world)  # Ray Train's DistributedSampler pads to this

@@ -26,6 +26,7 @@ __all__ = [
     "Scorer",
     "dice_iou_per_image",
     "dsb_image_score",
+    "instance_scores",
     "logits_to_labels",
     "soft_dice_per_image",
 ]
@@ -47,34 +48,50 @@ def logits_to_labels(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tens
 class Scorer:
     """The one scorer of whole-image label maps: validation every epoch, the held-out test
     split, the bench. It sums per-image Dice and IoU, and with ``with_dsb`` (binary tasks
-    with instance truth) the DSB2018 score, counting every image (DSB2018's convention: the
-    mean over all images, an image with empty truth and empty prediction scoring 1).
-    :attr:`sums` is a flat list, so ranks can add theirs before :meth:`means_of`."""
+    with instance truth) the DSB2018 score and AP50 of the instances, counting every image
+    (DSB2018's convention: the mean over all images, an image with empty truth and empty
+    prediction scoring 1). :attr:`sums` is a flat list (:data:`SIZE` of them), so ranks can
+    add theirs before :meth:`means_of`."""
+
+    SIZE = 5  # dice, iou, dsb score, ap50, images
 
     def __init__(self, num_classes: int, with_dsb: bool) -> None:
         self.num_classes, self.with_dsb = num_classes, with_dsb
-        self.sums = [0.0, 0.0, 0.0, 0.0]  # dice, iou, dsb score, images
+        self.sums = [0.0] * self.SIZE
 
-    def add(self, labels: torch.Tensor, truth: torch.Tensor, instances: np.ndarray | None) -> None:
+    def add(
+        self,
+        labels: torch.Tensor,
+        truth: torch.Tensor,
+        instances: np.ndarray | None,
+        predicted: np.ndarray | None = None,
+    ) -> None:
         """One image: ``labels`` and ``truth`` (1, H, W) int64, ``instances`` its (H, W)
-        instance labels (None: no DSB score for it, which ``with_dsb`` then must not ask)."""
+        true instance labels (None: no instance scores for it, which ``with_dsb`` then must
+        not ask), ``predicted`` the (H, W) predicted instances (None: the 8-connected
+        components of ``labels``)."""
         dice, iou = dice_iou_per_image(labels, truth, self.num_classes)
         self.sums[0] += float(dice.sum())
         self.sums[1] += float(iou.sum())
         if self.with_dsb:
             if instances is None:
                 raise ValueError("a DSB score needs the image's instance labels")
-            self.sums[2] += dsb_image_score((labels[0] > 0).cpu().numpy(), instances)
-        self.sums[3] += 1
+            if predicted is None:
+                fg = (labels[0] > 0).cpu().numpy()
+                predicted = ndimage.label(fg, structure=EIGHT_CONNECTED)[0]
+            dsb, ap50 = instance_scores(predicted, instances)
+            self.sums[2] += dsb
+            self.sums[3] += ap50
+        self.sums[4] += 1
 
     def means_of(self, sums: Sequence[float] | None = None) -> dict[str, float]:
-        """``dice``, ``iou`` (and ``dsb_score``) averaged over the images of ``sums`` (these
-        sums added over ranks; default: this scorer's own)."""
-        dice, iou, dsb, images = sums if sums is not None else self.sums
+        """``dice``, ``iou`` (and ``dsb_score``, ``ap50``) averaged over the images of
+        ``sums`` (these sums added over ranks; default: this scorer's own)."""
+        dice, iou, dsb, ap50, images = sums if sums is not None else self.sums
         n = max(images, 1)
         out = {"dice": dice / n, "iou": iou / n}
         if self.with_dsb:
-            out["dsb_score"] = dsb / n
+            out |= {"dsb_score": dsb / n, "ap50": ap50 / n}
         return out
 
 
@@ -160,32 +177,51 @@ def soft_dice_per_image(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return torch.stack(scores, 1).mean(1)
 
 
-def dsb_image_score(pred_foreground: np.ndarray, true_instances: np.ndarray) -> float:
-    """DSB2018 score of one image: mean over IoU thresholds 0.50..0.95 of TP / (TP + FP + FN).
+def instance_scores(pred_instances: np.ndarray, true_instances: np.ndarray) -> tuple[float, float]:
+    """The DSB2018 score and AP50 of one image's instances.
+
+    DSB2018: the mean over IoU thresholds 0.50..0.95 of TP / (TP + FP + FN); AP50: that ratio
+    at IoU 0.5 alone (the "AP" StarDist and the DSB2018 papers report). An image with no true
+    and no predicted instance scores 1 on both.
 
     Args:
-        pred_foreground: (H, W) bool; its 8-connected components are the predicted instances.
-        true_instances: (H, W) int labels, 0 = background.
+        pred_instances, true_instances: (H, W) int labels, 0 = background.
+    Returns:
+        (dsb_score, ap50).
     """
-    pred_labels, n_pred = ndimage.label(pred_foreground, structure=EIGHT_CONNECTED)
-    ids, truth = np.unique(true_instances, return_inverse=True)
-    truth = truth.reshape(true_instances.shape)
-    if ids[0] != 0:  # no background pixel at all: shift so that 0 stays background
-        truth = truth + 1
-    n_true = int(truth.max())
+    pred, n_pred = _consecutive(pred_instances)
+    truth, n_true = _consecutive(true_instances)
     if n_true == 0 and n_pred == 0:
-        return 1.0
+        return 1.0, 1.0
     if n_true == 0 or n_pred == 0:
-        return 0.0
+        return 0.0, 0.0
     joint = np.bincount(
-        (truth * (n_pred + 1) + pred_labels).ravel(), minlength=(n_true + 1) * (n_pred + 1)
+        (truth * (n_pred + 1) + pred).ravel(), minlength=(n_true + 1) * (n_pred + 1)
     ).reshape(n_true + 1, n_pred + 1)
     inter = joint[1:, 1:].astype(np.float64)
     union = joint.sum(1)[1:, None] + joint.sum(0)[None, 1:] - inter
     iou = inter / union
     # IoU > 0.5 makes every match unique, so counting pairs above t counts true positives.
     tp = np.array([(iou > t).sum() for t in DSB_THRESHOLDS], dtype=np.float64)
-    return float(np.mean(tp / (n_true + n_pred - tp)))
+    ratios = tp / (n_true + n_pred - tp)
+    return float(np.mean(ratios)), float(ratios[0])
+
+
+def _consecutive(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Labels renumbered 1..n (0 stays the background, also where no pixel is 0) and n."""
+    ids, inverse = np.unique(labels, return_inverse=True)
+    inverse = inverse.reshape(labels.shape)
+    if ids[0] != 0:  # no background pixel at all: shift so that 0 stays background
+        inverse = inverse + 1
+    return inverse, int(inverse.max())
+
+
+def dsb_image_score(pred_foreground: np.ndarray, true_instances: np.ndarray) -> float:
+    """DSB2018 score of one image whose predicted instances are the 8-connected components
+    of ``pred_foreground`` ((H, W) bool); ``true_instances`` (H, W) int labels, 0 =
+    background. See :func:`instance_scores`."""
+    pred_labels, _ = ndimage.label(pred_foreground, structure=EIGHT_CONNECTED)
+    return instance_scores(pred_labels, true_instances)[0]
 
 
 def otsu_mask(image: np.ndarray) -> np.ndarray:
@@ -199,16 +235,23 @@ def otsu_mask(image: np.ndarray) -> np.ndarray:
 
 
 def score_masks(
-    masks: Sequence[np.ndarray], arrays: DatasetArrays, indices: Sequence[int], num_classes: int
+    masks: Sequence[np.ndarray],
+    arrays: DatasetArrays,
+    indices: Sequence[int],
+    num_classes: int,
+    instances: Sequence[np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Mean per-image ``dice`` and ``iou`` of predicted (H, W) class-index ``masks`` against
-    images ``indices`` of ``arrays`` (at their original sizes), and ``dsb_score`` where the
-    dataset has instance truth (binary tasks): the :class:`Scorer` validation uses."""
+    images ``indices`` of ``arrays`` (at their original sizes), and ``dsb_score`` and
+    ``ap50`` where the dataset has instance truth (binary tasks) of the predicted
+    ``instances`` (None: the masks' 8-connected components): the :class:`Scorer` validation
+    uses."""
     scorer = Scorer(num_classes, arrays.instance_pixels is not None)
-    for mask, i in zip(masks, indices, strict=True):
+    predicted = instances if instances is not None else [None] * len(masks)
+    for mask, objects, i in zip(masks, predicted, indices, strict=True):
         pred = torch.from_numpy(np.asarray(mask, np.int64)[None])
         truth = torch.from_numpy(arrays.mask(int(i)).astype(np.int64)[None])
-        scorer.add(pred, truth, arrays.instances(int(i)))
+        scorer.add(pred, truth, arrays.instances(int(i)), objects)
     return scorer.means_of()
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from unet_search.core.config import RunConfig
 from unet_search.core.sections import RESIZE_DEFAULT
 from unet_search.data.stats import scaled_size
 from unet_search.models.unet import mirror_pad, valid_input_size
+from unet_search.train.instances import Decoding
 from unet_search.train.transforms import (
     Normalization,
     normalization_for,
@@ -119,8 +120,10 @@ class Preprocessing:
     plan: PredictPlan
     normalization: Normalization
     in_channels: int
-    num_classes: int
+    num_classes: int  # the task's (the network's may differ: data.target)
     threshold: float
+    target: str = "semantic"  # what the network learned (unet_search.data.targets)
+    decoding: Decoding = field(default_factory=Decoding)  # how its output becomes instances
 
     @classmethod
     def from_dict(cls, pre: dict[str, Any], num_classes: int = 1) -> Preprocessing:
@@ -131,6 +134,8 @@ class Preprocessing:
             int(pre.get("in_channels", 3)),
             int(pre.get("num_classes", num_classes)),
             float(pre.get("threshold", 0.5)),
+            str(pre.get("target", "semantic")),
+            Decoding.from_dict(pre.get("decoding")),
         )
 
 
@@ -329,10 +334,12 @@ def predict_logits_many(
     return out
 
 
-def preprocessing_of(cfg: RunConfig, norm: Normalization | None = None) -> dict[str, Any]:
+def preprocessing_of(
+    cfg: RunConfig, norm: Normalization | None = None, decoding: Decoding | None = None
+) -> dict[str, Any]:
     """What a downstream predictor must do to an image, saved next to the weights (read back
-    by :func:`unet_search.train.sliding.plan_of_preprocessing`). ``norm``: the run's measured
-    normalization (needed for ``dataset``)."""
+    by :class:`Preprocessing`). ``norm``: the run's measured normalization (needed for
+    ``dataset``); ``decoding``: how its output becomes instances."""
     norm = norm or normalization_for(cfg)
     return {
         "input_mode": cfg.data.input_mode,
@@ -348,4 +355,6 @@ def preprocessing_of(cfg: RunConfig, norm: Normalization | None = None) -> dict[
         "in_channels": cfg.model.in_channels,
         "num_classes": cfg.data.num_classes,
         "threshold": cfg.train.threshold,
+        "target": cfg.data.target,
+        "decoding": (decoding or Decoding()).to_dict(),
     }

@@ -1,0 +1,148 @@
+"""Instances from a network's output (unet_search/train/instances.py), their scores, and
+what an instance target learns that the semantic one cannot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unet_search.core.config import RunConfig
+from unet_search.core.sections import DataConfig
+from unet_search.data.dataset import load_dataset
+from unet_search.data.synthetic import make_synthetic
+from unet_search.data.targets import boundary_map
+from unet_search.models.build import build_model, save_model_dir
+from unet_search.serve.inference import load_model
+from unet_search.train.engine import build_loaders, fit, new_training_state, seed_everything
+from unet_search.train.instances import Decoding, decode_instances, foreground_labels
+from unet_search.train.losses import build_loss
+from unet_search.train.metrics import instance_scores
+from unet_search.train.sliding import preprocessing_of
+
+
+def _discs(shape: tuple[int, int], centres: list[tuple[int, int]], radius: float) -> np.ndarray:
+    """Instance labels of discs; a later disc takes the pixels it shares with an earlier."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    for k, (cy, cx) in enumerate(centres, 1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = k
+    return labels
+
+
+def _logits_of(classes: np.ndarray, k: int, sure: float = 4.0) -> torch.Tensor:
+    """(K, H, W) logits that put ``sure`` on each pixel's class of ``classes``."""
+    return torch.from_numpy(np.eye(k, dtype=np.float32)[classes].transpose(2, 0, 1) * sure)
+
+
+def _best_iou(pred: np.ndarray, truth: np.ndarray, k: int) -> float:
+    t = truth == k
+    return max(((pred == p) & t).sum() / ((pred == p) | t).sum() for p in range(1, pred.max() + 1))
+
+
+def test_two_touching_objects_decode_as_two_with_the_boundary_target_and_one_without() -> None:
+    truth = _discs((40, 60), [(20, 20), (20, 36)], 9.0)  # overlapping discs: they touch
+    boundary = decode_instances(_logits_of(boundary_map(truth), 3), "boundary", 0.5)
+    assert boundary.max() == 2
+    assert _best_iou(boundary, truth, 1) > 0.9 and _best_iou(boundary, truth, 2) > 0.9
+    assert (boundary > 0).sum() == (truth > 0).sum()  # the whole objects, boundary included
+    semantic = decode_instances(_logits_of((truth > 0).astype(np.int64), 2), "semantic", 0.5)
+    assert semantic.max() == 1  # connected components: one blob
+    # The mask of both targets is the whole object.
+    whole = (truth > 0).astype(np.int64)
+    for target, logits in (
+        ("boundary", _logits_of(boundary_map(truth), 3)),
+        ("semantic", _logits_of(whole, 2)),
+    ):
+        labels = foreground_labels(logits[None], target, 0.5)
+        np.testing.assert_array_equal(labels[0].numpy(), whole)
+
+
+def test_foreground_no_marker_reaches_is_an_object_and_small_ones_can_be_dropped() -> None:
+    truth = _discs((30, 30), [(10, 10)], 6.0)
+    classes = boundary_map(truth)
+    classes[24:27, 24:27] = 2  # a 3 x 3 object all boundary: never a confident interior
+    out = decode_instances(_logits_of(classes, 3), "boundary", 0.5)
+    assert out.max() == 2 and (out == out[25, 25]).sum() == 9
+    dropped = decode_instances(_logits_of(classes, 3), "boundary", 0.5, Decoding(min_size=10))
+    assert dropped.max() == 1 and dropped[25, 25] == 0 and dropped[10, 10] == 1
+
+
+def test_instance_scores_match_at_iou_thresholds() -> None:
+    """Truth: two objects. Prediction: the first exactly, a false object elsewhere, the second
+    missed: AP50 = TP / (TP + FP + FN) = 1 / 3 at every threshold, so the DSB score too."""
+    truth = _discs((30, 60), [(15, 12), (15, 45)], 6.0)
+    pred = np.where(truth == 1, 1, 0)
+    pred[0:4, 25:29] = 2
+    assert instance_scores(pred, truth) == pytest.approx((1 / 3, 1 / 3))
+    assert instance_scores(truth, truth) == (1.0, 1.0)
+    assert instance_scores(np.zeros_like(truth), np.zeros_like(truth)) == (1.0, 1.0)
+    # A prediction that merges the two objects into one matches neither at IoU 0.5.
+    merged = _discs((30, 60), [(15, 12), (15, 45)], 6.0) > 0
+    assert instance_scores(merged.astype(np.int32), truth)[1] == 0.0
+
+
+def _held_out_instances(data: Path, new: Path, target: str, leaves: dict, tmp: Path) -> float:
+    """Train a small UNet on ``data`` with ``target``; the DSB score of its instances on the
+    images of ``new`` (no run saw them), through the predictor ``predict`` uses."""
+    cfg = RunConfig.from_dict(
+        {
+            "depth": 3,
+            "base_filters": 8,
+            "batch_size": 8,
+            "lr": 3e-3,
+            "patch_size": 64,
+            "val_fraction": 0.25,
+            "dsb_every": 0,
+            "aug_strength": 0.3,
+            "target": target,
+            **leaves,
+        }
+    )
+    arrays = load_dataset(data, cfg.data)
+    seed_everything(0)
+    train, val = build_loaders(cfg, arrays, rank=0, world=1)
+    model = build_model(cfg.model, cfg.data.network_classes)
+    state = new_training_state(model, cfg, len(train), torch.device("cpu"))
+    fit(state, cfg, train, val, build_loss(cfg.loss), torch.device("cpu"))
+    state.module.load_state_dict(state.best_state or state.module.state_dict())
+    folder = tmp / f"model-{target}"
+    save_model_dir(
+        folder, state.module, cfg.model, cfg.data.network_classes, preprocessing_of(cfg)
+    )
+    held_out = load_dataset(new, DataConfig())
+    images = [held_out.image(i) for i in range(len(held_out))]
+    objects = load_model(folder).predict(images, instances=True)
+    scores = [instance_scores(o, held_out.instances(i)) for i, o in enumerate(objects)]
+    return float(np.mean([dsb for dsb, _ in scores]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("style", "leaves", "margin"),
+    [
+        # cells tiling the plane behind membranes one pixel thin: all one blob semantically
+        ("epithelium", {"epochs": 6, "patches_per_epoch": 64}, 0.3),
+        # touching nuclei ~12 px across
+        ("fluorescence", {"epochs": 10, "patches_per_epoch": 128}, 0.08),
+    ],
+)
+def test_the_boundary_target_separates_what_the_semantic_one_merges(
+    tmp_path: Path, style: str, leaves: dict, margin: float
+) -> None:
+    """At equal budget, on held-out images through predict: the boundary target's DSB score
+    beats the semantic target's by a clear margin (measured: epithelium 0.61 vs 0.00,
+    touching nuclei 0.34 vs 0.15)."""
+    torch.set_num_threads(2)
+    kind = {"size": 128, "max_size": 160, "object_px": 12, "style": style}
+    make_synthetic(tmp_path / "d", n=10, seed=7, **kind)
+    make_synthetic(tmp_path / "new", n=3, seed=8, **kind)
+    dsb = {
+        target: _held_out_instances(tmp_path / "d", tmp_path / "new", target, leaves, tmp_path)
+        for target in ("semantic", "boundary")
+    }
+    assert dsb["boundary"] >= dsb["semantic"] + margin, dsb
+    if style == "epithelium":
+        assert dsb["semantic"] < 0.1, dsb
