@@ -319,3 +319,59 @@ def trained_model(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     path = tmp_path_factory.mktemp("trained") / "model"
     save_model_dir(path, state.module, cfg.model, 1, preprocessing_of(cfg))
     return TrainedModel(cfg, path, arrays, dict(state.best_metrics))
+
+
+@dataclass(frozen=True)
+class TargetModels:
+    """Small UNets trained here on one synthetic style with each target, at equal budget,
+    and held-out images of that style no run saw."""
+
+    models: dict[str, Path]  # target -> model folder (as a run saves it)
+    held_out: Path  # a DSB2018-layout folder: images and their instance masks
+
+
+def train_targets(root: Path, style: str, leaves: dict[str, Any]) -> TargetModels:
+    """Train a semantic and a boundary UNet (depth 3, 8 filters, 64-px patches) on 10
+    images of ``style`` (128-160 px, objects ~12 px) with ``leaves`` (epochs, patches)."""
+    import torch
+
+    from unet_search.core.config import RunConfig
+    from unet_search.data.dataset import load_dataset
+    from unet_search.data.synthetic import make_synthetic
+    from unet_search.models.build import build_model, save_model_dir
+    from unet_search.train.engine import build_loaders, fit, new_training_state, seed_everything
+    from unet_search.train.losses import build_loss
+    from unet_search.train.sliding import preprocessing_of
+
+    torch.set_num_threads(2)
+    kind = {"size": 128, "max_size": 160, "object_px": 12, "style": style}
+    make_synthetic(root / "data", n=10, seed=7, **kind)
+    make_synthetic(root / "held_out", n=3, seed=8, **kind)
+    models = {}
+    for target in ("semantic", "boundary"):
+        cfg = RunConfig.from_dict(
+            {
+                **{"depth": 3, "base_filters": 8, "batch_size": 8, "lr": 3e-3},
+                **{"patch_size": 64, "val_fraction": 0.25, "dsb_every": 0},
+                **{"aug_strength": 0.3, "target": target, **leaves},
+            }
+        )
+        arrays = load_dataset(root / "data", cfg.data)
+        seed_everything(0)
+        train, val = build_loaders(cfg, arrays, rank=0, world=1)
+        cpu = torch.device("cpu")
+        model = build_model(cfg.model, cfg.data.network_classes)
+        state = new_training_state(model, cfg, len(train), cpu)
+        fit(state, cfg, train, val, build_loss(cfg.loss), cpu)
+        state.module.load_state_dict(state.best_state or state.module.state_dict())
+        models[target] = folder = root / f"model-{target}"
+        classes, pre = cfg.data.network_classes, preprocessing_of(cfg)
+        save_model_dir(folder, state.module, cfg.model, classes, pre)
+    return TargetModels(models, root / "held_out")
+
+
+@pytest.fixture(scope="session")
+def epithelium_models(tmp_path_factory: pytest.TempPathFactory) -> TargetModels:
+    """Both targets trained on cells tiling the plane behind membranes one pixel thin."""
+    root = tmp_path_factory.mktemp("epithelium")
+    return train_targets(root, "epithelium", {"epochs": 6, "patches_per_epoch": 64})

@@ -527,6 +527,11 @@ def test_three_classes_end_to_end_train_search_register_predict(
         "test_dsb_score" not in parent.data.metrics and "otsu_test_dice" not in parent.data.metrics
     )
     assert test_dice > 0.5  # the stains tell the classes apart: a trained model finds them
+    # Instances are objects of a binary model: a clear error, and the masks are kept.
+    out = [*("predict", "--model", model, "--input", str(images), "--output", str(masks))]
+    assert main([*out, "--output-kind", "instances"]) == 1
+    assert "instances are objects of a binary model" in capsys.readouterr().err
+    assert sorted(p.name for p in masks.iterdir()) == sorted(f"{n}.png" for n in split["test"])
 
 
 def test_storage_is_the_users_path_as_given(

@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import TrainedModel
+from conftest import TargetModels, TrainedModel
 
 from unet_search.core.sections import ModelConfig
 from unet_search.serve.export import log_and_register
@@ -122,3 +122,28 @@ def test_an_attention_unet_model_saved_before_the_attention_option_still_loads(
     for mask, key in zip(masks, ("0", "1"), strict=True):
         assert (mask == want[f"mask{key}"]).all()
         assert _dice(mask, want[f"truth{key}"]) > 0.55
+
+
+def test_the_pyfunc_returns_instances_when_asked(
+    epithelium_models: TargetModels, tmp_path: Path
+) -> None:
+    """``params={"instances": True}`` (in the logged signature, so MLflow passes it on):
+    the instance labels ``Predictor.predict(..., instances=True)`` gives; without it, masks."""
+    from unet_search.core.sections import DataConfig
+    from unet_search.data.dataset import load_dataset
+    from unet_search.serve.export import pyfunc_model
+    from unet_search.tracking.models import save_pyfunc
+
+    folder = epithelium_models.models["boundary"]
+    save_pyfunc(pyfunc_model(folder), tmp_path / "pyfunc")
+    model = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc"))
+    assert [p.name for p in model.metadata.get_params_schema().params] == ["instances"]
+    image = load_dataset(epithelium_models.held_out, DataConfig()).image(0)[None, :96, :112]
+    predictor = Predictor.from_dir(folder)
+    instances = model.predict(image, params={"instances": True})
+    assert instances.shape == (1, 96, 112) and instances.dtype == np.int32
+    np.testing.assert_array_equal(instances[0], predictor.predict(list(image), instances=True)[0])
+    assert instances.max() > 10  # the cells, each its own object
+    masks = model.predict(image)
+    assert masks.dtype == np.uint8 and set(np.unique(masks)) <= {0, 1}
+    np.testing.assert_array_equal(masks[0], instances[0] > 0)

@@ -102,10 +102,11 @@ def _make_data_args(p: Parser) -> None:
     )
     p.add_argument(
         "--style",
-        choices=["hard", "fluorescence"],
+        choices=["hard", "fluorescence", "epithelium"],
         default="hard",
         help="hard: built to defeat a plain threshold (default); fluorescence: bright nuclei "
-        "on a dark, uneven background, where Otsu is strong",
+        "on a dark, uneven background, where Otsu is strong; epithelium: cells tiling the "
+        "plane behind membranes one pixel thin (--object-px: the cells' size)",
     )
     p.add_argument(
         "--classes",
@@ -193,7 +194,23 @@ def _report_args(p: Parser) -> None:
 def _predict_args(p: Parser) -> None:
     p.add_argument("--model", required=True, help="models:/NAME@champion, runs:/..., or a dir")
     p.add_argument("--input", type=Path, required=True, help="an image file or a folder")
-    p.add_argument("--output", type=Path, required=True, help="folder for the mask PNGs")
+    p.add_argument(
+        "--output", type=Path, required=True, help="folder for the PNGs, <image stem>.png each"
+    )
+    p.add_argument(
+        "--output-kind",
+        choices=["mask", "instances"],
+        default="mask",
+        help="mask: the mask (0/255 binary, class indices otherwise; default); instances: "
+        "16-bit instance labels, 0 the background, 1..n the objects (binary models)",
+    )
+    p.add_argument(
+        "--objects",
+        type=Path,
+        metavar="FILE.csv",
+        help="also write one row per object: image, id, area, centroid, bounding box, mean "
+        "intensity (binary models)",
+    )
     p.add_argument(
         "--device",
         choices=["cpu", "cuda"],

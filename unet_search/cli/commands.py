@@ -423,8 +423,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
+    from unet_search.data.decode import read_image
     from unet_search.data.scan import IMAGE_SUFFIXES
     from unet_search.serve.inference import load_model
+    from unet_search.serve.objects import object_rows, write_objects
 
     source: Path = args.input
     if not source.exists():
@@ -442,13 +444,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible to this process.")
     predictor = load_model(args.model, device=device, tta=args.tta)
+    kind, objects_csv = args.output_kind, args.objects
+    if (kind == "instances" or objects_csv) and predictor.pre.num_classes > 2:
+        what = "--output-kind instances" if kind == "instances" else "--objects"
+        raise UserError(
+            f"{what}: instances are objects of a binary model, but {args.model} has "
+            f"{predictor.pre.num_classes} classes: predict masks (--output-kind mask)."
+        )
     binary = predictor.pre.num_classes == 1
     args.output.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, object]] = []
     for start in range(0, len(files), 16):
         chunk = files[start : start + 16]
-        for path, mask in zip(chunk, predictor.predict(chunk), strict=True):
-            Image.fromarray((mask * 255 if binary else mask).astype(np.uint8)).save(
-                args.output / f"{path.stem}.png"
-            )
-    print(f"wrote {len(files)} mask(s) to {args.output}")
+        outputs: list[tuple[np.ndarray, np.ndarray | None]]
+        if kind == "mask" and not objects_csv:
+            outputs = [(mask, None) for mask in predictor.predict(chunk)]
+        else:
+            outputs = [(m, i) for m, i in predictor.predict_both(chunk)]
+        for path, (mask, instances) in zip(chunk, outputs, strict=True):
+            if kind == "instances" and instances is not None:  # 16-bit, 0 the background
+                picture = Image.fromarray(instances.astype(np.uint16))
+            else:
+                picture = Image.fromarray((mask * 255 if binary else mask).astype(np.uint8))
+            picture.save(args.output / f"{path.stem}.png")
+            if objects_csv and instances is not None:
+                rows.extend(object_rows(path.stem, read_image(path), instances))
+    what = "instance label image(s)" if kind == "instances" else "mask(s)"
+    print(f"wrote {len(files)} {what} to {args.output}")
+    if objects_csv:
+        count = write_objects(objects_csv, rows)
+        print(f"wrote {count} object(s) of {len(files)} image(s) to {objects_csv}")
     return 0

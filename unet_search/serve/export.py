@@ -48,7 +48,8 @@ def requirements() -> tuple[str, ...]:
 
 def pyfunc_model(model_dir: Path) -> PyfuncModel:
     """The pyfunc of a trained model's folder: (N, H, W, 3) uint8 images in, (N, H, W) uint8
-    masks out, any batch size, height and width."""
+    masks out, any batch size, height and width; with the parameter ``instances`` true,
+    (N, H, W) int32 instance labels instead (binary models)."""
     return PyfuncModel(
         python_model=PYFUNC_FILE,
         artifacts={"model_dir": model_dir},
@@ -56,6 +57,7 @@ def pyfunc_model(model_dir: Path) -> PyfuncModel:
         requirements=requirements(),
         inputs=("uint8", (-1, -1, -1, 3)),
         outputs=("uint8", (-1, -1, -1)),
+        params=(("instances", "boolean", False),),
     )
 
 

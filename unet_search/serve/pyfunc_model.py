@@ -4,7 +4,9 @@ MLflow saves this file as code (no cloudpickle); loading runs it, which builds t
 from ``model_config.json`` and loads ``model.safetensors``. ``predict`` takes an
 (N, H, W, 3) uint8 array (any N, H, W: the logged signature) and returns the (N, H, W) uint8
 masks at the input size. Images of different sizes are separate calls (or
-``unet_search.load_model``, which takes a list).
+``unet_search.load_model``, which takes a list). With the parameter ``instances`` true
+(``params={"instances": True}``, or ``"params"`` in a served request) it returns (N, H, W)
+int32 instance labels instead, 0 the background (binary models).
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ class UNetSearchPyfunc(PythonModel):
     ) -> np.ndarray:
         if hasattr(model_input, "to_numpy") and not isinstance(model_input, np.ndarray):
             model_input = model_input.to_numpy()
-        masks = self.predictor.predict(model_input)
-        return np.stack(masks) if masks else np.zeros((0, 0, 0), np.uint8)
+        instances = bool((params or {}).get("instances", False))
+        out = self.predictor.predict(model_input, instances=instances)
+        return np.stack(out) if out else np.zeros((0, 0, 0), np.int32 if instances else np.uint8)
 
 
 mlflow.models.set_model(UNetSearchPyfunc())

@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import Schema, TensorSpec
+from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
 from unet_search.tracking.registry import Registration, fluent_tracking_uri, promote
 
@@ -24,7 +24,8 @@ class PyfuncModel:
     """A pyfunc model to log: ``python_model`` (the models-from-code file), its
     ``artifacts``, the ``code_paths`` shipped with it, its pinned ``requirements``, and its
     input and output tensors (dtype, shape; -1 for any size: MLflow 3 fixes H and W to the
-    input example's otherwise)."""
+    input example's otherwise) and its inference parameters (name, MLflow type, default: a
+    parameter outside the signature is dropped by MLflow with a warning)."""
 
     python_model: Path
     artifacts: Mapping[str, Path]
@@ -32,14 +33,17 @@ class PyfuncModel:
     requirements: tuple[str, ...]
     inputs: tuple[str, tuple[int, ...]]
     outputs: tuple[str, tuple[int, ...]]
+    params: tuple[tuple[str, str, object], ...] = ()
 
     @property
     def signature(self) -> ModelSignature:
         (i_dtype, i_shape), (o_dtype, o_shape) = self.inputs, self.outputs
-        return ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(i_dtype), i_shape)]),
-            outputs=Schema([TensorSpec(np.dtype(o_dtype), o_shape)]),
-        )
+        inputs = Schema([TensorSpec(np.dtype(i_dtype), i_shape)])
+        outputs = Schema([TensorSpec(np.dtype(o_dtype), o_shape)])
+        if not self.params:
+            return ModelSignature(inputs, outputs)
+        params = [ParamSpec(name, kind, default) for name, kind, default in self.params]
+        return ModelSignature(inputs, outputs, params=ParamSchema(params))
 
     @property
     def example(self) -> np.ndarray:
