@@ -29,7 +29,7 @@ from unet_search.serve.inference import load_model
 from unet_search.space.load import load_space
 from unet_search.tracking.read import search_trials
 from unet_search.train.engine import val_indices
-from unet_search.train.metrics import dice_iou_per_image
+from unet_search.train.metrics import dice_iou_per_image, instance_scores
 
 pytestmark = pytest.mark.slow
 VARIANT_KEYS = ("arch", "block", "pooling", "bottleneck", "attention")
@@ -222,6 +222,30 @@ def test_end_to_end_search_registers_a_champion_that_scores_its_numbers(
         for name in split["test"]
     ]
     assert float(np.mean(predicted)) == pytest.approx(test_dice, abs=1e-3)
+    # Its instances too: the DSB score and AP50 on the version are those of the label images
+    # `predict --output-kind instances` writes, decoded as the best run chose on its
+    # validation images (logged with it).
+    kind = ["--output", str(tmp_path / "test_objects"), "--output-kind", "instances"]
+    assert (
+        main(["predict", "--model", "models:/unet-e2e@champion", "--input", str(images), *kind])
+        == 0
+    )
+    objects = [
+        instance_scores(
+            np.asarray(Image.open(tmp_path / "test_objects" / f"{name}.png")).astype(np.int64),
+            arrays.instances(arrays.names.index(name)),
+        )
+        for name in split["test"]
+    ]
+    for k, key in enumerate(("test_dsb_score", "test_ap50")):
+        assert float(np.mean([o[k] for o in objects])) == pytest.approx(
+            float(version.tags[f"unet_search.{key}"]), abs=1e-3
+        )
+    best_run = client.get_run(version.tags["unet_search.run_id"]).data.metrics
+    decoding = champion.pre.decoding
+    assert best_run["decoding_min_size"] == decoding.min_size
+    assert best_run["decoding_marker"] == decoding.marker
+    assert 0.0 <= best_run["decoded_val_dsb_score"] <= best_run["decoded_val_ap50"] <= 1.0
 
     study_trials = out.study.trials
     assert [t.state for t in study_trials] == [TrialState.COMPLETE] * 3

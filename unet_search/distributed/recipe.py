@@ -49,7 +49,7 @@ from unet_search.train.engine import (
     seed_everything,
     val_indices,
 )
-from unet_search.train.instances import foreground_labels
+from unet_search.train.instances import Decoding, choose_decoding, foreground_labels
 from unet_search.train.losses import build_loss
 from unet_search.train.sliding import plan_of, predict_logits, preprocessing_of
 from unet_search.train.transforms import Normalization
@@ -244,6 +244,24 @@ def _inference_ms_per_image(
     return 1000.0 * float(np.median(times)) / len(picks)
 
 
+def _choose_decoding(
+    module: torch.nn.Module, cfg: RunConfig, arrays: DatasetArrays, norm: Normalization
+) -> tuple[Decoding, dict[str, float]] | None:
+    """The kept weights' decoding (:func:`~unet_search.train.instances.choose_decoding`),
+    chosen on the validation images by the DSB score, or None where a run scores no
+    instances (a multi-class task, no instance truth, ``dsb_every: 0``)."""
+    if cfg.data.num_classes > 2 or arrays.instance_pixels is None or not cfg.train.dsb_every:
+        return None
+    plan, device, channels = plan_of(cfg), next(module.parameters()).device, cfg.model.in_channels
+    picks = [int(i) for i in val_indices(cfg, arrays)]
+    truths = [t for t in (arrays.instances(i) for i in picks) if t is not None]
+    logits = (
+        predict_logits(module, arrays.image(i), plan, norm, channels, device).float().cpu()
+        for i in picks
+    )
+    return choose_decoding(logits, truths, cfg.data.target, cfg.train.threshold)
+
+
 def _log_final(
     cfg: RunConfig,
     arrays: DatasetArrays,
@@ -258,13 +276,18 @@ def _log_final(
     if state.best_state is not None:
         module.load_state_dict(state.best_state)
     metrics = {"best_epoch": float(state.early.best_epoch)}
+    decoding = _choose_decoding(module, cfg, arrays, norm)
+    if decoding is not None:
+        metrics |= {f"decoded_val_{key}": value for key, value in decoding[1].items()}
+        metrics |= {"decoding_marker": decoding[0].marker}
+        metrics |= {"decoding_min_size": float(decoding[0].min_size)}
     with tempfile.TemporaryDirectory() as tmp:
         save_model_dir(
             Path(tmp) / "best_model",
             module,
             cfg.model,
             cfg.data.network_classes,
-            preprocessing_of(cfg, norm),
+            preprocessing_of(cfg, norm, decoding[0] if decoding else None),
         )
         picture = _sample_image(module, cfg, arrays, picks, norm)
         if picture is not None:

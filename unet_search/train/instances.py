@@ -17,6 +17,7 @@ No Ray and no MLflow here; scikit-image for the watershed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,9 +28,19 @@ from skimage.segmentation import watershed
 
 from unet_search.data.decode import EIGHT_CONNECTED
 from unet_search.data.targets import INTERIOR
-from unet_search.train.metrics import logits_to_labels
+from unet_search.train.metrics import instance_scores, logits_to_labels
 
-__all__ = ["Decoding", "decode_instances", "foreground_labels", "foreground_logits"]
+__all__ = [
+    "choose_decoding",
+    "Decoding",
+    "decode_instances",
+    "foreground_labels",
+    "foreground_logits",
+    "MARKERS",
+]
+
+MARKERS = (0.3, 0.5, 0.7)  # the interior probabilities a seed may need (choose_decoding)
+MIN_SIZE_SHARES = (0.0, 0.1, 0.25)  # of the median true object's area
 
 
 @dataclass(frozen=True)
@@ -95,3 +106,34 @@ def decode_instances(
     rest, _ = ndimage.label(fg & (labels == 0), structure=EIGHT_CONNECTED)
     labels[rest > 0] = rest[rest > 0] + count
     return _drop_small(labels, decoding.min_size)
+
+
+def _candidates(target: str, truths: list[np.ndarray]) -> list[Decoding]:
+    """Every :data:`MARKERS` (boundary target) with every smallest object of
+    :data:`MIN_SIZE_SHARES` of the median true object, the default first."""
+    counts = [np.bincount(t.ravel().astype(np.int64))[1:] for t in truths]
+    areas = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+    median = float(np.median(areas[areas > 0])) if (areas > 0).any() else 0.0
+    sizes = sorted({round(share * median) for share in MIN_SIZE_SHARES})
+    markers = MARKERS if target != "semantic" else (Decoding().marker,)
+    candidates = [Decoding(marker, size) for marker in markers for size in sizes]
+    return sorted(candidates, key=lambda d: d != Decoding())  # stable: the default first
+
+
+def choose_decoding(
+    logits: Iterable[torch.Tensor], truths: list[np.ndarray], target: str, threshold: float
+) -> tuple[Decoding, dict[str, float]]:
+    """The decoding whose instances score the best mean DSB2018 score on images whose
+    (K, H, W) ``logits`` (one at a time: an iterable) and (H, W) true instance labels
+    ``truths`` are given (a run's validation images, on its kept weights), among every
+    :data:`MARKERS` (boundary target) with every smallest object of :data:`MIN_SIZE_SHARES`
+    of the median true object; a tie keeps the default. Returns it and its mean
+    ``dsb_score`` and ``ap50``."""
+    candidates = _candidates(target, truths)
+    sums = np.zeros((len(candidates), 2))
+    for x, truth in zip(logits, truths, strict=True):
+        for k, decoding in enumerate(candidates):
+            sums[k] += instance_scores(decode_instances(x, target, threshold, decoding), truth)
+    means = sums / max(len(truths), 1)
+    best = int(np.argmax(means[:, 0]))  # the first of equals: the default wins ties
+    return candidates[best], {"dsb_score": float(means[best, 0]), "ap50": float(means[best, 1])}
