@@ -122,7 +122,7 @@ def test_given_values_bind_the_plan_and_the_plan_is_deterministic() -> None:
     assert given.depth_high == 3  # 40 is a multiple of 8, not of 16
     deep = make_plan(data_stats(arrays), QUICK, {"depth_max": 5})
     assert deep.patch_size == (96, 96) and all(s % 32 == 0 for s in deep.patch_size)
-    assert len(given.lines()) == 6 and all(given.reasons.values())
+    assert len(given.lines()) == 7 and all(given.reasons.values())
 
 
 def test_a_bad_budget_is_a_clear_error() -> None:
@@ -190,3 +190,41 @@ def test_train_config_auto_leaves_are_planned_and_given_ones_kept() -> None:
     assert cfg.train.batch_size == 8  # not auto: the default, untouched
     plain, none = plan_run(*run_leaves(None, ["patch_size=64"]), arrays)
     assert none is None and plain.data.patch_size == (64, 64)
+
+
+def test_the_target_parts_touching_objects_when_many_touch() -> None:
+    """The instance target is planned when objects touch (within 2 px: cells behind a thin
+    membrane count), not for apart objects, not for a multi-class task, never over a value
+    the user gave."""
+    from unet_search.train.fingerprint import touching_objects
+
+    labels = np.zeros((20, 30), np.int64)
+    labels[2:8, 2:8], labels[2:8, 10:16], labels[12:18, 22:28] = 1, 2, 3  # 1 and 2: 2 px apart
+    assert touching_objects(labels) == (2, 3)
+    labels[2:8, 9] = 0
+    labels[2:8, 10:16] = 0
+    labels[2:8, 11:16] = 2  # 3 px apart: not touching
+    assert touching_objects(labels) == (0, 3)
+
+    apart = _discs(4, (120, 160), 10)
+    assert data_stats(apart).touching == 0.0
+    plan = make_plan(data_stats(apart), QUICK)
+    assert plan.target == "semantic" and "components" in plan.reasons["target"]
+    touching = []  # the same discs, each with a neighbour 1 px away (a thin membrane)
+    for i in range(len(apart)):
+        label = apart.instances(i).astype(np.int64)
+        shifted = np.zeros_like(label)
+        shifted[:, 11:] = label[:, :-11]
+        touching.append(np.where((label == 0) & (shifted > 0), shifted + label.max(), label))
+    arrays = DatasetArrays.of(
+        [apart.image(i) for i in range(len(apart))], [t > 0 for t in touching], touching
+    )
+    stats = data_stats(arrays)
+    assert stats.touching is not None and stats.touching >= 0.9
+    plan = make_plan(stats, QUICK)
+    assert plan.target == "boundary" and "touch another" in plan.reasons["target"]
+    assert make_plan(stats, QUICK, {"target": "semantic"}).target == "semantic"
+    image = apart.image(0)
+    multi = DatasetArrays.of([image], [touching[0] > 0])  # no instance truth
+    assert data_stats(multi).touching is None
+    assert make_plan(data_stats(multi), QUICK).target == "semantic"

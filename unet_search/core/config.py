@@ -78,6 +78,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "input_mode": "resize",
         "image_size": 128,
         "normalization": "default",  # x / 255
+        "target": "semantic",  # it learned the mask
         "loss": "bce",
         "optimizer": "adam",
         "lr": 1e-3,

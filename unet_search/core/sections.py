@@ -65,6 +65,7 @@ PLANNED_LEAVES = (
     "batch_size",
     "patches_per_epoch",
     "normalization",
+    "target",
 )
 
 

@@ -94,6 +94,7 @@ PROVISIONAL: dict[str, Any] = {
     "batch_size": 8,
     "patches_per_epoch": 256,
     "normalization": "default",
+    "target": "semantic",
     "depth.low": 3,
     "depth.high": 4,
 }
@@ -107,7 +108,7 @@ MAX_COMBINATIONS = 200_000
 BASELINE_SECTIONS = ("model", "loss", "optim", "augment")
 
 
-BASELINE_LEAVES = ("input_mode", "image_size", "normalization", "early_stop_metric")
+BASELINE_LEAVES = ("input_mode", "image_size", "normalization", "target", "early_stop_metric")
 
 
 # The fields whose searched values are checked in every combination (check_combinations):

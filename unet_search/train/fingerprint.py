@@ -15,7 +15,7 @@ from unet_search.data.decode import EIGHT_CONNECTED
 from unet_search.data.split import split_indices
 from unet_search.data.stats import image_histograms, moments
 
-__all__ = ["DataStats", "data_stats", "STATS_IMAGES"]
+__all__ = ["TOUCH_PX", "touching_objects", "DataStats", "data_stats", "STATS_IMAGES"]
 
 STATS_IMAGES = 200  # object sizes and intensities from at most this many images
 
@@ -35,6 +35,8 @@ class DataStats:
     mean_spread: float  # std of per-image mean brightness / dataset std
     std_spread: float  # std of per-image contrast (std) / dataset std
     held_out: int = 0  # test images left out of the statistics
+    # share of the objects within TOUCH_PX of another (None: no instance truth, multi-class)
+    touching: float | None = None
 
     def lines(self) -> list[str]:
         obj = "none" if self.object_px is None else f"{self.object_px:.1f} px"
@@ -49,10 +51,36 @@ class DataStats:
             + ", std "
             + " ".join(f"{v:.3f}" for v in self.std)
             + f" (per-image spread: means {self.mean_spread:.2f}, stds {self.std_spread:.2f})",
+            "touching           "
+            + (
+                "no instances (multi-class)"
+                if self.touching is None
+                else f"{self.touching:.3f} of the objects at most {TOUCH_PX} px from another"
+            ),
         ]
 
 
 LEVELS = np.arange(256, dtype=np.float64) / 255.0  # an 8-bit value in [0, 1]
+# Objects at most this many background pixels apart count as touching (cells behind a thin
+# membrane too)
+TOUCH_PX = 2
+
+
+def touching_objects(labels: np.ndarray) -> tuple[int, int]:
+    """(objects at most :data:`TOUCH_PX` px from another object, objects) of (H, W) instance
+    labels: an object one of whose pixels has another object's pixel in the square of
+    2 (TOUCH_PX + 1) + 1 pixels around it (a gap of TOUCH_PX pixels or fewer)."""
+    labels = np.asarray(labels, np.int64)
+    objects = np.unique(labels[labels > 0])
+    if len(objects) < 2:
+        return 0, len(objects)
+    size = 2 * (TOUCH_PX + 1) + 1
+    high = ndimage.maximum_filter(labels, size=size, mode="constant", cval=0)
+    low = ndimage.minimum_filter(
+        np.where(labels > 0, labels, labels.max() + 1), size=size, mode="nearest"
+    )
+    near = (labels > 0) & ((high != labels) | (low != labels))
+    return len(np.unique(labels[near])), len(objects)
 
 
 def _picked(pool: np.ndarray) -> list[int]:
@@ -76,10 +104,13 @@ def data_stats(arrays: DatasetArrays, data: DataConfig | None = None) -> DataSta
     diameters: list[np.ndarray] = []
     means, stds, fg, pixels = [], [], 0, 0
     sums, squares = np.zeros(3), np.zeros(3)
+    touching = [0, 0]  # objects near another, objects (instance truth only)
     for i in picks:
         mask, labels = arrays.mask(i), arrays.instances(i)
         if labels is None:
             labels = ndimage.label(mask > 0, structure=EIGHT_CONNECTED)[0]
+        else:
+            touching = [a + b for a, b in zip(touching, touching_objects(labels), strict=True)]
         areas = np.bincount(labels.ravel())[1:]
         areas = areas[areas > 0]
         diameters.append(2.0 * np.sqrt(areas / math.pi))
@@ -106,4 +137,9 @@ def data_stats(arrays: DatasetArrays, data: DataConfig | None = None) -> DataSta
         mean_spread=round(float(np.std(means)) / scale, 3),
         std_spread=round(float(np.std(stds)) / scale, 3),
         held_out=len(arrays) - len(pool),
+        touching=(
+            round(touching[0] / max(touching[1], 1), 4)
+            if arrays.instance_pixels is not None
+            else None
+        ),
     )

@@ -17,6 +17,9 @@ The rules, each printed with its reason by ``unet-search plan DIR``:
 - ``normalization``: ``zscore`` (per image) when the images' brightness or contrast differ (the
   spread of per-image means or stds above :data:`SPREAD_LIMIT` of the dataset's std), else
   ``dataset`` (one mean and std for all); ``default`` when pre-trained weights are asked for.
+- ``target``: ``boundary`` (touching objects parted, :mod:`unet_search.data.targets`) when at
+  least :data:`TOUCHING_LIMIT` of the objects lie within 2 px of another (cells behind a thin
+  membrane count), else ``semantic``; ``semantic`` for multi-class tasks.
 
 Deterministic: the same data, budget and given values always give the same plan.
 """
@@ -63,6 +66,7 @@ MIN_SCALED_SIDE = 64
 BOTTLENECK_PX = 4
 MIN_DEPTH, MAX_DEPTH, PREFERRED_MIN_DEPTH = 2, 5, 3
 SPREAD_LIMIT = 0.5
+TOUCHING_LIMIT = 0.1  # of the objects near another: a mask's components would merge them
 GPU_BYTES_PER_PIXEL = 4096  # a base-32 UNet's activations, gradients and optimizer, fp32
 GPU_MEMORY_SHARE = 0.5  # the planned batch uses at most half the GPU's memory
 GPU_STEPS_PER_EPOCH = 250  # nnU-Net's epoch
@@ -179,6 +183,7 @@ class Plan:
     patches_per_epoch: int
     normalization: str
     reasons: dict[str, str] = field(default_factory=dict)
+    target: str = "semantic"  # after the reasons: plan.json files from before lack it
 
     def value(self, leaf: str) -> Any:
         """The planned value of a run-config leaf (one of PLANNED_LEAVES)."""
@@ -216,6 +221,7 @@ class Plan:
             "plan.batch_size": self.batch_size,
             "plan.patches_per_epoch": self.patches_per_epoch,
             "plan.normalization": self.normalization,
+            "plan.target": self.target,
         }
 
     def text(self) -> str:
@@ -230,8 +236,10 @@ class Plan:
             "batch_size": str(self.batch_size),
             "patches_per_epoch": str(self.patches_per_epoch),
             "normalization": self.normalization,
+            "target": self.target,
         }
-        return [f"{leaf:18s} {shown[leaf]:12s} {self.reasons[leaf]}" for leaf in PLANNED_LEAVES]
+        reasons = self.reasons  # a plan.json from before the target has no reason for it
+        return [f"{leaf:18s} {shown[leaf]:12s} {reasons.get(leaf, '')}" for leaf in PLANNED_LEAVES]
 
     def space_yaml(self, name: str) -> str:
         """A quick search space with the planned values (``--out FILE.yaml``)."""
@@ -243,6 +251,7 @@ class Plan:
                 "patch_size": list(self.patch_size),
                 "scale": self.scale,
                 "normalization": self.normalization,
+                "target": self.target,
                 "batch_size": self.batch_size,
                 "patches_per_epoch": self.patches_per_epoch,
                 "epochs": 6,
@@ -393,6 +402,26 @@ def _plan_normalization(stats: DataStats, given: Mapping[str, Any], why: dict[st
     return "dataset"
 
 
+def _plan_target(stats: DataStats, given: Mapping[str, Any], why: dict[str, str]) -> str:
+    if "target" in given:
+        why["target"] = "given"
+        return str(given["target"])
+    if stats.touching is None:
+        why["target"] = "no instance truth (a multi-class task): the classes themselves"
+        return "semantic"
+    if stats.touching >= TOUCHING_LIMIT:
+        why["target"] = (
+            f"{stats.touching:.0%} of the objects touch another (>= {TOUCHING_LIMIT:.0%}): "
+            "background / interior / boundary, so touching objects come out apart"
+        )
+        return "boundary"
+    why["target"] = (
+        f"{stats.touching:.0%} of the objects touch another (< {TOUCHING_LIMIT:.0%}): the "
+        "mask's connected components are the objects"
+    )
+    return "semantic"
+
+
 def make_plan(stats: DataStats, budget: Budget, given: Mapping[str, Any] | None = None) -> Plan:
     """The plan for ``stats`` within ``budget``. ``given`` holds values the user set (they
     bind the others): ``scale``, ``patch_size`` ((h, w)), ``depth`` (fixed), ``depth_max``
@@ -414,7 +443,10 @@ def make_plan(stats: DataStats, budget: Budget, given: Mapping[str, Any] | None 
         batch, why["batch_size"] = budget.batch_for(patch)
     per_epoch, why["patches_per_epoch"] = budget.patches_per_epoch(patch, batch)
     norm = _plan_normalization(stats, given, why)
-    return Plan(budget.name, stats, scale, patch, depth, low, high, batch, per_epoch, norm, why)
+    target = _plan_target(stats, given, why)
+    return Plan(
+        budget.name, stats, scale, patch, depth, low, high, batch, per_epoch, norm, why, target
+    )
 
 
 def plan_run(
