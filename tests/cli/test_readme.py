@@ -7,6 +7,7 @@ shrunk by appended ``--set`` overrides, the dataset by repeating ``--n`` / ``--s
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import subprocess
@@ -213,6 +214,15 @@ def test_the_champion_segments_new_images_the_same_everywhere(tour: Tour) -> Non
     # At each image's own size. (A champion of one epoch on 24 images segments little: its
     # quality through `predict` is measured where training is long enough, not here.)
     assert all(masks[k].shape == tour.truth[k].shape for k in masks)
+    # The second predict: instance labels (16-bit) inside the masks, one CSV row per object.
+    (_, objects_run) = tour.ran["unet-search predict"]
+    assert "instance label image(s)" in objects_run.stdout
+    rows = list(csv.DictReader((tour.folder / "objects.csv").open()))
+    for name, mask in masks.items():
+        labels = np.asarray(Image.open(tour.folder / "objects" / f"{name}.png")).astype(int)
+        assert labels.shape == mask.shape and not (labels[~mask] > 0).any()
+        ids = sorted(set(np.unique(labels)) - {0})
+        assert [int(r["id"]) for r in rows if r["image"] == name] == ids
     served = tour.first("mlflow models serve")
     expected = [masks[k] for k in sorted(masks)]
     assert len(served) == len(expected)

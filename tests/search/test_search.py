@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -65,6 +66,29 @@ def _search(
 
 def _client(workdir: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+
+
+def _assert_instance_tags_are_predicts(
+    version: Any, model: str, images: Path, arrays: Any, out: Path
+) -> None:
+    """The version's ``test_dsb_score`` and ``test_ap50`` tags are the scores of the label
+    images ``predict --output-kind instances`` writes for ``images`` (the test split)."""
+    from unet_search.cli.app import main
+
+    kind = ["--output", str(out), "--output-kind", "instances"]
+    assert main(["predict", "--model", model, "--input", str(images), *kind]) == 0
+    names = sorted(p.stem for p in images.iterdir())
+    scores = [
+        instance_scores(
+            np.asarray(Image.open(out / f"{name}.png")).astype(np.int64),
+            arrays.instances(arrays.names.index(name)),
+        )
+        for name in names
+    ]
+    for k, key in enumerate(("test_dsb_score", "test_ap50")):
+        assert float(version.tags[f"unet_search.{key}"]) == pytest.approx(
+            float(np.mean([s[k] for s in scores])), abs=1e-3
+        )
 
 
 def test_end_to_end_search_registers_a_champion_that_scores_its_numbers(
@@ -225,22 +249,8 @@ def test_end_to_end_search_registers_a_champion_that_scores_its_numbers(
     # Its instances too: the DSB score and AP50 on the version are those of the label images
     # `predict --output-kind instances` writes, decoded as the best run chose on its
     # validation images (logged with it).
-    kind = ["--output", str(tmp_path / "test_objects"), "--output-kind", "instances"]
-    assert (
-        main(["predict", "--model", "models:/unet-e2e@champion", "--input", str(images), *kind])
-        == 0
-    )
-    objects = [
-        instance_scores(
-            np.asarray(Image.open(tmp_path / "test_objects" / f"{name}.png")).astype(np.int64),
-            arrays.instances(arrays.names.index(name)),
-        )
-        for name in split["test"]
-    ]
-    for k, key in enumerate(("test_dsb_score", "test_ap50")):
-        assert float(np.mean([o[k] for o in objects])) == pytest.approx(
-            float(version.tags[f"unet_search.{key}"]), abs=1e-3
-        )
+    model = "models:/unet-e2e@champion"
+    _assert_instance_tags_are_predicts(version, model, images, arrays, tmp_path / "objects")
     best_run = client.get_run(version.tags["unet_search.run_id"]).data.metrics
     decoding = champion.pre.decoding
     assert best_run["decoding_min_size"] == decoding.min_size
@@ -621,6 +631,49 @@ def test_a_two_trial_asha_search_registers_a_trained_model_not_the_baseline(
     assert out.registration is not None
     version = client.get_model_version("unet-small2", out.registration.version)
     assert version.tags["unet_search.run_id"] == default.run_id
+
+
+def test_a_search_for_instances_ranks_by_ap50_and_registers_what_predict_scores(
+    ray_local: None, search_data: Path, workdir: Path, tmp_path: Path
+) -> None:
+    """``metric: val_ap50`` with the boundary target: trials are ranked by their kept AP50,
+    and the registered version's instance scores are those of the label images
+    ``predict --output-kind instances`` writes for the held-out test images."""
+    raw = {
+        "name": "objects",
+        "fixed": {
+            **{**TINY, "patches_per_epoch": 48, "dsb_every": 1, "test_fraction": 0.25},
+            **{"epochs": 3, "depth": 2, "base_filters": 8, "target": "boundary"},
+        },
+        "params": {"lr": {"type": "loguniform", "low": 3.0e-3, "high": 3.0e-2}},
+        "search": {"num_samples": 3, "metric": "val_ap50", "seed": 1, "baseline": "none"},
+    }
+    out = _search(tmp_path, search_data, workdir, raw)
+    client = _client(workdir)
+    assert out.best is not None and out.registration is not None
+    kept = {t.trial_id: client.get_run(t.run_id).data.metrics for t in out.trials}
+    assert all("best_val_ap50" in m and "val_dsb_score" in m for m in kept.values())
+    best = max(kept, key=lambda t: kept[t]["best_val_ap50"])
+    assert out.best.trial_id == best
+    version = client.get_model_version("unet-objects", out.registration.version)
+    assert version.tags["unet_search.metric"] == "val_ap50"
+    assert float(version.tags["unet_search.metric_value"]) == pytest.approx(
+        kept[best]["best_val_ap50"]
+    )
+    split = json.loads(
+        Path(client.download_artifacts(out.parent_run_id, "split.json", str(tmp_path))).read_text()
+    )
+    images = tmp_path / "test_images"
+    images.mkdir()
+    for name in split["test"]:
+        (images / f"{name}.png").write_bytes(
+            (search_data / name / "images" / f"{name}.png").read_bytes()
+        )
+
+    model = f"models:/unet-objects/{out.registration.version}"
+    arrays = load_dataset(search_data, DataConfig())
+    _assert_instance_tags_are_predicts(version, model, images, arrays, tmp_path / "objects")
+    assert float(version.tags["unet_search.test_ap50"]) > 0.0  # it found objects
 
 
 def test_a_small_search_with_a_compute_budget_ends_with_a_final_fit_that_is_registered(

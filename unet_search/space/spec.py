@@ -17,7 +17,7 @@ Schema (unknown keys are errors)::
       depth: {type: int, low: 2, high: 4, step: 1}
     search:
       num_samples: 8                 # trials, the baseline included
-      metric: val_dice               # val_dice | val_iou | val_dsb_score | val_loss
+      metric: val_dice               # val_dice | val_iou | val_dsb_score | val_ap50 | val_loss
       mode: max
       seed: 0
       baseline: seed_keras           # a preset evaluated as Optuna's first trial, or none

@@ -1,0 +1,147 @@
+"""Benchmark 13, instances: what each target gives as objects, and what decoding costs.
+
+(a) Per synthetic style (touching nuclei in the fluorescence and hard styles, cells tiling the
+    plane behind membranes one pixel thin), a small UNet trained with each target
+    (``semantic``, ``boundary``) at the same budget; held-out images scored through the
+    predictor ``predict`` uses: Dice of the masks, DSB2018 score and AP50 of the instances
+    (decoded as the run chose on its validation images, as a search's trial does).
+(b) Decoding time per 512 x 512 image over the forward pass (the sliding-window logits) of
+    the boundary model, interleaved (target: decoding under half the forward).
+
+    python bench/instances.py [--styles fluorescence hard epithelium] [--epochs 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import _common
+import numpy as np
+import torch
+
+from unet_search.core.config import RunConfig
+from unet_search.core.sections import DataConfig
+from unet_search.data.dataset import load_dataset
+from unet_search.data.synthetic import STYLES, make_synthetic, render_scene
+from unet_search.models.build import build_model, save_model_dir
+from unet_search.serve.inference import Predictor
+from unet_search.train.engine import (
+    build_loaders,
+    fit,
+    new_training_state,
+    seed_everything,
+    val_indices,
+)
+from unet_search.train.instances import choose_decoding, decode_instances
+from unet_search.train.losses import build_loss
+from unet_search.train.metrics import instance_scores
+from unet_search.train.sliding import plan_of, predict_logits, preprocessing_of
+
+CPU = torch.device("cpu")
+
+
+def train(data: Path, target: str, epochs: int, out: Path) -> Path:
+    """A depth-3, 16-filter UNet on 96-px patches, 128 an epoch; its kept weights saved with
+    the decoding chosen on its validation images. Returns the model folder."""
+    cfg = RunConfig.from_dict(
+        {
+            **{"depth": 3, "base_filters": 16, "batch_size": 8, "lr": 3e-3, "epochs": epochs},
+            **{"patch_size": 96, "patches_per_epoch": 128, "val_fraction": 0.2},
+            **{"dsb_every": 0, "aug_strength": 0.3, "target": target},
+        }
+    )
+    arrays = load_dataset(data, cfg.data)
+    seed_everything(0)
+    loader, val = build_loaders(cfg, arrays, rank=0, world=1)
+    model = build_model(cfg.model, cfg.data.network_classes)
+    state = new_training_state(model, cfg, len(loader), CPU)
+    fit(state, cfg, loader, val, build_loss(cfg.loss), CPU)
+    module = state.module
+    module.load_state_dict(state.best_state or module.state_dict())
+    picks = [int(i) for i in val_indices(cfg, arrays)]
+    logits = (
+        predict_logits(module, arrays.image(i), plan_of(cfg), val.normalization, 3, CPU)
+        for i in picks
+    )
+    truths = [arrays.instances(i) for i in picks]
+    decoding, _ = choose_decoding(logits, truths, target, cfg.train.threshold)  # type: ignore[arg-type]
+    folder = out / f"model-{target}"
+    pre = preprocessing_of(cfg, val.normalization, decoding)
+    save_model_dir(folder, module, cfg.model, cfg.data.network_classes, pre)
+    return folder
+
+
+def score(folder: Path, held_out: Path) -> dict[str, float]:
+    """Dice, DSB score and AP50 of a model on held-out images, through the predictor."""
+    arrays = load_dataset(held_out, DataConfig())
+    predictor = Predictor.from_dir(folder)
+    images = [arrays.image(i) for i in range(len(arrays))]
+    dices, dsb, ap50 = [], [], []
+    for i, (mask, objects) in enumerate(predictor.predict_both(images)):
+        truth = arrays.mask(i) > 0
+        dices.append(2 * (mask.astype(bool) & truth).sum() / max(mask.sum() + truth.sum(), 1))
+        true_objects = arrays.instances(i)
+        assert true_objects is not None  # a binary DSB2018-layout set
+        d, a = instance_scores(objects, true_objects)
+        dsb.append(d)
+        ap50.append(a)
+    return {
+        "dice": float(np.mean(dices)),
+        "dsb": float(np.mean(dsb)),
+        "ap50": float(np.mean(ap50)),
+    }
+
+
+def decoding_cost(folder: Path, image: np.ndarray) -> tuple[float, float]:
+    """Median seconds of the forward pass and of decoding, interleaved, on ``image``."""
+    predictor = Predictor.from_dir(folder)
+    pre = predictor.pre
+    logits = predictor.predict_logits([image])[0]
+    times = _common.interleaved(
+        {
+            "forward": lambda: predictor.predict_logits([image]),
+            "decode": lambda: decode_instances(logits, pre.target, pre.threshold, pre.decoding),
+        },
+        repeats=5,
+    )
+    return times["forward"], times["decode"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--styles", nargs="+", default=list(STYLES), choices=list(STYLES))
+    parser.add_argument("--epochs", type=int, default=12)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    _common.header(f"instances: each target's objects, {args.epochs} epochs of 128 patches")
+    print("| style | target | Dice | DSB score | AP50 |\n|---|---|---:|---:|---:|", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        boundary: tuple[str, Path] | None = None
+        for style in args.styles:
+            kind = {"size": 200, "max_size": 300, "object_px": 12, "style": style}
+            make_synthetic(root / style / "data", n=20, seed=11, **kind)
+            make_synthetic(root / style / "held_out", n=6, seed=12, **kind)
+            for target in ("semantic", "boundary"):
+                folder = train(root / style / "data", target, args.epochs, root / style)
+                s = score(folder, root / style / "held_out")
+                print(
+                    f"| {style} | {target} | {s['dice']:.4f} | {s['dsb']:.4f} | {s['ap50']:.4f} |",
+                    flush=True,
+                )
+                boundary = (style, folder) if target == "boundary" else boundary
+        if boundary is not None:
+            style, folder = boundary
+            rgba, _ = render_scene(np.random.default_rng(0), 512, 512, 12, style)
+            forward, decode = decoding_cost(folder, np.ascontiguousarray(rgba[..., :3]))
+            print(
+                f"\n512x512 {style}, boundary model: forward {forward * 1000:.0f} ms, decoding "
+                f"{decode * 1000:.0f} ms, decoding / forward {decode / forward:.3f} "
+                "(target < 0.5)"
+            )
+
+
+if __name__ == "__main__":
+    main()
