@@ -646,7 +646,7 @@ def test_a_search_for_instances_ranks_by_ap50_and_registers_what_predict_scores(
             **{"epochs": 3, "depth": 2, "base_filters": 8, "target": "boundary"},
         },
         "params": {"lr": {"type": "loguniform", "low": 3.0e-3, "high": 3.0e-2}},
-        "search": {"num_samples": 3, "metric": "val_ap50", "seed": 1, "baseline": "none"},
+        "search": {"num_samples": 2, "metric": "val_ap50", "seed": 1, "baseline": "none"},
     }
     out = _search(tmp_path, search_data, workdir, raw)
     client = _client(workdir)
