@@ -75,7 +75,7 @@ def train(data: Path, target: str, epochs: int, out: Path) -> Path:
 
 def score(folder: Path, held_out: Path) -> dict[str, float]:
     """Dice, DSB score and AP50 of a model on held-out images, through the predictor."""
-    arrays = load_dataset(held_out, DataConfig())
+    arrays = load_dataset(held_out, DataConfig(test_fraction=0.0))
     predictor = Predictor.from_dir(folder)
     images = [arrays.image(i) for i in range(len(arrays))]
     dices, dsb, ap50 = [], [], []

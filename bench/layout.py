@@ -111,7 +111,7 @@ def main() -> None:
         from _common import synthetic
 
         data = synthetic(work, n=16, size=96)
-        space = ROOT / "search_spaces" / "full.yaml"
+        space = "@TREE@/search_spaces/full.yaml"
         trees = {"before": old, "after": ROOT}
         # A --before from after the subpackages (e.g. 8e8ad2d, before issue 25) is spelled
         # in today's module names.
@@ -121,14 +121,17 @@ def main() -> None:
             "worker import": (IMPORT_WORKER, "pass", "import_s"),
             "CLI import": (IMPORT_CLI, "pass", "import_s"),
             "3000 run configs": (CONFIGS, BUILD_CONFIGS, "body_s"),
-            "load full.yaml": (SPACE, f"SPACE_FILE = {str(space)!r}\n" + LOAD_SPACE, "body_s"),
+            # each side reads its own full.yaml (a newer one may have keys the older lacks)
+            "load full.yaml": (SPACE, f"SPACE_FILE = {space!r}\n" + LOAD_SPACE, "body_s"),
             "2 training epochs": (TRAIN, f"DATA = {str(data)!r}\n" + FIT, "body_s"),
         }
         for name, (imports, body, measure) in jobs.items():
             times: dict[str, list[float]] = {"before": [], "after": []}
             for _ in range(args.repeats):
                 for side, tree in trees.items():
-                    code = TIMED.format(imports=imports[names[side]], body=body)
+                    code = TIMED.format(
+                        imports=imports[names[side]], body=body.replace("@TREE@", str(tree))
+                    )
                     times[side].append(_run(tree, code)[measure])
             before, after = (statistics.median(times[s]) for s in ("before", "after"))
             print(
