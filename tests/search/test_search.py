@@ -642,11 +642,14 @@ def test_a_search_for_instances_ranks_by_ap50_and_registers_what_predict_scores(
     raw = {
         "name": "objects",
         "fixed": {
-            **{**TINY, "patches_per_epoch": 48, "dsb_every": 1, "test_fraction": 0.25},
-            **{"epochs": 3, "depth": 2, "base_filters": 8, "target": "boundary"},
+            **{**TINY, "patches_per_epoch": 128, "dsb_every": 1, "test_fraction": 0.25},
+            **{"epochs": 4, "depth": 2, "base_filters": 16, "target": "boundary"},
         },
         "params": {"lr": {"type": "loguniform", "low": 3.0e-3, "high": 3.0e-2}},
-        "search": {"num_samples": 2, "metric": "val_ap50", "seed": 1, "baseline": "none"},
+        "search": {
+            **{"num_samples": 2, "metric": "val_ap50", "seed": 1, "baseline": "none"},
+            "scheduler": {"type": "fifo"},
+        },
     }
     out = _search(tmp_path, search_data, workdir, raw)
     client = _client(workdir)
@@ -673,7 +676,8 @@ def test_a_search_for_instances_ranks_by_ap50_and_registers_what_predict_scores(
     model = f"models:/unet-objects/{out.registration.version}"
     arrays = load_dataset(search_data, DataConfig())
     _assert_instance_tags_are_predicts(version, model, images, arrays, tmp_path / "objects")
-    assert float(version.tags["unet_search.test_ap50"]) > 0.0  # it found objects
+    # It found objects (measured AP50 0.21): the equality above is not one of zeros.
+    assert float(version.tags["unet_search.test_ap50"]) > 0.05, version.tags
 
 
 def test_a_small_search_with_a_compute_budget_ends_with_a_final_fit_that_is_registered(

@@ -112,11 +112,12 @@ def test_on_cells_behind_thin_membranes_only_the_boundary_target_finds_the_cells
 @pytest.mark.slow
 def test_touching_nuclei_are_separated_better_by_the_boundary_target(tmp_path: Path) -> None:
     """Touching nuclei ~12 px across, at equal budget (10 epochs of 128 patches): the
-    boundary target's DSB score beats the semantic one's by a clear margin (measured 0.34 vs
-    0.15)."""
+    boundary target's DSB score beats the semantic one's by a clear margin (measured on
+    these images 0.34 vs 0.15; on two other draws of the data 0.32 vs 0.22 and 0.36 vs
+    0.27, so the bound leaves room for the machine's float differences)."""
     models = train_targets(tmp_path, "fluorescence", {"epochs": 10, "patches_per_epoch": 128})
     dsb = _held_out_dsb(models)
-    assert dsb["boundary"] >= dsb["semantic"] + 0.08, dsb
+    assert dsb["boundary"] >= dsb["semantic"] + 0.05, dsb
 
 
 def test_the_decoding_is_chosen_on_the_images_by_the_dsb_score() -> None:
