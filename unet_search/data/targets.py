@@ -25,20 +25,35 @@ from scipy import ndimage
 
 from unet_search.data.dataset import DatasetArrays
 
-__all__ = ["BOUNDARY", "boundary_map", "INTERIOR", "target_arrays", "target_map"]
+__all__ = [
+    "BOUNDARY",
+    "boundary_map",
+    "INTERIOR",
+    "near_another_label",
+    "target_arrays",
+    "target_map",
+]
 
 INTERIOR, BOUNDARY = 1, 2  # the boundary target's classes (0 is the background)
+
+
+def near_another_label(labels: np.ndarray, size: int, background: bool) -> np.ndarray:
+    """(H, W) bool: the object pixels of (H, W) int ``labels`` (0 the background) with a
+    pixel of another label in the ``size`` x ``size`` square around them; the background
+    counts as another label only with ``background``. The image's edge is no label."""
+    labels = np.asarray(labels, np.int64)
+    others = labels if background else np.where(labels > 0, labels, labels.max() + 1)
+    high = ndimage.maximum_filter(labels, size=size, mode="nearest")
+    low = ndimage.minimum_filter(others, size=size, mode="nearest")
+    return (labels > 0) & ((high != labels) | (low != labels))
 
 
 def boundary_map(instances: np.ndarray) -> np.ndarray:
     """The ``boundary`` target of (H, W) instance labels (0 background): (H, W) uint8,
     0 background, 1 interior, 2 boundary (an object pixel with another label among its 8
     neighbours; the image's edge is no boundary)."""
-    labels = np.asarray(instances, np.int32)
-    high = ndimage.maximum_filter(labels, size=3, mode="nearest")
-    low = ndimage.minimum_filter(labels, size=3, mode="nearest")
-    out = (labels > 0).astype(np.uint8)
-    out[(labels > 0) & ((high != labels) | (low != labels))] = BOUNDARY
+    out = (np.asarray(instances) > 0).astype(np.uint8)
+    out[near_another_label(instances, 3, background=True)] = BOUNDARY
     return out
 
 

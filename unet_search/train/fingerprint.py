@@ -14,6 +14,7 @@ from unet_search.data.dataset import DatasetArrays
 from unet_search.data.decode import EIGHT_CONNECTED
 from unet_search.data.split import split_indices
 from unet_search.data.stats import image_histograms, moments
+from unet_search.data.targets import near_another_label
 
 __all__ = ["TOUCH_PX", "touching_objects", "DataStats", "data_stats", "STATS_IMAGES"]
 
@@ -74,12 +75,7 @@ def touching_objects(labels: np.ndarray) -> tuple[int, int]:
     objects = np.unique(labels[labels > 0])
     if len(objects) < 2:
         return 0, len(objects)
-    size = 2 * (TOUCH_PX + 1) + 1
-    high = ndimage.maximum_filter(labels, size=size, mode="constant", cval=0)
-    low = ndimage.minimum_filter(
-        np.where(labels > 0, labels, labels.max() + 1), size=size, mode="nearest"
-    )
-    near = (labels > 0) & ((high != labels) | (low != labels))
+    near = near_another_label(labels, 2 * (TOUCH_PX + 1) + 1, background=False)
     return len(np.unique(labels[near])), len(objects)
 
 
