@@ -52,8 +52,18 @@ def ray_local() -> Iterator[None]:
     from unet_search.distributed.trainer import init_ray
 
     init_ray()
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
     yield
     ray.shutdown()
+    # No trial of the session's searches opened its run without its Tune state naming it
+    # (the final fit's trial once waited 30 s on the exploring trials' state instead).
+    unrecorded = [
+        line
+        for err in sorted(logs.glob("worker-*.err"))
+        for line in err.read_text(errors="replace").splitlines()
+        if "not in the search's saved state" in line
+    ]
+    assert unrecorded == [], unrecorded
 
 
 def wait_for_http(

@@ -146,13 +146,14 @@ def _tuner(
 @dataclasses.dataclass(frozen=True)
 class Started:
     """A search ready to explore (a new one, or one ``resume`` continues): its context, its
-    Tuner and trial function, the model name it registers under, its Optuna study (read
+    Tuner and trial function (of a context: the final fit's trials get the final fit's), the
+    model name it registers under, its Optuna study (read
     after the Tuner ran), its work dir and its log, and its data (for the test split)."""
 
     ctx: SearchContext
     arrays: DatasetArrays
     tuner: tune.Tuner
-    trainable: Any
+    trainable: Callable[[SearchContext], Any]  # the trial function of a context
     model_name: str
     study: Callable[[], optuna.Study]
     workdir: Path
@@ -204,7 +205,10 @@ def explore(started: Started) -> Explored:
 
 
 def _final_fit(
-    ctx: SearchContext, trainable: Any, plan: FinalPlan | None, results: tune.ResultGrid
+    ctx: SearchContext,
+    trainable: Callable[[SearchContext], Any],
+    plan: FinalPlan | None,
+    results: tune.ResultGrid,
 ) -> TrialSummary | None:
     """Run the final fit ``plan`` asks for, saying what it trains; None without one (or when
     it failed: the best exploring trial is registered then, and the search says so)."""
@@ -233,6 +237,12 @@ def _final_fit(
             flush=True,
         )
     return final
+
+
+def _trial_function(dataset: ray.ObjectRef, slot: bool) -> Callable[[SearchContext], Any]:
+    """The search's trial function for a context: the exploring trials get the search's,
+    the final fit's trials the final fit's (they wait for *its* Tune state to name them)."""
+    return lambda ctx: trainable(ctx, dataset, slot)
 
 
 def _context(
@@ -375,8 +385,8 @@ def start_search(
         enqueue_default=_default_trial(spec),
         budget=_explore_budget(spec),
     )
-    run = trainable(ctx, ray.put(arrays), slot)
-    tuner = _tuner(ctx, run, concurrency(spec, total_cpus), searcher, callbacks, stopper)
+    run = _trial_function(ray.put(arrays), slot)
+    tuner = _tuner(ctx, run(ctx), concurrency(spec, total_cpus), searcher, callbacks, stopper)
     return Started(ctx, arrays, tuner, run, model_name, lambda: searcher.study, workdir, log)
 
 
@@ -411,8 +421,10 @@ def restart_search(
     ids = (state.search_id, uri, state.experiment_id, state.parent_run_id, root)
     ctx = _context(spec, ids, arrays, state.fingerprint)
     path = root.rstrip("/") + "/" + ctx.search_id
-    run = trainable(ctx, ray.put(arrays), slot)
-    tuner = tune.Tuner.restore(path, trainable=run, resume_unfinished=True, resume_errored=True)
+    run = _trial_function(ray.put(arrays), slot)
+    tuner = tune.Tuner.restore(
+        path, trainable=run(ctx), resume_unfinished=True, resume_errored=True
+    )
 
     def study() -> optuna.Study:  # the searcher as Tune saved it at the end
         searcher = PruningAwareOptunaSearch(

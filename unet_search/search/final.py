@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ray import tune
@@ -158,24 +159,25 @@ def _final_config(ctx: SearchContext, plan: FinalPlan, results: tune.ResultGrid)
 
 def run_final_fit(
     ctx: SearchContext,
-    trainable: Any,
+    trainable: Callable[[SearchContext], Any],
     plan: FinalPlan,
     results: tune.ResultGrid,
     live: tune.Callback,
 ) -> TrialSummary | None:
     """Train the final fit (or continue it after ``resume``); its summary, None if it
-    failed."""
+    failed. ``trainable``: the trial function of a context; the final fit's trial gets the
+    final fit's, whose Tune experiment it waits to be saved in before it opens its run."""
     path = ctx.storage.rstrip("/") + "/" + ctx.search_id + FINAL_SUFFIX
     final_ctx = dataclasses.replace(ctx, experiment=ctx.search_id + FINAL_SUFFIX)
     scheduler = DurableFIFO()
     callbacks = [TrialStatusCallback(final_ctx), live, SaveAfterCheckpoints(scheduler)]
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(
-            path, trainable=trainable, resume_unfinished=True, resume_errored=True
+            path, trainable=trainable(final_ctx), resume_unfinished=True, resume_errored=True
         )
     else:
         tuner = tune.Tuner(
-            trainable,
+            trainable(final_ctx),
             param_space=_final_config(ctx, plan, results),
             tune_config=tune.TuneConfig(num_samples=1, scheduler=scheduler),
             run_config=tune.RunConfig(
