@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from scipy import ndimage
 
 from unet_search.core.errors import DataError
 from unet_search.core.sections import DataConfig
@@ -80,6 +81,63 @@ def test_mask_instances_are_8_connected_like_predicted_ones(tmp_path: Path) -> N
     arrays = load_dataset(tmp_path / "g", DataConfig(val_fraction=0.5))
     assert int(arrays.instances(0).max()) == 2
     assert dsb_image_score(arrays.mask(0) > 0, arrays.instances(0)) == 1.0
+
+
+def test_label_images_are_read_as_instances_with_masks_instances(tmp_path: Path) -> None:
+    """``data.masks: instances``: an images/masks label image (16-bit PNG or TIFF, any ids,
+    0 the background) holds the same objects as the DSB2018 layout's one mask per object:
+    touching nuclei stay apart, and the plan counts them touching alike."""
+    from unet_search.train.fingerprint import data_stats
+
+    dsb = tmp_path / "dsb"
+    make_synthetic(dsb, n=6, size=48, seed=3, style="hard")
+    truth = load_dataset(dsb, DataConfig(val_fraction=0.34))
+    root = tmp_path / "labels"
+    for i, name in enumerate(truth.names):
+        _png(root / "images" / f"{name}.png", truth.image(i))
+        ids = truth.instances(i).astype(np.uint32) * 7 + 300  # not consecutive, > 255
+        ids[truth.instances(i) == 0] = 0
+        if i % 2:
+            tifffile.imwrite(root / "masks" / f"{name}.tif", ids.astype(np.uint16))
+        else:
+            _png(root / "masks" / f"{name}.png", ids.astype(np.uint16))
+    cfg = DataConfig(val_fraction=0.34, masks="instances")
+    arrays = load_dataset(root, cfg)
+    assert arrays.stats.layout == "images_masks"
+    assert arrays.stats.instances_per_image == truth.stats.instances_per_image > 5
+    touching = 0
+    for i in range(len(truth)):
+        assert np.array_equal(arrays.mask(i), truth.mask(i))
+        ours, theirs = arrays.instances(i), truth.instances(i)
+        pairs = set(zip(ours.ravel().tolist(), theirs.ravel().tolist(), strict=True))
+        assert len(pairs) == len(np.unique(ours)) == len(np.unique(theirs))  # one to one
+        assert int(ours.max()) == len(np.unique(ours)) - 1  # labels 1..K
+        # touching objects stay apart: more objects than the mask's connected components
+        touching += int(ours.max()) - int(ndimage.label(truth.mask(i) > 0)[0].max())
+    assert touching > 0
+    assert data_stats(arrays).touching == data_stats(truth).touching > 0.1
+    # another reading of the same files: another data id (the registry compares apart)
+    plain = load_dataset(_generic(tmp_path / "g"), DataConfig())
+    assert load_dataset(tmp_path / "g", DataConfig(masks="instances")).stats.data_id != (
+        plain.stats.data_id
+    )
+    # read as class masks, the label images break the binary rule, and the error says how
+    with pytest.raises(DataError, match=r"is read with --set masks=instances\.$"):
+        load_dataset(root, DataConfig(val_fraction=0.34))
+
+
+def test_a_label_image_with_a_negative_id_names_its_file(tmp_path: Path) -> None:
+    root = _generic(tmp_path / "g")
+    labels = np.zeros((20, 23), np.int32)
+    labels[2:8, 3:9], labels[10:12, 10:12] = 4, -1
+    (root / "masks" / "img 2.png").unlink()
+    tifffile.imwrite(root / "masks" / "img 2.tif", labels)
+    with pytest.raises(DataError) as err:
+        load_dataset(root, DataConfig(masks="instances"))
+    assert str(err.value) == (
+        f"{root / 'masks' / 'img 2.tif'}: a label image (data.masks: instances) holds object "
+        "ids >= 0 (0 the background), but holds -1."
+    )
 
 
 @pytest.mark.parametrize("value", [1, 255])

@@ -18,6 +18,7 @@ from unet_search.core.schema import Frozen, at_least, between, broken, choice, r
 __all__ = [
     "IGNORE",
     "INPUT_MODES",
+    "MASK_KINDS",
     "TARGET_CLASSES",
     "TARGETS",
     "NORMALIZATION_NAMES",
@@ -49,6 +50,11 @@ INPUT_MODES = ("patch", "resize")
 # binary tasks with instances, background / interior / boundary, so touching objects part.
 TARGETS = ("semantic", "boundary")
 TARGET_CLASSES = {"boundary": 3}  # the classes an instance target's network outputs
+
+
+# How the images/masks layout's mask files are read: class indices (binary 0/1, 0/255), or
+# instance label images (each object its own id, 0 the background; a binary task).
+MASK_KINDS = ("semantic", "instances")
 
 
 # default: x/255, or ImageNet statistics for pre-trained encoders (see transforms.Normalization)
@@ -118,6 +124,7 @@ class DataConfig(Frozen):
     # 1: binary foreground (sigmoid); C >= 2: class indices 0..C-1
     num_classes: Annotated[int, between(1, 255)] = 1
     target: Annotated[str, choice(TARGETS)] = "semantic"
+    masks: Annotated[str, choice(MASK_KINDS)] = "semantic"  # the images/masks layout's
     val_fraction: Annotated[float, between(0, 1, low_open=True, high_open=True)] = 0.1
     # Held out from every choice of a search, scored once at its end; None: 0.1 of a
     # dataset of at least 20 images, else none (unet_search.data.split.test_fraction_of).
@@ -140,6 +147,13 @@ class DataConfig(Frozen):
                 f"{self.target!r} parts touching objects of a binary task (num_classes 1 or 2), "
                 f"but num_classes is {self.num_classes}: use target: semantic",
                 self.target,
+            )
+        if self.masks == "instances" and self.num_classes > 2:
+            raise broken(
+                "data.masks",
+                f"instances needs a binary task (num_classes 1 or 2; num_classes is "
+                f"{self.num_classes}): label images hold object ids, not classes",
+                self.masks,
             )
         test = self.test_fraction
         if test is not None and not (0.0 <= test < 1.0 and self.val_fraction + test < 1):

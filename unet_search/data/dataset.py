@@ -67,7 +67,7 @@ class DataSummary:
     min_size: tuple[int, int] = (0, 0)
     max_size: tuple[int, int] = (0, 0)
     foreground_ratio: float = 0.0
-    instances_per_image: float | None = None  # dsb2018 layout only
+    instances_per_image: float | None = None  # instance truth only (DSB2018, label images)
     class_pixels: tuple[int, ...] = ()
     data_id: str = ""
     split: str = ""
@@ -173,7 +173,8 @@ def content_hash(index: DatasetIndex) -> str:
 
 def data_id(content: str, cfg: DataConfig) -> str:
     """The data alone (16 hex): its files' contents, its classes and how it is decoded."""
-    key = f"{content}|classes={cfg.num_classes}|v{CACHE_VERSION}"
+    masks = "|masks=instances" if cfg.masks == "instances" else ""  # other instances
+    key = f"{content}|classes={cfg.num_classes}{masks}|v{CACHE_VERSION}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -193,7 +194,9 @@ def _decode_all(
     errors: list[str] = []
 
     def work(i: int) -> None:
-        image, mask, labels = decode_sample(index.samples[i], cfg.num_classes, dsb)
+        image, mask, labels = decode_sample(
+            index.samples[i], cfg.num_classes, dsb, cfg.masks == "instances"
+        )
         decoded[i] = (image, mask, instance_labels(mask, labels))
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
@@ -215,7 +218,7 @@ def _decode_all(
         max_size=(int(sizes[:, 0].max()), int(sizes[:, 1].max())),
         foreground_ratio=float((masks > 0).mean()),
         instances_per_image=float(np.mean([labels.max() for _, _, labels in samples]))
-        if dsb
+        if dsb or cfg.masks == "instances"
         else None,
         class_pixels=tuple(np.bincount(masks, minlength=max(2, cfg.num_classes)).tolist()),
         **identity,  # data_id and split: what the registry compares apart

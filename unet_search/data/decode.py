@@ -1,5 +1,6 @@
 """Decode one sample: the image as RGB uint8 at its own size (8/16-bit, palette, grey and
-RGBA handled), its mask as class indices, its instances as labels."""
+RGBA handled), its mask as class indices, its instances as labels (the DSB2018 layout's
+masks, one per object, or an images/masks label image with ``data.masks: instances``)."""
 
 from __future__ import annotations
 
@@ -143,16 +144,40 @@ def _class_mask(path: Path, raw: np.ndarray, num_classes: int) -> np.ndarray:
         return raw.astype(np.uint8)
     shown = values[:10].tolist()
     rule = "binary (0/1 or 0/255)" if num_classes == 1 else f"class indices 0..{num_classes - 1}"
+    hint = (
+        "; a label image (one id per object, 0 the background) is read with --set masks=instances"
+        if num_classes <= 2 and values.min() >= 0
+        else ""
+    )
     raise DataError(
         f"{path}: mask values must be {rule} for num_classes={num_classes}, but "
-        f"found {shown}{' ...' if len(values) > 10 else ''}."
+        f"found {shown}{' ...' if len(values) > 10 else ''}{hint}."
     )
 
 
+def _label_image(path: Path, raw: np.ndarray) -> np.ndarray:
+    """A label image's values (object ids, 0 the background) -> uint16 labels 1..K in the
+    order of the ids (ids need not be consecutive)."""
+    if raw.min(initial=0) < 0:
+        raise DataError(
+            f"{path}: a label image (data.masks: instances) holds object ids >= 0 (0 the "
+            f"background), but holds {int(raw.min())}."
+        )
+    ids = np.unique(raw[raw > 0])
+    if len(ids) > 65535:
+        raise DataError(f"{path}: holds {len(ids)} objects; at most 65535 are supported.")
+    labels = np.zeros(raw.shape, np.uint16)
+    inside = raw > 0
+    labels[inside] = np.searchsorted(ids, raw[inside]) + 1
+    return labels
+
+
 def decode_sample(
-    sample: Sample, num_classes: int, dsb: bool
+    sample: Sample, num_classes: int, dsb: bool, label_images: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """One sample -> (image (H,W,3) uint8, class mask (H,W) uint8, instance labels or None)."""
+    """One sample -> (image (H,W,3) uint8, class mask (H,W) uint8, instance labels or None).
+    ``dsb``: one binary mask per object; ``label_images`` (``data.masks: instances``): the
+    mask file is a label image, each object its own id."""
     image = decode_image(sample.image, _read_bytes(sample.image))
     shape = image.shape[:2]
     semantic = np.zeros(shape, np.uint8)
@@ -164,6 +189,10 @@ def decode_sample(
                 f"{path}: mask is {raw.shape[0]}x{raw.shape[1]} but its image "
                 f"{sample.image.name} is {shape[0]}x{shape[1]}; they must match."
             )
+        if label_images and not dsb:
+            labels = _label_image(path, raw)
+            semantic = (labels > 0).astype(np.uint8)
+            continue
         mask = _class_mask(path, raw, 1 if dsb else num_classes)
         if dsb:
             assert labels is not None
@@ -175,8 +204,9 @@ def decode_sample(
 
 
 def instance_labels(mask: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-    """Instance labels: the DSB2018 layout's own (touching nuclei stay apart), else the mask's
-    8-connected components (the rule predicted instances follow, unet_search.train.metrics)."""
+    """Instance labels: the DSB2018 layout's own or a label image's (touching nuclei stay
+    apart), else the mask's 8-connected components (the rule predicted instances follow,
+    unet_search.train.metrics)."""
     if labels is not None:
         return labels
     return ndimage.label(mask > 0, structure=EIGHT_CONNECTED)[0].astype(np.uint16)
