@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from unet_search.core.config import RunConfig
 from unet_search.core.errors import ConfigError
 from unet_search.data.dataset import DatasetArrays
-from unet_search.data.targets import BOUNDARY, INTERIOR, boundary_map, target_arrays
+from unet_search.data.targets import (
+    BOUNDARY,
+    INTERIOR,
+    border_weights,
+    boundary_map,
+    class_weights,
+    target_arrays,
+)
 
 
 def _two_touching_squares() -> np.ndarray:
@@ -52,3 +61,53 @@ def test_an_instance_target_on_a_multi_class_task_is_a_config_error() -> None:
     assert RunConfig.from_dict({"target": "boundary"}).data.network_classes == 3
     assert RunConfig.from_dict({"num_classes": 3}).data.network_classes == 3
     assert RunConfig().data.network_classes == 1
+
+
+def _term(d1: float, d2: float, w0: float = 10.0, sigma: float = 5.0) -> float:
+    """The original UNet's border term, by hand: w0 exp(-(d1 + d2)^2 / (2 sigma^2))."""
+    return w0 * math.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
+
+
+def test_the_border_weight_map_of_two_objects_is_the_papers_formula() -> None:
+    """Ronneberger et al. 2015's w0 exp(-(d1 + d2)^2 / (2 sigma^2)), d1 and d2 the distances
+    to the nearest and the second-nearest object (0 inside one), computed by hand: two
+    one-pixel objects in a row at columns 2 and 6, and two squares 2 px apart."""
+    row = np.zeros((1, 12), np.int32)
+    row[0, 2], row[0, 6] = 1, 2
+    expected = [_term(abs(x - 2), abs(x - 6)) for x in range(12)]
+    np.testing.assert_allclose(border_weights(row, 10.0, 5.0)[0], expected, rtol=1e-5)
+    # At 3 and 5 the term is the same as between them: d1 + d2 = 4 anywhere from 2 to 6.
+    assert expected[2] == expected[4] == pytest.approx(_term(0, 4))
+
+    squares = np.zeros((12, 14), np.int32)
+    squares[3:9, 2:6], squares[3:9, 8:12] = 1, 2  # columns 6 and 7 between them
+    weights = border_weights(squares, 10.0, 5.0)
+    assert weights[5, 6] == pytest.approx(_term(1, 2), rel=1e-5)  # in the gap: 8.35
+    assert weights[5, 5] == pytest.approx(_term(0, 3), rel=1e-5)  # the edge of object 1
+    assert weights[5, 2] == pytest.approx(_term(0, 6), rel=1e-5)  # the far side of it
+    assert weights[0, 7] == pytest.approx(_term(math.hypot(3, 1), math.hypot(3, 2)), rel=1e-5)
+    # An object alone has no second-nearest within reach: nothing to weigh around it.
+    alone = np.zeros((40, 40), np.int32)
+    alone[10:14, 10:14] = 1
+    assert border_weights(alone, 10.0, 5.0).max() < 1e-3
+
+
+def test_class_weights_balance_the_pixels_the_original_unets_w_c() -> None:
+    """1 / (classes present * share): each class weighs the same in all; clipped at 10."""
+    mask = np.zeros((4, 5), np.uint8)
+    mask[0, :4] = 1  # 4 of 20 pixels
+    np.testing.assert_allclose(class_weights([mask], 2), [1 / (2 * 0.8), 1 / (2 * 0.2)])
+    np.testing.assert_allclose(class_weights([mask, mask], 3), [0.625, 2.5, 1.0])  # 2 absent
+    rare = np.zeros((100, 100), np.uint8)
+    rare[0, 0] = 1
+    assert class_weights([rare], 2)[1] == 10.0
+
+
+def test_border_weight_is_a_config_error_without_cross_entropy_or_instances() -> None:
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict({"border_weight": 10, "loss": "dice"})
+    assert "loss.border_weight" in str(err.value) and "loss is 'dice'" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict({"border_weight": 10, "num_classes": 3})
+    assert "loss.border_weight" in str(err.value) and "num_classes is 3" in str(err.value)
+    assert RunConfig.from_dict({"border_weight": 10, "loss": "bce"}).loss.border_weight == 10

@@ -90,6 +90,7 @@ def test_full_space_is_a_real_cluster_search() -> None:
     assert searched["bottleneck"] == {"plain", "dilated", "aspp", "transformer"}
     assert searched["attention"] == {"none", "gate", "scse"}
     assert {"vgg11", "mit_b1", "tu-convnext_tiny", "none"} <= searched["encoder"]
+    assert searched["border_weight"] == {0.0, 10.0}  # the original UNet's weight map, or none
     assert spec.settings.num_samples >= 50
     assert spec.base_config().train.gpus_per_worker >= 1
 
@@ -114,6 +115,29 @@ def test_define_by_run_samples_conditionally(tmp_path: Path) -> None:
         assert 1e-4 <= cfg.optim.lr <= 1e-2 and cfg.model.depth in (3, 4)
         assert constants == {TAG_TRIAL_NUMBER: trial.number}
         study.tell(trial, 0.5)
+
+
+def test_the_target_and_the_border_weight_are_searchable(tmp_path: Path) -> None:
+    params = {
+        "target": {"type": "choice", "values": ["semantic", "boundary"]},
+        "loss": {"type": "choice", "values": ["mix", "dice"]},
+        "border_weight": {"type": "choice", "values": [0.0, 10.0], "when": {"loss": "mix"}},
+    }
+    spec = load_space(_write(tmp_path, _space(params=params)))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(1))
+    seen = set()
+    for _ in range(24):
+        trial = study.ask()
+        constants = spec.define_by_run(trial)
+        cfg = spec.trial({**trial.params, **(constants or {})}).run
+        assert cfg.loss.border_weight == trial.params.get("border_weight", 0.0)
+        assert cfg.loss.loss == "mix" or cfg.loss.border_weight == 0.0
+        seen.add((cfg.data.target, cfg.loss.border_weight, cfg.data.network_classes))
+        study.tell(trial, 0.5)
+    assert {(t, w) for t, w, _ in seen} == {
+        (t, w) for t in ("semantic", "boundary") for w in (0.0, 10.0)
+    }
+    assert {(t, n) for t, _, n in seen} == {("semantic", 1), ("boundary", 3)}
 
 
 def test_baseline_trial_samples_nothing_and_keeps_search_budget(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from unet_search.train.engine import (
     fit,
     new_training_state,
     seed_everything,
+    train_one_epoch,
     validate,
 )
 from unet_search.train.losses import build_loss
@@ -290,3 +291,30 @@ def test_validation_sharded_over_ranks_equals_one_process(synth_dir: Path, tmp_p
     assert sharded.keys() == alone.keys()
     for key, value in alone.items():
         assert sharded[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+def test_a_run_with_border_weights_trains_on_the_weighted_loss(synth_dir: Path) -> None:
+    """``loss.border_weight``: the training batches carry the weight map and the epoch's
+    loss is the weighted one (one batch: its loss before the step), not the plain one."""
+    cfg = RunConfig.from_dict(
+        {
+            **{"depth": 2, "base_filters": 4, "dropout": 0.0, "epochs": 1, "batch_size": 8},
+            **{"patch_size": 32, "patches_per_epoch": 8, "val_fraction": 0.25, "dsb_every": 0},
+            **{"target": "boundary", "loss": "mix", "border_weight": 10.0},
+        }
+    )
+    arrays = load_dataset(synth_dir, cfg.data)
+    seed_everything(0)
+    train, _ = build_loaders(cfg, arrays, rank=0, world=1)
+    model = build_model(cfg.model, cfg.data.network_classes)
+    state, loss_fn = new_training_state(model, cfg, len(train), CPU), build_loss(cfg.loss)
+    (batch,) = list(train)
+    assert batch["weights"].shape == (8, 32, 32) and float(batch["weights"].min()) >= 0.0
+    model.train()
+    with torch.no_grad():
+        logits = model(batch["image"])
+        weighted = float(loss_fn(logits, batch["mask"], batch["weights"]))
+        plain = float(loss_fn(logits, batch["mask"]))
+    assert abs(weighted - plain) > 1e-3
+    metrics = train_one_epoch(state, train, loss_fn, cfg, CPU)
+    assert metrics["train_loss"] == pytest.approx(weighted, rel=1e-4)

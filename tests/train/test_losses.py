@@ -50,6 +50,25 @@ def test_mix_is_weighted_sum_of_dice_and_bce() -> None:
     assert mix.item() == pytest.approx(0.3 * dice.item() + 0.7 * bce.item(), rel=1e-5)
 
 
+def test_border_weights_weigh_the_cross_entropy_per_pixel() -> None:
+    """The border weight map's weighted mean of the pixels' cross-entropy (the loss keeps
+    its scale beside the Dice term), by hand; padding (IGNORE) counts nowhere; all-ones
+    weights are the plain loss; the Dice part of ``mix`` is not weighted."""
+    logits = torch.tensor([[[[0.0, 2.0], [-1.0, 0.0]]]])
+    target = torch.tensor([[[1, 0], [0, IGNORE]]])
+    weights = torch.tensor([[[3.0, 1.0], [2.0, 7.0]]])
+    ce = [math.log(2), math.log(1 + math.e**2), math.log(1 + math.e**-1)]  # per valid pixel
+    by_hand = (3 * ce[0] + 1 * ce[1] + 2 * ce[2]) / (3 + 1 + 2)
+    bce = build_loss(LossConfig(loss="bce", border_weight=10))
+    assert bce(logits, target, weights).item() == pytest.approx(by_hand, rel=1e-6)
+    assert bce(logits, target, torch.ones(1, 2, 2)).item() == pytest.approx(
+        bce(logits, target).item(), rel=1e-6
+    )
+    mix = build_loss(LossConfig(loss="mix", dice_weight=0.3, border_weight=10))
+    dice = build_loss(LossConfig(loss="dice"))(logits, target).item()
+    assert mix(logits, target, weights).item() == pytest.approx(0.3 * dice + 0.7 * by_hand)
+
+
 def test_tversky_with_equal_weights_is_dice_and_focal_gamma0_is_bce() -> None:
     torch.manual_seed(1)
     logits, target = torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 8, 8))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,11 +10,14 @@ from torch.utils.data import DataLoader
 
 from unet_search.core.config import RunConfig
 from unet_search.core.sections import IGNORE, AugmentConfig, DataConfig
-from unet_search.data.dataset import DatasetArrays
+from unet_search.data.dataset import DatasetArrays, load_dataset
 from unet_search.data.split import split_indices
+from unet_search.data.synthetic import make_synthetic
+from unet_search.data.targets import BORDER_SIGMA, class_weights
 from unet_search.train.engine import set_epoch
 from unet_search.train.sliding import preprocessing_of
 from unet_search.train.transforms import (
+    BorderWeighting,
     Normalization,
     PatchDataset,
     ResizeDataset,
@@ -154,7 +158,8 @@ def _patches(arrays: DatasetArrays, **kwargs: object) -> PatchDataset:
         "pipeline": None,
         "seed": 0,
     }
-    return PatchDataset(arrays, range(len(arrays)), **{**options, **kwargs})
+    indices = kwargs.pop("indices", range(len(arrays)))
+    return PatchDataset(arrays, indices, **{**options, **kwargs})  # type: ignore[arg-type]
 
 
 def test_patches_keep_the_data_scale_and_padding_gets_no_loss() -> None:
@@ -270,3 +275,49 @@ def test_a_saved_preprocessing_reads_back_typed_as_it_was_written() -> None:
     # A model saved before patch mode: resize mode at its image size, x/255, threshold 0.5.
     old = Preprocessing.from_dict({"image_size": 96, "normalization": "unit"}, num_classes=1)
     assert (old.plan.input_mode, old.plan.image_size, old.threshold) == ("resize", 96, 0.5)
+
+
+def test_border_weights_are_cut_scaled_and_augmented_with_their_patch(tmp_path: Path) -> None:
+    """``loss.border_weight``: each training item carries its weight map. Cut with the
+    patch, from the labels within reach of it, it equals the whole image's map there; at a
+    scale its sigma is the model's 5 px; augmented, it moves with the mask (with a vanishing
+    border term the weights are exactly the mask's class weights, pixel for pixel)."""
+    make_synthetic(tmp_path / "d", n=3, size=96, seed=2, style="hard")
+    arrays = load_dataset(tmp_path / "d", DataConfig(val_fraction=0.34))
+    classes = class_weights([arrays.mask(i) for i in range(3)], 2)
+    border = BorderWeighting(10.0, classes)
+    data = _patches(arrays, border=border, indices=[0])
+    labels, mask = arrays.instances(0), arrays.mask(0)
+    assert labels is not None
+    whole = border.of(labels, mask, BORDER_SIGMA)
+    for top, left in ((0, 0), (40, 7), (64, 64)):
+        cut = data._weights(0, top, left)
+        np.testing.assert_allclose(cut, whole[top : top + 32, left : left + 32], atol=1e-4)
+    item = data[0]
+    assert item["weights"].shape == (32, 32) and item["weights"].dtype == torch.float32
+    assert float(whole.max()) > 10.0 * 0.8  # touching nuclei: the border term is high there
+    halved = _patches(arrays, border=border, indices=[0], scale=0.5)
+    np.testing.assert_allclose(
+        halved._weights(0, 0, 0), border.of(labels, mask, 2 * BORDER_SIGMA)[:64, :64], atol=1e-4
+    )
+    pipeline = train_pipeline(AugmentConfig(aug_strength=1.0, elastic=True), seed=3)
+    flat = BorderWeighting(1e-9, classes)
+    moved = PatchDataset(
+        arrays,
+        [0, 1],
+        patch=(32, 32),
+        scale=1.0,
+        fg_oversample=0.5,
+        length=24,
+        normalization="unit",
+        in_channels=3,
+        pipeline=pipeline,
+        seed=0,
+        border=flat,
+    )
+    for k in range(24):
+        item = moved[k]
+        valid = item["mask"] != IGNORE
+        expected = torch.from_numpy(classes)[item["mask"][valid]]
+        torch.testing.assert_close(item["weights"][valid], expected, atol=1e-6, rtol=0)
+        assert (item["weights"][~valid] == 0).all()

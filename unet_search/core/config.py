@@ -156,6 +156,13 @@ class RunConfig(Frozen):
                     f"{side[1]} bottleneck: deepen the model or use a smaller patch",
                     model.bottleneck,
                 )
+        if self.loss.border_weight > 0 and data.num_classes > 2:
+            raise broken(
+                "loss.border_weight",
+                "needs instances, a binary task's (num_classes 1 or 2), but num_classes is "
+                f"{data.num_classes}",
+                self.loss.border_weight,
+            )
         multiple = 2**model.depth
         if (
             data.input_mode == "patch"

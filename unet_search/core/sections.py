@@ -19,6 +19,7 @@ __all__ = [
     "IGNORE",
     "INPUT_MODES",
     "MASK_KINDS",
+    "WEIGHTED_LOSSES",
     "TARGET_CLASSES",
     "TARGETS",
     "NORMALIZATION_NAMES",
@@ -50,6 +51,10 @@ INPUT_MODES = ("patch", "resize")
 # binary tasks with instances, background / interior / boundary, so touching objects part.
 TARGETS = ("semantic", "boundary")
 TARGET_CLASSES = {"boundary": 3}  # the classes an instance target's network outputs
+
+
+# The losses with a cross-entropy term, which `loss.border_weight` weights per pixel.
+WEIGHTED_LOSSES = ("bce", "mix")
 
 
 # How the images/masks layout's mask files are read: class indices (binary 0/1, 0/255), or
@@ -278,6 +283,9 @@ class LossConfig(Frozen):
     focal_gamma: Annotated[float, at_least(0)] = 2.0
     tversky_alpha: float = 0.3
     tversky_beta: float = 0.7
+    # The original UNet's border weight map's w0 (Ronneberger et al. 2015: 10) on the
+    # cross-entropy; 0: none (unet_search.data.targets.border_weights).
+    border_weight: Annotated[float, between(0, 100)] = 0.0
 
     @model_validator(mode="after")
     def _tversky(self) -> Self:
@@ -287,6 +295,13 @@ class LossConfig(Frozen):
                 "loss.tversky_alpha",
                 "and `tversky_beta` must be >= 0 with a positive sum",
                 (alpha, beta),
+            )
+        if self.border_weight > 0 and self.loss not in WEIGHTED_LOSSES:
+            raise broken(
+                "loss.border_weight",
+                f"weights the cross-entropy of loss {' or '.join(WEIGHTED_LOSSES)}, but loss is "
+                f"{self.loss!r}: set loss: mix, or border_weight: 0",
+                self.border_weight,
             )
         return self
 

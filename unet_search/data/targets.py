@@ -26,8 +26,11 @@ from scipy import ndimage
 from unet_search.data.dataset import DatasetArrays
 
 __all__ = [
+    "BORDER_SIGMA",
+    "border_weights",
     "BOUNDARY",
     "boundary_map",
+    "class_weights",
     "INTERIOR",
     "near_another_label",
     "target_arrays",
@@ -35,6 +38,11 @@ __all__ = [
 ]
 
 INTERIOR, BOUNDARY = 1, 2  # the boundary target's classes (0 is the background)
+
+
+BORDER_SIGMA = 5.0  # px the model sees: the original UNet's sigma of its border weight map
+BORDER_REACH = 4.0  # sigmas: beyond d1 + d2 of this the border term is < w0 * e^-8
+CLASS_WEIGHT_LIMITS = (0.1, 10.0)  # a class of 0.1% of the pixels is not weighted 500 times
 
 
 def near_another_label(labels: np.ndarray, size: int, background: bool) -> np.ndarray:
@@ -74,3 +82,47 @@ def target_arrays(arrays: DatasetArrays, target: str) -> DatasetArrays:
         return arrays
     maps = [target_map(target, arrays.mask(i), arrays.instances(i)) for i in range(len(arrays))]
     return dataclasses.replace(arrays, mask_pixels=np.concatenate([m.ravel() for m in maps]))
+
+
+def border_weights(labels: np.ndarray, w0: float, sigma: float = BORDER_SIGMA) -> np.ndarray:
+    """The original UNet's border term (Ronneberger et al. 2015, eq. 2) of (H, W) instance
+    labels (0 the background): ``w0 * exp(-(d1 + d2)^2 / (2 sigma^2))``, float32, where d1 and
+    d2 are each pixel's Euclidean distances to the nearest and the second-nearest object (0
+    inside one). High in the narrow gaps between objects and where two objects touch, near
+    0 around an object alone; the class-balancing ``w_c`` is added by the loader
+    (:func:`class_weights`). Each object is measured only within ``BORDER_REACH`` sigmas of
+    it, where the term is not negligible."""
+    labels = np.asarray(labels)
+    reach = int(np.ceil(BORDER_REACH * sigma))
+    far = np.float32(2 * reach + 1)
+    d1 = np.full(labels.shape, far, np.float32)
+    d2 = np.full(labels.shape, far, np.float32)
+    for k, box in enumerate(ndimage.find_objects(labels.astype(np.int64)), start=1):
+        if box is None:
+            continue
+        rows, cols = (
+            slice(max(b.start - reach, 0), min(b.stop + reach, n))
+            for b, n in zip(box, labels.shape, strict=True)
+        )
+        window = labels[rows, cols]
+        dist = ndimage.distance_transform_edt(window != k).astype(np.float32)
+        near1, near2 = d1[rows, cols], d2[rows, cols]
+        near2[...] = np.minimum(near2, np.maximum(near1, dist))
+        near1[...] = np.minimum(near1, dist)
+    return (w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))).astype(np.float32)
+
+
+def class_weights(masks: list[np.ndarray], classes: int) -> np.ndarray:
+    """(classes,) float32 weights that balance the classes of the (H, W) class maps
+    ``masks`` (the original UNet's ``w_c``): each class present weighs ``1 / (classes present
+    * its share of the pixels)``, so the weighted pixels average 1, clipped to
+    ``CLASS_WEIGHT_LIMITS``; an absent class weighs 1."""
+    counts = sum(
+        (np.bincount(m.ravel(), minlength=256)[:classes] for m in masks),
+        np.zeros(classes, np.int64),
+    )
+    present = counts > 0
+    weights = np.ones(classes, np.float64)
+    share = counts[present] / counts.sum()
+    weights[present] = 1.0 / (present.sum() * share)
+    return np.clip(weights, *CLASS_WEIGHT_LIMITS).astype(np.float32)

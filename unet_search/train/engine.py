@@ -27,7 +27,7 @@ from unet_search.core.outcome import FINISHED_KEY
 from unet_search.core.sections import TrainConfig
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.split import split_indices
-from unet_search.data.targets import target_arrays, target_map
+from unet_search.data.targets import class_weights, target_arrays, target_map
 from unet_search.train.instances import (
     Decoding,
     decode_instances,
@@ -38,6 +38,7 @@ from unet_search.train.metrics import Scorer, class_dice_sums, otsu_dice, soft_d
 from unet_search.train.optim import build_optimizer, build_scheduler
 from unet_search.train.sliding import PredictPlan, plan_of, predict_logits
 from unet_search.train.transforms import (
+    BorderWeighting,
     Normalization,
     PatchDataset,
     ResizeDataset,
@@ -192,7 +193,7 @@ def train_one_epoch(
     for batch in _batches(loader, device, tc.channels_last):
         optimizer.zero_grad(set_to_none=True)
         with _autocast(device, tc.amp):
-            loss = loss_fn(model(batch["image"]), batch["mask"])
+            loss = loss_fn(model(batch["image"]), batch["mask"], batch.get("weights"))
         if state.scaler is not None:
             state.scaler.scale(loss).backward()
             state.scaler.unscale_(optimizer)
@@ -312,6 +313,10 @@ def build_loaders(
     }
     train_set: Dataset[dict[str, torch.Tensor]]
     learned = target_arrays(arrays, cfg.data.target)
+    if cfg.loss.border_weight > 0:  # the original UNet's weight map on the cross-entropy
+        maps = [learned.mask(int(i)) for i in train_idx]
+        classes = class_weights(maps, max(2, cfg.data.network_classes))
+        common["border"] = BorderWeighting(cfg.loss.border_weight, classes)
     if cfg.data.input_mode == "patch":
         train_set = PatchDataset(
             learned,

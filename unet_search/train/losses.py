@@ -1,4 +1,5 @@
-"""Loss registry: ``bce``, ``dice``, ``focal``, ``tversky`` and ``mix`` (Dice + BCE / CE).
+"""Loss registry: ``bce``, ``dice``, ``focal``, ``tversky`` and ``mix`` (Dice + BCE / CE);
+the cross-entropy of ``bce`` and ``mix`` can be weighted per pixel (``loss.border_weight``).
 
 Every loss takes logits (N, K, H, W) and integer targets (N, H, W); ``K = 1`` means binary
 (sigmoid), ``K >= 2`` multi-class (softmax). Binary "bce" is cross-entropy in the K >= 2 case.
@@ -44,15 +45,20 @@ def _mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def _cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """Mean cross-entropy of the valid pixels; with (N, 1, H, W) ``weights`` (the border
+    weight map) their weighted mean, so the loss keeps its scale beside the Dice term."""
     if logits.shape[1] == 1:
         ce = F.binary_cross_entropy_with_logits(
             logits, target.unsqueeze(1).float(), reduction="none"
         )
     else:
         ce = F.cross_entropy(logits, target, reduction="none").unsqueeze(1)
-    return _mean(ce, valid)
+    return _mean(ce, valid if weights is None else valid * weights)
 
 
 def _tversky(
@@ -89,20 +95,26 @@ def _focal(
     return _mean((1 - p_true) ** gamma * ce, valid)
 
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, LossConfig], torch.Tensor]
+# (logits, target, valid, per-pixel weights or None, config) -> loss; only the losses of
+# WEIGHTED_LOSSES take weights (a config check: loss.border_weight).
+LossFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, LossConfig], torch.Tensor
+]
 LOSSES: dict[str, LossFn] = {
-    "bce": lambda x, y, v, c: _cross_entropy(x, y, v),
-    "dice": lambda x, y, v, c: _dice(x, y, v),
-    "focal": lambda x, y, v, c: _focal(x, y, v, c.focal_gamma),
-    "tversky": lambda x, y, v, c: _tversky(x, y, v, c.tversky_alpha, c.tversky_beta),
-    "mix": lambda x, y, v, c: (
-        c.dice_weight * _dice(x, y, v) + (1 - c.dice_weight) * _cross_entropy(x, y, v)
+    "bce": lambda x, y, v, w, c: _cross_entropy(x, y, v, w),
+    "dice": lambda x, y, v, w, c: _dice(x, y, v),
+    "focal": lambda x, y, v, w, c: _focal(x, y, v, c.focal_gamma),
+    "tversky": lambda x, y, v, w, c: _tversky(x, y, v, c.tversky_alpha, c.tversky_beta),
+    "mix": lambda x, y, v, w, c: (
+        c.dice_weight * _dice(x, y, v) + (1 - c.dice_weight) * _cross_entropy(x, y, v, w)
     ),
 }
 
 
 class SegmentationLoss(nn.Module):
-    """A registry loss as a module: ``loss(logits (N,K,H,W), target (N,H,W) int) -> scalar``.
+    """A registry loss as a module: ``loss(logits (N,K,H,W), target (N,H,W) int[, weights
+    (N,H,W)]) -> scalar``; ``weights``, the border weight map of training items, weigh the
+    cross-entropy (validation's loss is unweighted: comparable across ``border_weight``).
 
     Target pixels equal to :data:`~unet_search.core.sections.IGNORE` (padding) count nowhere."""
 
@@ -110,10 +122,13 @@ class SegmentationLoss(nn.Module):
         super().__init__()
         self.cfg, self.fn = cfg, LOSSES[cfg.loss]
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         valid = target != IGNORE
         target = torch.where(valid, target, torch.zeros_like(target))
-        return self.fn(logits.float(), target, valid.unsqueeze(1).float(), self.cfg)
+        w = None if weights is None else weights.unsqueeze(1).float()
+        return self.fn(logits.float(), target, valid.unsqueeze(1).float(), w, self.cfg)
 
 
 def build_loss(cfg: LossConfig) -> SegmentationLoss:

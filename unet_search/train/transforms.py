@@ -3,6 +3,7 @@ the data's own scale, or whole images resized to one square)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +19,12 @@ from unet_search.core.sections import IGNORE, AugmentConfig
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.split import split_indices
 from unet_search.data.stats import image_histograms, moments
+from unet_search.data.targets import BORDER_REACH, BORDER_SIGMA, border_weights
 
 NEAREST = cv2.INTER_NEAREST
 
 __all__ = [
+    "BorderWeighting",
     "image_statistics",
     "item_rng",
     "Normalization",
@@ -223,14 +226,44 @@ def item_rng(seed: int, epoch: int, item: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, item])
 
 
+@dataclass(frozen=True)
+class BorderWeighting:
+    """The original UNet's per-pixel loss weights of a training item (``loss.border_weight``
+    > 0): the classes' balancing weights ``classes`` (:func:`unet_search.data.targets.
+    class_weights`, of the training images) plus the border term of ``w0``
+    (:func:`unet_search.data.targets.border_weights`, sigma ``BORDER_SIGMA`` pixels of what
+    the model sees), made from the instance labels of each item's region as it is cut."""
+
+    w0: float
+    classes: np.ndarray
+
+    def of(self, labels: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+        """(H, W) float32 weights of ``labels`` / class map ``mask`` (IGNORE pixels: 0), with
+        ``sigma`` in their own pixels."""
+        weights = border_weights(labels, self.w0, sigma)
+        valid = mask != IGNORE
+        weights[valid] += self.classes[mask[valid]]
+        weights[~valid] = 0.0
+        return weights
+
+
 def _augment(
-    pipeline: A.Compose | None, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+    pipeline: A.Compose | None,
+    rng: np.random.Generator,
+    image: np.ndarray,
+    mask: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The item through ``pipeline``; ``weights`` moved with the mask (the same draws with
+    or without them)."""
     if pipeline is None or not len(pipeline.transforms):
-        return image, mask
+        return image, mask, weights
     pipeline.set_random_seed(int(rng.integers(2**31)))
-    out = pipeline(image=image, mask=mask)
-    return out["image"], out["mask"]
+    if weights is None:
+        out = pipeline(image=image, mask=mask)
+        return out["image"], out["mask"], None
+    out = pipeline(image=image, mask=mask, masks=[weights])
+    return out["image"], out["mask"], out["masks"][0]
 
 
 def _sample(
@@ -239,11 +272,15 @@ def _sample(
     normalization: Normalization,
     in_channels: int,
     statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
+    weights: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
-    return {
+    item = {
         "image": to_tensor(image, normalization, in_channels, statistics),
         "mask": torch.from_numpy(np.array(mask, dtype=np.int64)),
     }
+    if weights is not None:
+        item["weights"] = torch.from_numpy(np.array(weights, dtype=np.float32))
+    return item
 
 
 class _EpochDataset(Dataset[dict[str, torch.Tensor]]):
@@ -258,8 +295,10 @@ class _EpochDataset(Dataset[dict[str, torch.Tensor]]):
         in_channels: int,
         pipeline: A.Compose | None,
         seed: int,
+        border: BorderWeighting | None = None,
     ) -> None:
         self.arrays, self.indices = arrays, [int(i) for i in indices]
+        self.border = border  # per-pixel loss weights: needs the arrays' instance labels
         self.normalization = (
             Normalization.named(normalization) if isinstance(normalization, str) else normalization
         )
@@ -290,11 +329,17 @@ class ResizeDataset(_EpochDataset):
         return len(self.indices)
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
-        i = self.indices[item]
-        image = resize_image(self.arrays.image(i), (self.size, self.size))
-        mask = _resize_mask(self.arrays.mask(i), (self.size, self.size))
-        image, mask = _augment(self.pipeline, item_rng(self.seed, self.epoch, item), image, mask)
-        return _sample(image, mask, self.normalization, self.in_channels)
+        i, square = self.indices[item], (self.size, self.size)
+        image = resize_image(self.arrays.image(i), square)
+        mask = _resize_mask(self.arrays.mask(i), square)
+        weights = None
+        if self.border is not None:  # made at the square the model sees
+            labels = self.arrays.instances(i)
+            assert labels is not None, "border weights need instance labels"
+            weights = self.border.of(_resize_mask(labels, square), mask, BORDER_SIGMA)
+        rng = item_rng(self.seed, self.epoch, item)
+        image, mask, weights = _augment(self.pipeline, rng, image, mask, weights)
+        return _sample(image, mask, self.normalization, self.in_channels, weights=weights)
 
 
 FG_POINTS = 4096  # foreground pixels remembered per image for fg_oversample
@@ -365,6 +410,7 @@ class PatchDataset(_EpochDataset):
         image, mask = self.arrays.image(i), self.arrays.mask(i)
         top, left = self._corner(rng, k, image.shape[:2])
         rh, rw = self.region
+        weights = self._weights(i, top, left) if self.border is not None else None
         image, mask = (
             image[top : top + rh, left : left + rw],
             mask[top : top + rh, left : left + rw],
@@ -373,9 +419,30 @@ class PatchDataset(_EpochDataset):
         if pad_h or pad_w:  # an image smaller than the region
             image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101)
             mask = cv2.copyMakeBorder(mask, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=IGNORE)
+            if weights is not None:
+                weights = cv2.copyMakeBorder(weights, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT)
         if self.region != self.patch:
             image = resize_image(image, self.patch)
             mask = _resize_mask(mask, self.patch)
-        image, mask = _augment(self.pipeline, rng, np.ascontiguousarray(image), mask)
+            if weights is not None:  # smooth: bilinear
+                weights = cv2.resize(weights, self.patch[::-1], interpolation=cv2.INTER_LINEAR)
+        image, mask, weights = _augment(
+            self.pipeline, rng, np.ascontiguousarray(image), mask, weights
+        )
         statistics = self.statistics[k] if self.statistics else None
-        return _sample(image, mask, self.normalization, self.in_channels, statistics)
+        return _sample(image, mask, self.normalization, self.in_channels, statistics, weights)
+
+    def _weights(self, i: int, top: int, left: int) -> np.ndarray:
+        """The border weights of image ``i``'s region at (top, left), before any padding,
+        from its labels within reach of the region (objects beyond weigh nothing there);
+        sigma in the original image's pixels (``BORDER_SIGMA`` of the model's over ``scale``)."""
+        assert self.border is not None
+        labels = self.arrays.instances(i)
+        assert labels is not None, "border weights need instance labels"
+        sigma = BORDER_SIGMA / self.scale
+        reach = math.ceil(BORDER_REACH * sigma)
+        (rh, rw), (t0, l0) = self.region, (max(top - reach, 0), max(left - reach, 0))
+        window = (slice(t0, top + rh + reach), slice(l0, left + rw + reach))
+        region = (slice(top - t0, top - t0 + rh), slice(left - l0, left - l0 + rw))
+        weights = self.border.of(labels[window], self.arrays.mask(i)[window], sigma)
+        return np.ascontiguousarray(weights[region])
