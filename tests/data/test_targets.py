@@ -16,6 +16,7 @@ from unet_search.data.targets import (
     border_weights,
     boundary_map,
     class_weights,
+    distance_map,
     target_arrays,
 )
 
@@ -40,6 +41,21 @@ def test_the_boundary_target_parts_touching_objects_by_their_own_class() -> None
     np.testing.assert_array_equal(out, expected)
     edge = np.ones((4, 4), np.int32)  # one object filling the image: all interior
     np.testing.assert_array_equal(boundary_map(edge), np.full((4, 4), INTERIOR, np.uint8))
+
+
+def test_the_distance_target_is_each_objects_distance_to_its_edge_in_levels() -> None:
+    """Two touching 7 x 7 squares: level k where the distance to another label (the other
+    square or the background) over the square's largest (4 px, at its centre) is in
+    ((k - 1) / 4, k / 4]: rings 1, 2, 3 and the centre 4, the touching columns each 1."""
+    labels = np.zeros((9, 16), np.int32)
+    labels[1:8, 1:8], labels[1:8, 8:15] = 1, 2
+    ring = np.array(
+        [[min(r, c, 6 - r, 6 - c) + 1 for c in range(7)] for r in range(7)], np.uint8
+    )  # the distance to the square's edge: 1 on its outer pixels .. 4 at its centre
+    expected = np.zeros((9, 16), np.uint8)
+    expected[1:8, 1:8] = expected[1:8, 8:15] = ring
+    np.testing.assert_array_equal(distance_map(labels), expected)
+    assert RunConfig.from_dict({"target": "distance"}).data.network_classes == 5
 
 
 def test_target_arrays_replace_only_the_masks() -> None:

@@ -12,7 +12,7 @@ from conftest import TargetModels, train_targets
 
 from unet_search.core.sections import DataConfig
 from unet_search.data.dataset import load_dataset
-from unet_search.data.targets import boundary_map
+from unet_search.data.targets import DISTANCE_LEVELS, boundary_map, distance_map
 from unet_search.serve.inference import load_model
 from unet_search.train.instances import (
     Decoding,
@@ -58,6 +58,23 @@ def test_two_touching_objects_decode_as_two_with_the_boundary_target_and_one_wit
     ):
         labels = foreground_labels(logits[None], target, 0.5)
         np.testing.assert_array_equal(labels[0].numpy(), whole)
+
+
+def test_two_touching_objects_decode_as_two_with_the_distance_target() -> None:
+    """The distance target's levels (1 at an object's edge, 4 at its centre): two touching
+    discs meet at their low levels, and watershed on the expected level parts them; the
+    mask is the whole objects, as for every target."""
+    truth = _discs((40, 60), [(20, 20), (20, 36)], 9.0)
+    levels = distance_map(truth)
+    assert levels.max() == DISTANCE_LEVELS and set(np.unique(levels[truth > 0])) == {1, 2, 3, 4}
+    assert levels[20, 20] == levels[20, 36] == 4  # the centres
+    assert levels[20, 28] == 1  # where the discs touch: each one's edge
+    logits = _logits_of(levels, DISTANCE_LEVELS + 1)
+    out = decode_instances(logits, "distance", 0.5)
+    assert out.max() == 2
+    assert _best_iou(out, truth, 1) > 0.9 and _best_iou(out, truth, 2) > 0.9
+    labels = foreground_labels(logits[None], "distance", 0.5)
+    np.testing.assert_array_equal(labels[0].numpy(), (truth > 0).astype(np.int64))
 
 
 def test_foreground_no_marker_reaches_is_an_object_and_small_ones_can_be_dropped() -> None:

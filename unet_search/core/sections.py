@@ -48,9 +48,12 @@ INPUT_MODES = ("patch", "resize")
 
 
 # What the network learns from the truth (unet_search.data.targets): the mask itself, or for
-# binary tasks with instances, background / interior / boundary, so touching objects part.
-TARGETS = ("semantic", "boundary")
-TARGET_CLASSES = {"boundary": 3}  # the classes an instance target's network outputs
+# binary tasks with instances, background / interior / boundary or levels of the distance to
+# the object's edge, so touching objects part.
+TARGETS = ("semantic", "boundary", "distance")
+# The classes an instance target's network outputs: background / interior / boundary, and
+# background + 4 distance levels (unet_search.data.targets.DISTANCE_LEVELS).
+TARGET_CLASSES = {"boundary": 3, "distance": 5}
 
 
 # The losses with a cross-entropy term, which `loss.border_weight` weights per pixel.
@@ -178,7 +181,8 @@ class DataConfig(Frozen):
     @property
     def network_classes(self) -> int:
         """The classes the network outputs: the task's (``num_classes``), or the instance
-        target's (``boundary``: background, interior, boundary)."""
+        target's (``boundary``: background, interior, boundary; ``distance``: background and
+        4 levels)."""
         return TARGET_CLASSES.get(self.target, self.num_classes)
 
     @property

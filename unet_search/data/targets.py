@@ -13,6 +13,13 @@ contour" networks, decoded by marker-controlled watershed
 together: the whole object, as for ``semantic``, so Dice, IoU and ``predict``'s masks mean
 the same thing for every target.
 
+``distance``: for binary tasks with instance truth, 0 background and 1..``DISTANCE_LEVELS``
+inside an object: its distance to the object's edge over the object's largest, in equal
+steps (1 at its edge, the top level at its centre). The mask and each object's normalized
+distance transform, quantized as the Deep Watershed Transform's energy levels (Bai & Urtasun
+2017) so that every target is a classification the same losses train; two touching objects
+meet at their low levels, and watershed on the expected level parts them.
+
 Numpy and SciPy only (the data layer).
 """
 
@@ -31,6 +38,8 @@ __all__ = [
     "BOUNDARY",
     "boundary_map",
     "class_weights",
+    "DISTANCE_LEVELS",
+    "distance_map",
     "INTERIOR",
     "near_another_label",
     "target_arrays",
@@ -38,6 +47,7 @@ __all__ = [
 ]
 
 INTERIOR, BOUNDARY = 1, 2  # the boundary target's classes (0 is the background)
+DISTANCE_LEVELS = 4  # the distance target's levels inside an object (classes 1..4)
 
 
 BORDER_SIGMA = 5.0  # px the model sees: the original UNet's sigma of its border weight map
@@ -65,6 +75,27 @@ def boundary_map(instances: np.ndarray) -> np.ndarray:
     return out
 
 
+def distance_map(instances: np.ndarray, levels: int = DISTANCE_LEVELS) -> np.ndarray:
+    """The ``distance`` target of (H, W) instance labels (0 background): (H, W) uint8, 0
+    background, 1..``levels`` an object pixel's Euclidean distance to the nearest pixel of
+    another label (the background or another object; the image's edge is none) over the
+    largest in its object, in equal steps: 1 at the edge, ``levels`` at the centre."""
+    labels = np.asarray(instances)
+    out = np.zeros(labels.shape, np.uint8)
+    for k, box in enumerate(ndimage.find_objects(labels.astype(np.int64)), start=1):
+        if box is None:
+            continue
+        window = tuple(
+            slice(max(b.start - 1, 0), min(b.stop + 1, n))
+            for b, n in zip(box, labels.shape, strict=True)
+        )
+        inside = labels[window] == k
+        depth = ndimage.distance_transform_edt(inside)
+        level = np.ceil(depth[inside] / depth.max() * levels).clip(1, levels)
+        out[window][inside] = level.astype(np.uint8)
+    return out
+
+
 def target_map(target: str, mask: np.ndarray, instances: np.ndarray | None) -> np.ndarray:
     """(H, W) uint8 class map a network of ``target`` trains on, from an image's class mask
     and instance labels (None: a multi-class task, which has no instance target)."""
@@ -72,7 +103,7 @@ def target_map(target: str, mask: np.ndarray, instances: np.ndarray | None) -> n
         return mask
     if instances is None:
         raise ValueError(f"target {target!r} needs instance labels (a binary task)")
-    return boundary_map(instances)
+    return boundary_map(instances) if target == "boundary" else distance_map(instances)
 
 
 def target_arrays(arrays: DatasetArrays, target: str) -> DatasetArrays:

@@ -11,6 +11,9 @@ threshold), so two touching objects meet at their boundary band instead of mergi
 foreground region that no marker reaches (a small object whose interior is never
 confident) is an object of its own, and objects under ``min_size`` pixels are dropped from
 the instances (the mask keeps them: it is the thresholded foreground, as for every target).
+``distance`` target (background and levels of the distance to an object's edge): the same
+watershed, with the expected level (over the top one) in place of the interior probability:
+seeds where the network puts pixels deep inside an object, grown down its levels.
 
 No Ray and no MLflow here; scikit-image for the watershed.
 """
@@ -27,7 +30,7 @@ from scipy import ndimage
 from skimage.segmentation import watershed
 
 from unet_search.data.decode import EIGHT_CONNECTED
-from unet_search.data.targets import INTERIOR
+from unet_search.data.targets import DISTANCE_LEVELS, INTERIOR
 from unet_search.train.metrics import instance_scores, logits_to_labels
 
 __all__ = [
@@ -39,7 +42,7 @@ __all__ = [
     "MARKERS",
 ]
 
-MARKERS = (0.3, 0.5, 0.7)  # the interior probabilities a seed may need (choose_decoding)
+MARKERS = (0.3, 0.5, 0.7)  # the depths a seed may need (choose_decoding)
 MIN_SIZE_SHARES = (0.0, 0.1, 0.25)  # of the median true object's area
 
 
@@ -47,7 +50,8 @@ MIN_SIZE_SHARES = (0.0, 0.1, 0.25)  # of the median true object's area
 class Decoding:
     """How a model's output becomes instances (saved in its preprocessing as ``decoding``).
 
-    ``marker``: the interior probability a seed pixel must exceed (boundary target);
+    ``marker``: the depth a seed pixel must exceed (the interior probability of the
+    boundary target, the expected level over the top one of the distance target);
     ``min_size``: objects under this many pixels are no instances."""
 
     marker: float = 0.5
@@ -90,6 +94,17 @@ def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return relabel[labels]
 
 
+def _depth(logits: torch.Tensor, target: str) -> np.ndarray:
+    """(H, W) in [0, 1], how deep inside an object each pixel is, from (K, H, W) logits:
+    the interior's probability (``boundary``), or the expected distance level over the top
+    one (``distance``; the background's level is 0)."""
+    probs = torch.softmax(logits.float(), dim=0)
+    if target == "boundary":
+        return probs[INTERIOR].cpu().numpy()
+    levels = torch.arange(probs.shape[0], dtype=probs.dtype, device=probs.device)
+    return (probs * (levels / DISTANCE_LEVELS)[:, None, None]).sum(0).cpu().numpy()
+
+
 def decode_instances(
     logits: torch.Tensor, target: str, threshold: float, decoding: Decoding | None = None
 ) -> np.ndarray:
@@ -100,7 +115,7 @@ def decode_instances(
     if target == "semantic":
         labels = ndimage.label(fg, structure=EIGHT_CONNECTED)[0]
         return _drop_small(labels.astype(np.int32), decoding.min_size)
-    interior = torch.softmax(logits.float(), dim=0)[INTERIOR].cpu().numpy()
+    interior = _depth(logits, target)
     markers, count = ndimage.label(fg & (interior > decoding.marker), structure=EIGHT_CONNECTED)
     labels = watershed(1.0 - interior, markers, mask=fg, connectivity=2).astype(np.int32)
     rest, _ = ndimage.label(fg & (labels == 0), structure=EIGHT_CONNECTED)
@@ -109,7 +124,7 @@ def decode_instances(
 
 
 def _candidates(target: str, truths: list[np.ndarray]) -> list[Decoding]:
-    """Every :data:`MARKERS` (boundary target) with every smallest object of
+    """Every :data:`MARKERS` (an instance target) with every smallest object of
     :data:`MIN_SIZE_SHARES` of the median true object, the default first."""
     counts = [np.bincount(t.ravel().astype(np.int64))[1:] for t in truths]
     areas = np.concatenate(counts) if counts else np.zeros(0, np.int64)
@@ -126,7 +141,7 @@ def choose_decoding(
     """The decoding whose instances score the best mean DSB2018 score on images whose
     (K, H, W) ``logits`` (one at a time: an iterable) and (H, W) true instance labels
     ``truths`` are given (a run's validation images, on its kept weights), among every
-    :data:`MARKERS` (boundary target) with every smallest object of :data:`MIN_SIZE_SHARES`
+    :data:`MARKERS` (an instance target) with every smallest object of :data:`MIN_SIZE_SHARES`
     of the median true object; a tie keeps the default. Returns it and its mean
     ``dsb_score`` and ``ap50``."""
     candidates = _candidates(target, truths)
