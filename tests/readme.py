@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -136,6 +137,13 @@ class Shell:
         text += " " + shlex.join(extra) if extra else ""
         return "\n".join(["set -eo pipefail", *self.kept, ("exec " if exec_ else "") + text])
 
+    def snapshot(self) -> Shell:
+        """This shell as it is now: a command started in the background runs with the lines
+        kept before it, whatever a later line adds."""
+        copy = Shell(self.cwd, self.replace)
+        copy.kept, copy.env = list(self.kept), dict(self.env)
+        return copy
+
     def keep(self, command: Command) -> None:
         """A ``source`` or ``export`` line: part of the environment of every later command."""
         argv = command.argv
@@ -211,6 +219,11 @@ class Background:
 
 
 State = TypeVar("State")
+
+
+def resolved(result: Any) -> Any:
+    """A command's result, waiting for it if it was started at once (a future)."""
+    return result.result() if isinstance(result, Future) else result
 
 
 def walk(

@@ -176,12 +176,7 @@ class Walk:
     ran: dict[str, list[Any]] = field(default_factory=dict)
 
     def first(self, prefix: str) -> Any:
-        return _resolved(self.ran[prefix][0])
-
-
-def _resolved(result: Any) -> Any:
-    """A command's result, waiting for it if it was started at once (a future)."""
-    return result.result() if isinstance(result, Future) else result
+        return readme.resolved(self.ran[prefix][0])
 
 
 def _ok(proc: subprocess.CompletedProcess[str], command: readme.Command) -> str:
@@ -285,7 +280,7 @@ def walk(
         block = readme.block(readme.CLUSTER_README, "cluster/local/start.sh")
         readme.walk(block, HANDLERS, result, result.ran)
         for results in result.ran.values():  # every command has ended, or failed here
-            results[:] = [_resolved(r) for r in results]
+            results[:] = [readme.resolved(r) for r in results]
     return result
 
 
@@ -435,15 +430,13 @@ def _epochs(env: dict[str, str], run: Any) -> list[int]:
     return sorted(int(m.step) for m in client.get_metric_history(run.info.run_id, "epoch"))
 
 
-@pytest.mark.slow
-def test_a_search_killed_in_its_final_fit_is_resumed_without_rerunning_or_duplicating(
-    cluster: dict[str, str], cluster_data: Path, tmp_path: Path
-) -> None:
-    """The driver is killed while the final fit trains (held after its epoch 1 by fault
-    injection): `resume` keeps every exploring trial as it finished, continues the final fit
-    from its checkpoint in its one run, and registers that run's model."""
-    gate = tmp_path / "released"  # never made while the search runs: the hold lasts
-    env = {**cluster, FAULT_ENV: f"epoch=1,hold={gate},when=epochs:2"}
+def _kill_in_the_final_fit(
+    env: dict[str, str], data: Path, tmp: Path
+) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
+    """quick.yaml's search killed while its final fit trains (held after its epoch 1 by
+    fault injection), then resumed."""
+    gate = tmp / "released"  # never made while the search runs: the hold lasts
+    env = {**env, FAULT_ENV: f"epoch=1,hold={gate},when=epochs:2"}
     final_state = Path(env["UNET_SEARCH_STORAGE"]) / f"kill-1{FINAL_SUFFIX}"
 
     def final_fit_held() -> bool:
@@ -462,9 +455,55 @@ def test_a_search_killed_in_its_final_fit_is_resumed_without_rerunning_or_duplic
     ]
     quick = ROOT / "search_spaces" / "quick.yaml"
     try:
-        proc, saved = _kill_then_resume(env, quick, cluster_data, "kill-1", sets, final_fit_held)
+        return _kill_then_resume(env, quick, data, "kill-1", sets, final_fit_held)
     finally:
         gate.touch()  # a held process the kill left behind ends
+
+
+def _kill_while_asha_pauses(
+    env: dict[str, str], data: Path, tmp: Path
+) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
+    """test_search.py's ASHA search (one trial at a time, lr 0.01, then 1e-7 (hopeless), then
+    0.01 again; a rung at epoch 2) killed while the hopeless trial waits at the rung (the
+    first trains on, the third trains to the rung), then resumed."""
+    space = tmp / "asha.yaml"
+    space.write_text(yaml.safe_dump(asha_space("asha-kill", "asha")))
+    storage = Path(env["UNET_SEARCH_STORAGE"]) / "kill-2"  # cluster/local/start.sh sets it
+
+    def hopeless_paused() -> bool:
+        saved = saved_trials(storage)  # what `resume` reads
+        return any(t["status"] == "PAUSED" and t["config"].get("lr") == 1.0e-7 for t in saved)
+
+    # The space's 16 patches an epoch, not the shrink's 8: lr 0.01 must lead at the rung.
+    sets = ["patches_per_epoch=16"]
+    return _kill_then_resume(env, space, data, "kill-2", sets, hopeless_paused)
+
+
+@pytest.fixture(scope="module")
+def kills(
+    cluster: dict[str, str], cluster_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future[tuple[subprocess.CompletedProcess[str], dict[str, int]]]]]:
+    """The two killed searches, started at the same time on the cluster (one trial of each
+    at a time, a CPU each), each read by its test."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield {
+            name: pool.submit(flow, cluster, cluster_data, tmp_path_factory.mktemp(name))
+            for name, flow in (
+                ("final_fit", _kill_in_the_final_fit),
+                ("asha", _kill_while_asha_pauses),
+            )
+        }
+
+
+@pytest.mark.slow
+def test_a_search_killed_in_its_final_fit_is_resumed_without_rerunning_or_duplicating(
+    cluster: dict[str, str], kills: dict[str, Future[Any]]
+) -> None:
+    """The driver is killed while the final fit trains (held after its epoch 1 by fault
+    injection): `resume` keeps every exploring trial as it finished, continues the final fit
+    from its checkpoint in its one run, and registers that run's model."""
+    env = cluster
+    proc, saved = kills["final_fit"].result()
     assert "search kill-1: 3 trials" in proc.stdout
     # The plan is handed on: resume reads the parent run's plan.json, it does not plan again.
     assert "search kill-1: the plan it started with (plan.json of its run)" in proc.stdout
@@ -503,26 +542,13 @@ def test_a_search_killed_in_its_final_fit_is_resumed_without_rerunning_or_duplic
 
 @pytest.mark.slow
 def test_a_search_killed_while_asha_pauses_a_trial_resumes_with_its_rungs(
-    cluster: dict[str, str], cluster_data: Path, tmp_path: Path
+    cluster: dict[str, str], kills: dict[str, Future[Any]]
 ) -> None:
     """The default scheduler pauses trials at its rungs, and Tune resumes paused trials as
     pending. After `resume` a trial that waited at a rung waits there again: the hopeless
     trial, paused at the kill, stays stopped early at its rung instead of training on."""
     env = cluster
-    # test_search.py's ASHA search: one trial at a time, lr 0.01, then 1e-7 (hopeless), then
-    # 0.01 again; a rung at epoch 2. The hopeless trial pauses at the rung and waits there
-    # while the first trains on and the third trains to the rung.
-    space = tmp_path / "asha.yaml"
-    space.write_text(yaml.safe_dump(asha_space("asha-kill", "asha")))
-    storage = Path(env["UNET_SEARCH_STORAGE"]) / "kill-2"  # cluster/local/start.sh sets it
-
-    def hopeless_paused() -> bool:
-        saved = saved_trials(storage)  # what `resume` reads
-        return any(t["status"] == "PAUSED" and t["config"].get("lr") == 1.0e-7 for t in saved)
-
-    # The space's 16 patches an epoch, not the shrink's 8: lr 0.01 must lead at the rung.
-    sets = ["patches_per_epoch=16"]
-    proc, saved = _kill_then_resume(env, space, cluster_data, "kill-2", sets, hopeless_paused)
+    proc, saved = kills["asha"].result()
     assert "search kill-2: 3 trials" in proc.stdout
     runs = sorted(_runs(env, "kill-2"), key=lambda r: int(r.data.tags["unet_search.trial_number"]))
     assert len({r.data.tags["unet_search.trial_id"] for r in runs}) == len(runs) == 3

@@ -14,7 +14,8 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,16 @@ import numpy as np
 import pytest
 from conftest import free_port, wait_for_http
 from PIL import Image
-from readme import README, Command, Shell, block, checkout_like, python_block, walk
+from readme import (
+    README,
+    Command,
+    Shell,
+    block,
+    checkout_like,
+    python_block,
+    resolved,
+    walk,
+)
 
 SEARCH_SHRINK = (
     *("--set", "patch_size=32", "--set", "patches_per_epoch=8", "--set", "image_size=32"),
@@ -38,12 +48,15 @@ NEW_IMAGES = "new_images/"  # the README's placeholder for the user's own images
 
 @dataclass
 class Tour:
-    """What each command of the tour printed, and what the tests need to look further."""
+    """What each command of the tour printed, and what the tests need to look further. The
+    commands that only read what the search left (best, report, the UI, predict, serve) run
+    at the same time, in ``pool``, each with the environment the lines before it set up."""
 
     folder: Path
     shell: Shell
     ran: dict[str, list[Any]] = field(default_factory=dict)  # command prefix -> results
     truth: dict[str, np.ndarray] = field(default_factory=dict)  # new image stem -> mask
+    pool: ThreadPoolExecutor | None = None
 
     def first(self, prefix: str) -> Any:
         return self.ran[prefix][0]
@@ -125,6 +138,17 @@ def _run(extra: tuple[str, ...] = ()) -> Callable[[Tour, Command], Any]:
     return run
 
 
+def _at_once(handler: Callable[[Tour, Command], Any]) -> Callable[[Tour, Command], Future[Any]]:
+    """``handler`` started now in the tour's pool, with the shell as it is now; its result
+    is read once the walk has ended."""
+
+    def start(tour: Tour, command: Command) -> Future[Any]:
+        assert tour.pool is not None
+        return tour.pool.submit(handler, replace(tour, shell=tour.shell.snapshot()), command)
+
+    return start
+
+
 HANDLERS: dict[str, Callable[[Tour, Command], Any]] = {
     "source ": lambda tour, command: tour.shell.keep(command),
     "export ": lambda tour, command: tour.shell.keep(command),
@@ -132,11 +156,11 @@ HANDLERS: dict[str, Callable[[Tour, Command], Any]] = {
     "unet-search check-data": _run(),
     "unet-search plan": _run(),
     "unet-search search": _run(SEARCH_SHRINK),
-    "unet-search best": _run(),
-    "unet-search report": _run(),
-    "unet-search predict": _run(),
-    "mlflow ui": _ui,
-    "mlflow models serve": _serve,
+    "unet-search best": _at_once(_run()),
+    "unet-search report": _at_once(_run()),
+    "unet-search predict": _at_once(_run()),
+    "mlflow ui": _at_once(_ui),
+    "mlflow models serve": _at_once(_serve),
 }
 
 
@@ -144,9 +168,12 @@ HANDLERS: dict[str, Callable[[Tour, Command], Any]] = {
 def tour(tmp_path_factory: pytest.TempPathFactory) -> Tour:
     """Every command of the tour, in the README's order; a command no handler knows fails."""
     folder = checkout_like(tmp_path_factory.mktemp("tour") / "checkout")
-    result = Tour(folder, Shell(folder))
-    result.truth = _new_images(folder / NEW_IMAGES)
-    walk(block(README, "unet-search make-data"), HANDLERS, result, result.ran)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        result = Tour(folder, Shell(folder), pool=pool)
+        result.truth = _new_images(folder / NEW_IMAGES)
+        walk(block(README, "unet-search make-data"), HANDLERS, result, result.ran)
+        for results in result.ran.values():  # every command has ended, or failed here
+            results[:] = [resolved(r) for r in results]
     return result
 
 

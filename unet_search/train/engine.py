@@ -193,7 +193,8 @@ def train_one_epoch(
     for batch in _batches(loader, device, tc.channels_last):
         optimizer.zero_grad(set_to_none=True)
         with _autocast(device, tc.amp):
-            loss = loss_fn(model(batch["image"]), batch["mask"], batch.get("weights"))
+            truth = (batch["mask"], batch["weights"]) if "weights" in batch else (batch["mask"],)
+            loss = loss_fn(model(batch["image"]), *truth)
         if state.scaler is not None:
             state.scaler.scale(loss).backward()
             state.scaler.unscale_(optimizer)
