@@ -52,17 +52,29 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# mypy (~45 s on one core of this 2-core machine, most of it reading torch's, Ray's and
-# MLflow's types) runs beside pytest, whose tests leave the second core idle most of the
-# time; its output follows pytest's, and either failing fails the target.
+# The suite's tests leave the second of this machine's 2 cores idle most of the time (they
+# wait for the processes they start), so two things run beside the main pytest, their output
+# after its own, and any of the three failing fails the target: mypy (~45 s on one core,
+# most of it reading torch's, Ray's and MLflow's types) and the cluster walk
+# (tests/cli/test_cluster.py: its own Ray cluster, MLflow server and CLI processes, ~3 min;
+# it shares nothing with the other tests). `make test SIDE_TESTS=` runs everything in one
+# pytest; PYTEST_ARGS takes options (a path there runs beside SIDE_TESTS).
+SIDE_TESTS ?= tests/cli/test_cluster.py
 TYPES_LOG := .mypy_cache/make-test.log
+SIDE_LOG := .mypy_cache/make-test-side.log
 
 test: $(STAMP) $(CHROMIUM) lint
 	@mkdir -p .mypy_cache
-	$(BIN)/mypy > $(TYPES_LOG) 2>&1 & types=$$!; \
-	$(BIN)/pytest $(PYTEST_ARGS); tests=$$?; \
+	$(BIN)/mypy > $(TYPES_LOG) 2>&1 & types=$$!; side=; \
+	if [ -n "$(SIDE_TESTS)" ]; then \
+	  $(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS) $(SIDE_TESTS) > $(SIDE_LOG) 2>&1 & side=$$!; \
+	fi; \
+	$(BIN)/pytest $(PYTEST_ARGS) $(foreach t,$(SIDE_TESTS),--ignore=$(t)); tests=$$?; \
+	sided=0; if [ -n "$$side" ]; then wait $$side; sided=$$?; \
+	  echo "$(BIN)/pytest $(SIDE_TESTS)"; cat $(SIDE_LOG); fi; \
 	wait $$types; typed=$$?; echo "$(BIN)/mypy"; cat $(TYPES_LOG); \
-	[ $$tests = 0 ] && [ $$typed = 0 ]
+	[ $$tests = 0 ] && [ $$sided = 0 ] && [ $$typed = 0 ]
+
 
 clean:
 	rm -rf unet-search-runs .pytest_cache .mypy_cache .ruff_cache
