@@ -57,17 +57,20 @@ typecheck: $(STAMP)
 # after its own, and any of the three failing fails the target: mypy (~45 s on one core,
 # most of it reading torch's, Ray's and MLflow's types) and the cluster walk
 # (tests/cli/test_cluster.py: its own Ray cluster, MLflow server and CLI processes, ~3 min;
-# it shares nothing with the other tests). `make test SIDE_TESTS=` runs everything in one
-# pytest; PYTEST_ARGS takes options (a path there runs beside SIDE_TESTS).
+# it shares nothing with the other tests). Both at a lower priority (nice 10): they take the
+# CPU the main pytest leaves, not its own (at equal priority the tests that start processes
+# ran up to 3x slower beside them). `make test SIDE_TESTS=` runs everything in one pytest;
+# PYTEST_ARGS takes options (a path there runs beside SIDE_TESTS).
 SIDE_TESTS ?= tests/cli/test_cluster.py
 TYPES_LOG := .mypy_cache/make-test.log
 SIDE_LOG := .mypy_cache/make-test-side.log
 
 test: $(STAMP) $(CHROMIUM) lint
 	@mkdir -p .mypy_cache
-	$(BIN)/mypy > $(TYPES_LOG) 2>&1 & types=$$!; side=; \
+	nice -n 10 $(BIN)/mypy > $(TYPES_LOG) 2>&1 & types=$$!; side=; \
 	if [ -n "$(SIDE_TESTS)" ]; then \
-	  $(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS) $(SIDE_TESTS) > $(SIDE_LOG) 2>&1 & side=$$!; \
+	  nice -n 10 $(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS) $(SIDE_TESTS) > $(SIDE_LOG) 2>&1 & \
+	  side=$$!; \
 	fi; \
 	$(BIN)/pytest $(PYTEST_ARGS) $(foreach t,$(SIDE_TESTS),--ignore=$(t)); tests=$$?; \
 	sided=0; if [ -n "$$side" ]; then wait $$side; sided=$$?; \
