@@ -56,15 +56,14 @@ typecheck: $(STAMP)
 # wait for the processes they start), so two things run beside the main pytest, their output
 # after its own, and any of the three failing fails the target: mypy (~45 s on one core,
 # most of it reading torch's, Ray's and MLflow's types) and a second pytest of the tests
-# that run the console script in processes of their own, tests/cli/: the cluster walk
-# (test_cluster.py: its own Ray cluster and MLflow server, ~3 min), the README tour
-# (test_readme.py, ~1.5 min) and test_cli.py (each command a process, ~3 min; the side run
-# ends before the main one). They share no state with the other
+# that run the console script in processes of their own: the cluster walk
+# (tests/cli/test_cluster.py: its own Ray cluster and MLflow server, ~3 min) and
+# tests/cli/test_cli.py (each command a process, ~3 min). They share no state with the other
 # tests (a session fixture they use is made again there). Both at a lower priority (nice
 # 10): they take the CPU the main pytest leaves, not its own (at equal priority test_cli's
 # DDP test ran 2.2x slower beside the cluster walk). `make test SIDE_TESTS=` runs everything
 # in one pytest; PYTEST_ARGS takes options (a path there runs beside SIDE_TESTS).
-SIDE_TESTS ?= tests/cli/test_cluster.py tests/cli/test_cli.py tests/cli/test_readme.py
+SIDE_TESTS ?= tests/cli/test_cluster.py tests/cli/test_cli.py
 TYPES_LOG := .mypy_cache/make-test.log
 SIDE_LOG := .mypy_cache/make-test-side.log
 
