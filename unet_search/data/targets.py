@@ -26,6 +26,7 @@ Numpy and SciPy only (the data layer).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import numpy as np
 from scipy import ndimage
@@ -75,6 +76,18 @@ def boundary_map(instances: np.ndarray) -> np.ndarray:
     return out
 
 
+def _object_windows(labels: np.ndarray, margin: int) -> Iterator[tuple[int, tuple[slice, slice]]]:
+    """(label, window) of each object of (H, W) ``labels``: its bounding box grown by
+    ``margin`` pixels a side, within the image."""
+    for k, box in enumerate(ndimage.find_objects(labels.astype(np.int64)), start=1):
+        if box is not None:
+            rows, cols = (
+                slice(max(b.start - margin, 0), min(b.stop + margin, n))
+                for b, n in zip(box, labels.shape, strict=True)
+            )
+            yield k, (rows, cols)
+
+
 def distance_map(instances: np.ndarray, levels: int = DISTANCE_LEVELS) -> np.ndarray:
     """The ``distance`` target of (H, W) instance labels (0 background): (H, W) uint8, 0
     background, 1..``levels`` an object pixel's Euclidean distance to the nearest pixel of
@@ -82,13 +95,7 @@ def distance_map(instances: np.ndarray, levels: int = DISTANCE_LEVELS) -> np.nda
     largest in its object, in equal steps: 1 at the edge, ``levels`` at the centre."""
     labels = np.asarray(instances)
     out = np.zeros(labels.shape, np.uint8)
-    for k, box in enumerate(ndimage.find_objects(labels.astype(np.int64)), start=1):
-        if box is None:
-            continue
-        window = tuple(
-            slice(max(b.start - 1, 0), min(b.stop + 1, n))
-            for b, n in zip(box, labels.shape, strict=True)
-        )
+    for k, window in _object_windows(labels, 1):
         inside = labels[window] == k
         depth = ndimage.distance_transform_edt(inside)
         level = np.ceil(depth[inside] / depth.max() * levels).clip(1, levels)
@@ -128,16 +135,9 @@ def border_weights(labels: np.ndarray, w0: float, sigma: float = BORDER_SIGMA) -
     far = np.float32(2 * reach + 1)
     d1 = np.full(labels.shape, far, np.float32)
     d2 = np.full(labels.shape, far, np.float32)
-    for k, box in enumerate(ndimage.find_objects(labels.astype(np.int64)), start=1):
-        if box is None:
-            continue
-        rows, cols = (
-            slice(max(b.start - reach, 0), min(b.stop + reach, n))
-            for b, n in zip(box, labels.shape, strict=True)
-        )
-        window = labels[rows, cols]
-        dist = ndimage.distance_transform_edt(window != k).astype(np.float32)
-        near1, near2 = d1[rows, cols], d2[rows, cols]
+    for k, window in _object_windows(labels, reach):
+        dist = ndimage.distance_transform_edt(labels[window] != k).astype(np.float32)
+        near1, near2 = d1[window], d2[window]
         near2[...] = np.minimum(near2, np.maximum(near1, dist))
         near1[...] = np.minimum(near1, dist)
     return (w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))).astype(np.float32)
