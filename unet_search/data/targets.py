@@ -26,6 +26,7 @@ Numpy and SciPy only (the data layer).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -34,6 +35,7 @@ from scipy import ndimage
 from unet_search.data.dataset import DatasetArrays
 
 __all__ = [
+    "border_reach",
     "BORDER_SIGMA",
     "border_weights",
     "BOUNDARY",
@@ -122,6 +124,12 @@ def target_arrays(arrays: DatasetArrays, target: str) -> DatasetArrays:
     return dataclasses.replace(arrays, mask_pixels=np.concatenate([m.ravel() for m in maps]))
 
 
+def border_reach(sigma: float) -> int:
+    """Pixels from an object beyond which its border term is negligible: ``BORDER_REACH``
+    sigmas, rounded up."""
+    return math.ceil(BORDER_REACH * sigma)
+
+
 def border_weights(labels: np.ndarray, w0: float, sigma: float = BORDER_SIGMA) -> np.ndarray:
     """The original UNet's border term (Ronneberger et al. 2015, eq. 2) of (H, W) instance
     labels (0 the background): ``w0 * exp(-(d1 + d2)^2 / (2 sigma^2))``, float32, where d1 and
@@ -131,7 +139,7 @@ def border_weights(labels: np.ndarray, w0: float, sigma: float = BORDER_SIGMA) -
     (:func:`class_weights`). Each object is measured only within ``BORDER_REACH`` sigmas of
     it, where the term is not negligible."""
     labels = np.asarray(labels)
-    reach = int(np.ceil(BORDER_REACH * sigma))
+    reach = border_reach(sigma)
     far = np.float32(2 * reach + 1)
     d1 = np.full(labels.shape, far, np.float32)
     d2 = np.full(labels.shape, far, np.float32)

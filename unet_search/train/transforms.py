@@ -3,7 +3,6 @@ the data's own scale, or whole images resized to one square)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ from unet_search.core.sections import IGNORE, AugmentConfig
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.split import split_indices
 from unet_search.data.stats import image_histograms, moments
-from unet_search.data.targets import BORDER_REACH, BORDER_SIGMA, border_weights
+from unet_search.data.targets import BORDER_SIGMA, border_reach, border_weights
 
 NEAREST = cv2.INTER_NEAREST
 
@@ -305,6 +304,12 @@ class _EpochDataset(Dataset[dict[str, torch.Tensor]]):
         self.in_channels = in_channels
         self.pipeline, self.seed, self.epoch = pipeline, seed, 0
 
+    def _instances(self, i: int) -> np.ndarray:
+        """Image ``i``'s instance labels, which border weights are made from."""
+        labels = self.arrays.instances(i)
+        assert labels is not None, "border weights need instance labels"
+        return labels
+
     def set_epoch(self, epoch: int) -> None:
         """Called before each epoch (loader workers are started anew with the new value)."""
         self.epoch = epoch
@@ -334,9 +339,8 @@ class ResizeDataset(_EpochDataset):
         mask = _resize_mask(self.arrays.mask(i), square)
         weights = None
         if self.border is not None:  # made at the square the model sees
-            labels = self.arrays.instances(i)
-            assert labels is not None, "border weights need instance labels"
-            weights = self.border.of(_resize_mask(labels, square), mask, BORDER_SIGMA)
+            labels = _resize_mask(self._instances(i), square)
+            weights = self.border.of(labels, mask, BORDER_SIGMA)
         rng = item_rng(self.seed, self.epoch, item)
         image, mask, weights = _augment(self.pipeline, rng, image, mask, weights)
         return _sample(image, mask, self.normalization, self.in_channels, weights=weights)
@@ -437,10 +441,9 @@ class PatchDataset(_EpochDataset):
         from its labels within reach of the region (objects beyond weigh nothing there);
         sigma in the original image's pixels (``BORDER_SIGMA`` of the model's over ``scale``)."""
         assert self.border is not None
-        labels = self.arrays.instances(i)
-        assert labels is not None, "border weights need instance labels"
+        labels = self._instances(i)
         sigma = BORDER_SIGMA / self.scale
-        reach = math.ceil(BORDER_REACH * sigma)
+        reach = border_reach(sigma)
         (rh, rw), (t0, l0) = self.region, (max(top - reach, 0), max(left - reach, 0))
         window = (slice(t0, top + rh + reach), slice(l0, left + rw + reach))
         region = (slice(top - t0, top - t0 + rh), slice(left - l0, left - l0 + rw))
