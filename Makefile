@@ -58,12 +58,14 @@ typecheck: $(STAMP)
 # most of it reading torch's, Ray's and MLflow's types) and a second pytest of the tests
 # that run the console script in processes of their own: the cluster walk
 # (tests/cli/test_cluster.py: its own Ray cluster and MLflow server, ~3 min) and
-# tests/cli/test_cli.py (each command a process, ~3 min). They share no state with the other
+# tests/cli/test_cli.py (each command a process, ~3 min), and the ONNX exports of every
+# architecture family (tests/serve/test_onnx.py, ~50 s of torch.export; the side run
+# finished ~4.5 min before the main one without it). They share no state with the other
 # tests (a session fixture they use is made again there). Both at a lower priority (nice
 # 10): they take the CPU the main pytest leaves, not its own (at equal priority test_cli's
 # DDP test ran 2.2x slower beside the cluster walk). `make test SIDE_TESTS=` runs everything
 # in one pytest; PYTEST_ARGS takes options (a path there runs beside SIDE_TESTS).
-SIDE_TESTS ?= tests/cli/test_cluster.py tests/cli/test_cli.py
+SIDE_TESTS ?= tests/cli/test_cluster.py tests/cli/test_cli.py tests/serve/test_onnx.py
 TYPES_LOG := .mypy_cache/make-test.log
 SIDE_LOG := .mypy_cache/make-test-side.log
 

@@ -204,7 +204,10 @@ def watched_search(ray_local: None, tmp_path_factory: pytest.TempPathFactory) ->
                     "dice_weight": {"type": "uniform", "low": 0.0, "high": 1.0},
                     "lr": {"type": "loguniform", "low": 1.0e-3, "high": 1.0e-2},
                 },
-                "search": {"num_samples": 4, "seed": 2, "scheduler": {"type": "fifo"}},
+                "search": {
+                    **{"num_samples": 4, "seed": 2, "scheduler": {"type": "fifo"}},
+                    "onnx": False,
+                },
             }
         )
     )
@@ -288,6 +291,7 @@ def asha_space(name: str, scheduler: str) -> dict:
             "max_concurrent_trials": 1,
             "scheduler": {"type": scheduler, "grace_period": 2, "reduction_factor": 2},
             "default_trial": False,  # the draws above are TPE's
+            "onnx": False,
         },
     }
 

@@ -51,7 +51,7 @@ def assert_user_error(proc: subprocess.CompletedProcess[str], fragment: str) -> 
 
 @pytest.mark.parametrize(
     "command",
-    ["make-data", "check-data", "plan", "train", "models", "search", "best", "predict"],
+    ["make-data", "check-data", "plan", "train", "models", "search", "best", "predict", "export"],
 )
 def test_every_subcommand_has_help_with_an_example(command: str, tmp_path: Path) -> None:
     proc = run(command, "--help", home=tmp_path)

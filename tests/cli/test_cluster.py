@@ -36,6 +36,7 @@ SHRINK = [
     *("--set", "val_fraction=0.25", "--set", "dsb_every=0"),
     # a shrunk search: no compute budget, and a champion whatever Otsu scores
     *("--set", "search.compute=null", "--set", "search.champion_must_beat_otsu=false"),
+    *("--set", "search.onnx=false"),
 ]
 STATE_PLACEHOLDER = "/tmp/us-cluster"  # cluster/README.md's state folder
 
@@ -241,7 +242,10 @@ def _started_by_the_fixture(walk: Walk, command: readme.Command) -> None:
 # The submitted search: one trial of 2 epochs, a DDP run of 2 workers of 1 CPU, so on both
 # nodes (1 CPU each) whatever the timing (single-worker trials may all reuse one node's
 # process when they run one after another); `ray job submit`'s: one trial of 1 epoch.
-FIFO = ("--set", "search.scheduler.type=fifo", "--set", "search.scheduler.grace_period=1")
+FIFO = (
+    *("--set", "search.scheduler.type=fifo", "--set", "search.scheduler.grace_period=1"),
+    *("--set", "search.onnx=false"),
+)
 FULL = (
     *("--set", "epochs=2", "--set", "search.num_samples=1", "--set", "search.baseline=none"),
     *("--set", "num_workers=2", *FIFO),
@@ -452,6 +456,7 @@ def _kill_in_the_final_fit(
         "search.scheduler.grace_period=1",
         "search.compute={epochs: 4}",
         "search.final_fit=0.5",
+        "search.onnx=false",
     ]
     quick = ROOT / "search_spaces" / "quick.yaml"
     try:

@@ -159,6 +159,7 @@ HANDLERS: dict[str, Callable[[Tour, Command], Any]] = {
     "unet-search best": _at_once(_run()),
     "unet-search report": _at_once(_run()),
     "unet-search predict": _at_once(_run()),
+    "unet-search export": _at_once(_run()),
     "mlflow ui": _at_once(_ui),
     "mlflow models serve": _at_once(_serve),
 }
@@ -242,7 +243,7 @@ def test_the_champion_segments_new_images_the_same_everywhere(tour: Tour) -> Non
     # quality through `predict` is measured where training is long enough, not here.)
     assert all(masks[k].shape == tour.truth[k].shape for k in masks)
     # The second predict: instance labels (16-bit) inside the masks, one CSV row per object.
-    (_, objects_run) = tour.ran["unet-search predict"]
+    (_, objects_run, onnx_run) = tour.ran["unet-search predict"]
     assert "instance label image(s)" in objects_run.stdout
     rows = list(csv.DictReader((tour.folder / "objects.csv").open()))
     for name, mask in masks.items():
@@ -250,6 +251,18 @@ def test_the_champion_segments_new_images_the_same_everywhere(tour: Tour) -> Non
         assert labels.shape == mask.shape and not (labels[~mask] > 0).any()
         ids = sorted(set(np.unique(labels)) - {0})
         assert [int(r["id"]) for r in rows if r["image"] == name] == ids
+    # The ONNX export registered with the champion: the file `export` writes, and
+    # onnxruntime's masks of the new images, the masks PyTorch gave.
+    assert "masks-onnx" in onnx_run.stdout
+    for name, mask in masks.items():
+        onnx_mask = np.asarray(Image.open(tour.folder / "masks-onnx" / f"{name}.png")) > 0
+        assert (onnx_mask == mask).mean() >= 0.999, name
+    import onnx
+
+    exported = onnx.load(str(tour.folder / "champion.onnx"))
+    assert [i.name for i in exported.graph.input] == ["image"]
+    sidecar = json.loads((tour.folder / "champion.preprocessing.json").read_text())
+    assert sidecar["onnx"]["size"] is None and sidecar["input_mode"] == "patch"
     served = tour.first("mlflow models serve")
     expected = [masks[k] for k in sorted(masks)]
     assert len(served) == len(expected)

@@ -72,6 +72,7 @@ def test_a_trial_that_raises_is_failed_everywhere_and_the_search_goes_on(
                     "scheduler": {"type": "fifo"},
                     "default_trial": False,  # TPE's draws, some of them failing
                     "champion_must_beat_otsu": False,
+                    "onnx": False,
                 },
             }
         )

@@ -246,6 +246,24 @@ def test_end_to_end_search_registers_a_champion_that_scores_its_numbers(
         for name in split["test"]
     ]
     assert float(np.mean(predicted)) == pytest.approx(test_dice, abs=1e-3)
+    # Its ONNX export (search.onnx, on by default), checked at registration on a validation
+    # image: MLflow's onnx flavor reads it, and onnxruntime predicts the test images as
+    # PyTorch does (the ASPP bottleneck: a graph of the model's tile).
+    import mlflow.onnx
+
+    assert version.tags["unet_search.onnx"] == "true"
+    assert 0.0 <= float(version.tags["unet_search.onnx_max_logit_diff"]) < 1e-3
+    where = client.get_model_version_download_uri("unet-e2e", version.version)
+    proto = mlflow.onnx.load_model(where)
+    assert {o.domain: o.version for o in proto.opset_import}[""] >= 17
+    assert [i.name for i in proto.graph.input] == ["image"]
+    model_uri = "models:/unet-e2e@champion"
+    onnx_args = ["--runtime", "onnx", "--output", str(tmp_path / "onnx_masks")]
+    assert main(["predict", "--model", model_uri, "--input", str(images), *onnx_args]) == 0
+    for name in split["test"]:
+        torch_mask = np.asarray(Image.open(tmp_path / "test_masks" / f"{name}.png"))
+        onnx_mask = np.asarray(Image.open(tmp_path / "onnx_masks" / f"{name}.png"))
+        assert (torch_mask == onnx_mask).mean() >= 0.999, name
     # Its instances too: the DSB score and AP50 on the version are those of the label images
     # `predict --output-kind instances` writes, decoded as the best run chose on its
     # validation images (logged with it).
@@ -394,6 +412,7 @@ def test_a_worse_search_registers_a_challenger_and_keeps_the_champion(
             "baseline": "none",
             "scheduler": {"type": "fifo"},
             "champion_must_beat_otsu": False,  # the gate between two searches is tested
+            "onnx": False,  # ONNX at registration: the end-to-end test's
         },
     }
     good = _search(
@@ -436,6 +455,7 @@ def test_every_shipped_space_starts(
         # what each space draws, and its champion, are checked, not the default or Otsu
         "search.default_trial=false",
         "search.champion_must_beat_otsu=false",
+        "search.onnx=false",
     ]
     # One trial each: seed_baseline's is the baseline; the others' a sampled one (the
     # baseline trains in seed_baseline's search and in the other tests).
@@ -523,7 +543,10 @@ def test_three_classes_end_to_end_train_search_register_predict(
                 "model_name": "unet-three",
                 "fixed": fixed,
                 "params": {"loss": {"type": "choice", "values": ["bce", "mix"]}},
-                "search": {"num_samples": 2, "seed": 0, "scheduler": {"type": "fifo"}},
+                "search": {
+                    **{"num_samples": 2, "seed": 0, "scheduler": {"type": "fifo"}},
+                    "onnx": False,
+                },
             }
         )
     )
@@ -597,6 +620,7 @@ def _asha_small(name: str, num_samples: int, **search: object) -> dict:
             "num_samples": num_samples,
             "seed": 4,
             "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+            "onnx": False,
             **search,
         },
     }
@@ -649,6 +673,7 @@ def test_a_search_for_instances_ranks_by_ap50_and_registers_what_predict_scores(
         "search": {
             **{"num_samples": 2, "metric": "val_ap50", "seed": 1, "baseline": "none"},
             "scheduler": {"type": "fifo"},
+            "onnx": False,
         },
     }
     out = _search(tmp_path, search_data, workdir, raw)

@@ -56,6 +56,7 @@ def _space(tmp_path: Path, name: str, epochs: int = EPOCHS) -> Path:
                     "seed": 1,
                     "scheduler": {"type": "fifo"},
                     "champion_must_beat_otsu": False,  # a champion after the outage
+                    "onnx": False,
                 },
             }
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 from unet_search.cli.commands import (
     cmd_best,
     cmd_check_data,
+    cmd_export,
     cmd_jobs,
     cmd_make_data,
     cmd_models,
@@ -52,6 +53,9 @@ EXAMPLES = {
     "predict": (
         "example: unet-search predict --model models:/unet-quick@champion "
         "--input data/new_images --output masks/"
+    ),
+    "export": (
+        "example: unet-search export models:/unet-quick@champion --format onnx --out model.onnx"
     ),
 }
 
@@ -222,6 +226,27 @@ def _predict_args(p: Parser) -> None:
         help="test-time flips: average the logits of the image and its mirror images "
         "(default: as the model was validated)",
     )
+    p.add_argument(
+        "--runtime",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="what runs the network: torch (default) or onnx (onnxruntime on the model's "
+        "ONNX file, through the same tiles, TTA and decoding)",
+    )
+
+
+def _export_args(p: Parser) -> None:
+    p.add_argument(
+        "model", help="models:/NAME@champion, models:/NAME/VERSION, runs:/..., or a dir"
+    )
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (the only one)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE.onnx",
+        help="the ONNX file; its preprocessing goes to FILE.preprocessing.json beside it",
+    )
 
 
 def _no_args(p: Parser) -> None:
@@ -275,6 +300,11 @@ SUBCOMMANDS: dict[
         "write one mask PNG per input image with a registered model",
         _predict_args,
         cmd_predict,
+    ),
+    "export": (
+        "write a model as ONNX (and its preprocessing as JSON) for apps without Python",
+        _export_args,
+        cmd_export,
     ),
 }
 

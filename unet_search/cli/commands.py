@@ -18,6 +18,7 @@ from unet_search.core.errors import UserError
 __all__ = [
     "cmd_make_data",
     "cmd_check_data",
+    "cmd_export",
     "cmd_train",
     "cmd_plan",
     "cmd_models",
@@ -443,7 +444,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible to this process.")
-    predictor = load_model(args.model, device=device, tta=args.tta)
+    predictor = load_model(args.model, device=device, tta=args.tta, runtime=args.runtime)
     kind, objects_csv = args.output_kind, args.objects
     if (kind == "instances" or objects_csv) and predictor.pre.num_classes > 2:
         what = "--output-kind instances" if kind == "instances" else "--objects"
@@ -474,4 +475,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if objects_csv:
         count = write_objects(objects_csv, rows)
         print(f"wrote {count} object(s) of {len(files)} image(s) to {objects_csv}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from unet_search.serve.onnx import export_model
+
+    onnx_file, json_file = export_model(args.model, args.out)
+    print(f"wrote {onnx_file} (ONNX) and {json_file} (its preprocessing)")
     return 0

@@ -36,4 +36,9 @@ TAG_METRIC = "unet_search.metric"
 TAG_VALUE = "unet_search.metric_value"
 TAG_MODE = "unet_search.mode"
 TAG_RUN_ID = "unet_search.run_id"  # the best trial's run
+# true: onnx/model.onnx is in the model, checked against PyTorch; off: search.onnx false;
+# failed: it could not be exported (TAG_ONNX_ERROR says why; the pyfunc is registered)
+TAG_ONNX = "unet_search.onnx"
+TAG_ONNX_ERROR = "unet_search.onnx_error"
+TAG_ONNX_DIFF = "unet_search.onnx_max_logit_diff"  # on a validation image, whole
 # ... and unet_search.<score> for each held-out test score (unet_search.test_dice, ...)

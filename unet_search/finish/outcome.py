@@ -12,12 +12,16 @@ from pathlib import Path
 import optuna
 import torch
 
+from unet_search.core.errors import UserError
 from unet_search.core.tags import (
     TAG_BEST_RUN,
     TAG_BEST_TRIAL,
     TAG_CODE_VERSION,
     TAG_DATA,
     TAG_FINGERPRINT,
+    TAG_ONNX,
+    TAG_ONNX_DIFF,
+    TAG_ONNX_ERROR,
     TAG_RUN_ID,
     TAG_SEARCH_ID,
     TAG_SPLIT,
@@ -30,12 +34,14 @@ from unet_search.search.final import FinalPlan
 from unet_search.search.outcome import TrialSummary
 from unet_search.serve.export import log_and_register
 from unet_search.serve.inference import Predictor, find_model_dir, score_images
+from unet_search.serve.onnx import ONNX_DIR, export_onnx
 from unet_search.tracking.client import download_artifacts, log_artifacts, log_metrics, set_tags
 from unet_search.tracking.registry import Registration
 
 __all__ = [
     "download_best_model",
     "log_summary",
+    "onnx_export",
     "otsu_veto",
     "register_best",
     "SearchOutcome",
@@ -145,12 +151,48 @@ def test_scores(ctx: SearchContext, model: Path, arrays: DatasetArrays) -> dict[
     return {**scores, "test_images": float(len(test))}
 
 
+def onnx_export(
+    ctx: SearchContext, model: Path, arrays: DatasetArrays, tmp: Path
+) -> tuple[Path | None, dict[str, str]]:
+    """The kept model's ONNX export (``search.onnx``), checked against PyTorch on its first
+    validation image predicted whole, and the version's tags that say how it went. A model
+    that cannot be exported is still registered (the pyfunc), the reason tagged and said."""
+    if not ctx.spec.settings.onnx:
+        return None, {TAG_ONNX: "off"}
+    val = split_indices(len(arrays), ctx.spec.base_config().data).val
+    out = tmp / ONNX_DIR
+    try:
+        what = f"search {ctx.search_id}'s model"
+        diff = export_onnx(find_model_dir(model), out, arrays.image(int(val[0])), what)
+    except UserError as err:
+        print(f"{err} It is registered without ONNX.", flush=True)
+        return None, {TAG_ONNX: "failed", TAG_ONNX_ERROR: str(err)[:4000]}
+    return out, {TAG_ONNX: "true", TAG_ONNX_DIFF: repr(diff)}
+
+
 def register_best(
     ctx: SearchContext,
     best: TrialSummary,
     model_name: str,
     model: Path,
     test: dict[str, float],
+    arrays: DatasetArrays,
+) -> Registration:
+    """Register the kept ``model`` (with its ONNX export) behind the champion gate."""
+    assert best.run_id is not None and best.value is not None
+    with tempfile.TemporaryDirectory(prefix="unet-search-onnx-") as tmp:
+        onnx_dir, onnx_tags = onnx_export(ctx, model, arrays, Path(tmp))
+        return _register(ctx, best, model_name, model, test, onnx_dir, onnx_tags)
+
+
+def _register(
+    ctx: SearchContext,
+    best: TrialSummary,
+    model_name: str,
+    model: Path,
+    test: dict[str, float],
+    onnx_dir: Path | None,
+    onnx_tags: dict[str, str],
 ) -> Registration:
     assert best.run_id is not None and best.value is not None
     return log_and_register(
@@ -169,7 +211,9 @@ def register_best(
             TAG_TRIAL_ID: best.trial_id,
             TAG_RUN_ID: best.run_id,
             TAG_CODE_VERSION: ctx.code_version,
+            **onnx_tags,
         },
         test=test,
         veto=otsu_veto(ctx, best),
+        onnx_dir=onnx_dir,
     )

@@ -120,7 +120,7 @@ def _register(
         test = test_scores(ctx, model, arrays) if model else {}
         log_summary(ctx, explored.everything, best, explored.baseline, test, explored.compute)
         registration = (
-            register_best(ctx, best, model_name, model, test) if best and model else None
+            register_best(ctx, best, model_name, model, test, arrays) if best and model else None
         )
     if registration:
         set_tags(

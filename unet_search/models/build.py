@@ -47,6 +47,7 @@ __all__ = [
     "preset_parameter_count",
     "save_model_dir",
     "load_model_dir",
+    "read_model_meta",
 ]
 
 
@@ -325,9 +326,15 @@ def save_model_dir(
     (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
+def read_model_meta(path: Path) -> dict[str, Any]:
+    """The build config and preprocessing a model folder was saved with."""
+    meta: dict[str, Any] = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    return meta
+
+
 def load_model_dir(path: Path) -> tuple[SegmentationModel, dict[str, Any]]:
     """Load a model saved by :func:`save_model_dir` (no pickle: JSON + safetensors)."""
-    meta = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    meta = read_model_meta(path)
     model = build_model(ModelConfig(**meta["model"]), int(meta["num_classes"]))
     model.load_state_dict(load_file(str(path / MODEL_FILE)))
     return model.eval(), meta

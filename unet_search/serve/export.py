@@ -16,6 +16,7 @@ from unet_search.core.tags import (
     TAG_MODE,
     TAG_VALUE,
 )
+from unet_search.serve.onnx import ONNX_DIR, ONNX_FILE
 from unet_search.tracking.models import PyfuncModel, log_and_register_pyfunc
 from unet_search.tracking.registry import Registration
 
@@ -29,7 +30,8 @@ PACKAGE_DIR = Path(__file__).parents[1]  # the whole package, logged as the mode
 
 DISTRIBUTION = "unet-search"
 # What only a search, a report or the cluster needs: a served model never imports them.
-NOT_SERVED = frozenset({"ray", "optuna", "matplotlib"})
+# The ONNX tools export at registration; the served pyfunc runs PyTorch.
+NOT_SERVED = frozenset({"ray", "optuna", "matplotlib", "onnx", "onnxruntime", "onnxscript"})
 
 
 def requirements() -> tuple[str, ...]:
@@ -46,10 +48,13 @@ def requirements() -> tuple[str, ...]:
     return tuple(out)
 
 
-def pyfunc_model(model_dir: Path) -> PyfuncModel:
+def pyfunc_model(model_dir: Path, onnx_dir: Path | None = None) -> PyfuncModel:
     """The pyfunc of a trained model's folder: (N, H, W, 3) uint8 images in, (N, H, W) uint8
     masks out, any batch size, height and width; with the parameter ``instances`` true,
-    (N, H, W) int32 instance labels instead (binary models)."""
+    (N, H, W) int32 instance labels instead (binary models). ``onnx_dir``: its ONNX export
+    (:func:`unet_search.serve.onnx.export_onnx`), logged as the model's ``onnx/`` folder
+    and flavor."""
+    onnx = () if onnx_dir is None else ((ONNX_DIR, onnx_dir),)
     return PyfuncModel(
         python_model=PYFUNC_FILE,
         artifacts={"model_dir": model_dir},
@@ -58,6 +63,8 @@ def pyfunc_model(model_dir: Path) -> PyfuncModel:
         inputs=("uint8", (-1, -1, -1, 3)),
         outputs=("uint8", (-1, -1, -1)),
         params=(("instances", "boolean", False),),
+        folders=onnx,
+        onnx=f"{ONNX_DIR}/{ONNX_FILE}" if onnx_dir is not None else None,
     )
 
 
@@ -72,10 +79,12 @@ def log_and_register(
     tags: dict[str, str],
     test: Mapping[str, float] | None = None,
     veto: str | None = None,
+    onnx_dir: Path | None = None,
 ) -> Registration:
-    """Log ``model_dir`` as a pyfunc model in run ``run_id``, register it as ``name`` (tagged
-    with ``tags``, the metric, its value and mode, and the ``test`` scores as
-    ``unet_search.<key>``) and promote it (``veto``: why it must not be champion)."""
+    """Log ``model_dir`` as a pyfunc model in run ``run_id`` (with its ONNX export in
+    ``onnx_dir``), register it as ``name`` (tagged with ``tags``, the metric, its value and
+    mode, and the ``test`` scores as ``unet_search.<key>``) and promote it (``veto``: why it
+    must not be champion)."""
     all_tags = {
         **tags,
         **{TAG_PREFIX + key: repr(float(v)) for key, v in (test or {}).items()},
@@ -84,5 +93,5 @@ def log_and_register(
         TAG_MODE: mode,
     }
     return log_and_register_pyfunc(
-        tracking_uri, run_id, pyfunc_model(model_dir), name, all_tags, veto
+        tracking_uri, run_id, pyfunc_model(model_dir, onnx_dir), name, all_tags, veto
     )

@@ -17,12 +17,29 @@ import torch
 from unet_search.core.errors import UserError
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.decode import read_image
-from unet_search.models.build import CONFIG_FILE, load_model_dir
+from unet_search.models.build import CONFIG_FILE, load_model_dir, read_model_meta
 from unet_search.train.instances import decode_instances, foreground_labels
 from unet_search.train.metrics import otsu_dice, score_masks
-from unet_search.train.sliding import RESIZE_BATCH, Preprocessing, predict_logits_many
+from unet_search.train.sliding import (
+    RESIZE_BATCH,
+    Network,
+    Preprocessing,
+    predict_logits_many,
+)
 
-__all__ = ["ImageLike", "Predictor", "find_model_dir", "load_model", "score_images"]
+__all__ = [
+    "ImageLike",
+    "Predictor",
+    "RUNTIMES",
+    "find_model_dir",
+    "load_model",
+    "resolve_model",
+    "score_images",
+]
+
+# What runs the network: PyTorch, or onnxruntime on the model's ONNX export
+# (:mod:`unet_search.serve.onnx`); everything around it (tiles, TTA, decoding) is the same.
+RUNTIMES = ("torch", "onnx")
 
 ImageLike = np.ndarray | str | Path
 
@@ -53,23 +70,48 @@ class Predictor:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Network,
         meta: dict[str, Any],
         device: str | torch.device = "cpu",
         tta: str | None = None,
+        keep: object = None,
     ) -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        if isinstance(model, torch.nn.Module):
+            model = model.to(self.device)
+        model.eval()
+        self.model = model
         self.meta = meta
+        self._keep = keep  # what the model needs alive (a temporary ONNX export)
         self.pre = Preprocessing.from_dict(meta["preprocessing"], int(meta["num_classes"]))
         self.plan = self.pre.plan if tta is None else replace(self.pre.plan, tta=tta)
 
     @classmethod
     def from_dir(
-        cls, path: Path, device: str | torch.device = "cpu", tta: str | None = None
+        cls,
+        path: Path,
+        device: str | torch.device = "cpu",
+        tta: str | None = None,
+        runtime: str = "torch",
+        onnx_dir: Path | None = None,
     ) -> Predictor:
-        model, meta = load_model_dir(Path(path))
-        return cls(model, meta, device, tta)
+        """The model saved in folder ``path``, run by ``runtime``: ``onnx`` runs its ONNX
+        files in ``onnx_dir`` (else ``path/onnx``; a model without them is exported to a
+        temporary folder first)."""
+        path = Path(path)
+        if runtime == "torch":
+            model, meta = load_model_dir(path)
+            return cls(model, meta, device, tta)
+        if runtime != "onnx":
+            raise UserError(f"runtime must be one of {list(RUNTIMES)}, but got {runtime!r}.")
+        from unet_search.serve.onnx import OnnxNetwork, TemporaryOnnx, find_onnx
+
+        keep = None
+        onnx_dir = onnx_dir or find_onnx(path, path)
+        if onnx_dir is None:
+            keep = TemporaryOnnx(path)
+            onnx_dir = keep.path
+        return cls(OnnxNetwork(onnx_dir, device), read_model_meta(path), device, tta, keep)
 
     @torch.no_grad()
     def predict_logits(self, images: Sequence[ImageLike]) -> list[torch.Tensor]:
@@ -161,17 +203,10 @@ def find_model_dir(root: Path) -> Path:
     return found[0].parent
 
 
-def load_model(
-    uri: str | Path,
-    device: str = "cpu",
-    tracking_uri: str | None = None,
-    tta: str | None = None,
-) -> Predictor:
-    """Load a predictor from ``models:/NAME@alias``, ``models:/NAME/VERSION``, ``runs:/...``
-    or a local directory. Registry and run URIs resolve in ``tracking_uri``, else
-    ``$MLFLOW_TRACKING_URI``, else the work dir's store, where ``unet-search search``
-    registered its models (as every other command reads it). ``tta`` (``none`` | ``flips``)
-    overrides the test-time augmentation the model was validated with."""
+def resolve_model(uri: str | Path, tracking_uri: str | None = None) -> tuple[Path, Path]:
+    """(the MLflow model or folder, the unet-search model folder in it) of ``uri``: a
+    ``models:/`` or ``runs:/`` URI (downloaded; resolved as :func:`load_model` says) or a
+    local folder."""
     path = Path(str(uri))
     if not path.exists():
         from unet_search.tracking.registry import download_model
@@ -182,4 +217,27 @@ def load_model(
 
             tracking_uri = resolve_tracking_uri(work_dir(), create=False)
         path = download_model(str(uri), tracking_uri)
-    return Predictor.from_dir(find_model_dir(path), device, tta)
+    return path, find_model_dir(path)
+
+
+def load_model(
+    uri: str | Path,
+    device: str = "cpu",
+    tracking_uri: str | None = None,
+    tta: str | None = None,
+    runtime: str = "torch",
+) -> Predictor:
+    """Load a predictor from ``models:/NAME@alias``, ``models:/NAME/VERSION``, ``runs:/...``
+    or a local directory. Registry and run URIs resolve in ``tracking_uri``, else
+    ``$MLFLOW_TRACKING_URI``, else the work dir's store, where ``unet-search search``
+    registered its models (as every other command reads it). ``tta`` (``none`` | ``flips``)
+    overrides the test-time augmentation the model was validated with. ``runtime``
+    (``torch`` | ``onnx``): what runs the network; ``onnx`` runs the model's ONNX file
+    (``onnx/model.onnx`` of a registered version; a model without one is exported first) in
+    onnxruntime, through the same tiles, TTA and decoding."""
+    root, model_dir = resolve_model(uri, tracking_uri)
+    if runtime != "onnx":
+        return Predictor.from_dir(model_dir, device, tta, runtime)
+    from unet_search.serve.onnx import find_onnx
+
+    return Predictor.from_dir(model_dir, device, tta, runtime, find_onnx(root, model_dir))

@@ -100,6 +100,9 @@ class SearchSettings(Frozen):
     default_trial: bool = True  # the planned default configuration is a candidate (trial 1)
     # On a binary val_dice search a model below Otsu's validation Dice is only a challenger.
     champion_must_beat_otsu: bool = True
+    # The registered model carries its ONNX export (onnx/), checked against PyTorch on a
+    # validation image (unet_search.serve.onnx): a few seconds at registration.
+    onnx: bool = True
 
     @model_validator(mode="before")
     @classmethod

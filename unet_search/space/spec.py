@@ -34,6 +34,7 @@ Schema (unknown keys are errors)::
       final_fit_start: kept          # kept: from the best trial's kept weights | scratch
       default_trial: true            # the planned default configuration is trial 1
       champion_must_beat_otsu: true  # a val_dice below Otsu's is registered as challenger
+      onnx: true                     # register onnx/model.onnx with the model, checked
 
 `auto` (in ``fixed``: scale, patch_size, depth, batch_size, patches_per_epoch, normalization;
 and as ``low`` / ``high`` of an int ``depth``) is filled from the dataset's plan

@@ -4,12 +4,15 @@ shapes) is :mod:`unet_search.serve.export`'s: this module only makes the MLflow 
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow.models import Model
 from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
@@ -25,7 +28,10 @@ class PyfuncModel:
     ``artifacts``, the ``code_paths`` shipped with it, its pinned ``requirements``, and its
     input and output tensors (dtype, shape; -1 for any size: MLflow 3 fixes H and W to the
     input example's otherwise) and its inference parameters (name, MLflow type, default: a
-    parameter outside the signature is dropped by MLflow with a warning)."""
+    parameter outside the signature is dropped by MLflow with a warning). ``folders`` are
+    copied into the model folder as they are (name -> source); ``onnx``, the model-relative
+    path of an ONNX file among them, adds MLflow's ``onnx`` flavor, so that
+    ``mlflow.onnx.load_model`` reads it."""
 
     python_model: Path
     artifacts: Mapping[str, Path]
@@ -34,6 +40,8 @@ class PyfuncModel:
     inputs: tuple[str, tuple[int, ...]]
     outputs: tuple[str, tuple[int, ...]]
     params: tuple[tuple[str, str, object], ...] = ()
+    folders: tuple[tuple[str, Path], ...] = ()
+    onnx: str | None = None
 
     @property
     def signature(self) -> ModelSignature:
@@ -52,7 +60,7 @@ class PyfuncModel:
         size = [1 if i == 0 else (32 if s == -1 else s) for i, s in enumerate(shape)]
         return np.zeros(size, dtype)
 
-    def _kwargs(self) -> dict[str, object]:
+    def _kwargs(self) -> dict[str, Any]:
         return {
             "python_model": str(self.python_model),
             "artifacts": {k: str(v) for k, v in self.artifacts.items()},
@@ -62,9 +70,36 @@ class PyfuncModel:
         }
 
 
+class _PyfuncWithFolders:
+    """The flavor module ``Model.log`` saves with: ``mlflow.pyfunc``'s ``save_model``, then
+    the model's folders copied in and, with an ONNX file, the ``onnx`` flavor added."""
+
+    __name__ = "mlflow.pyfunc"
+
+    def __init__(self, model: PyfuncModel) -> None:
+        self.model = model
+
+    def save_model(self, path: str, mlflow_model: Model | None = None, **kwargs: Any) -> None:
+        mlflow_model = mlflow_model or Model()
+        mlflow.pyfunc.save_model(path, mlflow_model=mlflow_model, **kwargs)
+        for name, source in self.model.folders:
+            shutil.copytree(source, Path(path) / name)
+        if self.model.onnx is not None:
+            import onnx
+
+            mlflow_model.add_flavor(
+                "onnx",
+                onnx_version=onnx.__version__,
+                data=self.model.onnx,
+                providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+                code=None,
+            )
+            mlflow_model.save(str(Path(path) / "MLmodel"))
+
+
 def save_pyfunc(model: PyfuncModel, path: Path) -> None:
     """``model`` saved as an MLflow model folder at ``path`` (no run, no registry)."""
-    mlflow.pyfunc.save_model(str(path), **model._kwargs())
+    _PyfuncWithFolders(model).save_model(str(path), **model._kwargs())
 
 
 def log_and_register_pyfunc(
@@ -81,8 +116,13 @@ def log_and_register_pyfunc(
     # sets the run's final status afterwards).
     with fluent_tracking_uri(tracking_uri):
         with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model", input_example=model.example, **model._kwargs()
+            info = Model.log(
+                artifact_path=None,
+                name="model",
+                flavor=_PyfuncWithFolders(model),
+                flavor_name="pyfunc.ModelFromCode",  # as mlflow.pyfunc.log_model names it
+                input_example=model.example,
+                **model._kwargs(),
             )
         version = mlflow.register_model(info.model_uri, name, tags=dict(tags))
     return promote(MlflowClient(tracking_uri), name, str(version.version), veto)

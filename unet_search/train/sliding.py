@@ -24,12 +24,11 @@ import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from unet_search.core.config import RunConfig
 from unet_search.core.sections import RESIZE_DEFAULT
@@ -46,6 +45,7 @@ from unet_search.train.transforms import (
 __all__ = [
     "gaussian_weights",
     "model_input",
+    "Network",
     "plan_of",
     "plan_of_preprocessing",
     "Preprocessing",
@@ -60,6 +60,15 @@ __all__ = [
 # The four mirror images of a 2-D image: the flips form a group, so averaging over it makes
 # the prediction exactly equivariant (a flipped input gives the flipped output).
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
+class Network(Protocol):
+    """What predicts tiles: a PyTorch module, or onnxruntime's stand-in for one
+    (:class:`unet_search.serve.onnx.OnnxNetwork`)."""
+
+    def __call__(self, x: torch.Tensor, /) -> torch.Tensor: ...
+
+    def eval(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -212,7 +221,7 @@ def _sliding(
 
 
 def _overlap_tile(
-    net: nn.Module, depth: int, image: torch.Tensor, tile: tuple[int, int], batch_size: int
+    net: Network, depth: int, image: torch.Tensor, tile: tuple[int, int], batch_size: int
 ) -> torch.Tensor:
     """Overlap-tile for an unpadded UNet: output tiles of ``tile`` cover the image exactly;
     each input window is the tile plus the network's margin of real (or, at the image's
@@ -239,7 +248,7 @@ def _overlap_tile(
     return out[:, :h, :w]
 
 
-def _once(model: nn.Module, image: torch.Tensor, plan: PredictPlan) -> torch.Tensor:
+def _once(model: Network, image: torch.Tensor, plan: PredictPlan) -> torch.Tensor:
     if plan.input_mode == "resize":
         return model(image[None]).float()[0]  # already the training square
     net, depth = getattr(model, "net", None), getattr(model, "depth", 0)
@@ -285,7 +294,7 @@ def _at_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module,
+    model: Network,
     image: np.ndarray,
     plan: PredictPlan,
     normalization: Normalization | str,
@@ -306,7 +315,7 @@ RESIZE_BATCH = 16  # resize mode: squares predicted together
 
 @torch.no_grad()
 def predict_logits_many(
-    model: nn.Module,
+    model: Network,
     images: Sequence[np.ndarray],
     plan: PredictPlan,
     normalization: Normalization | str,

@@ -1,0 +1,154 @@
+"""ONNX: every architecture family exports, onnxruntime predicts through the same tiles, TTA
+and decoding as PyTorch (masks and logits), the graph keeps its contract (any batch, height
+and width; logits at the input's size), and `unet-search export` writes the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import TrainedModel
+
+from unet_search.cli.app import main
+from unet_search.core.config import RunConfig
+from unet_search.models.build import build_model, load_model_dir, save_model_dir
+from unet_search.serve.inference import Predictor, load_model, score_images
+from unet_search.serve.onnx import TOLERANCE, OnnxNetwork, export_onnx
+from unet_search.train.engine import val_indices
+from unet_search.train.sliding import preprocessing_of
+from unet_search.train.transforms import to_tensor
+
+# One model of each family: the from-scratch UNet with every kind of option, unpadded,
+# UNet 3+, smp encoders (UNet, UNet++), resize mode with three classes and flips.
+FAMILIES: dict[str, dict[str, Any]] = {
+    "scratch residual+dilated+gate, strided": {
+        **{"block": "residual", "bottleneck": "dilated", "attention": "gate"},
+        **{"pooling": "strided", "upsampling": "transpose"},
+    },
+    "scratch separable+transformer+scse": {
+        **{"block": "separable", "bottleneck": "transformer", "attention": "scse"},
+        "pooling": "avg",
+    },
+    "scratch aspp (a graph of its tile)": {"bottleneck": "aspp"},
+    "unpadded (overlap-tile)": {"padding": "valid", "patch_size": 36},
+    "unet3plus": {"arch": "unet3plus", "depth": 3},
+    "smp resnet18": {"encoder": "resnet18", "depth": 3},
+    "smp unet++ resnet18": {"arch": "unetplusplus", "encoder": "resnet18", "depth": 3},
+    "resize, 3 classes, flips": {
+        **{"input_mode": "resize", "image_size": 32, "num_classes": 3, "tta": "flips"},
+    },
+}
+
+
+def _images() -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    shapes = ((45, 70), (23, 31))  # over one tile (overlapping tiles), under one (padded)
+    return [(rng.random((*s, 3)) * 255).astype(np.uint8) for s in shapes]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_exports_and_onnxruntime_predicts_as_pytorch(
+    family: str, tmp_path: Path
+) -> None:
+    leaves = {"depth": 2, "base_filters": 4, "patch_size": 32}
+    cfg = RunConfig.from_dict({**leaves, **FAMILIES[family]})
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.data.network_classes)
+    for param in model.parameters():  # random weights that give logits of both signs
+        param.data.normal_(0.0, 0.3)
+    folder = tmp_path / "model"
+    save_model_dir(folder, model, cfg.model, cfg.data.network_classes, preprocessing_of(cfg))
+    images = _images()
+    diff = export_onnx(folder, folder / "onnx", images[0])
+    assert diff is not None
+
+    pytorch, onnx = Predictor.from_dir(folder), Predictor.from_dir(folder, runtime="onnx")
+    assert isinstance(onnx.model, OnnxNetwork)
+    for image, want, got in zip(
+        images, pytorch.predict_logits(images), onnx.predict_logits(images), strict=True
+    ):
+        assert got.shape == want.shape == (want.shape[0], *image.shape[:2])
+        scale = max(1.0, float(want.abs().max()))
+        assert float((got - want).abs().max()) <= TOLERANCE * scale
+    for want, got in zip(pytorch.predict(images), onnx.predict(images), strict=True):
+        assert (want == got).mean() >= 0.999
+
+    info = json.loads((folder / "onnx" / "preprocessing.json").read_text())["onnx"]
+    assert info["opset"] >= 17 and info["input_name"] == "image"
+    assert info["logits"] == (3 if cfg.data.num_classes == 3 else 1)
+    assert info["network"] == ("valid" if cfg.model.padding == "valid" else "same")
+    assert info["size"] == ([32, 32] if cfg.model.bottleneck == "aspp" else None)
+    if info["network"] == "valid":  # windows of input_size give the central output_size
+        assert info["output_size"] == [36, 36]
+        assert info["input_size"] == [
+            s + 2 * m for s, m in zip([36, 36], info["margin"], strict=True)
+        ]
+
+
+def test_onnx_predicts_the_trained_models_masks_and_validation_numbers(
+    trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    """On a trained model: onnxruntime scores the validation images as the kept epoch did."""
+    cfg, arrays = trained_model.cfg, trained_model.arrays
+    indices = [int(i) for i in val_indices(cfg, arrays)]
+    diff = export_onnx(trained_model.path, tmp_path / "onnx", arrays.image(indices[0]))
+    assert diff is not None and diff < 1e-4  # measured 2e-6
+    onnx = Predictor.from_dir(trained_model.path, runtime="onnx", onnx_dir=tmp_path / "onnx")
+    scores = score_images(onnx, arrays, indices, "val_")
+    assert scores["val_dice"] == pytest.approx(trained_model.best["val_dice"], abs=1e-4)
+    assert scores["val_dice"] > 0.5
+    images = [arrays.image(i) for i in indices]
+    pytorch = Predictor.from_dir(trained_model.path)
+    for want, got in zip(pytorch.predict(images), onnx.predict(images), strict=True):
+        assert (want == got).mean() >= 0.999
+
+
+def test_export_command_writes_a_graph_of_any_size_and_its_preprocessing(
+    trained_model: TrainedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "exported" / "nuclei.onnx"
+    assert main(["export", str(trained_model.path), "--format", "onnx", "--out", str(out)]) == 0
+    sidecar = out.with_name("nuclei.preprocessing.json")
+    assert capsys.readouterr().out.strip() == (
+        f"wrote {out} (ONNX) and {sidecar} (its preprocessing)"
+    )
+    pre = json.loads(sidecar.read_text())
+    # the contract: normalize as the JSON says, any batch, height and width, logits at the
+    # input's size, equal to the PyTorch model's
+    model, meta = load_model_dir(trained_model.path)
+    assert pre["mean"] == meta["preprocessing"]["mean"] and pre["onnx"]["size"] is None
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(2)
+    for n, h, w in ((1, 32, 32), (3, 29, 53)):
+        images = (rng.random((n, h, w, 3)) * 255).astype(np.uint8)
+        x = torch.stack([to_tensor(im, pre["normalization"], 3) for im in images])
+        (logits,) = session.run(["logits"], {"image": x.numpy()})
+        assert logits.shape == (n, 1, h, w)
+        with torch.no_grad():
+            assert np.abs(logits - model(x).numpy()).max() < 1e-4
+
+    # neither file is overwritten, and the name must say ONNX
+    before = out.read_bytes()
+    assert main(["export", str(trained_model.path), "--out", str(out)]) == 1
+    assert "exists; remove it or choose another --out" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert main(["export", str(trained_model.path), "--out", str(tmp_path / "m.bin")]) == 1
+    assert "an ONNX file's name ends in .onnx" in capsys.readouterr().err
+    assert not (tmp_path / "m.bin").exists()
+
+
+def test_load_model_onnx_exports_a_model_that_has_none(trained_model: TrainedModel) -> None:
+    """A model folder without ONNX files (saved before ONNX, or search.onnx false) runs on
+    onnxruntime all the same: exported to a temporary folder, gone with the predictor."""
+    predictor = load_model(trained_model.path, runtime="onnx")
+    assert isinstance(predictor.model, OnnxNetwork)
+    assert not (trained_model.path / "onnx").exists()
+    image = trained_model.arrays.image(0)
+    want = Predictor.from_dir(trained_model.path).predict([image])[0]
+    assert (predictor.predict([image])[0] == want).mean() >= 0.999
+    assert ort.get_device() in ("CPU", "GPU")
