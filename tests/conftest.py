@@ -206,7 +206,7 @@ def watched_search(ray_local: None, tmp_path_factory: pytest.TempPathFactory) ->
                 },
                 "search": {
                     **{"num_samples": 4, "seed": 2, "scheduler": {"type": "fifo"}},
-                    "onnx": False,
+                    **LEAN,
                 },
             }
         )
@@ -265,6 +265,11 @@ TINY = {
     "num_sample_images": 2,
 }
 
+# A search's settings where the test is not about what they cost: no ONNX export at
+# registration, and latency (inference_ms) measured on a 64-px image, not 512 px.
+LEAN = {"onnx": False, "latency_image": 64}
+LEAN_SETS = ("--set", "search.onnx=false", "--set", "search.latency_image=64")
+
 
 def asha_space(name: str, scheduler: str) -> dict:
     """The search space of the ASHA tests (test_search.py, and a killed one in test_cluster.py)."""
@@ -291,7 +296,7 @@ def asha_space(name: str, scheduler: str) -> dict:
             "max_concurrent_trials": 1,
             "scheduler": {"type": scheduler, "grace_period": 2, "reduction_factor": 2},
             "default_trial": False,  # the draws above are TPE's
-            "onnx": False,
+            **LEAN,
         },
     }
 

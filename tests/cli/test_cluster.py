@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import readme
 import yaml
-from conftest import asha_space
+from conftest import LEAN_SETS, asha_space
 
 from unet_search.distributed.faults import FAULT_ENV
 from unet_search.search.final import FINAL_SUFFIX
@@ -36,7 +36,7 @@ SHRINK = [
     *("--set", "val_fraction=0.25", "--set", "dsb_every=0"),
     # a shrunk search: no compute budget, and a champion whatever Otsu scores
     *("--set", "search.compute=null", "--set", "search.champion_must_beat_otsu=false"),
-    *("--set", "search.onnx=false"),
+    *LEAN_SETS,
 ]
 STATE_PLACEHOLDER = "/tmp/us-cluster"  # cluster/README.md's state folder
 
@@ -244,7 +244,7 @@ def _started_by_the_fixture(walk: Walk, command: readme.Command) -> None:
 # process when they run one after another); `ray job submit`'s: one trial of 1 epoch.
 FIFO = (
     *("--set", "search.scheduler.type=fifo", "--set", "search.scheduler.grace_period=1"),
-    *("--set", "search.onnx=false"),
+    *LEAN_SETS,
 )
 FULL = (
     *("--set", "epochs=2", "--set", "search.num_samples=1", "--set", "search.baseline=none"),
@@ -456,7 +456,6 @@ def _kill_in_the_final_fit(
         "search.scheduler.grace_period=1",
         "search.compute={epochs: 4}",
         "search.final_fit=0.5",
-        "search.onnx=false",
     ]
     quick = ROOT / "search_spaces" / "quick.yaml"
     try:

@@ -39,6 +39,7 @@ SEARCH_SHRINK = (
     *("--set", "val_fraction=0.25", "--set", "dsb_every=0"),
     # a shrunk search: no compute budget, and a champion whatever Otsu scores
     *("--set", "search.compute=null", "--set", "search.champion_must_beat_otsu=false"),
+    *("--set", "search.latency_image=64"),  # the export is the tour's: kept
     *("--set", "epochs=1", "--set", "search.num_samples=2"),
     *("--set", "search.scheduler.type=fifo", "--set", "search.scheduler.grace_period=1"),
 )

@@ -3,21 +3,16 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from unet_search.core.tags import TAG_BASELINE
-from unet_search.search.asha import (
-    TIE_BREAK,
-    DurableFIFO,
-    PromotingASHA,
-    SavesNewTrials,
-    TieBreakingASHA,
-    milestones,
-    rank_value,
-)
+from unet_search.search.asha import DurableFIFO, PromotingASHA, SavesNewTrials, TieBreakingASHA
+from unet_search.search.pareto import crowding, fronts, hypervolume, knee, ranked
+from unet_search.search.rungs import TIE_BREAK, milestones, rank_value
 
 
 def test_rungs_are_grace_times_powers_of_the_reduction_below_max_t() -> None:
@@ -261,3 +256,78 @@ def test_with_a_final_fit_a_spent_budget_stops_every_trial_where_it_is() -> None
     assert asha._no_longer_waiting(trials) == [first, third]
     assert not asha._paused and not asha._to_resume and not asha._trained
     assert asha._no_longer_waiting(trials) == []  # each is stopped once
+
+
+def test_fronts_crowding_knee_and_hypervolume_by_hand() -> None:
+    """Signed points (larger is better in both): A, B, C trade one objective for the other;
+    D and E are each dominated (by A, B)."""
+    points = {
+        "A": (3.0, 1.0),
+        "B": (2.5, 2.5),
+        "C": (1.0, 3.0),
+        "D": (1.0, 1.0),
+        "E": (2.4, 0.5),
+    }
+    assert fronts(points) == [["A", "B", "C"], ["D", "E"]]
+    front = {k: points[k] for k in ("A", "B", "C")}
+    # the ends infinite; B: (3 - 1) / 2 on x plus (3 - 1) / 2 on y
+    assert crowding(["A", "B", "C"], front) == {"A": math.inf, "B": 2.0, "C": math.inf}
+    assert ranked(points) == ["A", "C", "B", "D", "E"]  # ends first, then by front
+    # scaled to [0, 1]: A (1, 0), C (0, 1) on the line x + y = 1; B (0.75, 0.75) above it
+    assert knee(front) == "B"
+    # [0, 3] x [0, 1] + [0, 2.5] x [1, 2.5] + [0, 1] x [2.5, 3]
+    assert hypervolume(list(points.values()), (0.0, 0.0)) == pytest.approx(7.25)
+    assert ranked({"a": (0.2,), "b": (0.5,), "c": (0.5,)}) == ["b", "c", "a"]  # one objective
+
+
+def test_mo_asha_promotes_by_non_dominated_sorting_not_by_the_first_metric() -> None:
+    """Two objectives (Dice, max; parameters, min), reduction 2: of four trials at rung 1
+    the first front {t1, t3} goes on; by Dice alone t1 and t2 would (t2: t1's size, less
+    Dice; t4: t3's Dice beaten, more parameters)."""
+    from ray.tune.experiment import Trial
+
+    resumed: list[str] = []
+    asha = PromotingASHA(
+        metric="best_val_dice",
+        mode="max",
+        max_t=4,
+        grace_period=1,
+        reduction_factor=2,
+        num_samples=4,
+        on_resume=resumed.append,
+        objectives=(("best_val_dice", "max"), ("num_parameters", "min")),
+    )
+    trials = {name: Trial("fn", config={}, stub=True) for name in ("t1", "t2", "t3", "t4")}
+    results = {"t1": (0.9, 1e6), "t2": (0.85, 1e6), "t3": (0.6, 1e3), "t4": (0.5, 1e5)}
+    actions = {}
+    for name, (dice, size) in results.items():
+        asha.on_trial_add(None, trials[name])
+        result = {**_result(1, dice), "num_parameters": size}
+        actions[name] = asha.on_trial_result(None, trials[name], result)
+    assert set(actions.values()) == {"PAUSE"}  # each waits: floor(n / 2) of those there
+    assert resumed == [trials["t1"].trial_id, trials["t3"].trial_id]
+
+
+def test_the_registered_trial_is_the_best_first_objective_or_the_fronts_knee() -> None:
+    """search.pick on a Dice / parameters front: `best` takes the best Dice whatever its
+    size; `knee` the point that bulges farthest out of the line through the front's ends;
+    a dominated trial is never the knee."""
+    from unet_search.search.outcome import TrialSummary, choose, front_of
+    from unet_search.space.settings import SearchSettings
+
+    def trial(name: str, dice: float, size: float) -> TrialSummary:
+        values = {"val_dice": dice, "num_parameters": size}
+        return TrialSummary(0, name, name, "FINISHED", dice, 4, False, name, {}, values=values)
+
+    trials = [
+        trial("big", 0.95, 4e6),
+        trial("knee", 0.93, 5e5),
+        trial("small", 0.70, 1e5),
+        trial("worse", 0.90, 2e6),  # dominated by knee
+    ]
+    objectives = [{"metric": "val_dice"}, {"metric": "num_parameters"}]
+    best = SearchSettings(objectives=objectives)
+    knee_pick = SearchSettings(objectives=objectives, pick="knee")
+    assert [t.name for t in front_of(trials, best)] == ["big", "knee", "small"]
+    assert choose(trials, best).name == "big"
+    assert choose(trials, knee_pick).name == "knee"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import LEAN
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -72,7 +73,7 @@ def test_a_trial_that_raises_is_failed_everywhere_and_the_search_goes_on(
                     "scheduler": {"type": "fifo"},
                     "default_trial": False,  # TPE's draws, some of them failing
                     "champion_must_beat_otsu": False,
-                    "onnx": False,
+                    **LEAN,
                 },
             }
         )

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY, asha_space
+from conftest import LEAN, TINY, asha_space
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from PIL import Image
@@ -124,6 +124,7 @@ def test_end_to_end_search_registers_a_champion_that_scores_its_numbers(
             # sampled, and registered as champion whatever Otsu scores
             "default_trial": False,
             "champion_must_beat_otsu": False,
+            "latency_image": 64,  # ONNX on (this test's), latency on a small image
         },
     }
     out = _search(tmp_path, search_data, workdir, raw)
@@ -412,7 +413,7 @@ def test_a_worse_search_registers_a_challenger_and_keeps_the_champion(
             "baseline": "none",
             "scheduler": {"type": "fifo"},
             "champion_must_beat_otsu": False,  # the gate between two searches is tested
-            "onnx": False,  # ONNX at registration: the end-to-end test's
+            **LEAN,  # ONNX at registration: the end-to-end test's
         },
     }
     good = _search(
@@ -456,6 +457,7 @@ def test_every_shipped_space_starts(
         "search.default_trial=false",
         "search.champion_must_beat_otsu=false",
         "search.onnx=false",
+        "search.latency_image=64",
     ]
     # One trial each: seed_baseline's is the baseline; the others' a sampled one (the
     # baseline trains in seed_baseline's search and in the other tests).
@@ -545,7 +547,7 @@ def test_three_classes_end_to_end_train_search_register_predict(
                 "params": {"loss": {"type": "choice", "values": ["bce", "mix"]}},
                 "search": {
                     **{"num_samples": 2, "seed": 0, "scheduler": {"type": "fifo"}},
-                    "onnx": False,
+                    **LEAN,
                 },
             }
         )
@@ -620,7 +622,7 @@ def _asha_small(name: str, num_samples: int, **search: object) -> dict:
             "num_samples": num_samples,
             "seed": 4,
             "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
-            "onnx": False,
+            **LEAN,
             **search,
         },
     }
@@ -673,7 +675,7 @@ def test_a_search_for_instances_ranks_by_ap50_and_registers_what_predict_scores(
         "search": {
             **{"num_samples": 2, "metric": "val_ap50", "seed": 1, "baseline": "none"},
             "scheduler": {"type": "fifo"},
-            "onnx": False,
+            **LEAN,
         },
     }
     out = _search(tmp_path, search_data, workdir, raw)
@@ -839,3 +841,108 @@ def test_resume_reads_the_plan_its_search_started_with_instead_of_planning_again
     log_text(uri, broken, '{"budget": "cpu-quick"}', PLAN_FILE)
     with pytest.raises(UserError, match=r"plan\.json of search planned-1: not a plan written"):
         _resumed_space(spec, arrays, replace(state, parent_run_id=broken))
+
+
+def test_a_two_objective_search_keeps_a_limit_before_training_and_reports_its_front(
+    ray_local: None,
+    search_data: Path,
+    workdir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """search.objectives and search.constraints: Dice against size under MO-ASHA. Each
+    sampled model's parameters are counted (and its latency measured) before its first
+    epoch; one over the limit trains no epoch, its run says infeasible with what it
+    measured, and Optuna holds it COMPLETE with its constraint. pareto.json is the finished
+    trials' front, the report draws it, the version says how it was chosen."""
+    limit = 100_000  # depth 2: 7,549 parameters at 4 filters, 29,625 at 8, 467,169 at 32
+    sizes = {4: 7_549, 8: 29_625, 32: 467_169}
+    raw = {
+        "name": "front",
+        "fixed": {**TINY, "epochs": 2, "depth": 2},
+        "params": {
+            "base_filters": {"type": "choice", "values": [4, 8, 32]},
+            "lr": {"type": "loguniform", "low": 3.0e-3, "high": 3.0e-2},
+        },
+        "search": {
+            # random draws throughout (TPE's start: which trials its model would sample
+            # depends on the order they end in), the seed's: 8, 32, 8, 4, 4 filters
+            **{"num_samples": 6, "seed": 9, "startup_trials": 6, "default_trial": False},
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+            "objectives": [{"metric": "val_dice"}, {"metric": "num_parameters"}],
+            "constraints": [{"metric": "num_parameters", "max": limit}],
+            "champion_must_beat_otsu": False,
+            **LEAN,
+        },
+    }
+    out = _search(tmp_path, search_data, workdir, raw)
+    client = _client(workdir)
+    assert [d.name for d in out.study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    sampled = [t for t in out.trials if not t.baseline]
+    widths = {t.trial_id: t.params["base_filters"] for t in sampled}
+    assert 32 in widths.values() and len({w for w in widths.values() if w != 32}) >= 1, widths
+    outcomes = {}
+    for trial in sampled:
+        run = client.get_run(trial.run_id)
+        over = widths[trial.trial_id] == 32
+        outcomes[trial.trial_id] = outcome = run.data.tags["unet_search.outcome"]
+        assert (outcome == "infeasible") == over, (widths[trial.trial_id], outcome)
+        assert float(run.data.params["num_parameters"]) == sizes[widths[trial.trial_id]]
+        assert run.data.metrics["inference_ms"] > 0 and run.data.params["latency_image"] == "64x64"
+        epochs = len(client.get_metric_history(trial.run_id, "train_loss"))
+        assert (epochs == 0) == over  # not one epoch over the limit
+    baseline = client.get_run(out.baseline.run_id)  # a reference: measured, held to no limit
+    assert float(baseline.data.params["num_parameters"]) > limit
+    assert baseline.data.tags["unet_search.outcome"] == "finished"
+
+    by_number = {t.number: t for t in out.study.trials}
+    states = {}
+    for trial in sampled:
+        optuna_trial = by_number[trial.index]
+        states[outcomes[trial.trial_id]] = states.get(outcomes[trial.trial_id], set())
+        states[outcomes[trial.trial_id]].add(optuna_trial.state)
+        excess = optuna_trial.constraints["num_parameters"]
+        assert excess == pytest.approx(sizes[widths[trial.trial_id]] / limit - 1.0)
+        if optuna_trial.state == TrialState.COMPLETE:
+            assert optuna_trial.values[1] == sizes[widths[trial.trial_id]]
+    assert states["infeasible"] == {TrialState.COMPLETE}
+    assert states["stopped_early"] == {TrialState.PRUNED}  # ASHA stopped them at the rung
+    assert states["finished"] == {TrialState.COMPLETE}
+
+    # The front: the finished trials (within the limit) no other beats in both objectives,
+    # worked out here from their runs.
+    finished = {
+        t.trial_id: (client.get_run(t.run_id).data.metrics["best_val_dice"], sizes[w])
+        for t in sampled
+        if outcomes[t.trial_id] == "finished" and (w := widths[t.trial_id])
+    }
+    front = {
+        k
+        for k, (dice, size) in finished.items()
+        if not any(
+            d >= dice and s <= size and (d, s) != (dice, size) for d, s in finished.values()
+        )
+    }
+    written = json.loads(
+        Path(
+            client.download_artifacts(out.parent_run_id, "pareto.json", str(tmp_path))
+        ).read_text()
+    )
+    assert {e["trial_id"] for e in written} == front
+    for entry in written:
+        dice, size = finished[entry["trial_id"]]
+        assert entry["values"] == {"val_dice": pytest.approx(dice), "num_parameters": size}
+    assert out.best is not None and outcomes[out.best.trial_id] == "finished"
+    assert out.best.value == max(dice for dice, _ in finished.values())
+    version = client.get_model_version_by_alias("unet-front", "champion")
+    assert version.tags["unet_search.objectives"] == "val_dice:max,num_parameters:min"
+    assert version.tags["unet_search.constraints"] == "num_parameters<=100000"
+    assert float(version.tags["unet_search.inference_ms"]) > 0
+    assert version.tags["unet_search.latency"].startswith("64x64 cpu ")
+    assert out.report is not None and (out.report.parent / "pareto_front.png").is_file()
+    page = out.report.read_text()
+    assert "<h2>Pareto front</h2>" in page
+    shown = capsys.readouterr().out
+    infeasible = sum(w == 32 for w in widths.values())
+    assert f"{infeasible} infeasible" in shown
+    assert {t.trial_id for t in out.front} == front  # what the summary prints

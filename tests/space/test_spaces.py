@@ -336,6 +336,43 @@ def test_a_final_fit_config_reads_back_its_role_its_start_and_its_own_epochs(
         ({"search__final_fit_start": "warm"}, "`search.final_fit_start` must be one of"),
         ({"fixed__epochz": 3}, "unknown key `epochz`"),
         ({"fixed__gpus_per_worker": -1}, "`train.gpus_per_worker` must be >= 0"),
+        (
+            {"search__objectives": [{"metric": "val_dice"}, {"metric": "inference_ms"}]},
+            "`search.objectives` replace `search.metric`: give one or the other",
+        ),
+        (
+            {"search__metric": None, "search__objectives": [{"metric": "num_parameters"}]},
+            "`search.objectives[0].metric` must be one of ['val_ap50', 'val_dice', "
+            "'val_dsb_score', 'val_iou', 'val_loss']: the first objective is the search metric",
+        ),
+        (
+            {
+                "search__metric": None,
+                "search__objectives": [
+                    {"metric": "val_dice"},
+                    {"metric": "inference_ms", "mode": "max"},
+                ],
+            },
+            "`search.objectives[1].mode` must be 'min' for inference_ms, but got 'max'",
+        ),
+        ({"search__pick": "knee"}, "`search.pick` `knee` needs two or more `objectives`"),
+        (
+            {
+                "search__metric": None,
+                "search__objectives": [{"metric": "val_dice"}, {"metric": "val_iou"}],
+                "search__scheduler": {"type": "asha_stopping"},
+            },
+            "`search.scheduler.type` `asha_stopping` ranks one metric",
+        ),
+        (
+            {"search__constraints": [{"metric": "val_dice", "max": 1}]},
+            "`search.constraints[0].metric` must be one of ['num_parameters', 'inference_ms']",
+        ),
+        (
+            {"search__constraints": [{"metric": "inference_ms", "max": 0}]},
+            "`search.constraints[0].max` must be > 0, but got 0",
+        ),
+        ({"search__constraints": 5}, "`search.constraints` must be a list of mappings"),
     ],
 )
 def test_every_validation_rule_names_the_key(

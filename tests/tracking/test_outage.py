@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import MlflowServer
+from conftest import LEAN, MlflowServer
 from mlflow.tracking import MlflowClient
 
 from unet_search import cli
@@ -56,7 +56,7 @@ def _space(tmp_path: Path, name: str, epochs: int = EPOCHS) -> Path:
                     "seed": 1,
                     "scheduler": {"type": "fifo"},
                     "champion_must_beat_otsu": False,  # a champion after the outage
-                    "onnx": False,
+                    **LEAN,
                 },
             }
         )

@@ -18,10 +18,12 @@ from mlflow.tracking import MlflowClient
 from unet_search.core.errors import UserError
 from unet_search.core.sections import ModelConfig
 from unet_search.core.tags import (
+    TAG_CONSTRAINTS,
     TAG_DATA,
     TAG_FINGERPRINT,
     TAG_METRIC,
     TAG_MODE,
+    TAG_OBJECTIVES,
     TAG_SPLIT,
     TAG_VALUE,
 )
@@ -155,6 +157,20 @@ def test_the_gate_compares_test_values_and_names_what_differs(store) -> None:
     assert both.alias == "challenger"
     assert "chosen by val_dice (max), this model by val_dice (min); " in both.reason
     assert "was trained on other data (data d1 != d2)" in both.reason
+    # chosen among several objectives, or within limits: only against versions chosen alike
+    front = {TAG_OBJECTIVES: "val_dice:max,inference_ms:min"}
+    limits = {**front, TAG_CONSTRAINTS: "num_parameters<=5e+06"}
+    mo = promote(client, "unet-test", _version(client, 0.99, 0.99, **front))
+    assert mo.alias == "challenger"
+    assert mo.reason == (
+        "champion v3 was chosen with objectives none, this model with "
+        "val_dice:max,inference_ms:min: not comparable"
+    )
+    limited = promote(client, "unet-test", _version(client, 0.99, 0.99, **limits))
+    assert limited.reason == (
+        "champion v3 was chosen with limits none, this model with num_parameters<=5e+06: "
+        "not comparable"
+    )
     assert str(client.get_model_version_by_alias("unet-test", "champion").version) == "3"
 
 

@@ -265,6 +265,12 @@ def _report(out: Any, mode: str, workdir: Path) -> None:
             f"{out.baseline.value:.4f}: {out.best.value - out.baseline.value:+.4f}"
         )
     _print_final_and_default(out)
+    if out.front:
+        shown = "; ".join(
+            f"{t.name.split(' ')[0]} " + " ".join(f"{m} {v:.4g}" for m, v in t.values.items())
+            for t in out.front
+        )
+        print(f"Pareto front ({len(out.front)} trials, pareto.json of the search's run): {shown}")
     if out.otsu_val_dice is not None:
         versus = ""
         if out.best and out.best.value is not None and metric == "val_dice":

@@ -1,9 +1,11 @@
 """How a trial ended, worked out in one place: the live view, the trials' MLflow runs, the
 search's summary, Optuna's record, ASHA and the readers of MLflow all ask :func:`outcome_of`.
 
-A trial that raised *failed*; one whose last result says its epochs (or its early stopping)
-ended it *finished*; any other ended trial was *stopped early* (ASHA stopped it at a rung).
-Its MLflow run ends FINISHED, KILLED or FAILED with the tag ``unet_search.outcome``.
+A trial that raised *failed*; one over a limit of ``search.constraints`` is *infeasible* (it
+trained no epoch: its one result says so); one whose last result says its epochs (or its
+early stopping) ended it *finished*; any other ended trial was *stopped early* (ASHA stopped
+it at a rung). Its MLflow run ends FINISHED, KILLED (stopped early, infeasible) or FAILED
+with the tag ``unet_search.outcome``.
 """
 
 from __future__ import annotations
@@ -12,9 +14,17 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["FINISHED_KEY", "Outcome", "outcome_of", "trained_to_the_end"]
+__all__ = [
+    "FINISHED_KEY",
+    "INFEASIBLE_KEY",
+    "infeasible",
+    "Outcome",
+    "outcome_of",
+    "trained_to_the_end",
+]
 
 FINISHED_KEY = "finished"  # the result key a training epoch sets to 1.0 on its last epoch
+INFEASIBLE_KEY = "infeasible"  # 1.0 in the one result of a trial over a limit
 
 
 class Outcome(enum.StrEnum):
@@ -23,6 +33,7 @@ class Outcome(enum.StrEnum):
     FINISHED = "finished"
     STOPPED_EARLY = "stopped_early"
     FAILED = "failed"
+    INFEASIBLE = "infeasible"
     RUNNING = "running"
 
     @property
@@ -40,6 +51,7 @@ _RUN_STATUS = {
     Outcome.FINISHED: "FINISHED",
     Outcome.STOPPED_EARLY: "KILLED",
     Outcome.FAILED: "FAILED",
+    Outcome.INFEASIBLE: "KILLED",  # read back as stopped early where the tag is missing
     Outcome.RUNNING: "RUNNING",
 }
 
@@ -49,8 +61,15 @@ def trained_to_the_end(result: Mapping[str, Any] | None) -> bool:
     return bool((result or {}).get(FINISHED_KEY))
 
 
+def infeasible(result: Mapping[str, Any] | None) -> bool:
+    """Whether ``result`` is the one result of a trial over a limit (it trained nothing)."""
+    return bool((result or {}).get(INFEASIBLE_KEY))
+
+
 def outcome_of(result: Mapping[str, Any] | None, *, failed: bool = False) -> Outcome:
     """How a trial that ended with ``result`` (its last reported metrics) ended."""
     if failed:
         return Outcome.FAILED
+    if infeasible(result):
+        return Outcome.INFEASIBLE
     return Outcome.FINISHED if trained_to_the_end(result) else Outcome.STOPPED_EARLY

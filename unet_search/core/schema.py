@@ -115,6 +115,8 @@ class Frozen(BaseModel):
         """The first error of ``err``, in our words: ```key` rule, but got value.``"""
         first = err.errors(include_url=False)[0]
         ctx, field = first.get("ctx") or {}, str(first["loc"][0]) if first["loc"] else ""
+        if isinstance(ctx.get("error"), ConfigError):  # a nested model's own message
+            return ctx["error"]
         prefix = cls.section if where is None else where
         key = ctx.get("key") or ""
         if not key or key.startswith("."):  # relative to the section: ".low", or the field

@@ -41,4 +41,13 @@ TAG_RUN_ID = "unet_search.run_id"  # the best trial's run
 TAG_ONNX = "unet_search.onnx"
 TAG_ONNX_ERROR = "unet_search.onnx_error"
 TAG_ONNX_DIFF = "unet_search.onnx_max_logit_diff"  # on a validation image, whole
+# inference_ms of the registered model through the predictor (unet_search.train.latency):
+# PyTorch's and onnxruntime's, on the registering process's device and threads
+TAG_INFERENCE_MS = "unet_search.inference_ms"
+TAG_ONNX_INFERENCE_MS = "unet_search.onnx_inference_ms"
+TAG_LATENCY = "unet_search.latency"  # "512x512 cpu 2 threads": what they were measured on
+# A version chosen among several objectives, within limits ("val_dice:max,inference_ms:min";
+# "num_parameters<=5e+06"): the champion gate compares only versions chosen alike
+TAG_OBJECTIVES = "unet_search.objectives"
+TAG_CONSTRAINTS = "unet_search.constraints"
 # ... and unet_search.<score> for each held-out test score (unet_search.test_dice, ...)

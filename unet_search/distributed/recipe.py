@@ -37,6 +37,7 @@ from unet_search.core.outcome import trained_to_the_end
 from unet_search.core.sections import TrainConfig
 from unet_search.data.dataset import DatasetArrays
 from unet_search.distributed.faults import maybe_fail
+from unet_search.distributed.limits import Limits, infeasible_result, measure
 from unet_search.models.build import MODEL_FILE, build_model, count_parameters, save_model_dir
 from unet_search.tracking.client import download_artifacts, log_artifacts
 from unet_search.tracking.outage import DEFAULT_PATIENCE_S, Outbox, with_patience
@@ -75,6 +76,9 @@ RECIPE_KEY = "recipe"  # a TorchTrainer's train_loop_config: {RECIPE_KEY: Recipe
 
 
 UNSENT_FILE = "mlflow_unsent.json"  # in a checkpoint: logging the tracking server lacks
+# in a checkpoint: what the trial measured before its first epoch (num_parameters,
+# inference_ms), which every result carries for Optuna and MO-ASHA after a restart too
+MEASURED_FILE = "measured.json"
 
 
 SAMPLES_KEY = "val_predictions"  # MLflow image key: the fixed samples every few epochs
@@ -90,7 +94,8 @@ class RecipeInput:
     unreachable tracking server is waited for; ``init_run`` / ``init_checkpoint``: a run, or
     a trial checkpoint's path or URI, whose kept weights training starts from (a search's
     final fit); ``init_optimizer``: from the checkpoint's last weights and its optimizer
-    instead, going on where that run left off (``final_fit_start: continue``)."""
+    instead, going on where that run left off (``final_fit_start: continue``); ``limits``:
+    what a search's trial measures and must keep before it trains."""
 
     run_config: RunConfig
     dataset: Any
@@ -101,6 +106,7 @@ class RecipeInput:
     init_run: str | None = None
     init_checkpoint: str | None = None
     init_optimizer: bool = False
+    limits: Limits | None = None
 
 
 def _node_ids(world: int) -> list[str]:
@@ -130,25 +136,39 @@ class WorkerContext:
     prepare_loader: Callable[[DataLoader[Any]], DataLoader[Any]]
 
 
-def _save_checkpoint(state: TrainingState, outbox: Outbox | None = None) -> str:
-    """The training state and the MLflow logging not yet sent (a restarted trial sends it)."""
+def _save_checkpoint(
+    state: TrainingState, outbox: Outbox | None = None, measured: dict[str, float] | None = None
+) -> str:
+    """The training state, the MLflow logging not yet sent (a restarted trial sends it) and
+    what the trial measured before training."""
     directory = tempfile.mkdtemp(prefix="unet-search-ckpt-")
     torch.save(state.state_dict(), Path(directory) / STATE_FILE)
     unsent = outbox.pending() if outbox is not None else []
     if unsent:
         (Path(directory) / UNSENT_FILE).write_text(json.dumps(unsent), "utf-8")
+    if measured:
+        (Path(directory) / MEASURED_FILE).write_text(json.dumps(measured), "utf-8")
     return directory
 
 
-def _resume(state: TrainingState, ctx: WorkerContext, outbox: Outbox | None = None) -> None:
+def _resume(
+    state: TrainingState, ctx: WorkerContext, outbox: Outbox | None = None
+) -> dict[str, float]:
+    """Restore the checkpoint a restarted trial has, if any; returns what it measured
+    before its first epoch (empty without)."""
+    measured: dict[str, float] = {}
     with ctx.checkpoint_dir() as directory:
         if directory is None:
-            return
+            return measured
         saved = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
         unsent = Path(directory) / UNSENT_FILE
         if outbox is not None and unsent.is_file():
             outbox.restore(json.loads(unsent.read_text("utf-8")))
+        if (Path(directory) / MEASURED_FILE).is_file():
+            found = json.loads((Path(directory) / MEASURED_FILE).read_text("utf-8"))
+            measured = {str(k): float(v) for k, v in found.items()}
     state.load_state_dict(saved)
+    return measured
 
 
 def _warm_start(model: torch.nn.Module, uri: str, run_id: str, patience_s: float) -> None:
@@ -358,13 +378,27 @@ def run_recipe(recipe: RecipeInput, ctx: WorkerContext) -> None:
         ctx.prepare_model(model), cfg, len(train_loader), device, warm, optimizer_state
     )
     outbox = Outbox(uri, run_id, patience)
-    _resume(state, ctx, outbox if rank == 0 else None)
+    measured = _resume(state, ctx, outbox if rank == 0 else None)
     loss_fn = build_loss(cfg.loss)
     if warm and state.epoch == 0:  # the weights it was given are its best until beaten
         keep_the_start(state, val, loss_fn, cfg, device)
     nodes = _node_ids(world) if state.epoch == 0 else []  # every rank takes part
     if rank == 0 and state.epoch == 0:
         _log_start(outbox, model, world, nodes)
+    if recipe.limits is not None and state.epoch == 0 and not warm:  # a search's new trial
+        measured = measure(recipe.limits, state.module, cfg, device, rank)
+        if rank == 0:
+            h, w = recipe.limits.latency_image
+            threads = torch.get_num_threads()
+            outbox.log_params({"latency_image": f"{h}x{w}", "latency_threads": threads}, now=False)
+            outbox.log_metrics({"inference_ms": measured["inference_ms"]}, step=0)
+        if recipe.limits.broken(measured):  # it trains nothing: its one result says why
+            result = infeasible_result(state, val, loss_fn, cfg, device, measured)
+            if rank == 0:
+                outbox.log_metrics(result, step=0)
+                outbox.drain()
+            ctx.report(result, None)
+            return
 
     # Rank 0 logs the overlays: the same fixed samples every epoch (and in every trial).
     picks = _sample_indices(cfg, arrays) if rank == 0 else np.empty(0, np.int64)
@@ -383,7 +417,8 @@ def run_recipe(recipe: RecipeInput, ctx: WorkerContext) -> None:
                 # Before the last report: Tune may end a finished trial's process right
                 # after it, so nothing after fit() is guaranteed to run.
                 _log_final(cfg, arrays, st, outbox, picks, val.normalization)
-        directory = _save_checkpoint(st, outbox) if rank == 0 else None
+        metrics = {**metrics, **measured}  # what Optuna tells the limits by
+        directory = _save_checkpoint(st, outbox, measured) if rank == 0 else None
         try:
             ctx.report(metrics, directory)  # Ray persists the checkpoint before returning
         finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import optuna
@@ -17,11 +18,16 @@ from unet_search.core.tags import (
     TAG_BEST_RUN,
     TAG_BEST_TRIAL,
     TAG_CODE_VERSION,
+    TAG_CONSTRAINTS,
     TAG_DATA,
     TAG_FINGERPRINT,
+    TAG_INFERENCE_MS,
+    TAG_LATENCY,
+    TAG_OBJECTIVES,
     TAG_ONNX,
     TAG_ONNX_DIFF,
     TAG_ONNX_ERROR,
+    TAG_ONNX_INFERENCE_MS,
     TAG_RUN_ID,
     TAG_SEARCH_ID,
     TAG_SPLIT,
@@ -31,17 +37,23 @@ from unet_search.data.dataset import DatasetArrays
 from unet_search.data.split import split_indices
 from unet_search.search.context import SearchContext
 from unet_search.search.final import FinalPlan
-from unet_search.search.outcome import TrialSummary
+from unet_search.search.outcome import TrialSummary, front_of
 from unet_search.serve.export import log_and_register
 from unet_search.serve.inference import Predictor, find_model_dir, score_images
 from unet_search.serve.onnx import ONNX_DIR, export_onnx
+from unet_search.space.settings import SearchSettings
 from unet_search.tracking.client import download_artifacts, log_artifacts, log_metrics, set_tags
 from unet_search.tracking.registry import Registration
+from unet_search.train.latency import latency_image, median_ms
 
 __all__ = [
     "download_best_model",
+    "latency_tags",
     "log_summary",
     "onnx_export",
+    "pareto",
+    "PARETO_FILE",
+    "pareto_trials",
     "otsu_veto",
     "register_best",
     "SearchOutcome",
@@ -70,6 +82,7 @@ class SearchOutcome:
     # ran, or it failed: `best` is then the best exploring trial)
     final_plan: FinalPlan | None = None
     final: TrialSummary | None = None
+    front: tuple[TrialSummary, ...] = ()  # several objectives: the finished trials' front
 
 
 def otsu_veto(ctx: SearchContext, best: TrialSummary) -> str | None:
@@ -107,12 +120,17 @@ def log_summary(
             for t in trials
         ]
         (Path(tmp) / "summary.csv").write_text(header + "\n".join(lines) + "\n")
+        if ctx.spec.settings.multi_objective:
+            front = pareto(trials, ctx.spec.settings)
+            (Path(tmp) / PARETO_FILE).write_text(json.dumps(front, indent=2))
         log_artifacts(ctx.tracking_uri, ctx.parent_run_id, Path(tmp))
     metrics: dict[str, float] = {"num_trials": float(len(trials)), **test, **(extra or {})}
     if ctx.otsu_val_dice is not None:  # a plain threshold on the same images
         metrics["otsu_val_dice"] = ctx.otsu_val_dice
     for status in ("FINISHED", "KILLED", "FAILED"):
         metrics[f"trials_{status.lower()}"] = float(sum(t.status == status for t in trials))
+    if ctx.spec.settings.constraints:  # of the killed: over a limit before training
+        metrics["trials_infeasible"] = float(sum(t.infeasible for t in trials))
     if best and best.value is not None:
         metrics[f"best_{metric}"] = best.value
     if baseline and baseline.value is not None:
@@ -129,6 +147,30 @@ def log_summary(
                 TAG_BEST_RUN: best.run_id or "",
             },
         )
+
+
+PARETO_FILE = "pareto.json"  # the parent run's front of a multi-objective search
+
+
+def pareto_trials(trials: list[TrialSummary], settings: SearchSettings) -> list[TrialSummary]:
+    """A multi-objective search's front: the non-dominated trials among those that finished
+    (within the limits: an infeasible trial trained nothing; the seed baseline, a reference,
+    apart); empty for a search of one objective."""
+    if not settings.multi_objective:
+        return []
+    finished = [
+        t for t in trials if t.status == "FINISHED" and not t.baseline and not t.infeasible
+    ]
+    return front_of(finished, settings)
+
+
+def pareto(trials: list[TrialSummary], settings: SearchSettings) -> list[dict[str, object]]:
+    """``pareto.json``: :func:`pareto_trials`, each ``{"trial_id", "run_id", "values":
+    {objective: value}}``."""
+    return [
+        {"trial_id": t.trial_id, "run_id": t.run_id, "values": dict(t.values)}
+        for t in pareto_trials(trials, settings)
+    ]
 
 
 def download_best_model(ctx: SearchContext, best: TrialSummary, tmp: Path) -> Path:
@@ -170,6 +212,33 @@ def onnx_export(
     return out, {TAG_ONNX: "true", TAG_ONNX_DIFF: repr(diff)}
 
 
+def latency_tags(ctx: SearchContext, model: Path, onnx_dir: Path | None) -> dict[str, str]:
+    """``inference_ms`` of the model to register, PyTorch's and (with its export)
+    onnxruntime's, measured one way (:mod:`unet_search.train.latency`) on this process's
+    device and threads, and what they were measured on."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    image = latency_image(ctx.spec.settings.latency_image)
+    h, w = image.shape[:2]
+    tags = {TAG_LATENCY: f"{h}x{w} {device} {torch.get_num_threads()} threads"}
+    runtimes: list[tuple[str, str, Path | None]] = [(TAG_INFERENCE_MS, "torch", None)]
+    if onnx_dir is not None:
+        runtimes.append((TAG_ONNX_INFERENCE_MS, "onnx", onnx_dir))
+    for tag, runtime, folder in runtimes:
+        predictor = Predictor.from_dir(find_model_dir(model), device, None, runtime, folder)
+        tags[tag] = repr(median_ms(partial(predictor.predict_logits, [image]), device))
+    return tags
+
+
+def _choice_tags(settings: SearchSettings) -> dict[str, str]:
+    """How the version was chosen beyond its metric: several objectives, limits."""
+    tags = {}
+    if settings.multi_objective:
+        tags[TAG_OBJECTIVES] = ",".join(f"{m}:{mode}" for m, mode in settings.objective_pairs)
+    if settings.constraints:
+        tags[TAG_CONSTRAINTS] = ",".join(f"{c.metric}<={c.max:g}" for c in settings.constraints)
+    return tags
+
+
 def register_best(
     ctx: SearchContext,
     best: TrialSummary,
@@ -182,6 +251,7 @@ def register_best(
     assert best.run_id is not None and best.value is not None
     with tempfile.TemporaryDirectory(prefix="unet-search-onnx-") as tmp:
         onnx_dir, onnx_tags = onnx_export(ctx, model, arrays, Path(tmp))
+        onnx_tags |= latency_tags(ctx, model, onnx_dir)
         return _register(ctx, best, model_name, model, test, onnx_dir, onnx_tags)
 
 
@@ -211,6 +281,7 @@ def _register(
             TAG_TRIAL_ID: best.trial_id,
             TAG_RUN_ID: best.run_id,
             TAG_CODE_VERSION: ctx.code_version,
+            **_choice_tags(ctx.spec.settings),
             **onnx_tags,
         },
         test=test,

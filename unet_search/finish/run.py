@@ -19,6 +19,7 @@ from unet_search.finish.outcome import (
     SearchOutcome,
     download_best_model,
     log_summary,
+    pareto_trials,
     register_best,
     test_scores,
 )
@@ -106,6 +107,7 @@ def _finish(started: Started) -> SearchOutcome:
         started.log,
         explored.plan,
         explored.final,
+        tuple(pareto_trials(explored.everything, ctx.spec.settings)),
     )
 
 

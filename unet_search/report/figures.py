@@ -16,8 +16,11 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from unet_search.core.metrics import sign
 from unet_search.core.outcome import Outcome
 from unet_search.report.data import ReportData
+from unet_search.search.pareto import fronts
+from unet_search.space.settings import LIMITED
 from unet_search.space.spec import ParamSpec, SearchSpec
 from unet_search.tracking.read import TrialRecord
 
@@ -25,6 +28,9 @@ __all__ = [
     "BASELINE_COLOR",
     "fig_best_so_far",
     "fig_cost",
+    "fig_front",
+    "front_trials",
+    "objective_value",
     "fig_importance",
     "fig_parallel",
     "OUTCOME_STYLE",
@@ -38,6 +44,7 @@ OUTCOME_STYLE = {
     Outcome.FINISHED: ("tab:blue", "o"),
     Outcome.STOPPED_EARLY: ("tab:orange", "v"),
     Outcome.FAILED: ("tab:red", "x"),
+    Outcome.INFEASIBLE: ("tab:gray", "x"),
     Outcome.RUNNING: ("tab:gray", "."),
 }
 
@@ -271,3 +278,79 @@ def trial_cost(trial: TrialRecord, key: str) -> float | None:
         return None if raw is None else float(raw)
     except ValueError:
         return None
+
+
+def objective_value(trial: TrialRecord, metric: str) -> float | None:
+    """A trial's value of one objective: a validation metric's best (the kept weights), or a
+    limited one as measured before training (``num_parameters``, ``inference_ms``)."""
+    if metric in LIMITED:
+        return trial_cost(trial, metric)
+    value = trial.metrics.get(f"best_{metric}")
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _objective_points(data: ReportData) -> dict[str, tuple[TrialRecord, tuple[float, ...]]]:
+    """Finished trials with every objective's value (the signed point, larger better)."""
+    pairs = data.spec.settings.objective_pairs
+    out = {}
+    for t in data.record.trials:
+        values = [objective_value(t, m) for m, _ in pairs]
+        if t.outcome == Outcome.FINISHED and all(v is not None for v in values):
+            point = tuple(
+                float(v or 0.0) * sign(mode) for v, (_, mode) in zip(values, pairs, strict=True)
+            )
+            out[t.run_id] = (t, point)
+    return out
+
+
+def front_trials(data: ReportData) -> list[TrialRecord]:
+    """The finished trials (not the seed baseline) no other dominates: ``pareto.json``'s."""
+    points = {k: p for k, (t, p) in _objective_points(data).items() if not t.baseline}
+    first = set(fronts(points)[0]) if points else set()
+    return [t for t in data.record.trials if t.run_id in first]
+
+
+def _front_style(t: TrialRecord, on_front: bool) -> tuple[str, str, int, str] | None:
+    """(colour, marker, size, label) of a trial in the front's figure; None: not drawn."""
+    if t.baseline:
+        return BASELINE_COLOR, "*", 140, "seed baseline"
+    if t.outcome == Outcome.INFEASIBLE:
+        return "tab:gray", "x", 40, "over a limit (untrained)"
+    if t.outcome != Outcome.FINISHED:
+        return None
+    if t.default:
+        return "tab:purple", "s", 60, "planned default"
+    return ("tab:red", "o", 45, "front") if on_front else ("tab:blue", "o", 45, "finished")
+
+
+def fig_front(data: ReportData) -> Figure:
+    """The first two objectives of a multi-objective search: every finished trial, the front
+    joined, the seed baseline (star) and the planned default (square) for reference, and
+    the trials over a limit (grey crosses: their untrained models)."""
+    (mx, _), (my, _) = data.spec.settings.objective_pairs[:2]
+    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    ax = fig.subplots()
+    front = {t.run_id for t in front_trials(data)}
+    line = []
+    for t in data.record.trials:
+        x, y = objective_value(t, mx), objective_value(t, my)
+        style = _front_style(t, t.run_id in front)
+        if x is None or y is None or style is None:
+            continue
+        color, marker, size, label = style
+        ax.scatter([x], [y], c=color, marker=marker, s=size, label=label)
+        tag = t.name.split(" ")[0]
+        ax.annotate(tag, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if t.run_id in front:
+            line.append((x, y))
+    if len(line) > 1:
+        line.sort()
+        ax.plot([p[0] for p in line], [p[1] for p in line], c="tab:red", lw=1, ls="--")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    if unique:
+        ax.legend(list(unique.values()), list(unique.keys()), fontsize=8)
+    if mx == "num_parameters":
+        ax.set_xscale("log")
+    ax.set(xlabel=mx, ylabel=my, title=f"Pareto front: {my} against {mx}")
+    return fig

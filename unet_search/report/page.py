@@ -38,8 +38,11 @@ from unet_search.report.figures import (
     OUTCOME_STYLE,
     fig_best_so_far,
     fig_cost,
+    fig_front,
     fig_importance,
     fig_parallel,
+    front_trials,
+    objective_value,
     param_importances,
     trial_cost,
 )
@@ -203,6 +206,27 @@ def _top_table(data: ReportData, k: int = 10) -> str:
     return f'<table class="trials">{head}{"".join(body)}</table>'
 
 
+def _front_table(data: ReportData) -> str:
+    """A multi-objective search's front (the trials of pareto.json), each objective's value;
+    the seed baseline and the planned default below it for reference."""
+    pairs = data.spec.settings.objective_pairs
+    head = "<tr><th>trial</th>" + "".join(
+        f"<th>{html.escape(m)} ({mode})</th>" for m, mode in pairs
+    )
+    rows = [(t, "") for t in front_trials(data)]
+    rows += [(t, " (seed baseline)") for t in data.record.trials if t.baseline]
+    rows += [(t, " (planned default)") for t in data.record.trials if t.default]
+    body = []
+    for t, note in rows:
+        cells = []
+        for m, _ in pairs:
+            value = objective_value(t, m)
+            digits = 0 if m == "num_parameters" else 2 if m == "inference_ms" else 4
+            cells.append(f"<td>{_fmt(value, digits)}</td>")
+        body.append(f"<tr><td>{html.escape(t.name)}{note}</td>{''.join(cells)}</tr>")
+    return f'<table class="front">{head}</tr>{"".join(body)}</table>'
+
+
 # Written by the page itself once loaded: a headless browser (or a person) sees at once
 # whether every embedded figure decoded.
 _CHECK_SCRIPT = """<script>
@@ -263,6 +287,17 @@ def _figures(
             "ran, so compare orders of magnitude.",
         )
     )
+    if data.spec.settings.multi_objective:
+        items.append(
+            (
+                "front",
+                "Pareto front",
+                _png(fig_front(data), out / "pareto_front.png"),
+                "Finished trials on the first two objectives; red: no other trial is better in "
+                "every objective (pareto.json of the search's run). Grey crosses: over a limit "
+                "(search.constraints), untrained.",
+            )
+        )
     best_id = data.record.tags.get(TAG_BEST_RUN, "")
     png = _download(uri, best_id, "samples/predictions.png", out, "best_trial.png")
     items.append(
@@ -287,6 +322,9 @@ def build_report(data: ReportData, out: Path) -> Path:
     champ = champion(data.uri, data.model_name)
     figures = _figures(data, out, champ)
     summary = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in _summary_rows(data, champ))
+    front = ""
+    if data.spec.settings.multi_objective:
+        front = f"<h2>Pareto front</h2>{_front_table(data)}"
     sections = []
     for sid, title, png, note in figures:
         body = _img(png, title) if png else '<p class="note">not available</p>'
@@ -298,7 +336,8 @@ def build_report(data: ReportData, out: Path) -> Path:
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>unet-search report: {html.escape(data.record.search_id)}</title>{_STYLE}</head>"
         f"<body><h1>unet-search report: {html.escape(data.record.search_id)}</h1>"
-        f"<table>{summary}</table><h2>Top trials</h2>{_top_table(data)}{''.join(sections)}"
+        f"<table>{summary}</table><h2>Top trials</h2>{_top_table(data)}{front}"
+        f"{''.join(sections)}"
         f"<footer>Generated {_when(int(datetime.now(UTC).timestamp() * 1000))}. "
         f'<span id="image-check"></span></footer>{_CHECK_SCRIPT}</body></html>'
     )

@@ -44,8 +44,10 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from unet_search.core.metrics import sign
-from unet_search.core.outcome import trained_to_the_end
+from unet_search.core.outcome import infeasible, trained_to_the_end
+from unet_search.search.pareto import ranked
 from unet_search.search.private import ASHAInternals, checkpoint_experiment
+from unet_search.search.rungs import milestones, rank_value, rank_vector
 from unet_search.space.role import TrialRole
 
 if TYPE_CHECKING:
@@ -55,9 +57,7 @@ __all__ = [
     "DurableFIFO",
     "KEEP_CHECKPOINTS",
     "make_scheduler",
-    "milestones",
     "PromotingASHA",
-    "rank_value",
     "SaveAfterCheckpoints",
     "SavesNewTrials",
     "TieBreakingASHA",
@@ -66,18 +66,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TIME_ATTR = "training_iteration"
-TIE_BREAK = "best_val_soft_dice"
-TIE_WEIGHT = 1e-6  # Dice values of distinct trials differ by far more than this
-
-
-def rank_value(result: dict[str, Any], metric: str, mode: str) -> float | None:
-    """The value a rung ranks a result by, larger is better: the metric (signed by ``mode``)
-    plus a millionth of the best soft Dice so far, which orders exact ties and nothing
-    else. None when the result lacks the metric."""
-    if metric not in result or result[metric] is None:
-        return None
-    value = float(result[metric]) * sign(mode)
-    return value + TIE_WEIGHT * float(result.get(TIE_BREAK) or 0.0)
 
 
 def _baseline(trial: Trial) -> bool:
@@ -172,6 +160,8 @@ class TieBreakingASHA(SavesNewTrials, ASHAInternals):
         return {**result, self.rank_metric: value * sign(self.rank_mode)}
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
+        if infeasible(result):  # it trained nothing and ends now: in no rung
+            return TrialScheduler.CONTINUE
         if _baseline(trial):  # a reference, not a competitor: never in a rung's cutoff
             going = result.get(TIME_ATTR, 0) < self.max_t
             return TrialScheduler.CONTINUE if going else TrialScheduler.STOP
@@ -180,19 +170,10 @@ class TieBreakingASHA(SavesNewTrials, ASHAInternals):
     def on_trial_complete(
         self, tune_controller: Any, trial: Trial, result: dict[str, Any]
     ) -> None:
-        if _baseline(trial):
+        if _baseline(trial) or infeasible(result):
             self.forget(trial.trial_id)
             return
         super().on_trial_complete(tune_controller, trial, self._ranked(result))
-
-
-def milestones(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
-    """The rungs: ``grace_period`` x ``reduction_factor``^k epochs, below ``max_t``."""
-    out, rung = [], grace_period
-    while rung < max_t:
-        out.append(rung)
-        rung *= reduction_factor
-    return out
 
 
 class PromotingASHA(SavesNewTrials, FIFOScheduler):
@@ -200,6 +181,10 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
 
     ``on_pause`` / ``on_resume`` tell the searcher which trials wait at a rung, so that they
     do not count against its limit of concurrent trials (a paused trial holds no resources).
+    With several ``objectives`` ((metric, mode), ...; the first is ``metric`` and ``mode``)
+    a rung ranks its trials by non-dominated sorting and crowding distance (MO-ASHA,
+    :func:`unet_search.search.pareto.ranked`): the best floor(n / reduction_factor) are the
+    first fronts, the most isolated points of the last one admitted.
     """
 
     def __init__(
@@ -216,14 +201,15 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         exhausted: Callable[[], bool] | None = None,
         count: Callable[[str, dict[str, Any]], None] | None = None,
         final_fit: bool = False,
+        objectives: tuple[tuple[str, str], ...] = (),
     ) -> None:
         super().__init__()
-        self._rank_by = (metric, mode)
+        self._rank_by = objectives or ((metric, mode),)
         self._max_iterations, self._rf, self._num_samples = max_t, reduction_factor, num_samples
         self._milestones = milestones(grace_period, reduction_factor, max_t)
         # Per rung: trial id -> rank value when it got there (insertion order breaks ties),
         # and the trials promoted from it.
-        self._rungs: list[dict[str, float]] = [{} for _ in self._milestones]
+        self._rungs: list[dict[str, tuple[float, ...]]] = [{} for _ in self._milestones]
         self._promoted: list[set[str]] = [set() for _ in self._milestones]
         self._paused: dict[str, int] = {}  # trial id -> the rung it waits at
         self._to_resume: list[str] = []  # promoted while paused, not restarted yet
@@ -249,8 +235,7 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
     def _top(self, rung: int) -> list[str]:
         """The trials of ``rung`` that may be promoted: the best floor(n / reduction_factor)."""
         recorded = self._rungs[rung]
-        order = sorted(recorded, key=lambda t: -recorded[t])  # stable: earlier wins a tie
-        return order[: len(recorded) // self._rf]
+        return ranked(recorded)[: len(recorded) // self._rf]  # stable: earlier wins a tie
 
     def _promotable(self, rung: int) -> list[str]:
         return [t for t in self._top(rung) if t not in self._promoted[rung]]
@@ -259,8 +244,8 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         super().on_trial_add(tune_controller, trial)
         self._added.add(trial.trial_id)
         last = trial.last_result or {}
-        done, value = last.get(TIME_ATTR), rank_value(last, *self._rank_by)
-        if done is None or value is None:
+        done, value = last.get(TIME_ATTR), rank_vector(last, self._rank_by)
+        if done is None or value is None or infeasible(last):
             return
         # A trial restored by `resume`: it reached the rungs up to its epoch, ranked there by
         # its best so far (its value at each rung was not kept), and passed those below it.
@@ -289,8 +274,8 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
             self._on_resume(trial.trial_id)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
-        done, value = result.get(TIME_ATTR), rank_value(result, *self._rank_by)
-        if done is None or value is None:
+        done, value = result.get(TIME_ATTR), rank_vector(result, self._rank_by)
+        if done is None or value is None or infeasible(result):  # infeasible: in no rung
             return TrialScheduler.CONTINUE
         if _baseline(trial):  # a reference, not a competitor: never in a rung's cutoff
             return TrialScheduler.STOP if done >= self._max_iterations else TrialScheduler.CONTINUE
@@ -333,17 +318,18 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         others = [t for t in tune_controller.get_trials() if t is not trial and not _baseline(t)]
         if any(t.status in (Trial.RUNNING, Trial.PENDING) for t in others):
             return False
-        height = (rung, self._rungs[rung][trial.trial_id])
+        height = self._height(trial.trial_id, rung)
         return all(height > self._height(t) for t in self._paused)
 
     def _started_all(self) -> bool:
         """Every trial of the search has started, or the exploring budget ends exploring."""
         return len(self._added) >= self._num_samples or self._exhausted()
 
-    def _height(self, trial_id: str) -> tuple[int, float]:
-        """Where a paused trial waits: its rung, then its rank value there."""
-        rung = self._paused[trial_id]
-        return rung, self._rungs[rung][trial_id]
+    def _height(self, trial_id: str, rung: int | None = None) -> tuple[int, int]:
+        """Where a trial waits (paused, or at ``rung``): its rung, then its rank there
+        (larger is higher)."""
+        rung = self._paused[trial_id] if rung is None else rung
+        return rung, -ranked(self._rungs[rung]).index(trial_id)
 
     def _wait_at(self, trial_id: str, rung: int) -> None:
         """``trial_id`` waits at ``rung`` (paused) until promoted; the searcher is told."""
@@ -485,4 +471,5 @@ def make_scheduler(spec: SearchSpec, searcher: Any) -> SavesNewTrials:
         exhausted=searcher.exhausted,
         count=searcher.count_epochs,
         final_fit=settings.compute is not None and settings.final_fit > 0,
+        objectives=spec.tune_objectives,
     )

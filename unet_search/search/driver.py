@@ -195,9 +195,9 @@ def explore(started: Started) -> Explored:
     ctx = started.ctx
     results = started.tuner.fit()
     trials = summaries(results, ctx)
-    explored = pick_best(trials, ctx.spec.settings.mode)
+    explored = pick_best(trials, ctx.spec.settings)
     began = run_start_s(ctx.tracking_uri, ctx.parent_run_id)
-    source = final_source(trials, results, ctx.spec.settings.mode)
+    source = final_source(trials, results, ctx.spec.settings)
     plan = plan_final_fit(ctx, trials, source, results, began)
     final = _final_fit(ctx, started.trainable, plan, results)
     baseline = next((t for t in trials if t.baseline), None)
@@ -376,14 +376,17 @@ def start_search(
     log = route_ray_logs(workdir, search_id)
     ctx = _context(spec, (search_id, uri, experiment_id, parent, root), arrays, arrays.fingerprint)
     save_state(ctx, data_dir, model_name, overrides)
+    objectives = spec.tune_objectives
+    multi = len(objectives) > 1  # a multi-objective study: one direction per objective
     searcher = PruningAwareOptunaSearch(
         space=spec.define_by_run,
-        metric=spec.tune_metric,
-        mode=spec.settings.mode,
+        metric=[m for m, _ in objectives] if multi else spec.tune_metric,
+        mode=[mode for _, mode in objectives] if multi else spec.settings.mode,
         sampler=make_sampler(spec.settings),
         enqueue_baseline=spec.settings.baseline is not None,
         enqueue_default=_default_trial(spec),
         budget=_explore_budget(spec),
+        constraints=tuple((c.metric, c.max) for c in spec.settings.constraints),
     )
     run = _trial_function(ray.put(arrays), slot)
     tuner = _tuner(ctx, run(ctx), concurrency(spec, total_cpus), searcher, callbacks, stopper)

@@ -28,8 +28,9 @@ from unet_search.core.outcome import Outcome
 from unet_search.search.asha import KEEP_CHECKPOINTS, DurableFIFO, SaveAfterCheckpoints
 from unet_search.search.callbacks import TrialStatusCallback
 from unet_search.search.context import SearchContext
-from unet_search.search.outcome import TrialSummary, best_by_value, summaries
+from unet_search.search.outcome import TrialSummary, choose, summaries
 from unet_search.space.role import FinalStart, TrialRole
+from unet_search.space.settings import SearchSettings
 
 __all__ = [
     "explored_epochs",
@@ -77,7 +78,7 @@ def _checkpoint_of(result: Any) -> str | None:
 
 
 def final_source(
-    trials: list[TrialSummary], results: tune.ResultGrid, mode: str
+    trials: list[TrialSummary], results: tune.ResultGrid, settings: SearchSettings
 ) -> TrialSummary | None:
     """The exploring trial the final fit trains on: the best by its best value so far, of
     those that kept weights (a checkpoint, or a logged best model); finished or stopped
@@ -90,9 +91,10 @@ def final_source(
         and not t.final
         and t.value is not None
         and t.status != Outcome.FAILED.run_status
+        and not t.infeasible
         and (_checkpoint_of(_result_of(results, t)) or (t.status == FINISHED and t.run_id))
     ]
-    return best_by_value(candidates, mode)
+    return choose(candidates, settings)
 
 
 def plan_final_fit(

@@ -21,7 +21,7 @@ from ray.tune.experiment import Trial
 from ray.util.metrics import Gauge
 
 from unet_search.core.metrics import sign
-from unet_search.core.outcome import Outcome, outcome_of
+from unet_search.core.outcome import Outcome, infeasible, outcome_of
 
 _log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class LiveView(tune.Callback):
     def line(self) -> str:
         counts = self.counts()
         elapsed = int(time.monotonic() - self.start)
-        shown = [s for s in STATES if s not in ("pending", "paused") or counts[s]]
+        shown = [s for s in STATES if s not in ("pending", "paused", "infeasible") or counts[s]]
         text = ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in shown)
         best = ""
         if self.best:
@@ -175,6 +175,8 @@ class LiveView(tune.Callback):
         self.last_publish = now
 
     def _track_best(self, trial: Trial, result: dict[str, Any]) -> None:
+        if infeasible(result):  # an untrained model's value: not a candidate
+            return
         value = result.get(self.tune_metric)
         if value is not None and (
             self.best is None or self.sign * value > self.sign * self.best.value

@@ -4,19 +4,29 @@ is :mod:`unet_search.finish.outcome`'s."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
 from unet_search.core.metrics import sign
-from unet_search.core.outcome import outcome_of
+from unet_search.core.outcome import Outcome, outcome_of
 from unet_search.search.context import SearchContext
+from unet_search.search.pareto import fronts, knee
 from unet_search.space.role import TrialRole
+from unet_search.space.settings import SearchSettings
 from unet_search.tracking.read import child_run_names
 
-__all__ = ["best_by_value", "pick_best", "SPLIT_FILE", "summaries", "TrialSummary"]
+__all__ = [
+    "best_by_value",
+    "choose",
+    "front_of",
+    "pick_best",
+    "SPLIT_FILE",
+    "summaries",
+    "TrialSummary",
+]
 
 
 SPLIT_FILE = "split.json"  # the parent run's {"train": [...], "val": [...], "test": [...]}
@@ -35,6 +45,9 @@ class TrialSummary:
     params: dict[str, Any]
     default: bool = False  # the planned default configuration (search.default_trial)
     final: bool = False  # the final fit (unet_search.search.final)
+    # each objective's value (search.objectives; else the metric alone), as ranked
+    values: dict[str, float] = field(default_factory=dict)
+    infeasible: bool = False  # over a limit of search.constraints: it trained nothing
 
 
 def summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary]:
@@ -43,7 +56,7 @@ def summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary
     for result in results:  # type: ignore[attr-defined]  # ResultGrid is iterable
         metrics = result.metrics or {}
         trial_id = str(metrics.get("trial_id") or Path(result.path).name)
-        status = outcome_of(metrics, failed=result.error is not None).run_status
+        outcome = outcome_of(metrics, failed=result.error is not None)
         value = metrics.get(ctx.spec.tune_metric)
         run_id, name = runs.get(trial_id, (None, trial_id))
         role = TrialRole.of(result.config)
@@ -52,7 +65,7 @@ def summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary
                 role.number,
                 trial_id,
                 name,
-                status,
+                outcome.run_status,
                 None if value is None or result.error else float(value),
                 int(metrics.get("epoch", 0)),
                 role.baseline,
@@ -60,21 +73,60 @@ def summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary
                 ctx.spec.assignments(result.config or {}),
                 role.default,
                 role.final is not None,
+                {
+                    metric: float(metrics[key])
+                    for (metric, _), (key, _) in zip(
+                        ctx.spec.settings.objective_pairs, ctx.spec.tune_objectives, strict=True
+                    )
+                    if metrics.get(key) is not None and not result.error
+                },
+                outcome == Outcome.INFEASIBLE,
             )
         )
     return sorted(out, key=lambda t: t.index)
 
 
-def pick_best(trials: list[TrialSummary], mode: str) -> TrialSummary | None:
-    """The best finished trial; None when other trials ran but none of them finished (they
-    failed, or were stopped): the baseline is a reference, the best only when it really
-    beats a trained candidate (or when it is the search's only trial)."""
+def pick_best(trials: list[TrialSummary], settings: SearchSettings) -> TrialSummary | None:
+    """The best finished trial (:func:`choose`); None when other trials ran but none of them
+    finished (they failed, were stopped, or broke a limit): the baseline is a reference, the
+    best only when it really beats a trained candidate (or when it is the search's only
+    trial)."""
     # Only finished trials logged their best model (ASHA ends the others mid-way).
     scored = [t for t in trials if t.value is not None and t.run_id and t.status == "FINISHED"]
     others = any(not t.baseline for t in trials)
     if not scored or (others and all(t.baseline for t in scored)):
         return None
-    return best_by_value(scored, mode)
+    if settings.pick == "knee":
+        return choose([t for t in scored if not t.baseline], settings) or choose(scored, settings)
+    return choose(scored, settings)
+
+
+def _points(trials: list[TrialSummary], settings: SearchSettings) -> dict[str, tuple[float, ...]]:
+    """Each trial with every objective's value, signed (larger is better)."""
+    pairs = settings.objective_pairs
+    return {
+        t.trial_id: tuple(t.values[m] * sign(mode) for m, mode in pairs)
+        for t in trials
+        if all(m in t.values for m, _ in pairs)
+    }
+
+
+def front_of(trials: list[TrialSummary], settings: SearchSettings) -> list[TrialSummary]:
+    """The trials no other of ``trials`` dominates in every objective (in their order)."""
+    points = _points(trials, settings)
+    first = fronts(points)[0] if points else []
+    return [t for t in trials if t.trial_id in first]
+
+
+def choose(trials: list[TrialSummary], settings: SearchSettings) -> TrialSummary | None:
+    """The trial to register (or to train on in a final fit): the best by the first
+    objective, or with ``search.pick: knee`` the knee of their front."""
+    if settings.pick != "knee":
+        return best_by_value(trials, settings.mode)
+    points = _points(trials, settings)
+    front = {t.trial_id: points[t.trial_id] for t in front_of(trials, settings)}
+    chosen = knee(front)
+    return next((t for t in trials if t.trial_id == chosen), None)
 
 
 def best_by_value(trials: list[TrialSummary], mode: str) -> TrialSummary | None:

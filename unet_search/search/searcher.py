@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from ray.air.constants import TRAINING_ITERATION
 from ray.tune.search import Searcher
 
-from unet_search.core.outcome import trained_to_the_end
+from unet_search.core.outcome import infeasible, trained_to_the_end
 from unet_search.core.tags import TAG_BASELINE, TAG_DEFAULT
 from unet_search.search.private import OptunaSearchInternals
 
@@ -52,6 +52,10 @@ class PruningAwareOptunaSearch(OptunaSearchInternals):
 
     ``enqueue_default`` (Optuna parameters) is the planned default configuration, enqueued
     right after the baseline and tagged ``TAG_DEFAULT``: TPE learns from it like any trial.
+    ``constraints`` ((metric, max), ...: ``search.constraints``) are told to Optuna with
+    every trial that measured them, as ``value / max - 1`` (feasible at 0 or less), so TPE
+    learns where the limits are; a trial over one (infeasible: it trained nothing) is told
+    COMPLETE with its untrained model's value, as Optuna's constrained TPE expects.
     With a ``budget`` it suggests no trial once the exploring trials have spent it (it counts
     each trial's epochs from its results; Tune saves the count with the searcher).
     """
@@ -62,8 +66,11 @@ class PruningAwareOptunaSearch(OptunaSearchInternals):
         enqueue_baseline: bool = False,
         enqueue_default: dict[str, Any] | None = None,
         budget: ExploreBudget | None = None,
+        constraints: tuple[tuple[str, float], ...] = (),
         **kwargs: Any,
     ) -> None:
+        self._constraints = constraints
+        self._measured: dict[str, dict[str, float]] = {}  # trial id -> the limited metrics
         self._enqueue_baseline = enqueue_baseline
         self._enqueue_default = enqueue_default
         self._budget = budget
@@ -92,8 +99,11 @@ class PruningAwareOptunaSearch(OptunaSearchInternals):
         self._paused.discard(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        super().on_trial_result(trial_id, result)
-        if result.get(self.metric) is not None:
+        self._measure(trial_id, result)
+        if infeasible(result):  # not an intermediate value: it trained nothing
+            return
+        super().on_trial_result(trial_id, result)  # single objective: an intermediate value
+        if result.get(self._metrics[0]) is not None:
             self._reported.add(trial_id)
         self.count_epochs(trial_id, result)
 
@@ -103,8 +113,29 @@ class PruningAwareOptunaSearch(OptunaSearchInternals):
         optuna_trial = self.optuna_trial(trial_id)
         if optuna_trial is None or optuna_trial.user_attrs.get(TAG_BASELINE):
             return
+        if infeasible(result):  # it trained no epoch
+            return
         done = int(result.get("epoch") or result.get(TRAINING_ITERATION) or 0)
         self._epochs[trial_id] = max(self._epochs.get(trial_id, 0), done)
+
+    def _measure(self, trial_id: str, result: dict[str, Any] | None) -> None:
+        """Keep the limited metrics a trial measured before its first epoch (its results
+        carry them; a restored trial's later ones may not)."""
+        result = result or {}
+        found = {m: float(result[m]) for m, _ in self._constraints if m in result}
+        if found:
+            self._measured[trial_id] = {**self._measured.get(trial_id, {}), **found}
+
+    def _tell_constraints(self, trial_id: str, optuna_trial: Any) -> None:
+        measured = self._measured.get(trial_id, {})
+        for metric, limit in self._constraints:
+            if metric in measured:
+                optuna_trial.set_constraint(metric, measured[metric] / limit - 1.0)
+
+    @property
+    def _metrics(self) -> list[str]:
+        """The objectives' result keys (one, or several: a multi-objective study)."""
+        return list(self.metric) if isinstance(self.metric, list) else [self.metric]
 
     @property
     def epochs_trained(self) -> int:
@@ -143,22 +174,30 @@ class PruningAwareOptunaSearch(OptunaSearchInternals):
             return
         if result is not None:
             self.count_epochs(trial_id, result)
-        value = None if result is None else result.get(self.metric)
-        if not error and result is None and trial_id in self._reported:
+        self._measure(trial_id, result)
+        if not error:
+            self._tell_constraints(trial_id, optuna_trial)
+        found = [None if result is None else result.get(m) for m in self._metrics]
+        values = None if any(v is None for v in found) else [float(v or 0.0) for v in found]
+        if not error and infeasible(result) and values is not None:
+            state = TrialState.COMPLETE  # over a limit: its constraints say so
+        elif not error and result is None and trial_id in self._reported:
             # Stopped while paused at a rung (Tune passes no result): pruned there.
-            state, value = TrialState.PRUNED, None
-        elif error or value is None:
-            state, value = TrialState.FAIL, None
+            state, values = TrialState.PRUNED, None
+        elif error or values is None:
+            state, values = TrialState.FAIL, None
         elif trained_to_the_end(result):
             state = TrialState.COMPLETE
         else:
             # The result that made ASHA stop the trial never went through on_trial_result:
-            # record it, so Optuna holds every intermediate value up to the stop.
+            # record it, so Optuna holds every intermediate value up to the stop (one
+            # objective: Optuna keeps no intermediate values of several).
             step = int(result.get(TRAINING_ITERATION, 0)) if result else 0
-            if step and value is not None:
+            if step and len(values) == 1:
                 with warnings.catch_warnings():  # Optuna ignores a step reported twice
                     warnings.simplefilter("ignore")
-                    optuna_trial.report(float(value), step)
-            state, value = TrialState.PRUNED, None
-        self.study.tell(optuna_trial, value, state=state)
+                    optuna_trial.report(values[0], step)
+            state, values = TrialState.PRUNED, None
+        told = values[0] if values is not None and len(values) == 1 else values
+        self.study.tell(optuna_trial, told, state=state)
         self.mark_told(trial_id)

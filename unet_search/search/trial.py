@@ -26,6 +26,7 @@ from unet_search.core.tags import (
     TAG_TRIAL_NUMBER,
 )
 from unet_search.distributed.faults import FAULT_ENV
+from unet_search.distributed.limits import Limits
 from unet_search.distributed.recipe import RecipeInput, WorkerContext, ray_hooks, run_recipe
 from unet_search.distributed.trainer import build_trainer
 from unet_search.search.context import ARCH_SHORT, TRIAL_SLOT, SearchContext
@@ -106,6 +107,14 @@ def _open_run(ctx: SearchContext, trial: Trial, trial_id: str) -> str:
     )
 
 
+def _limits(ctx: SearchContext, trial: Trial) -> Limits:
+    """What the trial measures before it trains, and keeps (the baseline, a reference, is
+    measured but held to no limit)."""
+    settings = ctx.spec.settings
+    kept = () if trial.role.baseline else settings.constraints
+    return Limits(settings.latency_image, tuple((c.metric, c.max) for c in kept))
+
+
 def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.ObjectRef]) -> None:
     """One trial: open (or reopen) its MLflow run, then train in-process or on Ray Train."""
     trial = ctx.spec.trial(config)
@@ -122,6 +131,7 @@ def trial_main(config: dict[str, Any], ctx: SearchContext, dataset: list[ray.Obj
         final.init_run if final else None,  # a final fit starts from a run's weights
         final.init_checkpoint if final else None,  # or a checkpoint's
         bool(final and final.optimizer),  # and its optimizer (`continue`)
+        limits=_limits(ctx, trial),
     )
     if _in_process(cfg):
         report, checkpoint_dir = ray_hooks(tune.report, tune.Checkpoint, tune.get_checkpoint)

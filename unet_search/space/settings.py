@@ -12,9 +12,14 @@ from pydantic import BeforeValidator, Field, model_validator
 from unet_search.core.config import PRESETS
 from unet_search.core.metrics import METRICS
 from unet_search.core.schema import Frozen, at_least, between, broken, choice, rule
+from unet_search.core.sections import Size
 
 __all__ = [
     "ComputeSpec",
+    "ConstraintSpec",
+    "LIMITED",
+    "ObjectiveSpec",
+    "PICKS",
     "FINAL_FIT_SHARE",
     "FINAL_FIT_STARTS",
     "SAMPLERS",
@@ -72,6 +77,74 @@ FINAL_FIT_SHARE = 0.7
 
 FINAL_FIT_STARTS = ("continue", "kept", "scratch")  # see unet_search.search.final
 
+# What a limit may be put on: known before a trial trains (the built model's trainable
+# parameters; the untrained model's latency, which does not depend on its weights).
+LIMITED = ("num_parameters", "inference_ms")
+
+
+class ConstraintSpec(Frozen):
+    """A limit a trial must keep (``search.constraints`` items): ``metric`` at most ``max``,
+    checked before the trial's first epoch."""
+
+    section = "search.constraints"
+    metric: Annotated[str, choice(LIMITED)]
+    max: Annotated[float, rule("must be > 0", lambda v: v > 0)]
+
+
+class ObjectiveSpec(Frozen):
+    """One objective of a multi-objective search (``search.objectives`` items): a searchable
+    validation metric or a limited one (``num_parameters``, ``inference_ms``), and its mode
+    (the metric's own: a reversed one is an error)."""
+
+    section = "search.objectives"
+    metric: Annotated[str, choice([*SEARCHABLE, *LIMITED])]
+    mode: str = ""
+
+    @model_validator(mode="after")
+    def _its_mode(self) -> Self:
+        wanted = METRICS[self.metric].mode if self.metric in METRICS else "min"
+        if self.mode not in ("", wanted):
+            raise broken(".mode", f"must be {wanted!r} for {self.metric}", self.mode)
+        if not self.mode:
+            object.__setattr__(self, "mode", wanted)
+        return self
+
+
+# How the registered model is chosen from a multi-objective search's front: the best first
+# objective within the constraints, or the knee (the front's point farthest from the line
+# through its two ends, each objective scaled to [0, 1]).
+PICKS = ("best", "knee")
+
+
+def _items(key: str, spec: type[Frozen], value: Any) -> tuple[Any, ...]:
+    """Each item of a list of mappings validated where it stands (``key[1].max``)."""
+    if not isinstance(value, list | tuple):
+        raise broken(key, "must be a list of mappings", value)
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, spec):
+            out.append(item)
+        elif isinstance(item, dict):
+            out.append(spec.validated(item, f"{key}[{i}]"))
+        else:
+            raise broken(f"{key}[{i}]", "must be a mapping", item)
+    return tuple(out)
+
+
+def _objectives(value: Any) -> Any:
+    return _items("search.objectives", ObjectiveSpec, value)
+
+
+def _first_metric(objectives: Any) -> Any:
+    first = objectives[0] if isinstance(objectives, list | tuple) and objectives else None
+    if isinstance(first, ObjectiveSpec):
+        return first.metric
+    return first.get("metric") if isinstance(first, dict) else None
+
+
+def _constraints(value: Any) -> Any:
+    return _items("search.constraints", ConstraintSpec, value)
+
 
 class SearchSettings(Frozen):
     """The ``search`` section of a space: how many trials, ranked by what, sampled how."""
@@ -103,12 +176,35 @@ class SearchSettings(Frozen):
     # The registered model carries its ONNX export (onnx/), checked against PyTorch on a
     # validation image (unet_search.serve.onnx): a few seconds at registration.
     onnx: bool = True
+    # inference_ms: the median ms per image of this size through the predictor, measured
+    # in every trial before its first epoch (unet_search.train.latency)
+    latency_image: Size = (512, 512)
+    constraints: Annotated[tuple[ConstraintSpec, ...], BeforeValidator(_constraints)] = ()
+    # Several objectives (replace `metric` and `mode`; the first is the search metric: the
+    # final fit, the champion gate and `best` follow it): a Pareto front (unet_search.search.
+    # pareto), multi-objective TPE, ASHA by non-dominated sorting (MO-ASHA).
+    objectives: Annotated[tuple[ObjectiveSpec, ...], BeforeValidator(_objectives)] = ()
+    pick: Annotated[str, choice(PICKS)] = "best"  # the registered model, from the front
 
     @model_validator(mode="before")
     @classmethod
     def _mode_of_metric(cls, raw: Any) -> Any:
-        """The mode follows the metric; another is an error (not silently reversed)."""
-        if isinstance(raw, dict) and "mode" not in raw and raw.get("metric") in METRICS:
+        """The mode follows the metric; another is an error (not silently reversed). With
+        ``objectives`` the first one is the metric, and ``metric``/``mode`` may not be given."""
+        if not isinstance(raw, dict):
+            return raw
+        if raw.get("objectives"):
+            given = [f"search.{key}" for key in ("metric", "mode") if key in raw]
+            if given:
+                raise broken(
+                    "search.objectives",
+                    f"replace {' and '.join(f'`{k}`' for k in given)}: give one or the other",
+                    raw["objectives"],
+                )
+            metric = _first_metric(raw["objectives"])
+            if metric in SEARCHABLE:  # else the objectives' own check names it
+                raw = {**raw, "metric": metric}
+        if "mode" not in raw and raw.get("metric") in METRICS:
             return {**raw, "mode": METRICS[raw["metric"]].mode}
         return raw
 
@@ -118,6 +214,36 @@ class SearchSettings(Frozen):
         if self.mode != wanted:
             raise broken("search.mode", f"must be {wanted!r} for {self.metric}", self.mode)
         return self
+
+    @model_validator(mode="after")
+    def _front(self) -> Self:
+        if self.pick == "knee" and len(self.objectives) < 2:
+            raise broken("search.pick", "`knee` needs two or more `objectives`", self.pick)
+        if self.objectives and self.objectives[0].metric not in SEARCHABLE:
+            raise broken(
+                "search.objectives[0].metric",
+                f"must be one of {SEARCHABLE}: the first objective is the search metric",
+                self.objectives[0].metric,
+            )
+        if len(self.objectives) > 1 and self.scheduler.type == "asha_stopping":
+            raise broken(
+                "search.scheduler.type",
+                "`asha_stopping` ranks one metric: use `asha` (MO-ASHA) or `fifo` with several"
+                " objectives",
+                self.scheduler.type,
+            )
+        return self
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def objective_pairs(self) -> tuple[tuple[str, str], ...]:
+        """(metric, mode) of every objective: the search metric alone without ``objectives``."""
+        if self.objectives:
+            return tuple((o.metric, o.mode) for o in self.objectives)
+        return ((self.metric, self.mode),)
 
     @property
     def explore_epochs(self) -> int | None:

@@ -35,6 +35,11 @@ Schema (unknown keys are errors)::
       default_trial: true            # the planned default configuration is trial 1
       champion_must_beat_otsu: true  # a val_dice below Otsu's is registered as challenger
       onnx: true                     # register onnx/model.onnx with the model, checked
+      latency_image: 512             # inference_ms: ms per image of this size, measured by
+                                     # every trial before its first epoch
+      constraints:                   # limits checked before a trial trains; a trial over
+        - {metric: num_parameters, max: 5.0e6}   # one trains nothing (infeasible)
+        - {metric: inference_ms, max: 50}
 
 `auto` (in ``fixed``: scale, patch_size, depth, batch_size, patches_per_epoch, normalization;
 and as ``low`` / ``high`` of an int ``depth``) is filled from the dataset's plan
@@ -66,7 +71,7 @@ from unet_search.core.schema import Frozen, broken, rule
 from unet_search.core.sections import PLANNED_LEAVES
 from unet_search.core.tags import TAG_BASELINE, TAG_DEFAULT
 from unet_search.space.role import Trial, TrialRole
-from unet_search.space.settings import SearchSettings
+from unet_search.space.settings import LIMITED, SearchSettings
 from unet_search.train.plan import Plan
 
 __all__ = [
@@ -416,6 +421,15 @@ class SearchSpec:
     def tune_metric(self) -> str:
         """Tune, ASHA and Optuna follow each trial's best value so far (the kept weights)."""
         return f"best_{self.settings.metric}"
+
+    @property
+    def tune_objectives(self) -> tuple[tuple[str, str], ...]:
+        """(result key, mode) of each objective: a validation metric's best so far (the kept
+        weights), a limited one (num_parameters, inference_ms) as measured before training."""
+        return tuple(
+            (metric if metric in LIMITED else f"best_{metric}", mode)
+            for metric, mode in self.settings.objective_pairs
+        )
 
     def _closure(self, names: set[str]) -> set[str]:
         """``names`` plus every parameter their conditions depend on (transitively)."""

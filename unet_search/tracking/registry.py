@@ -30,10 +30,12 @@ from unet_search.core.errors import UserError
 from unet_search.core.metrics import METRICS, better
 from unet_search.core.tags import PREFIX as TAG_PREFIX
 from unet_search.core.tags import (
+    TAG_CONSTRAINTS,
     TAG_DATA,
     TAG_FINGERPRINT,
     TAG_METRIC,
     TAG_MODE,
+    TAG_OBJECTIVES,
     TAG_RUN_ID,
     TAG_SEARCH_ID,
     TAG_SPLIT,
@@ -84,6 +86,12 @@ def _differences(new: Mapping[str, str], old: Mapping[str, str]) -> list[str]:
             f"was chosen by {old.get(TAG_METRIC)} ({old.get(TAG_MODE)}), this model by "
             f"{new.get(TAG_METRIC)} ({new.get(TAG_MODE)})"
         )
+    for tag, what in ((TAG_OBJECTIVES, "objectives"), (TAG_CONSTRAINTS, "limits")):
+        if old.get(tag, "") != new.get(tag, ""):
+            out.append(
+                f"was chosen with {what} {old.get(tag) or 'none'}, this model with "
+                f"{new.get(tag) or 'none'}"
+            )
     if all(tag in tags for tag in (TAG_DATA, TAG_SPLIT) for tags in (new, old)):
         if old[TAG_DATA] != new[TAG_DATA]:
             out.append(f"was trained on other data (data {old[TAG_DATA]} != {new[TAG_DATA]})")
