@@ -16,9 +16,10 @@ from conftest import TrainedModel
 
 from unet_search.cli.app import main
 from unet_search.core.config import RunConfig
+from unet_search.core.errors import UserError
 from unet_search.models.build import build_model, load_model_dir, save_model_dir
 from unet_search.serve.inference import Predictor, load_model, score_images
-from unet_search.serve.onnx import TOLERANCE, OnnxNetwork, export_onnx
+from unet_search.serve.onnx import TOLERANCE, OnnxNetwork, _export, _Graph, export_onnx
 from unet_search.train.engine import val_indices
 from unet_search.train.sliding import preprocessing_of
 from unet_search.train.transforms import to_tensor
@@ -30,11 +31,11 @@ FAMILIES: dict[str, dict[str, Any]] = {
         **{"block": "residual", "bottleneck": "dilated", "attention": "gate"},
         **{"pooling": "strided", "upsampling": "transpose"},
     },
-    "scratch separable+transformer+scse": {
+    "scratch separable+transformer+scse, bilinear": {
         **{"block": "separable", "bottleneck": "transformer", "attention": "scse"},
-        "pooling": "avg",
+        **{"pooling": "avg", "upsampling": "bilinear"},
     },
-    "scratch aspp (a graph of its tile)": {"bottleneck": "aspp"},
+    "scratch aspp (a graph of its tile), nearest": {"bottleneck": "aspp", "upsampling": "nearest"},
     "unpadded (overlap-tile)": {"padding": "valid", "patch_size": 36},
     "unet3plus": {"arch": "unet3plus", "depth": 3},
     "smp resnet18": {"encoder": "resnet18", "depth": 3},
@@ -152,3 +153,22 @@ def test_load_model_onnx_exports_a_model_that_has_none(trained_model: TrainedMod
     want = Predictor.from_dir(trained_model.path).predict([image])[0]
     assert (predictor.predict([image])[0] == want).mean() >= 0.999
     assert ort.get_device() in ("CPU", "GPU")
+
+
+def test_a_network_the_exporter_cannot_trace_is_one_clear_error(tmp_path: Path) -> None:
+    """Where torch's exporter fails (here: a branch on the data, which no graph of fixed
+    operators holds), one line says so, with the reason and the model code that raised,
+    and no file is left."""
+
+    class OnTheData(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :1] if x.sum() > 0 else -x[:, :1]
+
+    graph = _Graph(OnTheData(), torch.rand(2, 3, 32, 32), {"size": None})
+    with pytest.raises(UserError) as err:
+        _export(graph, tmp_path / "model.onnx", "model X")
+    message = str(err.value)
+    assert message.startswith("model X: cannot be exported to ONNX: TorchExportError: ")
+    assert "data-dependent" in message and "in forward" in message
+    assert "\n" not in message and len(message) <= 700
+    assert not (tmp_path / "model.onnx").exists()

@@ -159,7 +159,7 @@ def test_the_gate_compares_test_values_and_names_what_differs(store) -> None:
     assert "was trained on other data (data d1 != d2)" in both.reason
     # chosen among several objectives, or within limits: only against versions chosen alike
     front = {TAG_OBJECTIVES: "val_dice:max,inference_ms:min"}
-    limits = {**front, TAG_CONSTRAINTS: "num_parameters<=5e+06"}
+    limits = {TAG_CONSTRAINTS: "num_parameters<=5e+06"}
     mo = promote(client, "unet-test", _version(client, 0.99, 0.99, **front))
     assert mo.alias == "challenger"
     assert mo.reason == (

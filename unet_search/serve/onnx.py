@@ -159,13 +159,23 @@ def _export(graph: _Graph, out: Path, what: str) -> None:
 
 
 def _cause(err: BaseException) -> str:
-    """The exporter's one-line reason (its messages hold pages of advice and graphs)."""
+    """The exporter's reason in one line (its messages hold pages of advice and graphs): the
+    exception, an unsupported operator where it names one, and the model code that raised."""
     text = str(err)
-    if "## Exception summary" in text:
-        text = text.split("## Exception summary", 1)[1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    summary = text.split("## Exception summary", 1)[-1]
+    lines = [line.strip() for line in summary.splitlines() if line.strip()]
     reason = next((line for line in lines if line.startswith("<class")), lines[0] if lines else "")
-    return f"{type(err).__name__}: {reason}"[:500]
+    out = f"{type(err).__name__}: {reason}"
+    unsupported = next((line.strip() for line in text.splitlines() if "nsupported" in line), "")
+    if unsupported and unsupported not in out:
+        out += f"; {unsupported}"
+    marker = "The following call raised this error:"
+    if marker in text:
+        where = next(
+            (ln.strip() for ln in text.split(marker, 1)[1].splitlines() if ln.strip()), ""
+        )
+        out += f" (raised at {where})" if where else ""
+    return out[:600]
 
 
 def export_onnx(
