@@ -407,3 +407,112 @@ def test_a_relative_storage_inside_a_ray_job_is_refused_before_anything_starts(
         assert_user_error(proc, "--storage / UNET_SEARCH_STORAGE 'runs': must be an absolute")
         assert proc.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def run_on_a_terminal(
+    *args: str, home: Path, rows: int = 40, columns: int = 120, timeout: int = 600
+) -> tuple[int, bytes]:
+    """The console script with its stdout a pseudo-terminal of ``rows`` x ``columns`` (as
+    a user's): its exit code and every byte it wrote there (stderr apart, in
+    ``home/stderr.txt`` when ``home`` exists)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    env = {**os.environ, "UNET_SEARCH_HOME": str(home), "TERM": "xterm-256color"}
+    for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "COLUMNS", "LINES"):
+        env.pop(name, None)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    errors = (home / "stderr.txt").open("wb") if home.is_dir() else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [EXE, *args], stdout=slave, stderr=errors, stdin=subprocess.DEVNULL, env=env
+    )
+    os.close(slave)
+    out, deadline = bytearray(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the other side closed: the process has ended
+                break
+            if not data:
+                break
+            out += data
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(timeout=60), bytes(out)
+
+
+def _screen(output: bytes, rows: int = 40, columns: int = 120) -> list[str]:
+    """What a terminal of that size shows once ``output`` has been written to it."""
+    import pyte
+
+    screen = pyte.Screen(columns, rows)
+    pyte.ByteStream(screen).feed(output)
+    return [line.rstrip() for line in screen.display]
+
+
+def test_a_search_on_a_terminal_draws_a_live_panel_that_gives_way_to_the_summary(
+    synth_dir: Path, tmp_path: Path
+) -> None:
+    """On a terminal the search draws one panel, updated in place (no progress lines), with
+    the budget's bar, the best against the baseline and the trials; at the end it is gone
+    and the last screen holds the summary, which fits in 40 lines."""
+    space = Path(__file__).parents[2] / "search_spaces" / "quick.yaml"
+    shrink = [
+        *("patch_size=32", "patches_per_epoch=8", "image_size=32", "val_fraction=0.25"),
+        *("dsb_every=0", "epochs=1", "search.num_samples=2", "search.compute=null"),
+        *("search.scheduler.type=fifo", "search.scheduler.grace_period=1", "search.onnx=false"),
+        "search.latency_image=64",
+        "search.champion_must_beat_otsu=false",
+    ]
+    sets = [arg for item in shrink for arg in ("--set", item)]
+    home = tmp_path / "h"
+    home.mkdir()
+    code, output = run_on_a_terminal(
+        "search", "--space", str(space), "--data", str(synth_dir), *sets, home=home
+    )
+    text = output.decode("utf-8", errors="replace")
+    assert code == 0, text[-2000:] + (home / "stderr.txt").read_text()[-2000:]
+    assert "Successfully registered" not in (home / "stderr.txt").read_text()  # in the log
+    assert "search quick-1" in text and "elapsed" in text and "/ 2 trials" in text  # the panel
+    assert "━" in text  # its bar
+    assert "] trials: " not in text  # no progress lines on a terminal: the panel instead
+    assert "Configuration for experiment" not in text  # nor Tune's boxes
+    screen = _screen(output)
+    first = next(i for i, line in enumerate(screen) if line.startswith("search quick-1: 2 trials"))
+    last = next(i for i, line in enumerate(screen) if line.startswith("MLflow UI"))
+    assert 0 <= first < last < 40  # the whole summary on the last screen
+    assert not any("elapsed" in line for line in screen)  # the panel gave way to it
+    assert "model unet-quick v1 is the new champion" in "\n".join(screen)
+
+
+def test_predict_on_a_terminal_shows_a_progress_bar_and_through_a_pipe_none(
+    tmp_path: Path,
+) -> None:
+    from unet_search.core.config import RunConfig
+    from unet_search.models.build import build_model, save_model_dir
+    from unet_search.train.sliding import preprocessing_of
+
+    cfg = RunConfig.from_dict({"depth": 2, "base_filters": 4, "patch_size": 32})
+    save_model_dir(
+        tmp_path / "model", build_model(cfg.model, 1), cfg.model, 1, preprocessing_of(cfg)
+    )
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(20):
+        Image.fromarray(np.full((40, 50, 3), i * 10, np.uint8)).save(images / f"{i:02d}.png")
+    args = ["predict", "--model", str(tmp_path / "model"), "--input", str(images)]
+    code, output = run_on_a_terminal(*args, "--output", str(tmp_path / "t"), home=tmp_path)
+    text = output.decode("utf-8", errors="replace")
+    assert code == 0 and "predicting" in text and "20/20" in text  # the bar, at its end
+    assert _screen(output)[0] == f"wrote 20 mask(s) to {tmp_path / 't'}"  # then gone
+    piped = run(*args, "--output", str(tmp_path / "p"), home=tmp_path)
+    assert piped.returncode == 0
+    assert piped.stdout == f"wrote 20 mask(s) to {tmp_path / 'p'}\n"  # no bar in a pipe

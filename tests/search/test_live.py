@@ -125,3 +125,44 @@ def test_the_progress_line_shows_trials_asha_holds_at_a_rung_as_paused() -> None
     trials[1].set_status(Trial.RUNNING)
     trials[3].set_status(Trial.RUNNING)
     assert "trials: 4 running, 0 finished" in view.line()  # none paused or pending: not shown
+
+
+def test_lines_come_only_when_something_changed_and_the_panel_draws_the_same_state(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Not on a terminal: a line for each change (a trial started, paused), none while
+    nothing changes, until the heartbeat. The panel's state is the line's, with the trials'
+    epochs and values."""
+    import time
+
+    trials = [Trial("t", config={}, stub=True) for _ in range(2)]
+    for trial in trials:
+        trial.set_status(Trial.RUNNING)
+    view = LiveView(
+        "s", "val_dice", "best_val_dice", "max", lambda t: t.trial_id, heartbeat_s=0.3,
+        max_t=4, num_samples=2, otsu=0.5,
+    )  # fmt: skip
+    view.on_trial_start(0, trials, trials[0])  # an event: a line
+    for _ in range(5):  # the driver's loop while nothing changes: no line
+        view._update(trials)
+    trials[1].set_status(Trial.PAUSED)  # a change without an event of its own: a line
+    view._update(trials)
+    view._update(trials)
+    time.sleep(0.35)
+    view._update(trials)  # nothing changed for the heartbeat: a line
+    lines = [line for line in capsys.readouterr().out.splitlines() if "] trials: " in line]
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        "trials: 2 running, 0 finished, 0 stopped early, 0 failed",
+        "trials: 1 paused, 1 running, 0 finished, 0 stopped early, 0 failed",
+        "trials: 1 paused, 1 running, 0 finished, 0 stopped early, 0 failed",
+    ]
+    result = {"epoch": 2.0, "val_dice": 0.61, "best_val_dice": 0.7}
+    view.on_trial_result(0, trials, trials[0], result)
+    snap = view.snapshot()
+    assert (snap.done, snap.total, snap.unit) == (0.0, 2.0, "trials")
+    assert snap.best == (0.7, trials[0].trial_id) and snap.otsu == 0.5
+    assert [(r.state, r.epoch, r.max_t, r.value) for r in snap.rows] == [
+        ("running", 2, 4, 0.61),
+        ("paused", 0, 4, None),
+    ]
+    assert snap.counts == "1 paused, 1 running, 0 finished, 0 stopped early, 0 failed"

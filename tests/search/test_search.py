@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -293,6 +294,12 @@ def test_end_to_end_search_registers_a_champion_that_scores_its_numbers(
         .startswith("trials: 0 running, 3 finished, 0 stopped early, 0 failed | best val_dice ")
     )
     assert f"({out.best.name})" in progress[-1]
+    # Not a terminal: a line only when something changed, no two alike in a row (the search
+    # takes well under the minute a heartbeat line waits for). 3 trials started, 6 epochs
+    # reported, 3 ended: 12 events at most.
+    contents = [line.split("] ", 1)[1] for line in progress]
+    assert all(a != b for a, b in itertools.pairwise(contents)), contents
+    assert len(progress) <= 12, progress
     assert (workdir / "logs" / "e2e-1.log").exists()
     assert main(["best", "e2e-1", "--top", "2"]) == 0
     table = capsys.readouterr().out.splitlines()

@@ -322,12 +322,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LogWhenNeeded(logging.FileHandler):
+    """A log file whose folder and file are made at its first record, not before."""
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
+def _warnings_to_the_log() -> None:
+    """Python's warnings (third-party ones a user can do nothing about) go to
+    ``<work_dir>/logs/unet-search.log``, written only when one comes, not to the terminal; a
+    search sends them to its own log instead (:func:`unet_search.search.setup.route_ray_logs`)."""
+    from unet_search.core.env import work_dir
+
+    logging.captureWarnings(True)
+    logger = logging.getLogger("py.warnings")
+    if any(getattr(h, "unet_search", False) for h in logger.handlers):
+        return
+    path = work_dir() / "logs" / "unet-search.log"
+    handler = _LogWhenNeeded(path, encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.unet_search = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
     for noisy in ("mlflow", "alembic"):  # their INFO lines (DB migrations...) are not news
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if args.command in ("search", "resume", "train", "predict", "export"):
+            _warnings_to_the_log()
         return int(args.func(args))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

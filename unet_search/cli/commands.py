@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -461,21 +462,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     binary = predictor.pre.num_classes == 1
     args.output.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, object]] = []
-    for start in range(0, len(files), 16):
-        chunk = files[start : start + 16]
-        outputs: list[tuple[np.ndarray, np.ndarray | None]]
-        if kind == "mask" and not objects_csv:
-            outputs = [(mask, None) for mask in predictor.predict(chunk)]
-        else:
-            outputs = [(m, i) for m, i in predictor.predict_both(chunk)]
-        for path, (mask, instances) in zip(chunk, outputs, strict=True):
-            if kind == "instances" and instances is not None:  # 16-bit, 0 the background
-                picture = Image.fromarray(instances.astype(np.uint16))
+    bar = _progress(len(files), "predicting")
+    try:
+        for start in range(0, len(files), 16):
+            chunk = files[start : start + 16]
+            outputs: list[tuple[np.ndarray, np.ndarray | None]]
+            if kind == "mask" and not objects_csv:
+                outputs = [(mask, None) for mask in predictor.predict(chunk)]
             else:
-                picture = Image.fromarray((mask * 255 if binary else mask).astype(np.uint8))
-            picture.save(args.output / f"{path.stem}.png")
-            if objects_csv and instances is not None:
-                rows.extend(object_rows(path.stem, read_image(path), instances))
+                outputs = [(m, i) for m, i in predictor.predict_both(chunk)]
+            for path, (mask, instances) in zip(chunk, outputs, strict=True):
+                if kind == "instances" and instances is not None:  # 16-bit, 0 the background
+                    picture = Image.fromarray(instances.astype(np.uint16))
+                else:
+                    picture = Image.fromarray((mask * 255 if binary else mask).astype(np.uint8))
+                picture.save(args.output / f"{path.stem}.png")
+                if objects_csv and instances is not None:
+                    rows.extend(object_rows(path.stem, read_image(path), instances))
+            bar(len(chunk))
+    finally:
+        bar(0, done=True)
     what = "instance label image(s)" if kind == "instances" else "mask(s)"
     print(f"wrote {len(files)} {what} to {args.output}")
     if objects_csv:
@@ -490,3 +496,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     onnx_file, json_file = export_model(args.model, args.out)
     print(f"wrote {onnx_file} (ONNX) and {json_file} (its preprocessing)")
     return 0
+
+
+def _progress(total: int, what: str) -> Callable[..., None]:
+    """``advance(n, done=False)`` of a progress bar over ``total`` items when stdout is a
+    terminal (rich; it goes when done); nothing otherwise (a pipe or a log gets no bar)."""
+    if not sys.stdout.isatty():
+        return lambda n, done=False: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    progress = Progress(
+        f"[bold]{what}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    )
+    task = progress.add_task(what, total=total)
+    progress.start()
+
+    def advance(n: int, done: bool = False) -> None:
+        progress.advance(task, n)
+        if done:
+            progress.stop()
+
+    return advance

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,6 +56,7 @@ from unet_search.search.outcome import (
     pick_best,
     summaries,
 )
+from unet_search.search.panel import LivePanel
 from unet_search.search.searcher import ExploreBudget, PruningAwareOptunaSearch
 from unet_search.search.setup import (
     check_search_resources,
@@ -92,14 +94,29 @@ __all__ = [
 ]
 
 
-def _live_view(ctx: SearchContext) -> LiveView:
-    spec = ctx.spec
+def _live_view(ctx: SearchContext, final: FinalPlan | None = None) -> LiveView:
+    """The search's live view (its final fit's with ``final``): a panel when stdout is a
+    terminal, else lines; the bar counts the epochs of ``search.compute`` when it has them
+    (a final fit's after those the exploring trials spent), else the trials."""
+    spec, settings = ctx.spec, ctx.spec.settings
 
     def name_of(trial: Any) -> str:
-        return trial_run_name(spec.trial(trial.config or {}), spec.settings.baseline)
+        return trial_run_name(spec.trial(trial.config or {}), settings.baseline)
 
+    epochs = settings.compute.epochs if settings.compute else None
+    spent = final.explored_epochs if final else 0
+    max_t = settings.scheduler.max_t or spec.base_config().train.epochs
     return LiveView(
-        ctx.search_id, spec.settings.metric, spec.tune_metric, spec.settings.mode, name_of
+        ctx.search_id,
+        settings.metric,
+        spec.tune_metric,
+        settings.mode,
+        name_of,
+        panel=LivePanel() if sys.stdout.isatty() else None,
+        max_t=final.epochs if final else max_t,
+        budget=None if epochs is None else (spent, epochs),
+        num_samples=1 if final else settings.num_samples,
+        otsu=ctx.otsu_val_dice,
     )
 
 
@@ -228,7 +245,7 @@ def _final_fit(
         f"(the exploring trials spent {plan.explored_epochs})",
         flush=True,
     )
-    live = _live_view(dataclasses.replace(ctx, search_id=ctx.search_id + FINAL_SUFFIX))
+    live = _live_view(dataclasses.replace(ctx, search_id=ctx.search_id + FINAL_SUFFIX), plan)
     final = run_final_fit(ctx, trainable, plan, results, live)
     if final is None:
         print(

@@ -1,6 +1,7 @@
-"""What a person watching a running search sees: one concise progress line per trial event on
-stdout, and the search's own Ray metrics (exported by every Ray node's Prometheus endpoint,
-charted by ``dashboards/grafana/unet-search.json``).
+"""What a person watching a running search sees: a live panel on a terminal, else one concise
+progress line per change on stdout (:class:`LiveView`), and the search's own Ray metrics
+(exported by every Ray node's Prometheus endpoint, charted by
+``dashboards/grafana/unet-search.json``).
 
 Both come from one Tune callback in the search driver, so they can never disagree. Ray
 exports a gauge only while it keeps being set (a value not set again for about 20 s
@@ -11,6 +12,7 @@ a trial's throughput and epoch time stop being exported once the trial has ended
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from ray.util.metrics import Gauge
 
 from unet_search.core.metrics import sign
 from unet_search.core.outcome import Outcome, infeasible, outcome_of
+from unet_search.search.panel import LivePanel, Row, Snapshot
+from unet_search.space.role import TrialRole
 
 _log = logging.getLogger(__name__)
 
@@ -107,11 +111,18 @@ class _Best:
 
 
 class LiveView(tune.Callback):
-    """Driver-side view of a search: progress lines on stdout and the Ray metrics.
+    """Driver-side view of a search: its progress on stdout, and the Ray metrics.
 
-    A line is printed when a trial starts or ends, and at most every ``print_every_s`` seconds
-    while results arrive (Tune's own tables are off). ``name_of(trial)`` gives the trial's
-    readable name (its MLflow run name)."""
+    Without a ``panel`` (stdout is not a terminal: a Ray job's log, CI, a pipe) a status line
+    is printed only when it changed (a trial started, paused, stopped or ended; a report
+    brought a new best), and at most every ``heartbeat_s`` seconds when nothing did; Tune's
+    own tables are off. With one (a terminal) the
+    :class:`~unet_search.search.panel.LivePanel` shows the same state, updated in place, and
+    the lines go to the search's log only.
+    ``name_of(trial)`` gives the trial's readable name (its MLflow run name); ``max_t`` the
+    epochs a trial trains at most; ``budget`` (epochs spent before, the search's epochs) the
+    compute the bar counts, else trials ended of ``num_samples``; ``otsu`` the plain
+    threshold's validation Dice the best is compared with."""
 
     def __init__(
         self,
@@ -120,21 +131,42 @@ class LiveView(tune.Callback):
         tune_metric: str,
         mode: str,
         name_of: Callable[[Trial], str],
-        print_every_s: float = 5.0,
+        heartbeat_s: float = 60.0,
         publish_every_s: float = 2.0,
+        *,
+        panel: LivePanel | None = None,
+        max_t: int = 0,
+        budget: tuple[int, int] | None = None,
+        num_samples: int = 0,
+        otsu: float | None = None,
     ) -> None:
-        self.metric, self.tune_metric = metric, tune_metric
+        self.search_id, self.metric, self.tune_metric = search_id, metric, tune_metric
         self.sign = sign(mode)
         self.name_of = name_of
-        self.print_every_s, self.publish_every_s = print_every_s, publish_every_s
+        self.heartbeat_s, self.publish_every_s = heartbeat_s, publish_every_s
         self.metrics = SearchMetrics(search_id, metric)
         self.start = time.monotonic()
         self.last_print = self.last_publish = float("-inf")
+        self.last_content = ""  # the last line printed, less its clock
         self.trials: Sequence[Trial] = ()
         self.best: _Best | None = None
         self.throughput: dict[str, tuple[float, float]] = {}  # trial id -> (images/s, epoch s)
         # Tune calls on_trial_complete while the trial's status is still RUNNING.
         self.ended: dict[str, str] = {}
+        self.panel, self.max_t, self.budget = panel, max_t, budget
+        self.num_samples, self.otsu = num_samples, otsu
+        self.epochs: dict[str, int] = {}  # trial id -> epochs reported
+        self.last_value: dict[str, float] = {}  # trial id -> the metric of its last epoch
+        self.baseline: float | None = None  # the seed baseline's best so far
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune saves its callbacks with the experiment: not the panel (a terminal's)."""
+        return {**self.__dict__, "panel": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restored by ``resume``: a panel again when this process's stdout is a terminal."""
+        self.__dict__.update(state)
+        self.panel = LivePanel() if sys.stdout.isatty() else None
 
     def state_of(self, trial: Trial) -> str:
         return self.ended.get(trial.trial_id) or trial_state(trial)
@@ -155,16 +187,55 @@ class LiveView(tune.Callback):
             best = f" | best {self.metric} {self.best.value:.4f} ({self.best.trial})"
         return f"[{elapsed // 60:02d}:{elapsed % 60:02d}] trials: {text}{best}"
 
-    def _update(self, trials: Sequence[Trial], force_print: bool) -> None:
-        """Print (on a trial event, else at most every ``print_every_s``) and publish the
-        metrics (every call: a short trial's throughput must be set while it runs)."""
+    def snapshot(self) -> Snapshot:
+        """What the panel draws: the state the lines show, and the trials running or paused."""
+        counts = self.counts()
+        shown = [s for s in STATES if s not in ("pending", "paused", "infeasible") or counts[s]]
+        text = ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in shown)
+        if self.budget is not None:
+            spent, total = self.budget
+            trained = sum(n for t, n in self.epochs.items() if not self._is_baseline(t))
+            done, of, unit = float(spent + trained), float(total), "epochs"
+        else:
+            ended = sum(self.state_of(t) in STATES[3:] for t in self.trials)
+            done, of, unit = float(ended), float(self.num_samples or len(self.trials)), "trials"
+        rows = tuple(
+            Row(
+                self.name_of(t),
+                state,
+                self.epochs.get(t.trial_id, 0),
+                self.max_t,
+                self.last_value.get(t.trial_id),
+            )
+            for t in self.trials
+            if (state := self.state_of(t)) in ("running", "paused")
+        )
+        best = None if self.best is None else (self.best.value, self.best.trial)
+        elapsed = time.monotonic() - self.start
+        return Snapshot(
+            self.search_id, self.metric, elapsed, done, of, unit, text, best,
+            self.baseline, self.otsu, rows,
+        )  # fmt: skip
+
+    def _is_baseline(self, trial_id: str) -> bool:
+        trial = next((t for t in self.trials if t.trial_id == trial_id), None)
+        return trial is not None and TrialRole.of(trial.config or {}).baseline
+
+    def _update(self, trials: Sequence[Trial]) -> None:
+        """Print the line when it changed (a trial started, paused, ended, or a new best),
+        else at most every ``heartbeat_s``, or draw the panel; and publish the metrics
+        (every call: a short trial's throughput must be set while it runs)."""
         self.trials = trials
         now = time.monotonic()
-        if force_print or now - self.last_print >= self.print_every_s:
-            line = self.line()
-            print(line, flush=True)
+        line = self.line()
+        content = line.split("] ", 1)[1]
+        if content != self.last_content or now - self.last_print >= self.heartbeat_s:
+            if self.panel is None:
+                print(line, flush=True)
             _log.info(line)  # the search's log (search/driver.py's _route_ray_logs) keeps them too
-            self.last_print = now
+            self.last_print, self.last_content = now, content
+        if self.panel is not None:
+            self.panel.show(self.snapshot())
         running = {
             self.name_of(t): self.throughput[t.trial_id]
             for t in trials
@@ -173,6 +244,17 @@ class LiveView(tune.Callback):
         best = None if self.best is None else self.best.value
         self.metrics.publish(self.counts(), best, running)
         self.last_publish = now
+
+    def _track_trial(self, trial: Trial, result: dict[str, Any]) -> None:
+        """Its epochs and last value (the panel's), and the seed baseline's best so far."""
+        if infeasible(result):
+            return
+        self.epochs[trial.trial_id] = int(result.get("epoch") or 0)
+        if result.get(self.metric) is not None:
+            self.last_value[trial.trial_id] = float(result[self.metric])
+        value = result.get(self.tune_metric)
+        if value is not None and TrialRole.of(trial.config or {}).baseline:
+            self.baseline = float(value)
 
     def _track_best(self, trial: Trial, result: dict[str, Any]) -> None:
         if infeasible(result):  # an untrained model's value: not a candidate
@@ -184,14 +266,15 @@ class LiveView(tune.Callback):
             self.best = _Best(float(value), self.name_of(trial))
 
     def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
-        # Keeps the gauges alive between events (Ray drops a gauge not set for ~20 s).
+        # Keeps the gauges alive between events (Ray drops a gauge not set for ~20 s), and
+        # shows what changed without an event of its own (a trial paused at a rung).
         if time.monotonic() - self.last_publish >= self.publish_every_s:
-            self._update(trials, force_print=False)
+            self._update(trials)
 
     def on_trial_start(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
-        self._update(trials, force_print=True)
+        self._update(trials)
 
     def on_trial_result(
         self,
@@ -202,12 +285,13 @@ class LiveView(tune.Callback):
         **info: Any,
     ) -> None:
         self._track_best(trial, result)
+        self._track_trial(trial, result)
         if "images_per_s" in result and "epoch_s" in result:
             self.throughput[trial.trial_id] = (
                 float(result["images_per_s"]),
                 float(result["epoch_s"]),
             )
-        self._update(trials, force_print=False)
+        self._update(trials)
 
     def on_trial_complete(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
@@ -217,14 +301,16 @@ class LiveView(tune.Callback):
         self._track_best(trial, result)
         self.ended[trial.trial_id] = str(outcome_of(result))
         self.throughput.pop(trial.trial_id, None)
-        self._update(trials, force_print=True)
+        self._update(trials)
 
     def on_trial_error(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         self.ended[trial.trial_id] = str(Outcome.FAILED)
         self.throughput.pop(trial.trial_id, None)
-        self._update(trials, force_print=True)
+        self._update(trials)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        self._update(trials, force_print=False)
+        self._update(trials)
+        if self.panel is not None:
+            self.panel.close()

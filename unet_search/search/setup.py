@@ -4,6 +4,7 @@ once, the search's name, where Ray's results go and where Ray's own log goes."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import ray
@@ -80,16 +81,21 @@ def storage_root(workdir: Path, storage: str | None) -> str:
 
 
 def route_ray_logs(workdir: Path, search_id: str) -> Path:
-    """Ray's and Tune's own log output goes to ``<work_dir>/logs/<search>.log`` (appended),
-    not the terminal, with the progress lines the terminal shows; returns the path, which
-    the CLI prints."""
+    """Ray's and Tune's own log output and Python's warnings (third-party ones a user can do
+    nothing about) go to ``<work_dir>/logs/<search>.log`` (appended), not the terminal, with
+    the progress lines the terminal shows; returns the path, which the CLI prints."""
     path = workdir / "logs" / f"{search_id}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.unet_search = True  # type: ignore[attr-defined]
     logging.getLogger("unet_search").setLevel(logging.INFO)
-    for name in ("ray", "ray.tune", "ray.train", "unet_search"):
+    logging.captureWarnings(True)  # third-party warnings: the log, not the terminal
+    # Tune's own output engine prints a configuration box and where its results are at each
+    # start, whatever the verbosity: its older one is silent at verbosity 0 (the live view
+    # says what matters)
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    for name in ("ray", "ray.tune", "ray.train", "unet_search", "py.warnings"):
         logger = logging.getLogger(name)
         for old in list(logger.handlers):  # Ray's console handler, or an earlier search's file
             if type(old) is logging.StreamHandler or getattr(old, "unet_search", False):

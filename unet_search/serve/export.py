@@ -31,7 +31,9 @@ PACKAGE_DIR = Path(__file__).parents[1]  # the whole package, logged as the mode
 DISTRIBUTION = "unet-search"
 # What only a search, a report or the cluster needs: a served model never imports them.
 # The ONNX tools export at registration; the served pyfunc runs PyTorch.
-NOT_SERVED = frozenset({"ray", "optuna", "matplotlib", "onnx", "onnxruntime", "onnxscript"})
+NOT_SERVED = frozenset(
+    {"ray", "optuna", "matplotlib", "onnx", "onnxruntime", "onnxscript", "rich"}
+)
 
 
 def requirements() -> tuple[str, ...]:

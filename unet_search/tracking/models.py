@@ -4,6 +4,9 @@ shapes) is :mod:`unet_search.serve.export`'s: this module only makes the MLflow 
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +23,8 @@ from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 from unet_search.tracking.registry import Registration, fluent_tracking_uri, promote
 
 __all__ = ["log_and_register_pyfunc", "PyfuncModel", "save_pyfunc"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,8 @@ def log_and_register_pyfunc(
     ``tags`` and :func:`promote` it (``veto``: why it must not be champion)."""
     # log_model needs the fluent active run; resuming leaves it FINISHED on exit (the caller
     # sets the run's final status afterwards).
-    with fluent_tracking_uri(tracking_uri):
+    said = io.StringIO()  # MLflow's "Successfully registered model ..." lines: the log's
+    with fluent_tracking_uri(tracking_uri), contextlib.redirect_stderr(said):
         with mlflow.start_run(run_id=run_id):
             info = Model.log(
                 artifact_path=None,
@@ -125,4 +131,6 @@ def log_and_register_pyfunc(
                 **model._kwargs(),
             )
         version = mlflow.register_model(info.model_uri, name, tags=dict(tags))
+    for line in said.getvalue().splitlines():
+        _log.info("MLflow: %s", line)
     return promote(MlflowClient(tracking_uri), name, str(version.version), veto)
