@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unet_search.cli.terminal import progress_bar
 from unet_search.core.errors import UserError
 
 __all__ = [
@@ -462,7 +462,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     binary = predictor.pre.num_classes == 1
     args.output.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, object]] = []
-    bar = _progress(len(files), "predicting")
+    bar = progress_bar(len(files), "predicting")
     try:
         for start in range(0, len(files), 16):
             chunk = files[start : start + 16]
@@ -496,28 +496,3 @@ def cmd_export(args: argparse.Namespace) -> int:
     onnx_file, json_file = export_model(args.model, args.out)
     print(f"wrote {onnx_file} (ONNX) and {json_file} (its preprocessing)")
     return 0
-
-
-def _progress(total: int, what: str) -> Callable[..., None]:
-    """``advance(n, done=False)`` of a progress bar over ``total`` items when stdout is a
-    terminal (rich; it goes when done); nothing otherwise (a pipe or a log gets no bar)."""
-    if not sys.stdout.isatty():
-        return lambda n, done=False: None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    progress = Progress(
-        f"[bold]{what}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-    )
-    task = progress.add_task(what, total=total)
-    progress.start()
-
-    def advance(n: int, done: bool = False) -> None:
-        progress.advance(task, n)
-        if done:
-            progress.stop()
-
-    return advance

@@ -80,10 +80,14 @@ def storage_root(workdir: Path, storage: str | None) -> str:
     return str(Path(root).resolve()) if root else str(workdir / "ray_results")
 
 
+_QUIETED = ("mlflow", "alembic", "optuna")  # their own log lines: the search's log
+
+
 def route_ray_logs(workdir: Path, search_id: str) -> Path:
-    """Ray's and Tune's own log output and Python's warnings (third-party ones a user can do
-    nothing about) go to ``<work_dir>/logs/<search>.log`` (appended), not the terminal, with
-    the progress lines the terminal shows; returns the path, which the CLI prints."""
+    """Ray's, Tune's, MLflow's and Optuna's own log output and Python's warnings (third-party
+    ones a user can do nothing about) go to ``<work_dir>/logs/<search>.log`` (appended), not
+    the terminal, with the progress lines the terminal shows; returns the path, which the
+    CLI prints."""
     path = workdir / "logs" / f"{search_id}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
@@ -95,7 +99,8 @@ def route_ray_logs(workdir: Path, search_id: str) -> Path:
     # start, whatever the verbosity: its older one is silent at verbosity 0 (the live view
     # says what matters)
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    for name in ("ray", "ray.tune", "ray.train", "unet_search", "py.warnings"):
+    # with MLflow's store migrations and Optuna's "new study" lines: theirs, not news
+    for name in ("ray", "ray.tune", "ray.train", "unet_search", "py.warnings", *_QUIETED):
         logger = logging.getLogger(name)
         for old in list(logger.handlers):  # Ray's console handler, or an earlier search's file
             if type(old) is logging.StreamHandler or getattr(old, "unet_search", False):
