@@ -252,39 +252,26 @@ def register_best(
     with tempfile.TemporaryDirectory(prefix="unet-search-onnx-") as tmp:
         onnx_dir, onnx_tags = onnx_export(ctx, model, arrays, Path(tmp))
         onnx_tags |= latency_tags(ctx, model, onnx_dir)
-        return _register(ctx, best, model_name, model, test, onnx_dir, onnx_tags)
-
-
-def _register(
-    ctx: SearchContext,
-    best: TrialSummary,
-    model_name: str,
-    model: Path,
-    test: dict[str, float],
-    onnx_dir: Path | None,
-    onnx_tags: dict[str, str],
-) -> Registration:
-    assert best.run_id is not None and best.value is not None
-    return log_and_register(
-        ctx.tracking_uri,
-        ctx.parent_run_id,
-        model,
-        model_name,
-        ctx.spec.settings.metric,
-        best.value,
-        ctx.spec.settings.mode,
-        tags={
-            TAG_FINGERPRINT: ctx.fingerprint,
-            TAG_DATA: ctx.data_id,
-            TAG_SPLIT: ctx.split,
-            TAG_SEARCH_ID: ctx.search_id,
-            TAG_TRIAL_ID: best.trial_id,
-            TAG_RUN_ID: best.run_id,
-            TAG_CODE_VERSION: ctx.code_version,
-            **_choice_tags(ctx.spec.settings),
-            **onnx_tags,
-        },
-        test=test,
-        veto=otsu_veto(ctx, best),
-        onnx_dir=onnx_dir,
-    )
+        return log_and_register(
+            ctx.tracking_uri,
+            ctx.parent_run_id,
+            model,
+            model_name,
+            ctx.spec.settings.metric,
+            best.value,
+            ctx.spec.settings.mode,
+            tags={
+                TAG_FINGERPRINT: ctx.fingerprint,
+                TAG_DATA: ctx.data_id,
+                TAG_SPLIT: ctx.split,
+                TAG_SEARCH_ID: ctx.search_id,
+                TAG_TRIAL_ID: best.trial_id,
+                TAG_RUN_ID: best.run_id,
+                TAG_CODE_VERSION: ctx.code_version,
+                **_choice_tags(ctx.spec.settings),
+                **onnx_tags,
+            },
+            test=test,
+            veto=otsu_veto(ctx, best),
+            onnx_dir=onnx_dir,
+        )

@@ -83,7 +83,7 @@ class Predictor:
         self.model = model
         self.meta = meta
         self._keep = keep  # what the model needs alive (a temporary ONNX export)
-        self.pre = Preprocessing.from_dict(meta["preprocessing"], int(meta["num_classes"]))
+        self.pre = Preprocessing.of_model(meta)
         self.plan = self.pre.plan if tta is None else replace(self.pre.plan, tta=tta)
 
     @classmethod

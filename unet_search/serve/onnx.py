@@ -94,8 +94,7 @@ class _Graph:
 def _graph(model: nn.Module, pre: Preprocessing) -> _Graph:
     """What is exported for ``model``, an example input and how the graph is to be fed."""
     net, depth = getattr(model, "net", model), int(getattr(model, "depth", 0))
-    plan = pre.plan
-    tile = plan.patch if plan.input_mode == "patch" else (plan.image_size, plan.image_size)
+    tile = pre.plan.tile
     info: dict[str, Any] = {
         "input_name": INPUT,
         "output_name": OUTPUT,
@@ -187,7 +186,7 @@ def export_onnx(
     :data:`TOLERANCE`, nothing left in ``out_dir``). ``what`` names the model in errors."""
     what = what or str(model_dir)
     model, meta = load_model_dir(model_dir)
-    pre = Preprocessing.from_dict(meta["preprocessing"], int(meta["num_classes"]))
+    pre = Preprocessing.of_model(meta)
     graph = _graph(model, pre)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / ONNX_FILE
@@ -285,9 +284,7 @@ class TemporaryOnnx:
 def _check_image(pre: Preprocessing) -> np.ndarray:
     """A fixed image of one and a half tiles (smooth shapes and noise) for checking an
     export where no real one is at hand: every tile boundary and the image's border."""
-    plan = pre.plan
-    tile = plan.patch if plan.input_mode == "patch" else (plan.image_size, plan.image_size)
-    h, w = (int(side / plan.scale * 1.5) + 1 for side in tile)
+    h, w = (int(side / pre.plan.scale * 1.5) + 1 for side in pre.plan.tile)
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:h, :w]
     blobs = 127 * (np.sin(yy / 7.0) * np.cos(xx / 5.0) > 0.3)
@@ -312,10 +309,9 @@ def export_model(uri: str, out: Path, tracking_uri: str | None = None) -> tuple[
     found = find_onnx(root, model_dir)
     with tempfile.TemporaryDirectory(prefix="unet-search-onnx-") as tmp:
         if found is None:
-            meta = read_model_meta(model_dir)
-            pre = Preprocessing.from_dict(meta["preprocessing"], int(meta["num_classes"]))
             found = Path(tmp)
-            export_onnx(model_dir, found, _check_image(pre), what=uri)
+            check = _check_image(Preprocessing.of_model(read_model_meta(model_dir)))
+            export_onnx(model_dir, found, check, what=uri)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(found / PREPROCESSING_FILE, json_out)
         shutil.copyfile(found / ONNX_FILE, out)

@@ -88,6 +88,11 @@ class PredictPlan:
     tta: str = "none"
     batch_size: int = 8
 
+    @property
+    def tile(self) -> tuple[int, int]:
+        """What the network sees at once: a patch-mode tile, or resize mode's square."""
+        return self.patch if self.input_mode == "patch" else (self.image_size, self.image_size)
+
 
 def plan_of(cfg: RunConfig, batch_size: int = 8) -> PredictPlan:
     """How a run's model sees whole images (validation and every later prediction)."""
@@ -133,6 +138,11 @@ class Preprocessing:
     threshold: float
     target: str = "semantic"  # what the network learned (unet_search.data.targets)
     decoding: Decoding = field(default_factory=Decoding)  # how its output becomes instances
+
+    @classmethod
+    def of_model(cls, meta: dict[str, Any]) -> Preprocessing:
+        """The preprocessing of a saved model's ``model_config.json`` (read_model_meta)."""
+        return cls.from_dict(meta["preprocessing"], int(meta["num_classes"]))
 
     @classmethod
     def from_dict(cls, pre: dict[str, Any], num_classes: int = 1) -> Preprocessing:
