@@ -177,11 +177,16 @@ class LiveView(tune.Callback):
             out[self.state_of(trial)] += 1
         return out
 
-    def line(self) -> str:
+    def counts_text(self) -> str:
+        """``1 paused, 2 running, 3 finished, ...``: pending, paused and infeasible only when
+        there are some."""
         counts = self.counts()
-        elapsed = int(time.monotonic() - self.start)
         shown = [s for s in STATES if s not in ("pending", "paused", "infeasible") or counts[s]]
-        text = ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in shown)
+        return ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in shown)
+
+    def line(self) -> str:
+        elapsed = int(time.monotonic() - self.start)
+        text = self.counts_text()
         best = ""
         if self.best:
             best = f" | best {self.metric} {self.best.value:.4f} ({self.best.trial})"
@@ -189,9 +194,7 @@ class LiveView(tune.Callback):
 
     def snapshot(self) -> Snapshot:
         """What the panel draws: the state the lines show, and the trials running or paused."""
-        counts = self.counts()
-        shown = [s for s in STATES if s not in ("pending", "paused", "infeasible") or counts[s]]
-        text = ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in shown)
+        text = self.counts_text()
         if self.budget is not None:
             spent, total = self.budget
             trained = sum(n for t, n in self.epochs.items() if not self._is_baseline(t))
@@ -229,7 +232,8 @@ class LiveView(tune.Callback):
         now = time.monotonic()
         line = self.line()
         content = line.split("] ", 1)[1]
-        if content != self.last_content or now - self.last_print >= self.heartbeat_s:
+        changed = content != self.last_content or now - self.last_print >= self.heartbeat_s
+        if trials and changed:  # before Tune adds a trial there is nothing to say
             if self.panel is None:
                 print(line, flush=True)
             _log.info(line)  # the search's log (search/driver.py's _route_ray_logs) keeps them too
