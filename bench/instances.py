@@ -37,7 +37,7 @@ from unet_search.train.engine import (
     val_indices,
 )
 from unet_search.train.instances import choose_decoding, decode_instances
-from unet_search.train.losses import build_loss
+from unet_search.train.losses import loss_of
 from unet_search.train.metrics import instance_scores
 from unet_search.train.sliding import plan_of, predict_logits, preprocessing_of
 
@@ -69,7 +69,7 @@ def train(data: Path, variant: str, epochs: int, out: Path) -> Path:
     loader, val = build_loaders(cfg, arrays, rank=0, world=1)
     model = build_model(cfg.model, cfg.data.network_classes)
     state = new_training_state(model, cfg, len(loader), CPU)
-    fit(state, cfg, loader, val, build_loss(cfg.loss), CPU)
+    fit(state, cfg, loader, val, loss_of(cfg), CPU)
     module = state.module
     module.load_state_dict(state.best_state or module.state_dict())
     picks = [int(i) for i in val_indices(cfg, arrays)]

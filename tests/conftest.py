@@ -359,7 +359,7 @@ def train_targets(root: Path, style: str, leaves: dict[str, Any]) -> TargetModel
     from unet_search.data.synthetic import make_synthetic
     from unet_search.models.build import build_model, save_model_dir
     from unet_search.train.engine import build_loaders, fit, new_training_state, seed_everything
-    from unet_search.train.losses import build_loss
+    from unet_search.train.losses import loss_of
     from unet_search.train.sliding import preprocessing_of
 
     torch.set_num_threads(2)
@@ -381,7 +381,7 @@ def train_targets(root: Path, style: str, leaves: dict[str, Any]) -> TargetModel
         cpu = torch.device("cpu")
         model = build_model(cfg.model, cfg.data.network_classes)
         state = new_training_state(model, cfg, len(train), cpu)
-        fit(state, cfg, train, val, build_loss(cfg.loss), cpu)
+        fit(state, cfg, train, val, loss_of(cfg), cpu)
         state.module.load_state_dict(state.best_state or state.module.state_dict())
         models[target] = folder = root / f"model-{target}"
         classes, pre = cfg.data.network_classes, preprocessing_of(cfg)

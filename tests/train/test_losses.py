@@ -132,3 +132,33 @@ def test_where_smp_losses_differ_ours_are_kept_and_where_they_agree_smps_is_used
     many, classes = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
     smp_focal = smp_losses.FocalLoss("multiclass", gamma=2.0)(many, classes)
     assert abs(ours("focal", many, classes) - float(smp_focal)) > 0.1
+
+
+def test_an_instance_target_scores_the_object_region_by_hand() -> None:
+    """With ``regions`` (target ``boundary`` / ``distance``) the Dice's channel 0 is the
+    object (1 - P(background) against the mask), not the background. Two pixels: the
+    background predicted as interior, a boundary pixel predicted as boundary. Tversky form
+    with smoothing 1: object TP 1, FP 1 -> 1 - 2 / 2.5; interior TP 0, FP 1 -> 1 - 1 / 1.5;
+    boundary exact -> 0. Without: background TP 0, FN 1 -> 1 - 1 / 1.5."""
+    target = torch.tensor([[[0, 2]]])
+    logits = torch.tensor([[[[-50.0, -50.0]], [[50.0, -50.0]], [[-50.0, 50.0]]]])
+    regions = build_loss(LossConfig(loss="dice"), regions=True)(logits, target).item()
+    plain = build_loss(LossConfig(loss="dice"))(logits, target).item()
+    assert regions == pytest.approx((0.2 + 1 / 3 + 0.0) / 3, abs=1e-5)
+    assert plain == pytest.approx((1 / 3 + 1 / 3 + 0.0) / 3, abs=1e-5)
+    # the cross-entropy is the same either way, and a binary loss ignores the flag
+    ce = build_loss(LossConfig(loss="bce"))
+    assert build_loss(LossConfig(loss="bce"), regions=True)(logits, target) == ce(logits, target)
+    x, y = torch.randn(2, 1, 4, 4), torch.randint(0, 2, (2, 4, 4))
+    assert build_loss(LossConfig(loss="mix"), regions=True)(x, y) == build_loss(
+        LossConfig(loss="mix")
+    )(x, y)
+
+
+def test_a_run_with_an_instance_target_trains_on_regions() -> None:
+    from unet_search.core.config import RunConfig
+    from unet_search.train.losses import loss_of
+
+    assert not loss_of(RunConfig()).regions
+    assert loss_of(RunConfig.from_dict({"target": "boundary"})).regions
+    assert loss_of(RunConfig.from_dict({"target": "distance"})).regions

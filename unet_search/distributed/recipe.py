@@ -51,7 +51,7 @@ from unet_search.train.engine import (
     val_indices,
 )
 from unet_search.train.instances import Decoding, choose_decoding, foreground_labels
-from unet_search.train.losses import build_loss
+from unet_search.train.losses import loss_of
 from unet_search.train.sliding import plan_of, predict_logits, preprocessing_of
 from unet_search.train.transforms import Normalization
 from unet_search.train.visualize import triptych
@@ -379,7 +379,7 @@ def run_recipe(recipe: RecipeInput, ctx: WorkerContext) -> None:
     )
     outbox = Outbox(uri, run_id, patience)
     measured = _resume(state, ctx, outbox if rank == 0 else None)
-    loss_fn = build_loss(cfg.loss)
+    loss_fn = loss_of(cfg)
     if warm and state.epoch == 0:  # the weights it was given are its best until beaten
         keep_the_start(state, val, loss_fn, cfg, device)
     nodes = _node_ids(world) if state.epoch == 0 else []  # every rank takes part

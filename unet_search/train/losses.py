@@ -1,5 +1,8 @@
 """Loss registry: ``bce``, ``dice``, ``focal``, ``tversky`` and ``mix`` (Dice + BCE / CE);
 the cross-entropy of ``bce`` and ``mix`` can be weighted per pixel (``loss.border_weight``).
+Under an instance target (``boundary``, ``distance``: every class but 0 is part of an object)
+the Dice and Tversky terms score the object region in place of the background
+(:func:`loss_of`), so the mask is learned as a whole, as with ``semantic``.
 
 Every loss takes logits (N, K, H, W) and integer targets (N, H, W); ``K = 1`` means binary
 (sigmoid), ``K >= 2`` multi-class (softmax). Binary "bce" is cross-entropy in the K >= 2 case.
@@ -20,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unet_search.core.config import RunConfig
 from unet_search.core.errors import ConfigError
 from unet_search.core.sections import IGNORE, LossConfig
 
-__all__ = ["LOSSES", "SegmentationLoss", "build_loss"]
+__all__ = ["LOSSES", "loss_of", "SegmentationLoss", "build_loss"]
 
 EPS = 1.0
 
@@ -62,11 +66,22 @@ def _cross_entropy(
 
 
 def _tversky(
-    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, alpha: float, beta: float
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor,
+    alpha: float,
+    beta: float,
+    regions: bool = False,
 ) -> torch.Tensor:
     """1 - (TP + 1) / (TP + alpha FP + beta FN + 1), soft, over the batch's valid pixels,
-    averaged over channels; alpha = beta = 0.5 is the soft Dice loss."""
+    averaged over channels; alpha = beta = 0.5 is the soft Dice loss. With ``regions``
+    (an instance target: classes 1..K-1 are parts of the object) channel 0 is the object,
+    1 - P(background) against the mask, instead of the background: the mask is scored as
+    a whole, as nnU-Net's region-based training scores nested regions."""
     probs, truth = _probs_and_onehot(logits.float(), target)
+    if regions and probs.shape[1] > 2:  # channel 0: the object, in place of the background
+        probs = torch.cat([1 - probs[:, :1], probs[:, 1:]], dim=1)
+        truth = torch.cat([1 - truth[:, :1], truth[:, 1:]], dim=1)
     probs, truth = probs * valid, truth * valid
     dims = (0, 2, 3)
     tp = (probs * truth).sum(dims)
@@ -75,8 +90,10 @@ def _tversky(
     return (1 - (tp + EPS) / (tp + alpha * fp + beta * fn + EPS)).mean()
 
 
-def _dice(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    return _tversky(logits, target, valid, 0.5, 0.5)
+def _dice(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, regions: bool = False
+) -> torch.Tensor:
+    return _tversky(logits, target, valid, 0.5, 0.5, regions)
 
 
 def _focal(
@@ -95,18 +112,20 @@ def _focal(
     return _mean((1 - p_true) ** gamma * ce, valid)
 
 
-# (logits, target, valid, per-pixel weights or None, config) -> loss; only the losses of
-# WEIGHTED_LOSSES take weights (a config check: loss.border_weight).
+# (logits, target, valid, per-pixel weights or None, config, regions) -> loss; only the
+# losses of WEIGHTED_LOSSES take weights (a config check: loss.border_weight); ``regions``:
+# the Dice / Tversky terms score the object region, not the background (an instance target)
 LossFn = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, LossConfig], torch.Tensor
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, LossConfig, bool],
+    torch.Tensor,
 ]
 LOSSES: dict[str, LossFn] = {
-    "bce": lambda x, y, v, w, c: _cross_entropy(x, y, v, w),
-    "dice": lambda x, y, v, w, c: _dice(x, y, v),
-    "focal": lambda x, y, v, w, c: _focal(x, y, v, c.focal_gamma),
-    "tversky": lambda x, y, v, w, c: _tversky(x, y, v, c.tversky_alpha, c.tversky_beta),
-    "mix": lambda x, y, v, w, c: (
-        c.dice_weight * _dice(x, y, v) + (1 - c.dice_weight) * _cross_entropy(x, y, v, w)
+    "bce": lambda x, y, v, w, c, r: _cross_entropy(x, y, v, w),
+    "dice": lambda x, y, v, w, c, r: _dice(x, y, v, r),
+    "focal": lambda x, y, v, w, c, r: _focal(x, y, v, c.focal_gamma),
+    "tversky": lambda x, y, v, w, c, r: _tversky(x, y, v, c.tversky_alpha, c.tversky_beta, r),
+    "mix": lambda x, y, v, w, c, r: (
+        c.dice_weight * _dice(x, y, v, r) + (1 - c.dice_weight) * _cross_entropy(x, y, v, w)
     ),
 }
 
@@ -116,11 +135,14 @@ class SegmentationLoss(nn.Module):
     (N,H,W)]) -> scalar``; ``weights``, the border weight map of training items, weigh the
     cross-entropy (validation's loss is unweighted: comparable across ``border_weight``).
 
-    Target pixels equal to :data:`~unet_search.core.sections.IGNORE` (padding) count nowhere."""
+    Target pixels equal to :data:`~unet_search.core.sections.IGNORE` (padding) count nowhere.
+    ``regions``: the classes above 0 are parts of one object (``data.target`` ``boundary`` or
+    ``distance``): the Dice / Tversky terms score the object (every class but 0) in place of
+    the background."""
 
-    def __init__(self, cfg: LossConfig) -> None:
+    def __init__(self, cfg: LossConfig, regions: bool = False) -> None:
         super().__init__()
-        self.cfg, self.fn = cfg, LOSSES[cfg.loss]
+        self.cfg, self.fn, self.regions = cfg, LOSSES[cfg.loss], regions
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
@@ -128,11 +150,20 @@ class SegmentationLoss(nn.Module):
         valid = target != IGNORE
         target = torch.where(valid, target, torch.zeros_like(target))
         w = None if weights is None else weights.unsqueeze(1).float()
-        return self.fn(logits.float(), target, valid.unsqueeze(1).float(), w, self.cfg)
+        return self.fn(
+            logits.float(), target, valid.unsqueeze(1).float(), w, self.cfg, self.regions
+        )
 
 
-def build_loss(cfg: LossConfig) -> SegmentationLoss:
-    """The loss a config names; an unknown name lists the valid ones."""
+def build_loss(cfg: LossConfig, regions: bool = False) -> SegmentationLoss:
+    """The loss a config names (``regions``: see :class:`SegmentationLoss`); an unknown name
+    lists the valid ones."""
     if cfg.loss not in LOSSES:
         raise ConfigError(f"`loss.loss` must be one of {sorted(LOSSES)}, but got {cfg.loss!r}.")
-    return SegmentationLoss(cfg)
+    return SegmentationLoss(cfg, regions)
+
+
+def loss_of(cfg: RunConfig) -> SegmentationLoss:
+    """The loss a run trains with: ``cfg.loss``, scoring the object region with the Dice /
+    Tversky terms when ``data.target`` is an instance target (``boundary``, ``distance``)."""
+    return build_loss(cfg.loss, regions=cfg.data.target != "semantic")
