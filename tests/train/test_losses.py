@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from unet_search.core.config import RunConfig
 from unet_search.core.errors import ConfigError
 from unet_search.core.sections import IGNORE, LossConfig
-from unet_search.train.losses import LOSSES, build_loss
+from unet_search.train.losses import LOSSES, build_loss, loss_of
 
 
 def _binary_case() -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,9 +157,6 @@ def test_an_instance_target_scores_the_object_region_by_hand() -> None:
 
 
 def test_a_run_with_an_instance_target_trains_on_regions() -> None:
-    from unet_search.core.config import RunConfig
-    from unet_search.train.losses import loss_of
-
     assert not loss_of(RunConfig()).regions
     assert loss_of(RunConfig.from_dict({"target": "boundary"})).regions
     assert loss_of(RunConfig.from_dict({"target": "distance"})).regions
