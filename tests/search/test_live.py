@@ -4,6 +4,7 @@ what the real Ray nodes exported while a real search ran (scraped, as Prometheus
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -96,19 +97,29 @@ def test_search_metrics_carry_the_search_state(watched_search: WatchedSearch) ->
 
 
 def test_prometheus_config_finds_the_nodes_ray_announces(watched_search: WatchedSearch) -> None:
+    """The shipped config reads the file Ray's own Prometheus config reads; that path is a
+    link Ray's head keeps to its session's file, which lists the endpoints scraped above.
+
+    The session's file is read, not the link: every Ray cluster on a machine (the CLI tests
+    start their own) points the one link at its own session and mends it every 5 s."""
     import ray
     from ray._private.ray_constants import PROMETHEUS_SERVICE_DISCOVERY_FILE
 
     config = yaml.safe_load((DASHBOARDS / "prometheus.yml").read_text())
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "ray"]
     (sd_path,) = job["file_sd_configs"][0]["files"]
+    rays = Path(ray.__file__).parent / "dashboard/modules/metrics/export/prometheus"
+    (ray_job,) = yaml.safe_load((rays / "prometheus.yml").read_text())["scrape_configs"]
+    assert [sd_path] == ray_job["file_sd_configs"][0]["files"]
+    node = ray._private.worker._global_node
     assert Path(sd_path).name == PROMETHEUS_SERVICE_DISCOVERY_FILE
-    # The file Ray's head keeps for this (session) cluster, in its temp dir.
-    temp_dir = Path(ray._private.worker._global_node.get_temp_dir_path())
-    discovered = json.loads((temp_dir / PROMETHEUS_SERVICE_DISCOVERY_FILE).read_text())
+    if Path(node.get_temp_dir_path()) == Path(sd_path).parent:  # Ray's default temp dir
+        link = Path(sd_path)
+        assert link.is_symlink() and Path(os.readlink(link)).name == link.name
+    discovered = json.loads(
+        (Path(node.get_session_dir_path()) / PROMETHEUS_SERVICE_DISCOVERY_FILE).read_text()
+    )
     targets = {t for group in discovered for t in group["targets"]}
-    # The endpoints scraped above (the file may still list nodes of earlier Ray sessions on
-    # this machine; Prometheus marks those down).
     assert set(watched_search.targets) <= targets
 
 
