@@ -17,14 +17,14 @@ from unet_search.cli.commands import (
     cmd_make_data,
     cmd_models,
     cmd_plan,
-    cmd_predict,
     cmd_report,
     cmd_resume,
     cmd_search,
     cmd_submit,
     cmd_train,
 )
-from unet_search.core.errors import UserError
+from unet_search.cli.predict import cmd_predict
+from unet_search.core.errors import UserError, without_reprs
 
 __all__ = ["EXAMPLES", "build_parser", "main"]
 
@@ -199,7 +199,16 @@ def _predict_args(p: Parser) -> None:
     p.add_argument("--model", required=True, help="models:/NAME@champion, runs:/..., or a dir")
     p.add_argument("--input", type=Path, required=True, help="an image file or a folder")
     p.add_argument(
-        "--output", type=Path, required=True, help="folder for the PNGs, <image stem>.png each"
+        "--output",
+        type=Path,
+        required=True,
+        help="folder for the PNGs, <image stem>.png each (not the input folder; an existing "
+        "PNG there is refused unless --overwrite)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace masks (and the --objects file) that exist already",
     )
     p.add_argument(
         "--output-kind",
@@ -358,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _warnings_to_the_log()
         return int(args.func(args))
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {without_reprs(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

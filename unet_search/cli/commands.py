@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unet_search.cli.terminal import progress_bar
 from unet_search.core.errors import UserError
 
 __all__ = [
@@ -29,7 +28,6 @@ __all__ = [
     "cmd_jobs",
     "cmd_best",
     "cmd_report",
-    "cmd_predict",
 ]
 
 
@@ -97,8 +95,14 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from unet_search.core.config import provisional_config, run_leaves
+    from unet_search.core.config import (
+        blame_override,
+        provisional_config,
+        run_leaves,
+        typed_overrides,
+    )
     from unet_search.core.env import work_dir
+    from unet_search.core.errors import ConfigError
     from unet_search.data.dataset import load_dataset, materialize
     from unet_search.distributed.trainer import run_training
     from unet_search.models.build import validate_model_config
@@ -110,13 +114,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if args.budget is not None:
         parse_budget(args.budget)
-    provisional = provisional_config(leaves, source)  # `auto` values stand in until planned
-    validate_model_config(provisional.model)
+    typed = typed_overrides(args.overrides)
+    try:
+        provisional = provisional_config(leaves, source)  # `auto` stands in until planned
+        validate_model_config(provisional.model)
+    except ConfigError as err:
+        raise blame_override(err, typed, source) from None
     workdir = work_dir()
+    require_tracking(workdir)
     data = materialize(args.data, workdir / "cache")
     arrays = load_dataset(data, provisional.data, workdir / "cache")
-    cfg, plan = plan_run(leaves, source, arrays, args.budget)  # `auto` values, from the data
-    validate_model_config(cfg.model)  # all checks before Ray
+    try:
+        cfg, plan = plan_run(leaves, source, arrays, args.budget)  # `auto` from the data
+        validate_model_config(cfg.model)  # all checks before Ray
+    except ConfigError as err:
+        raise blame_override(err, typed, source) from None
     if plan is not None:
         print(plan.text(), flush=True)
     outcome = run_training(cfg, arrays, data, workdir, args.experiment, args.run_name)
@@ -208,6 +220,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     spec = load_space(args.space, args.overrides)  # every check before Ray starts
     if args.name is not None:
         check_name(args.name, "search", "--name")
+    require_tracking(workdir)
+    _say(spec.notes)
     data = materialize(args.data, workdir / "cache")
     arrays = load_dataset(data, spec.base_config().data, workdir / "cache")
     _leave_job_working_dir(workdir)
@@ -224,6 +238,21 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     _report(out, spec.settings.mode, workdir)
     return 0
+
+
+def require_tracking(workdir: Path) -> None:
+    """The tracking store answers (a server that is not there: one line at once), before the
+    data are read or Ray starts."""
+    from unet_search.tracking.client import resolve_tracking_uri
+    from unet_search.tracking.outage import require_reachable
+
+    require_reachable(resolve_tracking_uri(workdir))
+
+
+def _say(notes: Sequence[str]) -> None:
+    """What of a space yielded to the user's ``--set``, a line each."""
+    for note in notes:
+        print(f"note         {note}", flush=True)
 
 
 def _job_work_dir(storage: str | None) -> Path:
@@ -329,7 +358,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from unet_search.cli.jobs import follow, submit_search
     from unet_search.space.load import load_space
 
-    load_space(args.space, args.overrides)  # a bad space fails here, not on the cluster
+    spec = load_space(args.space, args.overrides)  # a bad space fails here, not on the cluster
+    _say(spec.notes)
     job_id = submit_search(
         args.address,
         args.space,
@@ -395,12 +425,36 @@ def cmd_best(args: argparse.Namespace) -> int:
     from unet_search.core.env import work_dir
     from unet_search.tracking.client import resolve_tracking_uri
     from unet_search.tracking.read import search_trials
+    from unet_search.tracking.state import read_search_state
 
+    if args.top < 1:
+        raise UserError(f"--top must be at least 1, but got {args.top}.")
     uri = resolve_tracking_uri(work_dir(), create=False)
     metric, trials, held_out = search_trials(uri, args.name)
     _print_trials(trials[: args.top], metric)
     _print_held_out(held_out)
+    _print_registered(uri, read_search_state(uri, args.name).model_name)
     return 0
+
+
+def _print_registered(uri: str, name: str, most: int = 5) -> None:
+    """The registered versions of ``name``: aliases, scores and the gate's reason."""
+    from unet_search.tracking.registry import registered_versions
+
+    versions = registered_versions(uri, name)
+    if not versions:
+        print(f"registered   nothing yet under {name}")
+        return
+    print(f"registered   {name} (load with models:/{name}@ALIAS)")
+    for v in versions[:most]:
+        aliases = " ".join(f"@{a}" for a in v.aliases) or "-"
+        value = "" if v.value is None else f" {v.metric} {v.value:.4f}"
+        test = "".join(f" {k} {x:.4f}" for k, x in sorted(v.test.items()) if k == "test_dice")
+        print(f"  v{v.version:<4s} {aliases:22s} {v.search_id}{value}{test}")
+        if v.reason:
+            print(f"        {v.reason}")
+    if len(versions) > most:
+        print(f"  ... {len(versions) - most} older version(s)")
 
 
 def _print_held_out(scores: dict[str, float]) -> None:
@@ -424,69 +478,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     find_search(uri, args.name)  # an unknown name fails here, before anything is written
     path = write_report(uri, args.name, workdir / "reports" / args.name, log=args.log)
     print(f"report       {path}")
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
-
-    from unet_search.data.decode import read_image
-    from unet_search.data.scan import IMAGE_SUFFIXES
-    from unet_search.serve.inference import load_model
-    from unet_search.serve.objects import object_rows, write_objects
-
-    source: Path = args.input
-    if not source.exists():
-        raise UserError(f"{source}: input does not exist.")
-    files = (
-        [source]
-        if source.is_file()
-        else sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    )
-    if not files:
-        raise UserError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) found.")
-    import torch
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is visible to this process.")
-    predictor = load_model(args.model, device=device, tta=args.tta, runtime=args.runtime)
-    kind, objects_csv = args.output_kind, args.objects
-    if (kind == "instances" or objects_csv) and predictor.pre.num_classes > 2:
-        what = "--output-kind instances" if kind == "instances" else "--objects"
-        raise UserError(
-            f"{what}: instances are objects of a binary model, but {args.model} has "
-            f"{predictor.pre.num_classes} classes: predict masks (--output-kind mask)."
-        )
-    binary = predictor.pre.num_classes == 1
-    args.output.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, object]] = []
-    bar = progress_bar(len(files), "predicting")
-    try:
-        for start in range(0, len(files), 16):
-            chunk = files[start : start + 16]
-            outputs: list[tuple[np.ndarray, np.ndarray | None]]
-            if kind == "mask" and not objects_csv:
-                outputs = [(mask, None) for mask in predictor.predict(chunk)]
-            else:
-                outputs = [(m, i) for m, i in predictor.predict_both(chunk)]
-            for path, (mask, instances) in zip(chunk, outputs, strict=True):
-                if kind == "instances" and instances is not None:  # 16-bit, 0 the background
-                    picture = Image.fromarray(instances.astype(np.uint16))
-                else:
-                    picture = Image.fromarray((mask * 255 if binary else mask).astype(np.uint8))
-                picture.save(args.output / f"{path.stem}.png")
-                if objects_csv and instances is not None:
-                    rows.extend(object_rows(path.stem, read_image(path), instances))
-            bar(len(chunk))
-    finally:
-        bar(0, done=True)
-    what = "instance label image(s)" if kind == "instances" else "mask(s)"
-    print(f"wrote {len(files)} {what} to {args.output}")
-    if objects_csv:
-        count = write_objects(objects_csv, rows)
-        print(f"wrote {count} object(s) of {len(files)} image(s) to {objects_csv}")
     return 0
 
 

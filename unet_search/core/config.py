@@ -4,6 +4,8 @@ mappings, presets and ``--set key=value`` overrides; each value is checked by it
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Self
@@ -29,15 +31,21 @@ from unet_search.core.sections import (
 
 __all__ = [
     "SECTIONS",
+    "typed_overrides",
     "CLASSIC",
     "PRESETS",
     "RunConfig",
     "LEAF_SECTION",
     "flat_leaves",
+    "load_yaml",
+    "check_override",
+    "override_error",
     "parse_override",
+    "similar",
     "read_yaml",
     "run_leaves",
     "auto_leaves",
+    "blame_override",
     "provisional_config",
     "load_run_config",
     "build_run_config",
@@ -259,7 +267,40 @@ def _check_leaf(leaf: str, source: str, section: str | None = None) -> None:
         return
     valid = sorted(SECTIONS[section].model_fields) if section else sorted(TOP_KEYS)
     where = f"`{section}.{leaf}`" if section else f"`{leaf}`"
-    raise ConfigError(f"{source}: unknown key {where}; valid keys are {valid}.")
+    raise ConfigError(f"{source}: unknown key {where}; {similar(leaf, valid)}.")
+
+
+def similar(word: str, valid: Iterable[str]) -> str:
+    """``did you mean `a`, `b` or `c`?`` (the three closest of ``valid``, or those it begins),
+    else the valid names when they are few, else where they are listed."""
+    names = sorted(valid)
+    close = difflib.get_close_matches(word, names, n=3, cutoff=0.5)
+    close += [n for n in names if word and n.startswith(word) and n not in close]
+    if close:
+        quoted = [f"`{name}`" for name in close[:3]]
+        return (
+            "did you mean "
+            + (quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}")
+            + "?"
+        )
+    if len(names) <= 12:
+        return f"valid keys are {names}"
+    return "`unet-search models` and the README's configuration keys list the valid ones"
+
+
+def blame_override(err: ConfigError, typed: Mapping[str, str], source: str) -> ConfigError:
+    """``err`` naming the ``--set`` that caused it in place of ``source``: the first key in
+    backquotes that the user set (``typed``: key or leaf -> the ``--set`` text as typed);
+    else ``err`` as it is."""
+    message = str(err)
+    for key in re.findall(r"`([\w.]+)`", message):
+        leaf = key.rsplit(".", 1)[-1]
+        text = typed.get(key) or (typed.get(leaf) if not key.startswith("search.") else None)
+        if text is not None:
+            for prefix in (f"{source}: ", "fixed: "):
+                message = message.removeprefix(prefix)
+            return override_error(text, message)
+    return err
 
 
 def _build(flat: Mapping[str, Any], source: str) -> RunConfig:
@@ -273,25 +314,71 @@ def _build(flat: Mapping[str, Any], source: str) -> RunConfig:
         raise ConfigError(f"{source}: {err}") from None
 
 
+def override_error(text: str, message: str) -> ConfigError:
+    """An error caused by ``--set text``: it names what the user typed, not a file."""
+    return ConfigError(f"--set {text}: {message}")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"epochs=2"`` / ``"train.epochs=2"`` -> ``("epochs", 2)``; the value is parsed as YAML."""
+    """``"epochs=2"`` / ``"train.epochs=2"`` -> ``("epochs", 2)``; the value is parsed as YAML
+    (1.2 numbers: ``3e-3`` is a float). Errors name the ``--set`` as typed."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set must look like key=value, but got {text!r}.")
+        raise ConfigError(f"--set must look like KEY=VALUE, but got {text!r}.")
     if "." in key:
         section, _, leaf = key.partition(".")
         if section not in SECTIONS:
-            raise ConfigError(
-                f"--set {key}: unknown section `{section}`; valid sections are {sorted(SECTIONS)}."
+            raise override_error(
+                text, f"unknown section `{section}`; {similar(section, SECTIONS)}"
             )
-        _check_leaf(leaf, "--set", section=section)
+        if LEAF_SECTION.get(leaf) != section:
+            valid = SECTIONS[section].model_fields
+            raise override_error(text, f"unknown key `{key}`; {similar(leaf, valid)}")
         key = leaf
+    elif key not in TOP_KEYS:
+        raise override_error(text, f"unknown key `{key}`; {similar(key, TOP_KEYS)}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value
+
+
+def check_override(text: str) -> tuple[str, Any]:
+    """:func:`parse_override`, and the value checked against its own key's rule (type,
+    range, choices), so that a bad value names the ``--set`` the user typed; a rule that
+    needs other keys too is checked with them later."""
+    key, value = parse_override(text)
+    if key != "preset" and value != AUTO:
+        try:
+            _build({key: value, "padding": "valid"}, "x")
+        except ConfigError as err:
+            message = str(err).removeprefix("x: ")
+            if message.startswith(f"`{LEAF_SECTION[key]}.{key}`"):
+                raise override_error(text, message) from None
+    return key, value
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``1e-3``, ``3E5`` and ``.5`` are numbers
+    (YAML 1.1, PyYAML's, reads an exponent without a dot as a string)."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"
+        r"|^[-+]?\.[0-9][0-9_]*$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text -> Python values, numbers read as YAML 1.2 reads them (see
+    :class:`_Yaml12Loader`): every YAML the product reads goes through here."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader: no Python objects
 
 
 def read_yaml(path: Path) -> Any:
@@ -299,7 +386,7 @@ def read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: config file does not exist.")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -307,6 +394,15 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}.") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: must be UTF-8 text.") from None
+
+
+def typed_overrides(overrides: Iterable[str]) -> dict[str, str]:
+    """Each leaf ``--set`` gives -> the text the user typed (for :func:`blame_override`)."""
+    return {
+        text.partition("=")[0].strip().rsplit(".", 1)[-1]: text
+        for text in overrides
+        if not text.startswith("search.")
+    }
 
 
 def run_leaves(
@@ -319,11 +415,10 @@ def run_leaves(
         raw = read_yaml(path)
         flat.update(_normalize(raw if raw is not None else {}, str(path)))
     for text in overrides:
-        key, value = parse_override(text)
+        key, value = check_override(text)
         if key == "preset":
-            flat.update(_normalize({"preset": value}, "--set"))
+            flat.update(_normalize({"preset": value}, f"--set {text}"))
         else:
-            _check_leaf(key, "--set")
             flat[key] = value
     flat.update({k: v for k, v in leaves.items() if v is not None})
     return flat, str(path) if path else "--set"

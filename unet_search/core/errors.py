@@ -3,7 +3,15 @@ rule and the value received) and exits with 1, no traceback."""
 
 from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "DataError"]
+import re
+
+__all__ = ["UserError", "ConfigError", "DataError", "without_reprs"]
+
+
+def without_reprs(message: object) -> str:
+    """``message`` as text without Python object reprs (``<_io.BytesIO object at 0x7f...>``),
+    which say nothing to a user."""
+    return re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>", "the data", str(message))
 
 
 class UserError(Exception):

@@ -13,7 +13,7 @@ import tifffile
 from PIL import Image
 from scipy import ndimage
 
-from unet_search.core.errors import DataError
+from unet_search.core.errors import DataError, without_reprs
 from unet_search.data.scan import Sample
 
 __all__ = [
@@ -72,9 +72,13 @@ def _decode_raw(path: Path, data: bytes) -> np.ndarray:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DataError(f"{path}: image exceeds the pixel limit ({MAX_PIXELS}).") from None
+    except Image.UnidentifiedImageError:
+        raise DataError(
+            f"{path}: is not an image file (no PNG, JPEG, TIFF or other format PIL reads)."
+        ) from None
     except Exception as err:  # any decoder failure is a bad file, reported by name
         raise DataError(
-            f"{path}: cannot be decoded as an image ({type(err).__name__}: {err})."
+            f"{path}: cannot be decoded as an image ({type(err).__name__}: {without_reprs(err)})."
         ) from None
 
 

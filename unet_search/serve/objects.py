@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from skimage.measure import regionprops_table
 
+from unet_search.core.files import written_whole
+
 __all__ = ["OBJECT_COLUMNS", "object_rows", "write_objects"]
 
 OBJECT_COLUMNS = (
@@ -71,13 +73,11 @@ def write_objects(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     """Write ``rows`` as a CSV with :data:`OBJECT_COLUMNS` (whole or not at all: written
     beside ``path``, then renamed onto it); returns how many were written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.part")
     count = 0
-    with open(partial, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=OBJECT_COLUMNS)
+    with written_whole(path) as partial, open(partial, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=OBJECT_COLUMNS)
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
             count += 1
-    partial.replace(path)
     return count

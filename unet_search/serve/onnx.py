@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unet_search.core.errors import UserError
+from unet_search.core.files import refuse_existing, written_whole
 from unet_search.models.blocks import ASPP
 from unet_search.models.build import load_model_dir, read_model_meta
 from unet_search.models.unet import valid_input_size
@@ -303,8 +304,7 @@ def export_model(uri: str, out: Path, tracking_uri: str | None = None) -> tuple[
         raise UserError(f"--out {out}: an ONNX file's name ends in .onnx.")
     json_out = out.with_name(f"{out.stem}.preprocessing.json")
     for path in (out, json_out):
-        if path.exists():
-            raise UserError(f"{path}: exists; remove it or choose another --out.")
+        refuse_existing(path, "--out", "remove it or choose another --out")
     root, model_dir = resolve_model(uri, tracking_uri)
     found = find_onnx(root, model_dir)
     with tempfile.TemporaryDirectory(prefix="unet-search-onnx-") as tmp:
@@ -313,6 +313,7 @@ def export_model(uri: str, out: Path, tracking_uri: str | None = None) -> tuple[
             check = _check_image(Preprocessing.of_model(read_model_meta(model_dir)))
             export_onnx(model_dir, found, check, what=uri)
         out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(found / PREPROCESSING_FILE, json_out)
-        shutil.copyfile(found / ONNX_FILE, out)
+        for name, target in ((PREPROCESSING_FILE, json_out), (ONNX_FILE, out)):
+            with written_whole(target) as partial:
+                shutil.copyfile(found / name, partial)
     return out, json_out

@@ -3,26 +3,36 @@ fills a space's ``auto`` settings from its dataset."""
 
 from __future__ import annotations
 
+import math
 import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 
 from unet_search.core.config import (
     PRESETS,
     RunConfig,
+    blame_override,
+    check_override,
     flat_leaves,
-    parse_override,
+    load_yaml,
+    override_error,
     read_yaml,
+    similar,
 )
 from unet_search.core.errors import ConfigError
 from unet_search.core.sections import AUTO, PLANNED_LEAVES
 from unet_search.data.dataset import DatasetArrays
-from unet_search.space.settings import SearchSettings
+from unet_search.space.settings import (
+    FINAL_FIT_SHARE,
+    ComputeSpec,
+    SchedulerSpec,
+    SearchSettings,
+)
 from unet_search.space.spec import PROVISIONAL, SearchSpec
 from unet_search.space.validate import (
     check_combinations,
@@ -56,23 +66,96 @@ def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
         )
 
 
-def _apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> None:
+@dataclass
+class _Overrides:
+    """What the user's ``--set`` said: the typed text of each key it set (a run-config leaf,
+    or a ``search.`` path), and the lines saying what of the space yielded to it."""
+
+    typed: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def blame(self, err: ConfigError, source: str) -> ConfigError:
+        """``err``, naming the ``--set`` that caused it in place of the space file."""
+        return blame_override(err, self.typed, source)
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) -> _Overrides:
     """``search.num_samples=3`` / ``search.scheduler.max_t=2`` set search settings; any other
-    ``key=value`` (a run-config key) sets a fixed setting."""
+    ``key=value`` (a run-config key) sets a fixed setting, and a searched one is taken out of
+    the search (its conditions on other parameters decided by the value)."""
+    given = _Overrides()
     for text in overrides:
         if text.startswith("search."):
             key, _, value = text.partition("=")
             parts = key.split(".")[1:]
+            _check_search_key(parts, text)
             node = raw.setdefault("search", {}) or {}
             raw["search"] = node
             for part in parts[:-1]:
-                node = node.setdefault(part, {})
-            node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
-        else:
-            leaf, value = parse_override(text)
-            fixed = dict(raw.get("fixed") or {})
-            fixed[leaf] = value
-            raw["fixed"] = fixed
+                child = node.get(part)
+                node[part] = child = dict(child) if isinstance(child, Mapping) else {}
+                node = child
+            node[parts[-1]] = load_yaml(value) if value.strip() else ""
+            given.typed[key] = text
+            continue
+        leaf, value = check_override(text)
+        given.typed[leaf] = text
+        params = raw.get("params")
+        if isinstance(params, Mapping) and leaf in params:
+            raw["params"] = _fix_param(dict(params), leaf, value)
+            given.notes.append(
+                f"--set {text}: `{leaf}` is searched by {Path(source).name}; fixed at "
+                f"{value!r}, out of the search"
+            )
+        fixed = dict(raw.get("fixed") or {})
+        if leaf != "preset":
+            fixed.pop(leaf, None)
+            for section in fixed.values():  # a nested section naming it in the file
+                if isinstance(section, dict):
+                    section.pop(leaf, None)
+        fixed[leaf] = value
+        raw["fixed"] = fixed
+    return given
+
+
+def _check_search_key(parts: list[str], text: str) -> None:
+    """A ``--set search.KEY=VALUE`` key path: every part a key of its section."""
+    sections: dict[str, Any] = {"scheduler": SchedulerSpec, "compute": ComputeSpec}
+    valid: Iterable[str] = SearchSettings.model_fields
+    for depth, part in enumerate(parts):
+        if not part or part not in valid:
+            key = ".".join(["search", *parts[: depth + 1]])
+            raise override_error(text, f"unknown key `{key}`; {similar(part, valid)}")
+        if part not in sections or depth == len(parts) - 1:
+            if depth < len(parts) - 1:
+                raise override_error(text, f"`search.{part}` has no keys below it")
+            return
+        valid = sections[part].model_fields
+
+
+def _fix_param(params: dict[str, Any], leaf: str, value: Any) -> dict[str, Any]:
+    """``params`` without ``leaf``; a parameter whose ``when`` names it keeps the alternatives
+    whose condition ``value`` meets (that condition dropped), the rest go."""
+    del params[leaf]
+    out: dict[str, Any] = {}
+    for name, spec in params.items():
+        alternatives = spec if isinstance(spec, list) else [spec]
+        kept = []
+        for alt in alternatives:
+            when = alt.get("when") if isinstance(alt, Mapping) else None
+            if not isinstance(when, Mapping) or leaf not in when:
+                kept.append(alt)
+                continue
+            allowed = when[leaf] if isinstance(when[leaf], list) else [when[leaf]]
+            if value in allowed:
+                rest = {k: v for k, v in when.items() if k != leaf}
+                kept.append(
+                    {k: v for k, v in alt.items() if k != "when"}
+                    | ({"when": rest} if rest else {})
+                )
+        if kept:
+            out[name] = kept if isinstance(spec, list) and len(kept) > 1 else kept[0]
+    return out
 
 
 def load_space(
@@ -93,7 +176,21 @@ def load_space(
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: must be a mapping with `params` and `search`.")
     raw = dict(raw)
-    _apply_overrides(raw, overrides)
+    file_epochs = _epochs_of(raw.get("fixed"), source)
+    given = _apply_overrides(raw, overrides, source)
+    try:
+        spec = _read_space(raw, path, given, file_epochs)
+        if combinations:
+            check_combinations(spec, source)
+    except ConfigError as err:
+        raise given.blame(err, source) from None
+    return spec
+
+
+def _read_space(
+    raw: dict[str, Any], path: Path, given: _Overrides, file_epochs: int
+) -> SearchSpec:
+    source = str(path)
     only_keys(raw, {"name", "model_name", "description", "fixed", "params", "search"}, source, "")
     name = raw.get("name", path.stem)
     check_name(name, source, "name")
@@ -102,6 +199,7 @@ def load_space(
         raise space_error(source, "fixed", "must be a mapping of run-config keys", fixed_raw)
     leaves = flat_leaves(fixed_raw, f"{source}: fixed")
     auto = _fill_auto(leaves, raw, source)
+    _yield_to_the_user(raw, leaves, given, file_epochs, path.name)
     square = (
         leaves.pop("image_size", None) if leaves.get("input_mode", "patch") == "patch" else None
     )
@@ -112,7 +210,7 @@ def load_space(
     if square is not None:  # the square of resize-mode trials (the baseline), checked as such
         resize = {**leaves, "input_mode": "resize", "image_size": square}
         fixed["image_size"] = RunConfig.from_dict(resize, source=f"{source}: fixed").data.square
-    spec = SearchSpec(
+    return SearchSpec(
         name=name,
         model_name=str(raw.get("model_name", f"unet-{name}")),
         description=str(raw.get("description", "")),
@@ -121,10 +219,78 @@ def load_space(
         params=parse_params(raw.get("params"), explicit, source),
         settings=parse_settings(raw.get("search"), base, source),
         auto=auto,
+        notes=tuple(given.notes),
     )
-    if combinations:
-        check_combinations(spec, source)
-    return spec
+
+
+def _epochs_of(fixed: Any, source: str) -> int:
+    """The trials' epochs a space file's ``fixed`` gives (the default when it gives none)."""
+    default: int = RunConfig().train.epochs
+    try:
+        value = flat_leaves(fixed, source).get("epochs", default) if fixed else default
+    except ConfigError:  # reported, with its key, when the space is read
+        return default
+    return value if isinstance(value, int) else default
+
+
+def _yield_to_the_user(
+    raw: dict[str, Any], leaves: dict[str, Any], given: _Overrides, file_epochs: int, name: str
+) -> None:
+    """Values the space set itself give way to the user's ``--set`` where they would make it
+    impossible or pointless (a value the user gave never changes; each change one note):
+    the space's compute budget scales with the user's trial ``epochs``; the space's trial
+    ``epochs`` shrink to fit the user's smaller budget's exploring share; the space's grace
+    period and ``max_t`` follow the trials' epochs."""
+    search = raw.get("search")
+    if not isinstance(search, Mapping):
+        return
+    search = raw["search"] = dict(search)
+    user = given.typed
+    epochs = leaves.get("epochs", RunConfig().train.epochs)
+    if not isinstance(epochs, int):
+        return
+
+    def yields(key: str, old: object, new: object, why: str) -> None:
+        given.notes.append(f"`{key}` {old} of {name} yields to {why}: {new}")
+
+    compute = search.get("compute")
+    budget = compute.get("epochs") if isinstance(compute, Mapping) else None
+    share = search.get("final_fit", FINAL_FIT_SHARE)
+    if isinstance(budget, int) and isinstance(share, int | float) and 0 <= share < 1:
+        user_budget = any(k in user for k in ("search.compute", "search.compute.epochs"))
+        if "epochs" in user and not user_budget and epochs != file_epochs:
+            scaled = max(1, math.ceil(budget * epochs / file_epochs))
+            while round(scaled * (1 - share)) < epochs:
+                scaled += 1
+            search["compute"] = {**compute, "epochs": scaled}
+            yields("search.compute.epochs", budget, scaled, f"--set {user['epochs']}")
+        elif user_budget and "epochs" not in user:
+            exploring = round(budget * (1 - share))
+            if 1 <= exploring < epochs:
+                leaves["epochs"] = epochs = exploring
+                text = user.get("search.compute.epochs") or user["search.compute"]
+                yields("epochs", file_epochs, exploring, f"--set {text} (its exploring share)")
+    objectives = search.get("objectives")
+    if "search.objectives" in user and isinstance(objectives, list) and objectives:
+        first = objectives[0].get("metric") if isinstance(objectives[0], Mapping) else None
+        for key in ("metric", "mode"):  # the first objective's, derived from it
+            if key in search and f"search.{key}" not in user:
+                value = search.pop(key)
+                if key == "metric" and value != first:
+                    why = f"--set {user['search.objectives']} (its first objective)"
+                    yields("search.metric", value, first, why)
+    scheduler = search.get("scheduler")
+    if not isinstance(scheduler, Mapping) or "search.scheduler" in user:
+        return
+    scheduler = search["scheduler"] = dict(scheduler)
+    grace = scheduler.get("grace_period")
+    if isinstance(grace, int) and grace > epochs and "search.scheduler.grace_period" not in user:
+        scheduler["grace_period"] = epochs
+        yields("search.scheduler.grace_period", grace, epochs, f"the trials' epochs ({epochs})")
+    max_t = scheduler.get("max_t")
+    if isinstance(max_t, int) and max_t != epochs and "search.scheduler.max_t" not in user:
+        scheduler["max_t"] = None
+        yields("search.scheduler.max_t", max_t, epochs, f"the trials' epochs ({epochs})")
 
 
 def plan_space(spec: SearchSpec, arrays: DatasetArrays, budget: str | None = None) -> SearchSpec:

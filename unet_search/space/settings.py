@@ -208,6 +208,14 @@ class SearchSettings(Frozen):
             return {**raw, "mode": METRICS[raw["metric"]].mode}
         return raw
 
+    def with_values(self, **changes: Any) -> Self:
+        """A copy with ``changes`` (see :meth:`Frozen.with_values`); with ``objectives`` the
+        metric and mode are theirs, derived again, not given (they may not be given)."""
+        kept = {name: getattr(self, name) for name in self.model_fields_set}
+        if self.objectives:
+            kept = {k: v for k, v in kept.items() if k not in ("metric", "mode")}
+        return type(self)(**{**kept, **changes})
+
     @model_validator(mode="after")
     def _mode(self) -> Self:
         wanted = METRICS[self.metric].mode

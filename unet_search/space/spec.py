@@ -281,6 +281,9 @@ class SearchSpec:
     # and the plan that filled them (None: provisional values, see PROVISIONAL).
     auto: tuple[str, ...] = ()
     plan: Plan | None = None
+    # What of the space yielded to the user's `--set` (a searched key fixed, a grace period
+    # shortened...), one line each, for the command to say.
+    notes: tuple[str, ...] = ()
 
     def with_plan(self, plan: Plan) -> SearchSpec:
         """This space with its ``auto`` settings set to ``plan``'s values (unchecked: see

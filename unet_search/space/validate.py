@@ -300,8 +300,10 @@ def check_combinations(spec: SearchSpec, source: str) -> None:
                 cfg = shared.replace(**combo)
             validate_model_config(cfg.model)
         except ConfigError as err:
-            shown = ", ".join(f"{k}: {v!r}" for k, v in combo.items())
             message = str(err).removeprefix("combination: ").removeprefix("replace: ")
+            if not combo:  # nothing searched takes part: the fixed settings alone
+                raise ConfigError(f"{source}: fixed: {message}") from None
+            shown = ", ".join(f"{k}: {v!r}" for k, v in combo.items())
             raise ConfigError(
                 f"{source}: the combination {{{shown}}} is impossible: "
                 f"{message} Restrict it with `when`."

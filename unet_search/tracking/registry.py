@@ -32,6 +32,7 @@ from unet_search.core.tags import PREFIX as TAG_PREFIX
 from unet_search.core.tags import (
     TAG_CONSTRAINTS,
     TAG_DATA,
+    TAG_DECISION,
     TAG_FINGERPRINT,
     TAG_METRIC,
     TAG_MODE,
@@ -51,8 +52,11 @@ __all__ = [
     "download_model",
     "fluent_tracking_uri",
     "LOCK_SUFFIX",
+    "missing_alias",
     "promote",
     "Registration",
+    "registered_versions",
+    "RegisteredVersion",
 ]
 
 
@@ -206,6 +210,7 @@ def promote(
             current = None
         alias, old_value, reason = _decide(new, current, veto)
         client.set_registered_model_alias(name, alias, version)
+        client.set_model_version_tag(name, version, TAG_DECISION, reason)  # for `best`
     previous = None if current is None else str(current.version)
     return Registration(name, str(version), alias, previous, old_value, reason)
 
@@ -253,6 +258,67 @@ def champion(tracking_uri: str, name: str) -> Champion | None:
     )
 
 
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """One version of a registered model as ``best`` shows it."""
+
+    version: str
+    aliases: tuple[str, ...]
+    search_id: str
+    metric: str
+    value: float | None  # its validation value of ``metric``
+    test: dict[str, float]  # held-out test scores (test_dice, ...)
+    reason: str  # why the gate gave it its alias ("" for versions registered before the tag)
+
+
+def registered_versions(tracking_uri: str, name: str) -> list[RegisteredVersion]:
+    """The versions of registered model ``name``, newest first (none: an empty list)."""
+    client = MlflowClient(tracking_uri)
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except MlflowException:
+        return []
+    by_version: dict[str, list[str]] = {}
+    for alias, version in aliases.items():
+        by_version.setdefault(str(version), []).append(alias)
+    rows = []
+    for mv in client.search_model_versions(f"name = '{name}'"):
+        tags = mv.tags
+        value = tags.get(TAG_VALUE)
+        rows.append(
+            RegisteredVersion(
+                str(mv.version),
+                tuple(sorted(by_version.get(str(mv.version), []))),
+                tags.get(TAG_SEARCH_ID, ""),
+                tags.get(TAG_METRIC, ""),
+                None if value is None else float(value),
+                {
+                    key.removeprefix(TAG_PREFIX): float(v)
+                    for key, v in tags.items()
+                    if key.startswith(TAG_PREFIX + "test_")
+                },
+                tags.get(TAG_DECISION, ""),
+            )
+        )
+    return sorted(rows, key=lambda r: -int(r.version))
+
+
+def missing_alias(tracking_uri: str, name: str, alias: str) -> str:
+    """Why ``models:/name@alias`` does not resolve, and the aliases that would."""
+    versions = registered_versions(tracking_uri, name)
+    if not versions:
+        return f"there is no registered model named {name!r} in {tracking_uri}"
+    held = [v for v in versions if v.aliases]
+    if not held:
+        return f"{name} has no @{alias} and no alias at all (versions {versions[0].version}..1)"
+    said = "; ".join(
+        f"v{v.version} is {' and '.join('@' + a for a in v.aliases)}"
+        + (f" ({v.reason})" if v.reason else "")
+        for v in held
+    )
+    return f"{name} has no @{alias}: {said}; use models:/{name}@{held[0].aliases[0]}"
+
+
 def download_model(uri: str, tracking_uri: str | None = None) -> Path:
     """Download a model URI (``models:/`` and ``runs:/`` resolved in ``tracking_uri``, used as
     the registry too) to a temporary folder; a clear error if it does not resolve."""
@@ -266,4 +332,9 @@ def download_model(uri: str, tracking_uri: str | None = None) -> Path:
                 mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target))
             )
     except MlflowException as err:
+        name, at, alias = uri.removeprefix("models:/").partition("@")
+        if uri.startswith("models:/") and at:
+            store = tracking_uri or mlflow.get_tracking_uri()
+            why = missing_alias(store, name, alias)
+            raise UserError(f"{uri}: cannot be loaded: {why}.") from None
         raise UserError(f"{uri}: cannot be loaded ({err.message})") from None

@@ -1,0 +1,32 @@
+"""Files written where the user says: whole or not at all, and never over one they did not
+ask to replace."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from unet_search.core.errors import UserError
+
+__all__ = ["refuse_existing", "written_whole"]
+
+
+def refuse_existing(path: Path, flag: str, how: str = "choose another") -> None:
+    """A UserError when ``path`` exists: nothing the user did not ask to replace is
+    replaced. ``flag`` names the option that chose it, ``how`` the way out."""
+    if path.exists() or path.is_symlink():
+        raise UserError(f"{flag} {path}: exists; {how} (nothing was written).")
+
+
+@contextlib.contextmanager
+def written_whole(path: Path) -> Iterator[Path]:
+    """A hidden temporary path beside ``path`` to write to; renamed onto ``path`` when the
+    block ends, removed when it raises: an interrupted write leaves no half-written file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        yield partial
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
