@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,16 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         f"val_fraction={data.val_fraction}, split_seed={data.split_seed})"
     )
     print("valid: every image decodes and every mask matches its image")
+    _warn_sizes(arrays)
     return 0
+
+
+def _warn_sizes(arrays: Any, scale: float | None = None) -> None:
+    """The images' sizes that will spoil a run, a warning line each."""
+    from unet_search.train.plan import size_warnings
+
+    for line in size_warnings(arrays.names, arrays.sizes, scale):
+        print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -131,6 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise blame_override(err, typed, source) from None
     if plan is not None:
         print(plan.text(), flush=True)
+    _warn_sizes(arrays, cfg.data.scale)
     outcome = run_training(cfg, arrays, data, workdir, args.experiment, args.run_name)
     uri = resolve_tracking_uri(workdir)
     shown = {
@@ -168,6 +179,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan = make_plan(data_stats(arrays, cfg.data), budget)
     print(f"dataset            {args.data} (fingerprint {arrays.fingerprint})")
     print(plan.text())
+    _warn_sizes(arrays, plan.scale)
     if out is not None:
         from unet_search.space.load import load_space_text
         from unet_search.space.validate import check_name
@@ -224,6 +236,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     _say(spec.notes)
     data = materialize(args.data, workdir / "cache")
     arrays = load_dataset(data, spec.base_config().data, workdir / "cache")
+    _warn_sizes(arrays)
     _leave_job_working_dir(workdir)
     out = run_search(
         spec,

@@ -56,6 +56,7 @@ __all__ = [
     "parse_budget",
     "plan_run",
     "receptive_field",
+    "size_warnings",
 ]
 
 PLAN_FILE = "plan.json"  # the plan as a search's parent run keeps it
@@ -420,6 +421,37 @@ def _plan_target(stats: DataStats, given: Mapping[str, Any], why: dict[str, str]
         "mask's connected components are the objects"
     )
     return "semantic"
+
+
+MIN_IMAGE_PX = 2**MIN_DEPTH * BOTTLENECK_PX  # the smallest patch a plan can make
+
+
+def size_warnings(names: tuple[str, ...], sizes: Any, scale: float | None = None) -> list[str]:
+    """What the images' sizes will spoil, a line each naming the images: a side under
+    :data:`MIN_IMAGE_PX` px (the smallest patch a plan can make; a network sees little but
+    padding there), and a planned ``scale`` that shrinks every image below a third of its
+    size. ``sizes``: (N, 2) heights and widths, in ``names``' order."""
+
+    def listed(indices: list[int]) -> str:
+        shown = ", ".join(f"{names[i]} ({sizes[i][0]}x{sizes[i][1]})" for i in indices[:5])
+        return shown + (f" and {len(indices) - 5} more" if len(indices) > 5 else "")
+
+    out = []
+    small = [
+        i for i in range(len(names)) if min(int(sizes[i][0]), int(sizes[i][1])) < MIN_IMAGE_PX
+    ]
+    if small:
+        out.append(
+            f"{len(small)} image(s) under {MIN_IMAGE_PX} px on a side, too small to segment "
+            f"(the smallest patch a plan makes): {listed(small)}"
+        )
+    if scale is not None and scale < 1 / 3:
+        out.append(
+            f"the planned scale {scale:g} shrinks every image below a third of its size (its "
+            f"objects are large): {listed(list(range(len(names))))}; give `scale` to keep "
+            "more detail"
+        )
+    return out
 
 
 def make_plan(stats: DataStats, budget: Budget, given: Mapping[str, Any] | None = None) -> Plan:
