@@ -271,10 +271,14 @@ def _say(notes: Sequence[str]) -> None:
 def _job_work_dir(storage: str | None) -> Path:
     """The work dir of ``search`` / ``resume``: see :func:`unet_search.core.env.work_dir`; inside
     a Ray job it says where it is (it is not the job's current directory)."""
-    from unet_search.core.env import in_ray_job, work_dir
+    from unet_search.core.env import code_version, in_ray_job, work_dir
 
     workdir = work_dir(storage)
     if in_ray_job():
+        import unet_search
+
+        where = Path(unet_search.__file__).parent
+        print(f"code         unet_search {code_version()} from {where}", flush=True)
         print(f"work dir     {workdir} (set UNET_SEARCH_HOME to choose another)", flush=True)
     return workdir
 

@@ -1,7 +1,9 @@
 """Submit a search to a Ray cluster as a Ray job (Ray Jobs SDK) and follow it.
 
-The job ships this package (``py_modules``, so the cluster runs the same code version) and the
-space file (``working_dir``); its entrypoint is ``python -m unet_search.cli search ...``.
+The job ships the whole ``unet_search`` package (``py_modules``: a copy with the submitter's
+code version written in, so the cluster runs the submitter's code, whatever it has
+installed) and the space file (``working_dir``); its entrypoint is ``python -m
+unet_search.cli search ...``.
 MLflow and storage settings travel as environment variables.
 """
 
@@ -18,13 +20,14 @@ from typing import Any
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+import unet_search
 from unet_search import RAY_ENV
-from unet_search.core.env import HOME_ENV, STORAGE_ENV
+from unet_search.core.env import CODE_VERSION_FILE, HOME_ENV, STORAGE_ENV, code_version
 from unet_search.core.errors import UserError
 
-__all__ = ["client", "follow", "submit_search"]
+__all__ = ["client", "follow", "ship_package", "submit_search"]
 
-PACKAGE_DIR = Path(__file__).parent
+PACKAGE_DIR = Path(unet_search.__file__).parent  # the package itself, not this module's folder
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", HOME_ENV, STORAGE_ENV)
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 
@@ -65,20 +68,32 @@ def submit_search(
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     env = {**RAY_ENV, **env, **{k: _absolute(env[k]) for k in (HOME_ENV, STORAGE_ENV) if k in env}}
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy(space, Path(tmp) / space.name)
+        work, package = Path(tmp) / "job", Path(tmp) / "modules" / PACKAGE_DIR.name
+        work.mkdir()
+        shutil.copy(space, work / space.name)
+        ship_package(package)
         return str(
             _call(
                 jobs.submit_job,
                 entrypoint=shlex.join(args),
                 submission_id=None,
                 runtime_env={
-                    "working_dir": tmp,
-                    "py_modules": [str(PACKAGE_DIR)],
+                    "working_dir": str(work),
+                    "py_modules": [str(package)],
                     "env_vars": env,
                 },
                 metadata={"unet_search.space": space.name, "unet_search.name": name or ""},
             )
         )
+
+
+def ship_package(target: Path) -> None:
+    """A copy of the ``unet_search`` package at ``target`` (a folder named ``unet_search``)
+    that knows the code version it was copied from (see
+    :func:`unet_search.core.env.code_version`); compiled files stay behind."""
+    version = code_version()
+    shutil.copytree(PACKAGE_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (target / CODE_VERSION_FILE).write_text(version + "\n", encoding="utf-8")
 
 
 def _absolute(path: str) -> str:

@@ -18,6 +18,7 @@ __all__ = [
     "storage_setting",
     "work_dir",
     "code_version",
+    "CODE_VERSION_FILE",
 ]
 
 
@@ -70,10 +71,19 @@ def work_dir(storage: str | None = None) -> Path:
     return path.resolve() if home else path.resolve() / WORK_DIR_NAME
 
 
+# Written into the copy of the package a submitted job ships (unet_search.cli.jobs): the
+# submitter's code version, where no git checkout is there to ask.
+CODE_VERSION_FILE = "CODE_VERSION"
+
+
 def code_version() -> str:
-    """Package version plus the git commit when run from a checkout (``0.1.0+g1a2b3c4``)."""
+    """Package version plus the git commit when run from a checkout (``0.1.0+g1a2b3c4``); in
+    a shipped copy, the version its submitter ran (:data:`CODE_VERSION_FILE`)."""
     from unet_search import __version__
 
+    shipped = Path(__file__).parents[1] / CODE_VERSION_FILE
+    if shipped.is_file():
+        return shipped.read_text(encoding="utf-8").strip() or __version__
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
