@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -125,10 +126,26 @@ def test_train_rejects_bad_config_before_anything_starts(synth_dir: Path, tmp_pa
     assert not home.exists()
 
 
+@pytest.fixture()
+def another_local_ray() -> Iterator[None]:
+    """Another local Ray on the machine (a notebook's, another search's), up for the test."""
+    code = "import ray, sys; ray.init(); print('up', flush=True); sys.stdin.read()"
+    other = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert other.stdout is not None and other.stdout.readline().strip() == "up"
+    yield
+    assert other.stdin is not None
+    other.stdin.close()
+    other.wait(timeout=120)
+
+
 @pytest.mark.slow
 def test_train_two_ddp_workers_end_to_end_a_killed_worker_resumes_in_the_same_run(
-    synth_dir: Path, tmp_path: Path
+    synth_dir: Path, tmp_path: Path, another_local_ray: None
 ) -> None:
+    """... while another local Ray runs on the machine: the run's Ray is its own, and every
+    process of it (Ray Train's placement-group cleaner too) talks to that one alone."""
     home, marker = tmp_path / "home", tmp_path / "killed"
     proc = run(
         "train",
@@ -173,6 +190,8 @@ def test_train_two_ddp_workers_end_to_end_a_killed_worker_resumes_in_the_same_ru
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "run id" in proc.stdout and "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+    assert "multiple active Ray instances" not in proc.stdout + proc.stderr
+    assert "PlacementGroupCleaner" not in proc.stdout + proc.stderr
     planned = dict(
         line.split()[:2] for line in proc.stdout.splitlines() if line.startswith(("norm", "batch"))
     )

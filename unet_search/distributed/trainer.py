@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from unet_search.tracking.client import (
 from unet_search.tracking.outage import reachable, require_reachable, tracking_patience
 
 __all__ = [
+    "API_SERVER_ENV",
     "ResourceError",
     "init_ray",
     "check_resources",
@@ -45,18 +47,44 @@ class ResourceError(UserError):
     """The cluster can never provide what a run asks for."""
 
 
+# Ray's State API finds its cluster, when no address is set, by looking for GCS processes on
+# the machine: with another local Ray running (another unet-search, a notebook) it finds two
+# and raises "Found multiple active Ray instances". Ray Train V2's PlacementGroupCleaner asks
+# it whether the run's controller lives, so there it died with a traceback in the run's
+# output, and nothing was left to free the run's placement groups. A local Ray started here
+# serves its dashboard (the State API's server) on a port chosen here, and every process of
+# it, the driver's included, is told that address.
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:
     """Connect to ``address`` / ``$RAY_ADDRESS``, else start a new local Ray (never attach to
-    a cluster by accident); tasks and actors run offline."""
+    a cluster by accident) whose processes all talk to it alone, another local Ray running or
+    not; tasks and actors run offline."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    # A local cluster gets "trial_slot" resources: a search's TorchTrainer trial drivers hold
-    # one slot and no CPU (see search/trial.py, _resources).
-    resources = {"trial_slot": 1000.0} if address == "local" else None
     env = dict(RAY_ENV)
     if os.environ.get("MLFLOW_TRACKING_URI"):
         env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
+    local: dict[str, Any] = {}
+    if address == "local":
+        # A local cluster gets "trial_slot" resources: a search's TorchTrainer trial drivers
+        # hold one slot and no CPU (see search/trial.py, _resources).
+        port = _free_port()
+        env[API_SERVER_ENV] = os.environ[API_SERVER_ENV] = f"http://127.0.0.1:{port}"
+        local = {
+            "resources": {"trial_slot": 1000.0},
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": port,
+        }
     # Inside a Ray job (unet-search submit) the job's runtime env already carries these
     # variables, and Ray refuses a driver runtime env that repeats them.
     in_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
@@ -65,7 +93,7 @@ def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:
         runtime_env=None if in_job else {"env_vars": env},
         log_to_driver=log_to_driver,
         logging_level=logging.WARNING,
-        resources=resources,
+        **local,
     )
 
 
