@@ -15,6 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, ScalarFormatter
 
 from unet_search.core.metrics import sign
 from unet_search.core.outcome import Outcome
@@ -52,6 +53,36 @@ OUTCOME_STYLE = {
 BASELINE_COLOR = "tab:green"
 
 
+def _plain(value: float, _position: object = None) -> str:
+    """A tick label people read at once: ``1,942,613``, ``23.5``, ``0.81`` (no offset, no
+    scientific notation)."""
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def _value_axis(ax: Axes, which: str, values: Sequence[float], log: bool = False) -> None:
+    """An axis of measured values (parameter counts, milliseconds) that reads at a glance: one
+    labelled tick where every trial shares the value; a log scale only over more than a
+    decade (``log``); plain numbers, never an offset or ``x 10^6``."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return
+    lo, hi = min(finite), max(finite)
+    if hi - lo <= 1e-9 * max(abs(hi), 1.0):  # one value: one tick, a margin either side
+        pad = max(abs(lo) * 0.05, 1.0)
+        (ax.set_xlim if which == "x" else ax.set_ylim)(lo - pad, lo + pad)
+        axis.set_major_locator(FixedLocator([lo]))
+        axis.set_minor_locator(FixedLocator([]))
+    elif log and lo > 0 and hi / lo > 10:
+        (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    else:
+        axis.set_major_locator(MaxNLocator(nbins=6))
+    axis.set_major_formatter(FuncFormatter(_plain))
+    axis.set_minor_formatter(FuncFormatter(lambda *_: ""))
+
+
 def _running_best(data: ReportData, values: Sequence[float]) -> list[float]:
     out: list[float] = []
     for v in values:
@@ -84,6 +115,7 @@ def fig_best_so_far(data: ReportData) -> Figure:
         ax1.step([t.number for t, _ in scored], best, where="post", c="k", label="best so far")
     _mark_baseline(ax1, data)
     ax1.set(xlabel="trial number", ylabel=f"best {data.metric}", title="Best so far by trial")
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.legend(fontsize=8, loc="lower right")
     points = sorted(
         (ts, v) for t in data.record.trials for ts, _, v in t.history if not math.isnan(v)
@@ -98,6 +130,7 @@ def fig_best_so_far(data: ReportData) -> Figure:
         ylabel=data.metric,
         title="Best so far by training spent",
     )
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
     if ax2.get_legend_handles_labels()[0]:
         ax2.legend(fontsize=8, loc="lower right")
     return fig
@@ -183,7 +216,11 @@ def fig_parallel(data: ReportData) -> Figure:
     ax.set_xticks(range(len(names) + 1), [*names, data.metric], rotation=20)
     ax.set_yticks([])
     ax.set_title("Parallel coordinates (solid: finished, dashed: stopped early)")
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"best {data.metric}")
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"best {data.metric}")
+    formatter = ScalarFormatter(useOffset=False)  # 0.8156, not +0.8 and 1e-4 steps
+    formatter.set_scientific(False)
+    bar.formatter = formatter
+    bar.update_ticks()
     return fig
 
 
@@ -224,7 +261,10 @@ def param_importances(data: ReportData) -> dict[str, float] | str:
             )
         )
     if len(study.trials) < 2:
-        return f"needs at least 2 completed trials; this search has {len(study.trials)}."
+        return (
+            "needs at least 2 completed trials of the searched parameters (the seed "
+            f"baseline samples none and does not count); this search has {len(study.trials)}."
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -266,8 +306,8 @@ def fig_cost(data: ReportData) -> Figure:
             ax.scatter([x], [v], c=color, marker=marker, s=120 if t.baseline else 40)
             tag = t.name.split(" ")[0]
             ax.annotate(tag, (x, v), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        if log and pts:
-            ax.set_xscale("log")
+        _value_axis(ax, "x", [x for x, _, _ in pts], log)
+        ax.margins(x=0.1)  # room for the labels of the outermost points
         ax.set(xlabel=label, ylabel=f"best {data.metric}", title=f"{data.metric} vs {label}")
     return fig
 
@@ -331,12 +371,13 @@ def fig_front(data: ReportData) -> Figure:
     fig = Figure(figsize=(7.5, 5), layout="constrained")
     ax = fig.subplots()
     front = {t.run_id for t in front_trials(data)}
-    line = []
+    line, drawn = [], []
     for t in data.record.trials:
         x, y = objective_value(t, mx), objective_value(t, my)
         style = _front_style(t, t.run_id in front)
         if x is None or y is None or style is None:
             continue
+        drawn.append((x, y))
         color, marker, size, label = style
         ax.scatter([x], [y], c=color, marker=marker, s=size, label=label)
         tag = t.name.split(" ")[0]
@@ -350,7 +391,11 @@ def fig_front(data: ReportData) -> Figure:
     unique = dict(zip(labels, handles, strict=True))
     if unique:
         ax.legend(list(unique.values()), list(unique.keys()), fontsize=8)
-    if mx == "num_parameters":
-        ax.set_xscale("log")
+    for which, metric, values in (
+        ("x", mx, [p[0] for p in drawn]),
+        ("y", my, [p[1] for p in drawn]),
+    ):
+        if metric in LIMITED:  # counts and milliseconds; a validation metric keeps its axis
+            _value_axis(ax, which, values, log=metric == "num_parameters")
     ax.set(xlabel=mx, ylabel=my, title=f"Pareto front: {my} against {mx}")
     return fig
