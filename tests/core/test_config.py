@@ -9,8 +9,11 @@ from unet_search.core.config import (
     PRESETS,
     SECTIONS,
     RunConfig,
+    check_override,
     load_run_config,
+    load_yaml,
     parse_override,
+    run_leaves,
 )
 from unet_search.core.errors import ConfigError
 
@@ -80,6 +83,55 @@ def test_parse_override_types() -> None:
         parse_override("epochs")
     with pytest.raises(ConfigError, match="unknown section `trian`"):
         parse_override("trian.epochs=2")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("3e-3", 3e-3),
+        ("1e-3", 1e-3),
+        ("5E-4", 5e-4),
+        ("-2e+2", -200.0),
+        (".5", 0.5),
+        ("-.25", -0.25),
+        ("1.0e-4", 1e-4),
+        ("1e3", 1000.0),
+        ("7", 7),
+        ("1_000", 1000),
+        ("e5", "e5"),
+        ("1e", "1e"),
+        ("3e-3x", "3e-3x"),
+        ("[1e-4, 1e-2]", [1e-4, 1e-2]),
+    ],
+)
+def test_numbers_read_as_people_write_them(text: str, value: object) -> None:
+    """YAML 1.2's floats: PyYAML (YAML 1.1) reads an exponent without a dot as a string."""
+    loaded = load_yaml(text)
+    assert loaded == value and type(loaded) is type(value)
+
+
+def test_a_set_is_the_users_word_and_its_errors_name_it(tmp_path: Path) -> None:
+    assert parse_override("lr=3e-3") == ("lr", 3e-3)
+    assert load_run_config(None, ["lr=3e-3", "weight_decay=.5"]).optim.lr == 3e-3
+    file = tmp_path / "run.yaml"
+    file.write_text("optim:\n  lr: 1e-4\n")  # the same numbers in a file
+    assert load_run_config(file).optim.lr == 1e-4
+    cases = {
+        "epohcs=1": "--set epohcs=1: unknown key `epohcs`; did you mean `epochs`?",
+        "train.epohcs=1": "--set train.epohcs=1: unknown key `train.epohcs`; did you mean "
+        "`epochs`?",
+        "trian.epochs=1": "--set trian.epochs=1: unknown section `trian`; did you mean `train`?",
+        "lr=abc": "--set lr=abc: `optim.lr` must be float, but got 'abc'.",
+        "depth=9": "--set depth=9: `model.depth` must be in [2, 5], but got 9.",
+    }
+    for text, message in cases.items():
+        with pytest.raises(ConfigError) as err:
+            check_override(text)
+        assert str(err.value) == message
+        with pytest.raises(ConfigError) as err:  # beside a file, still the --set's fault
+            run_leaves(file, [text])
+        assert str(err.value) == message
+    assert "valid keys are" not in cases["epohcs=1"]
 
 
 def test_bad_yaml_reports_file_and_line(tmp_path: Path) -> None:

@@ -493,3 +493,133 @@ def test_the_planned_default_is_trains_defaults_moved_into_the_space(tmp_path: P
     lr_choice = dataclass_replace(spec.params[-2], type="choice", values=(1e-7, 1e-2))
     assert nearest_allowed(lr_choice, 1e-3) == 1e-2  # a decade away, not four
     assert nearest_allowed(dataclass_replace(lr_choice, values=(-1.0, 0.5)), 0.0) == 0.5
+
+
+QUICK = Path(__file__).parents[2] / "search_spaces" / "quick.yaml"
+
+
+def test_numbers_in_a_space_are_read_as_people_write_them(tmp_path: Path) -> None:
+    text = yaml.safe_dump(_space(), sort_keys=False).replace("0.0001", "1e-4")
+    assert "low: 1e-4" in text  # YAML 1.1 (PyYAML) would read a string
+    spec = load_space(_write(tmp_path, text))
+    (lr,) = [p for p in spec.params if p.name == "lr"]
+    assert lr.low == 1e-4 and isinstance(lr.low, float)
+    assert load_space(QUICK, ["lr=3e-3"]).base_config().optim.lr == 3e-3
+
+
+def test_a_set_of_a_searched_parameter_fixes_it_and_takes_it_out_of_the_search(
+    tmp_path: Path,
+) -> None:
+    spec = load_space(QUICK, ["lr=0.01"])
+    assert [p.name for p in spec.params] == ["dice_weight"]
+    assert spec.base_config().optim.lr == 0.01
+    assert spec.notes == (
+        "--set lr=0.01: `lr` is searched by quick.yaml; fixed at 0.01, out of the search",
+    )
+    # a parameter whose `when` names it keeps the alternatives the value meets
+    fixed = load_space(_write(tmp_path, _space()), ["encoder=resnet18"])
+    assert [p.name for p in fixed.params] == ["upsampling", "depth", "lr"]
+    (upsampling,) = [p for p in fixed.params if p.name == "upsampling"]
+    assert upsampling.values == ("nearest",) and not upsampling.when
+    assert fixed.base_config().model.encoder == "resnet18"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("epohcs=1", "--set epohcs=1: unknown key `epohcs`; did you mean `epochs`?"),
+        (
+            "search.num_sampels=3",
+            "--set search.num_sampels=3: unknown key `search.num_sampels`; did you mean "
+            "`num_samples`?",
+        ),
+        (
+            "search.scheduler.grace=1",
+            "--set search.scheduler.grace=1: unknown key `search.scheduler.grace`; did you mean "
+            "`grace_period`?",
+        ),
+        (
+            "arch=resnet_unet",
+            "--set arch=resnet_unet: `model.arch` must be one of ['attention_unet', 'unet', "
+            "'unet3plus', 'unetplusplus'], but got 'resnet_unet'.",
+        ),
+        ("encoder=resnet999", "--set encoder=resnet999: `model.encoder` must be 'none', an smp"),
+        ("lr=abc", "--set lr=abc: `optim.lr` must be float, but got 'abc'."),
+        (
+            "patch_size=50",
+            "--set patch_size=50: `data.patch_size` must be a multiple of 2**depth = 16",
+        ),
+        ("search.scheduler.grace_period=9", "--set search.scheduler.grace_period=9: `search."),
+    ],
+)
+def test_an_error_a_set_caused_names_the_set_not_the_space(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_space(QUICK, [text])
+    said = str(err.value)
+    assert said.startswith(message), said
+    assert "quick.yaml" not in said and "combination" not in said and "`when`" not in said
+    assert "valid keys are ['amp'" not in said  # three suggestions, not 70 keys
+
+
+def test_a_search_shrinks_as_the_user_shrinks_it() -> None:
+    """The space's own values yield to the user's `--set` (one note each); the user's never
+    change; a space at odds with itself stays an error."""
+    shrunk = load_space(QUICK, ["search.num_samples=2", "epochs=1"])
+    settings = shrunk.settings
+    assert shrunk.base_config().train.epochs == 1 and settings.num_samples == 2
+    assert settings.scheduler.grace_period == 1  # quick.yaml's 2 > 1 epoch
+    assert settings.compute is not None and settings.compute.epochs == 4  # 24 x 1 / 6
+    assert settings.explore_epochs == 1
+    assert shrunk.notes == (
+        "`search.compute.epochs` 24 of quick.yaml yields to --set epochs=1: 4",
+        "`search.scheduler.grace_period` 2 of quick.yaml yields to the trials' epochs (1): 1",
+    )
+    help_example = load_space(QUICK, ["epochs=2", "search.compute.epochs=12"])
+    assert help_example.settings.compute.epochs == 12 and not help_example.notes
+    budget = load_space(QUICK, ["search.compute.epochs=4"])  # 0.3 of it: 1 epoch to explore
+    assert budget.base_config().train.epochs == 1
+    assert budget.settings.scheduler.grace_period == 1
+    assert budget.notes[0] == (
+        "`epochs` 6 of quick.yaml yields to --set search.compute.epochs=4 (its exploring share): 1"
+    )
+    kept = load_space(QUICK, ["epochs=1", "search.compute.epochs=4"])  # both the user's
+    assert kept.settings.compute.epochs == 4 and kept.base_config().train.epochs == 1
+    with pytest.raises(ConfigError, match=r"^--set search.scheduler.grace_period=3: "):
+        load_space(QUICK, ["epochs=2", "search.scheduler.grace_period=3"])
+
+
+def test_objectives_on_a_planned_space_replace_its_metric_and_plan_again() -> None:
+    """`--set search.objectives` on a space with `metric`, `mode` and `auto` values: the
+    metric yields to the first objective, and the settings survive the plan (they were
+    validated a second time, with the metric the first pass filled in, and refused)."""
+    from unet_search.train.fingerprint import DataStats
+    from unet_search.train.plan import BUDGETS, make_plan
+
+    spec = load_space(
+        QUICK,
+        [
+            "search.objectives=[{metric: val_iou}, {metric: num_parameters}]",
+            "search.constraints=[{metric: num_parameters, max: 3.0e6}]",
+        ],
+    )
+    assert spec.settings.objective_pairs == (("val_iou", "max"), ("num_parameters", "min"))
+    assert spec.notes == (
+        "`search.metric` val_dice of quick.yaml yields to --set search.objectives=[{metric: "
+        "val_iou}, {metric: num_parameters}] (its first objective): val_iou",
+    )
+    stats = DataStats(
+        count=20,
+        median_size=(200, 200),
+        min_size=(180, 180),
+        object_px=12.0,
+        objects=400,
+        foreground=0.1,
+        mean=(0.3,),
+        std=(0.2,),
+        mean_spread=0.1,
+        std_spread=0.1,
+        touching=0.0,
+    )
+    planned = spec.with_plan(make_plan(stats, BUDGETS["cpu-quick"], spec.plan_given()))
+    assert planned.settings.metric == "val_iou" and planned.settings.multi_objective
+    assert planned.settings.constraints[0].max == 3e6

@@ -274,7 +274,7 @@ def similar(word: str, valid: Iterable[str]) -> str:
     """``did you mean `a`, `b` or `c`?`` (the three closest of ``valid``, or those it begins),
     else the valid names when they are few, else where they are listed."""
     names = sorted(valid)
-    close = difflib.get_close_matches(word, names, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(word, names, n=3, cutoff=0.6)
     close += [n for n in names if word and n.startswith(word) and n not in close]
     if close:
         quoted = [f"`{name}`" for name in close[:3]]
@@ -325,7 +325,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set must look like KEY=VALUE, but got {text!r}.")
+        raise ConfigError(f"--set must look like key=value, but got {text!r}.")
     if "." in key:
         section, _, leaf = key.partition(".")
         if section not in SECTIONS:

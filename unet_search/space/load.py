@@ -237,48 +237,81 @@ def _yield_to_the_user(
     raw: dict[str, Any], leaves: dict[str, Any], given: _Overrides, file_epochs: int, name: str
 ) -> None:
     """Values the space set itself give way to the user's ``--set`` where they would make it
-    impossible or pointless (a value the user gave never changes; each change one note):
-    the space's compute budget scales with the user's trial ``epochs``; the space's trial
-    ``epochs`` shrink to fit the user's smaller budget's exploring share; the space's grace
-    period and ``max_t`` follow the trials' epochs."""
+    impossible or pointless (a value the user gave never changes; each change one note in
+    ``given``): the compute budget and the trials' epochs, the metric of the objectives, the
+    scheduler's grace period and ``max_t``. A space at odds with itself, the user's
+    ``--set`` aside, is its author's to mend: the rules' errors name it."""
     search = raw.get("search")
-    if not isinstance(search, Mapping):
+    epochs = leaves.get("epochs", RunConfig().train.epochs)
+    if not isinstance(search, Mapping) or not isinstance(epochs, int):
         return
     search = raw["search"] = dict(search)
-    user = given.typed
-    epochs = leaves.get("epochs", RunConfig().train.epochs)
-    if not isinstance(epochs, int):
-        return
 
     def yields(key: str, old: object, new: object, why: str) -> None:
         given.notes.append(f"`{key}` {old} of {name} yields to {why}: {new}")
 
+    moved = "epochs" in given.typed and epochs != file_epochs  # the trials' epochs
+    if _shrink_compute(search, leaves, given.typed, file_epochs, moved, yields):
+        moved = True
+    _follow_objectives(search, given.typed, yields)
+    if moved:
+        _follow_epochs(search, leaves["epochs"], given.typed, yields)
+
+
+def _shrink_compute(
+    search: dict[str, Any],
+    leaves: dict[str, Any],
+    user: Mapping[str, str],
+    file_epochs: int,
+    moved: bool,
+    yields: Any,
+) -> bool:
+    """The space's ``compute.epochs`` scales with the user's trial ``epochs`` (its trials
+    were so many of the space's length); the space's ``epochs`` shrink to fit the user's
+    smaller budget's exploring share. Returns whether the trials' epochs moved here."""
     compute = search.get("compute")
-    budget = compute.get("epochs") if isinstance(compute, Mapping) else None
-    share = search.get("final_fit", FINAL_FIT_SHARE)
-    if isinstance(budget, int) and isinstance(share, int | float) and 0 <= share < 1:
-        user_budget = any(k in user for k in ("search.compute", "search.compute.epochs"))
-        if "epochs" in user and not user_budget and epochs != file_epochs:
-            scaled = max(1, math.ceil(budget * epochs / file_epochs))
-            while round(scaled * (1 - share)) < epochs:
-                scaled += 1
-            search["compute"] = {**compute, "epochs": scaled}
-            yields("search.compute.epochs", budget, scaled, f"--set {user['epochs']}")
-        elif user_budget and "epochs" not in user:
-            exploring = round(budget * (1 - share))
-            if 1 <= exploring < epochs:
-                leaves["epochs"] = epochs = exploring
-                text = user.get("search.compute.epochs") or user["search.compute"]
-                yields("epochs", file_epochs, exploring, f"--set {text} (its exploring share)")
+    if not isinstance(compute, Mapping):
+        return False
+    budget, share = compute.get("epochs"), search.get("final_fit", FINAL_FIT_SHARE)
+    if not isinstance(budget, int) or not isinstance(share, int | float) or not 0 <= share < 1:
+        return False  # what is not a number is the rules' to name
+    epochs = leaves.get("epochs", RunConfig().train.epochs)
+    user_budget = any(k in user for k in ("search.compute", "search.compute.epochs"))
+    if moved and not user_budget:
+        scaled = max(1, math.ceil(budget * epochs / file_epochs))
+        while round(scaled * (1 - share)) < epochs:
+            scaled += 1
+        search["compute"] = {**compute, "epochs": scaled}
+        yields("search.compute.epochs", budget, scaled, f"--set {user['epochs']}")
+    elif user_budget and "epochs" not in user:
+        exploring = round(budget * (1 - share))
+        if 1 <= exploring < epochs:
+            leaves["epochs"] = exploring
+            text = user.get("search.compute.epochs") or user["search.compute"]
+            yields("epochs", file_epochs, exploring, f"--set {text} (its exploring share)")
+            return True
+    return False
+
+
+def _follow_objectives(search: dict[str, Any], user: Mapping[str, str], yields: Any) -> None:
+    """``--set search.objectives``: the space's ``metric`` and ``mode`` are the first
+    objective's from then on (objectives replace them)."""
     objectives = search.get("objectives")
-    if "search.objectives" in user and isinstance(objectives, list) and objectives:
-        first = objectives[0].get("metric") if isinstance(objectives[0], Mapping) else None
-        for key in ("metric", "mode"):  # the first objective's, derived from it
-            if key in search and f"search.{key}" not in user:
-                value = search.pop(key)
-                if key == "metric" and value != first:
-                    why = f"--set {user['search.objectives']} (its first objective)"
-                    yields("search.metric", value, first, why)
+    if "search.objectives" not in user or not isinstance(objectives, list) or not objectives:
+        return
+    first = objectives[0].get("metric") if isinstance(objectives[0], Mapping) else None
+    for key in ("metric", "mode"):
+        if key in search and f"search.{key}" not in user:
+            value = search.pop(key)
+            if key == "metric" and value != first:
+                why = f"--set {user['search.objectives']} (its first objective)"
+                yields("search.metric", value, first, why)
+
+
+def _follow_epochs(
+    search: dict[str, Any], epochs: int, user: Mapping[str, str], yields: Any
+) -> None:
+    """The space's grace period and ``max_t`` follow trials' epochs the user moved."""
     scheduler = search.get("scheduler")
     if not isinstance(scheduler, Mapping) or "search.scheduler" in user:
         return
