@@ -226,6 +226,10 @@ def test_the_tour_searches_and_closes_with_where_everything_is(tour: Tour) -> No
 def test_the_tour_best_report_and_ui_show_the_search(tour: Tour) -> None:
     best = tour.first("unet-search best").stdout
     assert best.count("FINISHED") == 2 and "t000 baseline seed_keras" in best, best
+    # what is registered: versions, aliases, scores and the gate's reason
+    assert "registered   unet-quick (load with models:/unet-quick@ALIAS)" in best, best
+    line = r"^  v1 +@champion +quick-1 val_dice \d\.\d{4} test_dice \d\.\d{4}\n +no champion yet$"
+    assert re.search(line, best, re.M), best
     report = tour.first("unet-search report").stdout
     assert f"{tour.folder}/unet-search-runs/reports/quick-1/index.html" in report
     assert tour.first("mlflow ui") == {"quick-1": "FINISHED"}

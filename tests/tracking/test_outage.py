@@ -293,8 +293,10 @@ def test_a_search_refuses_at_once_a_server_that_is_not_there(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     start = time.monotonic()
     code = cli.main(["search", "--space", str(_space(tmp_path, "outage")), "--data", str(data)])
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code == 1 and time.monotonic() - start < 60  # MLflow alone retries for minutes
+    assert out == ""  # before the data were read, planned (the plan's lines) or Ray started
+    assert not (workdir / "cache").exists()  # the data were never decoded
     assert err.strip().splitlines() == [
         f"error: MLflow tracking server {url} (MLFLOW_TRACKING_URI) does not answer; start it "
         "or point MLFLOW_TRACKING_URI at a running one."

@@ -31,7 +31,13 @@ from unet_search.models.build import build_model, save_model_dir
 from unet_search.serve.export import log_and_register
 from unet_search.serve.inference import load_model
 from unet_search.tracking.client import create_run, ensure_experiment
-from unet_search.tracking.registry import champion_lock, promote
+from unet_search.tracking.registry import (
+    champion_lock,
+    download_model,
+    missing_alias,
+    promote,
+    registered_versions,
+)
 
 
 def _model_dir(tmp_path: Path, seed: int) -> Path:
@@ -243,8 +249,30 @@ def test_a_vetoed_version_is_a_challenger_even_as_the_first_of_its_name(store) -
     assert (first.alias, first.reason, first.previous_version) == ("challenger", why, None)
     with pytest.raises(MlflowException):
         client.get_model_version_by_alias("unet-test", "champion")
+    # the URI the README prints names what exists instead, and why
+    said = (
+        f"unet-test has no @champion: v1 is @challenger ({why}); use models:/unet-test@challenger"
+    )
+    assert missing_alias(store[0], "unet-test", "champion") == said
+    with pytest.raises(UserError) as err:
+        download_model("models:/unet-test@champion", store[0])
+    assert str(err.value) == f"models:/unet-test@champion: cannot be loaded: {said}."
+    assert missing_alias(store[0], "nope", "champion") == (
+        f"there is no registered model named 'nope' in {store[0]}"
+    )
     good = promote(client, "unet-test", _version(client, 0.85, test=0.85))
     assert (good.alias, good.reason) == ("champion", "no champion yet")
     better = promote(client, "unet-test", _version(client, 0.95, test=0.95), veto=why)
     assert (better.alias, better.previous_value) == ("challenger", 0.85)
     assert str(client.get_model_version_by_alias("unet-test", "champion").version) == "2"
+    shown = registered_versions(store[0], "unet-test")  # what `best` lists, newest first
+    assert [(v.version, v.aliases, v.reason) for v in shown] == [
+        ("3", ("challenger",), why),
+        ("2", ("champion",), "no champion yet"),
+        ("1", (), why),
+    ]
+    assert [(v.metric, v.value, v.test) for v in shown][1] == (
+        "val_dice",
+        0.85,
+        {"test_dice": 0.85},
+    )

@@ -228,3 +228,18 @@ def test_the_target_parts_touching_objects_when_many_touch() -> None:
     multi = DatasetArrays.of([image], [touching[0] > 0])  # no instance truth
     assert data_stats(multi).touching is None
     assert make_plan(data_stats(multi), QUICK).target == "semantic"
+
+
+def test_size_warnings_name_the_images_that_will_spoil_a_run() -> None:
+    from unet_search.train.plan import size_warnings
+
+    names = ("a", "b", "c")
+    sizes = np.array([[1, 1], [300, 15], [400, 500]])
+    assert size_warnings(names, sizes) == [
+        "2 image(s) under 16 px on a side, too small to segment (the smallest patch a plan "
+        "makes): a (1x1), b (300x15)"
+    ]
+    assert size_warnings(names[2:], sizes[2:], scale=0.5) == []
+    (shrunk,) = size_warnings(names[2:], sizes[2:], scale=0.3)
+    assert shrunk.startswith("the planned scale 0.3 shrinks every image below a third of its")
+    assert "c (400x500)" in shrunk

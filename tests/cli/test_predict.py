@@ -1,0 +1,124 @@
+"""``unet-search predict`` never destroys a file: every input decoded and every output name
+checked before the first mask is written, existing files replaced only with ``--overwrite``,
+each file written whole. Run in this process (``main``), on a model trained here."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TrainedModel
+from PIL import Image
+
+from unet_search.cli.app import main
+from unet_search.core.errors import UserError
+from unet_search.core.files import written_whole
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    }
+
+
+@pytest.fixture()
+def images(trained_model: TrainedModel, tmp_path: Path) -> Path:
+    """Three validation images of the trained model's data, as PNG files."""
+    arrays = trained_model.arrays
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(arrays.image(i)).save(folder / f"{arrays.names[i]}.png")
+    return folder
+
+
+def _predict(model: Path, *args: str) -> int:
+    return main(["predict", "--model", str(model), *args])
+
+
+def test_predict_refuses_to_replace_what_exists_and_overwrite_replaces_it(
+    trained_model: TrainedModel, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, table = tmp_path / "masks", tmp_path / "objects.csv"
+    model = trained_model.path
+    assert _predict(model, "--input", str(images), "--output", str(out)) == 0
+    arrays = trained_model.arrays
+    for i in range(3):  # the masks are the trained model's: they score on its own images
+        mask = np.asarray(Image.open(out / f"{arrays.names[i]}.png")) > 0
+        assert _dice(mask, arrays.mask(i) > 0) > 0.5
+    capsys.readouterr()
+
+    (out / f"{arrays.names[0]}.png").write_bytes(b"the user's own file")
+    before = _digests(out)
+    assert _predict(model, "--input", str(images), "--output", str(out)) == 1
+    err = capsys.readouterr().err
+    first = out / f"{arrays.names[0]}.png"
+    assert err == (
+        f"error: --output {first}: exists; pass --overwrite to replace it, or choose another "
+        "--output (nothing was written).\n"
+    )
+    assert _digests(out) == before  # every byte as it was
+
+    table.write_text("the user's table\n")
+    args = ("--input", str(images), "--output", str(tmp_path / "new"), "--objects", str(table))
+    assert _predict(model, *args) == 1
+    assert "error: --objects " in capsys.readouterr().err
+    assert table.read_text() == "the user's table\n" and not (tmp_path / "new").exists()
+
+    assert _predict(model, "--input", str(images), "--output", str(out), "--overwrite") == 0
+    assert first.read_bytes() != b"the user's own file"
+    assert sorted(_digests(out)) == sorted(before)  # the same names, no partial file left
+
+
+def test_predict_never_writes_over_its_inputs_or_merges_two_of_them(
+    trained_model: TrainedModel, images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _digests(images)
+    assert _predict(trained_model.path, "--input", str(images), "--output", str(images)) == 1
+    assert "is the folder of the input images" in capsys.readouterr().err
+    nested = images / "." / ""  # the same folder, spelled otherwise
+    assert _predict(trained_model.path, "--input", str(images), "--output", str(nested)) == 1
+    capsys.readouterr()
+    assert _digests(images) == before
+
+    twin = images / f"{trained_model.arrays.names[0]}.tif"
+    Image.open(images / f"{trained_model.arrays.names[0]}.png").save(twin)
+    out = images.parent / "out"
+    assert _predict(trained_model.path, "--input", str(images), "--output", str(out)) == 1
+    err = capsys.readouterr().err
+    assert f"{twin.with_suffix('.png')} and {twin} would both be written as" in err
+    assert not out.exists()
+
+
+def test_an_unreadable_input_is_named_before_anything_is_written(
+    trained_model: TrainedModel, images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (images / "zz-notes.png").write_text("not an image")
+    out = images.parent / "out"
+    assert _predict(trained_model.path, "--input", str(images), "--output", str(out)) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {images / 'zz-notes.png'}: is not an image file (no PNG, JPEG, TIFF or other "
+        "format PIL reads).\n"
+    )
+    assert " object at 0x" not in err and not out.exists()  # no empty folder left behind
+
+
+def test_a_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    target = tmp_path / "mask.png"
+    target.write_bytes(b"old")
+    with pytest.raises(UserError), written_whole(target) as partial:
+        partial.write_bytes(b"half")
+        raise UserError("interrupted")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["mask.png"]
+    with written_whole(target) as partial:
+        partial.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["mask.png"]
