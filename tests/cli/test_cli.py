@@ -482,7 +482,9 @@ def test_a_search_on_a_terminal_draws_a_live_panel_that_gives_way_to_the_summary
 ) -> None:
     """On a terminal the search draws one panel, updated in place (no progress lines), with
     the budget's bar, the best against the baseline and the trials; at the end it is gone
-    and the last screen holds the summary, which fits in 40 lines."""
+    and the last screen holds the summary, which fits in 40 lines. The search has two
+    objectives and a parameter limit, given by `--set` on quick.yaml (a planned space whose
+    metric and mode yield to them)."""
     space = Path(__file__).parents[2] / "search_spaces" / "quick.yaml"
     shrink = [
         *("patch_size=32", "patches_per_epoch=8", "image_size=32", "val_fraction=0.25"),
@@ -490,6 +492,8 @@ def test_a_search_on_a_terminal_draws_a_live_panel_that_gives_way_to_the_summary
         *("search.scheduler.type=fifo", "search.scheduler.grace_period=1", "search.onnx=false"),
         "search.latency_image=64",
         "search.champion_must_beat_otsu=false",
+        "search.objectives=[{metric: val_iou}, {metric: num_parameters}]",
+        "search.constraints=[{metric: num_parameters, max: 3.0e6}]",
     ]
     sets = [arg for item in shrink for arg in ("--set", item)]
     home = tmp_path / "h"
@@ -510,6 +514,14 @@ def test_a_search_on_a_terminal_draws_a_live_panel_that_gives_way_to_the_summary
     assert 0 <= first < last < 40  # the whole summary on the last screen
     assert not any("elapsed" in line for line in screen)  # the panel gave way to it
     assert "model unet-quick v1 is the new champion" in "\n".join(screen)
+    assert any(line.startswith("Pareto front (1 trials") for line in screen), screen
+    assert "note         `search.metric` val_dice of quick.yaml yields to --set search." in text
+    tags = (
+        MlflowClient(f"sqlite:///{home / 'mlflow.db'}").get_model_version("unet-quick", "1").tags
+    )
+    assert tags["unet_search.metric"] == "val_iou"
+    assert tags["unet_search.objectives"] == "val_iou:max,num_parameters:min"
+    assert tags["unet_search.constraints"] == "num_parameters<=3e+06"
 
 
 def test_predict_on_a_terminal_shows_a_progress_bar_and_through_a_pipe_none(

@@ -350,14 +350,26 @@ def check_override(text: str) -> tuple[str, Any]:
     range, choices), so that a bad value names the ``--set`` the user typed; a rule that
     needs other keys too is checked with them later."""
     key, value = parse_override(text)
-    if key != "preset" and value != AUTO:
+    if key == "preset" or value == AUTO:
+        return key, value
+    first: str | None = None
+    for context in _LENIENT:  # a value some other setting allows is checked with them later
         try:
-            _build({key: value, "padding": "valid"}, "x")
+            _build({**context, key: value}, "x")
+            return key, value
         except ConfigError as err:
-            message = str(err).removeprefix("x: ")
-            if message.startswith(f"`{LEAF_SECTION[key]}.{key}`"):
-                raise override_error(text, message) from None
+            first = first or str(err).removeprefix("x: ")
+    if first is not None and first.startswith(f"`{LEAF_SECTION[key]}.{key}`"):
+        raise override_error(text, first)
     return key, value
+
+
+# Settings under which a value is checked on its own: unpadded (any patch fits any depth),
+# and resized inputs (`image_size` belongs to them).
+_LENIENT: tuple[dict[str, Any], ...] = (
+    {"padding": "valid"},
+    {"padding": "valid", "input_mode": "resize"},
+)
 
 
 class _Yaml12Loader(yaml.SafeLoader):
