@@ -325,6 +325,16 @@ def test_the_readme_submit_runs_on_both_nodes_tracked_on_the_server(
     out = walk.first("unet-search submit")
     job_id = _submitted(out)
     assert job_id.startswith("raysubmit_") and f"job {job_id} SUCCEEDED" in out
+    # The job ran the submitter's code: the shipped copy of the whole package (under Ray's
+    # runtime_env folder, not the cluster's installed one), at the submitter's code version.
+    from unet_search.core.env import code_version
+
+    shipped = re.search(r"^code +unet_search (\S+) from (\S+)$", out, re.M)
+    assert shipped, out[-3000:]
+    assert shipped[1] == code_version()
+    where = Path(shipped[2])
+    assert "runtime_resources" in where.parts and where.name == "unet_search", where
+    assert where != ROOT / "unet_search"
     name, parent = _closing(out, walk)
     jobs = walk.first("unet-search jobs")
     assert jobs["status"].strip() == "SUCCEEDED"

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unet_search.cli.checks import require_tracking, say_notes, warn_sizes
 from unet_search.core.errors import UserError
 
 __all__ = [
@@ -92,16 +92,8 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         f"val_fraction={data.val_fraction}, split_seed={data.split_seed})"
     )
     print("valid: every image decodes and every mask matches its image")
-    _warn_sizes(arrays)
+    warn_sizes(arrays)
     return 0
-
-
-def _warn_sizes(arrays: Any, scale: float | None = None) -> None:
-    """The images' sizes that will spoil a run, a warning line each."""
-    from unet_search.train.plan import size_warnings
-
-    for line in size_warnings(arrays.names, arrays.sizes, scale):
-        print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -141,7 +133,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise blame_override(err, typed, source) from None
     if plan is not None:
         print(plan.text(), flush=True)
-    _warn_sizes(arrays, cfg.data.scale)
+    warn_sizes(arrays, cfg.data.scale)
     outcome = run_training(cfg, arrays, data, workdir, args.experiment, args.run_name)
     uri = resolve_tracking_uri(workdir)
     shown = {
@@ -179,7 +171,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan = make_plan(data_stats(arrays, cfg.data), budget)
     print(f"dataset            {args.data} (fingerprint {arrays.fingerprint})")
     print(plan.text())
-    _warn_sizes(arrays, plan.scale)
+    warn_sizes(arrays, plan.scale)
     if out is not None:
         from unet_search.space.load import load_space_text
         from unet_search.space.validate import check_name
@@ -233,10 +225,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.name is not None:
         check_name(args.name, "search", "--name")
     require_tracking(workdir)
-    _say(spec.notes)
+    say_notes(spec.notes)
     data = materialize(args.data, workdir / "cache")
     arrays = load_dataset(data, spec.base_config().data, workdir / "cache")
-    _warn_sizes(arrays)
+    warn_sizes(arrays)
     _leave_job_working_dir(workdir)
     out = run_search(
         spec,
@@ -253,31 +245,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def require_tracking(workdir: Path) -> None:
-    """The tracking store answers (a server that is not there: one line at once), before the
-    data are read or Ray starts."""
-    from unet_search.tracking.client import resolve_tracking_uri
-    from unet_search.tracking.outage import require_reachable
-
-    require_reachable(resolve_tracking_uri(workdir))
-
-
-def _say(notes: Sequence[str]) -> None:
-    """What of a space yielded to the user's ``--set``, a line each."""
-    for note in notes:
-        print(f"note         {note}", flush=True)
-
-
 def _job_work_dir(storage: str | None) -> Path:
     """The work dir of ``search`` / ``resume``: see :func:`unet_search.core.env.work_dir`; inside
     a Ray job it says where it is (it is not the job's current directory)."""
-    from unet_search.core.env import code_version, in_ray_job, work_dir
+    from unet_search.core.env import code_version, in_ray_job, package_dir, work_dir
 
     workdir = work_dir(storage)
     if in_ray_job():
-        import unet_search
-
-        where = Path(unet_search.__file__).parent
+        where = package_dir()
         print(f"code         unet_search {code_version()} from {where}", flush=True)
         print(f"work dir     {workdir} (set UNET_SEARCH_HOME to choose another)", flush=True)
     return workdir
@@ -376,7 +351,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from unet_search.space.load import load_space
 
     spec = load_space(args.space, args.overrides)  # a bad space fails here, not on the cluster
-    _say(spec.notes)
+    say_notes(spec.notes)
     job_id = submit_search(
         args.address,
         args.space,

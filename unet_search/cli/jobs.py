@@ -20,14 +20,19 @@ from typing import Any
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-import unet_search
 from unet_search import RAY_ENV
-from unet_search.core.env import CODE_VERSION_FILE, HOME_ENV, STORAGE_ENV, code_version
+from unet_search.core.env import (
+    CODE_VERSION_FILE,
+    HOME_ENV,
+    STORAGE_ENV,
+    code_version,
+    package_dir,
+)
 from unet_search.core.errors import UserError
 
 __all__ = ["client", "follow", "ship_package", "submit_search"]
 
-PACKAGE_DIR = Path(unet_search.__file__).parent  # the package itself, not this module's folder
+PACKAGE_DIR = package_dir()  # the whole package, not this module's folder
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", HOME_ENV, STORAGE_ENV)
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 

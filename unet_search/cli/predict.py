@@ -107,10 +107,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         for start in range(0, len(files), CHUNK):
             chunk = files[start : start + CHUNK]
-            both = kind != "mask" or objects_csv
-            results = predictor.predict_both(chunk) if both else predictor.predict(chunk)
+            results: list[tuple[np.ndarray, np.ndarray | None]]
+            if kind == "mask" and not objects_csv:
+                results = [(mask, None) for mask in predictor.predict(chunk)]
+            else:
+                results = [(m, i) for m, i in predictor.predict_both(chunk)]
             for i, path in enumerate(chunk):
-                mask, instances = results[i] if both else (results[i], None)
+                mask, instances = results[i]
                 if kind == "instances" and instances is not None:  # 16-bit, 0 the background
                     picture = Image.fromarray(instances.astype(np.uint16))
                 else:

@@ -19,6 +19,7 @@ __all__ = [
     "work_dir",
     "code_version",
     "CODE_VERSION_FILE",
+    "package_dir",
 ]
 
 
@@ -76,12 +77,17 @@ def work_dir(storage: str | None = None) -> Path:
 CODE_VERSION_FILE = "CODE_VERSION"
 
 
+def package_dir() -> Path:
+    """The folder of the ``unet_search`` package this process imported."""
+    return Path(__file__).parents[1]
+
+
 def code_version() -> str:
     """Package version plus the git commit when run from a checkout (``0.1.0+g1a2b3c4``); in
     a shipped copy, the version its submitter ran (:data:`CODE_VERSION_FILE`)."""
     from unet_search import __version__
 
-    shipped = Path(__file__).parents[1] / CODE_VERSION_FILE
+    shipped = package_dir() / CODE_VERSION_FILE
     if shipped.is_file():
         return shipped.read_text(encoding="utf-8").strip() or __version__
     try:

@@ -334,7 +334,6 @@ def download_model(uri: str, tracking_uri: str | None = None) -> Path:
     except MlflowException as err:
         name, at, alias = uri.removeprefix("models:/").partition("@")
         if uri.startswith("models:/") and at:
-            store = tracking_uri or mlflow.get_tracking_uri()
-            why = missing_alias(store, name, alias)
+            why = missing_alias(tracking_uri or mlflow.get_tracking_uri(), name, alias)
             raise UserError(f"{uri}: cannot be loaded: {why}.") from None
         raise UserError(f"{uri}: cannot be loaded ({err.message})") from None

@@ -428,18 +428,15 @@ MIN_IMAGE_PX = 2**MIN_DEPTH * BOTTLENECK_PX  # the smallest patch a plan can mak
 
 def size_warnings(names: tuple[str, ...], sizes: Any, scale: float | None = None) -> list[str]:
     """What the images' sizes will spoil, a line each naming the images: a side under
-    :data:`MIN_IMAGE_PX` px (the smallest patch a plan can make; a network sees little but
-    padding there), and a planned ``scale`` that shrinks every image below a third of its
-    size. ``sizes``: (N, 2) heights and widths, in ``names``' order."""
+    :data:`MIN_IMAGE_PX` px (the smallest patch a plan can make), a planned ``scale`` below a
+    third. ``sizes``: (N, 2) heights and widths, in ``names``' order."""
 
     def listed(indices: list[int]) -> str:
         shown = ", ".join(f"{names[i]} ({sizes[i][0]}x{sizes[i][1]})" for i in indices[:5])
         return shown + (f" and {len(indices) - 5} more" if len(indices) > 5 else "")
 
     out = []
-    small = [
-        i for i in range(len(names)) if min(int(sizes[i][0]), int(sizes[i][1])) < MIN_IMAGE_PX
-    ]
+    small = [i for i, (h, w) in enumerate(sizes) if min(int(h), int(w)) < MIN_IMAGE_PX]
     if small:
         out.append(
             f"{len(small)} image(s) under {MIN_IMAGE_PX} px on a side, too small to segment "
