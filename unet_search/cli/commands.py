@@ -425,7 +425,11 @@ def cmd_best(args: argparse.Namespace) -> int:
     metric, trials, held_out = search_trials(uri, args.name)
     _print_trials(trials[: args.top], metric)
     _print_held_out(held_out)
-    _print_registered(uri, read_search_state(uri, args.name).model_name)
+    try:
+        name = read_search_state(uri, args.name).model_name
+    except UserError:  # a search run before its state was saved: its trials only
+        return 0
+    _print_registered(uri, name)
     return 0
 
 

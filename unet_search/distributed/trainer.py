@@ -53,7 +53,7 @@ class ResourceError(UserError):
 # it whether the run's controller lives, so there it died with a traceback in the run's
 # output, and nothing was left to free the run's placement groups. A local Ray started here
 # serves its dashboard (the State API's server) on a port chosen here, and every process of
-# it, the driver's included, is told that address.
+# it is told that address.
 API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 
 
@@ -78,7 +78,9 @@ def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:
         # A local cluster gets "trial_slot" resources: a search's TorchTrainer trial drivers
         # hold one slot and no CPU (see search/trial.py, _resources).
         port = _free_port()
-        env[API_SERVER_ENV] = os.environ[API_SERVER_ENV] = f"http://127.0.0.1:{port}"
+        # In the job's runtime env, not this process's: a process this one starts later (a
+        # `ray start` cluster, another command) must not inherit this cluster's address.
+        env[API_SERVER_ENV] = f"http://127.0.0.1:{port}"
         local = {
             "resources": {"trial_slot": 1000.0},
             "include_dashboard": True,
