@@ -346,7 +346,7 @@ def test_predict_writes_masks_at_original_sizes(tmp_path: Path) -> None:
             "--input",
             str(images),
             "--output",
-            str(out),
+            str(tmp_path / "other"),
             home=tmp_path / "home",
         ),
         "is not a unet-search model",

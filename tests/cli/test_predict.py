@@ -122,3 +122,14 @@ def test_a_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
     with written_whole(target) as partial:
         partial.write_bytes(b"new")
     assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["mask.png"]
+    # a folder (make-data's dataset): an empty one there is replaced, a half-made one removed
+    folder = tmp_path / "data"
+    folder.mkdir()
+    with pytest.raises(UserError), written_whole(folder) as partial:
+        (partial / "a").mkdir(parents=True)
+        raise UserError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "mask.png"]
+    assert not any(folder.iterdir())
+    with written_whole(folder) as partial:
+        (partial / "a").mkdir(parents=True)
+    assert [p.name for p in folder.iterdir()] == ["a"]

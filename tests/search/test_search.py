@@ -310,9 +310,15 @@ def test_end_to_end_search_registers_a_champion_that_scores_its_numbers(
     assert (workdir / "logs" / "e2e-1.log").exists()
     assert main(["best", "e2e-1", "--top", "2"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert len(table) == 4 and table[1].split()[0] == out.best.name.split()[0]
+    assert len(table) == 7 and table[1].split()[0] == out.best.name.split()[0]
     assert table[3].startswith(f"held-out test  test_dice {test_dice:.4f}  test_iou ")
     assert table[3].endswith("on 4 images: the best trial's kept model, images no choice saw")
+    assert table[4:] == [  # what the search registered, as the registry holds it
+        "registered   unet-e2e (load with models:/unet-e2e@ALIAS)",
+        f"  v1    @champion              e2e-1 val_dice {out.best.value:.4f} test_dice "
+        f"{test_dice:.4f}",
+        "        no champion yet",
+    ]
     assert f'<span id="held-out">test_dice {test_dice:.4f}' in out.report.read_text()
 
     # A downstream app in a fresh process: pyfunc and unet_search.load_model, odd sizes.
@@ -600,11 +606,14 @@ def test_three_classes_end_to_end_train_search_register_predict(
         "test_dsb_score" not in parent.data.metrics and "otsu_test_dice" not in parent.data.metrics
     )
     assert test_dice > 0.5  # the stains tell the classes apart: a trained model finds them
-    # Instances are objects of a binary model: a clear error, and the masks are kept.
+    # Instances are objects of a binary model: a clear error before anything is written, and
+    # the masks are kept (even with --overwrite, which would have replaced them).
+    kept = {p.name: p.read_bytes() for p in masks.iterdir()}
     out = [*("predict", "--model", model, "--input", str(images), "--output", str(masks))]
-    assert main([*out, "--output-kind", "instances"]) == 1
+    assert main([*out, "--output-kind", "instances", "--overwrite"]) == 1
     assert "instances are objects of a binary model" in capsys.readouterr().err
-    assert sorted(p.name for p in masks.iterdir()) == sorted(f"{n}.png" for n in split["test"])
+    assert sorted(kept) == sorted(f"{n}.png" for n in split["test"])
+    assert {p.name: p.read_bytes() for p in masks.iterdir()} == kept
 
 
 def test_storage_is_the_users_path_as_given(

@@ -15,6 +15,7 @@ from typing import Any
 
 from unet_search.cli.checks import require_tracking, say_notes, warn_sizes
 from unet_search.core.errors import UserError
+from unet_search.core.files import written_whole
 
 __all__ = [
     "cmd_make_data",
@@ -49,16 +50,17 @@ def cmd_make_data(args: argparse.Namespace) -> int:
         raise UserError(f"--max-size ({args.max_size}) must be at least --size ({args.size}).")
     if args.object_px is not None and not 3 <= args.object_px <= 200:
         raise UserError(f"--object-px must be in [3, 200], but got {args.object_px}.")
-    ids = make_synthetic(
-        out,
-        n=args.n,
-        size=args.size,
-        seed=args.seed,
-        max_size=args.max_size,
-        object_px=args.object_px,
-        style=args.style,
-        classes=args.classes,
-    )
+    with written_whole(out) as partial:  # a dataset whole or not at all
+        ids = make_synthetic(
+            partial,
+            n=args.n,
+            size=args.size,
+            seed=args.seed,
+            max_size=args.max_size,
+            object_px=args.object_px,
+            style=args.style,
+            classes=args.classes,
+        )
     if args.classes > 2:
         print(
             f"wrote {len(ids)} synthetic images with {args.classes}-class masks to {out} "
@@ -179,7 +181,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         name = check_name(out.stem, str(out), "the file name (it names the space)")
         text = plan.space_yaml(name)
         load_space_text(text, out.name)  # a valid space, before anything is written
-        out.write_text(text, encoding="utf-8")
+        with written_whole(out) as partial:
+            partial.write_text(text, encoding="utf-8")
         print(f"wrote {out}: search it with `unet-search search --space {out} --data {args.data}`")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,11 +23,17 @@ def refuse_existing(path: Path, flag: str, how: str = "choose another") -> None:
 
 @contextlib.contextmanager
 def written_whole(path: Path) -> Iterator[Path]:
-    """A hidden temporary path beside ``path`` to write to; renamed onto ``path`` when the
-    block ends, removed when it raises: an interrupted write leaves no half-written file."""
+    """A hidden temporary path beside ``path`` to write a file or a folder to; renamed onto
+    ``path`` (a file there, or an empty folder, replaced) when the block ends, removed when
+    it raises: an interrupted write leaves nothing half-written that looks finished."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         yield partial
+        if partial.is_dir() and path.is_dir():
+            path.rmdir()  # empty, or rmdir refuses: nothing the user has is removed
         partial.replace(path)
     finally:
-        partial.unlink(missing_ok=True)
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
