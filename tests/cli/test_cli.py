@@ -193,10 +193,13 @@ def test_train_two_ddp_workers_end_to_end_a_killed_worker_resumes_in_the_same_ru
     assert "multiple active Ray instances" not in proc.stdout + proc.stderr
     assert "PlacementGroupCleaner" not in proc.stdout + proc.stderr
     planned = dict(
-        line.split()[:2] for line in proc.stdout.splitlines() if line.startswith(("norm", "batch"))
+        line.split()[:2]
+        for line in proc.stdout.splitlines()
+        if line.startswith(("norm", "batch", "target", "scale"))
     )
     assert planned["batch_size"] == "8"  # the cpu-quick budget's
     assert planned["normalization"] in ("zscore", "dataset")
+    assert planned["target"] == "boundary"  # not given: planned (the nuclei touch)
 
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("e2e")
@@ -211,6 +214,7 @@ def test_train_two_ddp_workers_end_to_end_a_killed_worker_resumes_in_the_same_ru
     assert (run_.data.params["block"], run_.data.params["bottleneck"]) == ("residual", "aspp")
     assert run_.data.params["normalization"] == planned["normalization"]  # resolved, logged
     assert run_.data.params["batch_size"] == "8"
+    assert run_.data.params["target"] == "boundary" and run_.data.params["scale"] == "1.0"
     assert run_.data.tags["ray.world_size"] == "2"
     check = run(
         "check-data",
@@ -244,7 +248,8 @@ def test_train_two_ddp_workers_end_to_end_a_killed_worker_resumes_in_the_same_ru
     pre = meta["preprocessing"]
     assert (pre["input_mode"], pre["patch_size"], pre["tile_overlap"]) == ("patch", [32, 32], 0.5)
     assert pre["normalization"] == planned["normalization"]
-    assert model(torch.zeros(1, 3, 40, 52)).shape == (1, 1, 40, 52)
+    assert pre["target"] == "boundary"  # background / interior / boundary
+    assert model(torch.zeros(1, 3, 40, 52)).shape == (1, 3, 40, 52)
 
 
 def test_plan_prints_each_value_with_its_reason_and_writes_a_space(

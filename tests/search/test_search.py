@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -550,9 +551,22 @@ def test_three_classes_end_to_end_train_search_register_predict(
         "--set",
         "test_fraction=0.25",
     ]
-    assert main(["train", "--data", str(data), *common, "--set", "epochs=1"]) == 0
-    final = json.loads(capsys.readouterr().out.split("final        ", 1)[1].splitlines()[0])
+    train = ["--set", "epochs=1", "--set", "patches_per_epoch=256"]
+    assert main(["train", "--data", str(data), *common, *train]) == 0
+    printed = capsys.readouterr().out
+    final = json.loads(printed.split("final        ", 1)[1].splitlines()[0])
     assert {"val_dice_c1", "val_dice_c2"} <= set(final) and 0 <= final["val_dice_c2"] <= 1
+    # `train` is the planned default: what no --set gives is planned (printed, logged)
+    planned = dict(line.split()[:2] for line in printed.splitlines() if " " in line)
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("unet-search-train").experiment_id])
+    params = run.data.params
+    for leaf in ("batch_size", "normalization", "target"):
+        assert params[leaf] == planned[leaf], leaf
+    assert float(params["scale"]) == float(planned["scale"])
+    assert params["depth"] == re.search(r"^depth .*\(fixed: (\d+)\)", printed, re.M)[1]
+    assert (params["target"], params["depth"]) == ("semantic", "3")  # 3 classes; 32-px patch
+    assert params["patch_size"] == "[32, 32]"  # given: kept
 
     space = tmp_path / "three.yaml"
     # ~48 steps of a small net: ~0.8 val_dice (measured), the seed baseline at ~0.1

@@ -623,3 +623,24 @@ def test_objectives_on_a_planned_space_replace_its_metric_and_plan_again() -> No
     planned = spec.with_plan(make_plan(stats, BUDGETS["cpu-quick"], spec.plan_given()))
     assert planned.settings.metric == "val_iou" and planned.settings.multi_objective
     assert planned.settings.constraints[0].max == 3e6
+
+
+def test_the_searchs_default_trial_is_what_train_runs(synth_dir: Path) -> None:
+    """quick.yaml's planned default (trial 1) and `unet-search train` given quick.yaml's
+    fixed values (every planned one left to the plan) are one configuration: the plan is
+    made by the same rules from the same data, nothing else differs."""
+    from unet_search.core.config import run_leaves
+    from unet_search.data.dataset import load_dataset
+    from unet_search.space.load import plan_space
+    from unet_search.train.plan import plan_run
+
+    spec = load_space(QUICK)
+    arrays = load_dataset(synth_dir, spec.base_config().data)
+    planned = plan_space(spec, arrays, "cpu-quick")
+    config = {**planned.default_params(), **TrialRole(1, default=True).keys()}
+    trial = planned.trial(config).run
+    fixed = yaml.safe_load(QUICK.read_text())["fixed"]
+    given = [f"{key}={value}" for key, value in fixed.items() if value != "auto"]
+    train, plan = plan_run(*run_leaves(None, given), arrays, "cpu-quick")
+    assert plan is not None and plan.to_json() == planned.plan.to_json()
+    assert train == trial

@@ -11,6 +11,7 @@ import yaml
 
 from unet_search.core.config import run_leaves
 from unet_search.core.errors import ConfigError, UserError
+from unet_search.core.sections import PLANNED_LEAVES
 from unet_search.data.dataset import DatasetArrays
 from unet_search.space.load import load_space, plan_space
 from unet_search.space.spec import PROVISIONAL
@@ -181,15 +182,22 @@ def test_auto_where_no_plan_fills_it_is_an_error_naming_the_key(tmp_path: Path) 
         load_space(_space(tmp_path, {}), ["search.budget=huge"])
 
 
-def test_train_config_auto_leaves_are_planned_and_given_ones_kept() -> None:
+def test_train_plans_every_planned_leaf_it_is_not_given() -> None:
+    """`unet-search train` is the planned default: `auto` and left-out planned leaves are
+    planned, given ones kept (and bind the plan); with all of them given nothing is."""
     arrays = _discs(4, (300, 500), 10)
     leaves, source = run_leaves(None, ["patch_size=auto", "depth=3", "normalization=auto"])
     cfg, plan = plan_run(leaves, source, arrays, "cpu-quick")
     assert plan is not None and cfg.model.depth == 3  # given: binds the patch (x8)
     assert cfg.data.patch_size == (96, 96) and cfg.data.normalization == "dataset"
-    assert cfg.train.batch_size == 8  # not auto: the default, untouched
-    plain, none = plan_run(*run_leaves(None, ["patch_size=64"]), arrays)
-    assert none is None and plain.data.patch_size == (64, 64)
+    assert cfg.train.patches_per_epoch == plan.patches_per_epoch == 128  # left out: planned
+    given, planned = plan_run(*run_leaves(None, ["patch_size=64"]), arrays, "cpu-quick")
+    assert planned is not None and given.data.patch_size == (64, 64)  # given: kept
+    assert (given.model.depth, given.train.patches_per_epoch) == (4, 288)  # planned for it
+    assert given.model.depth == planned.depth and given.data.scale == planned.scale
+    every = [f"{leaf}={planned.value(leaf)}" for leaf in PLANNED_LEAVES if leaf != "patch_size"]
+    alone, none = plan_run(*run_leaves(None, ["patch_size=64", *every]), arrays)
+    assert none is None and alone == given
 
 
 def test_the_target_parts_touching_objects_when_many_touch() -> None:

@@ -367,7 +367,7 @@ class SearchSpec:
 
     def default_params(self) -> dict[str, Any]:
         """The planned default configuration inside this space, as Optuna parameters: what
-        ``unet-search train`` would use with every planned value ``auto`` (the fixed values;
+        ``unet-search train`` uses, every planned value planned (the fixed values;
         each searched parameter at the run config's default, a searched depth at the plan's
         depth), each moved to the space's nearest allowed value where the space does not
         allow it (:func:`nearest_allowed`)."""

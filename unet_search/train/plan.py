@@ -427,9 +427,8 @@ MIN_IMAGE_PX = 2**MIN_DEPTH * BOTTLENECK_PX  # the smallest patch a plan can mak
 
 
 def size_warnings(names: tuple[str, ...], sizes: Any, scale: float | None = None) -> list[str]:
-    """What the images' sizes will spoil, a line each naming the images: a side under
-    :data:`MIN_IMAGE_PX` px (the smallest patch a plan can make), a planned ``scale`` below a
-    third. ``sizes``: (N, 2) heights and widths, in ``names``' order."""
+    """What the images' sizes (N, 2) will spoil, a line each naming them: a side under
+    :data:`MIN_IMAGE_PX` px (the smallest patch a plan makes), a planned ``scale`` below 1/3."""
 
     def listed(indices: list[int]) -> str:
         shown = ", ".join(f"{names[i]} ({sizes[i][0]}x{sizes[i][1]})" for i in indices[:5])
@@ -481,14 +480,16 @@ def make_plan(stats: DataStats, budget: Budget, given: Mapping[str, Any] | None 
 def plan_run(
     flat: Mapping[str, Any], source: str, arrays: DatasetArrays, budget: str | None = None
 ) -> tuple[RunConfig, Plan | None]:
-    """A run config (``train``) with its ``auto`` leaves filled from ``arrays``' plan within
-    ``budget`` (None: :func:`default_budget`); the other planned leaves bind the plan."""
+    """``train``'s config, the planned default (a search's default trial in its space): each
+    planned leaf ``flat`` leaves out or gives as ``auto`` from ``arrays``' plan within
+    ``budget`` (None: :func:`default_budget`); those it gives bind the plan."""
+    flat = {**dict.fromkeys(PLANNED_LEAVES, AUTO), **flat}
     auto = auto_leaves(flat, source)
     if not auto:
         return build_run_config(flat, source), None
     provisional = provisional_config(flat, source)
     known = provisional.flat()  # drops a given patch or depth too
-    given = {leaf: flat.get(leaf, known[leaf]) for leaf in PLANNED_LEAVES if leaf not in auto}
+    given = {leaf: flat[leaf] for leaf in PLANNED_LEAVES if leaf not in auto}
     given["encoder_weights"] = known["encoder_weights"]
     given["transformer"] = known["bottleneck"] == "transformer"
     if isinstance(given.get("patch_size"), int):
