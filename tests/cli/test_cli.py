@@ -129,7 +129,7 @@ def test_train_rejects_bad_config_before_anything_starts(synth_dir: Path, tmp_pa
 @pytest.fixture()
 def another_local_ray() -> Iterator[None]:
     """Another local Ray on the machine (a notebook's, another search's), up for the test."""
-    code = "import ray, sys; ray.init(); print('up', flush=True); sys.stdin.read()"
+    code = "import ray, sys; ray.init(address='local'); print('up', flush=True); sys.stdin.read()"
     other = subprocess.Popen(
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
