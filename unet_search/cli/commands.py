@@ -118,21 +118,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if args.budget is not None:
         parse_budget(args.budget)
-    typed = typed_overrides(args.overrides)
-    try:
+    try:  # a config error a --set caused names that --set
         provisional = provisional_config(leaves, source)  # `auto` stands in until planned
         validate_model_config(provisional.model)
-    except ConfigError as err:
-        raise blame_override(err, typed, source) from None
-    workdir = work_dir()
-    require_tracking(workdir)
-    data = materialize(args.data, workdir / "cache")
-    arrays = load_dataset(data, provisional.data, workdir / "cache")
-    try:
-        cfg, plan = plan_run(leaves, source, arrays, args.budget)  # `auto` from the data
+        workdir = work_dir()
+        require_tracking(workdir)
+        data = materialize(args.data, workdir / "cache")
+        arrays = load_dataset(data, provisional.data, workdir / "cache")
+        cfg, plan = plan_run(leaves, source, arrays, args.budget)  # planned from the data
         validate_model_config(cfg.model)  # all checks before Ray
     except ConfigError as err:
-        raise blame_override(err, typed, source) from None
+        raise blame_override(err, typed_overrides(args.overrides), source) from None
     if plan is not None:
         print(plan.text(), flush=True)
     warn_sizes(arrays, cfg.data.scale)

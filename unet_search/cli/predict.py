@@ -50,16 +50,16 @@ def planned_outputs(
         )
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output}: exists and is not a folder (nothing was written).")
-    by_name: dict[str, Path] = {}
+    by_output: dict[Path, Path] = {}
     for path in files:
-        name = f"{path.stem}.png"
-        if name in by_name:
+        target = output / f"{path.stem}.png"
+        if target in by_output:
             raise UserError(
-                f"--input: {by_name[name]} and {path} would both be written as {output / name}; "
+                f"--input: {by_output[target]} and {path} would both be written as {target}; "
                 "rename one or predict them apart (nothing was written)."
             )
-        by_name[name] = path
-    outputs = [output / f"{f.stem}.png" for f in files]
+        by_output[target] = path
+    outputs = list(by_output)  # in the inputs' order
     if not overwrite:
         how = "pass --overwrite to replace it"
         for path in outputs:

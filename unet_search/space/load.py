@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import tempfile
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,10 +73,6 @@ class _Overrides:
 
     typed: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-    def blame(self, err: ConfigError, source: str) -> ConfigError:
-        """``err``, naming the ``--set`` that caused it in place of the space file."""
-        return blame_override(err, self.typed, source)
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) -> _Overrides:
@@ -183,7 +179,7 @@ def load_space(
         if combinations:
             check_combinations(spec, source)
     except ConfigError as err:
-        raise given.blame(err, source) from None
+        raise blame_override(err, given.typed, source) from None  # names the --set
     return spec
 
 
@@ -233,6 +229,10 @@ def _epochs_of(fixed: Any, source: str) -> int:
     return value if isinstance(value, int) else default
 
 
+# Says that a value of the space (key, its value) yielded to (why), and what it is now.
+Yields = Callable[[str, object, object, str], None]
+
+
 def _yield_to_the_user(
     raw: dict[str, Any], leaves: dict[str, Any], given: _Overrides, file_epochs: int, name: str
 ) -> None:
@@ -264,7 +264,7 @@ def _shrink_compute(
     user: Mapping[str, str],
     file_epochs: int,
     moved: bool,
-    yields: Any,
+    yields: Yields,
 ) -> bool:
     """The space's ``compute.epochs`` scales with the user's trial ``epochs`` (its trials
     were so many of the space's length); the space's ``epochs`` shrink to fit the user's
@@ -293,7 +293,7 @@ def _shrink_compute(
     return False
 
 
-def _follow_objectives(search: dict[str, Any], user: Mapping[str, str], yields: Any) -> None:
+def _follow_objectives(search: dict[str, Any], user: Mapping[str, str], yields: Yields) -> None:
     """``--set search.objectives``: the space's ``metric`` and ``mode`` are the first
     objective's from then on (objectives replace them)."""
     objectives = search.get("objectives")
@@ -309,7 +309,7 @@ def _follow_objectives(search: dict[str, Any], user: Mapping[str, str], yields: 
 
 
 def _follow_epochs(
-    search: dict[str, Any], epochs: int, user: Mapping[str, str], yields: Any
+    search: dict[str, Any], epochs: int, user: Mapping[str, str], yields: Yields
 ) -> None:
     """The space's grace period and ``max_t`` follow trials' epochs the user moved."""
     scheduler = search.get("scheduler")
