@@ -113,3 +113,47 @@ def ray_processes_kib() -> dict[int, dict[str, int]]:
                 "uss": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0),
             }
     return out
+
+
+def real_set(folder: Path) -> tuple[Path, Path]:
+    """A set built by ``shared/realdata`` (``train/`` and ``heldout/``), or a clear exit."""
+    train, heldout = folder / "train", folder / "heldout"
+    if not (train.is_dir() and (heldout / "images").is_dir()):
+        raise SystemExit(
+            f"{folder}: not a real set (train/ and heldout/images/): build one with "
+            "shared/realdata/<set>.py OUT"
+        )
+    return train, heldout
+
+
+def score_heldout(
+    model: str | Path, heldout: Path, tracking_uri: str | None = None
+) -> dict[str, float]:
+    """Held-out ``dice`` (mean per image, of the masks), ``dsb`` (mean per image, of the
+    instances against ``labels/<id>.npy`` where the set has them) and ``otsu`` (Otsu's
+    threshold's Dice) of ``model`` (a model URI or folder) through ``load_model().predict``,
+    the images read from their files exactly as ``predict`` reads them."""
+    import numpy as np
+
+    from unet_search.data.decode import read_image
+    from unet_search.serve.inference import load_model
+    from unet_search.train.metrics import instance_scores, otsu_mask
+
+    predictor = load_model(str(model), tracking_uri=tracking_uri)
+    images = sorted(p for p in (heldout / "images").iterdir() if not p.name.startswith("."))
+    dice, dsb, otsu = [], [], []
+
+    def dice_of(pred: Any, truth: Any) -> float:
+        total = pred.sum() + truth.sum()
+        return 1.0 if total == 0 else float(2 * (pred & truth).sum() / total)
+
+    for path in images:
+        truth = np.asarray(read_image(heldout / "masks" / f"{path.stem}.png"))[..., 0] > 0
+        mask, objects = predictor.predict_both([path])[0]
+        dice.append(dice_of(mask > 0, truth))
+        otsu.append(dice_of(otsu_mask(read_image(path)) > 0, truth))
+        labels = heldout / "labels" / f"{path.stem}.npy"
+        if labels.exists():
+            dsb.append(instance_scores(objects, np.load(labels))[0])
+    out = {"dice": float(np.mean(dice)), "otsu": float(np.mean(otsu))}
+    return out | ({"dsb": float(np.mean(dsb))} if dsb else {})

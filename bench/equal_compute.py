@@ -83,7 +83,14 @@ def run_arm(
     winner = source.name if source else "-"
     if source and source.default:
         winner += " (the planned default)"
-    return {**out.test, "epochs": float(trained), "seconds": seconds, "winner": winner}
+    model = out.registration.uri if out.registration else None
+    return {
+        **out.test,
+        "epochs": float(trained),
+        "seconds": seconds,
+        "winner": winner,
+        "model": model,  # its URI in the work dir's store (resolve_tracking_uri(home))
+    }
 
 
 def main() -> None:

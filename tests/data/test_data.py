@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from unet_search.core.errors import DataError
 from unet_search.core.sections import DataConfig
-from unet_search.data.dataset import load_dataset
+from unet_search.data.dataset import DatasetArrays, load_dataset
 from unet_search.data.decode import read_image
 from unet_search.data.scan import scan_dataset
 from unet_search.data.split import split_indices, split_names
@@ -160,17 +160,44 @@ def test_class_index_masks(tmp_path: Path) -> None:
         load_dataset(root, DataConfig(num_classes=1))
 
 
-def test_gray_16bit_tiff_and_jpeg_images(tmp_path: Path) -> None:
+def test_images_keep_their_bit_depth_and_channels(tmp_path: Path) -> None:
+    """16-bit values stay (a 12-bit camera's 0..4095 and 8-bit values in a 16-bit file were
+    divided by 257 and lost); a grey image is one channel; floats stay float."""
     gray16 = np.array([[0, 257 * 100], [65535, 257]], np.uint16)
     _png(tmp_path / "g16.png", gray16)
-    assert read_image(tmp_path / "g16.png")[..., 0].tolist() == [[0, 100], [255, 1]]
-    assert read_image(tmp_path / "g16.png").shape == (2, 2, 3)
-    tifffile.imwrite(tmp_path / "t.tif", gray16)
-    assert read_image(tmp_path / "t.tif")[..., 2].tolist() == [[0, 100], [255, 1]]
+    assert read_image(tmp_path / "g16.png").dtype == np.uint16
+    assert read_image(tmp_path / "g16.png")[..., 0].tolist() == gray16.tolist()
+    assert read_image(tmp_path / "g16.png").shape == (2, 2, 1)
+    eight_in_16 = np.array([[0, 235], [17, 3]], np.uint16)  # the DSB nuclei TIFF's kind
+    tifffile.imwrite(tmp_path / "t.tif", eight_in_16)
+    assert read_image(tmp_path / "t.tif")[..., 0].tolist() == [[0, 235], [17, 3]]
+    tifffile.imwrite(tmp_path / "f.tif", np.array([[0.25, np.nan], [2.5, -1.0]], np.float64))
+    floats = read_image(tmp_path / "f.tif")
+    assert floats.dtype == np.float32 and floats[..., 0].tolist() == [[0.25, 0.0], [2.5, -1.0]]
     Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "j.jpg")
     assert abs(int(read_image(tmp_path / "j.jpg")[4, 4, 0]) - 200) <= 2
     _png(tmp_path / "g8.png", np.full((3, 3), 7, np.uint8))
-    assert read_image(tmp_path / "g8.png").tolist()[0][0] == [7, 7, 7]
+    assert read_image(tmp_path / "g8.png").tolist()[0][0] == [7]
+
+
+def test_a_grey_dataset_is_cached_as_one_channel_and_a_mixed_one_widens(tmp_path: Path) -> None:
+    root = tmp_path / "grey"
+    for i in range(4):
+        _png(root / "images" / f"i{i}.png", np.full((6, 5), 1000 * i, np.uint16))
+        _png(root / "masks" / f"i{i}.png", np.eye(6, 5, dtype=np.uint8) * 255)
+    arrays = load_dataset(root, DataConfig(), tmp_path / "cache")
+    assert arrays.pixels.shape == (4 * 30, 1) and arrays.pixels.dtype == np.uint16
+    assert arrays.stats.pixels == "uint16, 1 channel" and arrays.stats.values == (0.0, 3000.0)
+    again = load_dataset(root, DataConfig(), tmp_path / "cache")  # from the cache
+    assert again.pixels.dtype == np.uint16 and np.array_equal(again.pixels, arrays.pixels)
+    mixed = DatasetArrays.of(
+        [np.full((2, 2), 40000, np.uint16), np.full((2, 2, 3), 9, np.uint8)],
+        [np.zeros((2, 2), np.uint8)] * 2,
+    )
+    assert mixed.pixels.dtype == np.uint16 and mixed.pixels.shape == (8, 3)
+    assert (
+        mixed.image(0)[0, 0].tolist() == [40000] * 3 and mixed.image(1)[0, 0].tolist() == [9] * 3
+    )
 
 
 def _problem(tmp_path: Path, kind: str) -> tuple[Path, str]:
@@ -410,5 +437,7 @@ def test_the_data_summary_reads_the_dict_caches_kept_before_it_was_typed() -> No
         "min_size": (64, 64),
         "max_size": (80, 96),
         "class_pixels": (9000, 3000),
+        "pixels": "uint8, 3 channels",  # every image was 8-bit RGB then
+        "values": (0.0, 255.0),
     }
     assert DataSummary.from_dict(summary.to_dict()) == summary

@@ -50,14 +50,18 @@ def test_paths_arrays_and_a_batch_give_the_same_masks_at_original_sizes(
     assert alone.shape == (29, 41) and all((m == alone).all() for m in batch)
     gray = predictor.predict([image.mean(axis=2).astype(np.uint8)])[0]
     assert gray.shape == image.shape[:2]
+    # any bit depth, as the files decode: a float image in [0, 1] is the 8-bit one / 255
+    # (the model's normalization is x over the type's full scale), a 16-bit one x 257
+    for same in (image.astype(np.float32) / 255, image.astype(np.uint16) * 257):
+        assert (predictor.predict([same])[0] == from_array).mean() >= 0.999
 
 
 def test_bad_inputs_are_clear_errors(trained_model: TrainedModel, tmp_path: Path) -> None:
     predictor = Predictor.from_dir(trained_model.path)
-    with pytest.raises(UserError, match="image arrays must be uint8, but got float32"):
-        predictor.predict([np.zeros((8, 8, 3), np.float32)])
-    with pytest.raises(UserError, match=r"HxW, HxWx3 or HxWx4, but got shape \(8, 8, 2\)"):
-        predictor.predict([np.zeros((8, 8, 2), np.uint8)])
+    with pytest.raises(
+        UserError, match=r"must be 2-D gray, RGB or RGBA, but has shape \(8, 8, 5\)"
+    ):
+        predictor.predict([np.zeros((8, 8, 5), np.uint8)])
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="is not a unet-search model"):
         find_model_dir(tmp_path / "empty")

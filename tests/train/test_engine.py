@@ -1,16 +1,20 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import tifffile
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from unet_search.core.config import RunConfig
 from unet_search.core.sections import DataConfig
-from unet_search.data.dataset import load_dataset
+from unet_search.data.dataset import DatasetArrays, load_dataset
 from unet_search.data.synthetic import make_synthetic
 from unet_search.models.build import build_model, save_model_dir
 from unet_search.serve.inference import load_model
@@ -25,8 +29,11 @@ from unet_search.train.engine import (
     train_one_epoch,
     validate,
 )
+from unet_search.train.fingerprint import data_stats
 from unet_search.train.losses import build_loss
+from unet_search.train.plan import make_plan, parse_budget
 from unet_search.train.sliding import preprocessing_of
+from unet_search.train.transforms import normalization_for
 
 CPU = torch.device("cpu")
 
@@ -59,11 +66,18 @@ def _train(data: Path, leaves: dict) -> tuple[RunConfig, TrainingState]:
 
 
 def _held_out_dice(
-    cfg: RunConfig, state: TrainingState, tmp: Path, images: list, truth: list
+    cfg: RunConfig,
+    state: TrainingState,
+    tmp: Path,
+    images: list,
+    truth: list,
+    arrays: DatasetArrays | None = None,
 ) -> float:
-    """Dice of the kept weights on images no run saw, through the predictor `predict` uses."""
+    """Dice of the kept weights on images no run saw, through the predictor `predict` uses
+    (``arrays``: the training data, which ``dataset`` normalization measures)."""
     state.module.load_state_dict(state.best_state or state.module.state_dict())
-    save_model_dir(tmp, state.module, cfg.model, 1, preprocessing_of(cfg))
+    norm = normalization_for(cfg, arrays)
+    save_model_dir(tmp, state.module, cfg.model, 1, preprocessing_of(cfg, norm))
     masks = load_model(tmp).predict(images)
     dices = [2 * (m & t).sum() / (m.sum() + t.sum()) for m, t in zip(masks, truth, strict=True)]
     return float(np.mean(dices))
@@ -318,3 +332,54 @@ def test_a_run_with_border_weights_trains_on_the_weighted_loss(synth_dir: Path) 
     assert abs(weighted - plain) > 1e-3
     metrics = train_one_epoch(state, train, loss_fn, cfg, CPU)
     assert metrics["train_loss"] == pytest.approx(weighted, rel=1e-4)
+
+
+def _grey_copy(src: Path, dst: Path, convert: Any = None) -> None:
+    """A DSB2018-layout copy of ``src`` whose images are grey: 8-bit PNGs, or TIFFs of
+    ``convert(grey)``."""
+    shutil.copytree(src, dst)
+    for png in sorted(dst.glob("*/images/*.png")):
+        grey = np.round(np.asarray(Image.open(png).convert("RGB")).mean(axis=2))
+        if convert is None:
+            Image.fromarray(grey.astype(np.uint8)).save(png)
+            continue
+        tifffile.imwrite(png.with_suffix(".tif"), convert(grey))
+        png.unlink()
+
+
+def test_16_bit_images_train_and_predict_as_well_as_their_8_bit_copies(tmp_path: Path) -> None:
+    """Decoded as they are and normalized by the plan's choice for them (each image's
+    percentiles, which the 8-bit copies get too), 16-bit images score within 0.02 held-out
+    Dice of their 8-bit copies (before: divided by 257, the 8-bit values in a 16-bit file
+    became black and scored Dice 0.32 on real nuclei). Measured over seeds 3, 5 and 7: the
+    16-bit copies within 0.010 of the 8-bit ones at 20 epochs (within 0.015 at 10: training
+    noise, hence the epochs)."""
+    torch.set_num_threads(2)
+    style = {"size": 64, "style": "fluorescence"}
+    make_synthetic(tmp_path / "d", n=8, seed=3, **style)
+    make_synthetic(tmp_path / "new", n=3, seed=4, **style)
+    kinds = {
+        "8-bit": None,
+        "12-bit": lambda g: np.round(g * 4095 / 255).astype(np.uint16),  # a 12-bit camera's
+        # the 2018 Data Science Bowl's nuclei TIFF: uint16 holding 0..255
+        "8-bit in 16-bit": lambda g: g.astype(np.uint16),
+    }
+    dices = {}
+    for k, (kind, convert) in enumerate(kinds.items()):
+        for name in ("d", "new"):
+            _grey_copy(tmp_path / name, tmp_path / f"{name}{k}", convert)
+        arrays = load_dataset(tmp_path / f"d{k}", DataConfig(val_fraction=0.25))
+        norm = make_plan(data_stats(arrays), parse_budget("cpu-quick")).normalization
+        assert norm == "percentile" if convert else norm in ("dataset", "zscore"), norm
+        leaves = {"patch_size": 64, "patches_per_epoch": 64, "epochs": 20}
+        # all by the 16-bit plan's percentiles: the bits alone differ
+        cfg, state = _train(tmp_path / f"d{k}", {**leaves, "normalization": "percentile"})
+        new = load_dataset(tmp_path / f"new{k}", DataConfig())
+        assert new.pixels.shape[1] == 1  # grey: one channel
+        assert new.pixels.dtype == (np.uint16 if convert else np.uint8)
+        images = [new.image(i) for i in range(len(new))]
+        truth = [new.mask(i) > 0 for i in range(len(new))]
+        dices[kind] = _held_out_dice(cfg, state, tmp_path / kind, images, truth, arrays)
+    assert dices["8-bit"] > 0.8, dices
+    for kind in ("12-bit", "8-bit in 16-bit"):
+        assert abs(dices[kind] - dices["8-bit"]) <= 0.02, dices

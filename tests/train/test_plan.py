@@ -115,6 +115,24 @@ def test_normalization_follows_how_much_images_differ() -> None:
     assert pretrained.normalization == "default"
 
 
+def test_images_deeper_than_8_bits_are_normalized_by_their_percentiles() -> None:
+    """A 12-bit camera's grey images: each by its own 1st..99.8th percentile, whatever the
+    spread (alike here); the fingerprint says their type and levels in their own values."""
+    eight = _discs(6, (64, 64), 8, brightness=[200] * 6)
+    twelve = DatasetArrays.of(
+        [(eight.image(i)[..., :1].astype(np.uint16) * 16) for i in range(len(eight))],
+        [eight.mask(i) for i in range(len(eight))],
+    )
+    stats = data_stats(twelve)
+    assert (stats.pixels, twelve.pixels.shape[1]) == ("uint16", 1)
+    assert stats.levels[0] >= 20 * 16 and 200 * 16 <= stats.levels[1] <= 209 * 16
+    assert max(stats.mean_spread, stats.std_spread) <= 0.5  # alike, yet:
+    plan = make_plan(stats, QUICK)
+    assert plan.normalization == "percentile"
+    assert plan.reasons["normalization"].startswith("uint16 images (median 1st..99.8th percentile")
+    assert make_plan(data_stats(eight), QUICK).normalization == "dataset"
+
+
 def test_given_values_bind_the_plan_and_the_plan_is_deterministic() -> None:
     arrays = _discs(4, (300, 500), 10)
     assert make_plan(data_stats(arrays), QUICK) == make_plan(data_stats(arrays), QUICK)
@@ -239,7 +257,7 @@ def test_the_target_parts_touching_objects_when_many_touch() -> None:
 
 
 def test_size_warnings_name_the_images_that_will_spoil_a_run() -> None:
-    from unet_search.train.plan import size_warnings
+    from unet_search.cli.checks import size_warnings
 
     names = ("a", "b", "c")
     sizes = np.array([[1, 1], [300, 15], [400, 500]])

@@ -21,7 +21,7 @@ from unet_search.train.transforms import (
     Normalization,
     PatchDataset,
     ResizeDataset,
-    image_statistics,
+    image_levels,
     normalization_for,
     to_tensor,
     train_pipeline,
@@ -101,7 +101,7 @@ def test_zscore_patches_use_their_whole_images_statistics_as_predict_does() -> N
         patch = data[k]["image"]
         values = set(torch.round(patch, decimals=4).unique().tolist())
         assert values <= set(torch.round(whole, decimals=4).unique().tolist())
-    dark = to_tensor(image[:16, :16], "zscore", 3, image_statistics(image, 3))
+    dark = to_tensor(image[:16, :16], "zscore", 3, image_levels(image, Normalization("zscore"), 3))
     assert torch.allclose(dark, whole[:, :16, :16])
     assert float(dark.max()) < -0.9  # the dark half stays dark, not zero-mean noise
 
@@ -321,3 +321,35 @@ def test_border_weights_are_cut_scaled_and_augmented_with_their_patch(tmp_path: 
         expected = torch.from_numpy(classes)[item["mask"][valid]]
         torch.testing.assert_close(item["weights"][valid], expected, atol=1e-6, rtol=0)
         assert (item["weights"][~valid] == 0).all()
+
+
+def test_percentile_normalization_by_hand() -> None:
+    """Each channel's 1st and 99.8th percentiles (numpy's linear rule) go to 0 and 1; a
+    12-bit image and its 8-bit copy become the same input; a flat channel stays flat."""
+    image = np.zeros((10, 10, 3), np.uint16)
+    image[..., 0] = np.arange(100).reshape(10, 10) * 40  # 0..3960
+    image[..., 1] = 1000  # flat
+    image[..., 2] = np.arange(100).reshape(10, 10)[::-1] + 7
+    x = to_tensor(image, "percentile", 3)
+    low, high = np.percentile(image[..., 0], [1, 99.8])
+    assert (low, high) == pytest.approx((0.99 * 40, 98.802 * 40))
+    expected = (image[..., 0].astype(np.float64) - low) / (high - low)
+    np.testing.assert_allclose(x[0].numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(x[1], torch.zeros(10, 10))  # flat: 0, not noise
+    assert float(x[2].min()) == pytest.approx((7 - 7.99) / (105.802 - 7.99))  # 7..106: narrow
+    eight = np.round(image.astype(np.float64) * 255 / 3960).astype(np.uint8)[..., :1]
+    sixteen = image[..., :1]
+    a, b = to_tensor(eight, "percentile", 1), to_tensor(sixteen, "percentile", 1)
+    assert torch.allclose(a, b, atol=0.02)  # only the 8-bit copy's rounding differs
+    grey = to_tensor(image[..., :1], "percentile", 3)  # one channel fed to a colour model
+    assert grey.shape == (3, 10, 10) and torch.equal(grey[0], grey[2])
+
+
+def test_a_saved_percentile_normalization_reads_back() -> None:
+    cfg = RunConfig().replace(normalization="percentile")
+    pixels = np.zeros((4, 1), np.uint16)
+    pre = preprocessing_of(cfg, pixels=pixels)
+    assert pre["percentiles"] == [1.0, 99.8]
+    assert (pre["image_dtype"], pre["image_channels"]) == ("uint16", 1)
+    assert Normalization.of_preprocessing(pre) == Normalization("percentile")
+    assert "percentiles" not in preprocessing_of(RunConfig())  # others have none

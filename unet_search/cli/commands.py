@@ -85,6 +85,8 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     print(f"images       {stats.count}")
     sizes = ", ".join(f"{k} x{v}" for k, v in stats.sizes[:8])
     print(f"sizes        {sizes}{' ...' if len(stats.sizes) > 8 else ''}")
+    low, high = (f"{v:g}" for v in stats.values)
+    print(f"pixels       {stats.pixels}, values {low}..{high} (kept as they are)")
     print(f"foreground   {stats.foreground_ratio:.3f} of pixels")
     if stats.instances_per_image is not None:
         print(f"instances    {stats.instances_per_image:.1f} per image")

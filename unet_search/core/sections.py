@@ -66,7 +66,7 @@ MASK_KINDS = ("semantic", "instances")
 
 
 # default: x/255, or ImageNet statistics for pre-trained encoders (see transforms.Normalization)
-NORMALIZATION_NAMES = ("default", "unit", "imagenet", "zscore", "dataset")
+NORMALIZATION_NAMES = ("default", "unit", "imagenet", "zscore", "percentile", "dataset")
 
 
 AUTO = "auto"  # a value `unet_search.train.plan` fills from the dataset's fingerprint

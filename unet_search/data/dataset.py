@@ -22,7 +22,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,10 @@ import numpy as np
 
 from unet_search.core.errors import DataError
 from unet_search.core.sections import DataConfig
-from unet_search.data.decode import decode_sample, instance_labels
+from unet_search.data.decode import IMAGE_DTYPES, decode_sample, instance_labels
 from unet_search.data.scan import DatasetIndex, raise_if, scan_dataset
 from unet_search.data.split import MIN_IMAGES_FOR_TEST, split_indices, split_text
+from unet_search.data.stats import as_channels
 
 __all__ = [
     "CACHE_VERSION",
@@ -48,8 +49,9 @@ __all__ = [
 
 
 # 2: images at their own sizes (1 held them resized to one square); 3: the images/masks
-# layout's truth instances are 8-connected components, as predicted instances are
-CACHE_VERSION = 3
+# layout's truth instances are 8-connected components, as predicted instances are; 4: images
+# in their own values (16-bit, float) and channels (grey: one)
+CACHE_VERSION = 4
 
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,8 @@ class DataSummary:
     foreground_ratio: float = 0.0
     instances_per_image: float | None = None  # instance truth only (DSB2018, label images)
     class_pixels: tuple[int, ...] = ()
+    pixels: str = "uint8, 3 channels"  # the images' type and channels as stored
+    values: tuple[float, float] = (0.0, 255.0)  # the smallest and largest image value
     data_id: str = ""
     split: str = ""
 
@@ -84,6 +88,7 @@ class DataSummary:
                 "min_size": tuple(raw.get("min_size", (0, 0))),
                 "max_size": tuple(raw.get("max_size", (0, 0))),
                 "class_pixels": tuple(raw.get("class_pixels", ())),
+                "values": tuple(raw.get("values", (0.0, 255.0))),
             }
         )
 
@@ -94,9 +99,11 @@ class DatasetArrays:
 
     The pixels of all images lie one after another in flat arrays, one buffer each, so the
     object store, the cache and every trial share them without copies: image ``i`` is
-    ``pixels[offsets[i]:offsets[i + 1]]`` shaped ``(*sizes[i], 3)``.
+    ``pixels[offsets[i]:offsets[i + 1]]`` shaped ``(*sizes[i], C)``.
 
-    pixels: (P, 3) uint8; mask_pixels: (P,) uint8 class indices (0/1 when binary);
+    pixels: (P, C) in the images' own values: uint8, uint16 or float32 (the widest of the
+    images', none rescaled), C = 1 when every image is grey, else 3 (grey ones repeated);
+    mask_pixels: (P,) uint8 class indices (0/1 when binary);
     instance_pixels: (P,) uint16 instance labels (binary datasets only, else None);
     sizes: (N, 2) int64 (height, width) of each image.
     """
@@ -122,11 +129,21 @@ class DatasetArrays:
         names: Sequence[str] | None = None,
         **meta: Any,
     ) -> DatasetArrays:
-        """Arrays of (H, W, 3) uint8 images, (H, W) uint8 masks and optional (H, W) uint16
-        instance labels; ``meta`` sets ``fingerprint``, ``layout`` and ``stats``."""
+        """Arrays of (H, W[, C]) images (their own values: see ``pixels``), (H, W) uint8
+        masks and optional (H, W) uint16 instance labels; ``meta`` sets ``fingerprint``,
+        ``layout`` and ``stats``."""
         sizes = np.array([image.shape[:2] for image in images], np.int64).reshape(-1, 2)
+        images = [i if i.ndim == 3 else i[..., None] for i in map(np.asarray, images)]
+        channels = max((i.shape[2] for i in images), default=3)
+        kinds = [i.dtype if i.dtype in IMAGE_DTYPES else np.dtype(np.uint8) for i in images]
+        dtype = max(kinds, key=IMAGE_DTYPES.index, default=np.dtype(np.uint8))
         return cls(
-            np.concatenate([np.asarray(i, np.uint8).reshape(-1, 3) for i in images]),
+            np.concatenate(
+                [
+                    as_channels(i, channels).astype(dtype, copy=False).reshape(-1, channels)
+                    for i in images
+                ]
+            ),
             np.concatenate([np.asarray(m, np.uint8).ravel() for m in masks]),
             None
             if instances is None
@@ -147,7 +164,7 @@ class DatasetArrays:
         return flat[self.offsets[i] : self.offsets[i + 1]].reshape(h, w, *flat.shape[1:])
 
     def image(self, i: int) -> np.ndarray:
-        """(H, W, 3) uint8 view of image ``i``."""
+        """(H, W, C) view of image ``i`` in its own values (``pixels``)."""
         return self._view(self.pixels, i)
 
     def mask(self, i: int) -> np.ndarray:
@@ -207,6 +224,12 @@ def _decode_all(
                 errors.append(str(err))
     raise_if(errors, index.root)
     samples = [d for d in decoded if d is not None]
+    arrays = DatasetArrays.of(
+        [image for image, _, _ in samples],
+        [mask for _, mask, _ in samples],
+        [labels for _, _, labels in samples] if cfg.num_classes <= 2 else None,
+        [s.name for s in index.samples],
+    )
     sizes = np.array([image.shape[:2] for image, _, _ in samples], np.int64).reshape(n, 2)
     masks = np.concatenate([mask.ravel() for _, mask, _ in samples])
     size_counts = Counter(f"{h}x{w}" for h, w in sizes.tolist())
@@ -221,17 +244,12 @@ def _decode_all(
         if dsb or cfg.masks == "instances"
         else None,
         class_pixels=tuple(np.bincount(masks, minlength=max(2, cfg.num_classes)).tolist()),
+        pixels=f"{arrays.pixels.dtype.name}, {arrays.pixels.shape[1]} channel"
+        + ("s" if arrays.pixels.shape[1] > 1 else ""),
+        values=(float(arrays.pixels.min(initial=0)), float(arrays.pixels.max(initial=0))),
         **identity,  # data_id and split: what the registry compares apart
     )
-    return DatasetArrays.of(
-        [image for image, _, _ in samples],
-        [mask for _, mask, _ in samples],
-        [labels for _, _, labels in samples] if cfg.num_classes <= 2 else None,
-        [s.name for s in index.samples],
-        fingerprint=fp,
-        layout=index.layout,
-        stats=stats,
-    )
+    return replace(arrays, fingerprint=fp, layout=index.layout, stats=stats)
 
 
 def _save_cache(path: Path, arrays: DatasetArrays) -> None:

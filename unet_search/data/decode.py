@@ -1,6 +1,7 @@
-"""Decode one sample: the image as RGB uint8 at its own size (8/16-bit, palette, grey and
-RGBA handled), its mask as class indices, its instances as labels (the DSB2018 layout's
-masks, one per object, or an images/masks label image with ``data.masks: instances``)."""
+"""Decode one sample: the image in its own values and channels at its own size (8- and 16-bit
+and float kept, grey one channel; palette and RGBA handled), its mask as class indices, its
+instances as labels (the DSB2018 layout's masks, one per object, or an images/masks label
+image with ``data.masks: instances``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ __all__ = [
     "decode_image",
     "decode_sample",
     "EIGHT_CONNECTED",
+    "IMAGE_DTYPES",
+    "image_array",
     "instance_labels",
     "MAX_PIXELS",
     "read_image",
@@ -82,38 +85,43 @@ def _decode_raw(path: Path, data: bytes) -> np.ndarray:
         ) from None
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale to 0..255 by the dtype's range (16-bit: /257), floats by [0, 1] or their max."""
-    if arr.dtype == np.uint8:
+IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))  # narrow first
+
+
+def _native(arr: np.ndarray) -> np.ndarray:
+    """The image's own values in one of :data:`IMAGE_DTYPES`, never rescaled: 8- and 16-bit
+    stay as they are (a 12-bit camera's 0..4095, or 8-bit values in a 16-bit file, keep every
+    level), booleans become 0/255, other integers and floats become float32 (NaN: 0)."""
+    if arr.dtype in (np.uint8, np.uint16):
         return arr
     if arr.dtype == bool:
         return arr.astype(np.uint8) * 255
-    if arr.dtype == np.uint16 or (arr.dtype.kind in "iu" and arr.max(initial=0) > 255):
-        return np.round(np.clip(arr, 0, 65535).astype(np.float32) / 257.0).astype(np.uint8)
-    if arr.dtype.kind in "iu":
-        return np.clip(arr, 0, 255).astype(np.uint8)
-    arr = np.nan_to_num(arr.astype(np.float32))
-    peak = float(arr.max(initial=0.0))
-    scale = 255.0 if peak <= 1.0 else 255.0 / peak
-    return np.round(np.clip(arr, 0, None) * scale).astype(np.uint8)
+    return np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def decode_image(path: Path, data: bytes) -> np.ndarray:
-    """Image bytes -> (H, W, 3) uint8: RGBA drops alpha, gray becomes 3 channels."""
-    arr = _decode_raw(path, data)
+def image_array(arr: np.ndarray, name: str) -> np.ndarray:
+    """An (H, W) or (H, W, C) array (channel-first TIFFs turned) -> (H, W, C) in its own
+    values (:func:`_native`): C = 1 for a grey image, 3 for colour (RGBA drops alpha; a
+    two-channel image keeps its first, as before). ``name`` names it in the error."""
+    arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
         arr = np.moveaxis(arr, 0, -1)  # channel-first TIFF
     if arr.ndim == 3 and arr.shape[2] in (1, 2):
         arr = arr[..., 0]
     if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise DataError(f"{path}: image must be 2-D gray, RGB or RGBA, but has shape {arr.shape}.")
-    return np.ascontiguousarray(_to_uint8(arr[..., :3]))
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise DataError(f"{name}: image must be 2-D gray, RGB or RGBA, but has shape {arr.shape}.")
+    return np.ascontiguousarray(_native(arr[..., :3]))
+
+
+def decode_image(path: Path, data: bytes) -> np.ndarray:
+    """Image bytes -> (H, W, C) in the file's own values (:func:`image_array`)."""
+    return image_array(_decode_raw(path, data), str(path))
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Read one image file as (H, W, 3) uint8."""
+    """Read one image file as (H, W, C) in its own values (:func:`decode_image`)."""
     return decode_image(Path(path), _read_bytes(Path(path)))
 
 
@@ -179,9 +187,9 @@ def _label_image(path: Path, raw: np.ndarray) -> np.ndarray:
 def decode_sample(
     sample: Sample, num_classes: int, dsb: bool, label_images: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """One sample -> (image (H,W,3) uint8, class mask (H,W) uint8, instance labels or None).
-    ``dsb``: one binary mask per object; ``label_images`` (``data.masks: instances``): the
-    mask file is a label image, each object its own id."""
+    """One sample -> (image (H,W,C) in its own values, class mask (H,W) uint8, instance
+    labels or None). ``dsb``: one binary mask per object; ``label_images`` (``data.masks:
+    instances``): the mask file is a label image, each object its own id."""
     image = decode_image(sample.image, _read_bytes(sample.image))
     shape = image.shape[:2]
     semantic = np.zeros(shape, np.uint8)

@@ -307,7 +307,7 @@ def _log_final(
             module,
             cfg.model,
             cfg.data.network_classes,
-            preprocessing_of(cfg, norm, decoding[0] if decoding else None),
+            preprocessing_of(cfg, norm, decoding[0] if decoding else None, arrays.pixels),
         )
         picture = _sample_image(module, cfg, arrays, picks, norm)
         if picture is not None:

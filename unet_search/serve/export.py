@@ -16,6 +16,7 @@ from unet_search.core.tags import (
     TAG_MODE,
     TAG_VALUE,
 )
+from unet_search.models.build import read_model_meta
 from unet_search.serve.onnx import ONNX_DIR, ONNX_FILE
 from unet_search.tracking.models import PyfuncModel, log_and_register_pyfunc
 from unet_search.tracking.registry import Registration
@@ -51,18 +52,21 @@ def requirements() -> tuple[str, ...]:
 
 
 def pyfunc_model(model_dir: Path, onnx_dir: Path | None = None) -> PyfuncModel:
-    """The pyfunc of a trained model's folder: (N, H, W, 3) uint8 images in, (N, H, W) uint8
-    masks out, any batch size, height and width; with the parameter ``instances`` true,
+    """The pyfunc of a trained model's folder: (N, H, W, C) images in, of the type and channels
+    it was trained on (8-bit RGB for models saved before these were written down), (N, H, W)
+    uint8 masks out, any batch size, height and width; with the parameter ``instances`` true,
     (N, H, W) int32 instance labels instead (binary models). ``onnx_dir``: its ONNX export
     (:func:`unet_search.serve.onnx.export_onnx`), logged as the model's ``onnx/`` folder
     and flavor."""
     onnx = () if onnx_dir is None else ((ONNX_DIR, onnx_dir),)
+    pre = read_model_meta(model_dir)["preprocessing"]
+    dtype, channels = pre.get("image_dtype", "uint8"), int(pre.get("image_channels", 3))
     return PyfuncModel(
         python_model=PYFUNC_FILE,
         artifacts={"model_dir": model_dir},
         code_paths=(PACKAGE_DIR,),
         requirements=requirements(),
-        inputs=("uint8", (-1, -1, -1, 3)),
+        inputs=(dtype, (-1, -1, -1, channels)),
         outputs=("uint8", (-1, -1, -1)),
         params=(("instances", "boolean", False),),
         folders=onnx,

@@ -16,7 +16,7 @@ import torch
 
 from unet_search.core.errors import UserError
 from unet_search.data.dataset import DatasetArrays
-from unet_search.data.decode import read_image
+from unet_search.data.decode import image_array, read_image
 from unet_search.models.build import CONFIG_FILE, load_model_dir, read_model_meta
 from unet_search.train.instances import decode_instances, foreground_labels
 from unet_search.train.metrics import otsu_dice, score_masks
@@ -44,17 +44,11 @@ RUNTIMES = ("torch", "onnx")
 ImageLike = np.ndarray | str | Path
 
 
-def _as_rgb(item: ImageLike) -> np.ndarray:
+def _as_image(item: ImageLike) -> np.ndarray:
+    """A file, or an array as the files decode (:func:`image_array`): any bit depth."""
     if isinstance(item, str | Path):
         return read_image(Path(item))
-    array = np.asarray(item)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise UserError(f"an image must be HxW, HxWx3 or HxWx4, but got shape {array.shape}.")
-    if array.dtype != np.uint8:
-        raise UserError(f"image arrays must be uint8, but got {array.dtype}.")
-    return np.ascontiguousarray(array[..., :3])
+    return image_array(np.asarray(item), "an image array")
 
 
 class Predictor:
@@ -119,11 +113,11 @@ class Predictor:
         norm, channels = self.pre.normalization, self.pre.in_channels
         out: list[torch.Tensor] = []
         for start in range(0, len(images), RESIZE_BATCH):  # decoded a batch at a time
-            rgb = [_as_rgb(item) for item in images[start : start + RESIZE_BATCH]]
+            decoded = [_as_image(item) for item in images[start : start + RESIZE_BATCH]]
             out.extend(
                 logits.cpu()
                 for logits in predict_logits_many(
-                    self.model, rgb, self.plan, norm, channels, self.device
+                    self.model, decoded, self.plan, norm, channels, self.device
                 )
             )
         return out
@@ -136,8 +130,9 @@ class Predictor:
         objects), decoded as the model's target says (:mod:`unet_search.train.instances`).
 
         Args:
-            images: HxWx3 (or HxWx4, HxW) uint8 arrays or file paths, any sizes; or one
-                (N, H, W, 3) uint8 array.
+            images: HxWx3 (or HxWx4, HxWx1, HxW) arrays in their own values (8-bit,
+                16-bit or float, as the files decode) or file paths, any sizes; or one
+                (N, H, W, C) array.
             instances: return instance labels (binary models only).
         """
         if isinstance(images, np.ndarray) and images.ndim == 4:

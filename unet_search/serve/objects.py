@@ -3,8 +3,8 @@
 Columns: ``image`` (the file's stem), ``id`` (its label in the instance PNG), ``area`` (pixels),
 ``centroid_y`` / ``centroid_x``, the bounding box ``bbox_top`` / ``bbox_left`` (inclusive) and
 ``bbox_bottom`` / ``bbox_right`` (exclusive), as scikit-image's regionprops gives them, and
-``mean_intensity``: the mean over its pixels of the image's grey value (the channel mean,
-0-255).
+``mean_intensity``: the mean over its pixels of the image's grey value (the channel mean, in
+the image's own values: 0-255 for 8-bit images, 0-65535 for 16-bit ones).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ OBJECT_COLUMNS = (
 
 def object_rows(name: str, image: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
     """One row per object of ``labels`` ((H, W) ints, 0 the background) in ``image``
-    ((H, W) or (H, W, C) uint8), in label order."""
+    ((H, W) or (H, W, C), its own values), in label order."""
     grey = image if image.ndim == 2 else image[..., :3].mean(axis=2)
     table = regionprops_table(
         np.asarray(labels, np.int32),

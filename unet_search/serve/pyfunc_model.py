@@ -2,7 +2,8 @@
 
 MLflow saves this file as code (no cloudpickle); loading runs it, which builds the model
 from ``model_config.json`` and loads ``model.safetensors``. ``predict`` takes an
-(N, H, W, 3) uint8 array (any N, H, W: the logged signature) and returns the (N, H, W) uint8
+(N, H, W, C) array of the type and channels the model was trained on (8-bit RGB, 16-bit
+grey, ...: the logged signature; any N, H, W) and returns the (N, H, W) uint8
 masks at the input size. Images of different sizes are separate calls (or
 ``unet_search.load_model``, which takes a list). With the parameter ``instances`` true
 (``params={"instances": True}``, or ``"params"`` in a served request) it returns (N, H, W)

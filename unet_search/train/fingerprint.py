@@ -13,7 +13,7 @@ from unet_search.core.sections import DataConfig
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.decode import EIGHT_CONNECTED
 from unet_search.data.split import split_indices
-from unet_search.data.stats import image_histograms, moments
+from unet_search.data.stats import intensity, value_range
 from unet_search.data.targets import near_another_label
 
 __all__ = ["TOUCH_PX", "touching_objects", "DataStats", "data_stats", "STATS_IMAGES"]
@@ -31,13 +31,16 @@ class DataStats:
     object_px: float | None  # median equivalent diameter of the objects; None: no objects
     objects: int
     foreground: float  # share of foreground pixels
-    mean: tuple[float, ...]  # per channel, pixel values in [0, 1]
+    mean: tuple[float, ...]  # per channel, pixel values over their type's full scale
     std: tuple[float, ...]
     mean_spread: float  # std of per-image mean brightness / dataset std
     std_spread: float  # std of per-image contrast (std) / dataset std
     held_out: int = 0  # test images left out of the statistics
     # share of the objects within TOUCH_PX of another (None: no instance truth, multi-class)
     touching: float | None = None
+    pixels: str = "uint8"  # the images' type: uint8, uint16 or float32
+    # the images' median 1st and 99.8th percentiles, in their own values
+    levels: tuple[float, float] = (0.0, 255.0)
 
     def lines(self) -> list[str]:
         obj = "none" if self.object_px is None else f"{self.object_px:.1f} px"
@@ -52,6 +55,8 @@ class DataStats:
             + ", std "
             + " ".join(f"{v:.3f}" for v in self.std)
             + f" (per-image spread: means {self.mean_spread:.2f}, stds {self.std_spread:.2f})",
+            f"pixels             {self.pixels}, median 1st..99.8th percentile "
+            f"{self.levels[0]:g}..{self.levels[1]:g}",
             "touching           "
             + (
                 "no instances (multi-class)"
@@ -61,7 +66,6 @@ class DataStats:
         ]
 
 
-LEVELS = np.arange(256, dtype=np.float64) / 255.0  # an 8-bit value in [0, 1]
 # Objects at most this many background pixels apart count as touching (cells behind a thin
 # membrane too)
 TOUCH_PX = 2
@@ -99,7 +103,10 @@ def data_stats(arrays: DatasetArrays, data: DataConfig | None = None) -> DataSta
     picks = _picked(pool)
     diameters: list[np.ndarray] = []
     means, stds, fg, pixels = [], [], 0, 0
-    sums, squares = np.zeros(3), np.zeros(3)
+    channels = arrays.pixels.shape[1]
+    sums, squares = np.zeros(channels), np.zeros(channels)
+    lows, highs = [], []
+    full = value_range(arrays.pixels.dtype)
     touching = [0, 0]  # objects near another, objects (instance truth only)
     for i in picks:
         mask, labels = arrays.mask(i), arrays.instances(i)
@@ -112,11 +119,14 @@ def data_stats(arrays: DatasetArrays, data: DataConfig | None = None) -> DataSta
         diameters.append(2.0 * np.sqrt(areas / math.pi))
         fg += int((mask > 0).sum())
         pixels += mask.size
-        channels, grey = image_histograms(arrays.image(i))  # exact, no float copy
-        sums += channels @ LEVELS
-        squares += channels @ LEVELS**2
-        means.append(float((channels @ LEVELS).sum()) / (3 * mask.size))
-        stds.append(moments(grey, 1 / 765)[1])
+        image = arrays.image(i)
+        each, grey = intensity(image), intensity(image, grey=True)  # exact, no float copy
+        sums += each.mean / full * mask.size
+        squares += ((each.std / full) ** 2 + (each.mean / full) ** 2) * mask.size
+        means.append(float(each.mean.mean()) / full)
+        stds.append(float(grey.std[0]) / full)
+        lows.append(float(grey.low[0]))
+        highs.append(float(grey.high[0]))
     mean = sums / pixels
     std = np.sqrt(np.maximum(squares / pixels - mean**2, 0.0))
     scale = max(float(std.mean()), 1e-6)
@@ -138,4 +148,6 @@ def data_stats(arrays: DatasetArrays, data: DataConfig | None = None) -> DataSta
             if arrays.instance_pixels is not None
             else None
         ),
+        pixels=arrays.pixels.dtype.name,
+        levels=(round(float(np.median(lows)), 4), round(float(np.median(highs)), 4)),
     )

@@ -227,9 +227,15 @@ def dsb_image_score(pred_foreground: np.ndarray, true_instances: np.ndarray) -> 
 def otsu_mask(image: np.ndarray) -> np.ndarray:
     """The plain-threshold baseline: Otsu's threshold of the grey image (the channel mean),
     per image; the foreground is the minority side of the threshold (bright nuclei on a dark
-    background, or dark ones on a bright background). (H, W[, 3]) uint8 -> (H, W) uint8 0/1."""
+    background, or dark ones on a bright background). (H, W[, C]) image in its own values ->
+    (H, W) uint8 0/1: 8-bit images over their 256 levels, deeper ones over 256 bins between
+    their smallest and largest value (scikit-image's rule)."""
     grey = image if image.ndim == 2 else image[..., :3].mean(axis=2)
-    grey = np.round(grey).astype(np.uint8)
+    if image.dtype == np.uint8:
+        grey = np.round(grey).astype(np.uint8)
+    else:
+        low, high = float(grey.min(initial=0)), float(grey.max(initial=0))
+        grey = np.round((grey - low) * (255.0 / max(high - low, 1e-12))).astype(np.uint8)
     _, above = cv2.threshold(grey, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     return above if above.mean() <= 0.5 else (1 - above).astype(np.uint8)
 

@@ -14,9 +14,11 @@ The rules, each printed with its reason by ``unet-search plan DIR``:
 - ``batch_size``: the budget's on CPUs; on a GPU what its memory holds at
   :data:`GPU_BYTES_PER_PIXEL` bytes a pixel, in [2, 64].
 - ``patches_per_epoch``: the budget's pixels per epoch over the patch's pixels, whole batches.
-- ``normalization``: ``zscore`` (per image) when the images' brightness or contrast differ (the
-  spread of per-image means or stds above :data:`SPREAD_LIMIT` of the dataset's std), else
-  ``dataset`` (one mean and std for all); ``default`` when pre-trained weights are asked for.
+- ``normalization``: ``percentile`` (each image's 1st..99.8th percentile to 0..1) for images
+  deeper than 8 bits (16-bit, float: any camera's range); for 8-bit ones ``zscore`` (per
+  image) when their brightness or contrast differ (the spread of per-image means or stds
+  above :data:`SPREAD_LIMIT` of the dataset's std), else ``dataset`` (one mean and std for
+  all); ``default`` when pre-trained weights are asked for.
 - ``target``: ``boundary`` (touching objects parted, :mod:`unet_search.data.targets`) when at
   least :data:`TOUCHING_LIMIT` of the objects lie within 2 px of another (cells behind a thin
   membrane count), else ``semantic``; ``semantic`` for multi-class tasks.
@@ -56,7 +58,6 @@ __all__ = [
     "parse_budget",
     "plan_run",
     "receptive_field",
-    "size_warnings",
 ]
 
 PLAN_FILE = "plan.json"  # the plan as a search's parent run keeps it
@@ -202,7 +203,11 @@ class Plan:
             raw = json.loads(text)
             stats = {
                 **raw["stats"],
-                **{k: tuple(raw["stats"][k]) for k in ("median_size", "min_size", "mean", "std")},
+                **{
+                    k: tuple(raw["stats"][k])
+                    for k in ("median_size", "min_size", "mean", "std", "levels")
+                    if k in raw["stats"]  # levels: plans from before lack them
+                },
             }
             return cls(
                 **{**raw, "stats": DataStats(**stats), "patch_size": tuple(raw["patch_size"])}
@@ -390,6 +395,13 @@ def _plan_normalization(stats: DataStats, given: Mapping[str, Any], why: dict[st
     if given.get("encoder_weights"):
         why["normalization"] = "pre-trained encoder weights expect ImageNet statistics"
         return "default"
+    if stats.pixels != "uint8":
+        low, high = stats.levels
+        why["normalization"] = (
+            f"{stats.pixels} images (median 1st..99.8th percentile {low:g}..{high:g}): each "
+            "image's own percentiles to 0..1 (Cellpose, CSBDeep), whatever its bit depth"
+        )
+        return "percentile"
     if spread > SPREAD_LIMIT:
         why["normalization"] = (
             f"images differ in brightness or contrast (spread {spread:.2f} of the dataset std "
@@ -421,33 +433,6 @@ def _plan_target(stats: DataStats, given: Mapping[str, Any], why: dict[str, str]
         "mask's connected components are the objects"
     )
     return "semantic"
-
-
-MIN_IMAGE_PX = 2**MIN_DEPTH * BOTTLENECK_PX  # the smallest patch a plan can make
-
-
-def size_warnings(names: tuple[str, ...], sizes: Any, scale: float | None = None) -> list[str]:
-    """What the images' sizes (N, 2) will spoil, a line each naming them: a side under
-    :data:`MIN_IMAGE_PX` px (the smallest patch a plan makes), a planned ``scale`` below 1/3."""
-
-    def listed(indices: list[int]) -> str:
-        shown = ", ".join(f"{names[i]} ({sizes[i][0]}x{sizes[i][1]})" for i in indices[:5])
-        return shown + (f" and {len(indices) - 5} more" if len(indices) > 5 else "")
-
-    out = []
-    small = [i for i, (h, w) in enumerate(sizes) if min(int(h), int(w)) < MIN_IMAGE_PX]
-    if small:
-        out.append(
-            f"{len(small)} image(s) under {MIN_IMAGE_PX} px on a side, too small to segment "
-            f"(the smallest patch a plan makes): {listed(small)}"
-        )
-    if scale is not None and scale < 1 / 3:
-        out.append(
-            f"the planned scale {scale:g} shrinks every image below a third of its size (its "
-            f"objects are large): {listed(list(range(len(names))))}; give `scale` to keep "
-            "more detail"
-        )
-    return out
 
 
 def make_plan(stats: DataStats, budget: Budget, given: Mapping[str, Any] | None = None) -> Plan:

@@ -268,7 +268,7 @@ def _once(model: Network, image: torch.Tensor, plan: PredictPlan) -> torch.Tenso
 
 
 def model_input(image: np.ndarray, plan: PredictPlan) -> np.ndarray:
-    """(H, W, 3) uint8 as the model sees it: resized to the square (resize mode) or
+    """(H, W, C) image as the model sees it: resized to the square (resize mode) or
     resampled by ``scale`` (patch mode). The cache applies the same to training images."""
     h, w = image.shape[:2]
     if plan.input_mode == "resize":
@@ -311,8 +311,8 @@ def predict_logits(
     in_channels: int,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """(H, W, 3) uint8 image -> (K, H, W) float32 logits at the image's own size, in eval
-    mode (on ``device``)."""
+    """(H, W, C) image in its own values -> (K, H, W) float32 logits at the image's own size,
+    in eval mode (on ``device``)."""
     module = getattr(model, "module", model)  # unwrap DDP: no collectives in prediction
     module.eval()
     x = to_tensor(model_input(image, plan), normalization, in_channels).to(device)
@@ -354,12 +354,17 @@ def predict_logits_many(
 
 
 def preprocessing_of(
-    cfg: RunConfig, norm: Normalization | None = None, decoding: Decoding | None = None
+    cfg: RunConfig,
+    norm: Normalization | None = None,
+    decoding: Decoding | None = None,
+    pixels: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """What a downstream predictor must do to an image, saved next to the weights (read back
     by :class:`Preprocessing`). ``norm``: the run's measured normalization (needed for
-    ``dataset``); ``decoding``: how its output becomes instances."""
+    ``dataset``); ``decoding``: how its output becomes instances; ``pixels``: the training
+    images' (their type and channels: what the served model takes; default 8-bit RGB)."""
     norm = norm or normalization_for(cfg)
+    dtype, channels = ("uint8", 3) if pixels is None else (pixels.dtype.name, pixels.shape[1])
     return {
         "input_mode": cfg.data.input_mode,
         "patch_size": list(cfg.data.patch_size),
@@ -371,6 +376,9 @@ def preprocessing_of(
         "normalization": norm.name,
         "mean": list(norm.mean),
         "std": list(norm.std),
+        **({"percentiles": list(norm.percentiles)} if norm.name == "percentile" else {}),
+        "image_dtype": dtype,  # the training images' type and channels, as decoded
+        "image_channels": channels,
         "in_channels": cfg.model.in_channels,
         "num_classes": cfg.data.num_classes,
         "threshold": cfg.train.threshold,

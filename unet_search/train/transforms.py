@@ -17,52 +17,62 @@ from unet_search.core.config import RunConfig
 from unet_search.core.sections import IGNORE, AugmentConfig
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.split import split_indices
-from unet_search.data.stats import image_histograms, moments
+from unet_search.data.stats import PERCENTILES, as_channels, intensity, value_range
 from unet_search.data.targets import BORDER_SIGMA, border_reach, border_weights
 
 NEAREST = cv2.INTER_NEAREST
 
 __all__ = [
     "BorderWeighting",
-    "image_statistics",
+    "image_levels",
     "item_rng",
+    "Levels",
     "Normalization",
     "normalization_for",
     "NORMALIZATIONS",
     "PatchDataset",
+    "PER_IMAGE",
     "resize_image",
     "ResizeDataset",
+    "standardized",
     "to_tensor",
+    "to_unit",
     "train_pipeline",
 ]
 
-# name -> (mean, std) applied to pixel values scaled to [0, 1].
+# name -> (mean, std) applied to pixel values scaled to [0, 1] by their type's full scale.
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # x / 255, as the Keras seed does
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # pre-trained encoders
 }
-ZSCORE_MIN_STD = 1.0 / 255.0  # a flat image is not blown up to noise
+PER_IMAGE = ("zscore", "percentile")  # normalized by each image's own statistics
+ZSCORE_MIN_STD = 1.0 / 255.0  # of a float image's [0, 1]; integer images: one level
 STATS_PIXELS = 4_000_000  # at most this many training pixels give the dataset statistics
 
 
 @dataclass(frozen=True)
 class Normalization:
-    """How pixel values scaled to [0, 1] become the model's input.
+    """How an image's values become the model's input.
 
-    ``unit`` (x / 255), ``imagenet`` and ``dataset`` (the training images' per-channel mean
-    and std) subtract ``mean`` and divide by ``std``; ``zscore`` uses each image's own
-    per-channel statistics (nnU-Net's rule for non-CT images), so brightness and contrast that
-    vary between images do not reach the model. With one input channel the grey image (the
-    channel mean) is normalized, by the first ``mean`` / ``std`` value."""
+    ``unit`` (x / the full scale of the image's type: 255 for 8-bit, 65535 for 16-bit, 1 for
+    float), ``imagenet`` and ``dataset`` (the training images' per-channel mean and std) then
+    subtract ``mean`` and divide by ``std``; ``zscore`` uses each image's own per-channel
+    mean and std (nnU-Net's rule for non-CT images), so brightness and contrast that vary
+    between images do not reach the model; ``percentile`` maps each image's ``percentiles``
+    (low, high) of each channel to 0 and 1 (Cellpose, CSBDeep: fluorescence of any bit depth).
+    With one input channel the grey image (the channel mean) is normalized, by the first
+    ``mean`` / ``std`` value."""
 
     name: str
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    percentiles: tuple[float, float] = PERCENTILES
 
     @classmethod
     def named(cls, name: str) -> Normalization:
-        """A normalization that needs no data: ``unit``, ``imagenet`` or ``zscore``."""
-        if name == "zscore":
+        """A normalization that needs no data: ``unit``, ``imagenet``, ``zscore`` or
+        ``percentile``."""
+        if name in PER_IMAGE:
             return cls(name)
         mean, std = NORMALIZATIONS[name]
         return cls(name, mean, std)
@@ -72,6 +82,9 @@ class Normalization:
         """From a saved model's ``preprocessing`` (older models: unit or imagenet, with or
         without their statistics written out)."""
         name = str(pre["normalization"])
+        if name == "percentile":
+            low, high = pre.get("percentiles", PERCENTILES)
+            return cls(name, percentiles=(float(low), float(high)))
         if "mean" not in pre or name == "zscore":
             return cls.named(name)
         return cls(name, tuple(pre["mean"]), tuple(pre["std"]))
@@ -96,22 +109,71 @@ def normalization_for(cfg: RunConfig, arrays: DatasetArrays | None = None) -> No
 def _dataset_statistics(
     arrays: DatasetArrays, indices: Sequence[int] | np.ndarray, grey: bool = False
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std (of pixel values in [0, 1]) over the images ``indices``, from
-    an evenly strided subset of at most :data:`STATS_PIXELS` pixels; ``grey``: of the channel
-    mean, repeated for the three channels."""
+    """Per-channel mean and std (of values over their type's full scale, in [0, 1]) over the
+    images ``indices``, from an evenly strided subset of at most :data:`STATS_PIXELS` pixels;
+    ``grey``: of the channel mean; always three values (a grey image's repeated)."""
     total = int(sum(int(arrays.sizes[i].prod()) for i in indices))
     stride = max(1, total // STATS_PIXELS)
-    picked = (
-        np.concatenate([arrays.image(int(i)).reshape(-1, 3)[::stride] for i in indices]).astype(
-            np.float64
-        )
-        / 255.0
-    )
-    if grey:
+    channels = arrays.pixels.shape[1]
+    picked = np.concatenate(
+        [arrays.image(int(i)).reshape(-1, channels)[::stride] for i in indices]
+    ).astype(np.float64) / value_range(arrays.pixels.dtype)
+    if grey or channels == 1:
         picked = np.repeat(picked.mean(axis=1, keepdims=True), 3, axis=1)
     mean = picked.mean(axis=0)
     std = np.maximum(picked.std(axis=0), ZSCORE_MIN_STD)
     return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
+@dataclass(frozen=True)
+class Levels:
+    """What one image's values become, per input channel: ``(x - low) / span`` (its *unit*
+    values, about 0..1, where augmentation works), then ``(unit - mean) / std``. ``unit``,
+    ``imagenet`` and ``dataset``: low 0 and span the type's full scale; ``percentile`` and
+    ``zscore``: low and span from the image's percentiles (``zscore`` then standardizes by
+    the image's own mean and std, which the span cancels)."""
+
+    low: np.ndarray
+    span: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def image_levels(image: np.ndarray, normalization: Normalization, in_channels: int) -> Levels:
+    """The :class:`Levels` of a whole (H, W, C) image for a model of ``in_channels``. A patch
+    is normalized by its whole image's levels, as ``predict`` normalizes the whole image,
+    never by its own (a background patch would be blown up to noise)."""
+    norm, full = normalization, value_range(image.dtype)
+    grey = in_channels == 1 and image.shape[-1] > 1
+    if norm.name in PER_IMAGE:  # a flat image is not blown up to noise: one level at least
+        step = 1.0 if image.dtype.kind == "u" else ZSCORE_MIN_STD
+        stats = intensity(image, grey, norm.percentiles)
+        low = stats.low
+        span = np.maximum(stats.high - stats.low, step)
+        if norm.name == "zscore":
+            mean = (stats.mean - low) / span
+            std = np.maximum(stats.std, step) / span
+        else:
+            mean, std = np.zeros_like(low), np.ones_like(low)
+    else:
+        low, span = np.zeros(in_channels), np.full(in_channels, full)
+        mean, std = np.array(norm.mean[:in_channels]), np.array(norm.std[:in_channels])
+    if len(low) < in_channels:  # a grey image's one channel fed to a colour model
+        low, span, mean, std = (np.repeat(v, in_channels) for v in (low, span, mean, std))
+    return Levels(*(np.asarray(v, np.float32) for v in (low, span, mean, std)))
+
+
+def to_unit(image: np.ndarray, levels: Levels, in_channels: int) -> np.ndarray:
+    """(H, W, C) image -> (H, W, ``in_channels``) float32 unit values (:class:`Levels`)."""
+    x = np.asarray(as_channels(image, in_channels), dtype=np.float32)
+    return (x - levels.low) / levels.span
+
+
+def standardized(unit: np.ndarray, levels: Levels) -> torch.Tensor:
+    """(H, W, C) unit values -> (C, H, W) float32, the model's input."""
+    x = torch.from_numpy(np.array(unit, dtype=np.float32)).permute(2, 0, 1)
+    mean, std = torch.from_numpy(levels.mean), torch.from_numpy(levels.std)
+    return ((x - mean[:, None, None]) / std[:, None, None]).contiguous()
 
 
 def train_pipeline(cfg: AugmentConfig, seed: int | None = None, square: bool = True) -> A.Compose:
@@ -156,39 +218,17 @@ def train_pipeline(cfg: AugmentConfig, seed: int | None = None, square: bool = T
     return A.Compose(steps, seed=seed)
 
 
-def image_statistics(image: np.ndarray, in_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std (values in [0, 1]; of the channel mean when ``in_channels``
-    is 1) of a whole (H, W, 3) uint8 image: what ``zscore`` normalizes by. A patch is
-    normalized by its whole image's statistics, as ``predict`` normalizes the whole image,
-    never by its own (a background patch would be blown up to noise)."""
-    channels, grey = image_histograms(image)
-    stats = (
-        [moments(grey, 1 / 765)] if in_channels == 1 else [moments(c, 1 / 255) for c in channels]
-    )
-    mean = torch.tensor([m for m, _ in stats], dtype=torch.float32)
-    std = torch.tensor([max(sd, ZSCORE_MIN_STD) for _, sd in stats], dtype=torch.float32)
-    return mean, std
-
-
 def to_tensor(
     image: np.ndarray,
     normalization: Normalization | str,
     in_channels: int,
-    statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
+    levels: Levels | None = None,
 ) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (C, H, W) float32 normalized; C = 1 takes the channel mean.
-    ``statistics``: the whole image's (``zscore`` of a patch; default: ``image``'s own)."""
+    """(H, W, C) image in its own values -> (``in_channels``, H, W) float32 normalized.
+    ``levels``: the whole image's (a patch of it; default: ``image``'s own)."""
     norm = Normalization.named(normalization) if isinstance(normalization, str) else normalization
-    # np.array copies: arrays from Ray's object store are read-only.
-    x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
-    if in_channels == 1:
-        x = x.mean(dim=0, keepdim=True)
-    if norm.name == "zscore":
-        mean, std = statistics or image_statistics(image, in_channels)
-    else:
-        mean = torch.tensor(norm.mean[: x.shape[0]], dtype=torch.float32)
-        std = torch.tensor(norm.std[: x.shape[0]], dtype=torch.float32)
-    return ((x - mean[:, None, None]) / std[:, None, None]).contiguous()
+    levels = levels or image_levels(image, norm, in_channels)
+    return standardized(to_unit(image, levels, in_channels), levels)
 
 
 # The one resolution policy: how images and masks are resized and resampled by a scale, for
@@ -199,14 +239,15 @@ def to_tensor(
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W, C) uint8 -> ``size`` (height, width): area averaging when it shrinks both
-    sides, else bilinear (the rule ``predict`` has always used, so older models predict as
-    before; the training data are resized by it too)."""
+    """(H, W, C) -> ``size`` (height, width), in the image's own type: area averaging when it
+    shrinks both sides, else bilinear (the rule ``predict`` has always used, so older models
+    predict as before; the training data are resized by it too)."""
     h, w = image.shape[:2]
     shrink = size[0] < h and size[1] < w
-    return cv2.resize(
+    out = cv2.resize(
         image, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
     )
+    return out.reshape(*out.shape[:2], image.shape[2]) if image.ndim == 3 else out
 
 
 def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -266,15 +307,13 @@ def _augment(
 
 
 def _sample(
-    image: np.ndarray,
+    unit: np.ndarray,
     mask: np.ndarray,
-    normalization: Normalization,
-    in_channels: int,
-    statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
+    levels: Levels,
     weights: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
     item = {
-        "image": to_tensor(image, normalization, in_channels, statistics),
+        "image": standardized(unit, levels),
         "mask": torch.from_numpy(np.array(mask, dtype=np.int64)),
     }
     if weights is not None:
@@ -303,6 +342,8 @@ class _EpochDataset(Dataset[dict[str, torch.Tensor]]):
         )
         self.in_channels = in_channels
         self.pipeline, self.seed, self.epoch = pipeline, seed, 0
+        # each item by its whole image's levels, as predict normalizes the whole image
+        self.levels = [self._levels(i) for i in self.indices]
 
     def _instances(self, i: int) -> np.ndarray:
         """Image ``i``'s instance labels, which border weights are made from."""
@@ -313,6 +354,23 @@ class _EpochDataset(Dataset[dict[str, torch.Tensor]]):
     def set_epoch(self, epoch: int) -> None:
         """Called before each epoch (loader workers are started anew with the new value)."""
         self.epoch = epoch
+
+    def _levels(self, i: int) -> Levels:
+        """Image ``i``'s :class:`Levels` (of the whole image)."""
+        return image_levels(self.arrays.image(i), self.normalization, self.in_channels)
+
+    def _item(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        levels: Levels,
+        rng: np.random.Generator,
+        weights: np.ndarray | None,
+    ) -> dict[str, torch.Tensor]:
+        """An item's region in its own values -> unit values, augmented, standardized."""
+        unit = to_unit(image, levels, self.in_channels)
+        unit, mask, weights = _augment(self.pipeline, rng, unit, mask, weights)
+        return _sample(unit, mask, levels, weights)
 
 
 class ResizeDataset(_EpochDataset):
@@ -342,8 +400,7 @@ class ResizeDataset(_EpochDataset):
             labels = _resize_mask(self._instances(i), square)
             weights = self.border.of(labels, mask, BORDER_SIGMA)
         rng = item_rng(self.seed, self.epoch, item)
-        image, mask, weights = _augment(self.pipeline, rng, image, mask, weights)
-        return _sample(image, mask, self.normalization, self.in_channels, weights=weights)
+        return self._item(image, mask, self.levels[item], rng, weights)
 
 
 FG_POINTS = 4096  # foreground pixels remembered per image for fg_oversample
@@ -376,12 +433,6 @@ class PatchDataset(_EpochDataset):
         # The region of the original image that becomes one patch.
         self.region = _region_size(patch, scale)
         self.foreground = [self._fg_points(i) for i in self.indices] if fg_oversample else []
-        # zscore: each patch by its whole image's statistics, as predict normalizes
-        self.statistics = (
-            [image_statistics(self.arrays.image(i), self.in_channels) for i in self.indices]
-            if self.normalization.name == "zscore"
-            else []
-        )
 
     def _fg_points(self, i: int) -> np.ndarray:
         flat = np.flatnonzero(self.arrays.mask(i))
@@ -421,7 +472,9 @@ class PatchDataset(_EpochDataset):
         )
         pad_h, pad_w = rh - image.shape[0], rw - image.shape[1]
         if pad_h or pad_w:  # an image smaller than the region
-            image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101)
+            image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101).reshape(
+                rh, rw, image.shape[2]
+            )
             mask = cv2.copyMakeBorder(mask, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=IGNORE)
             if weights is not None:
                 weights = cv2.copyMakeBorder(weights, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT)
@@ -430,11 +483,7 @@ class PatchDataset(_EpochDataset):
             mask = _resize_mask(mask, self.patch)
             if weights is not None:  # smooth: bilinear
                 weights = cv2.resize(weights, self.patch[::-1], interpolation=cv2.INTER_LINEAR)
-        image, mask, weights = _augment(
-            self.pipeline, rng, np.ascontiguousarray(image), mask, weights
-        )
-        statistics = self.statistics[k] if self.statistics else None
-        return _sample(image, mask, self.normalization, self.in_channels, statistics, weights)
+        return self._item(image, mask, self.levels[k], rng, weights)
 
     def _weights(self, i: int, top: int, left: int) -> np.ndarray:
         """The border weights of image ``i``'s region at (top, left), before any padding,
