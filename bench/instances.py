@@ -8,9 +8,14 @@
     instances (decoded as the run chose on its validation images, as a search's trial does).
 (b) Decoding time per 512 x 512 image over the forward pass (the sliding-window logits) of
     the boundary model, interleaved (target: decoding under half the forward).
+(c) With ``--data``, real sets built by ``shared/realdata`` (``mnfinder_nuclei``,
+    ``scellseg_cells``; their own held-out images and instance labels) in place of the
+    styles: the same variants, each at the plan's scale and normalization for the set
+    (``+percentile``: each image by its percentiles instead).
 
     python bench/instances.py [--styles fluorescence hard epithelium] [--epochs 12]
-        [--variants semantic boundary distance boundary+border]
+        [--variants semantic boundary distance boundary+border boundary+percentile]
+        [--data REAL_SET ...]
 """
 
 from __future__ import annotations
@@ -50,17 +55,31 @@ VARIANTS: dict[str, dict[str, object]] = {
     "boundary": {"target": "boundary"},
     "distance": {"target": "distance"},
     "boundary+border": {"target": "boundary", "border_weight": 10.0},
+    "boundary+percentile": {"target": "boundary", "normalization": "percentile"},
 }
 
 
-def train(data: Path, variant: str, epochs: int, out: Path) -> Path:
-    """A depth-3, 16-filter UNet on 96-px patches, 128 an epoch; its kept weights saved with
-    the decoding chosen on its validation images. Returns the model folder."""
+def planned(data: Path) -> dict[str, object]:
+    """The plan's scale and normalization for a real set (its objects' size, its bits)."""
+    from unet_search.train.fingerprint import data_stats
+    from unet_search.train.plan import make_plan, parse_budget
+
+    arrays = load_dataset(data, DataConfig(val_fraction=0.2))
+    plan = make_plan(data_stats(arrays), parse_budget("cpu-quick"))
+    return {"scale": plan.scale, "normalization": plan.normalization}
+
+
+def train(
+    data: Path, variant: str, epochs: int, out: Path, base: dict[str, object] | None = None
+) -> Path:
+    """A depth-3, 16-filter UNet on 96-px patches, 128 an epoch (``base``: other leaves); its
+    kept weights saved with the decoding chosen on its validation images. Returns the model
+    folder."""
     cfg = RunConfig.from_dict(
         {
             **{"depth": 3, "base_filters": 16, "batch_size": 8, "lr": 3e-3, "epochs": epochs},
             **{"patch_size": 96, "patches_per_epoch": 128, "val_fraction": 0.2},
-            **{"dsb_every": 0, "aug_strength": 0.3, **VARIANTS[variant]},
+            **{"dsb_every": 0, "aug_strength": 0.3, **(base or {}), **VARIANTS[variant]},
         }
     )
     target = cfg.data.target
@@ -126,8 +145,12 @@ def main() -> None:
     parser.add_argument("--styles", nargs="+", default=list(STYLES), choices=list(STYLES))
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--data", type=Path, nargs="+", default=[], help="real sets instead")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.data:
+        real(args.data, args.variants, args.epochs)
+        return
     _common.header(f"instances: each target's objects, {args.epochs} epochs of 128 patches")
     print("| style | variant | Dice | DSB score | AP50 |\n|---|---|---:|---:|---:|", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,6 +178,25 @@ def main() -> None:
                 f"{decode * 1000:.0f} ms, decoding / forward {decode / forward:.3f} "
                 "(target < 0.5)"
             )
+
+
+def real(sets: list[Path], variants: list[str], epochs: int) -> None:
+    """(c): each variant on each real set, scored on the set's own held-out images."""
+    _common.header(f"instances on real sets: each target's objects, {epochs} epochs")
+    print("| set | variant | plan | Dice | DSB score | Otsu Dice |\n|---|---|---|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for folder in sets:
+            train_dir, heldout = _common.real_set(folder)
+            base = planned(train_dir)
+            for variant in variants:
+                model = train(train_dir, variant, epochs, Path(tmp) / folder.name, base)
+                s = _common.score_heldout(model, heldout)
+                print(
+                    f"| {folder.name} | {variant} | scale {base['scale']:g}, "
+                    f"{VARIANTS[variant].get('normalization', base['normalization'])} | "
+                    f"{s['dice']:.4f} | {s.get('dsb', float('nan')):.4f} | {s['otsu']:.4f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

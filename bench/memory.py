@@ -9,6 +9,13 @@ search the peak USS and PSS of the largest trial process, and the driver's RSS (
 the dataset); the verdict is the USS ratio (target: well under 10x; 1 means no copy).
 
     python bench/memory.py [--n 40] [--size 384]
+
+With ``--cached FOLDER ...`` it measures instead what each dataset's decoded images take
+(arrays and the cache file, per image and per pixel), beside what the same images took when
+every image was decoded to 8-bit RGB (3 bytes a pixel): a grey image now takes one channel,
+a 16-bit one two bytes.
+
+    python bench/memory.py --cached DATA [DATA ...]
 """
 
 from __future__ import annotations
@@ -77,11 +84,38 @@ def one_search(data: Path, work: Path, name: str) -> tuple[float, float]:
     return watch.done()
 
 
+def cached(folders: list[Path]) -> None:
+    """What each dataset's decoded images take: arrays and cache file, against 8-bit RGB."""
+    from unet_search.core.sections import DataConfig
+    from unet_search.data.dataset import load_dataset
+
+    _common.header("memory: the decoded images of each dataset, per image")
+    print("| data | images | pixels | type | bytes / pixel | MiB an image (was) | cache MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for folder in folders:
+        with tempfile.TemporaryDirectory() as tmp:
+            arrays = load_dataset(folder, DataConfig(), Path(tmp))
+            (cache,) = Path(tmp).glob("*.npz")
+            pixels, n = len(arrays.pixels), len(arrays)
+            per_pixel = arrays.pixels.nbytes / pixels
+            name = folder.parent.name if folder.name == "train" else folder.name
+            print(
+                f"| {name} | {n} | {pixels / 1e6:.1f} M | {arrays.stats.pixels} | "
+                f"{per_pixel:g} (was 3) | {arrays.pixels.nbytes / n / 2**20:.2f} "
+                f"({3 * pixels / n / 2**20:.2f}) | {cache.stat().st_size / 2**20:.1f} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=40, help="images of the small dataset")
     parser.add_argument("--size", type=int, default=384, help="image side, px")
+    parser.add_argument("--cached", type=Path, nargs="+", help="datasets whose images to weigh")
     args = parser.parse_args()
+    if args.cached:
+        cached(args.cached)
+        return
     _common.header("memory: trial processes with a 10x larger dataset")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

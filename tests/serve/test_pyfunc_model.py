@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 import tarfile
 import warnings
@@ -13,6 +15,7 @@ import pytest
 from conftest import TargetModels, TrainedModel
 
 from unet_search.core.sections import ModelConfig
+from unet_search.models.build import CONFIG_FILE
 from unet_search.serve.export import log_and_register
 from unet_search.serve.inference import Predictor
 from unet_search.tracking.client import create_run, ensure_experiment
@@ -155,3 +158,29 @@ def test_the_pyfunc_returns_instances_when_asked(
     masks = model.predict(image)
     assert masks.dtype == np.uint8 and set(np.unique(masks)) <= {0, 1}
     np.testing.assert_array_equal(masks[0], instances[0] > 0)
+
+
+def test_a_16_bit_grey_models_pyfunc_takes_what_it_was_trained_on(
+    trained_model: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signature follows the training images (``image_dtype``, ``image_channels`` in the
+    preprocessing): a model trained on 16-bit grey images takes (N, H, W, 1) uint16 arrays,
+    their values as they are (this model's x / full scale: x 257 segments as the 8-bit)."""
+    folder = tmp_path / "model"
+    shutil.copytree(trained_model.path, folder)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    config["preprocessing"] |= {"image_dtype": "uint16", "image_channels": 1}
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = create_run(uri, ensure_experiment(uri, "grey16", tmp_path), "r", {}, {})
+    log_and_register(uri, run, folder, "unet-grey16", "val_dice", 0.5, "max", {})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = mlflow.pyfunc.load_model("models:/unet-grey16/1")
+    (spec,) = model.metadata.get_input_schema().inputs
+    assert (spec.type, spec.shape) == (np.dtype("uint16"), (-1, -1, -1, 1))
+    grey = np.round(trained_model.arrays.image(0)[:40, :44].mean(axis=2)).astype(np.uint8)
+    masks = model.predict((grey.astype(np.uint16) * 257)[None, ..., None])
+    expected = Predictor.from_dir(trained_model.path).predict([grey])[0]
+    assert (masks[0] == expected).mean() >= 0.999 and masks[0].any()
+    with pytest.raises(mlflow.exceptions.MlflowException, match="dtype"):
+        model.predict(grey[None, ..., None])  # 8-bit into a 16-bit model: the schema says no

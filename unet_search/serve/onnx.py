@@ -182,7 +182,7 @@ def export_onnx(
     model_dir: Path, out_dir: Path, check: np.ndarray | None = None, what: str | None = None
 ) -> float | None:
     """Write ``model.onnx`` and ``preprocessing.json`` of the model saved in ``model_dir``
-    into ``out_dir``; with ``check`` (an (H, W, 3) uint8 image), predict it with both
+    into ``out_dir``; with ``check`` (an image as the files decode), predict it with both
     runtimes and return the largest logit difference (a :class:`UserError` above
     :data:`TOLERANCE`, nothing left in ``out_dir``). ``what`` names the model in errors."""
     what = what or str(model_dir)
