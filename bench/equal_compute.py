@@ -17,9 +17,13 @@ and the search's). The targets (issue 24): (c) >= (a) + 0.01 test Dice in the me
 
     python bench/equal_compute.py [--seeds 3] [--kinds fluorescence hard large] [--epochs 24]
         [--arms default random search] [--set search.final_fit=0.7 ...] [--space FILE]
+        [--data REAL_SET ...] [--default-set lr=3e-3 ...]
 
-``--set`` overrides quick.yaml in the two search arms (random and search), not the default;
-``--space`` gives those two arms another space (the default arm is always quick.yaml's).
+``--set`` overrides quick.yaml in the two search arms (random and search), ``--default-set``
+in the default arm; ``--space`` gives the two search arms another space (the default arm is
+always quick.yaml's). ``--data`` adds real sets built by ``shared/realdata`` (``--kinds``
+with no kind: real sets only): each arm trains on the set's ``train/`` (seeds differ in the
+search and the split only) and is scored on its own ``heldout/`` images through ``predict``.
 
 Run it from a checkout nobody edits: its trials import the package from the tree.
 """
@@ -93,14 +97,35 @@ def run_arm(
     }
 
 
+def _scores(arm: dict[str, Any], data: Path, home: Path) -> dict[str, Any]:
+    """A synthetic kind's scores are the arm's test split's; a real set's are its own
+    held-out images' (``test_dice``, ``test_dsb_score``, ``otsu_test_dice``)."""
+    if data.name != "train":
+        return arm
+    from unet_search.tracking.client import resolve_tracking_uri
+
+    held = _common.score_heldout(arm["model"], data.parent / "heldout", resolve_tracking_uri(home))
+    return arm | {
+        "test_dice": held["dice"],
+        "test_dsb_score": held.get("dsb", float("nan")),
+        "otsu_test_dice": held["otsu"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
+    parser.add_argument("--kinds", nargs="*", default=list(KINDS), choices=list(KINDS))
+    parser.add_argument(
+        "--data", type=Path, nargs="+", default=[], help="real sets (shared/realdata) as well"
+    )
     parser.add_argument("--epochs", type=int, default=24, help="the compute of every arm")
     parser.add_argument("--arms", nargs="+", default=list(arms(24)), choices=list(arms(24)))
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="the search arms'"
+    )
+    parser.add_argument(
+        "--default-set", action="append", default=[], metavar="KEY=VALUE", help="the default's"
     )
     parser.add_argument(
         "--space", type=Path, default=QUICK, help="the search arms' space (default quick.yaml)"
@@ -110,16 +135,23 @@ def main() -> None:
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for kind in args.kinds:
+        sets = [(kind, None) for kind in args.kinds] + [(d.name, d) for d in args.data]
+        for kind, real in sets:
             for seed in range(args.seeds):
-                data = root / f"{kind}-{seed}"
-                make_synthetic(data, n=40, seed=100 + seed, **KINDS[kind])  # type: ignore[arg-type]
+                if real is None:
+                    data = root / f"{kind}-{seed}"
+                    make_synthetic(data, n=40, seed=100 + seed, **KINDS[kind])  # type: ignore[arg-type]
+                else:
+                    data = _common.real_set(real)[0]
                 for arm, overrides in arms(args.epochs).items():
                     if arm not in args.arms:
                         continue
                     home = root / f"home-{kind}-{seed}-{arm}"
                     extra, space = (args.set, args.space) if arm != "default" else ([], QUICK)
-                    scores = run_arm(data, [*overrides, *extra], seed, home, space)
+                    extra = args.default_set if arm == "default" else extra
+                    scores = _scores(
+                        run_arm(data, [*overrides, *extra], seed, home, space), data, home
+                    )
                     rows.setdefault((kind, arm), []).append(scores)
                     print(
                         f"{kind:12s} seed {seed} {arm:8s} test_dice {scores['test_dice']:.4f} "
@@ -139,7 +171,7 @@ def main() -> None:
             f"| {kind} | {arm} | {med('test_dice'):.4f} | {med('test_dsb_score'):.4f} | "
             f"{med('otsu_test_dice'):.4f} | {med('epochs'):.0f} | {med('seconds'):.0f} |"
         )
-    for kind in args.kinds if "search" in args.arms else []:
+    for kind, _ in sets if "search" in args.arms else []:
         search = [s["test_dice"] for s in rows[(kind, "search")]]
         for other in (a for a in ("default", "random") if a in args.arms):
             gains = [a - b["test_dice"] for a, b in zip(search, rows[(kind, other)], strict=True)]

@@ -137,3 +137,18 @@ def test_the_scorer_averages_the_dsb_score_over_every_image() -> None:
     first, second = [1.0, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0, 2.0]
     halves = [a + b for a, b in zip(first, second, strict=True)]
     assert Scorer(1, with_dsb=True).means_of(halves) == scorer.means_of()
+
+
+def test_otsu_finds_the_same_objects_at_any_bit_depth() -> None:
+    """8-bit images over their 256 levels; deeper ones over 256 bins of their own range (a
+    12-bit image's objects are not lost in the first 16 levels of 65536)."""
+    from unet_search.train.metrics import otsu_mask
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((40, 50), bool)
+    truth[5:15, 5:20] = truth[25:35, 30:45] = True
+    eight = np.where(truth, 160, 40).astype(np.uint8) + rng.integers(0, 30, truth.shape, np.uint8)
+    twelve = eight.astype(np.uint16) * 16  # 0..4095
+    floats = eight.astype(np.float32) / 255
+    for image in (eight, twelve, floats, np.repeat(twelve[..., None], 3, axis=2)):
+        assert np.array_equal(otsu_mask(image).astype(bool), truth), image.dtype

@@ -353,3 +353,15 @@ def test_a_saved_percentile_normalization_reads_back() -> None:
     assert (pre["image_dtype"], pre["image_channels"]) == ("uint16", 1)
     assert Normalization.of_preprocessing(pre) == Normalization("percentile")
     assert "percentiles" not in preprocessing_of(RunConfig())  # others have none
+
+
+def test_pictures_show_deep_images_stretched() -> None:
+    """What the sample pictures show: 8-bit as it is, a 16-bit grey image stretched from its
+    1st to its 99.8th percentile into 8-bit RGB."""
+    from unet_search.train.visualize import displayed
+
+    eight = np.arange(60, dtype=np.uint8).reshape(6, 10)[..., None]
+    assert np.array_equal(displayed(np.repeat(eight, 3, axis=2)), np.repeat(eight, 3, axis=2))
+    shown = displayed(eight.astype(np.uint16) * 64)  # 0..3776 of 65535: dark as it was
+    assert shown.shape == (6, 10, 3) and shown.dtype == np.uint8
+    assert shown.min() == 0 and shown.max() == 255 and np.array_equal(shown[..., 0], shown[..., 2])
