@@ -165,15 +165,16 @@ def image_levels(image: np.ndarray, normalization: Normalization, in_channels: i
 
 def to_unit(image: np.ndarray, levels: Levels, in_channels: int) -> np.ndarray:
     """(H, W, C) image -> (H, W, ``in_channels``) float32 unit values (:class:`Levels`)."""
-    x = np.asarray(as_channels(image, in_channels), dtype=np.float32)
-    return (x - levels.low) / levels.span
+    x = np.array(as_channels(image, in_channels), dtype=np.float32)  # a copy: the store's
+    x -= levels.low  # arrays are read-only
+    x *= 1.0 / levels.span
+    return x
 
 
 def standardized(unit: np.ndarray, levels: Levels) -> torch.Tensor:
     """(H, W, C) unit values -> (C, H, W) float32, the model's input."""
-    x = torch.from_numpy(np.array(unit, dtype=np.float32)).permute(2, 0, 1)
-    mean, std = torch.from_numpy(levels.mean), torch.from_numpy(levels.std)
-    return ((x - mean[:, None, None]) / std[:, None, None]).contiguous()
+    x = (unit - levels.mean) * (1.0 / levels.std)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))
 
 
 def train_pipeline(cfg: AugmentConfig, seed: int | None = None, square: bool = True) -> A.Compose:
