@@ -1,13 +1,14 @@
 """Benchmark 16, bit depth: does a 16-bit image keep what its bits hold? One real set whose
 images are 16-bit (``shared/realdata/mnfinder_nuclei.py OUT --raw``: nuclei, the package's
-uint16 TIFFs), in four forms, each trained the same way (the planned default of quick.yaml,
+own files: 16-bit for the RPE-1 and U2OS images, 8-bit for the others), in four forms, each
+trained the same way (the planned default of quick.yaml,
 ``--epochs`` of the planned patches: bench 12's ``default`` arm, a real search of one trial)
 and scored on its held-out images through ``predict`` (Dice, DSB score; Otsu beside them):
 
 - ``16-bit``: the files as shipped (what unet-search now reads: every level kept, each
   image by its percentiles, the plan's choice for images deeper than 8 bits);
-- ``16-bit / 257``: the same values divided by 257 into 8 bits (what the decoder did before:
-  a 14-bit camera's 800..9600 become 3..37, a dozen grey levels);
+- ``16-bit / 257``: the 16-bit values divided by 257 into 8 bits, the 8-bit images as they
+  are (what the decoder did before: a 14-bit camera's 800..9600 become 3..37);
 - ``8-bit stretched``: each image stretched between its 0.5th and 99.8th percentile into 8
   bits (what the set's builder writes without ``--raw``: the best 8-bit copy);
 - ``8-bit in 16-bit``: the stretched 8-bit values stored in a 16-bit TIFF (the 2018 Data
@@ -39,7 +40,9 @@ def _stretched(image: np.ndarray) -> np.ndarray:
 
 FORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "16-bit": lambda image: image,
-    "16-bit / 257": lambda image: np.round(image / 257.0).astype(np.uint8),
+    "16-bit / 257": lambda image: (
+        np.round(image / 257.0).astype(np.uint8) if image.dtype == np.uint16 else image
+    ),
     "8-bit stretched": _stretched,
     "8-bit in 16-bit": lambda image: _stretched(image).astype(np.uint16),
 }
@@ -69,7 +72,8 @@ def main() -> None:
         for name in args.forms:
             data = Path(tmp) / name.replace(" ", "_").replace("/", "over")
             _copy(args.data, data, FORMS[name])
-            kind = read_image(next(data.glob("train/*/images/*.tif"))).dtype
+            kinds = {read_image(p).dtype.name for p in data.glob("train/*/images/*.tif")}
+            kind = " and ".join(sorted(kinds))
             home = data / "home"
             run = run_arm(data / "train", arms(args.epochs)["default"], args.seed, home)
             from unet_search.tracking.client import resolve_tracking_uri
