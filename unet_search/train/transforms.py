@@ -165,10 +165,9 @@ def image_levels(image: np.ndarray, normalization: Normalization, in_channels: i
 
 def to_unit(image: np.ndarray, levels: Levels, in_channels: int) -> np.ndarray:
     """(H, W, C) image -> (H, W, ``in_channels``) float32 unit values (:class:`Levels`)."""
-    x = np.array(as_channels(image, in_channels), dtype=np.float32)  # a copy: the store's
-    x -= levels.low  # arrays are read-only
-    x *= 1.0 / levels.span
-    return x
+    x = np.array(as_channels(image, in_channels), dtype=np.float32)  # a copy (the store's
+    x -= levels.low  # arrays are read-only), then in place
+    return np.multiply(x, 1.0 / levels.span, out=x)
 
 
 def standardized(unit: np.ndarray, levels: Levels) -> torch.Tensor:
