@@ -22,6 +22,8 @@ The rules, each printed with its reason by ``unet-search plan DIR``:
 - ``target``: ``boundary`` (touching objects parted, :mod:`unet_search.data.targets`) when at
   least :data:`TOUCHING_LIMIT` of the objects lie within 2 px of another (cells behind a thin
   membrane count), else ``semantic``; ``semantic`` for multi-class tasks.
+- ``lr`` is not planned: 1e-3 for every default (measured against 3e-3 on seven real sets:
+  3 better, 4 worse; bench/README.md, "12, the planned default's learning rate").
 
 Deterministic: the same data, budget and given values always give the same plan.
 """
