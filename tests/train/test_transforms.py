@@ -13,11 +13,10 @@ from unet_search.core.sections import IGNORE, AugmentConfig, DataConfig
 from unet_search.data.dataset import DatasetArrays, load_dataset
 from unet_search.data.split import split_indices
 from unet_search.data.synthetic import make_synthetic
-from unet_search.data.targets import BORDER_SIGMA, class_weights
+from unet_search.data.targets import BORDER_SIGMA, BorderWeighting, class_weights
 from unet_search.train.engine import set_epoch
 from unet_search.train.sliding import preprocessing_of
 from unet_search.train.transforms import (
-    BorderWeighting,
     Normalization,
     PatchDataset,
     ResizeDataset,

@@ -32,9 +32,11 @@ from collections.abc import Iterator
 import numpy as np
 from scipy import ndimage
 
+from unet_search.core.sections import IGNORE
 from unet_search.data.dataset import DatasetArrays
 
 __all__ = [
+    "BorderWeighting",
     "border_reach",
     "BORDER_SIGMA",
     "border_weights",
@@ -165,3 +167,24 @@ def class_weights(masks: list[np.ndarray], classes: int) -> np.ndarray:
     share = counts[present] / counts.sum()
     weights[present] = 1.0 / (present.sum() * share)
     return np.clip(weights, *CLASS_WEIGHT_LIMITS).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class BorderWeighting:
+    """The original UNet's per-pixel loss weights of a training item (``loss.border_weight``
+    > 0): the classes' balancing weights ``classes`` (:func:`class_weights`, of the
+    training images) plus the border term of ``w0`` (:func:`border_weights`, sigma
+    ``BORDER_SIGMA`` pixels of what the model sees), made from the instance labels of each
+    item's region as it is cut."""
+
+    w0: float
+    classes: np.ndarray
+
+    def of(self, labels: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+        """(H, W) float32 weights of ``labels`` / class map ``mask`` (IGNORE pixels: 0), with
+        ``sigma`` in their own pixels."""
+        weights = border_weights(labels, self.w0, sigma)
+        valid = mask != IGNORE
+        weights[valid] += self.classes[mask[valid]]
+        weights[~valid] = 0.0
+        return weights

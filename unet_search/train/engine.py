@@ -27,7 +27,7 @@ from unet_search.core.outcome import FINISHED_KEY
 from unet_search.core.sections import TrainConfig
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.split import split_indices
-from unet_search.data.targets import class_weights, target_arrays, target_map
+from unet_search.data.targets import BorderWeighting, class_weights, target_arrays, target_map
 from unet_search.train.instances import (
     Decoding,
     decode_instances,
@@ -38,7 +38,6 @@ from unet_search.train.metrics import Scorer, class_dice_sums, otsu_dice, soft_d
 from unet_search.train.optim import build_optimizer, build_scheduler
 from unet_search.train.sliding import PredictPlan, plan_of, predict_logits
 from unet_search.train.transforms import (
-    BorderWeighting,
     Normalization,
     PatchDataset,
     ResizeDataset,
