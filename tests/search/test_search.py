@@ -28,8 +28,10 @@ from unet_search.data.split import split_indices
 from unet_search.data.synthetic import make_synthetic
 from unet_search.finish.outcome import SearchOutcome
 from unet_search.finish.run import run_search
+from unet_search.search.incumbent import gain_at_equal_epochs
 from unet_search.serve.inference import load_model
 from unet_search.space.load import load_space
+from unet_search.space.settings import INCUMBENT_MARGIN
 from unet_search.tracking.read import search_trials
 from unet_search.train.engine import val_indices
 from unet_search.train.metrics import dice_iou_per_image, instance_scores
@@ -772,7 +774,16 @@ def test_a_small_search_with_a_compute_budget_ends_with_a_final_fit_that_is_regi
     assert final is not None and plan is not None and plan.source is not None
     assert plan.explored_epochs in (3, 4)
     assert [(t.status, t.epochs <= 2) for t in (default, sampled)] == [("KILLED", True)] * 2
-    assert plan.source.value == max(default.value, sampled.value)
+    # Its source: the planned default, unless the sampled trial beat it at equal epochs by
+    # more than the margin. The curves compared are each trial's logged best_val_dice.
+    for trial in (default, sampled):
+        logged = client.get_metric_history(trial.run_id, "best_val_dice")
+        assert trial.curve == tuple(sorted((m.step, pytest.approx(m.value)) for m in logged))
+    epoch, gain = gain_at_equal_epochs(default.curve, sampled.curve, "max") or (0, 0.0)
+    switch = gain > INCUMBENT_MARGIN
+    assert plan.source.trial_id == (sampled if switch else default).trial_id
+    told = client.get_run(out.parent_run_id).data.tags["unet_search.final_fit_source"]
+    assert told == plan.chosen and f"{gain:+.4f} at epoch {epoch}" in told, (told, gain)
     run = client.get_run(final.run_id)
     (trial_dir,) = (workdir / "ray_results" / out.search_id).glob(f"*{plan.source.trial_id}*")
     start = Path(run.data.params["init_weights"])

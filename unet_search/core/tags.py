@@ -24,6 +24,8 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_KIND = "unet_search.kind"  # "search"
 TAG_BEST_TRIAL = "unet_search.best_trial_id"
 TAG_BEST_RUN = "unet_search.best_run_id"
+# why the final fit trains the trial it does (the incumbent rule: unet_search.search.incumbent)
+TAG_FINAL_SOURCE = "unet_search.final_fit_source"
 TAG_REGISTERED = "unet_search.registered_version"  # once its best model is registered
 TAG_ALIAS = "unet_search.registered_alias"  # champion | challenger
 TAG_DECISION = "unet_search.champion_decision"  # why the alias went where it did

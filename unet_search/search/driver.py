@@ -31,6 +31,7 @@ from unet_search.core.env import code_version
 from unet_search.core.errors import UserError
 from unet_search.core.tags import (
     TAG_CODE_VERSION,
+    TAG_FINAL_SOURCE,
     TAG_FINGERPRINT,
     TAG_KIND,
     TAG_SEARCH_ID,
@@ -79,6 +80,7 @@ from unet_search.tracking.client import (
     resolve_tracking_uri,
     run_start_s,
     run_status,
+    set_tags,
 )
 from unet_search.tracking.outage import require_reachable, tracking_patience
 from unet_search.tracking.state import SearchState
@@ -214,8 +216,8 @@ def explore(started: Started) -> Explored:
     trials = summaries(results, ctx)
     explored = pick_best(trials, ctx.spec.settings)
     began = run_start_s(ctx.tracking_uri, ctx.parent_run_id)
-    source = final_source(trials, results, ctx.spec.settings)
-    plan = plan_final_fit(ctx, trials, source, results, began)
+    source, chosen = final_source(trials, results, ctx.spec.settings)
+    plan = plan_final_fit(ctx, trials, source, results, began, chosen)
     final = _final_fit(ctx, started.trainable, plan, results)
     baseline = next((t for t in trials if t.baseline), None)
     return Explored(trials, final or explored, baseline, plan, final)
@@ -242,9 +244,12 @@ def _final_fit(
     }[ctx.spec.settings.final_fit_start]
     print(
         f"search {ctx.search_id}: final fit of {plan.source.name}, {plan.epochs} epochs {start} "
-        f"(the exploring trials spent {plan.explored_epochs})",
+        f"(the exploring trials spent {plan.explored_epochs})"
+        + (f": {plan.chosen}" if plan.chosen else ""),
         flush=True,
     )
+    if plan.chosen:
+        set_tags(ctx.tracking_uri, ctx.parent_run_id, {TAG_FINAL_SOURCE: plan.chosen})
     live = _live_view(dataclasses.replace(ctx, search_id=ctx.search_id + FINAL_SUFFIX), plan)
     final = run_final_fit(ctx, trainable, plan, results, live)
     if final is None:

@@ -3,8 +3,10 @@ trials left (``search.compute``, ``search.final_fit``).
 
 Exploring ranks configurations on short trials (``epochs`` each, cut shorter by ASHA, and
 stopped where they are once the exploring share is spent); the final fit turns what it
-learned into the model that is registered. Its source is the best exploring trial by its
-best value so far, finished or stopped, as long as it kept a checkpoint. It starts from
+learned into the model that is registered. Its source is the planned default unless a
+challenger beat it at equal epochs by more than ``search.incumbent_margin``
+(:mod:`unet_search.search.incumbent`), else the best exploring trial by its best value so
+far; finished or stopped, as long as it kept a checkpoint. It starts from
 that trial's kept weights (its checkpoint's best epoch) with a schedule of its own over the
 epochs left (``final_fit_start: kept``, the default: no epoch of the source trial is thrown
 away) or from scratch with the long schedule (``scratch``). It is a Tune experiment of its own
@@ -28,6 +30,7 @@ from unet_search.core.outcome import Outcome
 from unet_search.search.asha import KEEP_CHECKPOINTS, DurableFIFO, SaveAfterCheckpoints
 from unet_search.search.callbacks import TrialStatusCallback
 from unet_search.search.context import SearchContext
+from unet_search.search.incumbent import keep_or_switch
 from unet_search.search.outcome import TrialSummary, choose, summaries
 from unet_search.space.role import FinalStart, TrialRole
 from unet_search.space.settings import SearchSettings
@@ -53,7 +56,8 @@ class FinalPlan:
     epochs: int
     source: TrialSummary | None  # the exploring trial whose configuration trains on
     explored_epochs: int  # what the exploring trials spent (the baseline not counted)
-    why: str = ""
+    why: str = ""  # why there is no final fit
+    chosen: str = ""  # why ``source``: the incumbent rule's verdict (empty without it)
 
     @property
     def runs(self) -> bool:
@@ -79,11 +83,13 @@ def _checkpoint_of(result: Any) -> str | None:
 
 def final_source(
     trials: list[TrialSummary], results: tune.ResultGrid, settings: SearchSettings
-) -> TrialSummary | None:
-    """The exploring trial the final fit trains on: the best by its best value so far, of
-    those that kept weights (a checkpoint, or a logged best model); finished or stopped
-    early alike, since a search with a final fit stops its trials where the exploring
-    budget ends. Never the baseline (a reference) or a failed trial."""
+) -> tuple[TrialSummary | None, str]:
+    """The exploring trial the final fit trains on, and why (empty when no rule decided):
+    of those that kept weights (a checkpoint, or a logged best model; finished or stopped
+    early alike, since a search with a final fit stops its trials where the exploring budget
+    ends), the planned default unless a challenger beat it at equal epochs by more than
+    ``search.incumbent_margin``; without the default among them, ``pick: knee`` or a margin
+    of null, the best (:func:`choose`). Never the baseline (a reference) or a failed trial."""
     candidates = [
         t
         for t in trials
@@ -94,7 +100,19 @@ def final_source(
         and not t.infeasible
         and (_checkpoint_of(_result_of(results, t)) or (t.status == FINISHED and t.run_id))
     ]
-    return choose(candidates, settings)
+    default = next((i for i, t in enumerate(candidates) if t.default), None)
+    margin = settings.incumbent_margin
+    if default is None or margin is None or settings.pick == "knee":
+        return choose(candidates, settings), ""
+    verdict = keep_or_switch(
+        [t.curve for t in candidates],
+        [t.value or 0.0 for t in candidates],
+        [t.name for t in candidates],
+        default,
+        settings.mode,
+        margin,
+    )
+    return candidates[verdict.chosen], verdict.why
 
 
 def plan_final_fit(
@@ -103,6 +121,7 @@ def plan_final_fit(
     best: TrialSummary | None,
     results: tune.ResultGrid,
     started_s: float,
+    chosen: str = "",
 ) -> FinalPlan | None:
     """The final fit of ``best`` within ``search.compute``: the epochs the exploring trials
     left, and with ``hours`` no more than the time left allows at ``best``'s seconds per
@@ -120,9 +139,9 @@ def plan_final_fit(
         left = min(left, math.floor(seconds_left / max(_seconds_per_epoch(results, best), 1e-3)))
     epochs = max(0, int(left))
     if epochs == 0 and best.status == FINISHED:
-        return FinalPlan(0, best, spent, "the exploring trials spent the whole compute")
+        return FinalPlan(0, best, spent, "the exploring trials spent the whole compute", chosen)
     # A best that stopped early has no logged model yet: one epoch more makes it one.
-    return FinalPlan(max(epochs, 1), best, spent)
+    return FinalPlan(max(epochs, 1), best, spent, chosen=chosen)
 
 
 def _result_of(results: tune.ResultGrid, trial: TrialSummary) -> Any:

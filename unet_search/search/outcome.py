@@ -13,6 +13,7 @@ from ray import tune
 from unet_search.core.metrics import sign
 from unet_search.core.outcome import Outcome, outcome_of
 from unet_search.search.context import SearchContext
+from unet_search.search.incumbent import Curve
 from unet_search.search.pareto import fronts, knee
 from unet_search.space.role import TrialRole
 from unet_search.space.settings import SearchSettings
@@ -48,6 +49,7 @@ class TrialSummary:
     # each objective's value (search.objectives; else the metric alone), as ranked
     values: dict[str, float] = field(default_factory=dict)
     infeasible: bool = False  # over a limit of search.constraints: it trained nothing
+    curve: Curve = ()  # (epoch, best value so far) of every result it reported
 
 
 def summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary]:
@@ -81,9 +83,21 @@ def summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary
                     if metrics.get(key) is not None and not result.error
                 },
                 outcome == Outcome.INFEASIBLE,
+                () if result.error else _curve(result, ctx.spec.tune_metric),
             )
         )
     return sorted(out, key=lambda t: t.index)
+
+
+def _curve(result: Any, key: str) -> Curve:
+    """A trial's (epoch, ``key``) at every result it reported, from Tune's record of them
+    (promoted trials' results after their pause included); () when there is none."""
+    frame = result.metrics_dataframe
+    if frame is None or key not in frame or "epoch" not in frame:
+        return ()
+    rows = zip(frame["epoch"], frame[key], strict=True)
+    points = {int(e): float(v) for e, v in rows if v == v and e == e}  # NaN: not reported
+    return tuple(sorted(points.items()))
 
 
 def pick_best(trials: list[TrialSummary], settings: SearchSettings) -> TrialSummary | None:

@@ -22,6 +22,7 @@ __all__ = [
     "PICKS",
     "FINAL_FIT_SHARE",
     "FINAL_FIT_STARTS",
+    "INCUMBENT_MARGIN",
     "SAMPLERS",
     "SCHEDULERS",
     "SchedulerSpec",
@@ -73,6 +74,14 @@ class ComputeSpec(Frozen):
 # 0.7 beat 0.5 on both synthetic styles (hard 0.9422 vs 0.9321, fluorescence 0.9802 vs
 # 0.9767 held-out Dice): at small budgets a trained-on winner is worth more than more trials.
 FINAL_FIT_SHARE = 0.7
+
+# Of SearchSettings.incumbent_margin: the validation noise of two exploring trials' early
+# values (bench/README.md, "12, the incumbent"): the planned default's best validation Dice
+# at epochs 2-4 over training seeds 0-2 spreads by a standard deviation of 0.076 (median of
+# three sets: satellite tiles, cells, synthetic hard), so the difference of two trials by
+# 0.076 x sqrt 2 = 0.11. The synthetic searches' winners led the default by +0.27 to +0.30
+# at epoch 2; on the real sets most challengers were within 0.13.
+INCUMBENT_MARGIN = 0.1
 
 
 FINAL_FIT_STARTS = ("continue", "kept", "scratch")  # see unet_search.search.final
@@ -171,6 +180,10 @@ class SearchSettings(Frozen):
     # The final fit starts from the best trial's kept weights, or from scratch.
     final_fit_start: Annotated[str, choice(FINAL_FIT_STARTS)] = "kept"
     default_trial: bool = True  # the planned default configuration is a candidate (trial 1)
+    # The planned default is the incumbent: the final fit trains on a challenger only when
+    # it beat the default at equal epochs by more than this (the validation noise,
+    # unet_search.search.incumbent); null: the best exploring trial by value.
+    incumbent_margin: Annotated[float, between(0.0, 1.0)] | None = INCUMBENT_MARGIN
     # On a binary val_dice search a model below Otsu's validation Dice is only a challenger.
     champion_must_beat_otsu: bool = True
     # The registered model carries its ONNX export (onnx/), checked against PyTorch on a

@@ -33,6 +33,8 @@ Schema (unknown keys are errors)::
       final_fit: 0.7                 # between exploring and a final fit of the best (share)
       final_fit_start: kept          # kept: from the best trial's kept weights | scratch
       default_trial: true            # the planned default configuration is trial 1
+      incumbent_margin: 0.1          # the final fit trains a challenger only when it beat
+                                     # the default at equal epochs by more (search.incumbent)
       champion_must_beat_otsu: true  # a val_dice below Otsu's is registered as challenger
       onnx: true                     # register onnx/model.onnx with the model, checked
       latency_image: 512             # inference_ms: ms per image of this size, measured by
