@@ -38,8 +38,8 @@ def test_the_default_stays_unless_a_challenger_beats_it_by_more_than_the_margin(
     kept = keep_or_switch(curves, values, names, 0, "max", 0.05)
     assert kept.chosen == 0
     assert kept.why == (
-        "t001, the planned default, kept: the closest challenger, t002, is +0.0300 at epoch 2, "
-        "within the margin 0.05"
+        "t001, the planned default, kept: no challenger beat it at equal epochs by more than "
+        "0.05 (the best, t002, by +0.0300 at epoch 2)"
     )
     # With a margin below its gain it wins, and of two winners the best by value is chosen.
     assert keep_or_switch(curves, values, names, 0, "max", 0.02).chosen == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import itertools
 import json
 import os
@@ -809,6 +810,8 @@ def test_a_small_search_with_a_compute_budget_ends_with_a_final_fit_that_is_regi
     shown = page.split('<span id="final-fit">', 1)[1].split("</span>", 1)[0]
     assert shown.startswith(f"final {plan.source.name}: {final.value:.4f}, {final.epochs} epochs")
     assert "from its source's kept weights" in shown
+    source = page.split('<span id="final-source">', 1)[1].split("</span>", 1)[0]
+    assert html.unescape(source) == plan.chosen
     explored = f"the exploring trials spent {plan.explored_epochs} epochs"
     assert f"{explored}, the final fit {final.epochs}" in shown
 

@@ -30,6 +30,7 @@ from unet_search.core.tags import (
     TAG_BEST_RUN,
     TAG_CODE_VERSION,
     TAG_DECISION,
+    TAG_FINAL_SOURCE,
     TAG_FINGERPRINT,
     TAG_REGISTERED,
 )
@@ -182,6 +183,9 @@ def _compute_rows(data: ReportData) -> list[tuple[str, str]]:
                 f"{final.params.get('epochs', '?')} epochs {start}{spent}</span>",
             )
         )
+    chosen = data.record.tags.get(TAG_FINAL_SOURCE)
+    if chosen:  # the incumbent rule's verdict (unet_search.search.incumbent)
+        rows.append(("its source", f'<span id="final-source">{html.escape(chosen)}</span>'))
     return rows
 
 

@@ -91,8 +91,8 @@ def keep_or_switch(
         epoch, gain = gains[i]
         return Verdict(
             incumbent,
-            f"{default}, kept: the closest challenger, {names[i]}, is {gain:+.4f} at epoch "
-            f"{epoch}, within the margin {margin:g}",
+            f"{default}, kept: no challenger beat it at equal epochs by more than {margin:g} "
+            f"(the best, {names[i]}, by {gain:+.4f} at epoch {epoch})",
         )
     chosen = max(winners, key=lambda i: sign(mode) * values[i])
     epoch, gain = gains[chosen]
