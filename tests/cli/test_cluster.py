@@ -545,13 +545,17 @@ def test_a_search_killed_in_its_final_fit_is_resumed_without_rerunning_or_duplic
     (version,) = registered
     assert version.tags["unet_search.run_id"] == final.info.run_id
     # Registered on the final fit's kept weights: the best of its epochs and of the weights
-    # it started from (its source's, the best exploring trial's), never worse than those.
+    # it started from (its source's: the planned default, or a challenger that beat it by
+    # more than the margin, as the parent run says), never worse than those.
     value = float(version.tags["unet_search.metric_value"])
     assert value == pytest.approx(final.data.metrics["best_val_dice"], abs=1e-6)
     epochs = client.get_metric_history(final.info.run_id, "val_dice")
     assert value >= max(m.value for m in epochs) - 1e-6
-    explored = [r.data.metrics["best_val_dice"] for r in runs if r is not final]
-    assert value >= max(explored) - 1e-6
+    (source,) = [r for r in runs if f"final {r.info.run_name}" == final.info.run_name]
+    assert value >= source.data.metrics["best_val_dice"] - 1e-6
+    parent = client.get_run(final.data.tags["mlflow.parentRunId"]).data.tags
+    assert parent["unet_search.final_fit_source"].startswith(source.info.run_name), parent
+    assert f"its source   {parent['unet_search.final_fit_source']}" in proc.stdout
 
 
 @pytest.mark.slow

@@ -397,8 +397,10 @@ def _print_final_and_default(out: Any) -> None:
             f"final fit    {source.name}, {final.epochs} epochs in run {final.name!r}: "
             f"{metric} {source.value:.4f} -> {final.value:.4f}"
         )
+        if plan.chosen:  # the incumbent rule's verdict
+            print(f"its source   {plan.chosen}")
     chosen = plan.source if final is not None and plan is not None else out.best
-    if chosen is not None and chosen.default:
+    if chosen is not None and chosen.default and not (plan and plan.chosen):
         print("the best configuration is the planned default (search.default_trial)")
     if out.best is None:
         print(
