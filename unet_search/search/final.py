@@ -5,8 +5,9 @@ Exploring ranks configurations on short trials (``epochs`` each, cut shorter by 
 stopped where they are once the exploring share is spent); the final fit turns what it
 learned into the model that is registered. Its source is the planned default unless a
 challenger beat it at equal epochs by more than ``search.incumbent_margin``
-(:mod:`unet_search.search.incumbent`), else the best exploring trial by its best value so
-far; finished or stopped, as long as it kept a checkpoint. It starts from
+(:mod:`unet_search.search.incumbent`; without the default among the candidates, or with a
+margin of null, the best exploring trial by its best value so far); finished or stopped,
+as long as it kept a checkpoint. It starts from
 that trial's kept weights (its checkpoint's best epoch) with a schedule of its own over the
 epochs left (``final_fit_start: kept``, the default: no epoch of the source trial is thrown
 away) or from scratch with the long schedule (``scratch``). It is a Tune experiment of its own
