@@ -334,6 +334,9 @@ class TrainConfig(Frozen):
     threshold: Annotated[float, between(0, 1, low_open=True, high_open=True)] = 0.5
     early_stop_patience: Annotated[int, at_least(0)] = 0  # 0 turns early stopping off
     early_stop_metric: Annotated[str, choice(VAL_METRICS)] = "val_dice"
+    # The weights a run keeps (its model, the final fit's start): the epoch with the best
+    # `early_stop_metric`, or the last epoch's.
+    keep_weights: Annotated[str, choice(["best", "last"])] = "best"
     # compute the DSB2018 instance score every N epochs (0: never)
     dsb_every: Annotated[int, at_least(0)] = 1
     num_sample_images: Annotated[int, between(0, 64)] = 4

@@ -295,7 +295,7 @@ def _log_final(
     module = copy.deepcopy(state.module)  # the trained model stays as the checkpoint has it
     if state.best_state is not None:
         module.load_state_dict(state.best_state)
-    metrics = {"best_epoch": float(state.early.best_epoch)}
+    metrics = {"best_epoch": float(state.best_metrics.get("epoch", state.early.best_epoch))}
     decoding = _choose_decoding(module, cfg, arrays, norm)
     if decoding is not None:
         metrics |= {f"decoded_val_{key}": value for key, value in decoding[1].items()}
