@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,13 +36,41 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with nothing in it but its tables: MLflow makes them with ~2 s of
+    migrations (CPU) a new store, so the suite makes them once and each test's store starts
+    as a copy. A store the product makes itself is tested where a command runs as a user
+    runs it (test_readme.py, test_cli.py, test_cluster.py)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def store_in(folder: Path, empty_store: Path) -> str:
+    """The URI of a new MLflow SQLite store ``folder/mlflow.db``, a copy of ``empty_store``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(empty_store, folder / "mlflow.db")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
 @pytest.fixture()
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh UNET_SEARCH_HOME (SQLite MLflow, cache, Ray results) per test."""
+def bare_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh UNET_SEARCH_HOME per test, not made yet."""
     home = tmp_path / "home"
     monkeypatch.setenv("UNET_SEARCH_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return home
+
+
+@pytest.fixture()
+def workdir(bare_workdir: Path, empty_store: Path) -> Path:
+    """A fresh UNET_SEARCH_HOME (SQLite MLflow, cache, Ray results) per test, its MLflow
+    store (``mlflow.db``) a copy of :func:`empty_store`."""
+    store_in(bare_workdir, empty_store)
+    return bare_workdir
 
 
 @pytest.fixture(scope="session")
@@ -167,7 +196,9 @@ def _scrape(targets: tuple[str, ...]) -> dict[str, list[tuple[dict[str, str], fl
 
 
 @pytest.fixture(scope="session")
-def watched_search(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> WatchedSearch:
+def watched_search(
+    ray_local: None, tmp_path_factory: pytest.TempPathFactory, empty_store: Path
+) -> WatchedSearch:
     """One real search (baseline + 3 sampled trials, 2 epochs, overlays every epoch) on the
     session Ray, its MLflow in a SQLite file, with every Ray node's metrics endpoint scraped
     once a second while it runs and until the search's gauges have been exported."""
@@ -181,6 +212,7 @@ def watched_search(ray_local: None, tmp_path_factory: pytest.TempPathFactory) ->
 
     root = tmp_path_factory.mktemp("watched")
     home, data = root / "home", root / "data"
+    store_in(home, empty_store)
     make_synthetic(data, n=16, size=48, seed=5)
     space = root / "watched.yaml"
     space.write_text(

@@ -176,8 +176,9 @@ def test_a_checkpoint_carrying_a_pickle_is_refused_on_resume(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "..", "-rf", "spaced name", "é", ""])
 def test_a_search_name_that_is_a_path_is_refused_before_anything_is_written(
-    name: str, tmp_path: Path, workdir: Path
+    name: str, tmp_path: Path, bare_workdir: Path
 ) -> None:
+    workdir = bare_workdir
     from unet_search.cli.app import main
 
     space = tmp_path / "s.yaml"

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import LEAN, TINY, asha_space
+from conftest import LEAN, TINY, asha_space, store_in
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from PIL import Image
@@ -844,7 +844,7 @@ def test_a_small_search_with_a_compute_budget_ends_with_a_final_fit_that_is_regi
 
 
 def test_resume_reads_the_plan_its_search_started_with_instead_of_planning_again(
-    search_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    search_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], empty_store: Path
 ) -> None:
     """plan.json on the parent run is what `resume` plans with: a plan whose values differ
     from what planning the data again would give (written here by hand) is the one the
@@ -869,7 +869,7 @@ def test_resume_reads_the_plan_its_search_started_with_instead_of_planning_again
     planned = plan_space(spec, arrays)
     assert planned.plan is not None
     kept = Plan(**{**vars(planned.plan), "patches_per_epoch": 7, "patch_size": (48, 48)})
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = store_in(tmp_path, empty_store)
     experiment = ensure_experiment(uri, "planned", tmp_path)
     state = SearchState(
         "planned-1", "planned.yaml", "", (), str(search_data), "m", "", uri, experiment, "", ""

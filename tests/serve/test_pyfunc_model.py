@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import TargetModels, TrainedModel
+from conftest import TargetModels, TrainedModel, store_in
 
 from unet_search.core.sections import ModelConfig
 from unet_search.models.build import CONFIG_FILE
@@ -23,10 +23,12 @@ from unet_search.tracking.registry import download_model
 
 
 @pytest.fixture(scope="module")
-def logged(trained_model: TrainedModel, tmp_path_factory: pytest.TempPathFactory) -> str:
+def logged(
+    trained_model: TrainedModel, tmp_path_factory: pytest.TempPathFactory, empty_store: Path
+) -> str:
     """The trained model logged and registered as a search registers it; its models:/ URI."""
     root = tmp_path_factory.mktemp("pyfunc")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = store_in(root, empty_store)
     run = create_run(uri, ensure_experiment(uri, "pyfunc", root), "r", {}, {})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -161,7 +163,10 @@ def test_the_pyfunc_returns_instances_when_asked(
 
 
 def test_a_16_bit_grey_models_pyfunc_takes_what_it_was_trained_on(
-    trained_model: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained_model: TrainedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    empty_store: Path,
 ) -> None:
     """The signature follows the training images (``image_dtype``, ``image_channels`` in the
     preprocessing): a model trained on 16-bit grey images takes (N, H, W, 1) uint16 arrays,
@@ -171,7 +176,7 @@ def test_a_16_bit_grey_models_pyfunc_takes_what_it_was_trained_on(
     config = json.loads((folder / CONFIG_FILE).read_text())
     config["preprocessing"] |= {"image_dtype": "uint16", "image_channels": 1}
     (folder / CONFIG_FILE).write_text(json.dumps(config))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = store_in(tmp_path, empty_store)
     run = create_run(uri, ensure_experiment(uri, "grey16", tmp_path), "r", {}, {})
     log_and_register(uri, run, folder, "unet-grey16", "val_dice", 0.5, "max", {})
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import store_in
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -66,8 +67,8 @@ def _model_dir(tmp_path: Path, seed: int) -> Path:
 
 
 @pytest.fixture()
-def store(tmp_path: Path) -> tuple[str, str]:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def store(tmp_path: Path, empty_store: Path) -> tuple[str, str]:
+    uri = store_in(tmp_path, empty_store)
     experiment = ensure_experiment(uri, "reg", tmp_path)
     return uri, experiment
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import store_in
 
 from unet_search.core.errors import UserError
 from unet_search.core.tags import TAG_KIND, TAG_SEARCH_ID
@@ -37,8 +38,8 @@ def test_a_state_written_before_it_was_typed_reads_back_typed() -> None:
     assert json.loads(state.to_json()) == BEFORE  # the same file again: other tools read it
 
 
-def test_the_state_round_trips_through_the_parent_run(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_the_state_round_trips_through_the_parent_run(tmp_path: Path, empty_store: Path) -> None:
+    uri = store_in(tmp_path, empty_store)
     experiment = ensure_experiment(uri, "quick", tmp_path)
     parent = create_run(
         uri, experiment, "quick-3", {}, {TAG_SEARCH_ID: "quick-3", TAG_KIND: "search"}

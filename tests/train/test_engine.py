@@ -169,6 +169,23 @@ def test_fit_stops_early_and_keeps_best_weights(synth_dir: Path) -> None:
     assert history[-1]["best_val_loss"] == history[0]["val_loss"]
 
 
+def test_keep_weights_last_keeps_the_last_epoch_whatever_its_value(synth_dir: Path) -> None:
+    leaves = {"patch_size": 32, "patches_per_epoch": 8, "depth": 2, "base_filters": 4}
+    leaves |= {"epochs": 3, "early_stop_metric": "val_loss", "val_fraction": 0.25}
+    cfg = RunConfig.from_dict({**leaves, "dsb_every": 0, "keep_weights": "last"})
+    state, train, val = _setup(synth_dir, cfg)
+    history: list[dict[str, float]] = []
+    fit(state, cfg, train, val, RisingValidationLoss(), CPU, lambda m, s: history.append(m))
+    losses = [m["val_loss"] for m in history]
+    assert losses == sorted(set(losses)) and len(losses) == 3  # worse every epoch
+    assert state.early.best_epoch == 1  # the best is still known ...
+    assert state.best_metrics["epoch"] == 3.0  # ... but the last epoch is kept
+    assert [m["best_val_loss"] for m in history] == losses
+    assert state.best_state is not None
+    now = state.module.state_dict()
+    assert all(torch.equal(state.best_state[k], now[k]) for k in now)
+
+
 def test_state_dict_round_trip_resumes_where_it_stopped(synth_dir: Path, tmp_path: Path) -> None:
     cfg = RunConfig.from_dict(
         {
