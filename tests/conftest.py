@@ -24,6 +24,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray exports metrics every 10 s by default; a test search's trials can start and end inside
 # that. Every 2 s (gauges then live 4 s unrefreshed; LiveView refreshes them every 2 s).
 os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
+# Ray starts its workers at niceness +15 (worker_niceness): a test's trials would then run
+# below everything `make test` starts beside this pytest at nice 10 (mypy, the side pytest),
+# the opposite of what that nice is for. Workers run at their pytest's own priority.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 @pytest.fixture(scope="session")
