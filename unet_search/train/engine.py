@@ -136,8 +136,8 @@ class TrainingState:
 
     def kept_metrics(self) -> dict[str, float]:
         """The validation metrics of the kept weights (the epoch with the best
-        ``early_stop_metric`` so far), as ``best_<name>`` entries: the numbers a run
-        reports are those of the model it keeps."""
+        ``early_stop_metric`` so far, or the last with ``keep_weights: last``), as
+        ``best_<name>`` entries: the numbers a run reports are those of the model it keeps."""
         return {f"best_{k}": v for k, v in self.best_metrics.items() if k in METRICS}
 
 
@@ -427,7 +427,8 @@ def fit(
     device: torch.device,
     report: Callable[[dict[str, float], TrainingState], None] | None = None,
 ) -> TrainingState:
-    """Run the remaining epochs (from ``state.epoch``), keeping the best weights.
+    """Run the remaining epochs (from ``state.epoch``), keeping the best weights (the last
+    epoch's with ``keep_weights: last``).
 
     After each epoch ``report(metrics, state)`` is called with ``epoch`` (1-based),
     ``train_loss``, ``val_loss``, ``val_dice``, ``val_iou``, ``val_soft_dice``,
