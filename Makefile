@@ -66,8 +66,9 @@ typecheck: $(STAMP)
 # DDP test ran 2.2x slower beside the cluster walk). The main pytest's Ray workers run at its
 # own priority (tests/conftest.py sets RAY_worker_niceness=0; Ray's default, +15, put its
 # trials below the side run: main 735 s, side 534 s; at 0: 694 s and 705 s, 33 s less in that
-# run; a second run of the same tree took 823 s and 818 s: runs here vary by ~2 minutes). `make test SIDE_TESTS=` runs everything
-# in one pytest; PYTEST_ARGS takes options (a path there runs beside SIDE_TESTS).
+# run; a second run of the same tree took 823 s and 818 s: runs here vary by ~2 minutes).
+# `make test SIDE_TESTS=` runs everything in one pytest; PYTEST_ARGS takes options (a path
+# there runs beside SIDE_TESTS).
 SIDE_TESTS ?= tests/cli/test_cluster.py tests/cli/test_cli.py tests/serve/test_onnx.py
 TYPES_LOG := .mypy_cache/make-test.log
 SIDE_LOG := .mypy_cache/make-test-side.log

@@ -178,7 +178,6 @@ def test_a_checkpoint_carrying_a_pickle_is_refused_on_resume(tmp_path: Path) -> 
 def test_a_search_name_that_is_a_path_is_refused_before_anything_is_written(
     name: str, tmp_path: Path, bare_workdir: Path
 ) -> None:
-    workdir = bare_workdir
     from unet_search.cli.app import main
 
     space = tmp_path / "s.yaml"
@@ -186,10 +185,10 @@ def test_a_search_name_that_is_a_path_is_refused_before_anything_is_written(
     space.write_text(yaml.safe_dump(raw))
     args = ["search", "--space", str(space), "--data", str(tmp_path / "none"), f"--name={name}"]
     assert main(args) == 1
-    assert not workdir.exists() and not (tmp_path / "escape").exists()
+    assert not bare_workdir.exists() and not (tmp_path / "escape").exists()
     with pytest.raises(ConfigError, match="it names folders and runs"):
-        run_search(load_space(space), None, tmp_path, workdir, name=name)  # type: ignore[arg-type]
-    assert not workdir.exists()
+        run_search(load_space(space), None, tmp_path, bare_workdir, name=name)  # type: ignore[arg-type]
+    assert not bare_workdir.exists()
     for command in ("report", "resume"):
         assert main([command, "--", name]) == 1
-    assert not workdir.exists()
+    assert not bare_workdir.exists()

@@ -447,8 +447,9 @@ def fit(
         state.epoch = epoch
         # An epoch without the metric (the DSB score is not due) keeps nothing and counts
         # nothing for early stopping.
-        improved = keep in metrics and state.early.update(metrics[keep], epoch)
-        if improved or (keep in metrics and cfg.train.keep_weights == "last"):
+        if keep in metrics and (
+            state.early.update(metrics[keep], epoch) or cfg.train.keep_weights == "last"
+        ):
             state.best_state = copy.deepcopy(
                 {k: v.detach().cpu() for k, v in state.module.state_dict().items()}
             )
