@@ -410,7 +410,7 @@ def run_recipe(recipe: RecipeInput, ctx: WorkerContext) -> None:
             epoch, finished = int(metrics["epoch"]), trained_to_the_end(metrics)
             outbox.log_metrics(metrics, step=epoch)
             if _samples_due(cfg.train, epoch, finished):
-                picture = _sample_image(st.module, cfg, arrays, picks, val.normalization)
+                picture = _sample_image(st.scored, cfg, arrays, picks, val.normalization)
                 if picture is not None:
                     outbox.log_image(picture, SAMPLES_KEY, epoch)
             if finished:

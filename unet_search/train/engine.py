@@ -28,6 +28,7 @@ from unet_search.core.sections import TrainConfig
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.split import split_indices
 from unet_search.data.targets import BorderWeighting, class_weights, target_arrays, target_map
+from unet_search.train.average import WeightAverage
 from unet_search.train.instances import (
     Decoding,
     decode_instances,
@@ -105,11 +106,25 @@ class TrainingState:
     epoch: int = 0  # epochs completed
     best_state: dict[str, torch.Tensor] | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)  # the kept epoch's
+    average: WeightAverage | None = None  # the weights' moving average (train.ema_epochs)
 
     @property
     def module(self) -> nn.Module:
         """The model without its DDP wrapper."""
         return getattr(self.model, "module", self.model)
+
+    @property
+    def scored(self) -> nn.Module:
+        """The model a run validates, keeps and saves: the moving average of the weights
+        with ``train.ema_epochs``, else the trained model (without its DDP wrapper)."""
+        return self.average.model if self.average is not None else self.module
+
+    def keep(self, metrics: dict[str, float]) -> None:
+        """Keep the scored model's weights now, with their validation ``metrics``."""
+        self.best_state = copy.deepcopy(
+            {k: v.detach().cpu() for k, v in self.scored.state_dict().items()}
+        )
+        self.best_metrics = dict(metrics)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +136,7 @@ class TrainingState:
             "epoch": self.epoch,
             "best_state": self.best_state,
             "best_metrics": self.best_metrics,
+            "average": self.average.state_dict() if self.average else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -133,6 +149,8 @@ class TrainingState:
         self.early = EarlyStopping(**state["early"])
         self.epoch, self.best_state = state["epoch"], state["best_state"]
         self.best_metrics = state["best_metrics"]
+        if self.average is not None and state.get("average"):
+            self.average.load_state_dict(state["average"])
 
     def kept_metrics(self) -> dict[str, float]:
         """The validation metrics of the kept weights (the epoch with the best
@@ -208,6 +226,8 @@ def train_one_epoch(
             optimizer.step()
         if state.scheduler is not None:
             state.scheduler.step()
+        if state.average is not None:
+            state.average.update(state.module)
         n = batch["image"].shape[0]
         loss_sum, count = loss_sum + float(loss.detach()) * n, count + n
     seconds = time.perf_counter() - start
@@ -385,7 +405,11 @@ def new_training_state(
         torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.train.amp == "fp16" else None
     )
     early = EarlyStopping(cfg.train.early_stop_metric, cfg.train.early_stop_patience)
-    return TrainingState(model, optimizer, scheduler, early, scaler)
+    average = None
+    if cfg.train.ema_epochs > 0:
+        module = getattr(model, "module", model)
+        average = WeightAverage(module, cfg.train.ema_epochs, steps_per_epoch)
+    return TrainingState(model, optimizer, scheduler, early, scaler, average=average)
 
 
 def keep_the_start(
@@ -394,15 +418,12 @@ def keep_the_start(
     """Validate the weights a run starts from (epoch 0) and keep them as its best so far: a
     run from trained weights (a final fit) then never keeps worse weights than it was given.
     Returns their validation metrics."""
-    metrics = validate(state.model, val, loss_fn, cfg, device, cfg.train.dsb_every > 0)
+    metrics = validate(state.scored, val, loss_fn, cfg, device, cfg.train.dsb_every > 0)
     metrics["epoch"] = 0.0
     keep = cfg.train.early_stop_metric
     if keep in metrics:
         state.early.best, state.early.best_epoch = metrics[keep], 0
-        state.best_state = copy.deepcopy(
-            {k: v.detach().cpu() for k, v in state.module.state_dict().items()}
-        )
-        state.best_metrics = dict(metrics)
+        state.keep(metrics)
     return metrics
 
 
@@ -442,7 +463,7 @@ def fit(
     for epoch in range(state.epoch + 1, cfg.train.epochs + 1):
         set_epoch(train_loader, epoch)
         metrics = train_one_epoch(state, train_loader, loss_fn, cfg, device)
-        metrics |= validate(state.model, val, loss_fn, cfg, device, _dsb_due(cfg.train, epoch))
+        metrics |= validate(state.scored, val, loss_fn, cfg, device, _dsb_due(cfg.train, epoch))
         metrics |= {"epoch": float(epoch), "lr": state.optimizer.param_groups[0]["lr"]}
         state.epoch = epoch
         # An epoch without the metric (the DSB score is not due) keeps nothing and counts
@@ -450,10 +471,7 @@ def fit(
         if keep in metrics and (
             state.early.update(metrics[keep], epoch) or cfg.train.keep_weights == "last"
         ):
-            state.best_state = copy.deepcopy(
-                {k: v.detach().cpu() for k, v in state.module.state_dict().items()}
-            )
-            state.best_metrics = dict(metrics)
+            state.keep(metrics)
         metrics |= state.kept_metrics()
         metrics[FINISHED_KEY] = float(epoch == cfg.train.epochs or state.early.should_stop)
         if report is not None:
