@@ -15,7 +15,11 @@
 
     python bench/instances.py [--styles fluorescence hard epithelium] [--epochs 12]
         [--variants semantic boundary distance boundary+border boundary+percentile]
-        [--data REAL_SET ...]
+        [--data REAL_SET ...] [--seeds 0 1 2]
+
+``--seeds``: each variant trained once per training seed (the patches drawn, the weights'
+start), a row each: one seed's difference between two targets is often within the spread
+of the seeds.
 """
 
 from __future__ import annotations
@@ -70,21 +74,27 @@ def planned(data: Path) -> dict[str, object]:
 
 
 def train(
-    data: Path, variant: str, epochs: int, out: Path, base: dict[str, object] | None = None
+    data: Path,
+    variant: str,
+    epochs: int,
+    out: Path,
+    base: dict[str, object] | None = None,
+    seed: int = 0,
 ) -> Path:
-    """A depth-3, 16-filter UNet on 96-px patches, 128 an epoch (``base``: other leaves); its
-    kept weights saved with the decoding chosen on its validation images. Returns the model
-    folder."""
+    """A depth-3, 16-filter UNet on 96-px patches, 128 an epoch (``base``: other leaves),
+    training seed ``seed``; its kept weights saved with the decoding chosen on its
+    validation images. Returns the model folder."""
     cfg = RunConfig.from_dict(
         {
             **{"depth": 3, "base_filters": 16, "batch_size": 8, "lr": 3e-3, "epochs": epochs},
             **{"patch_size": 96, "patches_per_epoch": 128, "val_fraction": 0.2},
-            **{"dsb_every": 0, "aug_strength": 0.3, **(base or {}), **VARIANTS[variant]},
+            **{"dsb_every": 0, "aug_strength": 0.3, "seed": seed},
+            **{**(base or {}), **VARIANTS[variant]},
         }
     )
     target = cfg.data.target
     arrays = load_dataset(data, cfg.data)
-    seed_everything(0)
+    seed_everything(seed)
     loader, val = build_loaders(cfg, arrays, rank=0, world=1)
     model = build_model(cfg.model, cfg.data.network_classes)
     state = new_training_state(model, cfg, len(loader), CPU)
@@ -98,7 +108,7 @@ def train(
     )
     truths = [arrays.instances(i) for i in picks]
     decoding, _ = choose_decoding(logits, truths, target, cfg.train.threshold)  # type: ignore[arg-type]
-    folder = out / f"model-{variant}"
+    folder = out / f"model-{variant}-{seed}"
     pre = preprocessing_of(cfg, val.normalization, decoding)
     save_model_dir(folder, module, cfg.model, cfg.data.network_classes, pre)
     return folder
@@ -146,13 +156,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--data", type=Path, nargs="+", default=[], help="real sets instead")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.data:
-        real(args.data, args.variants, args.epochs)
+        real(args.data, args.variants, args.epochs, args.seeds)
         return
     _common.header(f"instances: each target's objects, {args.epochs} epochs of 128 patches")
-    print("| style | variant | Dice | DSB score | AP50 |\n|---|---|---:|---:|---:|", flush=True)
+    print(
+        "| style | variant | seed | Dice | DSB score | AP50 |\n|---|---|---:|---:|---:|---:|",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         boundary: tuple[str, Path] | None = None
@@ -161,14 +175,16 @@ def main() -> None:
             make_synthetic(root / style / "data", n=20, seed=11, **kind)
             make_synthetic(root / style / "held_out", n=6, seed=12, **kind)
             for variant in args.variants:
-                folder = train(root / style / "data", variant, args.epochs, root / style)
-                s = score(folder, root / style / "held_out")
-                print(
-                    f"| {style} | {variant} | {s['dice']:.4f} | {s['dsb']:.4f} | "
-                    f"{s['ap50']:.4f} |",
-                    flush=True,
-                )
-                boundary = (style, folder) if variant == "boundary" else boundary
+                for seed in args.seeds:
+                    data = root / style / "data"
+                    folder = train(data, variant, args.epochs, root / style, seed=seed)
+                    s = score(folder, root / style / "held_out")
+                    print(
+                        f"| {style} | {variant} | {seed} | {s['dice']:.4f} | {s['dsb']:.4f} | "
+                        f"{s['ap50']:.4f} |",
+                        flush=True,
+                    )
+                    boundary = (style, folder) if variant == "boundary" else boundary
         if boundary is not None:
             style, folder = boundary
             rgba, _ = render_scene(np.random.default_rng(0), 512, 512, 12, style)
@@ -180,19 +196,22 @@ def main() -> None:
             )
 
 
-def real(sets: list[Path], variants: list[str], epochs: int) -> None:
+def real(sets: list[Path], variants: list[str], epochs: int, seeds: list[int]) -> None:
     """(c): each variant on each real set, scored on the set's own held-out images."""
     _common.header(f"instances on real sets: each target's objects, {epochs} epochs")
-    print("| set | variant | plan | Dice | DSB score | Otsu Dice |\n|---|---|---|---:|---:|---:|")
+    print(
+        "| set | variant | seed | plan | Dice | DSB score | Otsu Dice |\n"
+        "|---|---|---:|---|---:|---:|---:|"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for folder in sets:
             train_dir, heldout = _common.real_set(folder)
             base = planned(train_dir)
-            for variant in variants:
-                model = train(train_dir, variant, epochs, Path(tmp) / folder.name, base)
+            for variant, seed in ((v, s) for v in variants for s in seeds):
+                model = train(train_dir, variant, epochs, Path(tmp) / folder.name, base, seed)
                 s = _common.score_heldout(model, heldout)
                 print(
-                    f"| {folder.name} | {variant} | scale {base['scale']:g}, "
+                    f"| {folder.name} | {variant} | {seed} | scale {base['scale']:g}, "
                     f"{VARIANTS[variant].get('normalization', base['normalization'])} | "
                     f"{s['dice']:.4f} | {s.get('dsb', float('nan')):.4f} | {s['otsu']:.4f} |",
                     flush=True,
