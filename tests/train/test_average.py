@@ -58,7 +58,7 @@ def test_a_run_with_ema_validates_keeps_and_resumes_the_average(
 ) -> None:
     leaves = {"patch_size": 32, "patches_per_epoch": 16, "depth": 2, "base_filters": 4}
     cfg = RunConfig.from_dict(
-        {**leaves, "epochs": 3, "val_fraction": 0.25, "dsb_every": 0, "ema_epochs": 1.0}
+        {**leaves, "epochs": 3, "val_fraction": 0.25, "dsb_every": 0, "ema_horizon": 1.0}
         | {"keep_weights": "last"}
     )
     arrays = load_dataset(synth_dir, cfg.data)

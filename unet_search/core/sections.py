@@ -338,11 +338,11 @@ class TrainConfig(Frozen):
     # `early_stop_metric`, or the last epoch's (nnU-Net's rule: lost 0.04-0.19 held-out Dice
     # on real sets, bench/README.md "12, the planned default: which weights it keeps").
     keep_weights: Annotated[str, choice(["best", "last"])] = "best"
-    # Validate, keep and save a moving average of the weights over about this many epochs
-    # (0: the weights as trained; unet_search.train.average). 1 epoch for the planned
-    # default: medians -0.009 / +0.008 on two real sets, seed spread larger (bench/README.md,
-    # "12, the planned default"): off by default.
-    ema_epochs: Annotated[float, between(0, 1000)] = 0.0
+    # Validate, keep and save a moving average of the weights, its horizon in epochs (0: the
+    # weights as trained; unet_search.train.average). 1 epoch for the planned default:
+    # medians -0.009 / +0.008 on two real sets, seed spread larger (bench/README.md, "12, the
+    # planned default"): off by default.
+    ema_horizon: Annotated[float, between(0, 1000)] = 0.0
     # compute the DSB2018 instance score every N epochs (0: never)
     dsb_every: Annotated[int, at_least(0)] = 1
     num_sample_images: Annotated[int, between(0, 64)] = 4

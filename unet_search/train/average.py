@@ -1,12 +1,13 @@
-"""An exponential moving average of a model's weights (``train.ema_epochs``), in plain PyTorch.
+"""An exponential moving average of a model's weights (``train.ema_horizon``, in epochs), in
+plain PyTorch.
 
-The averaged copy is what a run validates, keeps and saves: one optimizer step's noise, and
-the batch-norm statistics of the last few batches, move a small data set's validation Dice by
-a lot from one epoch to the next (bench/README.md, "12, the planned default"), and an average
-of the last steps' weights is a better model than any one of them (Polyak averaging; timm's
-``ModelEmaV2``, YOLO's ``ModelEMA``). The horizon is given in epochs, so that it means the same
-whatever an epoch's number of steps (16 on a CPU search's patches, thousands on a GPU).
-"""
+The averaged copy is what a run validates, keeps and saves (Polyak averaging; timm's
+``ModelEmaV2``, YOLO's ``ModelEMA``): one optimizer step's noise and the batch-norm
+statistics of the last few batches move a small data set's validation Dice from one epoch
+to the next, and an average of the last steps' weights is meant to take that out. Measured
+on two real sets it did not steady the planned default (bench/README.md, "12, the planned
+default"), so it is off by default. The horizon is given in epochs, so that it means the
+same whatever an epoch's number of steps (16 on a CPU search's patches, thousands on a GPU)."""
 
 from __future__ import annotations
 

@@ -106,7 +106,7 @@ class TrainingState:
     epoch: int = 0  # epochs completed
     best_state: dict[str, torch.Tensor] | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)  # the kept epoch's
-    average: WeightAverage | None = None  # the weights' moving average (train.ema_epochs)
+    average: WeightAverage | None = None  # the weights' moving average (train.ema_horizon)
 
     @property
     def module(self) -> nn.Module:
@@ -116,7 +116,7 @@ class TrainingState:
     @property
     def scored(self) -> nn.Module:
         """The model a run validates, keeps and saves: the moving average of the weights
-        with ``train.ema_epochs``, else the trained model (without its DDP wrapper)."""
+        with ``train.ema_horizon``, else the trained model (without its DDP wrapper)."""
         return self.average.model if self.average is not None else self.module
 
     def keep(self, metrics: dict[str, float]) -> None:
@@ -406,9 +406,9 @@ def new_training_state(
     )
     early = EarlyStopping(cfg.train.early_stop_metric, cfg.train.early_stop_patience)
     average = None
-    if cfg.train.ema_epochs > 0:
+    if cfg.train.ema_horizon > 0:
         module = getattr(model, "module", model)
-        average = WeightAverage(module, cfg.train.ema_epochs, steps_per_epoch)
+        average = WeightAverage(module, cfg.train.ema_horizon, steps_per_epoch)
     return TrainingState(model, optimizer, scheduler, early, scaler, average=average)
 
 
