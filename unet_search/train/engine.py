@@ -405,11 +405,10 @@ def new_training_state(
         torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.train.amp == "fp16" else None
     )
     early = EarlyStopping(cfg.train.early_stop_metric, cfg.train.early_stop_patience)
-    average = None
+    state = TrainingState(model, optimizer, scheduler, early, scaler)
     if cfg.train.ema_horizon > 0:
-        module = getattr(model, "module", model)
-        average = WeightAverage(module, cfg.train.ema_horizon, steps_per_epoch)
-    return TrainingState(model, optimizer, scheduler, early, scaler, average=average)
+        state.average = WeightAverage(state.module, cfg.train.ema_horizon, steps_per_epoch)
+    return state
 
 
 def keep_the_start(
