@@ -17,10 +17,11 @@ from optuna.trial import TrialState
 
 from unet_search.core.config import RunConfig
 from unet_search.core.errors import ConfigError
+from unet_search.core.names import STATE_FILE
 from unet_search.data.dataset import load_dataset
 from unet_search.data.synthetic import make_synthetic
 from unet_search.distributed.faults import FAULT_ENV
-from unet_search.distributed.recipe import STATE_FILE, WorkerContext, _resume
+from unet_search.distributed.recipe import WorkerContext, _resume
 from unet_search.finish.run import run_search
 from unet_search.models.build import build_model, save_model_dir
 from unet_search.serve.inference import load_model

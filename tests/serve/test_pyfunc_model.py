@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import TargetModels, TrainedModel, store_in
 
+from unet_search.core.names import CONFIG_FILE
 from unet_search.core.sections import ModelConfig
-from unet_search.models.build import CONFIG_FILE
 from unet_search.serve.export import log_and_register
 from unet_search.serve.inference import Predictor
 from unet_search.tracking.client import create_run, ensure_experiment

@@ -19,9 +19,9 @@ from conftest import LEAN, MlflowServer
 from mlflow.tracking import MlflowClient
 
 from unet_search import cli
+from unet_search.core.names import UNSENT_FILE
 from unet_search.core.tags import TAG_SEARCH_ID, TAG_TRIAL_ID
 from unet_search.data.synthetic import make_synthetic
-from unet_search.distributed.recipe import UNSENT_FILE
 from unet_search.tracking.outage import PATIENCE_ENV
 from unet_search.tracking.read import find_search
 

@@ -171,7 +171,9 @@ def test_auto_in_a_space_is_filled_from_the_plan(tmp_path: Path) -> None:
     provisional = load_space(path)
     assert provisional.auto == ("patch_size", "normalization", "depth.low", "depth.high")
     assert provisional.plan is None
-    assert provisional.base_config().data.patch_size == (PROVISIONAL["patch_size"],) * 2
+    assert (
+        list(provisional.base_config().data.patch_size) == PROVISIONAL["patch_size"] == [128, 128]
+    )
     spec = plan_space(provisional, arrays)
     assert spec.settings.budget == "cpu-quick"  # the default without a GPU, kept for resume
     assert spec.plan is not None and spec.plan.batch_size == 4  # the given batch binds

@@ -16,6 +16,7 @@ from typing import Any
 from unet_search.cli.checks import require_tracking, say_notes, warn_sizes
 from unet_search.core.errors import UserError
 from unet_search.core.files import written_whole
+from unet_search.core.outcome import RunStatus
 
 __all__ = [
     "cmd_make_data",
@@ -271,14 +272,14 @@ def _leave_job_working_dir(workdir: Path) -> None:
 
 def _report(out: Any, mode: str, workdir: Path) -> None:
     from unet_search.core.env import in_ray_job
-    from unet_search.report.data import REPORT_ARTIFACT_DIR
-    from unet_search.tracking.client import SEARCH_LOG_DIR, resolve_tracking_uri, ui_hint
+    from unet_search.core.names import REPORT_DIR, SEARCH_LOG_DIR
+    from unet_search.tracking.client import resolve_tracking_uri, ui_hint
     from unet_search.tracking.read import rank_trials
 
     metric = out.metric
     counts = ", ".join(
         f"{sum(t.status == s for t in out.trials)} {s.lower()}"
-        for s in ("FINISHED", "KILLED", "FAILED")
+        for s in (RunStatus.FINISHED, RunStatus.KILLED, RunStatus.FAILED)
     )
     print(f"\nsearch {out.search_id}: {len(out.trials)} trials {counts}")
     _print_trials(rank_trials(out.trials, mode)[:8], metric)
@@ -315,7 +316,7 @@ def _report(out: Any, mode: str, workdir: Path) -> None:
     where = "on the job's driver node; " if in_ray_job() else ""
     run = f"of run {out.parent_run_id}"
     if out.report is not None:
-        print(f"report       {out.report}  ({where}also in MLflow: {REPORT_ARTIFACT_DIR}/ {run})")
+        print(f"report       {out.report}  ({where}also in MLflow: {REPORT_DIR}/ {run})")
     print(
         f"search log   {out.log}  ({where}also in MLflow: {SEARCH_LOG_DIR}/{out.log.name} {run})"
     )

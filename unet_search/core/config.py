@@ -19,13 +19,13 @@ from unet_search.core.schema import Frozen, broken
 from unet_search.core.sections import (
     AUTO,
     MAX_BOTTLENECK_TOKENS,
-    PLANNED_LEAVES,
     AugmentConfig,
     DataConfig,
     LossConfig,
     ModelConfig,
     OptimConfig,
     TrainConfig,
+    auto_rule,
     bottleneck_side,
 )
 
@@ -440,11 +440,8 @@ def auto_leaves(flat: Mapping[str, Any], source: str) -> tuple[str, ...]:
     """The leaves set to ``auto``: only :data:`PLANNED_LEAVES` may be."""
     auto = tuple(leaf for leaf, value in flat.items() if value == AUTO)
     for leaf in auto:
-        if leaf not in PLANNED_LEAVES:
-            raise ConfigError(
-                f"{source}: `{LEAF_SECTION[leaf]}.{leaf}` cannot be `auto`; the plan fills "
-                f"only {list(PLANNED_LEAVES)}."
-            )
+        if why := auto_rule(leaf):
+            raise ConfigError(f"{source}: `{LEAF_SECTION[leaf]}.{leaf}` {why}.")
     return auto
 
 

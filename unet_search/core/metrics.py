@@ -7,9 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "best_key",
     "better",
     "dsb_rule",
     "INSTANCE_METRICS",
+    "kept",
     "Metric",
     "METRICS",
     "sign",
@@ -46,6 +48,18 @@ METRICS: dict[str, Metric] = {
 VAL_METRICS = tuple(METRICS)
 # Scored on instances, every `dsb_every` epochs (dsb_rule says when they can rank runs).
 INSTANCE_METRICS = ("val_dsb_score", "val_ap50")
+
+
+def best_key(metric: str) -> str:
+    """The result and MLflow metric key of ``metric``'s value for the weights a run keeps
+    (its best epoch so far): ``best_val_dice``. Tune, ASHA, Optuna, the report and the
+    parent run's summary all read it under this name."""
+    return f"best_{metric}"
+
+
+def kept(scores: dict[str, float]) -> dict[str, float]:
+    """``scores``' table metrics under their :func:`best_key` names (a run's kept weights)."""
+    return {best_key(k): v for k, v in scores.items() if k in METRICS}
 
 
 def sign(mode: str) -> float:

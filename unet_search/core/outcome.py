@@ -20,11 +20,22 @@ __all__ = [
     "infeasible",
     "Outcome",
     "outcome_of",
+    "RunStatus",
     "trained_to_the_end",
 ]
 
 FINISHED_KEY = "finished"  # the result key a training epoch sets to 1.0 on its last epoch
 INFEASIBLE_KEY = "infeasible"  # 1.0 in the one result of a trial over a limit
+
+
+class RunStatus(enum.StrEnum):
+    """An MLflow run's status as unet-search sets and reads it (a str: compares equal to
+    MLflow's own status strings)."""
+
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    KILLED = "KILLED"  # stopped early, infeasible, or interrupted
+    FAILED = "FAILED"
 
 
 class Outcome(enum.StrEnum):
@@ -37,7 +48,7 @@ class Outcome(enum.StrEnum):
     RUNNING = "running"
 
     @property
-    def run_status(self) -> str:
+    def run_status(self) -> RunStatus:
         """The MLflow run status of a trial that ended so."""
         return _RUN_STATUS[self]
 
@@ -48,11 +59,11 @@ class Outcome(enum.StrEnum):
 
 
 _RUN_STATUS = {
-    Outcome.FINISHED: "FINISHED",
-    Outcome.STOPPED_EARLY: "KILLED",
-    Outcome.FAILED: "FAILED",
-    Outcome.INFEASIBLE: "KILLED",  # read back as stopped early where the tag is missing
-    Outcome.RUNNING: "RUNNING",
+    Outcome.FINISHED: RunStatus.FINISHED,
+    Outcome.STOPPED_EARLY: RunStatus.KILLED,
+    Outcome.FAILED: RunStatus.FAILED,
+    Outcome.INFEASIBLE: RunStatus.KILLED,  # read back as stopped early where the tag is missing
+    Outcome.RUNNING: RunStatus.RUNNING,
 }
 
 

@@ -25,6 +25,8 @@ __all__ = [
     "NORMALIZATION_NAMES",
     "AUTO",
     "PLANNED_LEAVES",
+    "auto_rule",
+    "network_input",
     "RESIZE_DEFAULT",
     "BLOCKS",
     "POOLINGS",
@@ -81,6 +83,14 @@ PLANNED_LEAVES = (
     "normalization",
     "target",
 )
+
+
+def auto_rule(leaf: str) -> str | None:
+    """Why ``leaf`` cannot be ``auto`` (None: it may, the plan fills it). The one rule: run
+    configs and spaces both ask it."""
+    if leaf in PLANNED_LEAVES:
+        return None
+    return f"cannot be `auto`; the plan fills only {list(PLANNED_LEAVES)}"
 
 
 # The from-scratch UNet's options (REFERENCE.md 1d-1e; unet_search.models.blocks builds them).
@@ -188,7 +198,14 @@ class DataConfig(Frozen):
     @property
     def input_size(self) -> tuple[int, int]:
         """What the model trains on: a patch, or resize mode's square."""
-        return self.patch_size if self.input_mode == "patch" else (self.square, self.square)
+        return network_input(self.input_mode, self.patch_size, self.square)
+
+
+def network_input(input_mode: str, patch: tuple[int, int], square: int) -> tuple[int, int]:
+    """(height, width) the network sees at once, in training and in every prediction tile:
+    patch mode's patch, or resize mode's square. The one rule (the config and a saved model's
+    prediction plan both ask it)."""
+    return patch if input_mode == "patch" else (square, square)
 
 
 def bottleneck_side(size: tuple[int, int], depth: int) -> tuple[int, int]:

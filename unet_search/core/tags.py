@@ -10,7 +10,8 @@ TAG_CODE_VERSION = "unet_search.code_version"
 TAG_SEARCH_ID = "unet_search.search_id"
 TAG_TRIAL_ID = "unet_search.trial_id"
 TAG_TRIAL_NUMBER = "unet_search.trial_number"  # Optuna's trial number
-TAG_OUTCOME = "unet_search.outcome"  # finished | stopped_early | failed (a trial's end)
+# finished | stopped_early | failed | infeasible (a trial's end: unet_search.core.outcome)
+TAG_OUTCOME = "unet_search.outcome"
 TAG_ERROR = "unet_search.error"  # a failed trial's exception (the traceback: error.txt)
 TAG_BASELINE = "unet_search.baseline"  # the baseline preset's name, on the baseline trial
 TAG_DEFAULT = "unet_search.default"  # "true" on the planned default configuration's trial
@@ -20,6 +21,12 @@ TAG_FINAL_FIT = "unet_search.final_fit"  # "true" on a search's final fit
 # {"epochs": E, "init_run": a run id or None} on the final fit (search/final.py).
 TAG_DATA_LAYOUT = "unet_search.data_layout"  # dsb2018 | images_masks
 TAG_PARENT = "mlflow.parentRunId"
+# Where a run trained (Ray's words): its world size and the nodes of its ranks
+TAG_RAY_WORLD_SIZE = "ray.world_size"
+TAG_RAY_NODE_IP = "ray.node_ip"  # rank 0's
+TAG_RAY_NODE_ID = "ray.node_id"  # rank 0's
+TAG_RAY_NODE_IDS = "ray.node_ids"  # every rank's, comma-separated
+TAG_RAY_NUM_WORKERS = "ray.num_workers"  # on a `unet-search train` run
 # A search's parent run
 TAG_KIND = "unet_search.kind"  # "search"
 TAG_BEST_TRIAL = "unet_search.best_trial_id"

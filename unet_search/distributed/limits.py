@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from unet_search.core.config import RunConfig
-from unet_search.core.metrics import METRICS
+from unet_search.core.metrics import kept
 from unet_search.core.outcome import INFEASIBLE_KEY
 from unet_search.models.build import count_parameters
 from unet_search.train.engine import TrainingState, Validation, validate
@@ -65,5 +65,4 @@ def infeasible_result(
     """The one result of a trial over a limit: its untrained model's validation numbers
     (what Optuna is told beside the limits), marked infeasible, epoch 0."""
     scores = validate(state.model, val, loss_fn, cfg, device, cfg.train.dsb_every > 0)
-    best = {f"best_{k}": v for k, v in scores.items() if k in METRICS}
-    return {**scores, **best, **measured, "epoch": 0.0, INFEASIBLE_KEY: 1.0}
+    return {**scores, **kept(scores), **measured, "epoch": 0.0, INFEASIBLE_KEY: 1.0}

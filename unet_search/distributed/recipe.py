@@ -16,9 +16,9 @@ import copy
 import json
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,26 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from unet_search.core.config import RunConfig
+from unet_search.core.names import (
+    BEST_MODEL_DIR,
+    MEASURED_FILE,
+    MODEL_FILE,
+    SAMPLES_KEY,
+    STATE_FILE,
+    UNSENT_FILE,
+)
 from unet_search.core.outcome import trained_to_the_end
 from unet_search.core.sections import TrainConfig
+from unet_search.core.tags import (
+    TAG_RAY_NODE_ID,
+    TAG_RAY_NODE_IDS,
+    TAG_RAY_NODE_IP,
+    TAG_RAY_WORLD_SIZE,
+)
 from unet_search.data.dataset import DatasetArrays
 from unet_search.distributed.faults import maybe_fail
 from unet_search.distributed.limits import Limits, infeasible_result, measure
-from unet_search.models.build import MODEL_FILE, build_model, count_parameters, save_model_dir
+from unet_search.models.build import build_model, count_parameters, save_model_dir
 from unet_search.tracking.client import download_artifacts, log_artifacts
 from unet_search.tracking.outage import DEFAULT_PATIENCE_S, Outbox, with_patience
 from unet_search.train.engine import (
@@ -51,15 +65,13 @@ from unet_search.train.engine import (
     val_indices,
 )
 from unet_search.train.instances import Decoding, choose_decoding, foreground_labels
+from unet_search.train.latency import median_ms
 from unet_search.train.losses import loss_of
 from unet_search.train.sliding import plan_of, predict_logits, preprocessing_of
 from unet_search.train.transforms import Normalization
 from unet_search.train.visualize import triptych
 
 __all__ = [
-    "STATE_FILE",
-    "UNSENT_FILE",
-    "SAMPLES_KEY",
     "WorkerContext",
     "RECIPE_KEY",
     "RecipeInput",
@@ -69,19 +81,7 @@ __all__ = [
 ]
 
 
-STATE_FILE = "state.pt"
-
-
 RECIPE_KEY = "recipe"  # a TorchTrainer's train_loop_config: {RECIPE_KEY: RecipeInput}
-
-
-UNSENT_FILE = "mlflow_unsent.json"  # in a checkpoint: logging the tracking server lacks
-# in a checkpoint: what the trial measured before its first epoch (num_parameters,
-# inference_ms), which every result carries for Optuna and MO-ASHA after a restart too
-MEASURED_FILE = "measured.json"
-
-
-SAMPLES_KEY = "val_predictions"  # MLflow image key: the fixed samples every few epochs
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ def _warm_start(model: torch.nn.Module, uri: str, run_id: str, patience_s: float
         path = with_patience(
             uri,
             f"run {run_id}: its kept weights",
-            lambda: download_artifacts(uri, run_id, "best_model", Path(tmp)),
+            lambda: download_artifacts(uri, run_id, BEST_MODEL_DIR, Path(tmp)),
             patience_s,
         )
         model.load_state_dict(load_file(str(path / MODEL_FILE)))
@@ -251,17 +251,14 @@ def _inference_ms_per_image(
     arrays: DatasetArrays,
     picks: np.ndarray,
     norm: Normalization,
-    repeats: int = 3,
 ) -> float:
-    """Median wall time per image of predicting ``picks`` whole (as ``predict`` does), after a
-    warm-up."""
-    _predict_masks(module, cfg, arrays, picks[:1], norm)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _predict_masks(module, cfg, arrays, picks, norm)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times)) / len(picks)
+    """Median ms per image of predicting the sample images ``picks`` whole, as ``predict``
+    does, measured as every latency is (:func:`unet_search.train.latency.median_ms`: a
+    warm-up on the first image, the device synchronized)."""
+    device = next(module.parameters()).device
+    whole = partial(_predict_masks, module, cfg, arrays, picks, norm)
+    first = partial(_predict_masks, module, cfg, arrays, picks[:1], norm)
+    return median_ms(whole, device, first) / len(picks)
 
 
 def _choose_decoding(
@@ -303,7 +300,7 @@ def _log_final(
         metrics |= {"decoding_min_size": float(decoding[0].min_size)}
     with tempfile.TemporaryDirectory() as tmp:
         save_model_dir(
-            Path(tmp) / "best_model",
+            Path(tmp) / BEST_MODEL_DIR,
             module,
             cfg.model,
             cfg.data.network_classes,
@@ -335,10 +332,10 @@ def _log_start(outbox: Outbox, model: torch.nn.Module, world: int, nodes: list[s
     outbox.log_params({"num_parameters": count_parameters(model)}, now=False)
     outbox.set_tags(
         {
-            "ray.world_size": world,
-            "ray.node_ip": ray.util.get_node_ip_address(),
-            "ray.node_id": ray.get_runtime_context().get_node_id(),
-            "ray.node_ids": ",".join(nodes),  # the nodes of all ranks
+            TAG_RAY_WORLD_SIZE: world,
+            TAG_RAY_NODE_IP: ray.util.get_node_ip_address(),
+            TAG_RAY_NODE_ID: ray.get_runtime_context().get_node_id(),
+            TAG_RAY_NODE_IDS: ",".join(nodes),
         },
         now=False,
     )

@@ -19,7 +19,14 @@ from unet_search import RAY_ENV
 from unet_search.core.config import RunConfig
 from unet_search.core.env import code_version
 from unet_search.core.errors import UserError
-from unet_search.core.tags import TAG_CODE_VERSION, TAG_DATA_LAYOUT, TAG_FINGERPRINT
+from unet_search.core.names import TRIAL_SLOT
+from unet_search.core.outcome import RunStatus
+from unet_search.core.tags import (
+    TAG_CODE_VERSION,
+    TAG_DATA_LAYOUT,
+    TAG_FINGERPRINT,
+    TAG_RAY_NUM_WORKERS,
+)
 from unet_search.data.dataset import DatasetArrays
 from unet_search.distributed.faults import FAULT_ENV
 from unet_search.distributed.recipe import RECIPE_KEY, RecipeInput, train_loop_per_worker
@@ -75,14 +82,14 @@ def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:
         env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
     local: dict[str, Any] = {}
     if address == "local":
-        # A local cluster gets "trial_slot" resources: a search's TorchTrainer trial drivers
+        # A local cluster gets TRIAL_SLOT resources: a search's TorchTrainer trial drivers
         # hold one slot and no CPU (see search/trial.py, _resources).
         port = _free_port()
         # In the job's runtime env, not this process's: a process this one starts later (a
         # `ray start` cluster, another command) must not inherit this cluster's address.
         env[API_SERVER_ENV] = f"http://127.0.0.1:{port}"
         local = {
-            "resources": {"trial_slot": 1000.0},
+            "resources": {TRIAL_SLOT: 1000.0},
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
             "dashboard_port": port,
@@ -185,19 +192,19 @@ def run_training(
             TAG_FINGERPRINT: arrays.fingerprint,
             TAG_CODE_VERSION: code_version(),
             TAG_DATA_LAYOUT: arrays.layout,
-            "ray.num_workers": str(cfg.train.num_workers),
+            TAG_RAY_NUM_WORKERS: str(cfg.train.num_workers),
         },
     )
     recipe = RecipeInput(
         cfg, ray.put(arrays), uri, run_id, tracking_patience_s=tracking_patience()
     )
     trainer = build_trainer(recipe, workdir / "ray_results", f"train-{run_id}", worker_env)
-    status = "FAILED"
+    status = RunStatus.FAILED
     try:
         result = trainer.fit()
-        status = "FINISHED"
+        status = RunStatus.FINISHED
     except KeyboardInterrupt:
-        status = "KILLED"
+        status = RunStatus.KILLED
         raise
     finally:
         if reachable(uri):  # else the run stays RUNNING: it did not end well

@@ -14,6 +14,9 @@ import optuna
 import torch
 
 from unet_search.core.errors import UserError
+from unet_search.core.metrics import best_key
+from unet_search.core.names import BEST_MODEL_DIR, ONNX_DIR, PARETO_FILE, SUMMARY_FILE
+from unet_search.core.outcome import RunStatus
 from unet_search.core.tags import (
     TAG_BEST_RUN,
     TAG_BEST_TRIAL,
@@ -40,7 +43,7 @@ from unet_search.search.final import FinalPlan
 from unet_search.search.outcome import TrialSummary, front_of
 from unet_search.serve.export import log_and_register
 from unet_search.serve.inference import Predictor, find_model_dir, score_images
-from unet_search.serve.onnx import ONNX_DIR, export_onnx
+from unet_search.serve.onnx import export_onnx
 from unet_search.space.settings import SearchSettings
 from unet_search.tracking.client import download_artifacts, log_artifacts, log_metrics, set_tags
 from unet_search.tracking.registry import Registration
@@ -52,7 +55,6 @@ __all__ = [
     "log_summary",
     "onnx_export",
     "pareto",
-    "PARETO_FILE",
     "pareto_trials",
     "otsu_veto",
     "register_best",
@@ -112,7 +114,7 @@ def log_summary(
     metric = ctx.spec.settings.metric
     with tempfile.TemporaryDirectory() as tmp:
         rows = [asdict(t) for t in trials]
-        (Path(tmp) / "summary.json").write_text(json.dumps(rows, indent=2, default=str))
+        (Path(tmp) / SUMMARY_FILE).write_text(json.dumps(rows, indent=2, default=str))
         header = "trial,name,status,best_" + metric + ",epochs,baseline,params\n"
         lines = [
             f"{t.index},{t.name},{t.status},{'' if t.value is None else f'{t.value:.6f}'},"
@@ -127,12 +129,12 @@ def log_summary(
     metrics: dict[str, float] = {"num_trials": float(len(trials)), **test, **(extra or {})}
     if ctx.otsu_val_dice is not None:  # a plain threshold on the same images
         metrics["otsu_val_dice"] = ctx.otsu_val_dice
-    for status in ("FINISHED", "KILLED", "FAILED"):
+    for status in (RunStatus.FINISHED, RunStatus.KILLED, RunStatus.FAILED):
         metrics[f"trials_{status.lower()}"] = float(sum(t.status == status for t in trials))
     if ctx.spec.settings.constraints:  # of the killed: over a limit before training
         metrics["trials_infeasible"] = float(sum(t.infeasible for t in trials))
     if best and best.value is not None:
-        metrics[f"best_{metric}"] = best.value
+        metrics[best_key(metric)] = best.value
     if baseline and baseline.value is not None:
         metrics[f"baseline_{metric}"] = baseline.value
         if best and best.value is not None:
@@ -149,9 +151,6 @@ def log_summary(
         )
 
 
-PARETO_FILE = "pareto.json"  # the parent run's front of a multi-objective search
-
-
 def pareto_trials(trials: list[TrialSummary], settings: SearchSettings) -> list[TrialSummary]:
     """A multi-objective search's front: the non-dominated trials among those that finished
     (within the limits: an infeasible trial trained nothing; the seed baseline, a reference,
@@ -159,7 +158,7 @@ def pareto_trials(trials: list[TrialSummary], settings: SearchSettings) -> list[
     if not settings.multi_objective:
         return []
     finished = [
-        t for t in trials if t.status == "FINISHED" and not t.baseline and not t.infeasible
+        t for t in trials if t.status == RunStatus.FINISHED and not t.baseline and not t.infeasible
     ]
     return front_of(finished, settings)
 
@@ -176,7 +175,7 @@ def pareto(trials: list[TrialSummary], settings: SearchSettings) -> list[dict[st
 def download_best_model(ctx: SearchContext, best: TrialSummary, tmp: Path) -> Path:
     """The best trial's kept model (its ``best_model`` artifact), downloaded under ``tmp``."""
     assert best.run_id is not None
-    return download_artifacts(ctx.tracking_uri, best.run_id, "best_model", tmp)
+    return download_artifacts(ctx.tracking_uri, best.run_id, BEST_MODEL_DIR, tmp)
 
 
 def test_scores(ctx: SearchContext, model: Path, arrays: DatasetArrays) -> dict[str, float]:

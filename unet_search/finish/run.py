@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ParamSpec
 
+from unet_search.core.names import SEARCH_LOG_DIR
+from unet_search.core.outcome import RunStatus
 from unet_search.core.tags import TAG_ALIAS, TAG_DECISION, TAG_REGISTERED
 from unet_search.data.dataset import DatasetArrays
 from unet_search.finish.outcome import (
@@ -26,7 +28,7 @@ from unet_search.finish.outcome import (
 from unet_search.report.page import write_report
 from unet_search.search.context import SearchContext
 from unet_search.search.driver import Explored, Started, explore, restart_search, start_search
-from unet_search.tracking.client import SEARCH_LOG_DIR, end_run, log_artifact, set_tags
+from unet_search.tracking.client import end_run, log_artifact, set_tags
 from unet_search.tracking.outage import TrackingUnavailable
 from unet_search.tracking.registry import Registration
 
@@ -72,11 +74,11 @@ def _finish(started: Started) -> SearchOutcome:
     """Explore, then score, log and register the best; end the parent run and upload the
     log whatever happened (it stays RUNNING only when MLflow went away, for ``resume``)."""
     ctx = started.ctx
-    status: str | None = "FAILED"
+    status: RunStatus | None = RunStatus.FAILED
     try:
         explored = explore(started)
         test, registration = _register(ctx, explored, started.model_name, started.arrays)
-        status = "FINISHED"
+        status = RunStatus.FINISHED
     except TrackingUnavailable as err:
         status = None  # the parent run stays RUNNING: `resume` finishes the search
         raise TrackingUnavailable(
@@ -85,7 +87,7 @@ def _finish(started: Started) -> SearchOutcome:
             "once the server is back."
         ) from None
     except KeyboardInterrupt:
-        status = "KILLED"
+        status = RunStatus.KILLED
         raise
     finally:
         if status is not None:

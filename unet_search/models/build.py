@@ -20,6 +20,7 @@ from torch import nn
 
 from unet_search.core.config import CLASSIC, RunConfig
 from unet_search.core.errors import ConfigError
+from unet_search.core.names import CONFIG_FILE, MODEL_FILE
 from unet_search.core.sections import MAX_BOTTLENECK_TOKENS, ModelConfig
 from unet_search.models.blocks import SCSE_REDUCTION
 from unet_search.models.smp import (
@@ -38,8 +39,6 @@ __all__ = [
     "OPTIONS",
     "REFERENCE_MODEL",
     "option_parameter_counts",
-    "MODEL_FILE",
-    "CONFIG_FILE",
     "out_channels",
     "validate_model_config",
     "build_model",
@@ -99,9 +98,6 @@ UNET3PLUS_ATTENTIONS = ("none", "scse")
 VALID_BOTTLENECKS = ("plain",)
 # smp architectures an encoder family cannot feed (smp refuses them at construction).
 SMP_REFUSED = {("unetplusplus", "mit_b"): "UNet++ has no Mix Transformer (mit_b*) support in smp"}
-
-
-MODEL_FILE, CONFIG_FILE = "model.safetensors", "model_config.json"
 
 
 def out_channels(num_classes: int) -> int:

@@ -5,16 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from unet_search.core.metrics import METRICS, better, sign
+from unet_search.core.metrics import METRICS, best_key, better, sign
 from unet_search.space.load import load_space_text
 from unet_search.space.spec import SearchSpec
 from unet_search.tracking.read import SearchRecord, TrialRecord, search_record
 from unet_search.tracking.state import read_search_state
 
-__all__ = ["REPORT_ARTIFACT_DIR", "ReportData", "load_report_data"]
-
-
-REPORT_ARTIFACT_DIR = "report"
+__all__ = ["ReportData", "load_report_data"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +33,7 @@ class ReportData:
 
     def value(self, trial: TrialRecord) -> float | None:
         """A trial's best value of the search metric (the weights it kept)."""
-        value = trial.metrics.get(f"best_{self.metric}")
+        value = trial.metrics.get(best_key(self.metric))
         return None if value is None or math.isnan(value) else float(value)
 
     def better(self, a: float, b: float) -> bool:

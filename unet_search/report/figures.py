@@ -17,7 +17,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, ScalarFormatter
 
-from unet_search.core.metrics import sign
+from unet_search.core.metrics import best_key, sign
 from unet_search.core.outcome import Outcome
 from unet_search.report.data import ReportData
 from unet_search.search.pareto import fronts
@@ -325,7 +325,7 @@ def objective_value(trial: TrialRecord, metric: str) -> float | None:
     limited one as measured before training (``num_parameters``, ``inference_ms``)."""
     if metric in LIMITED:
         return trial_cost(trial, metric)
-    value = trial.metrics.get(f"best_{metric}")
+    value = trial.metrics.get(best_key(metric))
     return None if value is None or math.isnan(value) else float(value)
 
 

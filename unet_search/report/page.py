@@ -24,6 +24,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from unet_search.core.metrics import METRICS
+from unet_search.core.names import REPORT_DIR
 from unet_search.core.outcome import Outcome
 from unet_search.core.tags import (
     TAG_ALIAS,
@@ -34,7 +35,7 @@ from unet_search.core.tags import (
     TAG_FINGERPRINT,
     TAG_REGISTERED,
 )
-from unet_search.report.data import REPORT_ARTIFACT_DIR, ReportData, load_report_data
+from unet_search.report.data import ReportData, load_report_data
 from unet_search.report.figures import (
     OUTCOME_STYLE,
     fig_best_so_far,
@@ -356,5 +357,5 @@ def write_report(uri: str, search_id: str, out: Path, log: bool = False) -> Path
     data = load_report_data(uri, search_id)
     path = build_report(data, out)
     if log:
-        log_artifacts(uri, data.record.parent_run_id, out, REPORT_ARTIFACT_DIR)
+        log_artifacts(uri, data.record.parent_run_id, out, REPORT_DIR)
     return path

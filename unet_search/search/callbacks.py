@@ -10,6 +10,7 @@ from typing import Any
 
 from ray import tune
 
+from unet_search.core.names import ERROR_FILE
 from unet_search.core.outcome import Outcome, outcome_of
 from unet_search.core.tags import TAG_ERROR, TAG_OUTCOME
 from unet_search.search.context import SearchContext
@@ -66,7 +67,7 @@ class TrialStatusCallback(tune.Callback):
             run_id = runs.get(trial_id)
             if run_id is not None:
                 if error:
-                    log_text(uri, run_id, error, "error.txt")  # the traceback
+                    log_text(uri, run_id, error, ERROR_FILE)  # the traceback
                 set_tags(uri, run_id, tags)
                 end_run(uri, run_id, status)
             self.queue.pop(0)

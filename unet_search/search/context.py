@@ -1,5 +1,5 @@
 """What every piece of a search shares: the ``SearchContext`` handed to trials and callbacks,
-the custom resource that holds a trial driver's slot, the short architecture names."""
+the short architecture names."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ from dataclasses import dataclass
 from unet_search.space.spec import SearchSpec
 from unet_search.tracking.outage import DEFAULT_PATIENCE_S
 
-__all__ = ["TRIAL_SLOT", "ARCH_SHORT", "SearchContext"]
-
-
-TRIAL_SLOT = "trial_slot"
+__all__ = ["ARCH_SHORT", "SearchContext"]
 
 
 ARCH_SHORT = {"unet": "unet", "unetplusplus": "unet++", "unet3plus": "unet3+"}

@@ -29,6 +29,8 @@ from ray import tune
 
 from unet_search.core.env import code_version
 from unet_search.core.errors import UserError
+from unet_search.core.names import PLAN_FILE, PLAN_TEXT_FILE, SPACE_FILE, SPLIT_FILE, TRIAL_SLOT
+from unet_search.core.outcome import RunStatus
 from unet_search.core.tags import (
     TAG_CODE_VERSION,
     TAG_FINAL_SOURCE,
@@ -42,7 +44,7 @@ from unet_search.distributed.faults import FAULT_ENV
 from unet_search.distributed.trainer import init_ray
 from unet_search.search.asha import KEEP_CHECKPOINTS, SaveAfterCheckpoints, make_scheduler
 from unet_search.search.callbacks import TrialStatusCallback
-from unet_search.search.context import TRIAL_SLOT, SearchContext
+from unet_search.search.context import SearchContext
 from unet_search.search.final import (
     FINAL_SUFFIX,
     FinalPlan,
@@ -52,7 +54,6 @@ from unet_search.search.final import (
 )
 from unet_search.search.live import LiveView
 from unet_search.search.outcome import (
-    SPLIT_FILE,
     TrialSummary,
     pick_best,
     summaries,
@@ -85,7 +86,7 @@ from unet_search.tracking.client import (
 from unet_search.tracking.outage import require_reachable, tracking_patience
 from unet_search.tracking.state import SearchState
 from unet_search.train.engine import otsu_val_dice
-from unet_search.train.plan import PLAN_FILE, Plan
+from unet_search.train.plan import Plan
 
 __all__ = [
     "explore",
@@ -316,11 +317,11 @@ def _parent_run(
             TAG_CODE_VERSION: code_version(),
         },
     )
-    log_text(uri, parent, spec.source, "space.yaml")
+    log_text(uri, parent, spec.source, SPACE_FILE)
     parts = split_names(arrays.names, spec.base_config().data)  # image ids of each part
     log_text(uri, parent, json.dumps(parts, indent=1), SPLIT_FILE)
     if spec.plan is not None:
-        log_text(uri, parent, spec.plan.text(), "plan.txt")
+        log_text(uri, parent, spec.plan.text(), PLAN_TEXT_FILE)
         log_text(uri, parent, spec.plan.to_json(), PLAN_FILE)  # what `resume` reads back
     return parent
 
@@ -439,7 +440,7 @@ def restart_search(
     check_search_resources(spec)
     slot = TRIAL_SLOT in ray.cluster_resources()
     root = storage_root(workdir, storage) if storage else state.storage
-    if run_status(uri, state.parent_run_id) == "FINISHED":
+    if run_status(uri, state.parent_run_id) == RunStatus.FINISHED:
         raise UserError(f"search {state.search_id} already finished; nothing to resume.")
     reopen_run(uri, state.parent_run_id)
     log = route_ray_logs(workdir, state.search_id)

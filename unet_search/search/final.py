@@ -27,7 +27,7 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
-from unet_search.core.outcome import Outcome
+from unet_search.core.outcome import Outcome, RunStatus
 from unet_search.search.asha import KEEP_CHECKPOINTS, DurableFIFO, SaveAfterCheckpoints
 from unet_search.search.callbacks import TrialStatusCallback
 from unet_search.search.context import SearchContext
@@ -211,5 +211,7 @@ def run_final_fit(
             ),
         )
     final = summaries(tuner.fit(), ctx)
-    done = [t for t in final if t.status == "FINISHED" and t.value is not None and t.run_id]
+    done = [
+        t for t in final if t.status == RunStatus.FINISHED and t.value is not None and t.run_id
+    ]
     return done[0] if done else None

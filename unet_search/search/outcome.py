@@ -11,7 +11,7 @@ from typing import Any
 from ray import tune
 
 from unet_search.core.metrics import sign
-from unet_search.core.outcome import Outcome, outcome_of
+from unet_search.core.outcome import Outcome, RunStatus, outcome_of
 from unet_search.search.context import SearchContext
 from unet_search.search.incumbent import Curve
 from unet_search.search.pareto import fronts, knee
@@ -24,13 +24,9 @@ __all__ = [
     "choose",
     "front_of",
     "pick_best",
-    "SPLIT_FILE",
     "summaries",
     "TrialSummary",
 ]
-
-
-SPLIT_FILE = "split.json"  # the parent run's {"train": [...], "val": [...], "test": [...]}
 
 
 @dataclass(frozen=True)
@@ -106,7 +102,9 @@ def pick_best(trials: list[TrialSummary], settings: SearchSettings) -> TrialSumm
     best only when it really beats a trained candidate (or when it is the search's only
     trial)."""
     # Only finished trials logged their best model (ASHA ends the others mid-way).
-    scored = [t for t in trials if t.value is not None and t.run_id and t.status == "FINISHED"]
+    scored = [
+        t for t in trials if t.value is not None and t.run_id and t.status == RunStatus.FINISHED
+    ]
     others = any(not t.baseline for t in trials)
     if not scored or (others and all(t.baseline for t in scored)):
         return None

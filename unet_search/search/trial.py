@@ -15,6 +15,7 @@ from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from unet_search.core.config import CLASSIC, RunConfig
+from unet_search.core.names import TRIAL_SLOT
 from unet_search.core.tags import (
     TAG_BASELINE,
     TAG_CODE_VERSION,
@@ -29,7 +30,7 @@ from unet_search.distributed.faults import FAULT_ENV
 from unet_search.distributed.limits import Limits
 from unet_search.distributed.recipe import RecipeInput, WorkerContext, ray_hooks, run_recipe
 from unet_search.distributed.trainer import build_trainer
-from unet_search.search.context import ARCH_SHORT, TRIAL_SLOT, SearchContext
+from unet_search.search.context import ARCH_SHORT, SearchContext
 from unet_search.search.state import RECORD_TIMEOUT_S, await_recorded
 from unet_search.space.role import Trial
 from unet_search.space.spec import SearchSpec

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from importlib.metadata import requires, version
 from pathlib import Path
 
+from unet_search.core.names import ONNX_DIR, ONNX_FILE
 from unet_search.core.tags import PREFIX as TAG_PREFIX
 from unet_search.core.tags import (
     TAG_METRIC,
@@ -17,7 +18,6 @@ from unet_search.core.tags import (
     TAG_VALUE,
 )
 from unet_search.models.build import read_model_meta
-from unet_search.serve.onnx import ONNX_DIR, ONNX_FILE
 from unet_search.tracking.models import PyfuncModel, log_and_register_pyfunc
 from unet_search.tracking.registry import Registration
 

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from unet_search.core.errors import UserError
+from unet_search.core.names import CONFIG_FILE
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.decode import image_array, read_image
-from unet_search.models.build import CONFIG_FILE, load_model_dir, read_model_meta
+from unet_search.models.build import load_model_dir, read_model_meta
 from unet_search.train.instances import decode_instances, foreground_labels
 from unet_search.train.metrics import otsu_dice, score_masks
 from unet_search.train.sliding import (

@@ -38,6 +38,7 @@ from torch import nn
 
 from unet_search.core.errors import UserError
 from unet_search.core.files import refuse_existing, written_whole
+from unet_search.core.names import ONNX_DIR, ONNX_FILE, PREPROCESSING_FILE
 from unet_search.models.blocks import ASPP
 from unet_search.models.build import load_model_dir, read_model_meta
 from unet_search.models.unet import valid_input_size
@@ -45,12 +46,9 @@ from unet_search.train.sliding import Preprocessing
 
 __all__ = [
     "INPUT",
-    "ONNX_DIR",
-    "ONNX_FILE",
     "OnnxNetwork",
     "OPSET",
     "OUTPUT",
-    "PREPROCESSING_FILE",
     "TOLERANCE",
     "check_onnx",
     "export_model",
@@ -61,7 +59,6 @@ __all__ = [
 
 OPSET = 18
 INPUT, OUTPUT = "image", "logits"
-ONNX_DIR, ONNX_FILE, PREPROCESSING_FILE = "onnx", "model.onnx", "preprocessing.json"
 # The largest |ONNX - PyTorch| logit allowed at export, relative to max(1, the largest
 # |logit|): float32 kernels sum in other orders. Measured on untrained models of every
 # family: at most 6e-6 (the transformer bottleneck; PyTorch float32 itself is 5e-6 from

@@ -25,7 +25,7 @@ from unet_search.core.config import (
     similar,
 )
 from unet_search.core.errors import ConfigError
-from unet_search.core.sections import AUTO, PLANNED_LEAVES
+from unet_search.core.sections import AUTO, auto_rule
 from unet_search.data.dataset import DatasetArrays
 from unet_search.space.settings import (
     FINAL_FIT_SHARE,
@@ -350,12 +350,8 @@ def _fill_auto(leaves: dict[str, Any], raw: dict[str, Any], source: str) -> tupl
     auto: list[str] = []
     for leaf, value in leaves.items():
         if value == AUTO:
-            if leaf not in PLANNED_LEAVES:
-                raise space_error(
-                    source,
-                    f"fixed.{leaf}",
-                    f"cannot be `auto`; the plan fills only {list(PLANNED_LEAVES)}",
-                )
+            if why := auto_rule(leaf):
+                raise space_error(source, f"fixed.{leaf}", why)
             auto.append(leaf)
             leaves[leaf] = PROVISIONAL[leaf]
     params = raw.get("params")

@@ -69,6 +69,7 @@ from unet_search.core.config import (
     PRESETS,
     RunConfig,
 )
+from unet_search.core.metrics import best_key
 from unet_search.core.schema import Frozen, broken, rule
 from unet_search.core.sections import PLANNED_LEAVES
 from unet_search.core.tags import TAG_BASELINE, TAG_DEFAULT
@@ -93,18 +94,14 @@ __all__ = [
 ]
 
 
-# Values `auto` settings take when a space is read without its data (checks, `submit`): they
-# pass every rule, and the real ones come from the dataset's plan before a trial runs.
+# Values `auto` settings take when a space is read without its data (checks, `submit`): the
+# sections' defaults, which pass every rule (a searched depth: 3 to the default); the real
+# ones come from the dataset's plan before a trial runs.
+_DEFAULTS = RunConfig().flat()
 PROVISIONAL: dict[str, Any] = {
-    "scale": 1.0,
-    "patch_size": 128,
-    "depth": 4,
-    "batch_size": 8,
-    "patches_per_epoch": 256,
-    "normalization": "default",
-    "target": "semantic",
+    **{leaf: _DEFAULTS[leaf] for leaf in PLANNED_LEAVES},
     "depth.low": 3,
-    "depth.high": 4,
+    "depth.high": _DEFAULTS["depth"],
 }
 
 
@@ -425,14 +422,14 @@ class SearchSpec:
     @property
     def tune_metric(self) -> str:
         """Tune, ASHA and Optuna follow each trial's best value so far (the kept weights)."""
-        return f"best_{self.settings.metric}"
+        return best_key(self.settings.metric)
 
     @property
     def tune_objectives(self) -> tuple[tuple[str, str], ...]:
         """(result key, mode) of each objective: a validation metric's best so far (the kept
         weights), a limited one (num_parameters, inference_ms) as measured before training."""
         return tuple(
-            (metric if metric in LIMITED else f"best_{metric}", mode)
+            (metric if metric in LIMITED else best_key(metric), mode)
             for metric, mode in self.settings.objective_pairs
         )
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unet_search.core.errors import UserError
+from unet_search.core.outcome import RunStatus
 from unet_search.core.tags import (
     TAG_PARENT,
     TAG_SEARCH_ID,
@@ -49,17 +50,9 @@ __all__ = [
     "run_start_s",
     "run_status",
     "search_filter",
-    "SEARCH_LOG_DIR",
-    "SEARCH_STATE_FILE",
     "set_tags",
     "ui_hint",
 ]
-
-
-SEARCH_STATE_FILE = "search_state.json"  # parent-run artifact: what resume and report need
-
-
-SEARCH_LOG_DIR = "logs"  # parent-run artifact folder: the search's log (<search>.log)
 
 
 _BATCH = 100  # MLflow's per-request limit on params
@@ -187,10 +180,10 @@ def ui_hint(uri: str, experiment_id: str, run_id: str | None = None) -> str:
 
 def end_run(uri: str, run_id: str, status: str) -> None:
     """Mark the run FINISHED, KILLED or FAILED."""
-    from mlflow.entities import RunStatus
+    from mlflow.entities import RunStatus as MlflowStatus
 
-    RunStatus.from_string(status)  # raises on an unknown status
-    mlflow_client(uri).set_terminated(run_id, status)
+    MlflowStatus.from_string(str(status))  # raises on an unknown status
+    mlflow_client(uri).set_terminated(run_id, str(status))
 
 
 def open_child_run(
@@ -210,7 +203,7 @@ def open_child_run(
     found = client.search_runs([experiment_id], filter_string=query, max_results=1)
     if found:
         run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
+        client.update_run(run_id, status=RunStatus.RUNNING)
         return str(run_id)
     return create_run(uri, experiment_id, name, params, {**tags, TAG_PARENT: parent_run_id})
 
@@ -245,7 +238,7 @@ def run_status(uri: str, run_id: str) -> str:
 
 def reopen_run(uri: str, run_id: str) -> None:
     """Mark a run RUNNING again (a resumed search continues its parent run)."""
-    mlflow_client(uri).update_run(run_id, status="RUNNING")
+    mlflow_client(uri).update_run(run_id, status=RunStatus.RUNNING)
 
 
 def now_ms() -> int:

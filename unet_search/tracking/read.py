@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from unet_search.core.errors import UserError
-from unet_search.core.metrics import METRICS, sign
+from unet_search.core.metrics import METRICS, best_key, sign
 from unet_search.core.outcome import Outcome
 from unet_search.core.tags import (
     TAG_DEFAULT,
@@ -122,7 +122,7 @@ def search_trials(uri: str, search_id: str) -> tuple[str, list[TrialRow], dict[s
         TrialRow(
             r.info.run_name or r.info.run_id,
             r.info.status,
-            r.data.metrics.get(f"best_{metric}"),
+            r.data.metrics.get(best_key(metric)),
             int(r.data.metrics.get("epoch", 0)),
         )
         for r in children

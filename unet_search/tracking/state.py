@@ -9,7 +9,8 @@ import json
 from dataclasses import dataclass
 
 from unet_search.core.errors import UserError
-from unet_search.tracking.client import SEARCH_STATE_FILE, log_text
+from unet_search.core.names import SEARCH_STATE_FILE
+from unet_search.tracking.client import log_text
 from unet_search.tracking.read import find_search, require_text
 
 __all__ = ["read_search_state", "SearchState", "write_search_state"]

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from unet_search.core.config import RunConfig
-from unet_search.core.metrics import METRICS, better
+from unet_search.core.metrics import METRICS, better, kept
 from unet_search.core.outcome import FINISHED_KEY
 from unet_search.core.sections import TrainConfig
 from unet_search.data.dataset import DatasetArrays
@@ -156,7 +156,7 @@ class TrainingState:
         """The validation metrics of the kept weights (the epoch with the best
         ``early_stop_metric`` so far, or the last with ``keep_weights: last``), as
         ``best_<name>`` entries: the numbers a run reports are those of the model it keeps."""
-        return {f"best_{k}": v for k, v in self.best_metrics.items() if k in METRICS}
+        return kept(self.best_metrics)
 
 
 def _sum_over_ranks(values: list[float], device: torch.device) -> list[float]:

@@ -40,6 +40,7 @@ import yaml
 
 from unet_search.core.config import RunConfig, auto_leaves, build_run_config, provisional_config
 from unet_search.core.errors import UserError
+from unet_search.core.names import PLAN_FILE
 from unet_search.core.sections import (
     AUTO,
     MAX_BOTTLENECK_TOKENS,
@@ -52,7 +53,6 @@ from unet_search.train.fingerprint import DataStats, data_stats
 
 __all__ = [
     "BUDGETS",
-    "PLAN_FILE",
     "Budget",
     "Plan",
     "default_budget",
@@ -62,7 +62,6 @@ __all__ = [
     "receptive_field",
 ]
 
-PLAN_FILE = "plan.json"  # the plan as a search's parent run keeps it
 LARGE_OBJECT_PX = 64.0
 TARGET_OBJECT_PX = 40.0
 MIN_SCALE = 0.25

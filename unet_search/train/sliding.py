@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from unet_search.core.config import RunConfig
-from unet_search.core.sections import RESIZE_DEFAULT
+from unet_search.core.sections import RESIZE_DEFAULT, network_input
 from unet_search.data.stats import scaled_size
 from unet_search.models.unet import mirror_pad, valid_input_size
 from unet_search.train.instances import Decoding
@@ -91,7 +91,7 @@ class PredictPlan:
     @property
     def tile(self) -> tuple[int, int]:
         """What the network sees at once: a patch-mode tile, or resize mode's square."""
-        return self.patch if self.input_mode == "patch" else (self.image_size, self.image_size)
+        return network_input(self.input_mode, self.patch, self.image_size)
 
 
 def plan_of(cfg: RunConfig, batch_size: int = 8) -> PredictPlan:
