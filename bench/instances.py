@@ -65,11 +65,11 @@ VARIANTS: dict[str, dict[str, object]] = {
 
 def planned(data: Path) -> dict[str, object]:
     """The plan's scale and normalization for a real set (its objects' size, its bits)."""
-    from unet_search.train.fingerprint import data_stats
-    from unet_search.train.plan import make_plan, parse_budget
+    from unet_search.plan.planner import make_plan, parse_budget
+    from unet_search.plan.profile import profile_data
 
     arrays = load_dataset(data, DataConfig(val_fraction=0.2))
-    plan = make_plan(data_stats(arrays), parse_budget("cpu-quick"))
+    plan = make_plan(profile_data(arrays), parse_budget("cpu-quick"))
     return {"scale": plan.scale, "normalization": plan.normalization}
 
 

@@ -100,7 +100,7 @@ def cached(folders: list[Path]) -> None:
             per_pixel = arrays.pixels.nbytes / pixels
             name = folder.parent.name if folder.name == "train" else folder.name
             print(
-                f"| {name} | {n} | {pixels / 1e6:.1f} M | {arrays.stats.pixels} | "
+                f"| {name} | {n} | {pixels / 1e6:.1f} M | {arrays.summary.pixels} | "
                 f"{per_pixel:g} (was 3) | {arrays.pixels.nbytes / n / 2**20:.2f} "
                 f"({3 * pixels / n / 2**20:.2f}) | {cache.stat().st_size / 2**20:.1f} |",
                 flush=True,

@@ -26,11 +26,11 @@ from unet_search.core.sections import DataConfig
 from unet_search.data.dataset import load_dataset
 from unet_search.data.synthetic import make_synthetic
 from unet_search.models.build import build_model, save_model_dir
+from unet_search.plan.planner import make_plan, parse_budget, profile_data
 from unet_search.serve.inference import load_model
 from unet_search.train.engine import build_loaders, fit, new_training_state, seed_everything
 from unet_search.train.losses import build_loss
 from unet_search.train.metrics import otsu_mask
-from unet_search.train.plan import data_stats, make_plan, parse_budget
 from unet_search.train.sliding import preprocessing_of
 
 CPU = torch.device("cpu")
@@ -126,7 +126,7 @@ def main() -> None:
                 [dice(otsu_mask(im) > 0, t) for im, t in zip(images, truth, strict=True)]
             )
             print(f"## {style}: {args.n} images 200-400 px, nuclei ~12 px; 6 held out")
-            plan = make_plan(data_stats(load_dataset(root / style, DataConfig())), QUICK)
+            plan = make_plan(profile_data(load_dataset(root / style, DataConfig())), QUICK)
             print(f"plan (cpu-quick): {plan.lines()[-1]}")
             print(f"Otsu threshold: held-out Dice {otsu:.3f}", flush=True)
             for name, leaves in MODES.items():

@@ -4,8 +4,9 @@ Each subpackage is a layer; lowest first, a module imports only its own layer an
 
     core         typed config, errors, the metrics table, tag names, the work dir
     data         scan, decode, cache + fingerprint, split, synthetic data
+    plan         the data's profile and the planner (nnU-Net's fingerprint -> plan)
     models       the architectures and the one way to build, save and load them
-    train        transforms, losses, metrics, engine, sliding-window prediction, planner
+    train        transforms, losses, metrics, engine, sliding-window prediction
     tracking     MLflow: client writes, outage handling, read models, registry
     distributed  the worker recipe (in a trial or a Ray Train worker), the TorchTrainer
     space        the search space: spec, validation, loading and planning
@@ -19,7 +20,7 @@ Each subpackage is a layer; lowest first, a module imports only its own layer an
 MLflow is called only from `tracking`; the one exception is `serve`'s pyfunc module, whose
 `PythonModel` MLflow loads (serve/pyfunc_model.py).
 
-`data`, `models` and `train` (and `core`) import neither Ray nor MLflow: arrays from the
+`data`, `plan`, `models` and `train` (and `core`) import neither Ray nor MLflow: arrays from the
 object store are handed to them by the worker. Nothing imports `cli`. The package's
 ``__init__`` only sets process defaults and re-exports ``load_model`` (lazily), and
 ``unet_search/inference.py`` only re-exports :mod:`unet_search.serve.inference` for models
@@ -36,6 +37,7 @@ PACKAGE = Path(__file__).parents[1] / "unet_search"
 LAYERS = (
     "core",
     "data",
+    "plan",
     "models",
     "train",
     "tracking",

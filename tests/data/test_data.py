@@ -87,7 +87,7 @@ def test_label_images_are_read_as_instances_with_masks_instances(tmp_path: Path)
     """``data.masks: instances``: an images/masks label image (16-bit PNG or TIFF, any ids,
     0 the background) holds the same objects as the DSB2018 layout's one mask per object:
     touching nuclei stay apart, and the plan counts them touching alike."""
-    from unet_search.train.fingerprint import data_stats
+    from unet_search.plan.profile import profile_data
 
     dsb = tmp_path / "dsb"
     make_synthetic(dsb, n=6, size=48, seed=3, style="hard")
@@ -103,8 +103,8 @@ def test_label_images_are_read_as_instances_with_masks_instances(tmp_path: Path)
             _png(root / "masks" / f"{name}.png", ids.astype(np.uint16))
     cfg = DataConfig(val_fraction=0.34, masks="instances")
     arrays = load_dataset(root, cfg)
-    assert arrays.stats.layout == "images_masks"
-    assert arrays.stats.instances_per_image == truth.stats.instances_per_image > 5
+    assert arrays.summary.layout == "images_masks"
+    assert arrays.summary.instances_per_image == truth.summary.instances_per_image > 5
     touching = 0
     for i in range(len(truth)):
         assert np.array_equal(arrays.mask(i), truth.mask(i))
@@ -115,11 +115,11 @@ def test_label_images_are_read_as_instances_with_masks_instances(tmp_path: Path)
         # touching objects stay apart: more objects than the mask's connected components
         touching += int(ours.max()) - int(ndimage.label(truth.mask(i) > 0)[0].max())
     assert touching > 0
-    assert data_stats(arrays).touching == data_stats(truth).touching > 0.1
+    assert profile_data(arrays).touching == profile_data(truth).touching > 0.1
     # another reading of the same files: another data id (the registry compares apart)
     plain = load_dataset(_generic(tmp_path / "g"), DataConfig())
-    assert load_dataset(tmp_path / "g", DataConfig(masks="instances")).stats.data_id != (
-        plain.stats.data_id
+    assert load_dataset(tmp_path / "g", DataConfig(masks="instances")).summary.data_id != (
+        plain.summary.data_id
     )
     # read as class masks, the label images break the binary rule, and the error says how
     with pytest.raises(DataError, match=r"is read with --set masks=instances\.$"):
@@ -187,7 +187,7 @@ def test_a_grey_dataset_is_cached_as_one_channel_and_a_mixed_one_widens(tmp_path
         _png(root / "masks" / f"i{i}.png", np.eye(6, 5, dtype=np.uint8) * 255)
     arrays = load_dataset(root, DataConfig(), tmp_path / "cache")
     assert arrays.pixels.shape == (4 * 30, 1) and arrays.pixels.dtype == np.uint16
-    assert arrays.stats.pixels == "uint16, 1 channel" and arrays.stats.values == (0.0, 3000.0)
+    assert arrays.summary.pixels == "uint16, 1 channel" and arrays.summary.values == (0.0, 3000.0)
     again = load_dataset(root, DataConfig(), tmp_path / "cache")  # from the cache
     assert again.pixels.dtype == np.uint16 and np.array_equal(again.pixels, arrays.pixels)
     mixed = DatasetArrays.of(
@@ -413,7 +413,7 @@ def test_unicode_and_spaces_in_names_work(tmp_path: Path) -> None:
 
 
 def test_the_data_summary_reads_the_dict_caches_kept_before_it_was_typed() -> None:
-    """DatasetArrays.stats is a typed DataSummary; the cache keeps it as the dict it always
+    """DatasetArrays.summary is a typed DataSummary; the cache keeps it as the dict it always
     was, and a cache written before reads back the same."""
     from unet_search.data.dataset import DataSummary
 

@@ -852,11 +852,11 @@ def test_resume_reads_the_plan_its_search_started_with_instead_of_planning_again
     is not one is a clear error naming it."""
     from unet_search.core.errors import UserError
     from unet_search.core.names import PLAN_FILE
+    from unet_search.plan.planner import Plan
     from unet_search.search.driver import _resumed_space
     from unet_search.space.load import plan_space
     from unet_search.tracking.client import create_run, ensure_experiment, log_text
     from unet_search.tracking.state import SearchState
-    from unet_search.train.plan import Plan
 
     raw = {
         "name": "planned",

@@ -592,8 +592,8 @@ def test_objectives_on_a_planned_space_replace_its_metric_and_plan_again() -> No
     """`--set search.objectives` on a space with `metric`, `mode` and `auto` values: the
     metric yields to the first objective, and the settings survive the plan (they were
     validated a second time, with the metric the first pass filled in, and refused)."""
-    from unet_search.train.fingerprint import DataStats
-    from unet_search.train.plan import BUDGETS, make_plan
+    from unet_search.plan.planner import BUDGETS, make_plan
+    from unet_search.plan.profile import DataProfile
 
     spec = load_space(
         QUICK,
@@ -607,7 +607,7 @@ def test_objectives_on_a_planned_space_replace_its_metric_and_plan_again() -> No
         "`search.metric` val_dice of quick.yaml yields to --set search.objectives=[{metric: "
         "val_iou}, {metric: num_parameters}] (its first objective): val_iou",
     )
-    stats = DataStats(
+    stats = DataProfile(
         count=20,
         median_size=(200, 200),
         min_size=(180, 180),
@@ -631,8 +631,8 @@ def test_the_searchs_default_trial_is_what_train_runs(synth_dir: Path) -> None:
     made by the same rules from the same data, nothing else differs."""
     from unet_search.core.config import run_leaves
     from unet_search.data.dataset import load_dataset
+    from unet_search.plan.planner import plan_run
     from unet_search.space.load import plan_space
-    from unet_search.train.plan import plan_run
 
     spec = load_space(QUICK)
     arrays = load_dataset(synth_dir, spec.base_config().data)

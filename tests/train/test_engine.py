@@ -17,6 +17,8 @@ from unet_search.core.sections import DataConfig
 from unet_search.data.dataset import DatasetArrays, load_dataset
 from unet_search.data.synthetic import make_synthetic
 from unet_search.models.build import build_model, save_model_dir
+from unet_search.plan.planner import make_plan, parse_budget
+from unet_search.plan.profile import profile_data
 from unet_search.serve.inference import load_model
 from unet_search.train.engine import (
     EarlyStopping,
@@ -29,9 +31,7 @@ from unet_search.train.engine import (
     train_one_epoch,
     validate,
 )
-from unet_search.train.fingerprint import data_stats
 from unet_search.train.losses import build_loss
-from unet_search.train.plan import make_plan, parse_budget
 from unet_search.train.sliding import preprocessing_of
 from unet_search.train.transforms import normalization_for
 
@@ -390,7 +390,7 @@ def test_16_bit_images_train_and_predict_as_well_as_their_8_bit_copies(tmp_path:
         for name in ("d", "new"):
             _grey_copy(tmp_path / name, tmp_path / f"{name}{k}", convert)
         arrays = load_dataset(tmp_path / f"d{k}", DataConfig(val_fraction=0.25))
-        norm = make_plan(data_stats(arrays), parse_budget("cpu-quick")).normalization
+        norm = make_plan(profile_data(arrays), parse_budget("cpu-quick")).normalization
         assert norm == "percentile" if convert else norm in ("dataset", "zscore"), norm
         items[kind] = next(iter(build_loaders(loading, arrays, rank=0, world=1)[0]))["image"]
         new = load_dataset(tmp_path / f"new{k}", DataConfig())

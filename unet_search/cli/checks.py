@@ -35,7 +35,7 @@ def warn_sizes(arrays: Any, scale: float | None = None) -> None:
 def size_warnings(names: tuple[str, ...], sizes: Any, scale: float | None = None) -> list[str]:
     """What the images' sizes (N, 2) will spoil, a line each naming them: a side under the
     smallest patch a plan makes, a planned ``scale`` below 1/3."""
-    from unet_search.train.plan import BOTTLENECK_PX, MIN_DEPTH
+    from unet_search.plan.planner import BOTTLENECK_PX, MIN_DEPTH
 
     min_px = 2**MIN_DEPTH * BOTTLENECK_PX
 

@@ -81,16 +81,16 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     arrays = load_dataset(
         materialize(args.data, work_dir() / "cache"), cfg.data, work_dir() / "cache"
     )
-    stats = arrays.stats
-    print(f"dataset      {args.data} ({stats.layout} layout)")
-    print(f"images       {stats.count}")
-    sizes = ", ".join(f"{k} x{v}" for k, v in stats.sizes[:8])
-    print(f"sizes        {sizes}{' ...' if len(stats.sizes) > 8 else ''}")
-    low, high = (f"{v:g}" for v in stats.values)
-    print(f"pixels       {stats.pixels}, values {low}..{high} (kept as they are)")
-    print(f"foreground   {stats.foreground_ratio:.3f} of pixels")
-    if stats.instances_per_image is not None:
-        print(f"instances    {stats.instances_per_image:.1f} per image")
+    summary = arrays.summary
+    print(f"dataset      {args.data} ({summary.layout} layout)")
+    print(f"images       {summary.count}")
+    sizes = ", ".join(f"{k} x{v}" for k, v in summary.sizes[:8])
+    print(f"sizes        {sizes}{' ...' if len(summary.sizes) > 8 else ''}")
+    low, high = (f"{v:g}" for v in summary.values)
+    print(f"pixels       {summary.pixels}, values {low}..{high} (kept as they are)")
+    print(f"foreground   {summary.foreground_ratio:.3f} of pixels")
+    if summary.instances_per_image is not None:
+        print(f"instances    {summary.instances_per_image:.1f} per image")
     data = cfg.data
     print(
         f"fingerprint  {arrays.fingerprint} (num_classes={data.num_classes}, "
@@ -113,8 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from unet_search.data.dataset import load_dataset, materialize
     from unet_search.distributed.trainer import run_training
     from unet_search.models.build import validate_model_config
+    from unet_search.plan.planner import parse_budget, plan_run
     from unet_search.tracking.client import resolve_tracking_uri, ui_hint
-    from unet_search.train.plan import parse_budget, plan_run
 
     leaves, source = run_leaves(
         args.config, args.overrides, num_workers=args.workers, gpus_per_worker=args.gpus_per_worker
@@ -154,8 +154,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from unet_search.core.config import provisional_config, run_leaves
     from unet_search.core.env import work_dir
     from unet_search.data.dataset import load_dataset, materialize
-    from unet_search.train.fingerprint import data_stats
-    from unet_search.train.plan import default_budget, make_plan, parse_budget
+    from unet_search.plan.planner import default_budget, make_plan, parse_budget
+    from unet_search.plan.profile import profile_data
 
     budget = parse_budget(args.budget) if args.budget else default_budget()
     out: Path | None = args.out
@@ -169,7 +169,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cfg = provisional_config(*run_leaves(args.config, args.overrides))
     cache = work_dir() / "cache"
     arrays = load_dataset(materialize(args.data, cache), cfg.data, cache)
-    plan = make_plan(data_stats(arrays, cfg.data), budget)
+    plan = make_plan(profile_data(arrays, cfg.data), budget)
     print(f"dataset            {args.data} (fingerprint {arrays.fingerprint})")
     print(plan.text())
     warn_sizes(arrays, plan.scale)

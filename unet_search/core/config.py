@@ -460,7 +460,7 @@ def load_run_config(
     path: Path | None = None, overrides: Iterable[str] = (), **leaves: Any
 ) -> RunConfig:
     """Defaults <- preset <- YAML file <- ``--set`` overrides <- keyword leaves (no ``auto``:
-    see :func:`unet_search.train.plan.plan_run`)."""
+    see :func:`unet_search.plan.planner.plan_run`)."""
     flat, source = run_leaves(path, overrides, **leaves)
     auto = auto_leaves(flat, source)
     if auto:

@@ -33,7 +33,7 @@ __all__ = [
 # A search's parent run
 SPACE_FILE = "space.yaml"  # the space's YAML as the user wrote it
 SPLIT_FILE = "split.json"  # {"train": [...], "val": [...], "test": [...]}
-PLAN_FILE = "plan.json"  # the plan (unet_search.train.plan.Plan), read back by resume
+PLAN_FILE = "plan.json"  # the plan (unet_search.plan.planner.Plan), read back by resume
 PLAN_TEXT_FILE = "plan.txt"  # the same plan as printed, with the reasons
 PARETO_FILE = "pareto.json"  # the front of a multi-objective search
 SUMMARY_FILE = "summary.json"  # one row per trial

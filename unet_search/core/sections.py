@@ -71,7 +71,7 @@ MASK_KINDS = ("semantic", "instances")
 NORMALIZATION_NAMES = ("default", "unit", "imagenet", "zscore", "percentile", "dataset")
 
 
-AUTO = "auto"  # a value `unet_search.train.plan` fills from the dataset's fingerprint
+AUTO = "auto"  # a value `unet_search.plan.planner` fills from the dataset's profile
 
 
 PLANNED_LEAVES = (

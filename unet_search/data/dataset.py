@@ -115,7 +115,7 @@ class DatasetArrays:
     sizes: np.ndarray
     fingerprint: str
     layout: str
-    stats: DataSummary
+    summary: DataSummary
 
     def __len__(self) -> int:
         return len(self.names)
@@ -131,7 +131,7 @@ class DatasetArrays:
     ) -> DatasetArrays:
         """Arrays of (H, W[, C]) images (their own values: see ``pixels``), (H, W) uint8
         masks and optional (H, W) uint16 instance labels; ``meta`` sets ``fingerprint``,
-        ``layout`` and ``stats``."""
+        ``layout`` and ``summary``."""
         sizes = np.array([image.shape[:2] for image in images], np.int64).reshape(-1, 2)
         images = [i if i.ndim == 3 else i[..., None] for i in map(np.asarray, images)]
         channels = max((i.shape[2] for i in images), default=3)
@@ -152,7 +152,7 @@ class DatasetArrays:
             sizes,
             meta.get("fingerprint", ""),
             meta.get("layout", "images_masks"),
-            meta.get("stats", DataSummary()),
+            meta.get("summary", DataSummary()),
         )
 
     @functools.cached_property
@@ -233,7 +233,7 @@ def _decode_all(
     sizes = np.array([image.shape[:2] for image, _, _ in samples], np.int64).reshape(n, 2)
     masks = np.concatenate([mask.ravel() for _, mask, _ in samples])
     size_counts = Counter(f"{h}x{w}" for h, w in sizes.tolist())
-    stats = DataSummary(
+    summary = DataSummary(
         count=n,
         layout=index.layout,
         sizes=tuple(size_counts.most_common()),
@@ -249,7 +249,7 @@ def _decode_all(
         values=(float(arrays.pixels.min(initial=0)), float(arrays.pixels.max(initial=0))),
         **identity,  # data_id and split: what the registry compares apart
     )
-    return replace(arrays, fingerprint=fp, layout=index.layout, stats=stats)
+    return replace(arrays, fingerprint=fp, layout=index.layout, summary=summary)
 
 
 def _save_cache(path: Path, arrays: DatasetArrays) -> None:
@@ -270,7 +270,7 @@ def _save_cache(path: Path, arrays: DatasetArrays) -> None:
                 {
                     "fingerprint": arrays.fingerprint,
                     "layout": arrays.layout,
-                    "stats": arrays.stats.to_dict(),
+                    "stats": arrays.summary.to_dict(),  # the key caches have always had
                 }
             )
         ),

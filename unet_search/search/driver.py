@@ -42,6 +42,7 @@ from unet_search.data.dataset import DatasetArrays
 from unet_search.data.split import split_names
 from unet_search.distributed.faults import FAULT_ENV
 from unet_search.distributed.trainer import init_ray
+from unet_search.plan.planner import Plan
 from unet_search.search.asha import KEEP_CHECKPOINTS, SaveAfterCheckpoints, make_scheduler
 from unet_search.search.callbacks import TrialStatusCallback
 from unet_search.search.context import SearchContext
@@ -86,7 +87,6 @@ from unet_search.tracking.client import (
 from unet_search.tracking.outage import require_reachable, tracking_patience
 from unet_search.tracking.state import SearchState
 from unet_search.train.engine import otsu_val_dice
-from unet_search.train.plan import Plan
 
 __all__ = [
     "explore",
@@ -281,8 +281,8 @@ def _context(
         os.environ.get(FAULT_ENV),
         tracking_patience(),
         otsu_val_dice(arrays, spec.base_config()),
-        arrays.stats.data_id,
-        arrays.stats.split,
+        arrays.summary.data_id,
+        arrays.summary.split,
     )
 
 

@@ -27,6 +27,8 @@ from unet_search.core.config import (
 from unet_search.core.errors import ConfigError
 from unet_search.core.sections import AUTO, auto_rule
 from unet_search.data.dataset import DatasetArrays
+from unet_search.plan.planner import Plan, default_budget, make_plan, parse_budget
+from unet_search.plan.profile import profile_data
 from unet_search.space.settings import (
     FINAL_FIT_SHARE,
     ComputeSpec,
@@ -42,8 +44,6 @@ from unet_search.space.validate import (
     parse_settings,
     space_error,
 )
-from unet_search.train.fingerprint import data_stats
-from unet_search.train.plan import Plan, default_budget, make_plan, parse_budget
 
 __all__ = ["make_sampler", "load_space", "plan_space", "load_space_text"]
 
@@ -328,7 +328,7 @@ def _follow_epochs(
 
 def plan_space(spec: SearchSpec, arrays: DatasetArrays, budget: str | None = None) -> SearchSpec:
     """The space with its ``auto`` settings filled from ``arrays``' plan within ``budget``
-    (default: ``search.budget``, else :func:`unet_search.train.plan.default_budget`); a space
+    (default: ``search.budget``, else :func:`unet_search.plan.planner.default_budget`); a space
     without ``auto``, or already planned, comes back as it is."""
     if not spec.auto or spec.plan is not None:
         return spec
@@ -338,7 +338,7 @@ def plan_space(spec: SearchSpec, arrays: DatasetArrays, budget: str | None = Non
         if name
         else default_budget(uses_gpus=spec.max_workers_cpus_gpus()[1] > 0)
     )
-    stats = data_stats(arrays, spec.base_config().data)
+    stats = profile_data(arrays, spec.base_config().data)
     planned = spec.with_plan(make_plan(stats, chosen, spec.plan_given()))
     check_combinations(planned, f"{spec.name}.yaml planned ({planned.settings.budget})")
     return planned

@@ -173,7 +173,7 @@ class SearchSettings(Frozen):
     max_concurrent_trials: Annotated[int, at_least(1)] | None = None
     time_budget_s: Annotated[float, rule("must be > 0", lambda v: v > 0)] | None = None
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
-    budget: str | None = None  # the plan's compute budget (unet_search.train.plan); None: default
+    budget: str | None = None  # the plan's compute budget (plan.planner); None: the default
     compute: ComputeSpec | None = None  # None: no final fit, the trials' epochs as given
     # The share of `compute` the final fit of the best configuration gets (the rest explores).
     final_fit: Annotated[float, between(0.0, 0.9)] = FINAL_FIT_SHARE

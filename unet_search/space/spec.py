@@ -28,7 +28,7 @@ Schema (unknown keys are errors)::
       scheduler: {type: asha, grace_period: 1, reduction_factor: 2, max_t: null}
                                      # asha | asha_stopping | fifo (unet_search.search.asha)
       budget: null                   # the plan's budget: cpu-quick | cpu | gpu-<GiB>; null:
-                                     # cpu-quick without GPUs (train.plan.default_budget)
+                                     # cpu-quick without GPUs (plan.planner.default_budget)
       compute: {epochs: 40}          # the search's compute (epochs and/or hours), split
       final_fit: 0.7                 # between exploring and a final fit of the best (share)
       final_fit_start: kept          # kept: from the best trial's kept weights | scratch
@@ -45,7 +45,7 @@ Schema (unknown keys are errors)::
 
 `auto` (in ``fixed``: scale, patch_size, depth, batch_size, patches_per_epoch, normalization;
 and as ``low`` / ``high`` of an int ``depth``) is filled from the dataset's plan
-(:mod:`unet_search.train.plan`); values the space gives bind the plan.
+(:mod:`unet_search.plan.planner`); values the space gives bind the plan.
 
 Every reachable combination of choices (ints at both bounds, floats at both bounds) is
 validated before any trial starts, so an impossible combination (e.g. a transposed-conv
@@ -73,9 +73,9 @@ from unet_search.core.metrics import best_key
 from unet_search.core.schema import Frozen, broken, rule
 from unet_search.core.sections import PLANNED_LEAVES
 from unet_search.core.tags import TAG_BASELINE, TAG_DEFAULT
+from unet_search.plan.planner import Plan
 from unet_search.space.role import Trial, TrialRole
 from unet_search.space.settings import LIMITED, SearchSettings
-from unet_search.train.plan import Plan
 
 __all__ = [
     "BASELINE_LEAVES",
@@ -310,7 +310,7 @@ class SearchSpec:
         """What binds the plan: every planned setting the space fixes (explicitly or by
         default) and does not search, the largest explicit searched depth, the encoder
         weights and whether a transformer bottleneck may run (see
-        :func:`unet_search.train.plan.make_plan`)."""
+        :func:`unet_search.plan.planner.make_plan`)."""
         searched = {p.name for p in self.params}
         flat = self.base_config().flat()
         given: dict[str, Any] = {

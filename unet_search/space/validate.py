@@ -15,6 +15,7 @@ from unet_search.core.errors import ConfigError, UserError
 from unet_search.core.metrics import INSTANCE_METRICS, dsb_rule
 from unet_search.core.schema import validated_union
 from unet_search.models.build import validate_model_config
+from unet_search.plan.planner import parse_budget
 from unet_search.space.role import TrialRole
 from unet_search.space.settings import ComputeSpec, SchedulerSpec, SearchSettings
 from unet_search.space.spec import (
@@ -25,7 +26,6 @@ from unet_search.space.spec import (
     ParamSpec,
     SearchSpec,
 )
-from unet_search.train.plan import parse_budget
 
 __all__ = [
     "check_combinations",

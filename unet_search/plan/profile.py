@@ -1,5 +1,6 @@
-"""The dataset's fingerprint as the planner reads it (:mod:`unet_search.train.plan`): image
-and object sizes, foreground share and intensity statistics, the test images left out."""
+"""The dataset's profile, what the planner reads (:mod:`unet_search.plan.planner`; nnU-Net
+calls it the dataset fingerprint, a word that here means the data's identity hash): image and
+object sizes, foreground share and intensity statistics, the test images left out."""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ from unet_search.data.split import split_indices
 from unet_search.data.stats import intensity, value_range
 from unet_search.data.targets import near_another_label
 
-__all__ = ["TOUCH_PX", "touching_objects", "DataStats", "data_stats", "STATS_IMAGES"]
+__all__ = ["TOUCH_PX", "touching_objects", "DataProfile", "profile_data", "STATS_IMAGES"]
 
 STATS_IMAGES = 200  # object sizes and intensities from at most this many images
 
 
 @dataclass(frozen=True)
-class DataStats:
-    """The dataset's fingerprint as the planner reads it."""
+class DataProfile:
+    """The dataset's profile as the planner reads it."""
 
     count: int
     median_size: tuple[int, int]  # (height, width), per axis
@@ -90,7 +91,7 @@ def _picked(pool: np.ndarray) -> list[int]:
     return sorted({int(pool[int(k)]) for k in np.linspace(0, len(pool) - 1, STATS_IMAGES)})
 
 
-def data_stats(arrays: DatasetArrays, data: DataConfig | None = None) -> DataStats:
+def profile_data(arrays: DatasetArrays, data: DataConfig | None = None) -> DataProfile:
     """Image sizes (all images), object sizes (instance labels, or the mask's connected
     components), foreground share and intensity statistics (of at most 200 images). With
     ``data``, its split's test images are left out: a plan is a choice, and no choice sees
@@ -131,7 +132,7 @@ def data_stats(arrays: DatasetArrays, data: DataConfig | None = None) -> DataSta
     std = np.sqrt(np.maximum(squares / pixels - mean**2, 0.0))
     scale = max(float(std.mean()), 1e-6)
     all_d = np.concatenate(diameters) if diameters else np.empty(0)
-    return DataStats(
+    return DataProfile(
         count=len(pool),
         median_size=(int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1]))),
         min_size=(int(sizes[:, 0].min()), int(sizes[:, 1].min())),

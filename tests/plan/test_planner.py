@@ -1,4 +1,4 @@
-"""The planner's rules (unet_search.train.plan) on datasets of known image and object sizes, and
+"""The planner's rules (unet_search.plan.planner) on datasets of known image and object sizes, and
 `auto` in search spaces and run configs."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from unet_search.core.config import run_leaves
 from unet_search.core.errors import ConfigError, UserError
 from unet_search.core.sections import PLANNED_LEAVES
 from unet_search.data.dataset import DatasetArrays
+from unet_search.plan.planner import make_plan, parse_budget, plan_run, receptive_field
+from unet_search.plan.profile import profile_data
 from unet_search.space.load import load_space, plan_space
 from unet_search.space.spec import PROVISIONAL
-from unet_search.train.fingerprint import data_stats
-from unet_search.train.plan import make_plan, parse_budget, plan_run, receptive_field
 
 QUICK = parse_budget("cpu-quick")
 
@@ -57,7 +57,7 @@ def test_receptive_field_of_a_plain_unet() -> None:
 
 
 def test_small_objects_in_large_images_keep_their_scale_and_fill_the_budget() -> None:
-    stats = data_stats(_discs(4, (300, 500), 10))
+    stats = profile_data(_discs(4, (300, 500), 10))
     assert stats.median_size == (300, 500)
     assert stats.object_px == pytest.approx(10, abs=1.0)
     plan = make_plan(stats, QUICK)
@@ -74,7 +74,7 @@ def test_small_objects_in_large_images_keep_their_scale_and_fill_the_budget() ->
 
 
 def test_a_transformer_bottleneck_keeps_its_token_limit() -> None:
-    stats = data_stats(_discs(4, (300, 500), 10))
+    stats = profile_data(_discs(4, (300, 500), 10))
     budget = parse_budget("gpu-80")  # 320 x 512 patches
     plain = make_plan(stats, budget)
     planned = make_plan(stats, budget, {"transformer": True})
@@ -87,7 +87,7 @@ def test_a_transformer_bottleneck_keeps_its_token_limit() -> None:
 
 
 def test_large_objects_are_downsampled_and_need_a_deeper_net() -> None:
-    stats = data_stats(_discs(3, (600, 600), 80))
+    stats = profile_data(_discs(3, (600, 600), 80))
     assert stats.object_px == pytest.approx(80, abs=2.0)
     plan = make_plan(stats, QUICK)
     assert plan.scale == pytest.approx(40 / stats.object_px, abs=0.01)
@@ -97,7 +97,7 @@ def test_large_objects_are_downsampled_and_need_a_deeper_net() -> None:
 
 
 def test_images_smaller_than_the_patch_get_a_fitted_patch_and_a_shallower_net() -> None:
-    stats = data_stats(_discs(6, (40, 56), 6))
+    stats = profile_data(_discs(6, (40, 56), 6))
     plan = make_plan(stats, QUICK)
     assert plan.patch_size == (48, 64)  # each side rounded up to a multiple of 2**4
     assert plan.depth_high == 3  # a 48-px side keeps a 6-px bottleneck at depth 3, 3 at 4
@@ -107,8 +107,8 @@ def test_images_smaller_than_the_patch_get_a_fitted_patch_and_a_shallower_net() 
 
 
 def test_normalization_follows_how_much_images_differ() -> None:
-    alike = data_stats(_discs(6, (64, 64), 8, brightness=[200] * 6))
-    differ = data_stats(_discs(6, (64, 64), 8, brightness=[60, 250, 90, 230, 70, 240]))
+    alike = profile_data(_discs(6, (64, 64), 8, brightness=[200] * 6))
+    differ = profile_data(_discs(6, (64, 64), 8, brightness=[60, 250, 90, 230, 70, 240]))
     assert make_plan(alike, QUICK).normalization == "dataset"
     assert make_plan(differ, QUICK).normalization == "zscore"
     pretrained = make_plan(differ, QUICK, {"encoder_weights": "imagenet"})
@@ -123,23 +123,23 @@ def test_images_deeper_than_8_bits_are_normalized_by_their_percentiles() -> None
         [(eight.image(i)[..., :1].astype(np.uint16) * 16) for i in range(len(eight))],
         [eight.mask(i) for i in range(len(eight))],
     )
-    stats = data_stats(twelve)
+    stats = profile_data(twelve)
     assert (stats.pixels, twelve.pixels.shape[1]) == ("uint16", 1)
     assert stats.levels[0] >= 20 * 16 and 200 * 16 <= stats.levels[1] <= 209 * 16
     assert max(stats.mean_spread, stats.std_spread) <= 0.5  # alike, yet:
     plan = make_plan(stats, QUICK)
     assert plan.normalization == "percentile"
     assert plan.reasons["normalization"].startswith("uint16 images (median 1st..99.8th percentile")
-    assert make_plan(data_stats(eight), QUICK).normalization == "dataset"
+    assert make_plan(profile_data(eight), QUICK).normalization == "dataset"
 
 
 def test_given_values_bind_the_plan_and_the_plan_is_deterministic() -> None:
     arrays = _discs(4, (300, 500), 10)
-    assert make_plan(data_stats(arrays), QUICK) == make_plan(data_stats(arrays), QUICK)
-    given = make_plan(data_stats(arrays), QUICK, {"patch_size": (40, 40), "scale": 0.5})
+    assert make_plan(profile_data(arrays), QUICK) == make_plan(profile_data(arrays), QUICK)
+    given = make_plan(profile_data(arrays), QUICK, {"patch_size": (40, 40), "scale": 0.5})
     assert given.patch_size == (40, 40) and given.scale == 0.5
     assert given.depth_high == 3  # 40 is a multiple of 8, not of 16
-    deep = make_plan(data_stats(arrays), QUICK, {"depth_max": 5})
+    deep = make_plan(profile_data(arrays), QUICK, {"depth_max": 5})
     assert deep.patch_size == (96, 96) and all(s % 32 == 0 for s in deep.patch_size)
     assert len(given.lines()) == 7 and all(given.reasons.values())
 
@@ -224,7 +224,7 @@ def test_the_target_parts_touching_objects_when_many_touch() -> None:
     """The instance target is planned when objects touch (within 2 px: cells behind a thin
     membrane count), not for apart objects, not for a multi-class task, never over a value
     the user gave."""
-    from unet_search.train.fingerprint import touching_objects
+    from unet_search.plan.profile import touching_objects
 
     labels = np.zeros((20, 30), np.int64)
     labels[2:8, 2:8], labels[2:8, 10:16], labels[12:18, 22:28] = 1, 2, 3  # 1 and 2: 2 px apart
@@ -235,8 +235,8 @@ def test_the_target_parts_touching_objects_when_many_touch() -> None:
     assert touching_objects(labels) == (0, 3)
 
     apart = _discs(4, (120, 160), 10)
-    assert data_stats(apart).touching == 0.0
-    plan = make_plan(data_stats(apart), QUICK)
+    assert profile_data(apart).touching == 0.0
+    plan = make_plan(profile_data(apart), QUICK)
     assert plan.target == "semantic" and "components" in plan.reasons["target"]
     touching = []  # the same discs, each with a neighbour 1 px away (a thin membrane)
     for i in range(len(apart)):
@@ -247,15 +247,15 @@ def test_the_target_parts_touching_objects_when_many_touch() -> None:
     arrays = DatasetArrays.of(
         [apart.image(i) for i in range(len(apart))], [t > 0 for t in touching], touching
     )
-    stats = data_stats(arrays)
+    stats = profile_data(arrays)
     assert stats.touching is not None and stats.touching >= 0.9
     plan = make_plan(stats, QUICK)
     assert plan.target == "boundary" and "touch another" in plan.reasons["target"]
     assert make_plan(stats, QUICK, {"target": "semantic"}).target == "semantic"
     image = apart.image(0)
     multi = DatasetArrays.of([image], [touching[0] > 0])  # no instance truth
-    assert data_stats(multi).touching is None
-    assert make_plan(data_stats(multi), QUICK).target == "semantic"
+    assert profile_data(multi).touching is None
+    assert make_plan(profile_data(multi), QUICK).target == "semantic"
 
 
 def test_size_warnings_name_the_images_that_will_spoil_a_run() -> None:

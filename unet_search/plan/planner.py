@@ -1,4 +1,4 @@
-"""Settings planned from the dataset's fingerprint, within a compute budget (nnU-Net's idea:
+"""Settings planned from the dataset's profile (:mod:`.profile`), within a compute budget (nnU-Net's idea:
 the data's own numbers decide the pixel scale, the patch, the depth and the normalization).
 
 The rules, each printed with its reason by ``unet-search plan DIR``:
@@ -49,7 +49,7 @@ from unet_search.core.sections import (
 )
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.stats import scaled_size
-from unet_search.train.fingerprint import DataStats, data_stats
+from unet_search.plan.profile import DataProfile, profile_data
 
 __all__ = [
     "BUDGETS",
@@ -176,7 +176,7 @@ class Plan:
     """Planned values, each with the reason printed next to it."""
 
     budget: str
-    stats: DataStats
+    profile: DataProfile
     scale: float
     patch_size: tuple[int, int]
     depth: int  # a fixed depth: the deepest the rules allow
@@ -193,26 +193,24 @@ class Plan:
         return getattr(self, leaf)
 
     def to_json(self) -> str:
-        """``plan.json``: every planned value, its reason and the fingerprint it came from,
+        """``plan.json``: every planned value, its reason and the profile it came from,
         what a later stage (``resume``) reads back instead of planning again."""
-        return json.dumps(asdict(self), indent=1, sort_keys=True)
+        raw = asdict(self)
+        raw["stats"] = raw.pop("profile")  # the file's key since plans were first saved
+        return json.dumps(raw, indent=1, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, source: str = PLAN_FILE) -> Plan:
         """The plan :meth:`to_json` wrote; a clear error naming ``source`` if it is not one."""
         try:
             raw = json.loads(text)
-            stats = {
-                **raw["stats"],
-                **{
-                    k: tuple(raw["stats"][k])
-                    for k in ("median_size", "min_size", "mean", "std", "levels")
-                    if k in raw["stats"]  # levels: plans from before lack them
-                },
-            }
-            return cls(
-                **{**raw, "stats": DataStats(**stats), "patch_size": tuple(raw["patch_size"])}
+            stats = raw.pop("stats")
+            # JSON lists back to tuples (plans saved before `levels` existed lack it)
+            tuples = ("median_size", "min_size", "mean", "std", "levels")
+            profile = DataProfile(
+                **{**stats, **{k: tuple(stats[k]) for k in tuples if k in stats}}
             )
+            return cls(**{**raw, "profile": profile, "patch_size": tuple(raw["patch_size"])})
         except (ValueError, KeyError, TypeError) as err:
             raise UserError(f"{source}: not a plan written by unet-search ({err})") from None
 
@@ -221,7 +219,7 @@ class Plan:
         config)."""
         return {
             "plan.budget": self.budget,
-            "plan.object_px": self.stats.object_px,
+            "plan.object_px": self.profile.object_px,
             "plan.scale": self.scale,
             "plan.patch_size": list(self.patch_size),
             "plan.depth": f"{self.depth_low}..{self.depth_high}",
@@ -232,8 +230,10 @@ class Plan:
         }
 
     def text(self) -> str:
-        """The fingerprint and every value with its reason, as ``unet-search plan`` prints."""
-        return "\n".join([f"budget             {self.budget}", *self.stats.lines(), *self.lines()])
+        """The profile and every value with its reason, as ``unet-search plan`` prints."""
+        return "\n".join(
+            [f"budget             {self.budget}", *self.profile.lines(), *self.lines()]
+        )
 
     def lines(self) -> list[str]:
         shown = {
@@ -291,18 +291,18 @@ class Plan:
                 "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
             },
         }
-        header = "".join(f"# {line}\n" for line in [*self.stats.lines(), *self.lines()])
+        header = "".join(f"# {line}\n" for line in [*self.profile.lines(), *self.lines()])
         return header + yaml.safe_dump(space, sort_keys=False)
 
 
-def _plan_scale(stats: DataStats, given: Mapping[str, Any], why: dict[str, str]) -> float:
+def _plan_scale(profile: DataProfile, given: Mapping[str, Any], why: dict[str, str]) -> float:
     """Pixel scale: only large objects are downsampled."""
-    d = stats.object_px
+    d = profile.object_px
     if "scale" in given:
         why["scale"] = "given"
         return float(given["scale"])
     if d is not None and d > LARGE_OBJECT_PX:
-        floor = max(MIN_SCALE, MIN_SCALED_SIDE / max(min(stats.median_size), 1))
+        floor = max(MIN_SCALE, MIN_SCALED_SIDE / max(min(profile.median_size), 1))
         scale = round(min(1.0, max(TARGET_OBJECT_PX / d, floor)), 2)
         why["scale"] = (
             f"median object {d:.0f} px > {LARGE_OBJECT_PX:.0f}: downsampled to ~{d * scale:.0f} "
@@ -391,15 +391,17 @@ def _plan_depth(
     return depth, low, high
 
 
-def _plan_normalization(stats: DataStats, given: Mapping[str, Any], why: dict[str, str]) -> str:
-    spread = max(stats.mean_spread, stats.std_spread)
+def _plan_normalization(
+    profile: DataProfile, given: Mapping[str, Any], why: dict[str, str]
+) -> str:
+    spread = max(profile.mean_spread, profile.std_spread)
     if given.get("encoder_weights"):
         why["normalization"] = "pre-trained encoder weights expect ImageNet statistics"
         return "default"
-    if stats.pixels != "uint8":
-        low, high = stats.levels
+    if profile.pixels != "uint8":
+        low, high = profile.levels
         why["normalization"] = (
-            f"{stats.pixels} images (median 1st..99.8th percentile {low:g}..{high:g}): each "
+            f"{profile.pixels} images (median 1st..99.8th percentile {low:g}..{high:g}): each "
             "image's own percentiles to 0..1 (Cellpose, CSBDeep), whatever its bit depth"
         )
         return "percentile"
@@ -416,36 +418,38 @@ def _plan_normalization(stats: DataStats, given: Mapping[str, Any], why: dict[st
     return "dataset"
 
 
-def _plan_target(stats: DataStats, given: Mapping[str, Any], why: dict[str, str]) -> str:
+def _plan_target(profile: DataProfile, given: Mapping[str, Any], why: dict[str, str]) -> str:
     if "target" in given:
         why["target"] = "given"
         return str(given["target"])
-    if stats.touching is None:
+    if profile.touching is None:
         why["target"] = "no instance truth (a multi-class task): the classes themselves"
         return "semantic"
-    if stats.touching >= TOUCHING_LIMIT:
+    if profile.touching >= TOUCHING_LIMIT:
         why["target"] = (
-            f"{stats.touching:.0%} of the objects touch another (>= {TOUCHING_LIMIT:.0%}): "
+            f"{profile.touching:.0%} of the objects touch another (>= {TOUCHING_LIMIT:.0%}): "
             "background / interior / boundary, so touching objects come out apart"
         )
         return "boundary"
     why["target"] = (
-        f"{stats.touching:.0%} of the objects touch another (< {TOUCHING_LIMIT:.0%}): the "
+        f"{profile.touching:.0%} of the objects touch another (< {TOUCHING_LIMIT:.0%}): the "
         "mask's connected components are the objects"
     )
     return "semantic"
 
 
-def make_plan(stats: DataStats, budget: Budget, given: Mapping[str, Any] | None = None) -> Plan:
-    """The plan for ``stats`` within ``budget``. ``given`` holds values the user set (they
+def make_plan(
+    profile: DataProfile, budget: Budget, given: Mapping[str, Any] | None = None
+) -> Plan:
+    """The plan for ``profile`` within ``budget``. ``given`` holds values the user set (they
     bind the others): ``scale``, ``patch_size`` ((h, w)), ``depth`` (fixed), ``depth_max``
     (the largest searched depth), ``batch_size``, ``encoder_weights``, ``transformer`` (a
     transformer bottleneck may run: depths and patch keep its token limit)."""
     given = {k: v for k, v in (given or {}).items() if v is not None and v != AUTO}
     why: dict[str, str] = {}
-    scale = _plan_scale(stats, given, why)
-    obj = None if stats.object_px is None else stats.object_px * scale
-    median = scaled_size(stats.median_size, scale)
+    scale = _plan_scale(profile, given, why)
+    obj = None if profile.object_px is None else profile.object_px * scale
+    median = scaled_size(profile.median_size, scale)
     fixed_depth = given.get("depth")
     top = int(fixed_depth or given.get("depth_max") or budget.max_depth)
     patch = _plan_patch(median, obj, budget, given, top, why)
@@ -456,10 +460,10 @@ def make_plan(stats: DataStats, budget: Budget, given: Mapping[str, Any] | None 
     else:
         batch, why["batch_size"] = budget.batch_for(patch)
     per_epoch, why["patches_per_epoch"] = budget.patches_per_epoch(patch, batch)
-    norm = _plan_normalization(stats, given, why)
-    target = _plan_target(stats, given, why)
+    norm = _plan_normalization(profile, given, why)
+    target = _plan_target(profile, given, why)
     return Plan(
-        budget.name, stats, scale, patch, depth, low, high, batch, per_epoch, norm, why, target
+        budget.name, profile, scale, patch, depth, low, high, batch, per_epoch, norm, why, target
     )
 
 
@@ -481,6 +485,6 @@ def plan_run(
     if isinstance(given.get("patch_size"), int):
         given["patch_size"] = (given["patch_size"], given["patch_size"])
     chosen = parse_budget(budget) if budget else default_budget(known["gpus_per_worker"] > 0)
-    plan = make_plan(data_stats(arrays, provisional.data), chosen, given)
+    plan = make_plan(profile_data(arrays, provisional.data), chosen, given)
     resolved = {**flat, **{leaf: plan.value(leaf) for leaf in auto}}
     return build_run_config(resolved, source), plan
