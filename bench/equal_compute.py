@@ -92,7 +92,7 @@ def run_arm(
     seconds = time.perf_counter() - start
     trained = sum(t.epochs for t in out.trials if not t.baseline)
     trained += out.final.epochs if out.final else 0
-    source = (out.final_plan.source if out.final_plan else None) or out.best
+    source = (out.final_fit.source if out.final_fit else None) or out.best
     winner = source.name if source else "-"
     if source and source.default:
         winner += " (the planned default)"

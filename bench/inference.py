@@ -20,8 +20,8 @@ import torch
 from unet_search.core.config import RunConfig
 from unet_search.models.build import build_model, save_model_dir
 from unet_search.models.unet import mirror_pad
-from unet_search.serve.export import pyfunc_model
 from unet_search.serve.inference import load_model
+from unet_search.serve.packaging import pyfunc_model
 from unet_search.tracking.models import save_pyfunc
 from unet_search.train.sliding import preprocessing_of, tile_starts
 from unet_search.train.transforms import to_tensor
@@ -103,14 +103,14 @@ def measure_patch(images: list[np.ndarray]) -> dict[str, float]:
         save_model_dir(model_dir, model, cfg.model, 1, preprocessing_of(cfg))
         predictor = load_model(model_dir)
         flips = load_model(model_dir, tta="flips")
-        plan, tiles = predictor.plan, []
+        tiling, tiles = predictor.tiling, []
         for img in images:
             x = to_tensor(img, "unit", 3)
             h, w = x.shape[-2:]
-            th, tw = plan.patch
+            th, tw = tiling.patch
             x = mirror_pad(x[None], 0, max(th - h, 0), 0, max(tw - w, 0))[0]
-            for y in tile_starts(x.shape[-2], th, plan.overlap):
-                for xs in tile_starts(x.shape[-1], tw, plan.overlap):
+            for y in tile_starts(x.shape[-2], th, tiling.overlap):
+                for xs in tile_starts(x.shape[-1], tw, tiling.overlap):
                     tiles.append(x[:, y : y + th, xs : xs + tw])
         batches = [torch.stack(tiles[i : i + 8]) for i in range(0, len(tiles), 8)]
 
@@ -119,7 +119,7 @@ def measure_patch(images: list[np.ndarray]) -> dict[str, float]:
                 for batch in batches:
                     predictor.model(batch)
 
-        print(f"{len(tiles)} tiles of {plan.patch[0]} px for {len(images)} images", flush=True)
+        print(f"{len(tiles)} tiles of {tiling.patch[0]} px for {len(images)} images", flush=True)
         return _common.interleaved(
             {
                 "raw": raw_forward,

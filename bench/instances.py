@@ -48,7 +48,7 @@ from unet_search.train.engine import (
 from unet_search.train.instances import choose_decoding, decode_instances
 from unet_search.train.losses import loss_of
 from unet_search.train.metrics import instance_scores
-from unet_search.train.sliding import plan_of, predict_logits, preprocessing_of
+from unet_search.train.sliding import predict_logits, preprocessing_of, tiling_of
 
 CPU = torch.device("cpu")
 
@@ -103,7 +103,7 @@ def train(
     module.load_state_dict(state.best_state or module.state_dict())
     picks = [int(i) for i in val_indices(cfg, arrays)]
     logits = (
-        predict_logits(module, arrays.image(i), plan_of(cfg), val.normalization, 3, CPU)
+        predict_logits(module, arrays.image(i), tiling_of(cfg), val.normalization, 3, CPU)
         for i in picks
     )
     truths = [arrays.instances(i) for i in picks]

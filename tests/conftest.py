@@ -175,7 +175,7 @@ class MlflowServer:
 class WatchedSearch:
     """A finished real search plus what Ray's Prometheus endpoints exported while it ran."""
 
-    outcome: Any  # unet_search.search.outcome.SearchOutcome
+    outcome: Any  # unet_search.finish.run.SearchResult
     home: Path
     uri: str
     targets: tuple[str, ...]  # host:port of every node's metrics endpoint

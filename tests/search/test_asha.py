@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from unet_search.core.tags import TAG_BASELINE
-from unet_search.search.asha import DurableFIFO, PromotingASHA, SavesNewTrials, TieBreakingASHA
+from unet_search.search.asha import PromotingASHA, TieBreakingASHA
 from unet_search.search.pareto import crowding, fronts, hypervolume, knee, ranked
 from unet_search.search.rungs import TIE_BREAK, milestones, rank_value
+from unet_search.search.state import DurableFIFO, SavesNewTrials
 
 
 def test_rungs_are_grace_times_powers_of_the_reduction_below_max_t() -> None:
@@ -312,7 +313,7 @@ def test_the_registered_trial_is_the_best_first_objective_or_the_fronts_knee() -
     """search.pick on a Dice / parameters front: `best` takes the best Dice whatever its
     size; `knee` the point that bulges farthest out of the line through the front's ends;
     a dominated trial is never the knee."""
-    from unet_search.search.outcome import TrialSummary, choose, front_of
+    from unet_search.search.summaries import TrialSummary, choose, front_of
     from unet_search.space.settings import SearchSettings
 
     def trial(name: str, dice: float, size: float) -> TrialSummary:

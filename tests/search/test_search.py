@@ -27,8 +27,7 @@ from unet_search.core.tags import TAG_BASELINE, TAG_KIND, TAG_SEARCH_ID, TAG_TRI
 from unet_search.data.dataset import load_dataset
 from unet_search.data.split import split_indices
 from unet_search.data.synthetic import make_synthetic
-from unet_search.finish.outcome import SearchOutcome
-from unet_search.finish.run import run_search
+from unet_search.finish.run import SearchResult, run_search
 from unet_search.search.incumbent import gain_at_equal_epochs
 from unet_search.serve.inference import load_model
 from unet_search.space.load import load_space
@@ -67,7 +66,7 @@ def _search(
     raw: dict,
     overrides: list[str] = (),
     **kwargs: object,
-) -> SearchOutcome:
+) -> SearchResult:
     path = tmp_path / f"{raw['name']}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     spec = load_space(path, overrides)
@@ -352,14 +351,14 @@ def test_end_to_end_search_registers_a_champion_that_scores_its_numbers(
 
 def _asha_search(
     tmp_path: Path, data: Path, workdir: Path, capsys: pytest.CaptureFixture[str], scheduler: str
-) -> tuple[SearchOutcome, str]:
+) -> tuple[SearchResult, str]:
     """The search of :func:`_asha_space` and its live view's last line."""
     out = _search(tmp_path, data, workdir, asha_space(f"asha-{scheduler}", scheduler))
     assert [t.params["lr"] for t in out.trials] == [0.01, 1e-7, 0.01]
     return out, [ln for ln in capsys.readouterr().out.splitlines() if "] trials: " in ln][-1]
 
 
-def _stopped_early(workdir: Path, out: SearchOutcome) -> list[str]:
+def _stopped_early(workdir: Path, out: SearchResult) -> list[str]:
     runs = _client(workdir).search_runs(
         [out.experiment_id], "tags.unet_search.outcome = 'stopped_early'"
     )
@@ -771,9 +770,9 @@ def test_a_small_search_with_a_compute_budget_ends_with_a_final_fit_that_is_regi
     # from a trial that was training beside it), no exploring trial trained on to max_t
     # (3) for it, and the final fit trains the best of them on from its checkpoint's kept
     # weights, for the epochs left; the epochs of every run but the baseline's add up to 6.
-    final, plan = out.final, out.final_plan
-    assert final is not None and plan is not None and plan.source is not None
-    assert plan.explored_epochs in (3, 4)
+    final, fit = out.final, out.final_fit
+    assert final is not None and fit is not None and fit.source is not None
+    assert fit.explored_epochs in (3, 4)
     assert [(t.status, t.epochs <= 2) for t in (default, sampled)] == [("KILLED", True)] * 2
     # Its source: the planned default, unless the sampled trial beat it at equal epochs by
     # more than the margin. The curves compared are each trial's logged best_val_dice.
@@ -782,17 +781,17 @@ def test_a_small_search_with_a_compute_budget_ends_with_a_final_fit_that_is_regi
         assert trial.curve == tuple(sorted((m.step, pytest.approx(m.value)) for m in logged))
     epoch, gain = gain_at_equal_epochs(default.curve, sampled.curve, "max") or (0, 0.0)
     switch = gain > INCUMBENT_MARGIN
-    assert plan.source.trial_id == (sampled if switch else default).trial_id
+    assert fit.source.trial_id == (sampled if switch else default).trial_id
     told = client.get_run(out.parent_run_id).data.tags["unet_search.final_fit_source"]
-    assert told == plan.chosen and f"{gain:+.4f} at epoch {epoch}" in told, (told, gain)
+    assert told == fit.chosen and f"{gain:+.4f} at epoch {epoch}" in told, (told, gain)
     run = client.get_run(final.run_id)
-    (trial_dir,) = (workdir / "ray_results" / out.search_id).glob(f"*{plan.source.trial_id}*")
+    (trial_dir,) = (workdir / "ray_results" / out.search_id).glob(f"*{fit.source.trial_id}*")
     start = Path(run.data.params["init_weights"])
     assert start.parent == trial_dir and start.name.startswith("checkpoint_")
     assert run.data.tags["unet_search.final_fit"] == "true"
     assert run.data.tags["mlflow.parentRunId"] == out.parent_run_id
-    assert run.info.run_name == f"final {plan.source.name}"
-    assert run.data.params["lr"] == str(plan.source.params["lr"])
+    assert run.info.run_name == f"final {fit.source.name}"
+    assert run.data.params["lr"] == str(fit.source.params["lr"])
     assert run.data.params["epochs"] == str(final.epochs)
     epochs = {
         t.run_id: int(client.get_run(t.run_id).data.metrics["epoch"])
@@ -808,11 +807,11 @@ def test_a_small_search_with_a_compute_budget_ends_with_a_final_fit_that_is_regi
     assert out.report is not None
     page = out.report.read_text()
     shown = page.split('<span id="final-fit">', 1)[1].split("</span>", 1)[0]
-    assert shown.startswith(f"final {plan.source.name}: {final.value:.4f}, {final.epochs} epochs")
+    assert shown.startswith(f"final {fit.source.name}: {final.value:.4f}, {final.epochs} epochs")
     assert "from its source's kept weights" in shown
     source = page.split('<span id="final-source">', 1)[1].split("</span>", 1)[0]
-    assert html.unescape(source) == plan.chosen
-    explored = f"the exploring trials spent {plan.explored_epochs} epochs"
+    assert html.unescape(source) == fit.chosen
+    explored = f"the exploring trials spent {fit.explored_epochs} epochs"
     assert f"{explored}, the final fit {final.epochs}" in shown
 
     # Its kept weights are what is registered and scored on the held-out test images: the

@@ -16,8 +16,8 @@ from conftest import TargetModels, TrainedModel, store_in
 
 from unet_search.core.names import CONFIG_FILE
 from unet_search.core.sections import ModelConfig
-from unet_search.serve.export import log_and_register
 from unet_search.serve.inference import Predictor
+from unet_search.serve.packaging import log_and_register
 from unet_search.tracking.client import create_run, ensure_experiment
 from unet_search.tracking.registry import download_model
 
@@ -144,7 +144,7 @@ def test_the_pyfunc_returns_instances_when_asked(
     the instance labels ``Predictor.predict(..., instances=True)`` gives; without it, masks."""
     from unet_search.core.sections import DataConfig
     from unet_search.data.dataset import load_dataset
-    from unet_search.serve.export import pyfunc_model
+    from unet_search.serve.packaging import pyfunc_model
     from unet_search.tracking.models import save_pyfunc
 
     folder = epithelium_models.models["boundary"]

@@ -29,8 +29,8 @@ from unet_search.core.tags import (
     TAG_VALUE,
 )
 from unet_search.models.build import build_model, save_model_dir
-from unet_search.serve.export import log_and_register
 from unet_search.serve.inference import load_model
+from unet_search.serve.packaging import log_and_register
 from unet_search.tracking.client import create_run, ensure_experiment
 from unet_search.tracking.registry import (
     champion_lock,
@@ -242,7 +242,7 @@ def _free_port() -> int:
 
 
 def test_a_vetoed_version_is_a_challenger_even_as_the_first_of_its_name(store) -> None:
-    """The Otsu rule (unet_search.search.outcome.otsu_veto) vetoes the champion alias: the
+    """The Otsu rule (unet_search.search.summaries.otsu_veto) vetoes the champion alias: the
     version is registered, as challenger, with the veto as its reason; a champion stays."""
     client = MlflowClient(store[0])
     why = "its val_dice 0.4000 is below a plain Otsu threshold's 0.8000"

@@ -17,7 +17,7 @@ from unet_search.models.build import build_model
 from unet_search.serve.inference import Predictor, load_model
 from unet_search.train.sliding import (
     FLIPS,
-    PredictPlan,
+    Tiling,
     gaussian_weights,
     predict_logits,
     predict_logits_many,
@@ -63,8 +63,8 @@ def test_a_tiled_prediction_has_no_seams() -> None:
     """A trained model (the legacy fixture's weights), tiles of 64 px with half overlap,
     against one pass over the whole 192x160 image."""
     model, image = Predictor.from_dir(FIXTURE / "model").model, _image(1, 192, 160)
-    whole = predict_logits(model, image, PredictPlan(patch=(192, 160)), "unit", 3)
-    tiled = predict_logits(model, image, PredictPlan(patch=(64, 64)), "unit", 3)
+    whole = predict_logits(model, image, Tiling(patch=(192, 160)), "unit", 3)
+    tiled = predict_logits(model, image, Tiling(patch=(64, 64)), "unit", 3)
     assert whole.shape == tiled.shape == (1, 192, 160)
     # Measured: the mean |difference| is 0.45% of the logits' spread and the labels agree on
     # 99.94% of the pixels (tiles of 96 px: 0.05% and 100%; of 32 px, about this model's
@@ -78,7 +78,7 @@ def test_a_tiled_prediction_has_no_seams() -> None:
 
 def test_an_image_smaller_than_a_tile_is_padded_and_cropped_back() -> None:
     model, image = _model(), _image(2, 20, 45)
-    out = predict_logits(model, image, PredictPlan(patch=(32, 32)), "unit", 3)
+    out = predict_logits(model, image, Tiling(patch=(32, 32)), "unit", 3)
     assert out.shape == (1, 20, 45) and torch.isfinite(out).all()
 
 
@@ -86,8 +86,8 @@ def test_overlap_tile_of_a_valid_unet_equals_one_pass_over_the_mirrored_image() 
     """The unpadded UNet's output tiles cover the image exactly, each seeing real pixels:
     the same logits as one pass of the network over the whole mirror-padded image."""
     model, image = _model(padding="valid", depth=2), _image(3, 70, 90)
-    tiled = predict_logits(model, image, PredictPlan(patch=(24, 24)), "unit", 3)
-    whole = predict_logits(model, image, PredictPlan(patch=(70, 90)), "unit", 3)
+    tiled = predict_logits(model, image, Tiling(patch=(24, 24)), "unit", 3)
+    whole = predict_logits(model, image, Tiling(patch=(70, 90)), "unit", 3)
     assert tiled.shape == (1, 70, 90)
     assert torch.allclose(tiled, whole, atol=1e-4)
 
@@ -95,12 +95,12 @@ def test_overlap_tile_of_a_valid_unet_equals_one_pass_over_the_mirrored_image() 
 @pytest.mark.parametrize("dims", FLIPS[1:])
 def test_flip_tta_is_exactly_equivariant(dims: tuple[int, ...]) -> None:
     model, image = _model(), _image(4, 64, 48)
-    plan = PredictPlan(patch=(32, 32), tta="flips")
+    plan = Tiling(patch=(32, 32), tta="flips")
     flipped = np.ascontiguousarray(np.flip(image, axis=tuple(d + 2 for d in dims)))
     a = predict_logits(model, flipped, plan, "unit", 3)
     b = torch.flip(predict_logits(model, image, plan, "unit", 3), dims)
     assert torch.allclose(a, b, atol=1e-5)
-    plain = predict_logits(model, image, PredictPlan(patch=(32, 32)), "unit", 3)
+    plain = predict_logits(model, image, Tiling(patch=(32, 32)), "unit", 3)
     assert not torch.allclose(plain, torch.flip(b, dims), atol=1e-3)  # flips did something
 
 
@@ -108,7 +108,7 @@ def test_flip_tta_is_exactly_equivariant(dims: tuple[int, ...]) -> None:
 def test_resize_mode_predicts_a_batch_as_it_predicts_each_image(tta: str) -> None:
     model = _model(depth=2)
     images = [_image(k, h, w) for k, (h, w) in enumerate([(40, 70), (97, 33), (64, 64)] * 7)]
-    plan = PredictPlan(input_mode="resize", image_size=48, tta=tta)
+    plan = Tiling(input_mode="resize", image_size=48, tta=tta)
     together = predict_logits_many(model, images, plan, "zscore", 3)  # 2 batches (16 + 5)
     assert [t.shape[-2:] for t in together] == [im.shape[:2] for im in images]
     for image, batched in zip(images, together, strict=True):
@@ -121,7 +121,7 @@ def test_a_model_registered_before_patch_mode_predicts_as_before() -> None:
     mode (see its README); its preprocessing has no input_mode."""
     expected = np.load(FIXTURE / "expected.npz")
     predictor = load_model(FIXTURE / "model")
-    assert predictor.plan.input_mode == "resize" and predictor.plan.image_size == 64
+    assert predictor.tiling.input_mode == "resize" and predictor.tiling.image_size == 64
     masks = predictor.predict([expected["image0"], expected["image1"]])
     for mask, want in zip(masks, (expected["mask0"], expected["mask1"]), strict=True):
         assert mask.shape == want.shape
@@ -136,12 +136,12 @@ def test_a_4000_pixel_image_predicts_in_bounded_memory(tmp_path: Path) -> None:
 import resource, numpy as np, torch
 from unet_search.core.sections import ModelConfig
 from unet_search.models.build import build_model
-from unet_search.train.sliding import PredictPlan, predict_logits
+from unet_search.train.sliding import Tiling, predict_logits
 torch.manual_seed(0)
 model = build_model(ModelConfig(depth=2, base_filters=2, batchnorm=False), 1).eval()
 image = np.random.default_rng(0).integers(0, 255, (4000, 4000, 3), dtype=np.uint8)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-plan = PredictPlan(patch=(512, 512), overlap=0.0, batch_size=2)
+plan = Tiling(patch=(512, 512), overlap=0.0, batch_size=2)
 out = predict_logits(model, image, plan, "zscore", 3)  # whole-image statistics too
 assert out.shape == (1, 4000, 4000), out.shape
 print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

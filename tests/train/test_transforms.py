@@ -264,16 +264,16 @@ def test_a_saved_preprocessing_reads_back_typed_as_it_was_written() -> None:
     """The model file keeps its preprocessing keys (other tools read them); the predictor
     reads them once into a typed Preprocessing with the same plan, normalization, channels,
     classes and threshold the run trained with."""
-    from unet_search.train.sliding import Preprocessing, plan_of
+    from unet_search.train.sliding import Preprocessing, tiling_of
 
     cfg = RunConfig.from_dict({"patch_size": 64, "threshold": 0.4, "normalization": "zscore"})
     pre = Preprocessing.from_dict(preprocessing_of(cfg))
-    assert pre.plan == plan_of(cfg)
+    assert pre.tiling == tiling_of(cfg)
     assert pre.normalization == Normalization.named("zscore")
     assert (pre.in_channels, pre.num_classes, pre.threshold) == (3, 1, 0.4)
     # A model saved before patch mode: resize mode at its image size, x/255, threshold 0.5.
     old = Preprocessing.from_dict({"image_size": 96, "normalization": "unit"}, num_classes=1)
-    assert (old.plan.input_mode, old.plan.image_size, old.threshold) == ("resize", 96, 0.5)
+    assert (old.tiling.input_mode, old.tiling.image_size, old.threshold) == ("resize", 96, 0.5)
 
 
 def test_border_weights_are_cut_scaled_and_augmented_with_their_patch(tmp_path: Path) -> None:

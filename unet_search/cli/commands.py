@@ -237,11 +237,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         arrays,
         data,
         workdir,
-        args.name,
-        args.model_name,
-        args.address,
-        args.storage,
-        args.overrides,
+        name=args.name,
+        model_name=args.model_name,
+        address=args.address,
+        storage=args.storage,
+        overrides=args.overrides,
     )
     _report(out, spec.settings.mode, workdir)
     return 0
@@ -341,7 +341,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     spec = load_space_text(state.space_source, state.space_file, state.overrides)
     arrays = load_dataset(Path(state.data_dir), spec.base_config().data, workdir / "cache")
     _leave_job_working_dir(workdir)
-    out = resume_search(state, spec, arrays, workdir, args.address, args.storage)
+    out = resume_search(state, spec, arrays, workdir, address=args.address, storage=args.storage)
     _report(out, spec.settings.mode, workdir)
     return 0
 
@@ -391,17 +391,17 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def _print_final_and_default(out: Any) -> None:
     """The final fit (what it trained, against the trial it started from), a best that is
     the planned default configuration, and a search that trained nothing to register."""
-    metric, final, plan = out.metric, out.final, out.final_plan
-    if final is not None and plan is not None and plan.source is not None:
-        source = plan.source
+    metric, final, fit = out.metric, out.final, out.final_fit
+    if final is not None and fit is not None and fit.source is not None:
+        source = fit.source
         print(
             f"final fit    {source.name}, {final.epochs} epochs in run {final.name!r}: "
             f"{metric} {source.value:.4f} -> {final.value:.4f}"
         )
-        if plan.chosen:  # the incumbent rule's verdict
-            print(f"its source   {plan.chosen}")
-    chosen = plan.source if final is not None and plan is not None else out.best
-    if chosen is not None and chosen.default and not (plan and plan.chosen):
+        if fit.chosen:  # the incumbent rule's verdict
+            print(f"its source   {fit.chosen}")
+    chosen = fit.source if final is not None and fit is not None else out.best
+    if chosen is not None and chosen.default and not (fit and fit.chosen):
         print("the best configuration is the planned default (search.default_trial)")
     if out.best is None:
         print(

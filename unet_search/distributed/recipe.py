@@ -67,7 +67,7 @@ from unet_search.train.engine import (
 from unet_search.train.instances import Decoding, choose_decoding, foreground_labels
 from unet_search.train.latency import median_ms
 from unet_search.train.losses import loss_of
-from unet_search.train.sliding import plan_of, predict_logits, preprocessing_of
+from unet_search.train.sliding import predict_logits, preprocessing_of, tiling_of
 from unet_search.train.transforms import Normalization
 from unet_search.train.visualize import triptych
 
@@ -211,12 +211,12 @@ def _predict_masks(
     norm: Normalization,
 ) -> list[np.ndarray]:
     """Whole-image labels of ``picks``, as ``predict`` segments them."""
-    plan = plan_of(cfg)
+    tiling = tiling_of(cfg)
     device = next(module.parameters()).device
     out = []
     for i in picks:
         logits = predict_logits(
-            module, arrays.image(int(i)), plan, norm, cfg.model.in_channels, device
+            module, arrays.image(int(i)), tiling, norm, cfg.model.in_channels, device
         )
         labels = foreground_labels(logits[None], cfg.data.target, cfg.train.threshold)
         out.append(labels[0].cpu().numpy())
@@ -269,11 +269,12 @@ def _choose_decoding(
     instances (a multi-class task, no instance truth, ``dsb_every: 0``)."""
     if cfg.data.num_classes > 2 or arrays.instance_pixels is None or not cfg.train.dsb_every:
         return None
-    plan, device, channels = plan_of(cfg), next(module.parameters()).device, cfg.model.in_channels
+    tiling, device = tiling_of(cfg), next(module.parameters()).device
+    channels = cfg.model.in_channels
     picks = [int(i) for i in val_indices(cfg, arrays)]
     truths = [t for t in (arrays.instances(i) for i in picks) if t is not None]
     logits = (
-        predict_logits(module, arrays.image(i), plan, norm, channels, device).float().cpu()
+        predict_logits(module, arrays.image(i), tiling, norm, channels, device).float().cpu()
         for i in picks
     )
     return choose_decoding(logits, truths, cfg.data.target, cfg.train.threshold)

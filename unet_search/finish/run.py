@@ -7,70 +7,100 @@ after the search)."""
 
 from __future__ import annotations
 
-import functools
 import tempfile
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec
+from typing import Unpack
+
+import optuna
 
 from unet_search.core.names import SEARCH_LOG_DIR
 from unet_search.core.outcome import RunStatus
 from unet_search.core.tags import TAG_ALIAS, TAG_DECISION, TAG_REGISTERED
 from unet_search.data.dataset import DatasetArrays
-from unet_search.finish.outcome import (
-    SearchOutcome,
-    download_best_model,
-    log_summary,
-    pareto_trials,
-    register_best,
-    test_scores,
-)
+from unet_search.finish.registration import register_best
+from unet_search.finish.scoring import download_best_model, test_scores
+from unet_search.finish.summary import log_summary, pareto_trials
 from unet_search.report.page import write_report
 from unet_search.search.context import SearchContext
-from unet_search.search.driver import Explored, Started, explore, restart_search, start_search
+from unet_search.search.driver import (
+    Explored,
+    ResumeOptions,
+    SearchOptions,
+    Started,
+    explore,
+    restart_search,
+    start_search,
+)
+from unet_search.search.final import FinalFit
+from unet_search.search.summaries import TrialSummary
+from unet_search.space.spec import SearchSpec
 from unet_search.tracking.client import end_run, log_artifact, set_tags
 from unet_search.tracking.outage import TrackingUnavailable
 from unet_search.tracking.registry import Registration
+from unet_search.tracking.state import SearchState
 
-__all__ = ["resume_search", "run_search"]
-
-
-P = ParamSpec("P")
+__all__ = ["resume_search", "run_search", "SearchResult"]
 
 
-def _to_the_end(start: Callable[P, Started], doc: str) -> Callable[P, SearchOutcome]:
-    """``start`` (which sets a search up), then the search explored and finished."""
+@dataclass(frozen=True)
+class SearchResult:
+    """What a whole search leaves: its trials and their best, the registered version, the
+    held-out test scores, the report and the log."""
 
-    @functools.wraps(start)
-    def run(*args: P.args, **kwargs: P.kwargs) -> SearchOutcome:
-        return _finish(start(*args, **kwargs))
+    search_id: str
+    experiment_id: str
+    parent_run_id: str
+    metric: str
+    trials: tuple[TrialSummary, ...]
+    best: TrialSummary | None
+    baseline: TrialSummary | None
+    registration: Registration | None
+    study: optuna.Study
+    otsu_val_dice: float | None  # a plain Otsu threshold's Dice on the validation images
+    # The best model's scores on the held-out test images (test_dice, ..., otsu_test_dice);
+    # empty without a test split
+    test: dict[str, float]
+    report: Path | None  # the HTML report, when it could be written
+    log: Path  # the progress lines plus Ray's and Tune's log (also a parent-run artifact)
+    # The final fit (search.compute): what it trained from and for, and its run (None: none
+    # ran, or it failed: `best` is then the best exploring trial)
+    final_fit: FinalFit | None = None
+    final: TrialSummary | None = None
+    front: tuple[TrialSummary, ...] = ()  # several objectives: the finished trials' front
 
-    run.__doc__ = doc
-    return run
 
-
-run_search = _to_the_end(
-    start_search,
+def run_search(
+    spec: SearchSpec,
+    arrays: DatasetArrays,
+    data_dir: Path,
+    workdir: Path,
+    **options: Unpack[SearchOptions],
+) -> SearchResult:
     """Run a whole search: trials on Ray Tune, runs in MLflow, the best model registered.
-    The arguments are :func:`~unet_search.search.driver.start_search`'s: the space, the
-    arrays, the data folder, the work dir, and optionally its name, the model name, the Ray
-    address, the storage, the ``--set`` overrides, more Tune callbacks and a Tune stopper
-    (the benchmarks time trials and hold searches to an epoch budget with them).""",
-)
-run_search.__name__ = run_search.__qualname__ = "run_search"
+    ``spec``: the space; ``arrays``: the decoded data of ``data_dir``; ``workdir``: where the
+    search keeps its files; ``options``: its name, the model name, the Ray address, the
+    storage, the ``--set`` overrides, more Tune callbacks and a Tune stopper
+    (:class:`~unet_search.search.driver.SearchOptions`; the benchmarks time trials and hold
+    searches to an epoch budget with the last two)."""
+    return _finish(start_search(spec, arrays, data_dir, workdir, **options))
 
-resume_search = _to_the_end(
-    restart_search,
+
+def resume_search(
+    state: SearchState,
+    spec: SearchSpec,
+    arrays: DatasetArrays,
+    workdir: Path,
+    **options: Unpack[ResumeOptions],
+) -> SearchResult:
     """Continue an interrupted search: finished trials are kept, unfinished ones continue from
     their last checkpoint (the final fit too), Optuna keeps its history, every trial keeps its
-    one MLflow run and the parent run is continued. The arguments are
-    :func:`~unet_search.search.driver.restart_search`'s (the saved state, the space, the
-    arrays, the work dir, the Ray address and the storage).""",
-)
-resume_search.__name__ = resume_search.__qualname__ = "resume_search"
+    one MLflow run and the parent run is continued. ``state``: what the search saved when it
+    started (:func:`unet_search.tracking.state.read_search_state`)."""
+    return _finish(restart_search(state, spec, arrays, workdir, **options))
 
 
-def _finish(started: Started) -> SearchOutcome:
+def _finish(started: Started) -> SearchResult:
     """Explore, then score, log and register the best; end the parent run and upload the
     log whatever happened (it stays RUNNING only when MLflow went away, for ``resume``)."""
     ctx = started.ctx
@@ -93,7 +123,7 @@ def _finish(started: Started) -> SearchOutcome:
         if status is not None:
             end_run(ctx.tracking_uri, ctx.parent_run_id, status)
             _upload_log(ctx, started.log)
-    return SearchOutcome(
+    return SearchResult(
         ctx.search_id,
         ctx.experiment_id,
         ctx.parent_run_id,
@@ -107,7 +137,7 @@ def _finish(started: Started) -> SearchOutcome:
         test,
         _auto_report(ctx, started.workdir),
         started.log,
-        explored.plan,
+        explored.final_fit,
         explored.final,
         tuple(pareto_trials(explored.everything, ctx.spec.settings)),
     )

@@ -26,11 +26,10 @@ from unet_search.models.blocks import SCSE_REDUCTION
 from unet_search.models.smp import (
     SMP_ARCHS,
     SMP_UPSAMPLING,
-    SegmentationModel,
     build_smp,
     smp_encoders,
 )
-from unet_search.models.unet import PLAIN_UPSAMPLING, PlainUNet
+from unet_search.models.unet import PLAIN_UPSAMPLING, PlainUNet, mirror_pad, valid_input_size
 from unet_search.models.unet3plus import UNET3PLUS_DEPTHS, UNet3Plus
 
 __all__ = [
@@ -47,6 +46,7 @@ __all__ = [
     "save_model_dir",
     "load_model_dir",
     "read_model_meta",
+    "SegmentationModel",
 ]
 
 
@@ -98,6 +98,27 @@ UNET3PLUS_ATTENTIONS = ("none", "scse")
 VALID_BOTTLENECKS = ("plain",)
 # smp architectures an encoder family cannot feed (smp refuses them at construction).
 SMP_REFUSED = {("unetplusplus", "mit_b"): "UNet++ has no Mix Transformer (mit_b*) support in smp"}
+
+
+class SegmentationModel(nn.Module):
+    """Wraps a network so that any (N, C, H, W) input gives (N, K, H, W) logits."""
+
+    def __init__(self, net: nn.Module, depth: int, padding: str) -> None:
+        super().__init__()
+        self.net, self.depth, self.padding = net, depth, padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if self.padding == "valid":
+            (in_h, m_h), (in_w, m_w) = (
+                valid_input_size(h, self.depth),
+                valid_input_size(w, self.depth),
+            )
+            x = mirror_pad(x, m_h, in_h - h - m_h, m_w, in_w - w - m_w)
+        else:
+            multiple = 2**self.depth
+            x = mirror_pad(x, 0, -h % multiple, 0, -w % multiple)
+        return self.net(x)[..., :h, :w]
 
 
 def out_channels(num_classes: int) -> int:

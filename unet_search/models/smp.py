@@ -12,9 +12,8 @@ from torch import nn
 
 from unet_search.core.errors import ConfigError
 from unet_search.core.sections import ModelConfig
-from unet_search.models.unet import mirror_pad, valid_input_size
 
-__all__ = ["build_smp", "SegmentationModel", "SMP_ARCHS", "smp_encoders", "SMP_UPSAMPLING"]
+__all__ = ["build_smp", "SMP_ARCHS", "smp_encoders", "SMP_UPSAMPLING"]
 
 
 SMP_UPSAMPLING = ("nearest", "bilinear", "bicubic")
@@ -30,27 +29,6 @@ def smp_encoders() -> tuple[str, ...]:
     import segmentation_models_pytorch as smp
 
     return tuple(sorted(smp.encoders.get_encoder_names()))
-
-
-class SegmentationModel(nn.Module):
-    """Wraps a network so that any (N, C, H, W) input gives (N, K, H, W) logits."""
-
-    def __init__(self, net: nn.Module, depth: int, padding: str) -> None:
-        super().__init__()
-        self.net, self.depth, self.padding = net, depth, padding
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        if self.padding == "valid":
-            (in_h, m_h), (in_w, m_w) = (
-                valid_input_size(h, self.depth),
-                valid_input_size(w, self.depth),
-            )
-            x = mirror_pad(x, m_h, in_h - h - m_h, m_w, in_w - w - m_w)
-        else:
-            multiple = 2**self.depth
-            x = mirror_pad(x, 0, -h % multiple, 0, -w % multiple)
-        return self.net(x)[..., :h, :w]
 
 
 def _freeze_unreached(net: nn.Module, in_channels: int, depth: int) -> None:

@@ -1,5 +1,6 @@
-"""Settings planned from the dataset's profile (:mod:`.profile`), within a compute budget (nnU-Net's idea:
-the data's own numbers decide the pixel scale, the patch, the depth and the normalization).
+"""Settings planned from the dataset's profile (:mod:`.profile`), within a compute budget
+(nnU-Net's idea: the data's own numbers decide the pixel scale, the patch, the depth and the
+normalization).
 
 The rules, each printed with its reason by ``unet-search plan DIR``:
 

@@ -39,29 +39,21 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ray.tune import Callback, Checkpoint
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from unet_search.core.metrics import sign
 from unet_search.core.outcome import infeasible, trained_to_the_end
 from unet_search.search.pareto import ranked
-from unet_search.search.private import ASHAInternals, checkpoint_experiment
+from unet_search.search.private import ASHAInternals
 from unet_search.search.rungs import milestones, rank_value, rank_vector
+from unet_search.search.state import DurableFIFO, SavesNewTrials
 from unet_search.space.role import TrialRole
 
 if TYPE_CHECKING:
     from unet_search.space.spec import SearchSpec
 
-__all__ = [
-    "DurableFIFO",
-    "KEEP_CHECKPOINTS",
-    "make_scheduler",
-    "PromotingASHA",
-    "SaveAfterCheckpoints",
-    "SavesNewTrials",
-    "TieBreakingASHA",
-]
+__all__ = ["make_scheduler", "PromotingASHA", "TieBreakingASHA"]
 
 log = logging.getLogger(__name__)
 
@@ -70,82 +62,6 @@ TIME_ATTR = "training_iteration"
 
 def _baseline(trial: Trial) -> bool:
     return TrialRole.of(trial.config).baseline
-
-
-class SavesNewTrials(TrialScheduler):
-    """Saves Tune's experiment state (its trials and the searcher's) as soon as new trials
-    are added, before any of them can start.
-
-    A trial opens its MLflow run as it starts; Tune on its own saves its state every 10 s or
-    more. A search driver killed in between left a run whose trial ``resume`` never heard of
-    (Optuna gave its number to a new trial) and that stayed RUNNING. Tune adds the trials
-    the searcher suggests, then asks the scheduler which trial to run (``choose_trial_to_run``)
-    before it starts any: the state saved there holds every trial that can open a run. Tune
-    copies it to the storage in the background (waiting for the copy cost ~50-100 ms of the
-    driver's loop per trial: 200 trivial trials went from 1.26x to 1.43x their minimum,
-    bench/bookkeeping.py); the trial waits until it is there before it opens its run
-    (:func:`unet_search.search.state.await_recorded`). During ``resume`` the restored trials are
-    added one by one; saving only when all are back keeps a partial list from overwriting
-    the full one.
-    """
-
-    _unsaved = False
-    _checkpointed = False
-
-    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
-        self._unsaved = True
-        super().on_trial_add(tune_controller, trial)
-
-    def checkpoint_registered(self) -> None:
-        """A trial's checkpoint is being registered (:class:`SaveAfterCheckpoints`)."""
-        self._checkpointed = True
-
-    def save_new_trials(self, tune_controller: Any) -> None:
-        if self._unsaved or self._checkpointed:
-            # The scheduler gets a wrapper that warns on each method it does not list;
-            # saving is the controller's own, so call it there. After a checkpoint, wait for
-            # the copy (see SaveAfterCheckpoints); new trials wait for it themselves.
-            checkpoint_experiment(tune_controller, wait=self._checkpointed)
-            self._unsaved = self._checkpointed = False
-
-    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
-        self.save_new_trials(tune_controller)
-        return super().choose_trial_to_run(tune_controller)
-
-
-KEEP_CHECKPOINTS = 2  # per trial; see SaveAfterCheckpoints
-
-
-class SaveAfterCheckpoints(Callback):
-    """Makes the scheduler save Tune's experiment state after every checkpoint a trial
-    registers, and wait until it is in the storage, with ``KEEP_CHECKPOINTS`` = 2 kept.
-
-    Tune deletes a trial's checkpoint beyond ``num_to_keep`` as it registers the next one,
-    and saves its state (which names the latest checkpoint) later, copying it to the storage
-    in the background. With one checkpoint kept, a driver killed in between left a state
-    naming a deleted checkpoint, and ``resume`` failed that trial ("Could not recover from
-    checkpoint as it does not exist on storage anymore"; 2 kills in 4 in the cluster test).
-    Saved after each registration, the stored state names checkpoint k before k + 1 is
-    registered, and k is deleted only when k + 2 is."""
-
-    def __init__(self, scheduler: SavesNewTrials) -> None:
-        self.scheduler = scheduler
-
-    def on_checkpoint(
-        self,
-        iteration: int,
-        trials: list[Trial],
-        trial: Trial,
-        checkpoint: Checkpoint,
-        **info: Any,
-    ) -> None:
-        # Tune registers the checkpoint right after its callbacks; the scheduler saves at
-        # the next step (choose_trial_to_run), before any other result is processed.
-        self.scheduler.checkpoint_registered()
-
-
-class DurableFIFO(SavesNewTrials, FIFOScheduler):
-    """First in, first out, with no early stopping (``fifo``)."""
 
 
 class TieBreakingASHA(SavesNewTrials, ASHAInternals):

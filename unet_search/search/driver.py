@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import optuna
 import ray
@@ -43,22 +43,17 @@ from unet_search.data.split import split_names
 from unet_search.distributed.faults import FAULT_ENV
 from unet_search.distributed.trainer import init_ray
 from unet_search.plan.planner import Plan
-from unet_search.search.asha import KEEP_CHECKPOINTS, SaveAfterCheckpoints, make_scheduler
+from unet_search.search.asha import make_scheduler
 from unet_search.search.callbacks import TrialStatusCallback
 from unet_search.search.context import SearchContext
 from unet_search.search.final import (
     FINAL_SUFFIX,
-    FinalPlan,
+    FinalFit,
+    choose_final_fit,
     final_source,
-    plan_final_fit,
     run_final_fit,
 )
 from unet_search.search.live import LiveView
-from unet_search.search.outcome import (
-    TrialSummary,
-    pick_best,
-    summaries,
-)
 from unet_search.search.panel import LivePanel
 from unet_search.search.searcher import ExploreBudget, PruningAwareOptunaSearch
 from unet_search.search.setup import (
@@ -68,7 +63,12 @@ from unet_search.search.setup import (
     route_ray_logs,
     storage_root,
 )
-from unet_search.search.state import save_state
+from unet_search.search.state import KEEP_CHECKPOINTS, SaveAfterCheckpoints, save_state
+from unet_search.search.summaries import (
+    TrialSummary,
+    pick_best,
+    summaries,
+)
 from unet_search.search.trial import trainable, trial_run_name
 from unet_search.space.load import make_sampler, plan_space
 from unet_search.space.spec import SearchSpec
@@ -89,6 +89,8 @@ from unet_search.tracking.state import SearchState
 from unet_search.train.engine import otsu_val_dice
 
 __all__ = [
+    "ResumeOptions",
+    "SearchOptions",
     "explore",
     "Explored",
     "restart_search",
@@ -97,7 +99,7 @@ __all__ = [
 ]
 
 
-def _live_view(ctx: SearchContext, final: FinalPlan | None = None) -> LiveView:
+def _live_view(ctx: SearchContext, final: FinalFit | None = None) -> LiveView:
     """The search's live view (its final fit's with ``final``): a panel when stdout is a
     terminal, else lines; the bar counts the epochs of ``search.compute`` when it has them
     (a final fit's after those the exploring trials spent), else the trials."""
@@ -184,12 +186,12 @@ class Started:
 class Explored:
     """What exploring and the final fit left: every trial's summary, the best (the final
     fit, else the best finished exploring trial; None when nothing was trained), the
-    baseline, the final fit's plan and its run."""
+    baseline, what the final fit trained from and for, and its run."""
 
     trials: list[TrialSummary]
     best: TrialSummary | None
     baseline: TrialSummary | None
-    plan: FinalPlan | None
+    final_fit: FinalFit | None
     final: TrialSummary | None
 
     @property
@@ -200,10 +202,10 @@ class Explored:
     @property
     def compute(self) -> dict[str, float]:
         """The compute a search with ``search.compute`` spent, for its parent run."""
-        if self.plan is None:
+        if self.final_fit is None:
             return {}
         return {
-            "explore_epochs": float(self.plan.explored_epochs),
+            "explore_epochs": float(self.final_fit.explored_epochs),
             "final_fit_epochs": float(self.final.epochs if self.final else 0),
         }
 
@@ -218,41 +220,41 @@ def explore(started: Started) -> Explored:
     explored = pick_best(trials, ctx.spec.settings)
     began = run_start_s(ctx.tracking_uri, ctx.parent_run_id)
     source, chosen = final_source(trials, results, ctx.spec.settings)
-    plan = plan_final_fit(ctx, trials, source, results, began, chosen)
-    final = _final_fit(ctx, started.trainable, plan, results)
+    fit = choose_final_fit(ctx, trials, source, results, began, chosen)
+    final = _final_fit(ctx, started.trainable, fit, results)
     baseline = next((t for t in trials if t.baseline), None)
-    return Explored(trials, final or explored, baseline, plan, final)
+    return Explored(trials, final or explored, baseline, fit, final)
 
 
 def _final_fit(
     ctx: SearchContext,
     trainable: Callable[[SearchContext], Any],
-    plan: FinalPlan | None,
+    fit: FinalFit | None,
     results: tune.ResultGrid,
 ) -> TrialSummary | None:
-    """Run the final fit ``plan`` asks for, saying what it trains; None without one (or when
+    """Run the final fit ``fit`` asks for, saying what it trains; None without one (or when
     it failed: the best exploring trial is registered then, and the search says so)."""
-    if plan is None:
+    if fit is None:
         return None
-    if not plan.runs:
-        print(f"search {ctx.search_id}: no final fit: {plan.why}", flush=True)
+    if not fit.runs:
+        print(f"search {ctx.search_id}: no final fit: {fit.why}", flush=True)
         return None
-    assert plan.source is not None
+    assert fit.source is not None
     start = {
-        "continue": f"going on from where {plan.source.name} stopped",
-        "kept": f"from {plan.source.name}'s kept weights",
+        "continue": f"going on from where {fit.source.name} stopped",
+        "kept": f"from {fit.source.name}'s kept weights",
         "scratch": "from scratch",
     }[ctx.spec.settings.final_fit_start]
     print(
-        f"search {ctx.search_id}: final fit of {plan.source.name}, {plan.epochs} epochs {start} "
-        f"(the exploring trials spent {plan.explored_epochs})"
-        + (f": {plan.chosen}" if plan.chosen else ""),
+        f"search {ctx.search_id}: final fit of {fit.source.name}, {fit.epochs} epochs {start} "
+        f"(the exploring trials spent {fit.explored_epochs})"
+        + (f": {fit.chosen}" if fit.chosen else ""),
         flush=True,
     )
-    if plan.chosen:
-        set_tags(ctx.tracking_uri, ctx.parent_run_id, {TAG_FINAL_SOURCE: plan.chosen})
-    live = _live_view(dataclasses.replace(ctx, search_id=ctx.search_id + FINAL_SUFFIX), plan)
-    final = run_final_fit(ctx, trainable, plan, results, live)
+    if fit.chosen:
+        set_tags(ctx.tracking_uri, ctx.parent_run_id, {TAG_FINAL_SOURCE: fit.chosen})
+    live = _live_view(dataclasses.replace(ctx, search_id=ctx.search_id + FINAL_SUFFIX), fit)
+    final = run_final_fit(ctx, trainable, fit, results, live)
     if final is None:
         print(
             f"search {ctx.search_id}: the final fit failed (see its MLflow run); the best "
@@ -364,23 +366,32 @@ def _explore_budget(spec: SearchSpec) -> ExploreBudget | None:
     return ExploreBudget(settings.explore_epochs, settings.explore_seconds, time.time())
 
 
+class SearchOptions(TypedDict, total=False):
+    """What a new search may be given besides its space, data and work dir (keywords of
+    :func:`start_search` and :func:`unet_search.finish.run.run_search`)."""
+
+    name: str | None  # the search's name (default: the space's name and a number)
+    model_name: str | None  # the registered model's name (default: the space's model_name)
+    address: str | None  # a Ray cluster's address (default: a local Ray)
+    storage: str | None  # where Tune keeps the trials' state (default: under the work dir)
+    overrides: Sequence[str]  # the `--set` overrides, kept for `resume`
+    callbacks: Sequence[tune.Callback]  # more Tune callbacks
+    stopper: tune.Stopper | None  # a Tune stopper
+
+
 def start_search(
     spec: SearchSpec,
     arrays: DatasetArrays,
     data_dir: Path,
     workdir: Path,
-    name: str | None = None,
-    model_name: str | None = None,
-    address: str | None = None,
-    storage: str | None = None,
-    overrides: Sequence[str] = (),
-    callbacks: Sequence[tune.Callback] = (),
-    stopper: tune.Stopper | None = None,
+    **options: Unpack[SearchOptions],
 ) -> Started:
     """Start a search: the plan, Ray, the parent run with its space, split and plan, the
     saved state and the Tuner (:func:`unet_search.finish.run.run_search` runs it through).
-    ``callbacks`` / ``stopper``: more Tune callbacks and a Tune stopper (the benchmarks time
-    trials and hold searches to an epoch budget with them)."""
+    ``options``: :class:`SearchOptions` (the benchmarks time trials and hold searches to an
+    epoch budget with more Tune callbacks and a stopper)."""
+    name, model_name = options.get("name"), options.get("model_name")
+    address, storage = options.get("address"), options.get("storage")
     if name is not None:
         check_name(name, "search", "name")  # it names folders: never a path
     spec = plan_space(spec, arrays)  # `auto` settings, from the data
@@ -398,7 +409,7 @@ def start_search(
     parent = _parent_run(spec, arrays, data_dir, uri, experiment_id, search_id, root)
     log = route_ray_logs(workdir, search_id)
     ctx = _context(spec, (search_id, uri, experiment_id, parent, root), arrays, arrays.fingerprint)
-    save_state(ctx, data_dir, model_name, overrides)
+    save_state(ctx, data_dir, model_name, options.get("overrides", ()))
     objectives = spec.tune_objectives
     multi = len(objectives) > 1  # a multi-objective study: one direction per objective
     searcher = PruningAwareOptunaSearch(
@@ -412,8 +423,17 @@ def start_search(
         constraints=tuple((c.metric, c.max) for c in spec.settings.constraints),
     )
     run = _trial_function(ray.put(arrays), slot)
+    callbacks, stopper = options.get("callbacks", ()), options.get("stopper")
     tuner = _tuner(ctx, run(ctx), concurrency(spec, total_cpus), searcher, callbacks, stopper)
     return Started(ctx, arrays, tuner, run, model_name, lambda: searcher.study, workdir, log)
+
+
+class ResumeOptions(TypedDict, total=False):
+    """Where an interrupted search continues (keywords of :func:`restart_search` and
+    :func:`unet_search.finish.run.resume_search`)."""
+
+    address: str | None  # a Ray cluster's address (default: a local Ray)
+    storage: str | None  # where Tune keeps the trials' state (default: where it started)
 
 
 def restart_search(
@@ -421,12 +441,12 @@ def restart_search(
     spec: SearchSpec,
     arrays: DatasetArrays,
     workdir: Path,
-    address: str | None = None,
-    storage: str | None = None,
+    **options: Unpack[ResumeOptions],
 ) -> Started:
     """An interrupted search, ready to continue: finished trials are kept, unfinished ones
     continue from their last checkpoint, Optuna keeps its history, every trial keeps its one
     MLflow run and the parent run is reopened."""
+    address, storage = options.get("address"), options.get("storage")
     if arrays.fingerprint != state.fingerprint:
         raise UserError(
             f"{state.data_dir}: the data changed since search "

@@ -27,12 +27,12 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
-from unet_search.core.outcome import Outcome, RunStatus
-from unet_search.search.asha import KEEP_CHECKPOINTS, DurableFIFO, SaveAfterCheckpoints
+from unet_search.core.outcome import RunStatus
 from unet_search.search.callbacks import TrialStatusCallback
 from unet_search.search.context import SearchContext
 from unet_search.search.incumbent import keep_or_switch
-from unet_search.search.outcome import TrialSummary, choose, summaries
+from unet_search.search.state import KEEP_CHECKPOINTS, DurableFIFO, SaveAfterCheckpoints
+from unet_search.search.summaries import TrialSummary, choose, summaries
 from unet_search.space.role import FinalStart, TrialRole
 from unet_search.space.settings import SearchSettings
 
@@ -40,18 +40,17 @@ __all__ = [
     "explored_epochs",
     "FINAL_SUFFIX",
     "final_source",
-    "FinalPlan",
-    "plan_final_fit",
+    "FinalFit",
+    "choose_final_fit",
     "run_final_fit",
 ]
 
 
 FINAL_SUFFIX = "-final"  # the final fit's Tune experiment: <search id>-final
-FINISHED = Outcome.FINISHED.run_status
 
 
 @dataclasses.dataclass(frozen=True)
-class FinalPlan:
+class FinalFit:
     """What the final fit does, or why there is none (``epochs`` 0 and ``why``)."""
 
     epochs: int
@@ -97,9 +96,11 @@ def final_source(
         if not t.baseline
         and not t.final
         and t.value is not None
-        and t.status != Outcome.FAILED.run_status
+        and t.status != RunStatus.FAILED
         and not t.infeasible
-        and (_checkpoint_of(_result_of(results, t)) or (t.status == FINISHED and t.run_id))
+        and (
+            _checkpoint_of(_result_of(results, t)) or (t.status == RunStatus.FINISHED and t.run_id)
+        )
     ]
     default = next((i for i, t in enumerate(candidates) if t.default), None)
     margin = settings.incumbent_margin
@@ -116,14 +117,14 @@ def final_source(
     return candidates[verdict.chosen], verdict.why
 
 
-def plan_final_fit(
+def choose_final_fit(
     ctx: SearchContext,
     trials: list[TrialSummary],
     best: TrialSummary | None,
     results: tune.ResultGrid,
     started_s: float,
     chosen: str = "",
-) -> FinalPlan | None:
+) -> FinalFit | None:
     """The final fit of ``best`` within ``search.compute``: the epochs the exploring trials
     left, and with ``hours`` no more than the time left allows at ``best``'s seconds per
     epoch (``started_s``: the search's start, Unix time). None without ``search.compute``."""
@@ -133,16 +134,16 @@ def plan_final_fit(
         return None
     spent = explored_epochs(trials)
     if best is None:
-        return FinalPlan(0, None, spent, "no exploring trial kept its weights")
+        return FinalFit(0, None, spent, "no exploring trial kept its weights")
     left = math.inf if compute.epochs is None else compute.epochs - spent
     if compute.hours is not None:
         seconds_left = compute.hours * 3600.0 - (time.time() - started_s)
         left = min(left, math.floor(seconds_left / max(_seconds_per_epoch(results, best), 1e-3)))
     epochs = max(0, int(left))
-    if epochs == 0 and best.status == FINISHED:
-        return FinalPlan(0, best, spent, "the exploring trials spent the whole compute", chosen)
+    if epochs == 0 and best.status == RunStatus.FINISHED:
+        return FinalFit(0, best, spent, "the exploring trials spent the whole compute", chosen)
     # A best that stopped early has no logged model yet: one epoch more makes it one.
-    return FinalPlan(max(epochs, 1), best, spent, chosen=chosen)
+    return FinalFit(max(epochs, 1), best, spent, chosen=chosen)
 
 
 def _result_of(results: tune.ResultGrid, trial: TrialSummary) -> Any:
@@ -162,19 +163,19 @@ def _seconds_per_epoch(results: tune.ResultGrid, trial: TrialSummary) -> float:
     return float(metrics["time_total_s"]) / float(metrics["training_iteration"])
 
 
-def _final_config(ctx: SearchContext, plan: FinalPlan, results: tune.ResultGrid) -> dict[str, Any]:
+def _final_config(ctx: SearchContext, fit: FinalFit, results: tune.ResultGrid) -> dict[str, Any]:
     """The source trial's Tune config with the final fit's epochs and starting weights."""
-    assert plan.source is not None
-    result = _result_of(results, plan.source)
+    assert fit.source is not None
+    result = _result_of(results, fit.source)
     how = ctx.spec.settings.final_fit_start
-    start = FinalStart(plan.epochs)  # from scratch
+    start = FinalStart(fit.epochs)  # from scratch
     if how != "scratch":
         checkpoint = _checkpoint_of(result)
         if checkpoint:
             go_on = how == "continue"
-            start = FinalStart(plan.epochs, init_checkpoint=checkpoint, optimizer=go_on)
+            start = FinalStart(fit.epochs, init_checkpoint=checkpoint, optimizer=go_on)
         else:  # a finished trial whose checkpoint is gone: its logged best model
-            start = FinalStart(plan.epochs, init_run=plan.source.run_id)
+            start = FinalStart(fit.epochs, init_run=fit.source.run_id)
     role = dataclasses.replace(TrialRole.of(result.config), final=start)
     return {**(result.config or {}), **role.keys()}
 
@@ -182,7 +183,7 @@ def _final_config(ctx: SearchContext, plan: FinalPlan, results: tune.ResultGrid)
 def run_final_fit(
     ctx: SearchContext,
     trainable: Callable[[SearchContext], Any],
-    plan: FinalPlan,
+    fit: FinalFit,
     results: tune.ResultGrid,
     live: tune.Callback,
 ) -> TrialSummary | None:
@@ -200,7 +201,7 @@ def run_final_fit(
     else:
         tuner = tune.Tuner(
             trainable(final_ctx),
-            param_space=_final_config(ctx, plan, results),
+            param_space=_final_config(ctx, fit, results),
             tune_config=tune.TuneConfig(num_samples=1, scheduler=scheduler),
             run_config=tune.RunConfig(
                 name=final_ctx.experiment,

@@ -79,7 +79,7 @@ class Predictor:
         self.meta = meta
         self._keep = keep  # what the model needs alive (a temporary ONNX export)
         self.pre = Preprocessing.of_model(meta)
-        self.plan = self.pre.plan if tta is None else replace(self.pre.plan, tta=tta)
+        self.tiling = self.pre.tiling if tta is None else replace(self.pre.tiling, tta=tta)
 
     @classmethod
     def from_dir(
@@ -118,7 +118,7 @@ class Predictor:
             out.extend(
                 logits.cpu()
                 for logits in predict_logits_many(
-                    self.model, decoded, self.plan, norm, channels, self.device
+                    self.model, decoded, self.tiling, norm, channels, self.device
                 )
             )
         return out

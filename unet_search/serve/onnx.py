@@ -67,7 +67,7 @@ TOLERANCE = 1e-4
 
 
 class _Padded(nn.Module):
-    """A padded network as :class:`~unet_search.models.smp.SegmentationModel` runs it (the
+    """A padded network as :class:`~unet_search.models.build.SegmentationModel` runs it (the
     input mirror-padded at the bottom and right to a multiple of ``2**depth``, the output
     cropped back), written so that the padded size is a multiple of ``2**depth`` by
     construction: torch.export then keeps height and width symbolic through every level."""
@@ -92,7 +92,7 @@ class _Graph:
 def _graph(model: nn.Module, pre: Preprocessing) -> _Graph:
     """What is exported for ``model``, an example input and how the graph is to be fed."""
     net, depth = getattr(model, "net", model), int(getattr(model, "depth", 0))
-    tile = pre.plan.tile
+    tile = pre.tiling.tile
     info: dict[str, Any] = {
         "input_name": INPUT,
         "output_name": OUTPUT,
@@ -282,7 +282,7 @@ class TemporaryOnnx:
 def _check_image(pre: Preprocessing) -> np.ndarray:
     """A fixed image of one and a half tiles (smooth shapes and noise) for checking an
     export where no real one is at hand: every tile boundary and the image's border."""
-    h, w = (int(side / pre.plan.scale * 1.5) + 1 for side in pre.plan.tile)
+    h, w = (int(side / pre.tiling.scale * 1.5) + 1 for side in pre.tiling.tile)
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:h, :w]
     blobs = 127 * (np.sin(yy / 7.0) * np.cos(xx / 5.0) > 0.3)

@@ -31,20 +31,25 @@ Schema (unknown keys are errors)::
                                      # cpu-quick without GPUs (plan.planner.default_budget)
       compute: {epochs: 40}          # the search's compute (epochs and/or hours), split
       final_fit: 0.7                 # between exploring and a final fit of the best (share)
-      final_fit_start: kept          # kept: from the best trial's kept weights | scratch
+      final_fit_start: kept          # kept: from the source trial's kept weights | scratch |
+                                     # continue: its schedule on from where it stopped
       default_trial: true            # the planned default configuration is trial 1
       incumbent_margin: 0.1          # the final fit trains a challenger only when it beat
                                      # the default at equal epochs by more (search.incumbent)
       champion_must_beat_otsu: true  # a val_dice below Otsu's is registered as challenger
       onnx: true                     # register onnx/model.onnx with the model, checked
-      latency_image: 512             # inference_ms: ms per image of this size, measured by
-                                     # every trial before its first epoch
+      latency_image: 512             # inference_ms: ms per image of this size (or [h, w]),
+                                     # measured by every trial before its first epoch
       constraints:                   # limits checked before a trial trains; a trial over
         - {metric: num_parameters, max: 5.0e6}   # one trains nothing (infeasible)
         - {metric: inference_ms, max: 50}
+      objectives:                    # several (instead of metric and mode): MO-ASHA and a
+        - {metric: val_dice}         # multi-objective TPE; the first is the search metric
+        - {metric: inference_ms}
+      pick: best                     # the registered model, from the front: best | knee
 
-`auto` (in ``fixed``: scale, patch_size, depth, batch_size, patches_per_epoch, normalization;
-and as ``low`` / ``high`` of an int ``depth``) is filled from the dataset's plan
+`auto` (in ``fixed``: scale, patch_size, depth, batch_size, patches_per_epoch, normalization,
+target; and as ``low`` / ``high`` of an int ``depth``) is filled from the dataset's plan
 (:mod:`unet_search.plan.planner`); values the space gives bind the plan.
 
 Every reachable combination of choices (ints at both bounds, floats at both bounds) is

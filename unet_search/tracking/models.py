@@ -1,6 +1,6 @@
 """MLflow's side of a logged model: a pyfunc (models-from-code) logged to a run, or saved to a
 folder, and registered. What the model is (its code file, weights, requirements, tensor
-shapes) is :mod:`unet_search.serve.export`'s: this module only makes the MLflow calls."""
+shapes) is :mod:`unet_search.serve.packaging`'s: this module only makes the MLflow calls."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """MLflow Model Registry: the `champion` gate, the current champion, downloading a model.
 
-Logging a model and registering it is :mod:`unet_search.serve.export`.
+Logging a model and registering it is :mod:`unet_search.serve.packaging`.
 
 The logged model holds ``model.safetensors`` + ``model_config.json`` (weights and build
 config, incl. preprocessing) and is served through ``pyfunc_model.py`` (models-from-code, no

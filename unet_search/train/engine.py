@@ -37,7 +37,7 @@ from unet_search.train.instances import (
 )
 from unet_search.train.metrics import Scorer, class_dice_sums, otsu_dice, soft_dice_per_image
 from unet_search.train.optim import build_optimizer, build_scheduler
-from unet_search.train.sliding import PredictPlan, plan_of, predict_logits
+from unet_search.train.sliding import Tiling, predict_logits, tiling_of
 from unet_search.train.transforms import (
     Normalization,
     PatchDataset,
@@ -246,7 +246,7 @@ class Validation:
 
     arrays: DatasetArrays
     indices: tuple[int, ...]
-    plan: PredictPlan
+    tiling: Tiling
     normalization: Normalization
     in_channels: int
     decoding: Decoding = field(default_factory=Decoding)  # how instances are decoded
@@ -279,7 +279,7 @@ def validate(
     for i in val.indices:
         with _autocast(device, cfg.train.amp):
             logits = predict_logits(
-                module, val.arrays.image(i), val.plan, val.normalization, val.in_channels, device
+                module, val.arrays.image(i), val.tiling, val.normalization, val.in_channels, device
             )[None].float()
         truth = val.arrays.mask(i)
         goal = torch.from_numpy(
@@ -364,7 +364,7 @@ def build_loaders(
     val = Validation(
         arrays,
         tuple(int(i) for i in val_indices(cfg, arrays)[rank::world]),
-        plan_of(cfg),
+        tiling_of(cfg),
         norm,
         channels,
     )

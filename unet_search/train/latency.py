@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from unet_search.core.config import RunConfig
-from unet_search.train.sliding import Network, plan_of, predict_logits
+from unet_search.train.sliding import Network, predict_logits, tiling_of
 from unet_search.train.transforms import Normalization
 
 __all__ = ["REPEATS", "inference_ms", "latency_image", "median_ms"]
@@ -53,11 +53,11 @@ def inference_ms(
 ) -> float:
     """The latency of ``model`` predicting :func:`latency_image` of ``size`` as run ``cfg``
     predicts (one image at a time)."""
-    plan, unit = plan_of(cfg), Normalization.named("unit")  # normalizing costs the same
+    tiling, unit = tiling_of(cfg), Normalization.named("unit")  # normalizing costs the same
     channels = cfg.model.in_channels
 
     def predict(image: np.ndarray) -> object:
-        return predict_logits(model, image, plan, unit, channels, device)
+        return predict_logits(model, image, tiling, unit, channels, device)
 
     # Warmed up on one tile: the first call's allocations, not a whole image's time.
     tile = latency_image(cfg.data.input_size)

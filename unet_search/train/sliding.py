@@ -46,12 +46,12 @@ __all__ = [
     "gaussian_weights",
     "model_input",
     "Network",
-    "plan_of",
-    "plan_of_preprocessing",
+    "tiling_of",
+    "tiling_of_preprocessing",
     "Preprocessing",
     "predict_logits",
     "predict_logits_many",
-    "PredictPlan",
+    "Tiling",
     "preprocessing_of",
     "RESIZE_BATCH",
     "tile_starts",
@@ -72,8 +72,10 @@ class Network(Protocol):
 
 
 @dataclass(frozen=True)
-class PredictPlan:
-    """How a model sees an image; saved with the model as its ``preprocessing``.
+class Tiling:
+    """How a model sees a whole image: in tiles of the patch (patch mode, at ``scale``) or as
+    one resized square (resize mode), with the overlap, the flips and the tiles a batch;
+    part of the ``preprocessing`` a model is saved with.
 
     ``patch``: (height, width) of the training patches and of the prediction tiles (patch
     mode); ``image_size``: the square every image is resized to (resize mode); ``scale``: the
@@ -94,10 +96,10 @@ class PredictPlan:
         return network_input(self.input_mode, self.patch, self.image_size)
 
 
-def plan_of(cfg: RunConfig, batch_size: int = 8) -> PredictPlan:
+def tiling_of(cfg: RunConfig, batch_size: int = 8) -> Tiling:
     """How a run's model sees whole images (validation and every later prediction)."""
     data, train = cfg.data, cfg.train
-    return PredictPlan(
+    return Tiling(
         data.input_mode,
         data.patch_size,
         data.square,
@@ -108,12 +110,12 @@ def plan_of(cfg: RunConfig, batch_size: int = 8) -> PredictPlan:
     )
 
 
-def plan_of_preprocessing(pre: dict[str, Any], batch_size: int = 8) -> PredictPlan:
-    """The plan a saved model's ``preprocessing`` describes; a model saved before patch mode
+def tiling_of_preprocessing(pre: dict[str, Any], batch_size: int = 8) -> Tiling:
+    """The tiling a saved model's ``preprocessing`` describes; a model saved before patch mode
     (no ``input_mode``) resized every image to ``image_size``."""
     mode = str(pre.get("input_mode", "resize"))
     patch = pre.get("patch_size") or [128, 128]
-    return PredictPlan(
+    return Tiling(
         mode,
         (int(patch[0]), int(patch[1])),
         int(pre.get("image_size") or RESIZE_DEFAULT),
@@ -127,11 +129,11 @@ def plan_of_preprocessing(pre: dict[str, Any], batch_size: int = 8) -> PredictPl
 @dataclass(frozen=True)
 class Preprocessing:
     """A saved model's ``preprocessing`` (model_config.json), read once, typed: how images
-    are seen (the plan), normalized and thresholded. Written by :func:`preprocessing_of`
+    are seen (the tiling), normalized and thresholded. Written by :func:`preprocessing_of`
     (the file keeps its keys: other tools read them); models saved before patch mode, or
     before the statistics were written out, read as they were trained."""
 
-    plan: PredictPlan
+    tiling: Tiling
     normalization: Normalization
     in_channels: int
     num_classes: int  # the task's (the network's may differ: data.target)
@@ -148,7 +150,7 @@ class Preprocessing:
     def from_dict(cls, pre: dict[str, Any], num_classes: int = 1) -> Preprocessing:
         """``num_classes``: the model's, for models whose preprocessing lacks it."""
         return cls(
-            plan_of_preprocessing(pre),
+            tiling_of_preprocessing(pre),
             Normalization.of_preprocessing(pre),
             int(pre.get("in_channels", 3)),
             int(pre.get("num_classes", num_classes)),
@@ -258,23 +260,23 @@ def _overlap_tile(
     return out[:, :h, :w]
 
 
-def _once(model: Network, image: torch.Tensor, plan: PredictPlan) -> torch.Tensor:
-    if plan.input_mode == "resize":
+def _once(model: Network, image: torch.Tensor, tiling: Tiling) -> torch.Tensor:
+    if tiling.input_mode == "resize":
         return model(image[None]).float()[0]  # already the training square
     net, depth = getattr(model, "net", None), getattr(model, "depth", 0)
     if getattr(model, "padding", "same") == "valid" and net is not None:
-        return _overlap_tile(net, depth, image, plan.patch, plan.batch_size)
-    return _sliding(model, image, plan.patch, plan.overlap, plan.batch_size)
+        return _overlap_tile(net, depth, image, tiling.patch, tiling.batch_size)
+    return _sliding(model, image, tiling.patch, tiling.overlap, tiling.batch_size)
 
 
-def model_input(image: np.ndarray, plan: PredictPlan) -> np.ndarray:
+def model_input(image: np.ndarray, tiling: Tiling) -> np.ndarray:
     """(H, W, C) image as the model sees it: resized to the square (resize mode) or
     resampled by ``scale`` (patch mode). The cache applies the same to training images."""
     h, w = image.shape[:2]
-    if plan.input_mode == "resize":
-        return resize_image(image, (plan.image_size, plan.image_size))
-    if plan.scale != 1.0:
-        return resize_image(image, scaled_size((h, w), plan.scale))
+    if tiling.input_mode == "resize":
+        return resize_image(image, (tiling.image_size, tiling.image_size))
+    if tiling.scale != 1.0:
+        return resize_image(image, scaled_size((h, w), tiling.scale))
     return image
 
 
@@ -306,7 +308,7 @@ def _at_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def predict_logits(
     model: Network,
     image: np.ndarray,
-    plan: PredictPlan,
+    tiling: Tiling,
     normalization: Normalization | str,
     in_channels: int,
     device: torch.device | str = "cpu",
@@ -315,8 +317,8 @@ def predict_logits(
     in eval mode (on ``device``)."""
     module = getattr(model, "module", model)  # unwrap DDP: no collectives in prediction
     module.eval()
-    x = to_tensor(model_input(image, plan), normalization, in_channels).to(device)
-    total = _flip_averaged(lambda t: _once(module, t, plan), x, plan.tta)
+    x = to_tensor(model_input(image, tiling), normalization, in_channels).to(device)
+    total = _flip_averaged(lambda t: _once(module, t, tiling), x, tiling.tta)
     return _at_size(total, image.shape[:2])
 
 
@@ -327,7 +329,7 @@ RESIZE_BATCH = 16  # resize mode: squares predicted together
 def predict_logits_many(
     model: Network,
     images: Sequence[np.ndarray],
-    plan: PredictPlan,
+    tiling: Tiling,
     normalization: Normalization | str,
     in_channels: int,
     device: torch.device | str = "cpu",
@@ -336,9 +338,9 @@ def predict_logits_many(
     square, so :data:`RESIZE_BATCH` of them go through the model together (one at a time cost
     a small model half its speed, bench/inference.py); in patch mode each image's tiles are
     batched already."""
-    if plan.input_mode != "resize":
+    if tiling.input_mode != "resize":
         return [
-            predict_logits(model, im, plan, normalization, in_channels, device) for im in images
+            predict_logits(model, im, tiling, normalization, in_channels, device) for im in images
         ]
     module = getattr(model, "module", model)
     module.eval()
@@ -346,9 +348,9 @@ def predict_logits_many(
     for start in range(0, len(images), RESIZE_BATCH):
         chunk = images[start : start + RESIZE_BATCH]
         x = torch.stack(
-            [to_tensor(model_input(im, plan), normalization, in_channels) for im in chunk]
+            [to_tensor(model_input(im, tiling), normalization, in_channels) for im in chunk]
         ).to(device)
-        total = _flip_averaged(module, x, plan.tta)
+        total = _flip_averaged(module, x, tiling.tta)
         out.extend(_at_size(logit, im.shape[:2]) for im, logit in zip(chunk, total, strict=True))
     return out
 

@@ -1,6 +1,6 @@
 """What a search's trials came to: one summary per trial, read from Tune's results and the
 trials' MLflow runs, and the best of them. Scoring it on the test split and registering it
-is :mod:`unet_search.finish.outcome`'s."""
+is :mod:`unet_search.finish`'s (scoring, registration)."""
 
 from __future__ import annotations
 
