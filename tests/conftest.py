@@ -308,7 +308,7 @@ LEAN_SETS = ("--set", "search.onnx=false", "--set", "search.latency_image=64")
 
 
 def asha_space(name: str, scheduler: str) -> dict:
-    """The search space of the ASHA tests (test_search.py, and a killed one in test_cluster.py)."""
+    """The search space of the ASHA tests (finish/test_run.py; a killed one: test_cluster.py)."""
     # Seeded TPE draws lr 0.01, then 1e-7 (hopeless), then 0.01 again; one trial at a time,
     # rung at epoch 2 (reduction factor 2), metric val_loss.
     return {

@@ -477,7 +477,7 @@ def _kill_in_the_final_fit(
 def _kill_while_asha_pauses(
     env: dict[str, str], data: Path, tmp: Path
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
-    """test_search.py's ASHA search (one trial at a time, lr 0.01, then 1e-7 (hopeless), then
+    """finish/test_run.py's ASHA search (one trial at a time, lr 0.01, then 1e-7 (hopeless), then
     0.01 again; a rung at epoch 2) killed while the hopeless trial waits at the rung (the
     first trains on, the third trains to the rung), then resumed."""
     space = tmp / "asha.yaml"

@@ -1,9 +1,8 @@
 """ASHA's rungs and ranking, and the schedulers saving Tune's state before a trial starts
-(the searches that pause, promote and stop trials are in test_search.py)."""
+(the searches that pause, promote and stop trials are in finish/test_run.py)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -11,34 +10,8 @@ import pytest
 
 from unet_search.core.tags import TAG_BASELINE
 from unet_search.search.asha import PromotingASHA, TieBreakingASHA
-from unet_search.search.pareto import crowding, fronts, hypervolume, knee, ranked
-from unet_search.search.rungs import TIE_BREAK, milestones, rank_value
+from unet_search.search.rungs import TIE_BREAK
 from unet_search.search.state import DurableFIFO, SavesNewTrials
-
-
-def test_rungs_are_grace_times_powers_of_the_reduction_below_max_t() -> None:
-    assert milestones(1, 3, 6) == [1, 3]
-    assert milestones(1, 3, 9) == [1, 3]  # a rung at max_t would only end the trial
-    assert milestones(2, 2, 6) == [2, 4]
-    assert milestones(1, 2, 16) == [1, 2, 4, 8]
-    assert milestones(3, 2, 3) == []
-
-
-def test_rank_value_breaks_exact_ties_by_soft_dice_and_nothing_else() -> None:
-    zero_low = {"best_val_dice": 0.0, TIE_BREAK: 0.10}
-    zero_high = {"best_val_dice": 0.0, TIE_BREAK: 0.30}
-    small = {"best_val_dice": 0.001, TIE_BREAK: 0.0}
-    ranked = sorted(
-        [zero_high, small, zero_low], key=lambda r: -rank_value(r, "best_val_dice", "max")
-    )
-    assert ranked == [small, zero_high, zero_low]
-    # Minimised metrics: lower is better, the soft Dice still breaks ties upwards.
-    a = rank_value({"best_val_loss": 0.5, TIE_BREAK: 0.2}, "best_val_loss", "min")
-    b = rank_value({"best_val_loss": 0.5, TIE_BREAK: 0.4}, "best_val_loss", "min")
-    c = rank_value({"best_val_loss": 0.4, TIE_BREAK: 0.0}, "best_val_loss", "min")
-    assert c > b > a
-    assert b == pytest.approx(-0.5 + 0.4e-6)
-    assert rank_value({"val_dice": 0.3}, "best_val_dice", "max") is None
 
 
 @pytest.mark.parametrize("kind", ["fifo", "asha", "asha_stopping"])
@@ -259,28 +232,6 @@ def test_with_a_final_fit_a_spent_budget_stops_every_trial_where_it_is() -> None
     assert asha._no_longer_waiting(trials) == []  # each is stopped once
 
 
-def test_fronts_crowding_knee_and_hypervolume_by_hand() -> None:
-    """Signed points (larger is better in both): A, B, C trade one objective for the other;
-    D and E are each dominated (by A, B)."""
-    points = {
-        "A": (3.0, 1.0),
-        "B": (2.5, 2.5),
-        "C": (1.0, 3.0),
-        "D": (1.0, 1.0),
-        "E": (2.4, 0.5),
-    }
-    assert fronts(points) == [["A", "B", "C"], ["D", "E"]]
-    front = {k: points[k] for k in ("A", "B", "C")}
-    # the ends infinite; B: (3 - 1) / 2 on x plus (3 - 1) / 2 on y
-    assert crowding(["A", "B", "C"], front) == {"A": math.inf, "B": 2.0, "C": math.inf}
-    assert ranked(points) == ["A", "C", "B", "D", "E"]  # ends first, then by front
-    # scaled to [0, 1]: A (1, 0), C (0, 1) on the line x + y = 1; B (0.75, 0.75) above it
-    assert knee(front) == "B"
-    # [0, 3] x [0, 1] + [0, 2.5] x [1, 2.5] + [0, 1] x [2.5, 3]
-    assert hypervolume(list(points.values()), (0.0, 0.0)) == pytest.approx(7.25)
-    assert ranked({"a": (0.2,), "b": (0.5,), "c": (0.5,)}) == ["b", "c", "a"]  # one objective
-
-
 def test_mo_asha_promotes_by_non_dominated_sorting_not_by_the_first_metric() -> None:
     """Two objectives (Dice, max; parameters, min), reduction 2: of four trials at rung 1
     the first front {t1, t3} goes on; by Dice alone t1 and t2 would (t2: t1's size, less
@@ -307,28 +258,3 @@ def test_mo_asha_promotes_by_non_dominated_sorting_not_by_the_first_metric() -> 
         actions[name] = asha.on_trial_result(None, trials[name], result)
     assert set(actions.values()) == {"PAUSE"}  # each waits: floor(n / 2) of those there
     assert resumed == [trials["t1"].trial_id, trials["t3"].trial_id]
-
-
-def test_the_registered_trial_is_the_best_first_objective_or_the_fronts_knee() -> None:
-    """search.pick on a Dice / parameters front: `best` takes the best Dice whatever its
-    size; `knee` the point that bulges farthest out of the line through the front's ends;
-    a dominated trial is never the knee."""
-    from unet_search.search.summaries import TrialSummary, choose, front_of
-    from unet_search.space.settings import SearchSettings
-
-    def trial(name: str, dice: float, size: float) -> TrialSummary:
-        values = {"val_dice": dice, "num_parameters": size}
-        return TrialSummary(0, name, name, "FINISHED", dice, 4, False, name, {}, values=values)
-
-    trials = [
-        trial("big", 0.95, 4e6),
-        trial("knee", 0.93, 5e5),
-        trial("small", 0.70, 1e5),
-        trial("worse", 0.90, 2e6),  # dominated by knee
-    ]
-    objectives = [{"metric": "val_dice"}, {"metric": "num_parameters"}]
-    best = SearchSettings(objectives=objectives)
-    knee_pick = SearchSettings(objectives=objectives, pick="knee")
-    assert [t.name for t in front_of(trials, best)] == ["big", "knee", "small"]
-    assert choose(trials, best).name == "big"
-    assert choose(trials, knee_pick).name == "knee"
