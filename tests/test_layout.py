@@ -29,7 +29,10 @@ TESTED_ELSEWHERE = {
     "data/decode": "tests/data/test_data.py",
     "data/scan": "tests/data/test_data.py",
     "data/split": "tests/data/test_data.py",
+    "distributed/checkpoint": "tests/search/test_faults.py",  # killed workers resume; no pickle
+    "distributed/context": "tests/distributed/test_recipe.py",
     "distributed/faults": "tests/search/test_faults.py",
+    "distributed/reporter": "tests/distributed/test_recipe.py",  # metrics, samples, the model
     "distributed/trainer": "tests/distributed/test_recipe.py",  # `train` through TorchTrainer
     "finish/registration": "tests/finish/test_run.py",
     "finish/scoring": "tests/finish/test_run.py",

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from unet_search.core.tags import TAG_BASELINE
-from unet_search.search.asha import PromotingASHA, TieBreakingASHA
+from unet_search.search.asha import PromotingASHA, Rungs, SearcherHooks, TieBreakingASHA
 from unet_search.search.rungs import TIE_BREAK
 from unet_search.search.state import DurableFIFO, SavesNewTrials
 
@@ -34,7 +34,7 @@ def test_every_trial_is_in_the_saved_state_before_it_starts(
     rungs = {"max_t": 1, "grace_period": 1, "reduction_factor": 2}  # one step, no rung
     scheduler: SavesNewTrials = {
         "fifo": lambda: DurableFIFO(),
-        "asha": lambda: PromotingASHA(**metric, **rungs, num_samples=6),
+        "asha": lambda: PromotingASHA(Rungs("best_val_dice", "max", max_t=1), num_samples=6),
         "asha_stopping": lambda: TieBreakingASHA(
             time_attr="training_iteration", **metric, **rungs
         ),
@@ -50,18 +50,11 @@ def test_every_trial_is_in_the_saved_state_before_it_starts(
     assert [r.metrics["saved"] for r in results] == [1.0] * 6
 
 
-def _asha(max_t: int, num_samples: int, **hooks: Any) -> PromotingASHA:
-    """ASHA on best_val_dice with rungs at 1, 2, 4, ... below ``max_t``; ``hooks``: its
-    pause, resume, budget and final-fit arguments."""
-    return PromotingASHA(
-        metric="best_val_dice",
-        mode="max",
-        max_t=max_t,
-        grace_period=1,
-        reduction_factor=2,
-        num_samples=num_samples,
-        **hooks,
-    )
+def _asha(max_t: int, num_samples: int, final_fit: bool = False, **hooks: Any) -> PromotingASHA:
+    """ASHA on best_val_dice with rungs at 1, 2, 4, ... below ``max_t``; ``hooks``: the
+    searcher's pause, resume, budget and count (:class:`SearcherHooks`)."""
+    rungs = Rungs("best_val_dice", "max", max_t, grace_period=1, reduction_factor=2)
+    return PromotingASHA(rungs, num_samples, SearcherHooks(**hooks), final_fit)
 
 
 def _watched_asha(
@@ -239,16 +232,9 @@ def test_mo_asha_promotes_by_non_dominated_sorting_not_by_the_first_metric() -> 
     from ray.tune.experiment import Trial
 
     resumed: list[str] = []
-    asha = PromotingASHA(
-        metric="best_val_dice",
-        mode="max",
-        max_t=4,
-        grace_period=1,
-        reduction_factor=2,
-        num_samples=4,
-        on_resume=resumed.append,
-        objectives=(("best_val_dice", "max"), ("num_parameters", "min")),
-    )
+    objectives = (("best_val_dice", "max"), ("num_parameters", "min"))
+    rungs = Rungs("best_val_dice", "max", max_t=4, objectives=objectives)
+    asha = PromotingASHA(rungs, 4, SearcherHooks(on_resume=resumed.append))
     trials = {name: Trial("fn", config={}, stub=True) for name in ("t1", "t2", "t3", "t4")}
     results = {"t1": (0.9, 1e6), "t2": (0.85, 1e6), "t3": (0.6, 1e3), "t4": (0.5, 1e5)}
     actions = {}

@@ -20,8 +20,8 @@ from unet_search.core.errors import ConfigError
 from unet_search.core.names import STATE_FILE
 from unet_search.data.dataset import load_dataset
 from unet_search.data.synthetic import make_synthetic
+from unet_search.distributed.checkpoint import resume
 from unet_search.distributed.faults import FAULT_ENV
-from unet_search.distributed.recipe import WorkerContext, _resume
 from unet_search.finish.run import run_search
 from unet_search.models.build import build_model, save_model_dir
 from unet_search.serve.inference import load_model
@@ -161,17 +161,8 @@ def test_a_checkpoint_carrying_a_pickle_is_refused_on_resume(tmp_path: Path) -> 
     def checkpoint_dir() -> Iterator[str | None]:
         yield str(checkpoint)
 
-    ctx = WorkerContext(
-        rank=0,
-        world=1,
-        device=torch.device("cpu"),
-        report=lambda metrics, directory: None,
-        checkpoint_dir=checkpoint_dir,
-        prepare_model=lambda m: m,
-        prepare_loader=lambda d: d,
-    )
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        _resume(state, ctx)
+        resume(state, checkpoint_dir)
     assert not marker.exists()
 
 

@@ -13,7 +13,7 @@ import yaml
 from conftest import WatchedSearch
 from ray.tune.experiment import Trial
 
-from unet_search.search.live import METRIC_NAMES, STATES, LiveView, trial_state
+from unet_search.search.live import METRIC_NAMES, STATES, LiveSettings, LiveView, trial_state
 
 pytestmark = pytest.mark.slow
 DASHBOARDS = Path(__file__).parents[2] / "dashboards"
@@ -129,7 +129,7 @@ def test_the_progress_line_shows_trials_asha_holds_at_a_rung_as_paused() -> None
     for trial, status in zip(trials, statuses, strict=True):
         trial.set_status(status)
     assert [trial_state(t) for t in trials] == ["paused", "paused", "running", "pending"]
-    view = LiveView("s", "val_dice", "best_val_dice", "max", lambda t: "n")
+    view = LiveView(LiveSettings("s", "val_dice", "best_val_dice", "max"), lambda t: "n")
     view.trials = trials
     assert "trials: 1 pending, 2 paused, 1 running, 0 finished" in view.line()
     trials[0].set_status(Trial.RUNNING)
@@ -149,10 +149,10 @@ def test_lines_come_only_when_something_changed_and_the_panel_draws_the_same_sta
     trials = [Trial("t", config={}, stub=True) for _ in range(2)]
     for trial in trials:
         trial.set_status(Trial.RUNNING)
-    view = LiveView(
-        "s", "val_dice", "best_val_dice", "max", lambda t: t.trial_id, heartbeat_s=0.3,
-        max_t=4, num_samples=2, otsu=0.5,
-    )  # fmt: skip
+    follows = LiveSettings(
+        "s", "val_dice", "best_val_dice", "max", max_t=4, num_samples=2, otsu=0.5, heartbeat_s=0.3
+    )
+    view = LiveView(follows, lambda t: t.trial_id)
     view.on_trial_start(0, trials, trials[0])  # an event: a line
     for _ in range(5):  # the driver's loop while nothing changes: no line
         view._update(trials)

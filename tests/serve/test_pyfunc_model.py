@@ -17,7 +17,7 @@ from conftest import TargetModels, TrainedModel, store_in
 from unet_search.core.names import CONFIG_FILE
 from unet_search.core.sections import ModelConfig
 from unet_search.serve.inference import Predictor
-from unet_search.serve.packaging import log_and_register
+from unet_search.serve.packaging import Candidate, log_and_register
 from unet_search.tracking.client import create_run, ensure_experiment
 from unet_search.tracking.registry import download_model
 
@@ -32,7 +32,9 @@ def logged(
     run = create_run(uri, ensure_experiment(uri, "pyfunc", root), "r", {}, {})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        log_and_register(uri, run, trained_model.path, "unet-pyfunc", "val_dice", 0.5, "max", {})
+        log_and_register(
+            uri, run, "unet-pyfunc", Candidate(trained_model.path, "val_dice", 0.5, "max")
+        )
     # The pyfunc's predict is typed: MLflow no longer asks for type hints at each registration.
     assert not [w for w in caught if "type hints" in str(w.message)], [
         str(w.message) for w in caught
@@ -178,7 +180,7 @@ def test_a_16_bit_grey_models_pyfunc_takes_what_it_was_trained_on(
     (folder / CONFIG_FILE).write_text(json.dumps(config))
     uri = store_in(tmp_path, empty_store)
     run = create_run(uri, ensure_experiment(uri, "grey16", tmp_path), "r", {}, {})
-    log_and_register(uri, run, folder, "unet-grey16", "val_dice", 0.5, "max", {})
+    log_and_register(uri, run, "unet-grey16", Candidate(folder, "val_dice", 0.5, "max"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     model = mlflow.pyfunc.load_model("models:/unet-grey16/1")
     (spec,) = model.metadata.get_input_schema().inputs

@@ -30,7 +30,7 @@ from unet_search.core.tags import (
 )
 from unet_search.models.build import build_model, save_model_dir
 from unet_search.serve.inference import load_model
-from unet_search.serve.packaging import log_and_register
+from unet_search.serve.packaging import Candidate, log_and_register
 from unet_search.tracking.client import create_run, ensure_experiment
 from unet_search.tracking.registry import (
     champion_lock,
@@ -83,16 +83,9 @@ def _register(
 ):
     uri, experiment = store
     run = create_run(uri, experiment, f"s{seed}", {}, {})
-    return log_and_register(
-        uri,
-        run,
-        _model_dir(tmp_path, seed),
-        "unet-test",
-        metric,
-        value,
-        "max",
-        {TAG_FINGERPRINT: fp, "unet_search.trial_id": f"t{seed}"},
-    )
+    tags = {TAG_FINGERPRINT: fp, "unet_search.trial_id": f"t{seed}"}
+    candidate = Candidate(_model_dir(tmp_path, seed), metric, value, "max", tags)
+    return log_and_register(uri, run, "unet-test", candidate)
 
 
 def test_champion_moves_only_when_beaten_on_the_same_data(

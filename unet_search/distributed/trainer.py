@@ -28,8 +28,9 @@ from unet_search.core.tags import (
     TAG_RAY_NUM_WORKERS,
 )
 from unet_search.data.dataset import DatasetArrays
+from unet_search.distributed.context import RECIPE_KEY, RecipeInput
 from unet_search.distributed.faults import FAULT_ENV
-from unet_search.distributed.recipe import RECIPE_KEY, RecipeInput, train_loop_per_worker
+from unet_search.distributed.recipe import train_loop_per_worker
 from unet_search.models.build import build_model, count_parameters
 from unet_search.tracking.client import (
     create_run,

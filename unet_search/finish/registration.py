@@ -36,7 +36,7 @@ from unet_search.search.context import SearchContext
 from unet_search.search.summaries import TrialSummary
 from unet_search.serve.inference import Predictor, find_model_dir
 from unet_search.serve.onnx import export_onnx
-from unet_search.serve.packaging import log_and_register
+from unet_search.serve.packaging import Candidate, log_and_register
 from unet_search.space.settings import SearchSettings
 from unet_search.tracking.registry import Registration
 from unet_search.train.latency import latency_image, median_ms
@@ -117,11 +117,8 @@ def register_best(
     with tempfile.TemporaryDirectory(prefix="unet-search-onnx-") as tmp:
         onnx_dir, onnx_tags = onnx_export(ctx, model, arrays, Path(tmp))
         onnx_tags |= latency_tags(ctx, model, onnx_dir)
-        return log_and_register(
-            ctx.tracking_uri,
-            ctx.parent_run_id,
+        candidate = Candidate(
             model,
-            model_name,
             ctx.spec.settings.metric,
             best.value,
             ctx.spec.settings.mode,
@@ -140,3 +137,4 @@ def register_best(
             veto=otsu_veto(ctx, best),
             onnx_dir=onnx_dir,
         )
+        return log_and_register(ctx.tracking_uri, ctx.parent_run_id, model_name, candidate)

@@ -22,11 +22,9 @@ from unet_search.finish.registration import register_best
 from unet_search.finish.scoring import download_best_model, test_scores
 from unet_search.finish.summary import log_summary, pareto_trials
 from unet_search.report.page import write_report
-from unet_search.search.context import SearchContext
+from unet_search.search.context import ResumeOptions, SearchContext, SearchOptions
 from unet_search.search.driver import (
     Explored,
-    ResumeOptions,
-    SearchOptions,
     Started,
     explore,
     restart_search,
@@ -81,7 +79,7 @@ def run_search(
     ``spec``: the space; ``arrays``: the decoded data of ``data_dir``; ``workdir``: where the
     search keeps its files; ``options``: its name, the model name, the Ray address, the
     storage, the ``--set`` overrides, more Tune callbacks and a Tune stopper
-    (:class:`~unet_search.search.driver.SearchOptions`; the benchmarks time trials and hold
+    (:class:`~unet_search.search.context.SearchOptions`; the benchmarks time trials and hold
     searches to an epoch budget with the last two)."""
     return _finish(start_search(spec, arrays, data_dir, workdir, **options))
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ray.tune.experiment import Trial
@@ -53,7 +54,7 @@ from unet_search.space.role import TrialRole
 if TYPE_CHECKING:
     from unet_search.space.spec import SearchSpec
 
-__all__ = ["make_scheduler", "PromotingASHA", "TieBreakingASHA"]
+__all__ = ["make_scheduler", "PromotingASHA", "Rungs", "SearcherHooks", "TieBreakingASHA"]
 
 log = logging.getLogger(__name__)
 
@@ -92,37 +93,67 @@ class TieBreakingASHA(SavesNewTrials, ASHAInternals):
         super().on_trial_complete(tune_controller, trial, self._ranked(result))
 
 
+@dataclass(frozen=True)
+class Rungs:
+    """ASHA's rungs (``grace_period`` x ``reduction_factor``^k epochs, below ``max_t``) and
+    what ranks a trial at one: ``metric`` and ``mode``, or several ``objectives`` ((metric,
+    mode), ...; the first is ``metric`` and ``mode``)."""
+
+    metric: str
+    mode: str
+    max_t: int
+    grace_period: int = 1
+    reduction_factor: int = 2
+    objectives: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class SearcherHooks:
+    """What :class:`PromotingASHA` tells the searcher and asks it: a trial paused at a rung
+    or resumed (it holds no resources while paused), whether the exploring budget is spent,
+    and each result's epochs, counted before the scheduler decides (Tune tells the searcher
+    after it). Each may be None: nobody listens."""
+
+    on_pause: Callable[[str], None] | None = None
+    on_resume: Callable[[str], None] | None = None
+    exhausted: Callable[[], bool] | None = None
+    count: Callable[[str, dict[str, Any]], None] | None = None
+
+    @classmethod
+    def of(cls, searcher: Any) -> SearcherHooks:
+        """The hooks of a :class:`~unet_search.search.searcher.PruningAwareOptunaSearch`."""
+        return cls(
+            searcher.trial_paused,
+            searcher.trial_resumed,
+            searcher.exhausted,
+            searcher.count_epochs,
+        )
+
+
 class PromotingASHA(SavesNewTrials, FIFOScheduler):
     """ASHA with promotions (see the module docstring).
 
-    ``on_pause`` / ``on_resume`` tell the searcher which trials wait at a rung, so that they
-    do not count against its limit of concurrent trials (a paused trial holds no resources).
-    With several ``objectives`` ((metric, mode), ...; the first is ``metric`` and ``mode``)
-    a rung ranks its trials by non-dominated sorting and crowding distance (MO-ASHA,
-    :func:`unet_search.search.pareto.ranked`): the best floor(n / reduction_factor) are the
-    first fronts, the most isolated points of the last one admitted.
+    ``rungs``: where the rungs are and what ranks a trial there; ``num_samples``: the trials
+    of the search; ``hooks``: the searcher's (:class:`SearcherHooks`: the paused trials do not
+    count against its limit of concurrent trials); ``final_fit``: the search ends in a final
+    fit. With several objectives a rung ranks its trials by non-dominated sorting and
+    crowding distance (MO-ASHA, :func:`unet_search.search.pareto.ranked`): the best
+    floor(n / reduction_factor) are the first fronts, the most isolated points of the last
+    one admitted.
     """
 
     def __init__(
         self,
-        *,
-        metric: str,
-        mode: str,
-        max_t: int,
-        grace_period: int,
-        reduction_factor: int,
+        rungs: Rungs,
         num_samples: int,
-        on_pause: Callable[[str], None] | None = None,
-        on_resume: Callable[[str], None] | None = None,
-        exhausted: Callable[[], bool] | None = None,
-        count: Callable[[str, dict[str, Any]], None] | None = None,
+        hooks: SearcherHooks = SearcherHooks(),
         final_fit: bool = False,
-        objectives: tuple[tuple[str, str], ...] = (),
     ) -> None:
         super().__init__()
-        self._rank_by = objectives or ((metric, mode),)
-        self._max_iterations, self._rf, self._num_samples = max_t, reduction_factor, num_samples
-        self._milestones = milestones(grace_period, reduction_factor, max_t)
+        self._rank_by = rungs.objectives or ((rungs.metric, rungs.mode),)
+        self._max_iterations, self._rf = rungs.max_t, rungs.reduction_factor
+        self._num_samples = num_samples
+        self._milestones = milestones(rungs.grace_period, rungs.reduction_factor, rungs.max_t)
         # Per rung: trial id -> rank value when it got there (insertion order breaks ties),
         # and the trials promoted from it.
         self._rungs: list[dict[str, tuple[float, ...]]] = [{} for _ in self._milestones]
@@ -132,12 +163,12 @@ class PromotingASHA(SavesNewTrials, FIFOScheduler):
         self._added: set[str] = set()
         self._restored_waiting = False  # resume re-paused trials at rungs: decide them
         self._trained: set[str] = set()  # trials (not the baseline) that trained to the end
-        self._on_pause, self._on_resume = on_pause, on_resume
+        self._on_pause, self._on_resume = hooks.on_pause, hooks.on_resume
         # The searcher's exploring budget is spent: no new trials, no promotions from rungs.
-        self._exhausted = exhausted or (lambda: False)
+        self._exhausted = hooks.exhausted or (lambda: False)
         # Counts a result's epochs towards the budget before the decision (Tune tells the
         # searcher after the scheduler): the epoch that spends it is the last one trained.
-        self._count = count or (lambda trial_id, result: None)
+        self._count = hooks.count or (lambda trial_id, result: None)
         self._final_fit = final_fit  # a final fit trains the best on (see _explored)
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -375,17 +406,13 @@ def make_scheduler(spec: SearchSpec, searcher: Any) -> SavesNewTrials:
             reduction_factor=settings.scheduler.reduction_factor,
         )
     searcher.track_pauses()
-    return PromotingASHA(
-        metric=spec.tune_metric,
-        mode=settings.mode,
-        max_t=max_t,
-        grace_period=settings.scheduler.grace_period,
-        reduction_factor=settings.scheduler.reduction_factor,
-        num_samples=settings.num_samples,
-        on_pause=searcher.trial_paused,
-        on_resume=searcher.trial_resumed,
-        exhausted=searcher.exhausted,
-        count=searcher.count_epochs,
-        final_fit=settings.compute is not None and settings.final_fit > 0,
-        objectives=spec.tune_objectives,
+    rungs = Rungs(
+        spec.tune_metric,
+        settings.mode,
+        max_t,
+        settings.scheduler.grace_period,
+        settings.scheduler.reduction_factor,
+        spec.tune_objectives,
     )
+    final_fit = settings.compute is not None and settings.final_fit > 0
+    return PromotingASHA(rungs, settings.num_samples, SearcherHooks.of(searcher), final_fit)

@@ -1,14 +1,18 @@
 """What every piece of a search shares: the ``SearchContext`` handed to trials and callbacks,
-the short architecture names."""
+the options a search is started or resumed with, the short architecture names."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
+
+from ray import tune
 
 from unet_search.space.spec import SearchSpec
 from unet_search.tracking.outage import DEFAULT_PATIENCE_S
 
-__all__ = ["ARCH_SHORT", "SearchContext"]
+__all__ = ["ARCH_SHORT", "ResumeOptions", "SearchContext", "SearchOptions"]
 
 
 ARCH_SHORT = {"unet": "unet", "unetplusplus": "unet++", "unet3plus": "unet3+"}
@@ -38,3 +42,26 @@ class SearchContext:
     @property
     def tune_experiment(self) -> str:
         return self.experiment or self.search_id
+
+
+class SearchOptions(TypedDict, total=False):
+    """What a new search may be given besides its space, data and work dir (keywords of
+    :func:`unet_search.search.driver.start_search` and
+    :func:`unet_search.finish.run.run_search`)."""
+
+    name: str | None  # the search's name (default: the space's name and a number)
+    model_name: str | None  # the registered model's name (default: the space's model_name)
+    address: str | None  # a Ray cluster's address (default: a local Ray)
+    storage: str | None  # where Tune keeps the trials' state (default: under the work dir)
+    overrides: Sequence[str]  # the `--set` overrides, kept for `resume`
+    callbacks: Sequence[tune.Callback]  # more Tune callbacks
+    stopper: tune.Stopper | None  # a Tune stopper
+
+
+class ResumeOptions(TypedDict, total=False):
+    """Where an interrupted search continues (keywords of
+    :func:`unet_search.search.driver.restart_search` and
+    :func:`unet_search.finish.run.resume_search`)."""
+
+    address: str | None  # a Ray cluster's address (default: a local Ray)
+    storage: str | None  # where Tune keeps the trials' state (default: where it started)

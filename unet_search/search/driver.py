@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypedDict, Unpack
+from typing import Any, Unpack
 
 import optuna
 import ray
@@ -45,7 +45,7 @@ from unet_search.distributed.trainer import init_ray
 from unet_search.plan.planner import Plan
 from unet_search.search.asha import make_scheduler
 from unet_search.search.callbacks import TrialStatusCallback
-from unet_search.search.context import SearchContext
+from unet_search.search.context import ResumeOptions, SearchContext, SearchOptions
 from unet_search.search.final import (
     FINAL_SUFFIX,
     FinalFit,
@@ -53,7 +53,7 @@ from unet_search.search.final import (
     final_source,
     run_final_fit,
 )
-from unet_search.search.live import LiveView
+from unet_search.search.live import LiveSettings, LiveView
 from unet_search.search.panel import LivePanel
 from unet_search.search.searcher import ExploreBudget, PruningAwareOptunaSearch
 from unet_search.search.setup import (
@@ -89,8 +89,6 @@ from unet_search.tracking.state import SearchState
 from unet_search.train.engine import otsu_val_dice
 
 __all__ = [
-    "ResumeOptions",
-    "SearchOptions",
     "explore",
     "Explored",
     "restart_search",
@@ -111,18 +109,17 @@ def _live_view(ctx: SearchContext, final: FinalFit | None = None) -> LiveView:
     epochs = settings.compute.epochs if settings.compute else None
     spent = final.explored_epochs if final else 0
     max_t = settings.scheduler.max_t or spec.base_config().train.epochs
-    return LiveView(
+    follows = LiveSettings(
         ctx.search_id,
         settings.metric,
         spec.tune_metric,
         settings.mode,
-        name_of,
-        panel=LivePanel() if sys.stdout.isatty() else None,
         max_t=final.epochs if final else max_t,
         budget=None if epochs is None else (spent, epochs),
         num_samples=1 if final else settings.num_samples,
         otsu=ctx.otsu_val_dice,
     )
+    return LiveView(follows, name_of, LivePanel() if sys.stdout.isatty() else None)
 
 
 def _tuner(
@@ -271,20 +268,32 @@ def _trial_function(dataset: ray.ObjectRef, slot: bool) -> Callable[[SearchConte
 
 
 def _context(
-    spec: SearchSpec, ids: tuple[str, str, str, str, str], arrays: DatasetArrays, fingerprint: str
+    spec: SearchSpec,
+    arrays: DatasetArrays,
+    fingerprint: str,
+    *,
+    search_id: str,
+    tracking_uri: str,
+    experiment_id: str,
+    parent_run_id: str,
+    storage: str,
 ) -> SearchContext:
-    """The context of a search: ``ids`` = (search id, tracking URI, experiment id, parent run
-    id, storage root); this process's code version, fault setting and tracking patience."""
+    """The context of a search, with this process's code version, fault setting and tracking
+    patience, and the Otsu threshold's validation Dice."""
     return SearchContext(
-        spec,
-        *ids,
-        fingerprint,
-        code_version(),
-        os.environ.get(FAULT_ENV),
-        tracking_patience(),
-        otsu_val_dice(arrays, spec.base_config()),
-        arrays.summary.data_id,
-        arrays.summary.split,
+        spec=spec,
+        search_id=search_id,
+        tracking_uri=tracking_uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent_run_id,
+        storage=storage,
+        fingerprint=fingerprint,
+        code_version=code_version(),
+        fault=os.environ.get(FAULT_ENV),
+        patience_s=tracking_patience(),
+        otsu_val_dice=otsu_val_dice(arrays, spec.base_config()),
+        data_id=arrays.summary.data_id,
+        split=arrays.summary.split,
     )
 
 
@@ -366,19 +375,6 @@ def _explore_budget(spec: SearchSpec) -> ExploreBudget | None:
     return ExploreBudget(settings.explore_epochs, settings.explore_seconds, time.time())
 
 
-class SearchOptions(TypedDict, total=False):
-    """What a new search may be given besides its space, data and work dir (keywords of
-    :func:`start_search` and :func:`unet_search.finish.run.run_search`)."""
-
-    name: str | None  # the search's name (default: the space's name and a number)
-    model_name: str | None  # the registered model's name (default: the space's model_name)
-    address: str | None  # a Ray cluster's address (default: a local Ray)
-    storage: str | None  # where Tune keeps the trials' state (default: under the work dir)
-    overrides: Sequence[str]  # the `--set` overrides, kept for `resume`
-    callbacks: Sequence[tune.Callback]  # more Tune callbacks
-    stopper: tune.Stopper | None  # a Tune stopper
-
-
 def start_search(
     spec: SearchSpec,
     arrays: DatasetArrays,
@@ -408,7 +404,16 @@ def start_search(
     model_name = model_name or spec.model_name
     parent = _parent_run(spec, arrays, data_dir, uri, experiment_id, search_id, root)
     log = route_ray_logs(workdir, search_id)
-    ctx = _context(spec, (search_id, uri, experiment_id, parent, root), arrays, arrays.fingerprint)
+    ctx = _context(
+        spec,
+        arrays,
+        arrays.fingerprint,
+        search_id=search_id,
+        tracking_uri=uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent,
+        storage=root,
+    )
     save_state(ctx, data_dir, model_name, options.get("overrides", ()))
     objectives = spec.tune_objectives
     multi = len(objectives) > 1  # a multi-objective study: one direction per objective
@@ -426,14 +431,6 @@ def start_search(
     callbacks, stopper = options.get("callbacks", ()), options.get("stopper")
     tuner = _tuner(ctx, run(ctx), concurrency(spec, total_cpus), searcher, callbacks, stopper)
     return Started(ctx, arrays, tuner, run, model_name, lambda: searcher.study, workdir, log)
-
-
-class ResumeOptions(TypedDict, total=False):
-    """Where an interrupted search continues (keywords of :func:`restart_search` and
-    :func:`unet_search.finish.run.resume_search`)."""
-
-    address: str | None  # a Ray cluster's address (default: a local Ray)
-    storage: str | None  # where Tune keeps the trials' state (default: where it started)
 
 
 def restart_search(
@@ -464,8 +461,16 @@ def restart_search(
         raise UserError(f"search {state.search_id} already finished; nothing to resume.")
     reopen_run(uri, state.parent_run_id)
     log = route_ray_logs(workdir, state.search_id)
-    ids = (state.search_id, uri, state.experiment_id, state.parent_run_id, root)
-    ctx = _context(spec, ids, arrays, state.fingerprint)
+    ctx = _context(
+        spec,
+        arrays,
+        state.fingerprint,
+        search_id=state.search_id,
+        tracking_uri=uri,
+        experiment_id=state.experiment_id,
+        parent_run_id=state.parent_run_id,
+        storage=root,
+    )
     path = root.rstrip("/") + "/" + ctx.search_id
     run = _trial_function(ray.put(arrays), slot)
     tuner = tune.Tuner.restore(

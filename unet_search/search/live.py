@@ -29,7 +29,7 @@ from unet_search.space.role import TrialRole
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["METRIC_NAMES", "STATES", "LiveView", "SearchMetrics", "trial_state"]
+__all__ = ["LiveSettings", "LiveView", "METRIC_NAMES", "SearchMetrics", "STATES", "trial_state"]
 
 # The states a trial is counted in (the ``state`` label of ``unet_search_trials``).
 STATES = ("pending", "paused", "running", *(str(o) for o in Outcome if o != Outcome.RUNNING))
@@ -110,6 +110,27 @@ class _Best:
     trial: str
 
 
+@dataclass(frozen=True)
+class LiveSettings:
+    """What a search's live view follows: the search, its metric as the user names it and as
+    Tune's results carry it (``best_val_dice``), its mode; ``max_t`` the epochs a trial
+    trains at most; ``budget`` (epochs spent before, the search's epochs) the compute the bar
+    counts, else trials ended of ``num_samples``; ``otsu`` the plain threshold's validation
+    Dice the best is compared with; a line at least every ``heartbeat_s`` and the Ray metrics
+    every ``publish_every_s``."""
+
+    search_id: str
+    metric: str
+    tune_metric: str
+    mode: str
+    max_t: int = 0
+    budget: tuple[int, int] | None = None
+    num_samples: int = 0
+    otsu: float | None = None
+    heartbeat_s: float = 60.0
+    publish_every_s: float = 2.0
+
+
 class LiveView(tune.Callback):
     """Driver-side view of a search: its progress on stdout, and the Ray metrics.
 
@@ -119,32 +140,21 @@ class LiveView(tune.Callback):
     own tables are off. With one (a terminal) the
     :class:`~unet_search.search.panel.LivePanel` shows the same state, updated in place, and
     the lines go to the search's log only.
-    ``name_of(trial)`` gives the trial's readable name (its MLflow run name); ``max_t`` the
-    epochs a trial trains at most; ``budget`` (epochs spent before, the search's epochs) the
-    compute the bar counts, else trials ended of ``num_samples``; ``otsu`` the plain
-    threshold's validation Dice the best is compared with."""
+    ``settings``: what it follows (:class:`LiveSettings`); ``name_of(trial)`` gives the
+    trial's readable name (its MLflow run name)."""
 
     def __init__(
         self,
-        search_id: str,
-        metric: str,
-        tune_metric: str,
-        mode: str,
+        settings: LiveSettings,
         name_of: Callable[[Trial], str],
-        heartbeat_s: float = 60.0,
-        publish_every_s: float = 2.0,
-        *,
         panel: LivePanel | None = None,
-        max_t: int = 0,
-        budget: tuple[int, int] | None = None,
-        num_samples: int = 0,
-        otsu: float | None = None,
     ) -> None:
-        self.search_id, self.metric, self.tune_metric = search_id, metric, tune_metric
-        self.sign = sign(mode)
+        s = settings
+        self.search_id, self.metric, self.tune_metric = s.search_id, s.metric, s.tune_metric
+        self.sign = sign(s.mode)
         self.name_of = name_of
-        self.heartbeat_s, self.publish_every_s = heartbeat_s, publish_every_s
-        self.metrics = SearchMetrics(search_id, metric)
+        self.heartbeat_s, self.publish_every_s = s.heartbeat_s, s.publish_every_s
+        self.metrics = SearchMetrics(s.search_id, s.metric)
         self.start = time.monotonic()
         self.last_print = self.last_publish = float("-inf")
         self.last_content = ""  # the last line printed, less its clock
@@ -153,8 +163,8 @@ class LiveView(tune.Callback):
         self.throughput: dict[str, tuple[float, float]] = {}  # trial id -> (images/s, epoch s)
         # Tune calls on_trial_complete while the trial's status is still RUNNING.
         self.ended: dict[str, str] = {}
-        self.panel, self.max_t, self.budget = panel, max_t, budget
-        self.num_samples, self.otsu = num_samples, otsu
+        self.panel, self.max_t, self.budget = panel, s.max_t, s.budget
+        self.num_samples, self.otsu = s.num_samples, s.otsu
         self.epochs: dict[str, int] = {}  # trial id -> epochs reported
         self.last_value: dict[str, float] = {}  # trial id -> the metric of its last epoch
         self.baseline: float | None = None  # the seed baseline's best so far

@@ -26,9 +26,10 @@ from unet_search.core.tags import (
     TAG_TRIAL_ID,
     TAG_TRIAL_NUMBER,
 )
+from unet_search.distributed.context import RecipeInput, WorkerContext
 from unet_search.distributed.faults import FAULT_ENV
 from unet_search.distributed.limits import Limits
-from unet_search.distributed.recipe import RecipeInput, WorkerContext, ray_hooks, run_recipe
+from unet_search.distributed.recipe import ray_hooks, run_recipe
 from unet_search.distributed.trainer import build_trainer
 from unet_search.search.context import ARCH_SHORT, SearchContext
 from unet_search.search.state import RECORD_TIMEOUT_S, await_recorded

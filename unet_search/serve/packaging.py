@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import requires, version
 from pathlib import Path
 
@@ -21,7 +22,14 @@ from unet_search.models.build import read_model_meta
 from unet_search.tracking.models import PyfuncModel, log_and_register_pyfunc
 from unet_search.tracking.registry import Registration
 
-__all__ = ["PYFUNC_FILE", "PACKAGE_DIR", "pyfunc_model", "log_and_register", "requirements"]
+__all__ = [
+    "Candidate",
+    "log_and_register",
+    "PACKAGE_DIR",
+    "PYFUNC_FILE",
+    "pyfunc_model",
+    "requirements",
+]
 
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
@@ -74,30 +82,37 @@ def pyfunc_model(model_dir: Path, onnx_dir: Path | None = None) -> PyfuncModel:
     )
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A model to register: its folder (and its ONNX export's), the metric it was chosen by
+    with its value and mode, the held-out ``test`` scores (tagged ``unet_search.<key>``), the
+    version's other ``tags``, and ``veto``: why it must not be champion (None: it may)."""
+
+    model_dir: Path
+    metric: str
+    value: float
+    mode: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    test: Mapping[str, float] = field(default_factory=dict)
+    veto: str | None = None
+    onnx_dir: Path | None = None
+
+    def version_tags(self) -> dict[str, str]:
+        """Every tag of the registered version."""
+        return {
+            **self.tags,
+            **{TAG_PREFIX + key: repr(float(v)) for key, v in self.test.items()},
+            TAG_METRIC: self.metric,
+            TAG_VALUE: repr(float(self.value)),
+            TAG_MODE: self.mode,
+        }
+
+
 def log_and_register(
-    tracking_uri: str,
-    run_id: str,
-    model_dir: Path,
-    name: str,
-    metric: str,
-    value: float,
-    mode: str,
-    tags: dict[str, str],
-    test: Mapping[str, float] | None = None,
-    veto: str | None = None,
-    onnx_dir: Path | None = None,
+    tracking_uri: str, run_id: str, name: str, candidate: Candidate
 ) -> Registration:
-    """Log ``model_dir`` as a pyfunc model in run ``run_id`` (with its ONNX export in
-    ``onnx_dir``), register it as ``name`` (tagged with ``tags``, the metric, its value and
-    mode, and the ``test`` scores as ``unet_search.<key>``) and promote it (``veto``: why it
-    must not be champion)."""
-    all_tags = {
-        **tags,
-        **{TAG_PREFIX + key: repr(float(v)) for key, v in (test or {}).items()},
-        TAG_METRIC: metric,
-        TAG_VALUE: repr(float(value)),
-        TAG_MODE: mode,
-    }
-    return log_and_register_pyfunc(
-        tracking_uri, run_id, pyfunc_model(model_dir, onnx_dir), name, all_tags, veto
-    )
+    """Log ``candidate`` as a pyfunc model in run ``run_id`` (with its ONNX export), register
+    it as ``name`` with its tags and promote it behind the champion gate."""
+    model = pyfunc_model(candidate.model_dir, candidate.onnx_dir)
+    tags = candidate.version_tags()
+    return log_and_register_pyfunc(tracking_uri, run_id, model, name, tags, candidate.veto)
