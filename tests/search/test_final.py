@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from unet_search.core.outcome import Outcome
 from unet_search.search.context import SearchContext
 from unet_search.search.final import choose_final_fit, explored_epochs
 from unet_search.search.summaries import TrialSummary
@@ -17,12 +18,14 @@ from unet_search.space.load import load_space
 QUICK = Path(__file__).parents[2] / "search_spaces" / "quick.yaml"
 
 
-def _trial(name: str, epochs: int, status: str = "FINISHED", **kw: bool) -> TrialSummary:
+def _trial(
+    name: str, epochs: int, outcome: Outcome = Outcome.FINISHED, **kw: bool
+) -> TrialSummary:
     return TrialSummary(
         0,
         name,
         name,
-        status,
+        outcome,
         0.5,
         epochs,
         kw.get("baseline", False),
@@ -46,7 +49,7 @@ def _with(ctx: SearchContext, **search: Any) -> SearchContext:
 def test_the_exploring_trials_spend_what_they_trained_the_baseline_and_final_fit_apart() -> None:
     trials = [
         _trial("baseline", 6, baseline=True),
-        _trial("default", 2, "KILLED"),
+        _trial("default", 2, Outcome.STOPPED_EARLY),
         _trial("t2", 3),
         _trial("final", 17, final=True),
     ]
@@ -54,7 +57,7 @@ def test_the_exploring_trials_spend_what_they_trained_the_baseline_and_final_fit
 
 
 def test_the_final_fit_trains_the_epochs_the_exploring_trials_left(ctx: SearchContext) -> None:
-    trials = [_trial("default", 2, "KILLED"), _trial("t2", 4)]
+    trials = [_trial("default", 2, Outcome.STOPPED_EARLY), _trial("t2", 4)]
     source = trials[0]
     fit = choose_final_fit(ctx, trials, source, None, 0.0, "kept the default")
     assert fit is not None and fit.runs
@@ -76,6 +79,6 @@ def test_no_final_fit_without_compute_a_source_or_epochs_left(ctx: SearchContext
     assert spent is not None and not spent.runs and spent.epochs == 0
     assert spent.why == "the exploring trials spent the whole compute"
     # A source stopped early has no logged model yet: one epoch more makes it one.
-    stopped = _trial("t3", 24, "KILLED")
+    stopped = _trial("t3", 24, Outcome.STOPPED_EARLY)
     one = choose_final_fit(ctx, [stopped], stopped, None, 0.0)
     assert one is not None and one.runs and one.epochs == 1

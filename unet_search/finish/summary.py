@@ -33,7 +33,7 @@ def log_summary(
     its parent run; ``extra``: more metrics (the compute spent by exploring and final fit)."""
     metric = ctx.spec.settings.metric
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [asdict(t) for t in trials]
+        rows = [{**asdict(t), "status": t.status, "infeasible": t.infeasible} for t in trials]
         (Path(tmp) / SUMMARY_FILE).write_text(json.dumps(rows, indent=2, default=str))
         header = "trial,name,status,best_" + metric + ",epochs,baseline,params\n"
         lines = [
@@ -77,9 +77,7 @@ def pareto_trials(trials: list[TrialSummary], settings: SearchSettings) -> list[
     apart); empty for a search of one objective."""
     if not settings.multi_objective:
         return []
-    finished = [
-        t for t in trials if t.status == RunStatus.FINISHED and not t.baseline and not t.infeasible
-    ]
+    finished = [t for t in trials if t.finished and not t.baseline]
     return front_of(finished, settings)
 
 

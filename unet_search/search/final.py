@@ -27,7 +27,7 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
-from unet_search.core.outcome import RunStatus
+from unet_search.core.outcome import Outcome
 from unet_search.search.callbacks import TrialStatusCallback
 from unet_search.search.context import SearchContext
 from unet_search.search.incumbent import keep_or_switch
@@ -96,11 +96,9 @@ def final_source(
         if not t.baseline
         and not t.final
         and t.value is not None
-        and t.status != RunStatus.FAILED
+        and t.outcome is not Outcome.FAILED
         and not t.infeasible
-        and (
-            _checkpoint_of(_result_of(results, t)) or (t.status == RunStatus.FINISHED and t.run_id)
-        )
+        and (_checkpoint_of(_result_of(results, t)) or (t.finished and t.run_id))
     ]
     default = next((i for i, t in enumerate(candidates) if t.default), None)
     margin = settings.incumbent_margin
@@ -140,7 +138,7 @@ def choose_final_fit(
         seconds_left = compute.hours * 3600.0 - (time.time() - started_s)
         left = min(left, math.floor(seconds_left / max(_seconds_per_epoch(results, best), 1e-3)))
     epochs = max(0, int(left))
-    if epochs == 0 and best.status == RunStatus.FINISHED:
+    if epochs == 0 and best.finished:
         return FinalFit(0, best, spent, "the exploring trials spent the whole compute", chosen)
     # A best that stopped early has no logged model yet: one epoch more makes it one.
     return FinalFit(max(epochs, 1), best, spent, chosen=chosen)
@@ -212,7 +210,5 @@ def run_final_fit(
             ),
         )
     final = summaries(tuner.fit(), ctx)
-    done = [
-        t for t in final if t.status == RunStatus.FINISHED and t.value is not None and t.run_id
-    ]
+    done = [t for t in final if t.finished and t.value is not None and t.run_id]
     return done[0] if done else None

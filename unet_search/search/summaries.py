@@ -31,10 +31,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TrialSummary:
+    """What one trial came to: how it ended, its kept weights' value of the search metric
+    (None: it failed, or reported none), the epochs it trained, its role (the seed baseline,
+    the planned default, the final fit), its MLflow run and its parameters."""
+
     index: int
     trial_id: str
     name: str
-    status: str
+    outcome: Outcome
     value: float | None
     epochs: int
     baseline: bool
@@ -44,8 +48,23 @@ class TrialSummary:
     final: bool = False  # the final fit (unet_search.search.final)
     # each objective's value (search.objectives; else the metric alone), as ranked
     values: dict[str, float] = field(default_factory=dict)
-    infeasible: bool = False  # over a limit of search.constraints: it trained nothing
     curve: Curve = ()  # (epoch, best value so far) of every result it reported
+
+    @property
+    def status(self) -> RunStatus:
+        """Its MLflow run's status (KILLED: stopped early, or over a limit)."""
+        return self.outcome.run_status
+
+    @property
+    def finished(self) -> bool:
+        """Whether it trained to its end (its epochs, or its early stopping, ended it): only
+        such a trial logged its kept model."""
+        return self.outcome is Outcome.FINISHED
+
+    @property
+    def infeasible(self) -> bool:
+        """Over a limit of ``search.constraints``: it trained nothing."""
+        return self.outcome is Outcome.INFEASIBLE
 
 
 def summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary]:
@@ -63,7 +82,7 @@ def summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary
                 role.number,
                 trial_id,
                 name,
-                outcome.run_status,
+                outcome,
                 None if value is None or result.error else float(value),
                 int(metrics.get("epoch", 0)),
                 role.baseline,
@@ -78,7 +97,6 @@ def summaries(results: tune.ResultGrid, ctx: SearchContext) -> list[TrialSummary
                     )
                     if metrics.get(key) is not None and not result.error
                 },
-                outcome == Outcome.INFEASIBLE,
                 () if result.error else _curve(result, ctx.spec.tune_metric),
             )
         )
@@ -102,9 +120,7 @@ def pick_best(trials: list[TrialSummary], settings: SearchSettings) -> TrialSumm
     best only when it really beats a trained candidate (or when it is the search's only
     trial)."""
     # Only finished trials logged their best model (ASHA ends the others mid-way).
-    scored = [
-        t for t in trials if t.value is not None and t.run_id and t.status == RunStatus.FINISHED
-    ]
+    scored = [t for t in trials if t.value is not None and t.run_id and t.finished]
     others = any(not t.baseline for t in trials)
     if not scored or (others and all(t.baseline for t in scored)):
         return None
