@@ -169,7 +169,12 @@ def test_auto_in_a_space_is_filled_from_the_plan(tmp_path: Path) -> None:
         {"depth": {"type": "int", "low": "auto", "high": "auto"}},
     )
     provisional = load_space(path)
-    assert provisional.auto == ("patch_size", "normalization", "depth.low", "depth.high")
+    assert [str(a) for a in provisional.auto] == [
+        "patch_size",
+        "normalization",
+        "depth.low",
+        "depth.high",
+    ]
     assert provisional.plan is None
     assert (
         list(provisional.base_config().data.patch_size) == PROVISIONAL["patch_size"] == [128, 128]

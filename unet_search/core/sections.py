@@ -8,6 +8,7 @@ Every leaf name is unique across sections, so a flat ``--set epochs=2`` or an ML
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Self
 
 from pydantic import BeforeValidator, model_validator
@@ -26,6 +27,7 @@ __all__ = [
     "AUTO",
     "PLANNED_LEAVES",
     "auto_rule",
+    "AutoSetting",
     "network_input",
     "RESIZE_DEFAULT",
     "BLOCKS",
@@ -91,6 +93,19 @@ def auto_rule(leaf: str) -> str | None:
     if leaf in PLANNED_LEAVES:
         return None
     return f"cannot be `auto`; the plan fills only {list(PLANNED_LEAVES)}"
+
+
+@dataclass(frozen=True)
+class AutoSetting:
+    """A setting a search space gives as ``auto``: a fixed leaf (``name``, no ``bound``), or
+    the ``low`` / ``high`` bound of its searched int ``depth`` (``name``: the parameter's key,
+    ``depth``, or ``depth:1`` for an alternative). Written as ``depth.low``."""
+
+    name: str
+    bound: str = ""  # "" (a fixed leaf) | "low" | "high"
+
+    def __str__(self) -> str:
+        return f"{self.name}.{self.bound}" if self.bound else self.name
 
 
 # The from-scratch UNet's options (REFERENCE.md 1d-1e; unet_search.models.blocks builds them).

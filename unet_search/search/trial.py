@@ -92,7 +92,7 @@ def _open_run(ctx: SearchContext, trial: Trial, trial_id: str) -> str:
             params={
                 **trial.run.flat(),
                 "baseline": baseline or "no",
-                "planned": ",".join(spec.auto) or "none",
+                "planned": ",".join(map(str, spec.auto)) or "none",
                 **({"init_weights": role.final.init_weights} if role.final else {}),
             },
             tags={

@@ -25,7 +25,7 @@ from unet_search.core.config import (
     similar,
 )
 from unet_search.core.errors import ConfigError
-from unet_search.core.sections import AUTO, auto_rule
+from unet_search.core.sections import AUTO, AutoSetting, auto_rule
 from unet_search.data.dataset import DatasetArrays
 from unet_search.plan.planner import Plan, default_budget, make_plan, parse_budget
 from unet_search.plan.profile import profile_data
@@ -344,15 +344,17 @@ def plan_space(spec: SearchSpec, arrays: DatasetArrays, budget: str | None = Non
     return planned
 
 
-def _fill_auto(leaves: dict[str, Any], raw: dict[str, Any], source: str) -> tuple[str, ...]:
+def _fill_auto(
+    leaves: dict[str, Any], raw: dict[str, Any], source: str
+) -> tuple[AutoSetting, ...]:
     """Replace ``auto`` in the fixed ``leaves`` and in a searched depth's bounds (in ``raw``)
     by :data:`PROVISIONAL` values; returns what was ``auto``."""
-    auto: list[str] = []
+    auto: list[AutoSetting] = []
     for leaf, value in leaves.items():
         if value == AUTO:
             if why := auto_rule(leaf):
                 raise space_error(source, f"fixed.{leaf}", why)
-            auto.append(leaf)
+            auto.append(AutoSetting(leaf))
             leaves[leaf] = PROVISIONAL[leaf]
     params = raw.get("params")
     if not isinstance(params, Mapping):
@@ -376,9 +378,9 @@ def _fill_auto(leaves: dict[str, Any], raw: dict[str, Any], source: str) -> tupl
                         f"{where}.{bound}",
                         "cannot be `auto`; only the bounds of an int `depth` are planned",
                     )
-                key = (name if not isinstance(spec, list) else f"{name}:{i}") + f".{bound}"
+                key = name if not isinstance(spec, list) else f"{name}:{i}"
                 alt[bound] = PROVISIONAL[f"depth.{bound}"]
-                auto.append(key)
+                auto.append(AutoSetting(key, bound))
             filled.append(alt)
         params[name] = filled if isinstance(spec, list) else filled[0]
     raw["params"] = params

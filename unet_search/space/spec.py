@@ -76,7 +76,7 @@ from unet_search.core.config import (
 )
 from unet_search.core.metrics import best_key
 from unet_search.core.schema import Frozen, broken, rule
-from unet_search.core.sections import PLANNED_LEAVES
+from unet_search.core.sections import PLANNED_LEAVES, AutoSetting
 from unet_search.core.tags import TAG_BASELINE, TAG_DEFAULT
 from unet_search.plan.planner import Plan
 from unet_search.space.role import Trial, TrialRole
@@ -281,27 +281,31 @@ class SearchSpec:
     fixed: tuple[tuple[str, Any], ...]  # flat run-config leaves (preset expanded)
     params: tuple[ParamSpec, ...]
     settings: SearchSettings
-    # Settings given as `auto` (fixed leaves; `<param key>.low` / `.high` of a searched depth)
-    # and the plan that filled them (None: provisional values, see PROVISIONAL).
-    auto: tuple[str, ...] = ()
+    # Settings given as `auto` (fixed leaves; the bounds of a searched depth) and the plan
+    # that filled them (None: provisional values, see PROVISIONAL).
+    auto: tuple[AutoSetting, ...] = ()
     plan: Plan | None = None
     # What of the space yielded to the user's `--set` (a searched key fixed, a grace period
     # shortened...), one line each, for the command to say.
     notes: tuple[str, ...] = ()
 
+    @property
+    def auto_leaves(self) -> set[str]:
+        """The fixed leaves given as ``auto``."""
+        return {a.name for a in self.auto if not a.bound}
+
     def with_plan(self, plan: Plan) -> SearchSpec:
         """This space with its ``auto`` settings set to ``plan``'s values (unchecked: see
         :func:`unet_search.space.load.plan_space`)."""
         fixed = dict(self.fixed)
-        for leaf in self.auto:
-            if leaf in PLANNED_LEAVES:
-                value = plan.value(leaf)
-                fixed[leaf] = list(value) if isinstance(value, tuple) else value
+        for leaf in self.auto_leaves:
+            value = plan.value(leaf)
+            fixed[leaf] = list(value) if isinstance(value, tuple) else value
         params = tuple(
             dataclasses.replace(
                 p,
-                low=plan.depth_low if f"{p.key}.low" in self.auto else p.low,
-                high=plan.depth_high if f"{p.key}.high" in self.auto else p.high,
+                low=plan.depth_low if AutoSetting(p.key, "low") in self.auto else p.low,
+                high=plan.depth_high if AutoSetting(p.key, "high") in self.auto else p.high,
             )
             for p in self.params
         )
@@ -321,12 +325,14 @@ class SearchSpec:
         given: dict[str, Any] = {
             leaf: flat[leaf]
             for leaf in PLANNED_LEAVES
-            if leaf not in self.auto and leaf not in searched
+            if leaf not in self.auto_leaves and leaf not in searched
         }
         highs = [
             int(p.high)
             for p in self.params
-            if p.name == "depth" and p.type == "int" and f"{p.key}.high" not in self.auto
+            if p.name == "depth"
+            and p.type == "int"
+            and AutoSetting(p.key, "high") not in self.auto
         ]
         highs += [int(v) for p in self.params if p.name == "depth" for v in p.values]
         if "depth" in searched and highs:
