@@ -19,6 +19,7 @@ import torch
 
 from unet_search.core.config import RunConfig
 from unet_search.models.build import build_model, save_model_dir
+from unet_search.models.card import ModelCard
 from unet_search.models.unet import mirror_pad
 from unet_search.serve.inference import load_model
 from unet_search.serve.packaging import pyfunc_model
@@ -53,7 +54,9 @@ def measure(
     model = build_model(cfg.model, cfg.data.num_classes).eval()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
-        save_model_dir(model_dir, model, cfg.model, cfg.data.num_classes, preprocessing_of(cfg))
+        save_model_dir(
+            model_dir, model, ModelCard(cfg.model, cfg.data.num_classes, preprocessing_of(cfg))
+        )
         predictor = load_model(model_dir)
         size, pre = cfg.data.image_size, predictor.pre
         # The raw side: the tensors predict builds, ready in memory; only model(batch).
@@ -100,7 +103,7 @@ def measure_patch(images: list[np.ndarray]) -> dict[str, float]:
     model = build_model(cfg.model, 1).eval()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
-        save_model_dir(model_dir, model, cfg.model, 1, preprocessing_of(cfg))
+        save_model_dir(model_dir, model, ModelCard(cfg.model, 1, preprocessing_of(cfg)))
         predictor = load_model(model_dir)
         flips = load_model(model_dir, tta="flips")
         tiling, tiles = predictor.tiling, []

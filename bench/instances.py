@@ -37,6 +37,7 @@ from unet_search.core.sections import DataConfig
 from unet_search.data.dataset import load_dataset
 from unet_search.data.synthetic import STYLES, make_synthetic, render_scene
 from unet_search.models.build import build_model, save_model_dir
+from unet_search.models.card import ModelCard
 from unet_search.serve.inference import Predictor
 from unet_search.train.engine import (
     build_loaders,
@@ -110,7 +111,7 @@ def train(
     decoding, _ = choose_decoding(logits, truths, target, cfg.train.threshold)  # type: ignore[arg-type]
     folder = out / f"model-{variant}-{seed}"
     pre = preprocessing_of(cfg, val.normalization, decoding)
-    save_model_dir(folder, module, cfg.model, cfg.data.network_classes, pre)
+    save_model_dir(folder, module, ModelCard(cfg.model, cfg.data.network_classes, pre))
     return folder
 
 

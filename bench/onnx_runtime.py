@@ -21,6 +21,7 @@ import torch
 
 from unet_search.core.config import RunConfig
 from unet_search.models.build import build_model, save_model_dir
+from unet_search.models.card import ModelCard
 from unet_search.serve.inference import Predictor
 from unet_search.serve.onnx import export_onnx
 from unet_search.train.sliding import preprocessing_of
@@ -50,7 +51,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "model"
             classes = cfg.data.network_classes
-            save_model_dir(folder, model, cfg.model, classes, preprocessing_of(cfg))
+            save_model_dir(folder, model, ModelCard(cfg.model, classes, preprocessing_of(cfg)))
             start = time.perf_counter()
             diff = export_onnx(folder, folder / "onnx", images[0])
             exported = time.perf_counter() - start

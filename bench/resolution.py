@@ -26,6 +26,7 @@ from unet_search.core.sections import DataConfig
 from unet_search.data.dataset import load_dataset
 from unet_search.data.synthetic import make_synthetic
 from unet_search.models.build import build_model, save_model_dir
+from unet_search.models.card import ModelCard
 from unet_search.plan.planner import make_plan, parse_budget, profile_data
 from unet_search.serve.inference import load_model
 from unet_search.train.engine import build_loaders, fit, new_training_state, seed_everything
@@ -68,7 +69,9 @@ def train(data: Path, leaves: dict, epochs: int, out: Path) -> tuple[Path, float
     seconds = time.perf_counter() - start
     if state.best_state is not None:
         state.module.load_state_dict(state.best_state)
-    save_model_dir(out, state.module, cfg.model, 1, preprocessing_of(cfg, val.normalization))
+    save_model_dir(
+        out, state.module, ModelCard(cfg.model, 1, preprocessing_of(cfg, val.normalization))
+    )
     return out, seconds
 
 

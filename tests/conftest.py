@@ -354,6 +354,7 @@ def trained_model(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from unet_search.core.config import RunConfig
     from unet_search.data.dataset import load_dataset
     from unet_search.models.build import build_model, save_model_dir
+    from unet_search.models.card import ModelCard
     from unet_search.train.engine import build_loaders, fit, new_training_state, seed_everything
     from unet_search.train.losses import build_loss
     from unet_search.train.sliding import preprocessing_of
@@ -372,7 +373,7 @@ def trained_model(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     fit(state, cfg, train, val, build_loss(cfg.loss), cpu)
     state.module.load_state_dict(state.best_state or state.module.state_dict())
     path = tmp_path_factory.mktemp("trained") / "model"
-    save_model_dir(path, state.module, cfg.model, 1, preprocessing_of(cfg))
+    save_model_dir(path, state.module, ModelCard(cfg.model, 1, preprocessing_of(cfg)))
     return TrainedModel(cfg, path, arrays, dict(state.best_metrics))
 
 
@@ -394,6 +395,7 @@ def train_targets(root: Path, style: str, leaves: dict[str, Any]) -> TargetModel
     from unet_search.data.dataset import load_dataset
     from unet_search.data.synthetic import make_synthetic
     from unet_search.models.build import build_model, save_model_dir
+    from unet_search.models.card import ModelCard
     from unet_search.train.engine import build_loaders, fit, new_training_state, seed_everything
     from unet_search.train.losses import loss_of
     from unet_search.train.sliding import preprocessing_of
@@ -421,7 +423,7 @@ def train_targets(root: Path, style: str, leaves: dict[str, Any]) -> TargetModel
         state.module.load_state_dict(state.best_state or state.module.state_dict())
         models[target] = folder = root / f"model-{target}"
         classes, pre = cfg.data.network_classes, preprocessing_of(cfg)
-        save_model_dir(folder, state.module, cfg.model, classes, pre)
+        save_model_dir(folder, state.module, ModelCard(cfg.model, classes, pre))
     return TargetModels(models, root / "held_out")
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from unet_search.distributed.faults import FAULT_ENV
 from unet_search.models.build import load_model_dir
+from unet_search.models.card import ModelCard
 from unet_search.space.load import load_space
 
 EXE = str(Path(sys.executable).with_name("unet-search"))
@@ -244,8 +245,8 @@ def test_train_two_ddp_workers_end_to_end_a_killed_worker_resumes_in_the_same_ru
     local = Path(client.download_artifacts(run_.info.run_id, "", str(tmp_path / "art")))
     with Image.open(local / "samples" / "predictions.png") as png:
         assert png.size[1] > 3 * 160  # three samples, one row each
-    model, meta = load_model_dir(local / "best_model")
-    pre = meta["preprocessing"]
+    model, card = load_model_dir(local / "best_model")
+    pre = card.preprocessing
     assert (pre["input_mode"], pre["patch_size"], pre["tile_overlap"]) == ("patch", [32, 32], 0.5)
     assert pre["normalization"] == planned["normalization"]
     assert pre["target"] == "boundary"  # background / interior / boundary
@@ -308,15 +309,17 @@ def test_predict_writes_masks_at_original_sizes(tmp_path: Path) -> None:
     save_model_dir(
         tmp_path / "model",
         build_model(cfg, 1),
-        cfg,
-        1,
-        {
-            "image_size": 32,
-            "normalization": "unit",
-            "in_channels": 3,
-            "num_classes": 1,
-            "threshold": 0.5,
-        },
+        ModelCard(
+            cfg,
+            1,
+            {
+                "image_size": 32,
+                "normalization": "unit",
+                "in_channels": 3,
+                "num_classes": 1,
+                "threshold": 0.5,
+            },
+        ),
     )
     images = tmp_path / "images"
     images.mkdir()
@@ -538,7 +541,9 @@ def test_predict_on_a_terminal_shows_a_progress_bar_and_through_a_pipe_none(
 
     cfg = RunConfig.from_dict({"depth": 2, "base_filters": 4, "patch_size": 32})
     save_model_dir(
-        tmp_path / "model", build_model(cfg.model, 1), cfg.model, 1, preprocessing_of(cfg)
+        tmp_path / "model",
+        build_model(cfg.model, 1),
+        ModelCard(cfg.model, 1, preprocessing_of(cfg)),
     )
     images = tmp_path / "images"
     images.mkdir()

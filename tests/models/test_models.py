@@ -15,6 +15,7 @@ from unet_search.models.build import (
     preset_parameter_count,
     save_model_dir,
 )
+from unet_search.models.card import FORMAT_VERSION, ModelCard
 from unet_search.models.unet import PLAIN_UPSAMPLING, dropout_rates, valid_input_size
 
 
@@ -196,12 +197,12 @@ def test_pretrained_weights_unavailable_offline_is_a_clear_error() -> None:
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
     cfg = ModelConfig(depth=2, base_filters=4, batchnorm=True)
     model = build_model(cfg, 1).eval()
-    save_model_dir(tmp_path / "m", model, cfg, 1, {"image_size": 32})
-    loaded, meta = load_model_dir(tmp_path / "m")
+    save_model_dir(tmp_path / "m", model, ModelCard(cfg, 1, {"image_size": 32}))
+    loaded, card = load_model_dir(tmp_path / "m")
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
-    assert meta["preprocessing"] == {"image_size": 32}
+    assert card == ModelCard(cfg, 1, {"image_size": 32}, FORMAT_VERSION)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
         "model.safetensors",
         "model_config.json",

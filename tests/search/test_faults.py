@@ -24,6 +24,7 @@ from unet_search.distributed.checkpoint import resume
 from unet_search.distributed.faults import FAULT_ENV
 from unet_search.finish.run import run_search
 from unet_search.models.build import build_model, save_model_dir
+from unet_search.models.card import ModelCard
 from unet_search.serve.inference import load_model
 from unet_search.space.load import load_space
 from unet_search.train.engine import new_training_state
@@ -123,7 +124,9 @@ def _model_dir(tmp_path: Path) -> Path:
     cfg = RunConfig.from_dict({"depth": 2, "base_filters": 4, "patch_size": 32})
     model = build_model(cfg.model, cfg.data.num_classes)
     save_model_dir(
-        tmp_path / "model", model, cfg.model, cfg.data.num_classes, preprocessing_of(cfg)
+        tmp_path / "model",
+        model,
+        ModelCard(cfg.model, cfg.data.num_classes, preprocessing_of(cfg)),
     )
     return tmp_path / "model"
 

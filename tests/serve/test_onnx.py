@@ -18,6 +18,7 @@ from unet_search.cli.app import main
 from unet_search.core.config import RunConfig
 from unet_search.core.errors import UserError
 from unet_search.models.build import build_model, load_model_dir, save_model_dir
+from unet_search.models.card import ModelCard
 from unet_search.serve.inference import Predictor, load_model, score_images
 from unet_search.serve.onnx import TOLERANCE, OnnxNetwork, _export, _Graph, export_onnx
 from unet_search.train.engine import val_indices
@@ -63,7 +64,9 @@ def test_every_family_exports_and_onnxruntime_predicts_as_pytorch(
     for param in model.parameters():  # random weights that give logits of both signs
         param.data.normal_(0.0, 0.3)
     folder = tmp_path / "model"
-    save_model_dir(folder, model, cfg.model, cfg.data.network_classes, preprocessing_of(cfg))
+    save_model_dir(
+        folder, model, ModelCard(cfg.model, cfg.data.network_classes, preprocessing_of(cfg))
+    )
     images = _images()
     diff = export_onnx(folder, folder / "onnx", images[0])
     assert diff is not None
@@ -121,8 +124,8 @@ def test_export_command_writes_a_graph_of_any_size_and_its_preprocessing(
     pre = json.loads(sidecar.read_text())
     # the contract: normalize as the JSON says, any batch, height and width, logits at the
     # input's size, equal to the PyTorch model's
-    model, meta = load_model_dir(trained_model.path)
-    assert pre["mean"] == meta["preprocessing"]["mean"] and pre["onnx"]["size"] is None
+    model, card = load_model_dir(trained_model.path)
+    assert pre["mean"] == card.preprocessing["mean"] and pre["onnx"]["size"] is None
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(2)
     for n, h, w in ((1, 32, 32), (3, 29, 53)):

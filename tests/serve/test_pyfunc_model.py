@@ -15,7 +15,6 @@ import pytest
 from conftest import TargetModels, TrainedModel, store_in
 
 from unet_search.core.names import CONFIG_FILE
-from unet_search.core.sections import ModelConfig
 from unet_search.serve.inference import Predictor
 from unet_search.serve.packaging import Candidate, log_and_register
 from unet_search.tracking.client import create_run, ensure_experiment
@@ -130,8 +129,9 @@ def test_an_attention_unet_model_saved_before_the_attention_option_still_loads(
     with tarfile.open(fixture / "model.tar.gz") as tar:
         tar.extractall(tmp_path, filter="data")
     predictor = Predictor.from_dir(tmp_path / "model")
-    assert predictor.meta["model"]["arch"] == "attention_unet"  # as it was saved
-    cfg = ModelConfig(**predictor.meta["model"])
+    saved = json.loads((tmp_path / "model" / CONFIG_FILE).read_text())
+    assert saved["model"]["arch"] == "attention_unet"  # as it was saved
+    cfg = predictor.card.model
     assert (cfg.arch, cfg.attention, cfg.encoder) == ("unet", "scse", "mobilenet_v2")
     masks = predictor.predict([want["image0"], want["image1"]])
     for mask, key in zip(masks, ("0", "1"), strict=True):

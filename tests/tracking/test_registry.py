@@ -29,6 +29,7 @@ from unet_search.core.tags import (
     TAG_VALUE,
 )
 from unet_search.models.build import build_model, save_model_dir
+from unet_search.models.card import ModelCard
 from unet_search.serve.inference import load_model
 from unet_search.serve.packaging import Candidate, log_and_register
 from unet_search.tracking.client import create_run, ensure_experiment
@@ -50,18 +51,20 @@ def _model_dir(tmp_path: Path, seed: int) -> Path:
     save_model_dir(
         out,
         build_model(cfg, 1),
-        cfg,
-        1,
-        {
-            "image_size": 32,
-            "resize": "bilinear",
-            "normalization": "unit",
-            "mean": [0, 0, 0],
-            "std": [1, 1, 1],
-            "in_channels": 3,
-            "num_classes": 1,
-            "threshold": 0.5,
-        },
+        ModelCard(
+            cfg,
+            1,
+            {
+                "image_size": 32,
+                "resize": "bilinear",
+                "normalization": "unit",
+                "mean": [0, 0, 0],
+                "std": [1, 1, 1],
+                "in_channels": 3,
+                "num_classes": 1,
+                "threshold": 0.5,
+            },
+        ),
     )
     return out
 

@@ -17,6 +17,7 @@ from unet_search.core.sections import DataConfig
 from unet_search.data.dataset import DatasetArrays, load_dataset
 from unet_search.data.synthetic import make_synthetic
 from unet_search.models.build import build_model, save_model_dir
+from unet_search.models.card import ModelCard
 from unet_search.plan.planner import make_plan, parse_budget
 from unet_search.plan.profile import profile_data
 from unet_search.serve.inference import load_model
@@ -77,7 +78,7 @@ def _held_out_dice(
     (``arrays``: the training data, which ``dataset`` normalization measures)."""
     state.module.load_state_dict(state.best_state or state.module.state_dict())
     norm = normalization_for(cfg, arrays)
-    save_model_dir(tmp, state.module, cfg.model, 1, preprocessing_of(cfg, norm))
+    save_model_dir(tmp, state.module, ModelCard(cfg.model, 1, preprocessing_of(cfg, norm)))
     masks = load_model(tmp).predict(images)
     dices = [2 * (m & t).sum() / (m.sum() + t.sum()) for m, t in zip(masks, truth, strict=True)]
     return float(np.mean(dices))

@@ -33,6 +33,7 @@ from unet_search.distributed.checkpoint import save_checkpoint
 from unet_search.distributed.context import Worker
 from unet_search.distributed.faults import maybe_fail
 from unet_search.models.build import count_parameters, save_model_dir
+from unet_search.models.card import ModelCard
 from unet_search.tracking.client import log_artifacts
 from unet_search.tracking.outage import Outbox, with_patience
 from unet_search.train.engine import TrainingState, val_indices
@@ -201,9 +202,11 @@ def _log_final(
         save_model_dir(
             Path(tmp) / BEST_MODEL_DIR,
             module,
-            cfg.model,
-            cfg.data.network_classes,
-            preprocessing_of(cfg, norm, decoding[0] if decoding else None, arrays.pixels),
+            ModelCard(
+                cfg.model,
+                cfg.data.network_classes,
+                preprocessing_of(cfg, norm, decoding[0] if decoding else None, arrays.pixels),
+            ),
         )
         picture = _sample_image(module, cfg, arrays, picks, norm)
         if picture is not None:

@@ -10,7 +10,6 @@ mirror-padded input of an unpadded "valid" UNet) and crops the output back.
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,10 @@ from torch import nn
 
 from unet_search.core.config import CLASSIC, RunConfig
 from unet_search.core.errors import ConfigError
-from unet_search.core.names import CONFIG_FILE, MODEL_FILE
+from unet_search.core.names import MODEL_FILE
 from unet_search.core.sections import MAX_BOTTLENECK_TOKENS, ModelConfig
 from unet_search.models.blocks import SCSE_REDUCTION
+from unet_search.models.card import ModelCard
 from unet_search.models.smp import (
     SMP_ARCHS,
     SMP_UPSAMPLING,
@@ -45,7 +45,6 @@ __all__ = [
     "preset_parameter_count",
     "save_model_dir",
     "load_model_dir",
-    "read_model_meta",
     "SegmentationModel",
 ]
 
@@ -326,32 +325,19 @@ def preset_parameter_count(name: str) -> int:
     return count_parameters(build_model(cfg.model, cfg.data.network_classes))
 
 
-def save_model_dir(
-    path: Path, model: nn.Module, cfg: ModelConfig, num_classes: int, preprocessing: dict[str, Any]
-) -> None:
-    """Write weights (safetensors) and the build config + preprocessing (JSON) to ``path``."""
+def save_model_dir(path: Path, model: nn.Module, card: ModelCard) -> None:
+    """Write the weights (safetensors) and the ``card`` (JSON) to ``path``."""
     path.mkdir(parents=True, exist_ok=True)
     module = getattr(model, "module", model)  # unwrap DDP
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     save_file(state, str(path / MODEL_FILE))
-    meta = {
-        "model": {**cfg.__dict__, "encoder_weights": None},
-        "num_classes": num_classes,
-        "preprocessing": preprocessing,
-        "format_version": 1,
-    }
-    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    card.write(path)
 
 
-def read_model_meta(path: Path) -> dict[str, Any]:
-    """The build config and preprocessing a model folder was saved with."""
-    meta: dict[str, Any] = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-    return meta
-
-
-def load_model_dir(path: Path) -> tuple[SegmentationModel, dict[str, Any]]:
-    """Load a model saved by :func:`save_model_dir` (no pickle: JSON + safetensors)."""
-    meta = read_model_meta(path)
-    model = build_model(ModelConfig(**meta["model"]), int(meta["num_classes"]))
+def load_model_dir(path: Path) -> tuple[SegmentationModel, ModelCard]:
+    """Load a model saved by :func:`save_model_dir` (no pickle: JSON + safetensors), and
+    its card."""
+    card = ModelCard.read(path)
+    model = build_model(card.model, card.num_classes)
     model.load_state_dict(load_file(str(path / MODEL_FILE)))
-    return model.eval(), meta
+    return model.eval(), card

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +17,8 @@ from unet_search.core.errors import UserError
 from unet_search.core.names import CONFIG_FILE
 from unet_search.data.dataset import DatasetArrays
 from unet_search.data.decode import image_array, read_image
-from unet_search.models.build import load_model_dir, read_model_meta
+from unet_search.models.build import load_model_dir
+from unet_search.models.card import ModelCard
 from unet_search.train.instances import decode_instances, foreground_labels
 from unet_search.train.metrics import otsu_dice, score_masks
 from unet_search.train.sliding import (
@@ -66,7 +66,7 @@ class Predictor:
     def __init__(
         self,
         model: Network,
-        meta: dict[str, Any],
+        card: ModelCard,
         device: str | torch.device = "cpu",
         tta: str | None = None,
         keep: object = None,
@@ -76,9 +76,9 @@ class Predictor:
             model = model.to(self.device)
         model.eval()
         self.model = model
-        self.meta = meta
+        self.card = card
         self._keep = keep  # what the model needs alive (a temporary ONNX export)
-        self.pre = Preprocessing.of_model(meta)
+        self.pre = Preprocessing.of_card(card)
         self.tiling = self.pre.tiling if tta is None else replace(self.pre.tiling, tta=tta)
 
     @classmethod
@@ -95,8 +95,8 @@ class Predictor:
         temporary folder first)."""
         path = Path(path)
         if runtime == "torch":
-            model, meta = load_model_dir(path)
-            return cls(model, meta, device, tta)
+            model, card = load_model_dir(path)
+            return cls(model, card, device, tta)
         if runtime != "onnx":
             raise UserError(f"runtime must be one of {list(RUNTIMES)}, but got {runtime!r}.")
         from unet_search.serve.onnx import OnnxNetwork, TemporaryOnnx, find_onnx
@@ -106,7 +106,7 @@ class Predictor:
         if onnx_dir is None:
             keep = TemporaryOnnx(path)
             onnx_dir = keep.path
-        return cls(OnnxNetwork(onnx_dir, device), read_model_meta(path), device, tta, keep)
+        return cls(OnnxNetwork(onnx_dir, device), ModelCard.read(path), device, tta, keep)
 
     @torch.no_grad()
     def predict_logits(self, images: Sequence[ImageLike]) -> list[torch.Tensor]:

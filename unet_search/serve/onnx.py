@@ -40,7 +40,8 @@ from unet_search.core.errors import UserError
 from unet_search.core.files import refuse_existing, written_whole
 from unet_search.core.names import ONNX_DIR, ONNX_FILE, PREPROCESSING_FILE
 from unet_search.models.blocks import ASPP
-from unet_search.models.build import load_model_dir, read_model_meta
+from unet_search.models.build import load_model_dir
+from unet_search.models.card import ModelCard
 from unet_search.models.unet import valid_input_size
 from unet_search.train.sliding import Preprocessing
 
@@ -183,15 +184,15 @@ def export_onnx(
     runtimes and return the largest logit difference (a :class:`UserError` above
     :data:`TOLERANCE`, nothing left in ``out_dir``). ``what`` names the model in errors."""
     what = what or str(model_dir)
-    model, meta = load_model_dir(model_dir)
-    pre = Preprocessing.of_model(meta)
+    model, card = load_model_dir(model_dir)
+    pre = Preprocessing.of_card(card)
     graph = _graph(model, pre)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / ONNX_FILE
     _export(graph, onnx_path, what)
     with torch.no_grad():
         logits = int(graph.module(graph.example).shape[1])
-    preprocessing = {**meta["preprocessing"], "onnx": {**graph.info, "logits": logits}}
+    preprocessing = {**card.preprocessing, "onnx": {**graph.info, "logits": logits}}
     (out_dir / PREPROCESSING_FILE).write_text(json.dumps(preprocessing, indent=2), "utf-8")
     if check is None:
         return None
@@ -307,7 +308,7 @@ def export_model(uri: str, out: Path, tracking_uri: str | None = None) -> tuple[
     with tempfile.TemporaryDirectory(prefix="unet-search-onnx-") as tmp:
         if found is None:
             found = Path(tmp)
-            check = _check_image(Preprocessing.of_model(read_model_meta(model_dir)))
+            check = _check_image(Preprocessing.of_card(ModelCard.read(model_dir)))
             export_onnx(model_dir, found, check, what=uri)
         out.parent.mkdir(parents=True, exist_ok=True)
         for name, target in ((PREPROCESSING_FILE, json_out), (ONNX_FILE, out)):

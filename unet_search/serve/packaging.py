@@ -18,7 +18,7 @@ from unet_search.core.tags import (
     TAG_MODE,
     TAG_VALUE,
 )
-from unet_search.models.build import read_model_meta
+from unet_search.models.card import ModelCard
 from unet_search.tracking.models import PyfuncModel, log_and_register_pyfunc
 from unet_search.tracking.registry import Registration
 
@@ -67,7 +67,7 @@ def pyfunc_model(model_dir: Path, onnx_dir: Path | None = None) -> PyfuncModel:
     (:func:`unet_search.serve.onnx.export_onnx`), logged as the model's ``onnx/`` folder
     and flavor."""
     onnx = () if onnx_dir is None else ((ONNX_DIR, onnx_dir),)
-    pre = read_model_meta(model_dir)["preprocessing"]
+    pre = ModelCard.read(model_dir).preprocessing
     dtype, channels = pre.get("image_dtype", "uint8"), int(pre.get("image_channels", 3))
     return PyfuncModel(
         python_model=PYFUNC_FILE,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from unet_search.core.config import RunConfig
 from unet_search.core.sections import RESIZE_DEFAULT, network_input
 from unet_search.data.stats import scaled_size
+from unet_search.models.card import ModelCard
 from unet_search.models.unet import mirror_pad, valid_input_size
 from unet_search.train.instances import Decoding
 from unet_search.train.transforms import (
@@ -110,7 +111,7 @@ def tiling_of(cfg: RunConfig, batch_size: int = 8) -> Tiling:
     )
 
 
-def tiling_of_preprocessing(pre: dict[str, Any], batch_size: int = 8) -> Tiling:
+def tiling_of_preprocessing(pre: Mapping[str, Any], batch_size: int = 8) -> Tiling:
     """The tiling a saved model's ``preprocessing`` describes; a model saved before patch mode
     (no ``input_mode``) resized every image to ``image_size``."""
     mode = str(pre.get("input_mode", "resize"))
@@ -142,12 +143,12 @@ class Preprocessing:
     decoding: Decoding = field(default_factory=Decoding)  # how its output becomes instances
 
     @classmethod
-    def of_model(cls, meta: dict[str, Any]) -> Preprocessing:
-        """The preprocessing of a saved model's ``model_config.json`` (read_model_meta)."""
-        return cls.from_dict(meta["preprocessing"], int(meta["num_classes"]))
+    def of_card(cls, card: ModelCard) -> Preprocessing:
+        """The preprocessing of a saved model's card."""
+        return cls.from_dict(card.preprocessing, card.num_classes)
 
     @classmethod
-    def from_dict(cls, pre: dict[str, Any], num_classes: int = 1) -> Preprocessing:
+    def from_dict(cls, pre: Mapping[str, Any], num_classes: int = 1) -> Preprocessing:
         """``num_classes``: the model's, for models whose preprocessing lacks it."""
         return cls(
             tiling_of_preprocessing(pre),
