@@ -25,10 +25,6 @@ TESTED_ELSEWHERE = {
     "core/files": "tests/cli/test_predict.py",  # nothing written over, nothing half-written
     "core/schema": "tests/core/test_config.py",
     "core/sections": "tests/core/test_config.py",
-    "data/dataset": "tests/data/test_data.py",
-    "data/decode": "tests/data/test_data.py",
-    "data/scan": "tests/data/test_data.py",
-    "data/split": "tests/data/test_data.py",
     "distributed/checkpoint": "tests/search/test_faults.py",  # killed workers resume; no pickle
     "distributed/context": "tests/distributed/test_recipe.py",
     "distributed/faults": "tests/search/test_faults.py",
@@ -54,11 +50,6 @@ TESTED_ELSEWHERE = {
     "search/trial": "tests/finish/test_run.py",
     "serve/objects": "tests/cli/test_predict.py",
     "serve/packaging": "tests/serve/test_pyfunc_model.py",
-    "space/load": "tests/space/test_spaces.py",
-    "space/role": "tests/space/test_spaces.py",
-    "space/settings": "tests/space/test_spaces.py",
-    "space/spec": "tests/space/test_spaces.py",
-    "space/validate": "tests/space/test_spaces.py",
     "tracking/client": "tests/tracking/test_tracking.py",
     "tracking/models": "tests/serve/test_pyfunc_model.py",
     "tracking/read": "tests/tracking/test_outage.py",

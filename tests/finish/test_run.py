@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
+import io
 import itertools
 import json
 import os
 import re
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,50 +103,116 @@ def _assert_instance_tags_are_predicts(
         )
 
 
-def test_end_to_end_search_registers_a_champion_that_scores_its_numbers(
+E2E_SPACE = {
+    "name": "e2e",
+    "model_name": "unet-e2e",
+    "fixed": {
+        **TINY,
+        "epochs": 2,
+        "dsb_every": 2,
+        "depth": 2,
+        "test_fraction": 0.25,
+        # the variants (the residual block and ASPP also train under DDP in test_cli.py's
+        # killed-worker run); the baseline stays plain
+        "block": "residual",
+        "bottleneck": "aspp",
+        "attention": "gate",
+    },
+    "params": {
+        "base_filters": {"type": "choice", "values": [4, 8]},
+        "lr": {"type": "loguniform", "low": 1.0e-3, "high": 1.0e-2},  # no two trials tie
+    },
+    "search": {
+        "num_samples": 3,
+        "seed": 1,
+        "scheduler": {"type": "fifo"},
+        # sampled, and registered as champion whatever Otsu scores
+        "default_trial": False,
+        "champion_must_beat_otsu": False,
+        "latency_image": 64,  # ONNX on (this test's), latency on a small image
+    },
+}
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    """One whole search, run once for the end-to-end tests below: what it returned, its
+    work dir (``UNET_SEARCH_HOME``), a folder for the tests' files, what it printed, its
+    data as the search split it, and the held-out test split's images as files."""
+
+    out: SearchResult
+    workdir: Path
+    tmp: Path
+    shown: str
+    arrays: Any
+    cfg: Any
+    split: dict[str, list[str]]
+    images: Path
+
+    @property
+    def uri(self) -> str:
+        return f"sqlite:///{self.workdir / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def e2e(
     ray_local: None,
     search_data: Path,
-    workdir: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    raw = {
-        "name": "e2e",
-        "model_name": "unet-e2e",
-        "fixed": {
-            **TINY,
-            "epochs": 2,
-            "dsb_every": 2,
-            "depth": 2,
-            "test_fraction": 0.25,
-            # the variants (the residual block and ASPP also train under DDP in test_cli.py's
-            # killed-worker run); the baseline stays plain
-            "block": "residual",
-            "bottleneck": "aspp",
-            "attention": "gate",
-        },
-        "params": {
-            "base_filters": {"type": "choice", "values": [4, 8]},
-            "lr": {"type": "loguniform", "low": 1.0e-3, "high": 1.0e-2},  # no two trials tie
-        },
-        "search": {
-            "num_samples": 3,
-            "seed": 1,
-            "scheduler": {"type": "fifo"},
-            # sampled, and registered as champion whatever Otsu scores
-            "default_trial": False,
-            "champion_must_beat_otsu": False,
-            "latency_image": 64,  # ONNX on (this test's), latency on a small image
-        },
-    }
-    out = _search(tmp_path, search_data, workdir, raw)
+    empty_store: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> EndToEnd:
+    tmp = tmp_path_factory.mktemp("e2e")
+    home = tmp / "home"
+    store_in(home, empty_store)
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as env, contextlib.redirect_stdout(printed):
+        env.setenv("UNET_SEARCH_HOME", str(home))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        out = _search(tmp, search_data, home, E2E_SPACE)
+    cfg = load_space(tmp / "e2e.yaml").base_config()
+    arrays = load_dataset(search_data, cfg.data)
+    local = _client(home).download_artifacts(out.parent_run_id, "split.json", str(tmp))
+    split = json.loads(Path(local).read_text())
+    images = tmp / "test_images"
+    images.mkdir()
+    for name in split["test"]:
+        (images / f"{name}.png").write_bytes(
+            (search_data / name / "images" / f"{name}.png").read_bytes()
+        )
+    return EndToEnd(out, home, tmp, printed.getvalue(), arrays, cfg, split, images)
 
+
+@pytest.fixture()
+def at_home(e2e: EndToEnd, monkeypatch: pytest.MonkeyPatch) -> EndToEnd:
+    """The end-to-end search, with this test's commands pointed at its work dir."""
+    monkeypatch.setenv("UNET_SEARCH_HOME", str(e2e.workdir))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return e2e
+
+
+def _predict(e2e: EndToEnd, out: Path, *more: str) -> None:
+    """``unet-search predict`` of the champion on the held-out test images into ``out``."""
+    from unet_search.cli.app import main
+
+    model = "models:/unet-e2e@champion"
+    args = ["predict", "--model", model, "--input", str(e2e.images), "--output", str(out)]
+    assert main([*args, *more]) == 0
+
+
+def _dice(mask: np.ndarray, truth: np.ndarray) -> float:
+    pred, want = torch.from_numpy(mask[None]).long(), torch.from_numpy(truth[None]).long()
+    return float(dice_iou_per_image(pred, want, 1)[0][0])
+
+
+def test_end_to_end_a_search_logs_a_parent_run_and_a_child_run_per_trial(
+    e2e: EndToEnd, search_data: Path
+) -> None:
+    out = e2e.out
     assert out.search_id == "e2e-1"
     assert [t.status for t in out.trials] == ["FINISHED"] * 3
     assert [t.index for t in out.trials] == [0, 1, 2]
     assert out.trials[0].baseline and out.baseline is out.trials[0]
-
-    client = _client(workdir)
+    client = _client(e2e.workdir)
     parents = client.search_runs([out.experiment_id], f"tags.`{TAG_KIND}` = 'search'")
     assert [p.info.run_id for p in parents] == [out.parent_run_id]
     parent = parents[0]
@@ -176,7 +244,18 @@ def test_end_to_end_search_registers_a_champion_that_scores_its_numbers(
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_dice")]
         assert sorted(steps) == [1, 2]
         assert child.data.tags[TAG_TRIAL_ID]
+    study_trials = out.study.trials
+    assert [t.state for t in study_trials] == [TrialState.COMPLETE] * 3
+    assert study_trials[0].user_attrs[TAG_BASELINE] and study_trials[0].params == {}
+    assert search_trials(e2e.uri, "e2e-1")[1][0].value == pytest.approx(out.best.value)
 
+
+def test_end_to_end_the_champion_scores_its_number_through_load_model(
+    e2e: EndToEnd, search_data: Path
+) -> None:
+    """The number on the champion is the number you get: its validation images predicted
+    through load_model score the registered value."""
+    out, client = e2e.out, _client(e2e.workdir)
     reg = out.registration
     assert reg is not None and (reg.name, reg.version, reg.alias) == ("unet-e2e", "1", "champion")
     version = client.get_model_version_by_alias("unet-e2e", "champion")
@@ -187,113 +266,92 @@ def test_end_to_end_search_registers_a_champion_that_scores_its_numbers(
     assert version.tags["unet_search.trial_id"] == out.best.trial_id
     assert version.run_id == out.parent_run_id  # the model is logged in the search's run
     assert float(version.tags["unet_search.metric_value"]) == pytest.approx(out.best.value)
-    # The number on the champion is the number you get: its validation images predicted
-    # through load_model score the registered value.
-    spec = load_space(tmp_path / "e2e.yaml")
-    cfg = spec.base_config()
-    arrays = load_dataset(search_data, cfg.data)
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    champion = load_model("models:/unet-e2e@champion", tracking_uri=uri)
-    indices = [int(i) for i in val_indices(cfg, arrays)]
-    masks = champion.predict([arrays.image(i) for i in indices])
-    dices = [
-        float(
-            dice_iou_per_image(
-                torch.from_numpy(m[None]).long(),
-                torch.from_numpy(arrays.mask(i)[None]).long(),
-                1,
-            )[0][0]
-        )
-        for m, i in zip(masks, indices, strict=True)
-    ]
+    champion = load_model("models:/unet-e2e@champion", tracking_uri=e2e.uri)
+    indices = [int(i) for i in val_indices(e2e.cfg, e2e.arrays)]
+    masks = champion.predict([e2e.arrays.image(i) for i in indices])
+    dices = [_dice(m, e2e.arrays.mask(i)) for m, i in zip(masks, indices, strict=True)]
     assert float(np.mean(dices)) == pytest.approx(out.best.value, abs=1e-3)
+    assert e2e.split["val"] == [e2e.arrays.names[i] for i in indices]
 
-    # The held-out test split: named in split.json, seen by no trial, scored once at the end;
-    # the version carries the Dice `unet-search predict` gives on those images.
-    split = json.loads(
-        Path(client.download_artifacts(out.parent_run_id, "split.json", str(tmp_path))).read_text()
-    )
+
+def test_end_to_end_the_held_out_split_is_scored_once_as_predict_segments_it(
+    at_home: EndToEnd,
+) -> None:
+    """The held-out test split: named in split.json, seen by no trial, scored once at the
+    end; the version carries the Dice `unet-search predict` gives on those images."""
+    e2e, arrays = at_home, at_home.arrays
+    client = _client(e2e.workdir)
+    version = client.get_model_version_by_alias("unet-e2e", "champion")
+    parent = client.get_run(e2e.out.parent_run_id)
+    split = e2e.split
     assert [len(split[part]) for part in ("train", "val", "test")] == [8, 4, 4]
     assert sorted([*split["train"], *split["val"], *split["test"]]) == sorted(arrays.names)
-    assert split["val"] == [arrays.names[i] for i in indices]
     test_dice = float(version.tags["unet_search.test_dice"])
     assert parent.data.metrics["test_dice"] == pytest.approx(test_dice)
     assert {"test_iou", "test_dsb_score", "otsu_test_dice"} <= set(parent.data.metrics)
     assert float(version.tags["unet_search.test_dsb_score"]) == pytest.approx(
         parent.data.metrics["test_dsb_score"]
     )
-    images = tmp_path / "test_images"
-    images.mkdir()
-    for name in split["test"]:
-        (images / f"{name}.png").write_bytes(
-            (search_data / name / "images" / f"{name}.png").read_bytes()
-        )
-    from unet_search.cli.app import main
-
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                "models:/unet-e2e@champion",
-                "--input",
-                str(images),
-                "--output",
-                str(tmp_path / "test_masks"),
-            ]
-        )
-        == 0
-    )
+    _predict(e2e, e2e.tmp / "test_masks")
     predicted = [
-        float(
-            dice_iou_per_image(
-                torch.from_numpy(
-                    np.asarray(Image.open(tmp_path / "test_masks" / f"{name}.png")) > 0
-                )[None].long(),
-                torch.from_numpy(arrays.mask(arrays.names.index(name))[None]).long(),
-                1,
-            )[0][0]
+        _dice(
+            np.asarray(Image.open(e2e.tmp / "test_masks" / f"{name}.png")) > 0,
+            arrays.mask(arrays.names.index(name)),
         )
         for name in split["test"]
     ]
     assert float(np.mean(predicted)) == pytest.approx(test_dice, abs=1e-3)
-    # Its ONNX export (search.onnx, on by default), checked at registration on a validation
-    # image: MLflow's onnx flavor reads it, and onnxruntime predicts the test images as
-    # PyTorch does (the ASPP bottleneck: a graph of the model's tile).
+
+
+def test_end_to_end_the_onnx_export_predicts_as_pytorch(at_home: EndToEnd) -> None:
+    """Its ONNX export (search.onnx, on by default), checked at registration on a validation
+    image: MLflow's onnx flavor reads it, and onnxruntime predicts the test images as
+    PyTorch does (the ASPP bottleneck: a graph of the model's tile)."""
     import mlflow.onnx
 
+    e2e = at_home
+    client = _client(e2e.workdir)
+    version = client.get_model_version_by_alias("unet-e2e", "champion")
     assert version.tags["unet_search.onnx"] == "true"
     assert 0.0 <= float(version.tags["unet_search.onnx_max_logit_diff"]) < 1e-3
     where = client.get_model_version_download_uri("unet-e2e", version.version)
     proto = mlflow.onnx.load_model(where)
     assert {o.domain: o.version for o in proto.opset_import}[""] >= 17
     assert [i.name for i in proto.graph.input] == ["image"]
-    model_uri = "models:/unet-e2e@champion"
-    onnx_args = ["--runtime", "onnx", "--output", str(tmp_path / "onnx_masks")]
-    assert main(["predict", "--model", model_uri, "--input", str(images), *onnx_args]) == 0
-    for name in split["test"]:
-        torch_mask = np.asarray(Image.open(tmp_path / "test_masks" / f"{name}.png"))
-        onnx_mask = np.asarray(Image.open(tmp_path / "onnx_masks" / f"{name}.png"))
+    _predict(e2e, e2e.tmp / "torch_masks")
+    _predict(e2e, e2e.tmp / "onnx_masks", "--runtime", "onnx")
+    for name in e2e.split["test"]:
+        torch_mask = np.asarray(Image.open(e2e.tmp / "torch_masks" / f"{name}.png"))
+        onnx_mask = np.asarray(Image.open(e2e.tmp / "onnx_masks" / f"{name}.png"))
         assert (torch_mask == onnx_mask).mean() >= 0.999, name
-    # Its instances too: the DSB score and AP50 on the version are those of the label images
-    # `predict --output-kind instances` writes, decoded as the best run chose on its
-    # validation images (logged with it).
+
+
+def test_end_to_end_the_instance_scores_are_those_predict_writes(at_home: EndToEnd) -> None:
+    """The DSB score and AP50 on the version are those of the label images `predict
+    --output-kind instances` writes, decoded as the best run chose on its validation images
+    (logged with it)."""
+    e2e = at_home
+    client = _client(e2e.workdir)
+    version = client.get_model_version_by_alias("unet-e2e", "champion")
     model = "models:/unet-e2e@champion"
-    _assert_instance_tags_are_predicts(version, model, images, arrays, tmp_path / "objects")
+    objects = e2e.tmp / "objects"
+    _assert_instance_tags_are_predicts(version, model, e2e.images, e2e.arrays, objects)
     best_run = client.get_run(version.tags["unet_search.run_id"]).data.metrics
-    decoding = champion.pre.decoding
+    decoding = load_model(model, tracking_uri=e2e.uri).pre.decoding
     assert best_run["decoding_min_size"] == decoding.min_size
     assert best_run["decoding_marker"] == decoding.marker
     assert 0.0 <= best_run["decoded_val_dsb_score"] <= best_run["decoded_val_ap50"] <= 1.0
 
-    study_trials = out.study.trials
-    assert [t.state for t in study_trials] == [TrialState.COMPLETE] * 3
-    assert study_trials[0].user_attrs[TAG_BASELINE] and study_trials[0].params == {}
-    assert search_trials(f"sqlite:///{workdir / 'mlflow.db'}", "e2e-1")[1][
-        0
-    ].value == pytest.approx(out.best.value)
 
-    shown = capsys.readouterr().out  # the live view: concise lines, no Tune tables
+def test_end_to_end_the_search_says_little_and_best_and_the_report_show_it(
+    at_home: EndToEnd, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The live view: concise lines, no Tune tables; `best` and the report show the
+    held-out score as the version holds it."""
+    from unet_search.cli.app import main
+
+    e2e, out = at_home, at_home.out
+    shown, workdir = e2e.shown, e2e.workdir
     assert "Trial status" not in shown and "trial_main_" not in shown
     assert f"search e2e-1: Ray's own log is {workdir / 'logs' / 'e2e-1.log'}" in shown
     progress = [line for line in shown.splitlines() if "] trials: " in line]
@@ -311,6 +369,9 @@ def test_end_to_end_search_registers_a_champion_that_scores_its_numbers(
         assert a != b or t1 - t0 >= 60, progress
     assert len(progress) <= 15 + lines[-1][0] // 60, progress
     assert (workdir / "logs" / "e2e-1.log").exists()
+    version = _client(workdir).get_model_version_by_alias("unet-e2e", "champion")
+    test_dice = float(version.tags["unet_search.test_dice"])
+    capsys.readouterr()
     assert main(["best", "e2e-1", "--top", "2"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert len(table) == 7 and table[1].split()[0] == out.best.name.split()[0]
@@ -322,9 +383,14 @@ def test_end_to_end_search_registers_a_champion_that_scores_its_numbers(
         f"{test_dice:.4f}",
         "        no champion yet",
     ]
+    assert out.report is not None
     assert f'<span id="held-out">test_dice {test_dice:.4f}' in out.report.read_text()
 
-    # A downstream app in a fresh process: pyfunc and unet_search.load_model, odd sizes.
+
+def test_end_to_end_a_downstream_app_loads_the_champion_in_a_fresh_process(
+    e2e: EndToEnd,
+) -> None:
+    """The pyfunc and unet_search.load_model, in a process of their own, on odd sizes."""
     code = (
         "import json, numpy as np, mlflow, unet_search\n"
         "from unet_search import load_model\n"
@@ -334,7 +400,7 @@ def test_end_to_end_search_registers_a_champion_that_scores_its_numbers(
         "print(json.dumps({'pyfunc': list(pyf.shape), 'own': [list(m.shape) for m in own],"
         " 'same': bool((pyf[0] == own[0]).all())}))\n"
     )
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": e2e.uri}
     proc = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -342,7 +408,7 @@ def test_end_to_end_search_registers_a_champion_that_scores_its_numbers(
         env=env,
         timeout=300,
         check=False,
-        cwd=tmp_path,
+        cwd=e2e.tmp,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     shapes = json.loads(proc.stdout.strip().splitlines()[-1])
