@@ -114,6 +114,18 @@ def wait_for_http(
             time.sleep(0.5)
 
 
+def fresh_python(code: str, timeout: float = 120.0) -> Any:
+    """What ``code``, run in a fresh Python process, prints as JSON on its last line (it must
+    exit 0): for what a process imports or does from its start."""
+    import json
+
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

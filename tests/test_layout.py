@@ -16,7 +16,6 @@ PACKAGE = ROOT / "unet_search"
 # module -> the test file that tests it (each through the module named, or the whole the
 # module is one part of). Give a module its own file and its entry goes.
 TESTED_ELSEWHERE = {
-    "cli/app": "tests/cli/test_cli.py",  # the parser and main, through every command
     "cli/checks": "tests/plan/test_planner.py",  # the plan's warnings as `plan` prints them
     "cli/jobs": "tests/cli/test_cluster.py",  # submit, status, logs, stop on a real cluster
     "cli/terminal": "tests/cli/test_cli.py",  # the live panel on a pseudo-terminal

@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import fresh_python
 
 from unet_search.core.config import RunConfig
 from unet_search.data.dataset import load_dataset
@@ -54,11 +52,7 @@ def test_the_training_code_imports_mlflow_only_where_it_logs() -> None:
         "except Exception as err:\n"
         "    print(json.dumps([before, len(mlflow()), str(err)]))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
-    before, after, error = json.loads(proc.stdout.strip().splitlines()[-1])
+    before, after, error = fresh_python(code)
     assert before == []
     # The first call that needs MLflow imports it (here its RunStatus refuses the status).
     assert after > 10 and "NOT_A_STATUS" in error

@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from unet_search.cli.terminal import progress_bar
 from unet_search.core.errors import UserError
 from unet_search.core.files import refuse_existing, written_whole
@@ -79,6 +77,7 @@ def _check_decodes(files: list[Path]) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
     from PIL import Image
 
