@@ -4,8 +4,9 @@ Each subpackage is a layer; lowest first, a module imports only its own layer an
 
     core         typed config, errors, the metrics table, tag names, the work dir
     data         scan, decode, cache + fingerprint, split, synthetic data
-    plan         the data's profile and the planner (nnU-Net's fingerprint -> plan)
     models       the architectures and the one way to build, save and load them
+    plan         the data's profile and the planner (nnU-Net's fingerprint -> plan; above
+                 models, as STYLE.md rule 1 puts it: it may count the models it plans)
     train        transforms, losses, metrics, engine, sliding-window prediction
     tracking     MLflow: client writes, outage handling, read models, registry
     distributed  the worker recipe (in a trial or a Ray Train worker), the TorchTrainer
@@ -37,8 +38,8 @@ PACKAGE = Path(__file__).parents[1] / "unet_search"
 LAYERS = (
     "core",
     "data",
-    "plan",
     "models",
+    "plan",
     "train",
     "tracking",
     "distributed",
