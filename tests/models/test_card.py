@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from unet_search.core.errors import UserError
+from unet_search.core.errors import ConfigError, UserError
 from unet_search.core.names import CONFIG_FILE
 from unet_search.core.sections import ModelConfig
 from unet_search.models.card import FORMAT_VERSION, ModelCard
@@ -40,6 +40,9 @@ def test_an_older_card_reads_a_newer_or_broken_one_is_refused_naming_its_file(
     (tmp_path / CONFIG_FILE).write_text(json.dumps({"model": {"depth": 2}}))
     with pytest.raises(UserError, match="not a model card unet-search wrote"):
         ModelCard.read(tmp_path)
+    raw["model"]["depth"] = 99  # a card, but a build config no version allows: its own rule
+    with pytest.raises(ConfigError, match=r"`model.depth` must be in \[2, 5\], but got 99"):
+        ModelCard.from_dict(raw)
     (tmp_path / CONFIG_FILE).write_text("{not json")
     with pytest.raises(UserError, match="not a readable model card"):
         ModelCard.read(tmp_path)

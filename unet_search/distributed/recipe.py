@@ -48,9 +48,8 @@ def run_recipe(recipe: RecipeInput, ctx: WorkerContext) -> None:
     while the server is away training goes on, the unsent logging travels with each
     checkpoint, and the run fails (checkpoint kept, for ``resume``) only after the patience
     runs out."""
-    worker = set_up(recipe, ctx)
-    if within_limits(worker):
-        w = worker
+    w = set_up(recipe, ctx)
+    if within_limits(w):
         fit(w.state, w.cfg, w.train_loader, w.val, w.loss_fn, ctx.device, EpochReporter(w))
 
 

@@ -43,18 +43,20 @@ class ModelCard:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str = CONFIG_FILE) -> ModelCard:
         """The card :meth:`to_dict` wrote (or an older version of it); a UserError naming
-        ``source`` if it is none, or newer than this version reads."""
-        version = int(raw.get("format_version", 1))
+        ``source`` if it is none, or newer than this version reads. The build config keeps
+        its own rules (a ConfigError naming the key, as loading a model always gave)."""
+        try:
+            version = int(raw.get("format_version", 1))
+            fields, classes = dict(raw["model"]), int(raw["num_classes"])
+            preprocessing = dict(raw.get("preprocessing") or {})
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"{source}: not a model card unet-search wrote ({err})") from None
         if version > FORMAT_VERSION:
             raise UserError(
                 f"{source}: a model card of format {version}, newer than this unet-search "
                 f"reads ({FORMAT_VERSION}): upgrade unet-search to load it."
             )
-        try:
-            model = ModelConfig(**raw["model"])
-            return cls(model, int(raw["num_classes"]), dict(raw.get("preprocessing") or {}))
-        except (KeyError, TypeError, ValueError) as err:
-            raise UserError(f"{source}: not a model card unet-search wrote ({err})") from None
+        return cls(ModelConfig(**fields), classes, preprocessing)
 
     def write(self, folder: Path) -> None:
         (folder / CONFIG_FILE).write_text(json.dumps(self.to_dict(), indent=2), "utf-8")
