@@ -326,6 +326,46 @@ def test_end_to_end_the_onnx_export_predicts_as_pytorch(at_home: EndToEnd) -> No
         assert (torch_mask == onnx_mask).mean() >= 0.999, name
 
 
+def test_end_to_end_the_registered_version_carries_a_bioimageio_package(
+    at_home: EndToEnd,
+) -> None:
+    """The champion's BioImage.IO package, tested at registration, beside onnx/: its test
+    tensors from a validation image, the search's provenance equal to the version's tags;
+    `export --format bioimageio` of the champion writes it again under the license asked
+    for, from the same test image."""
+    import mlflow
+    from bioimageio.spec import load_model_description
+
+    e2e = at_home
+    client = _client(e2e.workdir)
+    version = client.get_model_version_by_alias("unet-e2e", "champion")
+    assert version.tags["unet_search.bioimageio"] == "true"
+    where = client.get_model_version_download_uri("unet-e2e", version.version)
+    local = Path(mlflow.artifacts.download_artifacts(where, dst_path=str(e2e.tmp / "pkg")))
+    descr = load_model_description(local / "bioimageio" / "rdf.yaml", perform_io_checks=False)
+    provenance = descr.config.model_dump()["unet_search"]
+    assert provenance["run_id"] == version.tags["unet_search.run_id"]
+    assert provenance["data_fingerprint"] == version.tags["unet_search.data_fingerprint"]
+    for key, value in provenance["test"].items():
+        assert value == pytest.approx(float(version.tags[f"unet_search.{key}"]), abs=1e-6)
+    assert str(descr.license) == "CC-BY-4.0" and "test_dice" in descr.description
+    val_image = e2e.arrays.image(int(split_indices(len(e2e.arrays), e2e.cfg.data).val[0]))
+    registered = np.load(local / "bioimageio" / "test_input.npy")
+    assert registered.shape[:2] == (1, 3) and registered.dtype == val_image.dtype
+    from unet_search.cli.app import main
+
+    out = e2e.tmp / "champion.zip"
+    args = ["export", "models:/unet-e2e@champion", "--format", "bioimageio", "--out", str(out)]
+    assert main([*args, "--license", "MIT"]) == 0
+    again = load_model_description(out, perform_io_checks=False)
+    assert str(again.license) == "MIT"
+    assert again.config.model_dump()["unet_search"]["run_id"] == provenance["run_id"]
+    import zipfile
+
+    with zipfile.ZipFile(out) as package, package.open("test_input.npy") as f:
+        assert np.array_equal(np.load(io.BytesIO(f.read())), registered)
+
+
 def test_end_to_end_the_instance_scores_are_those_predict_writes(at_home: EndToEnd) -> None:
     """The DSB score and AP50 on the version are those of the label images `predict
     --output-kind instances` writes, decoded as the best run chose on its validation images

@@ -55,7 +55,9 @@ EXAMPLES = {
         "--input data/new_images --output masks/"
     ),
     "export": (
-        "example: unet-search export models:/unet-quick@champion --format onnx --out model.onnx"
+        "examples: unet-search export models:/unet-quick@champion --format onnx --out "
+        "model.onnx; unet-search export models:/unet-quick@champion --format bioimageio "
+        "--out unet-quick.zip --license CC-BY-4.0 --author 'Ada Lovelace'"
     ),
 }
 
@@ -248,13 +250,42 @@ def _export_args(p: Parser) -> None:
     p.add_argument(
         "model", help="models:/NAME@champion, models:/NAME/VERSION, runs:/..., or a dir"
     )
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (the only one)")
+    p.add_argument(
+        "--format",
+        choices=["onnx", "bioimageio"],
+        default="onnx",
+        help="onnx: the network as ONNX, its preprocessing as JSON beside it; bioimageio: a "
+        "BioImage.IO model package (rdf.yaml, ONNX and PyTorch weights, test tensors) for "
+        "Fiji/deepImageJ, ilastik and QuPath, tested as `bioimageio test` tests it",
+    )
     p.add_argument(
         "--out",
         type=Path,
         required=True,
-        metavar="FILE.onnx",
-        help="the ONNX file; its preprocessing goes to FILE.preprocessing.json beside it",
+        metavar="PATH",
+        help="onnx: FILE.onnx (its preprocessing goes to FILE.preprocessing.json beside it); "
+        "bioimageio: FILE.zip, or a new folder",
+    )
+    p.add_argument(
+        "--license",
+        metavar="SPDX_ID",
+        help="bioimageio: the package's license, an SPDX id (default: CC-BY-4.0)",
+    )
+    p.add_argument(
+        "--author",
+        dest="authors",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="bioimageio: an author (repeat for several; default: git's user.name, else your "
+        "login name)",
+    )
+    p.add_argument(
+        "--sample",
+        type=Path,
+        metavar="IMAGE",
+        help="bioimageio: the image its test tensors and cover are cut from (default: the "
+        "registered package's validation image, else a synthetic one)",
     )
 
 
@@ -311,7 +342,7 @@ SUBCOMMANDS: dict[
         cmd_predict,
     ),
     "export": (
-        "write a model as ONNX (and its preprocessing as JSON) for apps without Python",
+        "write a model as ONNX (with its preprocessing as JSON) or as a BioImage.IO package",
         _export_args,
         cmd_export,
     ),

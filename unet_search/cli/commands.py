@@ -482,6 +482,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "bioimageio":
+        from unet_search.serve.bioimageio import DEFAULT_LICENSE, export_package
+
+        license_id = args.license or DEFAULT_LICENSE
+        out = export_package(args.model, args.out, license_id, args.authors, args.sample)
+        print(f"wrote {out} (a BioImage.IO model package; test it with `bioimageio test {out}`)")
+        return 0
+    given = {"--license": args.license, "--author": args.authors, "--sample": args.sample}
+    for flag in (flag for flag, value in given.items() if value):
+        raise UserError(f"{flag}: only --format bioimageio takes it.")
     from unet_search.serve.onnx import export_model
 
     onnx_file, json_file = export_model(args.model, args.out)

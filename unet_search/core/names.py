@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "BEST_MODEL_DIR",
+    "BIOIMAGEIO_DIR",
     "CONFIG_FILE",
     "ERROR_FILE",
     "MEASURED_FILE",
@@ -52,6 +53,7 @@ CONFIG_FILE = "model_config.json"  # the model's config and preprocessing
 ONNX_DIR = "onnx"  # the ONNX export beside it: ONNX_DIR/ONNX_FILE, ONNX_DIR/PREPROCESSING_FILE
 ONNX_FILE = "model.onnx"
 PREPROCESSING_FILE = "preprocessing.json"
+BIOIMAGEIO_DIR = "bioimageio"  # its BioImage.IO package (rdf.yaml and its files), beside onnx/
 
 # A trial's checkpoint
 STATE_FILE = "state.pt"  # weights, optimizer, scheduler, the kept model, the epoch

@@ -50,6 +50,10 @@ TAG_RUN_ID = "unet_search.run_id"  # the best trial's run
 TAG_ONNX = "unet_search.onnx"
 TAG_ONNX_ERROR = "unet_search.onnx_error"
 TAG_ONNX_DIFF = "unet_search.onnx_max_logit_diff"  # on a validation image, whole
+# true: bioimageio/rdf.yaml is in the model, tested as `bioimageio test` tests it; off: no ONNX
+# (search.onnx false, or its export failed); failed: TAG_BIOIMAGEIO_ERROR says why
+TAG_BIOIMAGEIO = "unet_search.bioimageio"
+TAG_BIOIMAGEIO_ERROR = "unet_search.bioimageio_error"
 # inference_ms of the registered model through the predictor (unet_search.train.latency):
 # PyTorch's and onnxruntime's, on the registering process's device and threads
 TAG_INFERENCE_MS = "unet_search.inference_ms"

@@ -1,19 +1,24 @@
-"""The best model registered: exported to ONNX and checked against PyTorch, its latency
-measured (PyTorch's and onnxruntime's), tagged with the data, split, search and how it was
+"""The best model registered: exported to ONNX and checked against PyTorch, packaged for
+BioImage.IO (tested as `bioimageio test` tests it), its latency measured (PyTorch's and
+onnxruntime's), tagged with the data, split, search and how it was
 chosen, and handed to the champion gate (with the Otsu rule). The pyfunc it is registered as
 is :mod:`unet_search.serve.packaging`'s; the gate, :mod:`unet_search.tracking.registry`'s."""
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from unet_search.core.errors import UserError
-from unet_search.core.names import ONNX_DIR
+from unet_search.core.names import BIOIMAGEIO_DIR, ONNX_DIR
 from unet_search.core.tags import (
+    TAG_BIOIMAGEIO,
+    TAG_BIOIMAGEIO_ERROR,
     TAG_CODE_VERSION,
     TAG_CONSTRAINTS,
     TAG_DATA,
@@ -34,6 +39,8 @@ from unet_search.data.dataset import DatasetArrays
 from unet_search.data.split import split_indices
 from unet_search.search.context import SearchContext
 from unet_search.search.summaries import TrialSummary
+from unet_search.serve.bioimageio import write_package
+from unet_search.serve.bioimageio_files import PackageInfo
 from unet_search.serve.inference import Predictor, find_model_dir
 from unet_search.serve.onnx import export_onnx
 from unet_search.serve.packaging import Candidate, log_and_register
@@ -41,7 +48,13 @@ from unet_search.space.settings import SearchSettings
 from unet_search.tracking.registry import Registration
 from unet_search.train.latency import latency_image, median_ms
 
-__all__ = ["latency_tags", "onnx_export", "otsu_veto", "register_best"]
+__all__ = [
+    "bioimageio_package",
+    "latency_tags",
+    "onnx_export",
+    "otsu_veto",
+    "register_best",
+]
 
 
 def otsu_veto(ctx: SearchContext, best: TrialSummary) -> str | None:
@@ -75,6 +88,40 @@ def onnx_export(
         print(f"{err} It is registered without ONNX.", flush=True)
         return None, {TAG_ONNX: "failed", TAG_ONNX_ERROR: str(err)[:4000]}
     return out, {TAG_ONNX: "true", TAG_ONNX_DIFF: repr(diff)}
+
+
+def bioimageio_package(
+    ctx: SearchContext,
+    model: Path,
+    arrays: DatasetArrays,
+    out: Path,
+    provenance: Mapping[str, Any],
+) -> tuple[Path | None, dict[str, str]]:
+    """The kept model's BioImage.IO package (with its ONNX export), its test tensors cut from
+    its first validation image, the search's ``provenance`` in it, under the documented
+    default license (``unet-search export --format bioimageio --license`` writes another);
+    the version's tags that say how it went. A model that cannot be packaged is still
+    registered, the reason tagged and said."""
+    val = split_indices(len(arrays), ctx.spec.base_config().data).val
+    name = str(provenance["model_name"])
+    info = PackageInfo(name, provenance=provenance, description=_description(provenance))
+    try:
+        what = f"search {ctx.search_id}'s model"
+        write_package(find_model_dir(model), out, arrays.image(int(val[0])), info, what)
+    except UserError as err:
+        print(f"{err} It is registered without a BioImage.IO package.", flush=True)
+        return None, {TAG_BIOIMAGEIO: "failed", TAG_BIOIMAGEIO_ERROR: str(err)[:4000]}
+    return out, {TAG_BIOIMAGEIO: "true"}
+
+
+def _description(provenance: Mapping[str, Any]) -> str:
+    """The package's one-paragraph description: the search, the data and the scores."""
+    held_out = ", ".join(f"{k} {v:.4f}" for k, v in dict(provenance["test"]).items())
+    return (
+        f"A UNet chosen by unet-search's search {provenance['search_id']} on data "
+        f"{provenance['data']} ({provenance['metric']} {provenance['value']:.4f} on its "
+        "validation split" + (f"; held-out test: {held_out}" if held_out else "") + ")."
+    )
 
 
 def latency_tags(ctx: SearchContext, model: Path, onnx_dir: Path | None) -> dict[str, str]:
@@ -116,7 +163,24 @@ def register_best(
     assert best.run_id is not None and best.value is not None
     with tempfile.TemporaryDirectory(prefix="unet-search-onnx-") as tmp:
         onnx_dir, onnx_tags = onnx_export(ctx, model, arrays, Path(tmp))
-        onnx_tags |= latency_tags(ctx, model, onnx_dir)
+        package_dir, package_tags = None, {TAG_BIOIMAGEIO: "off"}
+        if onnx_dir is not None:
+            provenance: dict[str, Any] = {
+                "model_name": model_name,
+                "search_id": ctx.search_id,
+                "trial_id": best.trial_id,
+                "run_id": best.run_id,
+                "data": ctx.data_id,
+                "data_fingerprint": ctx.fingerprint,
+                "split": ctx.split,
+                "metric": ctx.spec.settings.metric,
+                "value": best.value,
+                "test": dict(test),
+                "code_version": ctx.code_version,
+            }
+            out = Path(tmp) / BIOIMAGEIO_DIR
+            package_dir, package_tags = bioimageio_package(ctx, model, arrays, out, provenance)
+        onnx_tags |= package_tags | latency_tags(ctx, model, onnx_dir)
         candidate = Candidate(
             model,
             ctx.spec.settings.metric,
@@ -136,5 +200,6 @@ def register_best(
             test=test,
             veto=otsu_veto(ctx, best),
             onnx_dir=onnx_dir,
+            bioimageio_dir=package_dir,
         )
         return log_and_register(ctx.tracking_uri, ctx.parent_run_id, model_name, candidate)

@@ -51,7 +51,9 @@ __all__ = [
     "OPSET",
     "OUTPUT",
     "TOLERANCE",
+    "check_image",
     "check_onnx",
+    "export_graph",
     "export_model",
     "export_onnx",
     "find_onnx",
@@ -121,8 +123,22 @@ def _graph(model: nn.Module, pre: Preprocessing) -> _Graph:
 
 
 def _export(graph: _Graph, out: Path, what: str) -> None:
+    export_graph(graph.module, graph.example, out, what, dynamic_size=graph.info["size"] is None)
+
+
+def export_graph(
+    module: nn.Module,
+    example: torch.Tensor,
+    out: Path,
+    what: str,
+    names: tuple[str, str] = (INPUT, OUTPUT),
+    dynamic_size: bool = True,
+) -> None:
+    """``module`` traced on ``example`` (N x C x H x W) and written to ``out`` as ONNX (opset
+    :data:`OPSET`), its batch dynamic, and its height and width when ``dynamic_size``; a
+    :class:`UserError` naming ``what`` with the exporter's reason in one line."""
     dims: dict[int, str] = {0: "batch"}
-    if graph.info["size"] is None:
+    if dynamic_size:
         dims.update({2: "height", 3: "width"})
     quiet = io.StringIO()  # the exporter prints its steps; a failure's story goes in the error
     loggers = [logging.getLogger(n) for n in ("torch.export", "torch._dynamo", "torch.onnx")]
@@ -138,12 +154,12 @@ def _export(graph: _Graph, out: Path, what: str) -> None:
         ):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                graph.module.eval(),
-                (graph.example,),
+                module.eval(),
+                (example,),
                 dynamo=True,
                 opset_version=OPSET,
-                input_names=[INPUT],
-                output_names=[OUTPUT],
+                input_names=[names[0]],
+                output_names=[names[1]],
                 dynamic_shapes=(dims,),
                 verbose=False,
             )
@@ -280,7 +296,7 @@ class TemporaryOnnx:
         export_onnx(model_dir, self.path)
 
 
-def _check_image(pre: Preprocessing) -> np.ndarray:
+def check_image(pre: Preprocessing) -> np.ndarray:
     """A fixed image of one and a half tiles (smooth shapes and noise) for checking an
     export where no real one is at hand: every tile boundary and the image's border."""
     h, w = (int(side / pre.tiling.scale * 1.5) + 1 for side in pre.tiling.tile)
@@ -308,7 +324,7 @@ def export_model(uri: str, out: Path, tracking_uri: str | None = None) -> tuple[
     with tempfile.TemporaryDirectory(prefix="unet-search-onnx-") as tmp:
         if found is None:
             found = Path(tmp)
-            check = _check_image(Preprocessing.of_card(ModelCard.read(model_dir)))
+            check = check_image(Preprocessing.of_card(ModelCard.read(model_dir)))
             export_onnx(model_dir, found, check, what=uri)
         out.parent.mkdir(parents=True, exist_ok=True)
         for name, target in ((PREPROCESSING_FILE, json_out), (ONNX_FILE, out)):

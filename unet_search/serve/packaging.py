@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import requires, version
 from pathlib import Path
 
-from unet_search.core.names import ONNX_DIR, ONNX_FILE
+from unet_search.core.names import BIOIMAGEIO_DIR, ONNX_DIR, ONNX_FILE
 from unet_search.core.tags import PREFIX as TAG_PREFIX
 from unet_search.core.tags import (
     TAG_METRIC,
@@ -39,9 +39,9 @@ PACKAGE_DIR = Path(__file__).parents[1]  # the whole package, logged as the mode
 
 DISTRIBUTION = "unet-search"
 # What only a search, a report or the cluster needs: a served model never imports them.
-# The ONNX tools export at registration; the served pyfunc runs PyTorch.
+# The ONNX and BioImage.IO tools export at registration; the served pyfunc runs PyTorch.
 NOT_SERVED = frozenset(
-    {"ray", "optuna", "matplotlib", "onnx", "onnxruntime", "onnxscript", "rich"}
+    {"ray", "optuna", "matplotlib", "onnx", "onnxruntime", "onnxscript", "rich", "bioimageio.core"}
 )
 
 
@@ -59,14 +59,21 @@ def requirements() -> tuple[str, ...]:
     return tuple(out)
 
 
-def pyfunc_model(model_dir: Path, onnx_dir: Path | None = None) -> PyfuncModel:
+def pyfunc_model(
+    model_dir: Path, onnx_dir: Path | None = None, bioimageio_dir: Path | None = None
+) -> PyfuncModel:
     """The pyfunc of a trained model's folder: (N, H, W, C) images in, of the type and channels
     it was trained on (8-bit RGB for models saved before these were written down), (N, H, W)
     uint8 masks out, any batch size, height and width; with the parameter ``instances`` true,
     (N, H, W) int32 instance labels instead (binary models). ``onnx_dir``: its ONNX export
     (:func:`unet_search.serve.onnx.export_onnx`), logged as the model's ``onnx/`` folder
-    and flavor."""
-    onnx = () if onnx_dir is None else ((ONNX_DIR, onnx_dir),)
+    and flavor; ``bioimageio_dir``: its BioImage.IO package
+    (:func:`unet_search.serve.bioimageio.write_package`), logged as ``bioimageio/``."""
+    folders = tuple(
+        (name, folder)
+        for name, folder in ((ONNX_DIR, onnx_dir), (BIOIMAGEIO_DIR, bioimageio_dir))
+        if folder is not None
+    )
     pre = ModelCard.read(model_dir).preprocessing
     dtype, channels = pre.get("image_dtype", "uint8"), int(pre.get("image_channels", 3))
     return PyfuncModel(
@@ -77,7 +84,7 @@ def pyfunc_model(model_dir: Path, onnx_dir: Path | None = None) -> PyfuncModel:
         inputs=(dtype, (-1, -1, -1, channels)),
         outputs=("uint8", (-1, -1, -1)),
         params=(("instances", "boolean", False),),
-        folders=onnx,
+        folders=folders,
         onnx=f"{ONNX_DIR}/{ONNX_FILE}" if onnx_dir is not None else None,
     )
 
@@ -86,7 +93,8 @@ def pyfunc_model(model_dir: Path, onnx_dir: Path | None = None) -> PyfuncModel:
 class Candidate:
     """A model to register: its folder (and its ONNX export's), the metric it was chosen by
     with its value and mode, the held-out ``test`` scores (tagged ``unet_search.<key>``), the
-    version's other ``tags``, and ``veto``: why it must not be champion (None: it may)."""
+    version's other ``tags``, ``veto``: why it must not be champion (None: it may), and its
+    ONNX export's and BioImage.IO package's folders (None: it has none)."""
 
     model_dir: Path
     metric: str
@@ -96,6 +104,7 @@ class Candidate:
     test: Mapping[str, float] = field(default_factory=dict)
     veto: str | None = None
     onnx_dir: Path | None = None
+    bioimageio_dir: Path | None = None
 
     def version_tags(self) -> dict[str, str]:
         """Every tag of the registered version."""
@@ -113,6 +122,6 @@ def log_and_register(
 ) -> Registration:
     """Log ``candidate`` as a pyfunc model in run ``run_id`` (with its ONNX export), register
     it as ``name`` with its tags and promote it behind the champion gate."""
-    model = pyfunc_model(candidate.model_dir, candidate.onnx_dir)
+    model = pyfunc_model(candidate.model_dir, candidate.onnx_dir, candidate.bioimageio_dir)
     tags = candidate.version_tags()
     return log_and_register_pyfunc(tracking_uri, run_id, model, name, tags, candidate.veto)

@@ -44,6 +44,7 @@ from unet_search.train.transforms import (
 )
 
 __all__ = [
+    "FLIPS",
     "gaussian_weights",
     "model_input",
     "Network",
