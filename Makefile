@@ -13,9 +13,13 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: demo test lint typecheck install browser clean
 
-# The report test renders the HTML report in headless Chromium: Debian's package, installed
-# here when missing (as root, else through sudo).
+# The report test renders the HTML report in headless Chromium, and the napari plugin's tests
+# draw a real viewer on Qt's offscreen platform, whose OpenGL needs an X display (Xvfb, which
+# tests/conftest.py starts) and Mesa: Debian's packages, installed here in one apt call when
+# a binary is missing (as root, else through sudo).
 CHROMIUM := /usr/bin/chromium
+XVFB := /usr/bin/Xvfb
+SYSTEM_PACKAGES := chromium xvfb libgl1 libegl1 libgl1-mesa-dri libxkbcommon0 libfontconfig1 libdbus-1-3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # uv fetches and installs the ~170 packages in parallel (pip: 4-5 min on a fresh 2-core
@@ -39,11 +43,11 @@ demo: $(STAMP)
 	$(BIN)/unet-search check-data $(DEMO_DATA) --set val_fraction=0.2
 	$(BIN)/unet-search search --space search_spaces/quick.yaml --data $(DEMO_DATA)
 
-$(CHROMIUM):
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
-	  || ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+$(CHROMIUM) $(XVFB) &:
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES) \
+	  || ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES))
 
-browser: $(CHROMIUM)
+browser: $(CHROMIUM) $(XVFB)
 
 lint: $(STAMP)
 	$(BIN)/ruff check unet_search tests bench
@@ -73,7 +77,7 @@ SIDE_TESTS ?= tests/cli/test_cluster.py tests/cli/test_cli.py tests/serve/test_o
 TYPES_LOG := .mypy_cache/make-test.log
 SIDE_LOG := .mypy_cache/make-test-side.log
 
-test: $(STAMP) $(CHROMIUM) lint
+test: $(STAMP) $(CHROMIUM) $(XVFB) lint
 	@mkdir -p .mypy_cache
 	nice -n 10 $(BIN)/mypy > $(TYPES_LOG) 2>&1 & types=$$!; side=; \
 	if [ -n "$(SIDE_TESTS)" ]; then \

@@ -444,3 +444,35 @@ def epithelium_models(tmp_path_factory: pytest.TempPathFactory) -> TargetModels:
     """Both targets trained on cells tiling the plane behind membranes one pixel thin."""
     root = tmp_path_factory.mktemp("epithelium")
     return train_targets(root, "epithelium", {"epochs": 6, "patches_per_epoch": 64})
+
+
+@pytest.fixture(scope="session")
+def display() -> Iterator[str]:
+    """An X display for the napari tests: napari draws with OpenGL, which Qt's ``offscreen``
+    platform gives only through an X display; Xvfb (installed by ``make test``) is started
+    here when none is set, and stopped after."""
+    os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    if os.environ.get("DISPLAY"):
+        yield os.environ["DISPLAY"]
+        return
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        pytest.fail("Xvfb is not installed: `make test` installs it (Debian's xvfb)")
+    server = subprocess.Popen(
+        [xvfb, "-displayfd", "1", "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert server.stdout is not None
+    number = server.stdout.readline().strip()  # Xvfb writes the display it took, when ready
+    if not number:
+        server.kill()
+        pytest.fail("Xvfb did not start")
+    os.environ["DISPLAY"] = f":{number}"
+    try:
+        yield os.environ["DISPLAY"]
+    finally:
+        del os.environ["DISPLAY"]
+        server.terminate()
+        server.wait(timeout=10)

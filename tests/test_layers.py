@@ -17,13 +17,15 @@ Each subpackage is a layer; lowest first, a module imports only its own layer an
     report       the HTML report (it reads the space and the runs)
     finish       a whole search, start to end: test scoring, summary, registration, report
     cli          the command line and cluster jobs
+    napari_plugin  the napari plugin's widget (beside cli: both are ways in, neither imports
+                 the other)
 
 MLflow is called only from `tracking`; the one exception is `serve`'s pyfunc module, whose
 `PythonModel` MLflow loads (serve/pyfunc_model.py).
 
 `data`, `plan`, `models` and `train` (and `core`) import neither Ray nor MLflow: arrays from the
-object store are handed to them by the worker. Nothing imports `cli`. The package's
-``__init__`` only sets process defaults and re-exports ``load_model`` (lazily), and
+object store are handed to them by the worker. Nothing imports `cli` or `napari_plugin`. The
+package's ``__init__`` only sets process defaults and re-exports ``load_model`` (lazily), and
 ``unet_search/inference.py`` only re-exports :mod:`unet_search.serve.inference` for models
 registered before the subpackages: neither is a layer, and both are checked to stay thin."""
 
@@ -49,6 +51,7 @@ LAYERS = (
     "report",
     "finish",
     "cli",
+    "napari_plugin",
 )
 MLFLOW_OUTSIDE_TRACKING = {"unet_search/serve/pyfunc_model.py"}
 LEVEL = {layer: level for level, layer in enumerate(LAYERS)}
