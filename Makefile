@@ -10,8 +10,10 @@ PYTEST_ARGS ?= --durations=25
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export RAY_USAGE_STATS_ENABLED := 0
+# mkdocs-material prints a notice about its successor on every build
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test lint typecheck install browser clean
+.PHONY: demo test lint typecheck install browser clean docs
 
 # The report test renders the HTML report in headless Chromium, and the napari plugin's tests
 # draw a real viewer on Qt's offscreen platform, whose OpenGL needs an X display (Xvfb, which
@@ -53,6 +55,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check unet_search tests bench
 	$(BIN)/ruff format --check unet_search tests bench
 
+# The documentation site: docs/ (its configuration page generated from the config schema) into
+# site/; strict, so a broken link or a stale reference fails (tests/test_docs.py builds it too).
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
+
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
@@ -92,4 +99,4 @@ test: $(STAMP) $(CHROMIUM) $(XVFB) lint
 
 
 clean:
-	rm -rf unet-search-runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf unet-search-runs .pytest_cache .mypy_cache .ruff_cache site

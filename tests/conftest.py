@@ -449,8 +449,10 @@ def epithelium_models(tmp_path_factory: pytest.TempPathFactory) -> TargetModels:
 @pytest.fixture(scope="session")
 def display() -> Iterator[str]:
     """An X display for the napari tests: napari draws with OpenGL, which Qt's ``offscreen``
-    platform gives only through an X display; Xvfb (installed by ``make test``) is started
-    here when none is set, and stopped after."""
+    platform gives only through an X display. Xvfb (installed by ``make test``) is started
+    here when none is set, by a shell that stops it once this process has ended: stopping it
+    while this process's Qt is still connected makes Xlib exit the process with 1, after
+    the tests have passed."""
     os.environ["QT_QPA_PLATFORM"] = "offscreen"
     if os.environ.get("DISPLAY"):
         yield os.environ["DISPLAY"]
@@ -458,21 +460,16 @@ def display() -> Iterator[str]:
     xvfb = shutil.which("Xvfb")
     if xvfb is None:
         pytest.fail("Xvfb is not installed: `make test` installs it (Debian's xvfb)")
-    server = subprocess.Popen(
-        [xvfb, "-displayfd", "1", "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+    server = (
+        f"{xvfb} -displayfd 1 -screen 0 1280x1024x24 -nolisten tcp 2>/dev/null & x=$!; "
+        f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; kill $x; wait $x"
     )
-    assert server.stdout is not None
-    number = server.stdout.readline().strip()  # Xvfb writes the display it took, when ready
+    watch = subprocess.Popen(
+        ["sh", "-c", server], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    assert watch.stdout is not None
+    number = watch.stdout.readline().strip()  # Xvfb writes the display it took, when ready
     if not number:
-        server.kill()
         pytest.fail("Xvfb did not start")
     os.environ["DISPLAY"] = f":{number}"
-    try:
-        yield os.environ["DISPLAY"]
-    finally:
-        del os.environ["DISPLAY"]
-        server.terminate()
-        server.wait(timeout=10)
+    yield os.environ["DISPLAY"]

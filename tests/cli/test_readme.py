@@ -1,4 +1,5 @@
-"""README.md's tour, run as a user runs it: every command of its block, read from the README,
+"""README.md's tour, run as a user runs it: every command of its two blocks (your data; use the
+best model), read from the README,
 in a fresh folder laid out like the checkout, with only the environment the README sets up,
 on a real local Ray and the SQLite MLflow store the commands make themselves. Searches are
 shrunk by appended ``--set`` overrides, the dataset by repeating ``--n`` / ``--size``.
@@ -8,6 +9,7 @@ shrunk by appended ``--set`` overrides, the dataset by repeating ``--n`` / ``--s
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import subprocess
@@ -173,7 +175,11 @@ def tour(tmp_path_factory: pytest.TempPathFactory) -> Tour:
     with ThreadPoolExecutor(max_workers=3) as pool:
         result = Tour(folder, Shell(folder), pool=pool)
         result.truth = _new_images(folder / NEW_IMAGES)
-        walk(block(README, "unet-search make-data"), HANDLERS, result, result.ran)
+        tour_blocks = [
+            *block(README, "unet-search make-data"),
+            *block(README, "unet-search predict"),
+        ]
+        walk(tour_blocks, HANDLERS, result, result.ran)
         for results in result.ran.values():  # every command has ended, or failed here
             results[:] = [resolved(r) for r in results]
     return result
@@ -264,6 +270,27 @@ def test_the_champion_segments_new_images_the_same_everywhere(tour: Tour) -> Non
         assert (onnx_mask == mask).mean() >= 0.999, name
     import onnx
 
+    # The BioImage.IO package `export` wrote, from the one registered with the champion: its
+    # license as asked, its test image the registered package's (a validation image)
+    from bioimageio.spec import load_model_description
+
+    package = load_model_description(tour.folder / "champion.zip", perform_io_checks=False)
+    assert str(package.license) == "CC-BY-4.0"
+    assert package.config.model_dump()["unet_search"]["model_name"] == "unet-quick"
+    import zipfile
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{tour.folder / 'unet-search-runs' / 'mlflow.db'}"
+    where = MlflowClient(store).get_model_version_download_uri("unet-quick", "1")
+    model = mlflow.artifacts.download_artifacts(
+        artifact_uri=where, dst_path=str(tour.folder / "registered"), tracking_uri=store
+    )
+    registered = np.load(Path(model) / "bioimageio" / "test_input.npy")
+    with zipfile.ZipFile(tour.folder / "champion.zip") as zipped:
+        written = np.load(io.BytesIO(zipped.read("test_input.npy")))
+    assert np.array_equal(written, registered)  # the registered package's validation image
     exported = onnx.load(str(tour.folder / "champion.onnx"))
     assert [i.name for i in exported.graph.input] == ["image"]
     sidecar = json.loads((tour.folder / "champion.preprocessing.json").read_text())

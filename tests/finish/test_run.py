@@ -330,9 +330,7 @@ def test_end_to_end_the_registered_version_carries_a_bioimageio_package(
     at_home: EndToEnd,
 ) -> None:
     """The champion's BioImage.IO package, tested at registration, beside onnx/: its test
-    tensors from a validation image, the search's provenance equal to the version's tags;
-    `export --format bioimageio` of the champion writes it again under the license asked
-    for, from the same test image."""
+    tensors from a validation image, the search's provenance equal to the version's tags."""
     import mlflow
     from bioimageio.spec import load_model_description
 
@@ -350,20 +348,12 @@ def test_end_to_end_the_registered_version_carries_a_bioimageio_package(
         assert value == pytest.approx(float(version.tags[f"unet_search.{key}"]), abs=1e-6)
     assert str(descr.license) == "CC-BY-4.0" and "test_dice" in descr.description
     val_image = e2e.arrays.image(int(split_indices(len(e2e.arrays), e2e.cfg.data).val[0]))
-    registered = np.load(local / "bioimageio" / "test_input.npy")
-    assert registered.shape[:2] == (1, 3) and registered.dtype == val_image.dtype
-    from unet_search.cli.app import main
-
-    out = e2e.tmp / "champion.zip"
-    args = ["export", "models:/unet-e2e@champion", "--format", "bioimageio", "--out", str(out)]
-    assert main([*args, "--license", "MIT"]) == 0
-    again = load_model_description(out, perform_io_checks=False)
-    assert str(again.license) == "MIT"
-    assert again.config.model_dump()["unet_search"]["run_id"] == provenance["run_id"]
-    import zipfile
-
-    with zipfile.ZipFile(out) as package, package.open("test_input.npy") as f:
-        assert np.array_equal(np.load(io.BytesIO(f.read())), registered)
+    registered = np.load(local / "bioimageio" / "test_input.npy")[0].transpose(1, 2, 0)
+    (h, w), (big_h, big_w) = registered.shape[:2], val_image.shape[:2]
+    assert h <= big_h and w <= big_w  # one tile, cut from the middle of a validation image
+    top, left = (big_h - h) // 2, (big_w - w) // 2
+    assert np.array_equal(registered, val_image[top : top + h, left : left + w])
+    # `export --format bioimageio` of a registered model: the README's tour runs it
 
 
 def test_end_to_end_the_instance_scores_are_those_predict_writes(at_home: EndToEnd) -> None:

@@ -55,8 +55,8 @@ EXAMPLES = {
         "--input data/new_images --output masks/"
     ),
     "export": (
-        "examples: unet-search export models:/unet-quick@champion --format onnx --out "
-        "model.onnx; unet-search export models:/unet-quick@champion --format bioimageio "
+        "example: unet-search export models:/unet-quick@champion --format onnx --out "
+        "model.onnx; or: unet-search export models:/unet-quick@champion --format bioimageio "
         "--out unet-quick.zip --license CC-BY-4.0 --author 'Ada Lovelace'"
     ),
 }

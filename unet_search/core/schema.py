@@ -50,6 +50,7 @@ def rule(text: str, ok: Callable[[Any], bool]) -> AfterValidator:
             raise PydanticCustomError(RULE, "{rule}", {"rule": text})
         return value
 
+    check.__doc__ = text  # the rule as the configuration reference states it
     return AfterValidator(check)
 
 
