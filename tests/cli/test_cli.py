@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TargetModels
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -359,59 +358,6 @@ def test_predict_writes_masks_at_original_sizes(tmp_path: Path) -> None:
         ),
         "is not a unet-search model",
     )
-
-
-def test_predict_writes_instance_labels_and_an_object_table_that_match_the_truth(
-    epithelium_models: TargetModels, tmp_path: Path
-) -> None:
-    """``--output-kind instances``: a 16-bit label PNG per image whose objects match the
-    truth's (the held-out cells: DSB score of the files as written), and ``--objects``: one
-    row per object of those files, its area and mean intensity measured on them."""
-    import csv
-
-    from unet_search.core.sections import DataConfig
-    from unet_search.data.dataset import load_dataset
-    from unet_search.train.metrics import instance_scores
-
-    held_out = epithelium_models.held_out
-    images = tmp_path / "images"
-    images.mkdir()
-    for folder in sorted(held_out.iterdir()):
-        (images / f"{folder.name}.png").write_bytes(
-            (folder / "images" / f"{folder.name}.png").read_bytes()
-        )
-    table = tmp_path / "objects.csv"
-    model = str(epithelium_models.models["boundary"])
-    proc = run(
-        *("predict", "--model", model, "--input", str(images), "--output", str(tmp_path / "out")),
-        *("--output-kind", "instances", "--objects", str(table)),
-        home=tmp_path / "home",
-    )
-    assert proc.returncode == 0, proc.stderr
-    truth = load_dataset(held_out, DataConfig())
-    rows = list(csv.DictReader(table.open()))
-    columns = "image id area centroid_y centroid_x bbox_top bbox_left bbox_bottom bbox_right"
-    assert list(rows[0]) == [*columns.split(), "mean_intensity"]
-    scores, counted = [], 0
-    for i, name in enumerate(truth.names):
-        with Image.open(tmp_path / "out" / f"{name}.png") as png:
-            assert png.mode.startswith("I;16") or png.mode == "I"
-            labels = np.asarray(png).astype(np.int64)
-        assert labels.shape == truth.instances(i).shape
-        scores.append(instance_scores(labels, truth.instances(i))[0])
-        mine = [r for r in rows if r["image"] == name]
-        assert [int(r["id"]) for r in mine] == sorted(set(np.unique(labels)) - {0})
-        grey = truth.image(i).mean(axis=2)
-        for r in mine[:5]:
-            pixels = labels == int(r["id"])
-            assert int(r["area"]) == pixels.sum()
-            assert float(r["mean_intensity"]) == pytest.approx(grey[pixels].mean(), abs=1e-2)
-        counted += len(mine)
-    assert np.mean(scores) >= 0.4, scores  # the cells, each on its own
-    assert proc.stdout.splitlines() == [
-        f"wrote 3 instance label image(s) to {tmp_path / 'out'}",
-        f"wrote {counted} object(s) of 3 image(s) to {table}",
-    ]
 
 
 def test_a_relative_storage_inside_a_ray_job_is_refused_before_anything_starts(
