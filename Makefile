@@ -71,8 +71,10 @@ typecheck: $(STAMP)
 # (tests/cli/test_cluster.py: its own Ray cluster and MLflow server, ~3 min) and
 # tests/cli/test_cli.py (each command a process, ~3 min), and the ONNX exports of every
 # architecture family (tests/serve/test_onnx.py, ~50 s of torch.export; the side run
-# finished ~4.5 min before the main one without it). They share no state with the other
-# tests (a session fixture they use is made again there). Both at a lower priority (nice
+# finished ~4.5 min before the main one without it), and MLflow servers of their own
+# (tests/tracking/test_tracking.py, ~40 s). They share no state with the other tests and
+# train no model (a session fixture they used was made a second time there: the tests on
+# the suite's trained models run in the main pytest, which trains them anyway). Both at a lower priority (nice
 # 10): they take the CPU the main pytest leaves, not its own (at equal priority test_cli's
 # DDP test ran 2.2x slower beside the cluster walk). The main pytest's Ray workers run at its
 # own priority (tests/conftest.py sets RAY_worker_niceness=0; Ray's default, +15, put its
@@ -80,7 +82,8 @@ typecheck: $(STAMP)
 # run; a second run of the same tree took 823 s and 818 s: runs here vary by ~2 minutes).
 # `make test SIDE_TESTS=` runs everything in one pytest; PYTEST_ARGS takes options (a path
 # there runs beside SIDE_TESTS).
-SIDE_TESTS ?= tests/cli/test_cluster.py tests/cli/test_cli.py tests/serve/test_onnx.py
+SIDE_TESTS ?= tests/cli/test_cluster.py tests/cli/test_cli.py tests/serve/test_onnx.py \
+  tests/tracking/test_tracking.py
 TYPES_LOG := .mypy_cache/make-test.log
 SIDE_LOG := .mypy_cache/make-test-side.log
 
