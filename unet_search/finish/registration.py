@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from unet_search.core.errors import UserError
@@ -50,6 +51,7 @@ from unet_search.train.latency import latency_image, median_ms
 
 __all__ = [
     "bioimageio_package",
+    "first_val_image",
     "latency_tags",
     "onnx_export",
     "otsu_veto",
@@ -71,19 +73,25 @@ def otsu_veto(ctx: SearchContext, best: TrialSummary) -> str | None:
     )
 
 
+def first_val_image(ctx: SearchContext, arrays: DatasetArrays) -> np.ndarray:
+    """The search's first validation image: what the exports are checked and cut from."""
+    val = split_indices(len(arrays), ctx.spec.base_config().data).val
+    return arrays.image(int(val[0]))
+
+
 def onnx_export(
-    ctx: SearchContext, model: Path, arrays: DatasetArrays, tmp: Path
+    ctx: SearchContext, model: Path, image: np.ndarray, tmp: Path
 ) -> tuple[Path | None, dict[str, str]]:
-    """The kept model's ONNX export (``search.onnx``), checked against PyTorch on its first
-    validation image predicted whole, and the version's tags that say how it went. A model
-    that cannot be exported is still registered (the pyfunc), the reason tagged and said."""
+    """The kept model's ONNX export (``search.onnx``), checked against PyTorch on ``image``
+    (its first validation image) predicted whole, and the version's tags that say how it
+    went. A model that cannot be exported is still registered (the pyfunc), the reason tagged
+    and said."""
     if not ctx.spec.settings.onnx:
         return None, {TAG_ONNX: "off"}
-    val = split_indices(len(arrays), ctx.spec.base_config().data).val
     out = tmp / ONNX_DIR
     try:
         what = f"search {ctx.search_id}'s model"
-        diff = export_onnx(find_model_dir(model), out, arrays.image(int(val[0])), what)
+        diff = export_onnx(find_model_dir(model), out, image, what)
     except UserError as err:
         print(f"{err} It is registered without ONNX.", flush=True)
         return None, {TAG_ONNX: "failed", TAG_ONNX_ERROR: str(err)[:4000]}
@@ -93,21 +101,20 @@ def onnx_export(
 def bioimageio_package(
     ctx: SearchContext,
     model: Path,
-    arrays: DatasetArrays,
+    image: np.ndarray,
     out: Path,
     provenance: Mapping[str, Any],
 ) -> tuple[Path | None, dict[str, str]]:
     """The kept model's BioImage.IO package (with its ONNX export), its test tensors cut from
-    its first validation image, the search's ``provenance`` in it, under the documented
+    ``image`` (its first validation image), the search's ``provenance`` in it, under the documented
     default license (``unet-search export --format bioimageio --license`` writes another);
     the version's tags that say how it went. A model that cannot be packaged is still
     registered, the reason tagged and said."""
-    val = split_indices(len(arrays), ctx.spec.base_config().data).val
     name = str(provenance["model_name"])
     info = PackageInfo(name, provenance=provenance, description=_description(provenance))
     try:
         what = f"search {ctx.search_id}'s model"
-        write_package(find_model_dir(model), out, arrays.image(int(val[0])), info, what)
+        write_package(find_model_dir(model), out, image, info, what)
     except UserError as err:
         print(f"{err} It is registered without a BioImage.IO package.", flush=True)
         return None, {TAG_BIOIMAGEIO: "failed", TAG_BIOIMAGEIO_ERROR: str(err)[:4000]}
@@ -162,7 +169,8 @@ def register_best(
     """Register the kept ``model`` (with its ONNX export) behind the champion gate."""
     assert best.run_id is not None and best.value is not None
     with tempfile.TemporaryDirectory(prefix="unet-search-onnx-") as tmp:
-        onnx_dir, onnx_tags = onnx_export(ctx, model, arrays, Path(tmp))
+        image = first_val_image(ctx, arrays)
+        onnx_dir, onnx_tags = onnx_export(ctx, model, image, Path(tmp))
         package_dir, package_tags = None, {TAG_BIOIMAGEIO: "off"}
         if onnx_dir is not None:
             provenance: dict[str, Any] = {
@@ -179,7 +187,7 @@ def register_best(
                 "code_version": ctx.code_version,
             }
             out = Path(tmp) / BIOIMAGEIO_DIR
-            package_dir, package_tags = bioimageio_package(ctx, model, arrays, out, provenance)
+            package_dir, package_tags = bioimageio_package(ctx, model, image, out, provenance)
         onnx_tags |= package_tags | latency_tags(ctx, model, onnx_dir)
         candidate = Candidate(
             model,

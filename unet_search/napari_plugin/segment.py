@@ -12,7 +12,6 @@ stack's instances are numbered on through its planes, so that each label is one 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,12 +47,10 @@ class Segmentation:
 def tracking_text() -> str:
     """Where ``models:/`` URIs resolve: the environment's ``MLFLOW_TRACKING_URI``, else the
     work dir's store (``UNET_SEARCH_HOME``), as every command reads it."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
     from unet_search.core.env import work_dir
+    from unet_search.tracking.client import tracking_uri_of
 
-    return f"sqlite:///{work_dir() / 'mlflow.db'}"
+    return tracking_uri_of(work_dir())
 
 
 def planes(data: Any, rgb: bool) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
@@ -63,18 +60,6 @@ def planes(data: Any, rgb: bool) -> tuple[tuple[int, ...], list[tuple[int, ...]]
     if len(spatial) < 2:
         raise UserError(f"an image layer of shape {shape} has no height and width to segment.")
     return spatial, list(np.ndindex(*spatial[:-2]))
-
-
-def _instances(predictor: Predictor, instances: bool | None) -> bool:
-    target = predictor.pre.target
-    if instances is None:
-        return target in INSTANCE_TARGETS
-    if instances and predictor.pre.num_classes > 2:
-        raise UserError(
-            f"instances are objects of a binary model, but this model has "
-            f"{predictor.pre.num_classes} classes: segment a mask instead."
-        )
-    return instances
 
 
 def segmenting(
@@ -89,7 +74,8 @@ def segmenting(
     steps), returning the :class:`Segmentation`. ``instances``: None as the model's target
     says."""
     predictor = load_model(model) if isinstance(model, str) else model
-    as_instances = _instances(predictor, instances)
+    # a multi-class model asked for instances: Predictor.predict's one-line refusal
+    as_instances = predictor.pre.target in INSTANCE_TARGETS if instances is None else instances
     shape, index = planes(data, rgb)
     labels = np.zeros(shape, np.int32)
     columns: dict[str, list[Any]] = {}
@@ -98,12 +84,11 @@ def segmenting(
         plane = predictor.predict([image], instances=as_instances)[0].astype(np.int32)
         if as_instances:
             plane[plane > 0] += int(labels.max())
-        labels[where] = plane
-        if as_instances:
             for row in object_rows(name, image, plane):
                 row = {"index": row["id"], **({"plane": list(where)} if where else {}), **row}
                 for key, value in row.items():
                     columns.setdefault(key, []).append(value)
+        labels[where] = plane
         yield done
     return Segmentation(labels, "instances" if as_instances else "mask", columns)
 

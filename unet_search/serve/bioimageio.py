@@ -42,7 +42,6 @@ from unet_search.core.errors import UserError
 from unet_search.core.files import refuse_existing
 from unet_search.core.names import BIOIMAGEIO_DIR, MODEL_FILE
 from unet_search.data.stats import value_range
-from unet_search.models.build import build_model
 from unet_search.models.card import ModelCard
 from unet_search.serve.bioimageio_files import (
     DEFAULT_LICENSE,
@@ -62,7 +61,7 @@ from unet_search.serve.bioimageio_files import (
     unit_values,
 )
 from unet_search.serve.onnx import TOLERANCE, export_graph
-from unet_search.serve.standalone import StandaloneNetwork, input_channels, unsupported
+from unet_search.serve.standalone import NotOneGraph, StandaloneNetwork, input_channels
 from unet_search.train.sliding import Preprocessing
 
 __all__ = [
@@ -87,10 +86,10 @@ def standalone(model_dir: Path, what: str) -> tuple[StandaloneNetwork, ModelCard
     """The saved model in ``model_dir`` as one graph with its weights (a UserError naming
     ``what`` for a model no graph of any size can be)."""
     card = ModelCard.read(model_dir)
-    reason = unsupported(build_model(card.model, card.num_classes), Preprocessing.of_card(card))
-    if reason is not None:
-        raise UserError(f"{what}: cannot be a BioImage.IO package: {reason}.")
-    net = StandaloneNetwork(card.to_dict())
+    try:
+        net = StandaloneNetwork(card.to_dict())
+    except NotOneGraph as reason:
+        raise UserError(f"{what}: cannot be a BioImage.IO package: {reason}.") from None
     net.load_state_dict(load_file(str(model_dir / MODEL_FILE)))
     return net.eval(), card
 

@@ -50,6 +50,7 @@ __all__ = [
     "OnnxNetwork",
     "OPSET",
     "OUTPUT",
+    "padded_forward",
     "TOLERANCE",
     "check_image",
     "check_onnx",
@@ -69,20 +70,25 @@ INPUT, OUTPUT = "image", "logits"
 TOLERANCE = 1e-4
 
 
+def padded_forward(net: nn.Module, x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``net`` as :class:`~unet_search.models.build.SegmentationModel` runs it (the input
+    mirror-padded at the bottom and right to a multiple of ``multiple``, the output cropped
+    back), written so that the padded size is a multiple by construction: torch.export then
+    keeps height and width symbolic through every level."""
+    h, w, m = x.shape[-2], x.shape[-1], multiple
+    x = F.pad(x, (0, m * ((w + m - 1) // m) - w, 0, m * ((h + m - 1) // m) - h), "reflect")
+    return net(x)[..., :h, :w]
+
+
 class _Padded(nn.Module):
-    """A padded network as :class:`~unet_search.models.build.SegmentationModel` runs it (the
-    input mirror-padded at the bottom and right to a multiple of ``2**depth``, the output
-    cropped back), written so that the padded size is a multiple of ``2**depth`` by
-    construction: torch.export then keeps height and width symbolic through every level."""
+    """A padded network (:func:`padded_forward`) as a module, for the exporter."""
 
     def __init__(self, net: nn.Module, depth: int) -> None:
         super().__init__()
         self.net, self.multiple = net, 2**depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w, m = x.shape[-2], x.shape[-1], self.multiple
-        x = F.pad(x, (0, m * ((w + m - 1) // m) - w, 0, m * ((h + m - 1) // m) - h), "reflect")
-        return self.net(x)[..., :h, :w]
+        return padded_forward(self.net, x, self.multiple)
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,21 @@ from unet_search.core.errors import UserError
 from unet_search.models.blocks import ASPP
 from unet_search.models.build import build_model
 from unet_search.models.card import ModelCard
+from unet_search.serve.onnx import padded_forward
 from unet_search.train.sliding import FLIPS, Preprocessing
 from unet_search.train.transforms import PER_IMAGE
 
-__all__ = ["fixed_tile", "input_channels", "StandaloneNetwork", "unsupported"]
+__all__ = [
+    "fixed_tile",
+    "input_channels",
+    "NotOneGraph",
+    "StandaloneNetwork",
+    "unsupported",
+]
+
+
+class NotOneGraph(UserError):
+    """A model no stand-alone graph can be (:func:`unsupported` says why)."""
 
 
 def unsupported(model: nn.Module, pre: Preprocessing) -> str | None:
@@ -114,7 +125,7 @@ class StandaloneNetwork(nn.Module):
         model = build_model(parsed.model, parsed.num_classes)
         reason = unsupported(model, pre)
         if reason is not None:
-            raise UserError(f"this model cannot be one stand-alone network: {reason}.")
+            raise NotOneGraph(reason)
         self.net, self.multiple = model.net, 2**model.depth
         self.fixed = fixed_tile(model, pre)
         self.channels_in, self.channels = input_channels(parsed), pre.in_channels
@@ -153,22 +164,12 @@ class StandaloneNetwork(nn.Module):
             return x
         return _resampled(x, _rounded(h, p, q), _rounded(w, p, q), int(p < q))
 
-    def _padded(self, x: torch.Tensor) -> torch.Tensor:
-        """The network on ``x`` mirror-padded at the bottom and right to a multiple of
-        ``2**depth``, cropped back (the padded size a multiple by construction, so the
-        exporter keeps height and width symbolic through every level). An image smaller
-        than a tile is not padded to it as ``predict`` pads it: that graph took the exporter
-        minutes; the package's sizes start at one tile instead."""
-        h, w, m = x.shape[-2], x.shape[-1], self.multiple
-        x = F.pad(x, (0, m * ((w + m - 1) // m) - w, 0, m * ((h + m - 1) // m) - h), "reflect")
-        return self.net(x)[..., :h, :w]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
         x = (self._model_input(self._channels(x)) - self.mean) / self.std
         logits = torch.zeros(())
         for dims in self.flips:
-            out = self._padded(torch.flip(x, dims) if dims else x)
+            out = padded_forward(self.net, torch.flip(x, dims) if dims else x, self.multiple)
             logits = logits + (torch.flip(out, dims) if dims else out)
         logits = logits / len(self.flips)
         if self.square is not None or self.scale[0] != self.scale[1]:

@@ -7,6 +7,7 @@ stale: a new field, default or rule is in the next build."""
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import types
 import typing
@@ -77,21 +78,14 @@ def _type(annotation: Any) -> str:
 
 
 def _default(field: FieldInfo) -> str:
+    """A field's default as YAML reads it back (text as it is, everything else as JSON:
+    ``null``, ``true``, ``[128, 128]``)."""
     if field.is_required():
         return "(required)"
     value = field.get_default(call_default_factory=True)
     if isinstance(value, Frozen):
         return "see below"
-    if isinstance(value, tuple):
-        value = list(value)
-    if value == "":
-        return '`""`'
-
-    text = (
-        {None: "null", True: "true", False: "false"}.get(value, value)
-        if not isinstance(value, (list, float, int)) or isinstance(value, bool)
-        else value
-    )
+    text = value if isinstance(value, str) and value else json.dumps(value)
     return f"`{text}`"
 
 

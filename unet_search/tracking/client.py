@@ -51,6 +51,7 @@ __all__ = [
     "run_status",
     "search_filter",
     "set_tags",
+    "tracking_uri_of",
     "ui_hint",
 ]
 
@@ -58,12 +59,17 @@ __all__ = [
 _BATCH = 100  # MLflow's per-request limit on params
 
 
+def tracking_uri_of(workdir: Path) -> str:
+    """Where the commands track: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow.db``
+    (said, not checked, created or resolved: :func:`resolve_tracking_uri` does those)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workdir / 'mlflow.db'}"
+
+
 def resolve_tracking_uri(workdir: Path, *, create: bool = True) -> str:
-    """``$MLFLOW_TRACKING_URI`` or ``sqlite:///<workdir>/mlflow.db``. With ``create=False``
-    (read-only commands) a missing local store is a UserError, and nothing is created."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
+    """:func:`tracking_uri_of` ``workdir``. With ``create=False`` (read-only commands) a
+    missing local store is a UserError, and nothing is created."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return tracking_uri_of(workdir)
     db = workdir / "mlflow.db"
     if not create and not db.exists():
         raise UserError(
@@ -71,7 +77,7 @@ def resolve_tracking_uri(workdir: Path, *, create: bool = True) -> str:
             "UNET_SEARCH_HOME / MLFLOW_TRACKING_URI."
         )
     workdir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db}"
+    return tracking_uri_of(workdir)
 
 
 def ensure_experiment(uri: str, name: str, workdir: Path) -> str:
